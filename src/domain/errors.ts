@@ -1,0 +1,46 @@
+/**
+ * The one error base of Haven and the registry of its error codes.
+ *
+ * Every failure that crosses a module boundary is an AppError with a stable code; the CLI prints
+ * its message as one line, the HTTP layer (later) maps the code to a status and an OTC error body.
+ * Never throw strings; wrap with `cause` and add context instead.
+ */
+export const ErrorCode = {
+  InvalidArgument: 'INVALID_ARGUMENT',
+  RepositoryNotFound: 'REPOSITORY_NOT_FOUND',
+  RepositoryExists: 'REPOSITORY_EXISTS',
+  RepositoryCorrupt: 'REPOSITORY_CORRUPT',
+  RepositoryLocked: 'REPOSITORY_LOCKED',
+  WrongPassword: 'WRONG_PASSWORD',
+  PasswordRequired: 'PASSWORD_REQUIRED',
+  BackupNotFound: 'BACKUP_NOT_FOUND',
+  ChunkMissing: 'CHUNK_MISSING',
+  ChunkCorrupt: 'CHUNK_CORRUPT',
+  VolumeUnreadable: 'VOLUME_UNREADABLE',
+  VolumeChanged: 'VOLUME_CHANGED',
+  TargetUnwritable: 'TARGET_UNWRITABLE',
+  RestoreMismatch: 'RESTORE_MISMATCH',
+  Cancelled: 'CANCELLED',
+  StorageError: 'STORAGE_ERROR',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+export class AppError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Record<string, unknown> | undefined;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'AppError';
+    this.code = code;
+    this.details = options?.details;
+  }
+}
+
+export function isAppError(err: unknown, code?: ErrorCode): err is AppError {
+  return err instanceof AppError && (code === undefined || err.code === code);
+}
+
+/** Turns an AbortSignal's reason into the Cancelled error the engine throws. */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new AppError(ErrorCode.Cancelled, 'operation cancelled', { cause: signal.reason });
+}

@@ -1,0 +1,249 @@
+/**
+ * writeBackup: reads a volume and stores it as a backup: chunks, chunk map, index, manifest.
+ *
+ * The engine knows bytes, not records: it takes a source, an open repository, an optional previous
+ * manifest and an AbortSignal, and returns the manifest and stats. Write order (docs/design.md W1-W3):
+ * packs durable -> chunk-map file -> last index segment -> manifest. A crash before the manifest
+ * leaves only unreferenced objects, which GC removes; the backup simply does not exist.
+ *
+ * Pipeline, per batch of chunks held in a SharedArrayBuffer slot:
+ *   read (in order) -> whole-volume SHA-256 (main thread, in order) -> digest (workers, parallel)
+ *   -> decide new/reused/hole (in order) -> encode new chunks (workers, parallel) -> pack (in order)
+ * At most `slots` batches are in flight, which bounds memory whatever the volume size.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { AppError, ErrorCode, throwIfAborted } from '../domain/errors.ts';
+import { DIGEST_BYTES } from './chunk-digest.ts';
+import { DEFAULT_ZSTD_LEVEL } from './blob-codec.ts';
+import { readCondemned } from './gc-state.ts';
+import { RepositoryLock } from './locks.ts';
+import { indexSegmentKey, type BackupManifest, type BackupStats, type IndexSegmentRef } from './manifest.ts';
+import { PackWriter } from './pack-writer.ts';
+import { INDEX_SEGMENT_CHUNKS, type Repository } from './repository.ts';
+import type { VolumeSource } from './volume-source.ts';
+import { ChunkMap } from './chunk-map.ts';
+import { ChunkWorkerPool } from './worker-pool.ts';
+
+export interface Progress {
+  doneBytes: number;
+  totalBytes: number;
+}
+
+export interface BackupOptions {
+  volume: { id: string; name: string; path?: string };
+  /**
+   * The volume's previous backup, recorded as the parent. Unchanged chunks are found in the chunk
+   * map like any other stored chunk, so the parent's index is not needed to skip them.
+   */
+  previous?: BackupManifest | null | undefined;
+  /** Record a full backup: no parent is used. Deduplication against the repository still applies. */
+  full?: boolean;
+  backupId?: string;
+  pool?: ChunkWorkerPool;
+  signal?: AbortSignal;
+  onProgress?: (p: Progress) => void;
+  /** Chunks per batch (default: 4 MiB worth). */
+  batchChunks?: number;
+}
+
+export interface BackupResult {
+  manifest: BackupManifest;
+  /** Stats including the manifest object itself. */
+  stats: BackupStats;
+}
+
+const NEW_LOC = { packNo: 0xfffffffe, offset: 0, length: 0, rawLength: 0 };
+
+export async function writeBackup(repo: Repository, source: VolumeSource, opts: BackupOptions): Promise<BackupResult> {
+  const started = performance.now();
+  const createdAt = new Date().toISOString();
+  const backupId = opts.backupId ?? randomUUID();
+  const signal = opts.signal;
+  throwIfAborted(signal);
+  const chunkSize = repo.config.chunkSizeBytes;
+  const sizeBytes = source.sizeBytes;
+  const chunkCount = Math.ceil(sizeBytes / chunkSize);
+  const ownPool = opts.pool === undefined;
+  const pool = opts.pool ?? new ChunkWorkerPool();
+  // The lock goes first: a GC that does not see it has already written its condemned set, which we
+  // read below (docs/design.md "Garbage collection", rule G2).
+  const lock = await RepositoryLock.acquire(repo.store, 'backup', { backupId });
+  const packs = new PackWriter(repo, { signal });
+  const internal = new AbortController();
+  const onAbort = (): void => internal.abort(signal?.reason);
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    const [{ map }, condemned] = await Promise.all([repo.loadChunkMap(), readCondemned(repo)]);
+    const parent = !opts.full && opts.previous && opts.previous.chunkSizeBytes === chunkSize ? opts.previous : null;
+    const macKey = repo.keys?.macKey;
+    const encKey = repo.keys?.encKey;
+
+    const stats: BackupStats = { newBytes: 0, storedBytes: 0, zeroBytes: 0, dedupBytes: 0, newChunks: 0, reusedChunks: 0, holeChunks: 0, packsWritten: 0, objectsWritten: 0, durationMs: 0 };
+    const segments: IndexSegmentRef[] = [];
+    let segBuf = new Uint8Array(Math.min(INDEX_SEGMENT_CHUNKS, Math.max(chunkCount, 0)) * DIGEST_BYTES);
+    let segFill = 0;
+    let indexStoredBytes = 0;
+    const flushSegment = async (): Promise<void> => {
+      const { ref, storedBytes } = await repo.writeIndexSegment(indexSegmentKey(backupId, segments.length), segBuf.subarray(0, segFill * DIGEST_BYTES));
+      segments.push(ref);
+      indexStoredBytes += storedBytes;
+      segFill = 0;
+    };
+
+    const batchChunks = opts.batchChunks ?? Math.max(1, Math.floor((4 * 1024 * 1024) / chunkSize));
+    const batchBytes = batchChunks * chunkSize;
+    const slotCount = pool.threads * 2 + 2;
+    const freeSlots: SharedArrayBuffer[] = Array.from({ length: slotCount }, () => new SharedArrayBuffer(batchBytes));
+    const slotWaiters: ((s: SharedArrayBuffer) => void)[] = [];
+    const takeSlot = (): Promise<SharedArrayBuffer> => {
+      const s = freeSlots.pop();
+      return s ? Promise.resolve(s) : new Promise((r) => slotWaiters.push(r));
+    };
+    const giveSlot = (s: SharedArrayBuffer): void => {
+      const w = slotWaiters.shift();
+      if (w) w(s);
+      else freeSlots.push(s);
+    };
+
+    const volumeHash = createHash('sha256');
+    let failure: unknown;
+    const fail = (err: unknown): void => {
+      failure ??= err;
+      internal.abort(err);
+      // Wake the reader if it waits for a slot; it will see the failure.
+      for (const w of slotWaiters.splice(0)) w(new SharedArrayBuffer(batchBytes));
+    };
+    let doneBytes = 0;
+    let lastDecide: Promise<unknown> = Promise.resolve();
+    let lastAppend: Promise<unknown> = Promise.resolve();
+    const sessionNew = new ChunkMap();
+
+    for (let pos = 0; pos < sizeBytes && failure === undefined; pos += batchBytes) {
+      const slot = await takeSlot();
+      if (failure !== undefined) break;
+      if (signal?.aborted) {
+        fail(new AppError(ErrorCode.Cancelled, 'backup cancelled', { cause: signal.reason }));
+        break;
+      }
+      const len = Math.min(batchBytes, sizeBytes - pos);
+      let got: number;
+      try {
+        got = await source.read(new Uint8Array(slot, 0, len), len, pos);
+      } catch (err) {
+        fail(new AppError(ErrorCode.VolumeUnreadable, `reading the volume at byte ${pos} failed: ${(err as Error).message}`, { cause: err }));
+        break;
+      }
+      if (got !== len) {
+        fail(new AppError(ErrorCode.VolumeChanged, `the volume shrank while it was being backed up (short read at byte ${pos + got})`));
+        break;
+      }
+      volumeHash.update(new Uint8Array(slot, 0, len));
+      const firstChunk = pos / chunkSize;
+      const n = Math.ceil(len / chunkSize);
+      const hashP = pool.hash({ sab: slot, offset: 0, length: len, chunkSizeBytes: chunkSize, macKey }, internal.signal);
+      hashP.catch(() => undefined); // handled through decideP
+
+      // Decide, strictly in batch order: which chunks are holes, reused, or new.
+      const decideP = lastDecide.then(async () => {
+        const digests = await hashP;
+        const ranges: number[] = [];
+        const newAt: number[] = [];
+        for (let i = 0; i < n; i++) {
+          const dOff = i * DIGEST_BYTES;
+          const cLen = Math.min(chunkSize, len - i * chunkSize);
+          let hole = true;
+          for (let k = 0; k < DIGEST_BYTES; k++) if (digests[dOff + k] !== 0) { hole = false; break; }
+          if (hole) {
+            stats.holeChunks++;
+            stats.zeroBytes += cLen;
+          } else if ((map.has(digests, dOff) && !condemned.digests.has(digests, dOff)) || sessionNew.has(digests, dOff)) {
+            // Stored already (condemned chunks count as absent: GC may be about to remove them).
+            stats.reusedChunks++;
+            stats.dedupBytes += cLen;
+          } else {
+            sessionNew.set(digests, dOff, NEW_LOC);
+            stats.newChunks++;
+            stats.newBytes += cLen;
+            ranges.push(i * chunkSize, cLen);
+            newAt.push(i);
+          }
+          segBuf.set(digests.subarray(dOff, dOff + DIGEST_BYTES), segFill * DIGEST_BYTES);
+          segFill++;
+          if (segFill * DIGEST_BYTES === segBuf.length && firstChunk + i + 1 < chunkCount) {
+            await flushSegment();
+            segBuf = new Uint8Array(Math.min(INDEX_SEGMENT_CHUNKS, chunkCount - (firstChunk + i + 1)) * DIGEST_BYTES);
+          }
+        }
+        const encodeP = ranges.length ? pool.encode({ sab: slot, ranges, encKey, level: DEFAULT_ZSTD_LEVEL }, internal.signal) : null;
+        encodeP?.catch(() => undefined); // handled through appendP
+        return { digests, newAt, ranges, encodeP };
+      });
+      decideP.catch(fail);
+      lastDecide = decideP;
+
+      // Append encoded chunks to packs, strictly in batch order, then free the slot.
+      const appendP = lastAppend.then(async () => {
+        const d = await decideP;
+        if (d.encodeP) {
+          const enc = await d.encodeP;
+          let off = 0;
+          for (let k = 0; k < d.newAt.length; k++) {
+            const l = enc.lengths[k]!;
+            await packs.add(enc.data.subarray(off, off + l), d.digests, d.newAt[k]! * DIGEST_BYTES, d.ranges[k * 2 + 1]!);
+            off += l;
+          }
+        }
+        giveSlot(slot);
+        doneBytes += len;
+        opts.onProgress?.({ doneBytes, totalBytes: sizeBytes });
+      });
+      appendP.catch(fail);
+      lastAppend = appendP;
+    }
+    await Promise.allSettled([lastDecide, lastAppend]);
+    if (failure === undefined && signal?.aborted) failure = new AppError(ErrorCode.Cancelled, 'backup cancelled', { cause: signal.reason });
+    if (failure !== undefined) {
+      await packs.drain();
+      throw failure;
+    }
+    if (sizeBytes === 0) opts.onProgress?.({ doneBytes: 0, totalBytes: 0 });
+
+    // W1: every pack is durable before anything refers to it.
+    const written = await packs.finish();
+    let chunkMapBytes = 0;
+    if (written.length) chunkMapBytes = (await repo.writeChunkMapFile(written)).storedBytes;
+    // W2: the index (last segment) before the manifest.
+    if (segFill > 0 || segments.length === 0) await flushSegment();
+    throwIfAborted(signal);
+
+    stats.packsWritten = written.length;
+    stats.storedBytes = packs.storedBytes + chunkMapBytes + indexStoredBytes;
+    stats.objectsWritten = written.length + (written.length ? 1 : 0) + segments.length;
+    stats.durationMs = Math.round(performance.now() - started);
+    const manifest: BackupManifest = {
+      formatVersion: 1,
+      id: backupId,
+      volume: opts.volume,
+      sizeBytes,
+      chunkSizeBytes: chunkSize,
+      chunkCount,
+      indexSegments: segments,
+      volumeSha256: volumeHash.digest('hex'),
+      parentId: parent?.id ?? null,
+      kind: parent ? 'incremental' : 'full',
+      createdAt,
+      completedAt: new Date().toISOString(),
+      stats: { ...stats },
+    };
+    // W3: the manifest last; from here on the backup exists.
+    const manifestBytes = await repo.writeManifest(manifest);
+    stats.storedBytes += manifestBytes;
+    stats.objectsWritten += 1;
+    stats.durationMs = Math.round(performance.now() - started);
+    return { manifest, stats };
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+    if (ownPool) await pool.close();
+    await lock.release();
+  }
+}

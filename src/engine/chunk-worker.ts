@@ -1,0 +1,126 @@
+/**
+ * The CPU-heavy per-chunk work, run in worker threads (piscina): digesting, encoding (zstd +
+ * AES-GCM) and decoding with digest check. Tasks read volume data from SharedArrayBuffer slots the
+ * main thread fills, so no volume bytes are copied between threads.
+ */
+import { chunkDigest, DIGEST_BYTES } from './chunk-digest.ts';
+import { decodeBlob, encodeBlob } from './blob-codec.ts';
+
+export interface HashTask {
+  kind: 'hash';
+  sab: SharedArrayBuffer;
+  offset: number;
+  length: number;
+  chunkSizeBytes: number;
+  macKey?: Uint8Array | undefined;
+}
+
+export interface EncodeTask {
+  kind: 'encode';
+  sab: SharedArrayBuffer;
+  /** pairs of (offset into sab, length) */
+  ranges: number[];
+  encKey?: Uint8Array | undefined;
+  level: number;
+}
+
+export interface EncodeResult {
+  data: Uint8Array;
+  lengths: number[];
+}
+
+export interface DecodeTask {
+  kind: 'decode';
+  /** stored blobs, back to back */
+  data: Uint8Array;
+  lengths: number[];
+  rawLengths: number[];
+  /** expected digests, DIGEST_BYTES each */
+  digests: Uint8Array;
+  encKey?: Uint8Array | undefined;
+  macKey?: Uint8Array | undefined;
+  /** false: verify only, return no data */
+  returnData: boolean;
+}
+
+export interface DecodeResult {
+  /** raw chunks back to back (empty when returnData is false or a chunk failed) */
+  data: Uint8Array;
+  /** per chunk: 0 ok, 1 damaged */
+  damaged: number[];
+}
+
+export type ChunkTask = HashTask | EncodeTask | DecodeTask;
+
+const ZERO = new Uint8Array(1 << 20);
+
+function isZero(b: Uint8Array): boolean {
+  for (let o = 0; o < b.length; o += ZERO.length) {
+    const n = Math.min(ZERO.length, b.length - o);
+    if (!Buffer.from(b.buffer, b.byteOffset + o, n).equals(ZERO.subarray(0, n))) return false;
+  }
+  return true;
+}
+
+function hash(t: HashTask): Uint8Array {
+  const n = Math.ceil(t.length / t.chunkSizeBytes);
+  const out = new Uint8Array(n * DIGEST_BYTES);
+  for (let i = 0; i < n; i++) {
+    const start = t.offset + i * t.chunkSizeBytes;
+    const len = Math.min(t.chunkSizeBytes, t.offset + t.length - start);
+    const chunk = new Uint8Array(t.sab, start, len);
+    if (!isZero(chunk)) chunkDigest(chunk, t.macKey, out, i * DIGEST_BYTES); // zero chunk: digest stays all-zero (a hole)
+  }
+  return out;
+}
+
+function encode(t: EncodeTask): EncodeResult {
+  const parts: Buffer[] = [];
+  const lengths: number[] = [];
+  let total = 0;
+  for (let i = 0; i < t.ranges.length; i += 2) {
+    const b = encodeBlob(new Uint8Array(t.sab, t.ranges[i]!, t.ranges[i + 1]!), { encKey: t.encKey }, true, t.level);
+    parts.push(b);
+    lengths.push(b.length);
+    total += b.length;
+  }
+  return { data: Buffer.concat(parts, total), lengths };
+}
+
+function decode(t: DecodeTask): DecodeResult {
+  const damaged: number[] = [];
+  const outs: Uint8Array[] = [];
+  let off = 0;
+  const digest = new Uint8Array(DIGEST_BYTES);
+  for (let i = 0; i < t.lengths.length; i++) {
+    const blob = t.data.subarray(off, off + t.lengths[i]!);
+    off += t.lengths[i]!;
+    let raw: Uint8Array | null = null;
+    try {
+      raw = decodeBlob(blob, { encKey: t.encKey }, t.rawLengths[i]!);
+      if (raw.length !== t.rawLengths[i]) raw = null;
+    } catch {
+      raw = null; // reported as damaged below; the caller names the chunk and the backups using it
+    }
+    if (raw) {
+      chunkDigest(raw, t.macKey, digest, 0);
+      if (!Buffer.from(digest).equals(Buffer.from(t.digests.buffer, t.digests.byteOffset + i * DIGEST_BYTES, DIGEST_BYTES))) raw = null;
+    }
+    damaged.push(raw ? 0 : 1);
+    if (t.returnData) outs.push(raw ?? new Uint8Array(t.rawLengths[i]!));
+  }
+  return { data: t.returnData ? Buffer.concat(outs) : new Uint8Array(0), damaged };
+}
+
+// Results travel back by structured clone: a copy of a few MiB per task costs well under a
+// millisecond, far less than the zstd and hashing work of the task itself.
+export default function runChunkTask(task: ChunkTask): Uint8Array | EncodeResult | DecodeResult {
+  switch (task.kind) {
+    case 'hash':
+      return hash(task);
+    case 'encode':
+      return encode(task);
+    case 'decode':
+      return decode(task);
+  }
+}

@@ -1,0 +1,114 @@
+/**
+ * Repository locks: how backups and GC runs announce themselves (docs/locking.md).
+ *
+ * A lock is an object `locks/<kind>-<id>` holding who runs (host, pid), since when, and for backups
+ * the backup id. Locks are refreshed while their holder works; a lock is stale when its holder is a
+ * dead process on this host or it has not been refreshed for STALE_AFTER_MS. GC honours live backup
+ * locks (its grace rule) and removes stale ones; two GC runs never overlap.
+ */
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import { ObjectNotFoundError, type ObjectStore } from '../storage/object-store.ts';
+
+export type LockKind = 'backup' | 'gc';
+
+export interface LockRecord {
+  id: string;
+  kind: LockKind;
+  host: string;
+  pid: number;
+  startedAtMs: number;
+  refreshedAtMs: number;
+  backupId?: string;
+}
+
+export const LOCK_REFRESH_MS = 60_000;
+export const STALE_AFTER_MS = 10 * 60_000;
+
+function lockKey(kind: LockKind, id: string): string {
+  return `locks/${kind}-${id}`;
+}
+
+export class RepositoryLock {
+  readonly record: LockRecord;
+  private readonly store: ObjectStore;
+  private timer: NodeJS.Timeout | undefined;
+
+  private constructor(store: ObjectStore, record: LockRecord) {
+    this.store = store;
+    this.record = record;
+  }
+
+  static async acquire(store: ObjectStore, kind: LockKind, extra: { backupId?: string } = {}): Promise<RepositoryLock> {
+    const now = Date.now();
+    const record: LockRecord = { id: randomBytes(8).toString('hex'), kind, host: hostname(), pid: process.pid, startedAtMs: now, refreshedAtMs: now, ...extra };
+    const lock = new RepositoryLock(store, record);
+    await lock.write();
+    lock.timer = setInterval(() => {
+      lock.record.refreshedAtMs = Date.now();
+      // A failed refresh is retried at the next tick; a lock that stays unrefreshed goes stale,
+      // which only makes GC more conservative towards this holder, never less.
+      lock.write().catch(() => undefined);
+    }, LOCK_REFRESH_MS);
+    lock.timer.unref();
+    return lock;
+  }
+
+  private async write(): Promise<void> {
+    await this.store.put(lockKey(this.record.kind, this.record.id), Buffer.from(JSON.stringify(this.record)));
+  }
+
+  async release(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    await this.store.delete(lockKey(this.record.kind, this.record.id));
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export function isStale(l: LockRecord, nowMs: number): boolean {
+  if (l.host === hostname() && l.pid !== process.pid && !processAlive(l.pid)) return true;
+  return nowMs - l.refreshedAtMs > STALE_AFTER_MS;
+}
+
+export async function listLocks(store: ObjectStore, nowMs = Date.now()): Promise<{ live: LockRecord[]; stale: LockRecord[] }> {
+  const live: LockRecord[] = [];
+  const stale: LockRecord[] = [];
+  for await (const o of store.list('locks/')) {
+    let rec: LockRecord;
+    try {
+      rec = JSON.parse(Buffer.from(await store.get(o.key)).toString('utf8')) as LockRecord;
+    } catch (err) {
+      if (err instanceof ObjectNotFoundError) continue; // released meanwhile
+      // An unreadable lock is treated as live until it is old: conservative for GC.
+      rec = { id: o.key, kind: 'backup', host: '?', pid: 0, startedAtMs: o.modifiedAtMs, refreshedAtMs: o.modifiedAtMs };
+    }
+    (isStale(rec, nowMs) ? stale : live).push(rec);
+  }
+  return { live, stale };
+}
+
+export async function removeLock(store: ObjectStore, l: LockRecord): Promise<void> {
+  await store.delete(lockKey(l.kind, l.id));
+}
+
+/** Takes the GC lock, refusing when another live GC holds one. */
+export async function acquireGcLock(store: ObjectStore): Promise<RepositoryLock> {
+  const lock = await RepositoryLock.acquire(store, 'gc');
+  const { live } = await listLocks(store);
+  const rival = live.find((l) => l.kind === 'gc' && l.id !== lock.record.id && (l.startedAtMs < lock.record.startedAtMs || (l.startedAtMs === lock.record.startedAtMs && l.id < lock.record.id)));
+  if (rival) {
+    await lock.release();
+    throw new AppError(ErrorCode.RepositoryLocked, `another garbage collection is running (host ${rival.host}, pid ${rival.pid})`);
+  }
+  return lock;
+}

@@ -1,0 +1,87 @@
+/**
+ * PackWriter: gathers encoded chunks into packs of about the repository's target size and stores
+ * each pack durably, a bounded number in flight. Returns what it wrote, for the chunk-map file.
+ */
+import { randomBytes } from 'node:crypto';
+import { DIGEST_BYTES } from './chunk-digest.ts';
+import { ENTRY_BYTES, packKey, packTrailer, writeEntry, type PackEntries } from './pack-format.ts';
+import type { Repository } from './repository.ts';
+
+export class PackWriter {
+  private readonly repo: Repository;
+  private readonly targetBytes: number;
+  private readonly maxInFlight: number;
+  private parts: Uint8Array[] = [];
+  private size = 0;
+  private entries: Uint8Array;
+  private entryCount = 0;
+  private readonly inFlight = new Set<Promise<void>>();
+  private failure: unknown = undefined;
+  readonly written: PackEntries[] = [];
+  storedBytes = 0;
+  private readonly signal: AbortSignal | undefined;
+
+  constructor(repo: Repository, opts: { maxInFlight?: number; signal?: AbortSignal | undefined } = {}) {
+    this.repo = repo;
+    this.targetBytes = repo.config.packTargetBytes;
+    this.maxInFlight = opts.maxInFlight ?? 2;
+    this.entries = new Uint8Array(256 * ENTRY_BYTES);
+    this.signal = opts.signal;
+  }
+
+  /** Adds one encoded chunk (`blob`) whose digest is digests[dOff..dOff+32]. */
+  async add(blob: Uint8Array, digests: Uint8Array, dOff: number, rawLength: number): Promise<void> {
+    if (this.failure) throw this.failure;
+    if ((this.entryCount + 1) * ENTRY_BYTES > this.entries.length) {
+      const bigger = new Uint8Array(this.entries.length * 2);
+      bigger.set(this.entries);
+      this.entries = bigger;
+    }
+    writeEntry(this.entries, this.entryCount++, digests, dOff, this.size, blob.length, rawLength);
+    this.parts.push(blob);
+    this.size += blob.length;
+    if (this.size >= this.targetBytes) await this.flush();
+  }
+
+  get pendingChunks(): number {
+    return this.entryCount;
+  }
+
+  private async flush(): Promise<void> {
+    if (this.entryCount === 0) return;
+    while (this.inFlight.size >= this.maxInFlight) await Promise.race(this.inFlight);
+    if (this.failure) throw this.failure;
+    const entries = this.entries.slice(0, this.entryCount * ENTRY_BYTES);
+    const header = this.repo.encode(entries);
+    const body = Buffer.concat([...this.parts, header, packTrailer(header.length)]);
+    this.parts = [];
+    this.size = 0;
+    this.entryCount = 0;
+    const packId = randomBytes(16).toString('hex');
+    const p = this.repo.store.put(packKey(packId), body, this.signal).then(
+      () => {
+        this.written.push({ packId, entries });
+        this.storedBytes += body.length;
+      },
+      (err: unknown) => {
+        this.failure ??= err;
+      },
+    );
+    const tracked = p.finally(() => this.inFlight.delete(tracked));
+    this.inFlight.add(tracked);
+  }
+
+  /** Flushes the last partial pack and waits until every pack is durable. */
+  async finish(): Promise<PackEntries[]> {
+    await this.flush();
+    await Promise.all(this.inFlight);
+    if (this.failure) throw this.failure;
+    return this.written;
+  }
+
+  /** Waits for in-flight writes without flushing (used when aborting). */
+  async drain(): Promise<void> {
+    await Promise.allSettled(this.inFlight);
+  }
+}
+

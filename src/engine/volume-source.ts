@@ -1,0 +1,65 @@
+/**
+ * Volume sources: what a backup reads. A raw image file or a block device, opened read-only (a
+ * backup never modifies its volume).
+ */
+import { promises as fs } from 'node:fs';
+import { AppError, ErrorCode } from '../domain/errors.ts';
+
+export interface VolumeSource {
+  readonly sizeBytes: number;
+  /** Reads up to `length` bytes at `position` into `into`; returns bytes read (short only at the end). */
+  read(into: Uint8Array, length: number, position: number): Promise<number>;
+  close(): Promise<void>;
+}
+
+export class FileVolumeSource implements VolumeSource {
+  readonly sizeBytes: number;
+  private readonly fh: fs.FileHandle;
+
+  private constructor(fh: fs.FileHandle, sizeBytes: number) {
+    this.fh = fh;
+    this.sizeBytes = sizeBytes;
+  }
+
+  static async open(path: string): Promise<FileVolumeSource> {
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(path, 'r');
+    } catch (err) {
+      throw new AppError(ErrorCode.VolumeUnreadable, `cannot open volume ${path}: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      const st = await fh.stat();
+      let size: number;
+      if (st.isFile()) size = st.size;
+      else if (st.isBlockDevice()) size = await blockDeviceSize(st.rdev);
+      else throw new AppError(ErrorCode.VolumeUnreadable, `volume ${path} is neither a file nor a block device`);
+      return new FileVolumeSource(fh, size);
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+  }
+
+  async read(into: Uint8Array, length: number, position: number): Promise<number> {
+    let got = 0;
+    while (got < length) {
+      const { bytesRead } = await this.fh.read(into, got, length - got, position + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    return got;
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+}
+
+/** Size of a block device from sysfs (Node has no BLKGETSIZE64 ioctl). */
+export async function blockDeviceSize(rdev: number): Promise<number> {
+  const major = (rdev >> 8) & 0xfff;
+  const minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+  const sectors = Number((await fs.readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
+  return sectors * 512;
+}

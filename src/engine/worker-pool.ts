@@ -1,0 +1,35 @@
+/** The pool of chunk workers (piscina), one thread per core by default. */
+import { availableParallelism } from 'node:os';
+import { Piscina } from 'piscina';
+import type { DecodeResult, DecodeTask, EncodeResult, EncodeTask, HashTask } from './chunk-worker.ts';
+
+export class ChunkWorkerPool {
+  private readonly pool: Piscina;
+  readonly threads: number;
+
+  constructor(threads = availableParallelism()) {
+    this.threads = Math.max(1, threads);
+    this.pool = new Piscina({
+      filename: new URL('./chunk-worker.ts', import.meta.url).href,
+      minThreads: this.threads,
+      maxThreads: this.threads,
+      idleTimeout: 1000,
+    });
+  }
+
+  hash(t: Omit<HashTask, 'kind'>, signal?: AbortSignal): Promise<Uint8Array> {
+    return this.pool.run({ kind: 'hash', ...t }, signal ? { signal } : {});
+  }
+
+  encode(t: Omit<EncodeTask, 'kind'>, signal?: AbortSignal): Promise<EncodeResult> {
+    return this.pool.run({ kind: 'encode', ...t }, signal ? { signal } : {});
+  }
+
+  decode(t: Omit<DecodeTask, 'kind'>, signal?: AbortSignal): Promise<DecodeResult> {
+    return this.pool.run({ kind: 'decode', ...t }, signal ? { signal } : {});
+  }
+
+  async close(): Promise<void> {
+    await this.pool.destroy();
+  }
+}

@@ -1,0 +1,163 @@
+/**
+ * An ObjectStore on a local directory (the embedded default).
+ *
+ * put() writes a temp file beside the target, fsyncs it, renames it into place and fsyncs the
+ * directory (Proxmox Backup Server's insert_chunk), so a crash leaves either the old object, the
+ * new one or none, never a torn one. Temp files are named `.tmp-*`; list() never shows them and
+ * sweepTempFiles() removes those a crashed writer left behind.
+ */
+import { randomBytes } from 'node:crypto';
+import { constants as fsc, promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { assertValidKey, ObjectNotFoundError, type GetOptions, type ObjectInfo, type ObjectStore } from './object-store.ts';
+
+export class LocalObjectStore implements ObjectStore {
+  readonly root: string;
+  /** Directories already known to exist, so hot paths skip mkdir. */
+  private readonly knownDirs = new Set<string>();
+
+  constructor(root: string) {
+    this.root = path.resolve(root);
+  }
+
+  private pathOf(key: string): string {
+    assertValidKey(key);
+    return path.join(this.root, ...key.split('/'));
+  }
+
+  async put(key: string, body: Uint8Array): Promise<void> {
+    const target = this.pathOf(key);
+    const dir = path.dirname(target);
+    if (!this.knownDirs.has(dir)) {
+      await fs.mkdir(dir, { recursive: true });
+      this.knownDirs.add(dir);
+    }
+    const tmp = path.join(dir, `.tmp-${randomBytes(8).toString('hex')}`);
+    const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
+    try {
+      let off = 0;
+      while (off < body.length) {
+        const { bytesWritten } = await fh.write(body, off, body.length - off, off);
+        off += bytesWritten;
+      }
+      await fh.sync();
+    } catch (err) {
+      await fh.close();
+      await fs.rm(tmp, { force: true });
+      throw err;
+    }
+    await fh.close();
+    await fs.rename(tmp, target);
+    await fsyncDir(dir);
+  }
+
+  async get(key: string, options?: GetOptions): Promise<Uint8Array> {
+    const p = this.pathOf(key);
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(p, 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ObjectNotFoundError(key, { cause: err });
+      throw err;
+    }
+    try {
+      const offset = options?.offset ?? 0;
+      let length = options?.length;
+      if (length === undefined) length = Math.max(0, (await fh.stat()).size - offset);
+      const buf = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return got === length ? buf : buf.subarray(0, got);
+    } finally {
+      await fh.close();
+    }
+  }
+
+  async head(key: string): Promise<ObjectInfo | null> {
+    try {
+      const st = await fs.stat(this.pathOf(key));
+      return st.isFile() ? { key, sizeBytes: st.size, modifiedAtMs: st.mtimeMs } : null;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    // Walk only the directory the prefix names (prefixes end at a '/' in practice).
+    const slash = prefix.lastIndexOf('/');
+    const baseKey = slash >= 0 ? prefix.slice(0, slash) : '';
+    const start = baseKey ? path.join(this.root, ...baseKey.split('/')) : this.root;
+    yield* this.walk(start, baseKey, prefix);
+  }
+
+  private async *walk(dir: string, keyPrefix: string, prefix: string): AsyncIterable<ObjectInfo> {
+    let entries: import('node:fs').Dirent[];
+    try {
+      entries = await fs.readdir(dir, { withFileTypes: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    for (const e of entries) {
+      if (e.name.startsWith('.tmp-')) continue;
+      const key = keyPrefix ? `${keyPrefix}/${e.name}` : e.name;
+      if (e.isDirectory()) {
+        if (prefix.startsWith(`${key}/`) || key.startsWith(prefix) || `${key}/`.startsWith(prefix)) {
+          yield* this.walk(path.join(dir, e.name), key, prefix);
+        }
+      } else if (e.isFile() && key.startsWith(prefix)) {
+        try {
+          const st = await fs.stat(path.join(dir, e.name));
+          yield { key, sizeBytes: st.size, modifiedAtMs: st.mtimeMs };
+        } catch (err) {
+          // Deleted between readdir and stat by a concurrent delete: it is simply gone.
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        }
+      }
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    await fs.rm(this.pathOf(key), { force: true });
+  }
+
+  /** Removes temp files older than `olderThanMs` that crashed writers left behind. */
+  async sweepTempFiles(olderThanMs: number, nowMs = Date.now()): Promise<number> {
+    let removed = 0;
+    const visit = async (dir: string): Promise<void> => {
+      let entries: import('node:fs').Dirent[];
+      try {
+        entries = await fs.readdir(dir, { withFileTypes: true });
+      } catch {
+        return; // directory vanished concurrently: nothing to sweep there
+      }
+      for (const e of entries) {
+        const p = path.join(dir, e.name);
+        if (e.isDirectory()) await visit(p);
+        else if (e.name.startsWith('.tmp-')) {
+          const st = await fs.stat(p).catch(() => null);
+          if (st && nowMs - st.mtimeMs > olderThanMs) {
+            await fs.rm(p, { force: true });
+            removed++;
+          }
+        }
+      }
+    };
+    await visit(this.root);
+    return removed;
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,34 @@
+/** An ObjectStore in memory, for tests and dry runs. */
+import { assertValidKey, ObjectNotFoundError, type GetOptions, type ObjectInfo, type ObjectStore } from './object-store.ts';
+
+export class MemoryObjectStore implements ObjectStore {
+  readonly objects = new Map<string, { body: Uint8Array; modifiedAtMs: number }>();
+
+  async put(key: string, body: Uint8Array): Promise<void> {
+    assertValidKey(key);
+    this.objects.set(key, { body: Uint8Array.prototype.slice.call(body), modifiedAtMs: Date.now() });
+  }
+
+  async get(key: string, options?: GetOptions): Promise<Uint8Array> {
+    const o = this.objects.get(key);
+    if (!o) throw new ObjectNotFoundError(key);
+    const start = options?.offset ?? 0;
+    const end = options?.length === undefined ? o.body.length : Math.min(o.body.length, start + options.length);
+    return o.body.slice(start, end);
+  }
+
+  async head(key: string): Promise<ObjectInfo | null> {
+    const o = this.objects.get(key);
+    return o ? { key, sizeBytes: o.body.length, modifiedAtMs: o.modifiedAtMs } : null;
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    for (const [key, o] of [...this.objects]) {
+      if (key.startsWith(prefix)) yield { key, sizeBytes: o.body.length, modifiedAtMs: o.modifiedAtMs };
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    this.objects.delete(key);
+  }
+}

@@ -1,0 +1,67 @@
+/**
+ * The narrow storage contract the engine writes through: put, get, head, list and delete by key.
+ *
+ * Keys are '/'-separated relative paths made of [A-Za-z0-9._-] segments. A store knows keys and
+ * bytes, nothing about backups. Implementations: LocalObjectStore (a directory), MemoryObjectStore
+ * (tests); an S3 store arrives with the scale-out work and must pass the same conformance suite
+ * (store-conformance.ts).
+ */
+export interface ObjectInfo {
+  key: string;
+  sizeBytes: number;
+  /** Last modification time in ms since the epoch, as the store reports it. */
+  modifiedAtMs: number;
+}
+
+export interface GetOptions {
+  /** Read only `length` bytes from `offset`; reading past the end returns what exists. */
+  offset?: number;
+  length?: number;
+  signal?: AbortSignal;
+}
+
+export interface ObjectStore {
+  /**
+   * Stores `body` under `key`, atomically and durably: when the promise resolves the object survives
+   * a crash, and readers never see a partial object. Overwriting is allowed (last writer wins).
+   * Throws a transient error for conditions a retry may fix.
+   */
+  put(key: string, body: Uint8Array, signal?: AbortSignal): Promise<void>;
+  /** Returns the object's bytes (or a range of them). Throws ObjectNotFoundError when absent. */
+  get(key: string, options?: GetOptions): Promise<Uint8Array>;
+  /** Size and time of an object, or null when absent. */
+  head(key: string): Promise<ObjectInfo | null>;
+  /** Every object whose key starts with `prefix`, in no particular order. */
+  list(prefix: string): AsyncIterable<ObjectInfo>;
+  /** Removes an object. Deleting an absent key is not an error (idempotent). */
+  delete(key: string): Promise<void>;
+}
+
+export class ObjectNotFoundError extends Error {
+  readonly key: string;
+  constructor(key: string, options?: { cause?: unknown }) {
+    super(`object ${key} not found`, options);
+    this.name = 'ObjectNotFoundError';
+    this.key = key;
+  }
+}
+
+/** Storage errors a retry may fix (network hiccups, throttling). Classified once, here. */
+export function isTransientStorageError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === 'EAGAIN' || code === 'EBUSY' || code === 'ETIMEDOUT' || code === 'ECONNRESET' || code === 'EMFILE';
+}
+
+const KEY_RE = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
+
+export function assertValidKey(key: string): void {
+  if (!KEY_RE.test(key) || key.split('/').some((s) => s === '.' || s === '..')) {
+    throw new Error(`invalid object key: ${JSON.stringify(key)}`);
+  }
+}
+
+export async function collectKeys(store: ObjectStore, prefix: string): Promise<ObjectInfo[]> {
+  const out: ObjectInfo[] = [];
+  for await (const info of store.list(prefix)) out.push(info);
+  return out;
+}
