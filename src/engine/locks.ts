@@ -11,7 +11,7 @@ import { hostname } from 'node:os';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { ObjectNotFoundError, type ObjectStore } from '../storage/object-store.ts';
 
-export type LockKind = 'backup' | 'gc';
+export type LockKind = 'backup' | 'gc' | 'read';
 
 export interface LockRecord {
   id: string;

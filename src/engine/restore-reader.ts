@@ -18,6 +18,7 @@ import type { Repository } from './repository.ts';
 import { blockDeviceSize } from './volume-source.ts';
 import { ChunkWorkerPool } from './worker-pool.ts';
 import type { Progress } from './backup-writer.ts';
+import { RepositoryLock } from './locks.ts';
 
 export interface RestoreOptions {
   pool?: ChunkWorkerPool;
@@ -70,6 +71,16 @@ interface ReadRun {
 }
 
 export async function restoreBackup(repo: Repository, manifest: BackupManifest, targetPath: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
+  // A read lock keeps GC from moving packs under this restore (docs/locking.md).
+  const lock = await RepositoryLock.acquire(repo.store, 'read', { backupId: manifest.id });
+  try {
+    return await restoreLocked(repo, manifest, targetPath, opts);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function restoreLocked(repo: Repository, manifest: BackupManifest, targetPath: string, opts: RestoreOptions): Promise<RestoreResult> {
   const started = performance.now();
   const signal = opts.signal;
   throwIfAborted(signal);

@@ -127,6 +127,10 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   /** Removes temp files older than `olderThanMs` that crashed writers left behind. */
+  cleanupIncomplete(olderThanMs: number): Promise<number> {
+    return this.sweepTempFiles(olderThanMs);
+  }
+
   async sweepTempFiles(olderThanMs: number, nowMs = Date.now()): Promise<number> {
     let removed = 0;
     const visit = async (dir: string): Promise<void> => {

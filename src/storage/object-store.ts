@@ -35,6 +35,8 @@ export interface ObjectStore {
   list(prefix: string): AsyncIterable<ObjectInfo>;
   /** Removes an object. Deleting an absent key is not an error (idempotent). */
   delete(key: string): Promise<void>;
+  /** Optional: removes leftovers of writes that crashed more than `olderThanMs` ago. */
+  cleanupIncomplete?(olderThanMs: number): Promise<number>;
 }
 
 export class ObjectNotFoundError extends Error {

@@ -1,0 +1,212 @@
+/** init, backup, restore, list, verify, delete, gc: the engine's command-line contract. */
+import { realpathSync } from 'node:fs';
+import * as path from 'node:path';
+import type { Command } from 'commander';
+import { AppError, ErrorCode } from '../../domain/errors.ts';
+import { writeBackup } from '../../engine/backup-writer.ts';
+import { collectGarbage, deleteBackup } from '../../engine/garbage-collector.ts';
+import { BACKUP_ID_RE, type BackupManifest } from '../../engine/manifest.ts';
+import { DEFAULT_CHUNK_SIZE, Repository } from '../../engine/repository.ts';
+import { restoreBackup } from '../../engine/restore-reader.ts';
+import { verifyRepository } from '../../engine/verifier.ts';
+import { FileVolumeSource } from '../../engine/volume-source.ts';
+import { ChunkWorkerPool } from '../../engine/worker-pool.ts';
+import { formatBytes, formatRate, progressReporter } from '../output.ts';
+import { openRepository, openStore, readPassword, type RepoOptions } from '../repo-access.ts';
+
+function out(json: boolean | undefined, obj: unknown, text: string): void {
+  process.stdout.write(json ? `${JSON.stringify(obj)}\n` : `${text}\n`);
+}
+
+/** Ctrl-C cancels the running operation cleanly (the engine sees an aborted signal). */
+function cancelOnSigint(): { signal: AbortSignal; dispose: () => void } {
+  const ac = new AbortController();
+  const onSig = (): void => ac.abort(new AppError(ErrorCode.Cancelled, 'interrupted'));
+  process.once('SIGINT', onSig);
+  process.once('SIGTERM', onSig);
+  return { signal: ac.signal, dispose: () => { process.off('SIGINT', onSig); process.off('SIGTERM', onSig); } };
+}
+
+function poolFromEnv(): ChunkWorkerPool {
+  const t = Number(process.env.HAVEN_THREADS ?? '');
+  return Number.isInteger(t) && t > 0 ? new ChunkWorkerPool(t) : new ChunkWorkerPool();
+}
+
+function checkBackupId(id: string): string {
+  if (!BACKUP_ID_RE.test(id)) throw new AppError(ErrorCode.BackupNotFound, `backup ${id} not found (backup ids are UUIDs, see haven list)`);
+  return id;
+}
+
+function latestOfVolume(manifests: BackupManifest[], volumeId: string): BackupManifest | null {
+  let best: BackupManifest | null = null;
+  for (const m of manifests) if (m.volume.id === volumeId && (!best || m.createdAt > best.createdAt)) best = m;
+  return best;
+}
+
+function parseChunkSize(v: string): number {
+  const m = /^(\d+)\s*([kKmM]i?[bB]?)?$/.exec(v.trim());
+  if (!m) throw new AppError(ErrorCode.InvalidArgument, `invalid chunk size ${JSON.stringify(v)} (e.g. 64KiB)`);
+  const unit = (m[2] ?? '').toLowerCase();
+  return Number(m[1]) * (unit.startsWith('k') ? 1024 : unit.startsWith('m') ? 1024 * 1024 : 1);
+}
+
+export function registerEngineCommands(program: Command): void {
+  program
+    .command('init')
+    .description('create a repository (encrypted when a password file is given)')
+    .requiredOption('--repo <dir>', 'repository directory')
+    .option('--password-file <file>', 'file holding the repository password (or HAVEN_PASSWORD_FILE)')
+    .option('--chunk-size <size>', 'chunk size, a multiple of 4KiB', `${DEFAULT_CHUNK_SIZE / 1024}KiB`)
+    .option('--json', 'print the result as JSON')
+    .action(async (o: RepoOptions & { chunkSize: string; json?: boolean }) => {
+      const repo = await Repository.init(openStore(o), { password: readPassword(o), chunkSizeBytes: parseChunkSize(o.chunkSize) });
+      const c = repo.config;
+      out(o.json, { id: c.id, repo: path.resolve(o.repo), encrypted: c.encryption !== null, chunkSizeBytes: c.chunkSizeBytes },
+        `created ${c.encryption ? 'encrypted' : 'unencrypted'} repository ${c.id} at ${path.resolve(o.repo)} (chunk size ${formatBytes(c.chunkSizeBytes)})`);
+    });
+
+  program
+    .command('backup')
+    .description('back up a volume (raw image file or block device); incremental against its last backup')
+    .requiredOption('--repo <dir>', 'repository directory')
+    .requiredOption('--volume <path>', 'image file or block device to back up')
+    .option('--name <name>', 'volume name recorded in the backup (default: file name)')
+    .option('--volume-id <id>', 'volume identity for incrementals (default: the volume\'s real path)')
+    .option('--full', 'record a full backup (no parent); deduplication still applies')
+    .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
+    .option('--json', 'print the result as JSON')
+    .action(async (o: RepoOptions & { volume: string; name?: string; volumeId?: string; full?: boolean; json?: boolean }) => {
+      const repo = await openRepository(o);
+      let real: string;
+      try {
+        real = realpathSync(o.volume);
+      } catch (err) {
+        throw new AppError(ErrorCode.VolumeUnreadable, `cannot open volume ${o.volume}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+      }
+      const volume = { id: o.volumeId ?? real, name: o.name ?? path.basename(real), path: real };
+      const previous = o.full ? null : latestOfVolume((await repo.listBackups()).manifests, volume.id);
+      const source = await FileVolumeSource.open(real);
+      const progress = progressReporter('backup ', !o.json);
+      const { signal, dispose } = cancelOnSigint();
+      const pool = poolFromEnv();
+      try {
+        const { manifest, stats } = await writeBackup(repo, source, { volume, previous, full: o.full ?? false, pool, signal, onProgress: progress.onProgress });
+        progress.stop();
+        out(o.json, {
+          id: manifest.id, volumeId: volume.id, volumeName: volume.name, kind: manifest.kind, parentId: manifest.parentId,
+          sizeBytes: manifest.sizeBytes, newBytes: stats.newBytes, storedBytes: stats.storedBytes, zeroBytes: stats.zeroBytes,
+          dedupBytes: stats.dedupBytes, newChunks: stats.newChunks, reusedChunks: stats.reusedChunks, holeChunks: stats.holeChunks,
+          objectsWritten: stats.objectsWritten, durationMs: stats.durationMs, volumeSha256: manifest.volumeSha256,
+        },
+        `backup ${manifest.id} (${manifest.kind}) of ${volume.name}: ${formatBytes(manifest.sizeBytes)} read, ${formatBytes(stats.newBytes)} new, ${formatBytes(stats.storedBytes)} stored, in ${(stats.durationMs / 1000).toFixed(1)} s (${formatRate(manifest.sizeBytes, stats.durationMs)})`);
+      } finally {
+        progress.stop();
+        dispose();
+        await pool.close();
+        await source.close();
+      }
+    });
+
+  program
+    .command('restore')
+    .description('restore a backup to a file or block device, verified against its SHA-256')
+    .requiredOption('--repo <dir>', 'repository directory')
+    .requiredOption('--backup <id>', 'backup id')
+    .requiredOption('--target <path>', 'file (created or overwritten, sparse) or block device')
+    .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
+    .option('--json', 'print the result as JSON')
+    .action(async (o: RepoOptions & { backup: string; target: string; json?: boolean }) => {
+      const repo = await openRepository(o);
+      const manifest = await repo.readManifest(checkBackupId(o.backup));
+      const progress = progressReporter('restore', !o.json);
+      const { signal, dispose } = cancelOnSigint();
+      const pool = poolFromEnv();
+      try {
+        const r = await restoreBackup(repo, manifest, o.target, { pool, signal, onProgress: progress.onProgress });
+        progress.stop();
+        out(o.json, { id: r.backupId, target: path.resolve(o.target), sizeBytes: r.sizeBytes, writtenBytes: r.writtenBytes, volumeSha256: r.volumeSha256, verified: true, durationMs: r.durationMs },
+          `restored backup ${r.backupId} to ${o.target}: ${formatBytes(r.sizeBytes)}, SHA-256 verified, in ${(r.durationMs / 1000).toFixed(1)} s (${formatRate(r.sizeBytes, r.durationMs)})`);
+      } finally {
+        progress.stop();
+        dispose();
+        await pool.close();
+      }
+    });
+
+  program
+    .command('list')
+    .description('list the backups in a repository')
+    .requiredOption('--repo <dir>', 'repository directory')
+    .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
+    .option('--json', 'print the result as JSON')
+    .action(async (o: RepoOptions & { json?: boolean }) => {
+      const repo = await openRepository(o);
+      const { manifests, damaged } = await repo.listBackups();
+      if (o.json) {
+        out(true, manifests.map((m) => ({ id: m.id, volumeId: m.volume.id, volumeName: m.volume.name, kind: m.kind, parentId: m.parentId, sizeBytes: m.sizeBytes, createdAt: m.createdAt, completedAt: m.completedAt, volumeSha256: m.volumeSha256, newBytes: m.stats.newBytes, storedBytes: m.stats.storedBytes })), '');
+      } else {
+        const rows = manifests.map((m) => [m.id, m.createdAt.replace('T', ' ').slice(0, 19), m.kind, formatBytes(m.sizeBytes), formatBytes(m.stats.newBytes), m.volume.name]);
+        const head = ['ID', 'CREATED (UTC)', 'KIND', 'SIZE', 'NEW', 'VOLUME'];
+        const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+        const line = (r: string[]): string => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+        process.stdout.write(`${[line(head), ...rows.map(line)].join('\n')}\n${manifests.length} backup(s)\n`);
+      }
+      for (const d of damaged) process.stderr.write(`haven: warning: backup ${d.id} has an unreadable manifest: ${d.error}\n`);
+    });
+
+  program
+    .command('verify')
+    .description('check manifests, indexes and every referenced chunk; exit 1 when anything is damaged')
+    .requiredOption('--repo <dir>', 'repository directory')
+    .option('--backup <id>', 'verify only this backup')
+    .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
+    .option('--json', 'print the result as JSON')
+    .action(async (o: RepoOptions & { backup?: string; json?: boolean }) => {
+      const repo = await openRepository(o);
+      const progress = progressReporter('verify ', !o.json);
+      const { signal, dispose } = cancelOnSigint();
+      const pool = poolFromEnv();
+      try {
+        const r = await verifyRepository(repo, { backupId: o.backup === undefined ? undefined : checkBackupId(o.backup), pool, signal, onProgress: progress.onProgress });
+        progress.stop();
+        const bad = r.backups.filter((b) => !b.ok);
+        out(o.json, r, [
+          ...bad.map((b) => `DAMAGED backup ${b.id} (${b.volumeName}): ${b.problems.join('; ')}`),
+          `${r.ok ? 'OK' : 'DAMAGED'}: ${r.backups.length} backup(s) checked, ${bad.length} damaged; ${r.checkedChunks} chunks (${formatBytes(r.checkedBytes)}) in ${r.checkedPacks} packs read, ${r.damagedChunks} damaged, ${r.missingChunks} missing`,
+        ].join('\n'));
+        if (!r.ok) process.exitCode = 1;
+      } finally {
+        progress.stop();
+        dispose();
+        await pool.close();
+      }
+    });
+
+  program
+    .command('delete')
+    .description('delete a backup (its space is reclaimed by gc)')
+    .requiredOption('--repo <dir>', 'repository directory')
+    .requiredOption('--backup <id>', 'backup id')
+    .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
+    .option('--json', 'print the result as JSON')
+    .action(async (o: RepoOptions & { backup: string; json?: boolean }) => {
+      const repo = await openRepository(o);
+      await deleteBackup(repo, checkBackupId(o.backup));
+      out(o.json, { id: o.backup, deleted: true }, `deleted backup ${o.backup} (run haven gc to reclaim its space)`);
+    });
+
+  program
+    .command('gc')
+    .description('reclaim the space of chunks no backup references')
+    .requiredOption('--repo <dir>', 'repository directory')
+    .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
+    .option('--json', 'print the result as JSON')
+    .action(async (o: RepoOptions & { json?: boolean }) => {
+      const repo = await openRepository(o);
+      const r = await collectGarbage(repo);
+      out(o.json, r, [
+        r.deferred ? `gc deferred: ${r.deferredReason}` : '',
+        `gc: ${r.backups} backup(s), ${r.referencedChunks} chunks in use, ${r.deletedChunks} removed, ${r.pendingChunks} pending; ${r.deletedPacks} packs deleted, ${r.rewrittenPacks} rewritten; reclaimed ${formatBytes(r.reclaimedBytes)} (${formatBytes(r.repositoryBytesBefore)} -> ${formatBytes(r.repositoryBytesAfter)})`,
+      ].filter(Boolean).join('\n'));
+    });
+}

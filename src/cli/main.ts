@@ -1,0 +1,52 @@
+/**
+ * The `haven` command line. Every command prints one clear line on stderr and exits non-zero on
+ * error, never a stack trace; `--json` output is the contract scripts and tests use.
+ */
+import { Command, Option } from 'commander';
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import { registerEngineCommands } from './commands/engine-commands.ts';
+
+export const EXIT_FAILURE = 1;
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('haven')
+    .description('Haven: deduplicated, compressed, encrypted backups of virtual machine disks')
+    .showHelpAfterError()
+    .configureOutput({ outputError: (str, write) => write(str) });
+  registerEngineCommands(program);
+  return program;
+}
+
+export function describeError(err: unknown): string {
+  if (err instanceof AppError) return err.message;
+  const e = err as NodeJS.ErrnoException;
+  if (e && typeof e.code === 'string' && typeof e.message === 'string') return e.message;
+  if (e?.name === 'AbortError') return 'cancelled';
+  return e instanceof Error ? e.message : String(err);
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  program.exitOverride();
+  try {
+    await program.parseAsync(argv);
+    return process.exitCode === undefined ? 0 : Number(process.exitCode);
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (typeof code === 'string' && code.startsWith('commander.')) {
+      // Commander already printed its message (usage errors, --help, --version).
+      return code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help' ? 0 : 2;
+    }
+    process.stderr.write(`haven: error: ${describeError(err)}\n`);
+    if (process.env.HAVEN_DEBUG) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
+    return err instanceof AppError && err.code === ErrorCode.Cancelled ? 130 : EXIT_FAILURE;
+  }
+}
+
+export { Option };
+
+if (import.meta.main) {
+  process.exitCode = await main(process.argv);
+}

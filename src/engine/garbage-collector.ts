@@ -1,0 +1,261 @@
+/**
+ * deleteBackup and collectGarbage.
+ *
+ * Delete order is the reverse of the write order: manifest first (the backup is gone), then its
+ * index segments; its chunks are reclaimed by GC. Deleting a backup never breaks another: every
+ * backup's index names its chunks directly, there are no chains.
+ *
+ * GC (docs/design.md "Garbage collection", rules G1-G5), in this order:
+ *   A  list packs, load chunk maps, read manifests, mark every referenced chunk
+ *   B  write the condemned set U (all unreferenced chunks); backups starting later avoid U
+ *   C  list live locks; a live read lock (restore, verify) defers the sweep
+ *   D  list manifests and chunk maps again: chunks of backups completed since A are kept
+ *   E  deletable = U if no backup is running, else only chunks condemned by an earlier run before
+ *      every running backup started (those backups read that set and avoided them)
+ *   F  sweep: drop deletable chunks from the chunk map; delete packs with nothing live, rewrite
+ *      packs with much dead space, write one new chunk-map file, delete the old files, then the
+ *      old packs; orphans of crashed backups (packs, index segments) go too
+ *   G  rewrite the condemned set as what is still pending
+ */
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import { ObjectNotFoundError, type ObjectInfo } from '../storage/object-store.ts';
+import { DIGEST_BYTES, isZeroDigest } from './chunk-digest.ts';
+import { ChunkMap } from './chunk-map.ts';
+import { readCondemned, writeCondemned } from './gc-state.ts';
+import { acquireGcLock, listLocks, removeLock, type LockRecord } from './locks.ts';
+import { BACKUP_ID_RE, manifestKey, type BackupManifest } from './manifest.ts';
+import { entryCount, packKey, parseChunkMapFile, readEntry, writeEntry, ENTRY_BYTES, type PackEntries } from './pack-format.ts';
+import { PackWriter } from './pack-writer.ts';
+import type { Repository } from './repository.ts';
+
+/** Tolerated clock difference between hosts sharing a repository. */
+export const CLOCK_SKEW_MS = 2 * 60_000;
+/** A pack is rewritten when at least this share of it is dead. */
+export const REWRITE_DEAD_RATIO = 0.2;
+
+export async function deleteBackup(repo: Repository, backupId: string): Promise<void> {
+  if (!BACKUP_ID_RE.test(backupId)) throw new AppError(ErrorCode.BackupNotFound, `backup ${backupId} not found`);
+  if (!(await repo.store.head(manifestKey(backupId)))) throw new AppError(ErrorCode.BackupNotFound, `backup ${backupId} not found`);
+  await repo.store.delete(manifestKey(backupId)); // D1: the backup disappears here
+  for await (const o of repo.store.list(`indexes/${backupId}/`)) await repo.store.delete(o.key); // D2
+}
+
+export interface GcReport {
+  deferred: boolean;
+  deferredReason?: string;
+  backups: number;
+  referencedChunks: number;
+  unreferencedChunks: number;
+  deletedChunks: number;
+  pendingChunks: number;
+  deletedPacks: number;
+  rewrittenPacks: number;
+  writtenPacks: number;
+  orphanPacksDeleted: number;
+  orphanIndexesDeleted: number;
+  staleLocksRemoved: number;
+  reclaimedBytes: number;
+  repositoryBytesBefore: number;
+  repositoryBytesAfter: number;
+  durationMs: number;
+}
+
+export interface GcOptions {
+  signal?: AbortSignal;
+  nowMs?: () => number;
+}
+
+async function readAllManifests(repo: Repository): Promise<Map<string, BackupManifest>> {
+  const { manifests, damaged } = await repo.listBackups();
+  if (damaged.length) {
+    // Without a manifest we cannot know what it references: refusing is the only safe answer.
+    throw new AppError(ErrorCode.RepositoryCorrupt, `garbage collection refused: manifest of backup ${damaged[0]!.id} is unreadable (${damaged[0]!.error})`);
+  }
+  return new Map(manifests.map((m) => [m.id, m]));
+}
+
+async function markManifest(repo: Repository, map: ChunkMap, m: BackupManifest): Promise<void> {
+  for (const ref of m.indexSegments) {
+    const seg = await repo.readIndexSegment(ref, `backup ${m.id}`); // a damaged index aborts GC: safe
+    for (let o = 0; o < seg.length; o += DIGEST_BYTES) {
+      if (isZeroDigest(seg, o)) continue;
+      const e = map.find(seg, o);
+      if (e >= 0) map.mark(e);
+    }
+  }
+}
+
+async function loadPackLists(repo: Repository, files: string[]): Promise<Map<string, PackEntries>> {
+  const packs = new Map<string, PackEntries>();
+  for (const key of files) {
+    try {
+      for (const p of parseChunkMapFile(await repo.getDecoded(key, `chunk map ${key}`))) packs.set(p.packId, p);
+    } catch (err) {
+      if (!(err instanceof ObjectNotFoundError)) throw err; // removed by a crashed earlier GC's successor
+    }
+  }
+  return packs;
+}
+
+async function sumBytes(repo: Repository): Promise<number> {
+  let n = 0;
+  for await (const o of repo.store.list('')) n += o.sizeBytes;
+  return n;
+}
+
+export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Promise<GcReport> {
+  const started = performance.now();
+  const now = opts.nowMs ?? Date.now;
+  const lock = await acquireGcLock(repo.store);
+  try {
+    const report: GcReport = {
+      deferred: false, backups: 0, referencedChunks: 0, unreferencedChunks: 0, deletedChunks: 0, pendingChunks: 0, deletedPacks: 0,
+      rewrittenPacks: 0, writtenPacks: 0, orphanPacksDeleted: 0, orphanIndexesDeleted: 0, staleLocksRemoved: 0, reclaimedBytes: 0,
+      repositoryBytesBefore: await sumBytes(repo), repositoryBytesAfter: 0, durationMs: 0,
+    };
+    const { stale } = await listLocks(repo.store, now());
+    for (const l of stale) await removeLock(repo.store, l);
+    report.staleLocksRemoved = stale.length;
+    await repo.store.cleanupIncomplete?.(CLOCK_SKEW_MS);
+
+    // A
+    const packObjects = new Map<string, ObjectInfo>();
+    for await (const o of repo.store.list('packs/')) packObjects.set(o.key.slice(o.key.lastIndexOf('/') + 1), o);
+    const indexObjects: ObjectInfo[] = [];
+    for await (const o of repo.store.list('indexes/')) indexObjects.push(o);
+    const prevCondemned = await readCondemned(repo);
+    const { map, files } = await repo.loadChunkMap();
+    const manifests = await readAllManifests(repo);
+    for (const m of manifests.values()) await markManifest(repo, map, m);
+    opts.signal?.throwIfAborted();
+
+    // B
+    const unreferenced: number[] = [];
+    for (const e of map.entries()) if (!map.isMarked(e)) unreferenced.push(e);
+    const condemnedAtMs = now();
+    await writeCondemned(repo, condemnedAtMs, unreferenced.map((e) => map.digestOf(e)));
+
+    // C
+    const { live } = await listLocks(repo.store, now());
+    const liveBackups = live.filter((l) => l.kind === 'backup');
+    const readers = live.filter((l) => l.kind === 'read');
+
+    // D
+    const manifestsNow = await readAllManifests(repo);
+    for (const [id, m] of manifestsNow) if (!manifests.has(id)) await markManifest(repo, map, m);
+    const filesNow: string[] = [];
+    for await (const o of repo.store.list('chunkmaps/')) filesNow.push(o.key);
+    const newFiles = filesNow.filter((f) => !files.includes(f));
+    const packsInNewFiles = new Set((await loadPackLists(repo, newFiles)).keys());
+
+    // E
+    const prevUsable = liveBackups.every((l) => l.startedAtMs > prevCondemned.condemnedAtMs + CLOCK_SKEW_MS) && prevCondemned.condemnedAtMs > 0;
+    const deletable = new Uint8Array(map.size);
+    const pending: Uint8Array[] = [];
+    for (const e of unreferenced) {
+      if (map.isMarked(e)) continue; // referenced by a backup completed during this run
+      report.unreferencedChunks++;
+      if (liveBackups.length === 0 || (prevUsable && prevCondemned.digests.has(map.digestOf(e)))) deletable[e] = 1;
+      else pending.push(map.digestOf(e));
+    }
+    report.backups = manifestsNow.size;
+    for (const e of map.entries()) if (map.isMarked(e)) report.referencedChunks++;
+
+    if (readers.length) {
+      report.deferred = true;
+      report.deferredReason = `${readers.length} restore/verify run(s) in progress: packs are left in place`;
+      await writeCondemned(repo, condemnedAtMs, [...pending, ...unreferenced.filter((e) => deletable[e]).map((e) => map.digestOf(e))]);
+      report.pendingChunks = report.unreferencedChunks;
+      return finish();
+    }
+
+    // F: decide per pack what is live. A pack's entry is live when it is the chunk map's chosen
+    // location for its digest (duplicates elsewhere are dead copies) and the digest is not deletable.
+    const packLists = await loadPackLists(repo, files);
+    const writer = new PackWriter(repo, opts.signal ? { signal: opts.signal } : {});
+    const keep: PackEntries[] = [];
+    const dropPacks: string[] = [];
+    for (const [packId, p] of packLists) {
+      const info = packObjects.get(packId);
+      const packNo = map.packNo(packId);
+      const n = entryCount(p);
+      const liveIdx: number[] = [];
+      let liveBytes = 0;
+      for (let i = 0; i < n; i++) {
+        const en = readEntry(p.entries, i);
+        const e = map.find(p.entries, en.digestOffset);
+        if (e < 0 || deletable[e]) continue;
+        const loc = map.locationOf(e);
+        if (loc.packNo !== packNo || loc.offset !== en.offset) continue;
+        liveIdx.push(i);
+        liveBytes += en.length;
+      }
+      if (!info) continue; // listed in a chunk map but gone: nothing to reclaim (verify reports it)
+      if (liveIdx.length === 0) {
+        dropPacks.push(packId);
+        report.deletedPacks++;
+        continue;
+      }
+      const dead = info.sizeBytes - liveBytes;
+      if (dead / info.sizeBytes >= REWRITE_DEAD_RATIO) {
+        const body = await repo.store.get(packKey(packId));
+        for (const i of liveIdx) {
+          const en = readEntry(p.entries, i);
+          await writer.add(body.subarray(en.offset, en.offset + en.length), p.entries, en.digestOffset, en.rawLength);
+        }
+        dropPacks.push(packId);
+        report.rewrittenPacks++;
+      } else if (liveIdx.length === n) {
+        keep.push(p);
+      } else {
+        const entries = new Uint8Array(liveIdx.length * ENTRY_BYTES);
+        liveIdx.forEach((i, k) => {
+          const en = readEntry(p.entries, i);
+          writeEntry(entries, k, p.entries, en.digestOffset, en.offset, en.length, en.rawLength);
+        });
+        keep.push({ packId, entries });
+      }
+    }
+    for (let e = 0; e < map.size; e++) if (deletable[e]) report.deletedChunks++;
+    const written = await writer.finish();
+    report.writtenPacks = written.length;
+    // G3: the new chunk map is durable before any old file or pack goes.
+    if (keep.length || written.length) await repo.writeChunkMapFile([...keep, ...written]);
+    for (const f of files) await repo.store.delete(f);
+    for (const packId of dropPacks) await repo.store.delete(packKey(packId));
+
+    // Orphans: packs no chunk map lists, index segments no manifest owns, unless a running backup
+    // may own them (it started before the object was written).
+    const mayOwn = (l: LockRecord, o: ObjectInfo): boolean => l.startedAtMs <= o.modifiedAtMs + CLOCK_SKEW_MS;
+    for (const [packId, info] of packObjects) {
+      if (packLists.has(packId) || packsInNewFiles.has(packId)) continue;
+      if (liveBackups.some((l) => mayOwn(l, info))) continue;
+      await repo.store.delete(info.key);
+      report.orphanPacksDeleted++;
+    }
+    const orphanIds = new Set<string>();
+    for (const o of indexObjects) {
+      const id = o.key.split('/')[1] ?? '';
+      if (manifestsNow.has(id) || liveBackups.some((l) => l.backupId === id)) continue;
+      if (!(await repo.store.head(manifestKey(id)))) {
+        await repo.store.delete(o.key);
+        orphanIds.add(id);
+      }
+    }
+    report.orphanIndexesDeleted = orphanIds.size;
+
+    // G
+    await writeCondemned(repo, condemnedAtMs, pending);
+    report.pendingChunks = pending.length;
+    return finish();
+
+    async function finish(): Promise<GcReport> {
+      report.repositoryBytesAfter = await sumBytes(repo);
+      report.reclaimedBytes = Math.max(0, report.repositoryBytesBefore - report.repositoryBytesAfter);
+      report.durationMs = Math.round(performance.now() - started);
+      return report;
+    }
+  } finally {
+    await lock.release();
+  }
+}
