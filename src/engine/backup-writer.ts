@@ -42,7 +42,7 @@ export interface BackupOptions {
   pool?: ChunkWorkerPool;
   signal?: AbortSignal;
   onProgress?: (p: Progress) => void;
-  /** Chunks per batch (default: 4 MiB worth). */
+  /** Chunks per batch (default: 8 MiB worth). */
   batchChunks?: number;
 }
 
@@ -90,9 +90,9 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
       segFill = 0;
     };
 
-    const batchChunks = opts.batchChunks ?? Math.max(1, Math.floor((4 * 1024 * 1024) / chunkSize));
+    const batchChunks = opts.batchChunks ?? Math.max(1, Math.floor((8 * 1024 * 1024) / chunkSize));
     const batchBytes = batchChunks * chunkSize;
-    const slotCount = pool.threads * 2 + 2;
+    const slotCount = pool.threads + 2;
     const freeSlots: SharedArrayBuffer[] = Array.from({ length: slotCount }, () => new SharedArrayBuffer(batchBytes));
     const slotWaiters: ((s: SharedArrayBuffer) => void)[] = [];
     const takeSlot = (): Promise<SharedArrayBuffer> => {

@@ -3,8 +3,10 @@
  * AES-GCM) and decoding with digest check. Tasks read volume data from SharedArrayBuffer slots the
  * main thread fills, so no volume bytes are copied between threads.
  */
-import { chunkDigest, DIGEST_BYTES } from './chunk-digest.ts';
+import { chunkHasher, DIGEST_BYTES, type ChunkHasher } from './chunk-digest.ts';
 import { decodeBlob, encodeBlob } from './blob-codec.ts';
+import { releaseGarbage } from './memory.ts';
+
 
 export interface HashTask {
   kind: 'hash';
@@ -62,14 +64,27 @@ function isZero(b: Uint8Array): boolean {
   return true;
 }
 
+// Hashers keyed by MAC key (a worker serves one repository at a time, rarely more).
+const hashers = new Map<string, ChunkHasher>();
+function hasherFor(macKey: Uint8Array | undefined): ChunkHasher {
+  const id = macKey ? Buffer.from(macKey).toString('base64') : '';
+  let h = hashers.get(id);
+  if (!h) {
+    if (hashers.size > 16) hashers.clear();
+    hashers.set(id, (h = chunkHasher(macKey)));
+  }
+  return h;
+}
+
 function hash(t: HashTask): Uint8Array {
+  const digestOf = hasherFor(t.macKey);
   const n = Math.ceil(t.length / t.chunkSizeBytes);
   const out = new Uint8Array(n * DIGEST_BYTES);
   for (let i = 0; i < n; i++) {
     const start = t.offset + i * t.chunkSizeBytes;
     const len = Math.min(t.chunkSizeBytes, t.offset + t.length - start);
     const chunk = new Uint8Array(t.sab, start, len);
-    if (!isZero(chunk)) chunkDigest(chunk, t.macKey, out, i * DIGEST_BYTES); // zero chunk: digest stays all-zero (a hole)
+    if (!isZero(chunk)) digestOf(chunk, out, i * DIGEST_BYTES); // zero chunk: digest stays all-zero (a hole)
   }
   return out;
 }
@@ -92,6 +107,7 @@ function decode(t: DecodeTask): DecodeResult {
   const outs: Uint8Array[] = [];
   let off = 0;
   const digest = new Uint8Array(DIGEST_BYTES);
+  const digestOf = hasherFor(t.macKey);
   for (let i = 0; i < t.lengths.length; i++) {
     const blob = t.data.subarray(off, off + t.lengths[i]!);
     off += t.lengths[i]!;
@@ -103,7 +119,7 @@ function decode(t: DecodeTask): DecodeResult {
       raw = null; // reported as damaged below; the caller names the chunk and the backups using it
     }
     if (raw) {
-      chunkDigest(raw, t.macKey, digest, 0);
+      digestOf(raw, digest, 0);
       if (!Buffer.from(digest).equals(Buffer.from(t.digests.buffer, t.digests.byteOffset + i * DIGEST_BYTES, DIGEST_BYTES))) raw = null;
     }
     damaged.push(raw ? 0 : 1);
@@ -118,9 +134,15 @@ export default function runChunkTask(task: ChunkTask): Uint8Array | EncodeResult
   switch (task.kind) {
     case 'hash':
       return hash(task);
-    case 'encode':
-      return encode(task);
-    case 'decode':
-      return decode(task);
+    case 'encode': {
+      const r = encode(task);
+      releaseGarbage();
+      return r;
+    }
+    case 'decode': {
+      const r = decode(task);
+      releaseGarbage();
+      return r;
+    }
   }
 }

@@ -4,7 +4,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { DIGEST_BYTES } from './chunk-digest.ts';
-import { ENTRY_BYTES, packKey, packTrailer, writeEntry, type PackEntries } from './pack-format.ts';
+import { ENTRY_BYTES, PACK_TRAILER_BYTES, packKey, packTrailer, writeEntry, type PackEntries } from './pack-format.ts';
+import { releaseGarbage } from './memory.ts';
 import type { Repository } from './repository.ts';
 
 export class PackWriter {
@@ -24,7 +25,7 @@ export class PackWriter {
   constructor(repo: Repository, opts: { maxInFlight?: number; signal?: AbortSignal | undefined } = {}) {
     this.repo = repo;
     this.targetBytes = repo.config.packTargetBytes;
-    this.maxInFlight = opts.maxInFlight ?? 2;
+    this.maxInFlight = opts.maxInFlight ?? 1;
     this.entries = new Uint8Array(256 * ENTRY_BYTES);
     this.signal = opts.signal;
   }
@@ -53,7 +54,8 @@ export class PackWriter {
     if (this.failure) throw this.failure;
     const entries = this.entries.slice(0, this.entryCount * ENTRY_BYTES);
     const header = this.repo.encode(entries);
-    const body = Buffer.concat([...this.parts, header, packTrailer(header.length)]);
+    const body = [...this.parts, header, packTrailer(header.length)];
+    const bodyBytes = this.size + header.length + PACK_TRAILER_BYTES;
     this.parts = [];
     this.size = 0;
     this.entryCount = 0;
@@ -61,13 +63,16 @@ export class PackWriter {
     const p = this.repo.store.put(packKey(packId), body, this.signal).then(
       () => {
         this.written.push({ packId, entries });
-        this.storedBytes += body.length;
+        this.storedBytes += bodyBytes;
       },
       (err: unknown) => {
         this.failure ??= err;
       },
     );
-    const tracked = p.finally(() => this.inFlight.delete(tracked));
+    const tracked = p.finally(() => {
+      this.inFlight.delete(tracked);
+      releaseGarbage(); // the pack's parts are garbage now (memory.ts)
+    });
     this.inFlight.add(tracked);
   }
 

@@ -9,7 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsc, promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { assertValidKey, ObjectNotFoundError, type GetOptions, type ObjectInfo, type ObjectStore } from './object-store.ts';
+import { assertValidKey, bodyParts, type Body, ObjectNotFoundError, type GetOptions, type ObjectInfo, type ObjectStore } from './object-store.ts';
 
 export class LocalObjectStore implements ObjectStore {
   readonly root: string;
@@ -25,7 +25,7 @@ export class LocalObjectStore implements ObjectStore {
     return path.join(this.root, ...key.split('/'));
   }
 
-  async put(key: string, body: Uint8Array): Promise<void> {
+  async put(key: string, body: Body): Promise<void> {
     const target = this.pathOf(key);
     const dir = path.dirname(target);
     if (!this.knownDirs.has(dir)) {
@@ -35,11 +35,7 @@ export class LocalObjectStore implements ObjectStore {
     const tmp = path.join(dir, `.tmp-${randomBytes(8).toString('hex')}`);
     const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
     try {
-      let off = 0;
-      while (off < body.length) {
-        const { bytesWritten } = await fh.write(body, off, body.length - off, off);
-        off += bytesWritten;
-      }
+      await writeParts(fh, bodyParts(body));
       await fh.sync();
     } catch (err) {
       await fh.close();
@@ -154,6 +150,21 @@ export class LocalObjectStore implements ObjectStore {
     };
     await visit(this.root);
     return removed;
+  }
+}
+
+/** writev in groups (IOV_MAX is 1024), resuming after short writes. */
+async function writeParts(fh: fs.FileHandle, parts: readonly Uint8Array[]): Promise<void> {
+  let pos = 0;
+  for (let i = 0; i < parts.length; i += 512) {
+    let group = parts.slice(i, i + 512).filter((p) => p.length > 0);
+    while (group.length) {
+      const { bytesWritten } = await fh.writev(group, pos);
+      pos += bytesWritten;
+      let skip = bytesWritten;
+      while (group.length && skip >= group[0]!.length) skip -= group.shift()!.length;
+      if (skip > 0 && group.length) group[0] = group[0]!.subarray(skip);
+    }
   }
 }
 

@@ -1,12 +1,12 @@
 /** An ObjectStore in memory, for tests and dry runs. */
-import { assertValidKey, ObjectNotFoundError, type GetOptions, type ObjectInfo, type ObjectStore } from './object-store.ts';
+import { assertValidKey, bodyParts, type Body, ObjectNotFoundError, type GetOptions, type ObjectInfo, type ObjectStore } from './object-store.ts';
 
 export class MemoryObjectStore implements ObjectStore {
   readonly objects = new Map<string, { body: Uint8Array; modifiedAtMs: number }>();
 
-  async put(key: string, body: Uint8Array): Promise<void> {
+  async put(key: string, body: Body): Promise<void> {
     assertValidKey(key);
-    this.objects.set(key, { body: Uint8Array.prototype.slice.call(body), modifiedAtMs: Date.now() });
+    this.objects.set(key, { body: new Uint8Array(Buffer.concat(bodyParts(body))), modifiedAtMs: Date.now() });
   }
 
   async get(key: string, options?: GetOptions): Promise<Uint8Array> {

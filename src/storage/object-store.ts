@@ -13,6 +13,12 @@ export interface ObjectInfo {
   modifiedAtMs: number;
 }
 
+export type Body = Uint8Array | readonly Uint8Array[];
+
+export function bodyParts(body: Body): readonly Uint8Array[] {
+  return body instanceof Uint8Array ? [body] : body;
+}
+
 export interface GetOptions {
   /** Read only `length` bytes from `offset`; reading past the end returns what exists. */
   offset?: number;
@@ -24,9 +30,10 @@ export interface ObjectStore {
   /**
    * Stores `body` under `key`, atomically and durably: when the promise resolves the object survives
    * a crash, and readers never see a partial object. Overwriting is allowed (last writer wins).
+   * `body` may come in parts, stored back to back (packs are assembled without a copy).
    * Throws a transient error for conditions a retry may fix.
    */
-  put(key: string, body: Uint8Array, signal?: AbortSignal): Promise<void>;
+  put(key: string, body: Body, signal?: AbortSignal): Promise<void>;
   /** Returns the object's bytes (or a range of them). Throws ObjectNotFoundError when absent. */
   get(key: string, options?: GetOptions): Promise<Uint8Array>;
   /** Size and time of an object, or null when absent. */

@@ -15,6 +15,13 @@ export function describeObjectStore(name: string, makeStore: () => Promise<Objec
       assert.deepEqual(new Uint8Array(await s.get('a/b/c')), body);
     });
 
+    it('stores a body given in parts back to back', async () => {
+      const s = await makeStore();
+      const parts = Array.from({ length: 1500 }, (_, i) => new Uint8Array(i % 7).fill(i & 0xff));
+      await s.put('parts', parts);
+      assert.deepEqual(new Uint8Array(await s.get('parts')), new Uint8Array(Buffer.concat(parts)));
+    });
+
     it('reads ranges', async () => {
       const s = await makeStore();
       await s.put('r', new Uint8Array([0, 1, 2, 3, 4, 5, 6, 7]));

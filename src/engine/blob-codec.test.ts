@@ -1,0 +1,160 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { describe, it } from 'node:test';
+import { BlobDecodeError, decodeBlob, encodeBlob, type BlobKeys } from './blob-codec.ts';
+
+const FLAG_ZSTD = 1;
+const FLAG_AESGCM = 2;
+const PLAIN_OVERHEAD = 1 + 4; // flags + crc32
+const ENC_OVERHEAD = 1 + 12 + 16; // flags + nonce + tag
+
+const key = randomBytes(32);
+const otherKey = randomBytes(32);
+const plainKeys: BlobKeys = {};
+const encKeys: BlobKeys = { encKey: key };
+
+/** Text-like data that zstd shrinks a lot. */
+function compressible(n: number): Buffer {
+  const line = Buffer.from('haven backup engine: the quick brown fox jumps over the lazy dog 0123456789\n');
+  const b = Buffer.alloc(n);
+  for (let o = 0; o < n; o += line.length) line.copy(b, o, 0, Math.min(line.length, n - o));
+  return b;
+}
+
+const modes: { name: string; keys: BlobKeys; overhead: number }[] = [
+  { name: 'unencrypted', keys: plainKeys, overhead: PLAIN_OVERHEAD },
+  { name: 'encrypted', keys: encKeys, overhead: ENC_OVERHEAD },
+];
+
+for (const mode of modes) {
+  describe(`blob codec, ${mode.name}`, () => {
+    const samples: [string, Buffer][] = [
+      ['empty', Buffer.alloc(0)],
+      ['one byte', Buffer.from([0x42])],
+      ['64 bytes (never compressed)', compressible(64)],
+      ['64 KiB compressible', compressible(64 * 1024)],
+      ['64 KiB random', randomBytes(64 * 1024)],
+      ['1 MiB + 3 compressible', compressible(1024 * 1024 + 3)],
+    ];
+
+    for (const [what, plain] of samples) {
+      for (const compress of [true, false]) {
+        it(`round-trips ${what} (compress=${compress})`, () => {
+          const blob = encodeBlob(plain, mode.keys, compress);
+          const back = decodeBlob(blob, mode.keys);
+          assert.equal(Buffer.compare(back, plain), 0);
+          assert.equal(blob[0]! & FLAG_AESGCM, mode.keys.encKey ? FLAG_AESGCM : 0);
+        });
+      }
+    }
+
+    it('compresses compressible data and says so in the flags', () => {
+      const plain = compressible(64 * 1024);
+      const blob = encodeBlob(plain, mode.keys, true);
+      assert.equal(blob[0]! & FLAG_ZSTD, FLAG_ZSTD);
+      assert.ok(blob.length < plain.length / 4, `compressed to ${blob.length} bytes`);
+      assert.equal(Buffer.compare(decodeBlob(blob, mode.keys), plain), 0);
+    });
+
+    it('stores incompressible data raw (no zstd flag, only the framing overhead)', () => {
+      const plain = randomBytes(64 * 1024);
+      const blob = encodeBlob(plain, mode.keys, true);
+      assert.equal(blob[0]! & FLAG_ZSTD, 0);
+      assert.equal(blob.length, plain.length + mode.overhead);
+      if (mode.keys.encKey === undefined) assert.equal(Buffer.compare(blob.subarray(1, 1 + plain.length), plain), 0);
+    });
+
+    it('stores data raw when compression is off', () => {
+      const plain = compressible(10_000);
+      const blob = encodeBlob(plain, mode.keys, false);
+      assert.equal(blob[0]! & FLAG_ZSTD, 0);
+      assert.equal(blob.length, plain.length + mode.overhead);
+    });
+
+    it('detects every single damaged byte after the flags byte, raw and compressed', () => {
+      for (const plain of [randomBytes(300), compressible(3000)]) {
+        const blob = encodeBlob(plain, mode.keys, true);
+        for (let i = 1; i < blob.length; i++) {
+          const bad = Buffer.from(blob);
+          bad[i]! ^= 1 << (i % 8);
+          assert.throws(() => decodeBlob(bad, mode.keys), BlobDecodeError, `flip at byte ${i} of ${blob.length} went undetected`);
+        }
+      }
+    });
+
+    it('detects a truncated or too short blob', () => {
+      const blob = encodeBlob(randomBytes(1000), mode.keys, true);
+      assert.throws(() => decodeBlob(blob.subarray(0, blob.length - 1), mode.keys), BlobDecodeError);
+      assert.throws(() => decodeBlob(blob.subarray(0, 4), mode.keys), BlobDecodeError);
+      assert.throws(() => decodeBlob(new Uint8Array(0), mode.keys), BlobDecodeError);
+    });
+
+    it('refuses unknown flags', () => {
+      const blob = encodeBlob(randomBytes(100), mode.keys, true);
+      blob[0] = blob[0]! | 0x80;
+      assert.throws(() => decodeBlob(blob, mode.keys), /unknown blob flags/);
+    });
+
+    it('caps the decompressed size when asked (no decompression bomb)', () => {
+      const plain = Buffer.alloc(4 * 1024 * 1024); // zeros: tiny when compressed
+      const blob = encodeBlob(plain, mode.keys, true);
+      assert.ok(blob.length < 4096);
+      assert.equal(decodeBlob(blob, mode.keys, plain.length).length, plain.length);
+      assert.throws(() => decodeBlob(blob, mode.keys, 64 * 1024), BlobDecodeError);
+    });
+
+    it('decodes a blob that lives inside a larger buffer (non-zero byteOffset)', () => {
+      const plain = randomBytes(5000);
+      const blob = encodeBlob(plain, mode.keys, true);
+      const big = Buffer.concat([randomBytes(13), blob, randomBytes(7)]);
+      const view = new Uint8Array(big.buffer, big.byteOffset + 13, blob.length);
+      assert.equal(Buffer.compare(decodeBlob(view, mode.keys), plain), 0);
+    });
+  });
+}
+
+describe('blob codec, keys', () => {
+  it('detects a wrong key', () => {
+    for (const plain of [randomBytes(1000), compressible(10_000)]) {
+      const blob = encodeBlob(plain, { encKey: key }, true);
+      assert.throws(() => decodeBlob(blob, { encKey: otherKey }), (err: unknown) => err instanceof BlobDecodeError && /authentication/.test(err.message));
+    }
+  });
+
+  it('refuses an encrypted blob without a key, and an unencrypted blob in an encrypted repository', () => {
+    const enc = encodeBlob(randomBytes(100), { encKey: key }, true);
+    assert.throws(() => decodeBlob(enc, {}), (err: unknown) => err instanceof BlobDecodeError && /no key/.test(err.message));
+    const plain = encodeBlob(randomBytes(100), {}, true);
+    assert.throws(() => decodeBlob(plain, { encKey: key }), (err: unknown) => err instanceof BlobDecodeError && /unencrypted/.test(err.message));
+  });
+
+  it('encrypts: the plaintext does not appear, and equal plaintexts give different blobs (fresh nonce)', () => {
+    const plain = randomBytes(4096);
+    const a = encodeBlob(plain, { encKey: key }, false);
+    const b = encodeBlob(plain, { encKey: key }, false);
+    assert.notDeepEqual(a, b);
+    assert.equal(a.indexOf(plain.subarray(0, 64)), -1);
+    assert.equal(Buffer.compare(decodeBlob(a, { encKey: key }), decodeBlob(b, { encKey: key })), 0);
+  });
+
+  it('authenticates the flags byte of an encrypted blob', () => {
+    const blob = encodeBlob(compressible(10_000), { encKey: key }, true);
+    assert.equal(blob[0], FLAG_ZSTD | FLAG_AESGCM);
+    const bad = Buffer.from(blob);
+    bad[0] = FLAG_AESGCM; // claim "not compressed"
+    assert.throws(() => decodeBlob(bad, { encKey: key }), BlobDecodeError);
+  });
+
+  it(
+    'detects a damaged flags byte of an unencrypted compressed blob',
+    { todo: 'BUG: the CRC-32 covers only the payload, so clearing the zstd flag returns the compressed bytes as data, undetected' },
+    () => {
+      const plain = compressible(10_000);
+      const blob = encodeBlob(plain, {}, true);
+      assert.equal(blob[0], FLAG_ZSTD);
+      const bad = Buffer.from(blob);
+      bad[0] = 0;
+      assert.throws(() => decodeBlob(bad, {}), BlobDecodeError);
+    },
+  );
+});
