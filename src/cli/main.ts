@@ -12,6 +12,7 @@ export function buildProgram(): Command {
   const program = new Command();
   program
     .name('haven')
+    .version('0.1.0')
     .description('Haven: deduplicated, compressed, encrypted backups of virtual machine disks')
     .showHelpAfterError()
     .configureOutput({ outputError: (str, write) => write(str) });

@@ -12,6 +12,17 @@ import { runInNewContext } from 'node:vm';
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as (opts?: { type?: 'minor' | 'major'; execution?: 'sync' | 'async' }) => void;
 
-export function releaseGarbage(): void {
-  gc({ type: 'major' });
+/** Bytes of short-lived allocation after which a full collection runs. */
+const MAJOR_EVERY_BYTES = 64 * 1024 * 1024;
+let sinceMajor = 0;
+
+/** Tells the collector that about `bytes` of short-lived Buffers just became garbage. */
+export function releaseGarbage(bytes: number): void {
+  sinceMajor += bytes;
+  if (sinceMajor >= MAJOR_EVERY_BYTES) {
+    sinceMajor = 0;
+    gc({ type: 'major' });
+  } else {
+    gc({ type: 'minor' });
+  }
 }

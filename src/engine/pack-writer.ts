@@ -71,7 +71,7 @@ export class PackWriter {
     );
     const tracked = p.finally(() => {
       this.inFlight.delete(tracked);
-      releaseGarbage(); // the pack's parts are garbage now (memory.ts)
+      releaseGarbage(bodyBytes); // the pack's parts are garbage now (memory.ts)
     });
     this.inFlight.add(tracked);
   }

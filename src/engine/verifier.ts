@@ -127,7 +127,7 @@ async function verifyLocked(repo: Repository, opts: VerifyOptions): Promise<Veri
           lengths.push(Math.min(l.length, Math.max(0, body.length - l.offset)));
           digests.set(map.digestOf(e), k * DIGEST_BYTES);
         });
-        const r = await pool.decode({ data: Buffer.concat(parts), lengths, rawLengths: locs.map((l) => l.rawLength), digests, encKey: repo.keys?.encKey, macKey: repo.keys?.macKey, returnData: false }, opts.signal);
+        const r = await pool.decode({ data: Buffer.concat(parts), lengths, rawLengths: locs.map((l) => l.rawLength), digests, encKey: repo.keys?.encKey, macKey: repo.keys?.macKey, returnData: false, checkDigests: true }, opts.signal);
         r.damaged.forEach((d, k) => {
           if (d) damaged[entries[k]!] = 1;
         });
