@@ -26,6 +26,12 @@ export interface RestoreOptions {
   onProgress?: (p: Progress) => void;
   /** A loaded chunk map, when the caller has one. */
   map?: ChunkMap;
+  /**
+   * fsync the target before reporting success. Always done for block devices (a VM disk must be on
+   * the device, not in the buffer cache, when the restore says it is done); for files only on request,
+   * like cp, restic and borg (the data is in the page cache and written back by the kernel).
+   */
+  fsync?: boolean;
   /** Read gap (bytes) under which two chunk reads from one pack are merged into one. */
   coalesceGapBytes?: number;
 }
@@ -114,7 +120,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     }
     while (inFlight.length) await (await inFlight.shift()!)();
     if (chunkBase !== manifest.chunkCount) throw new AppError(ErrorCode.RepositoryCorrupt, `index of ${what} lists ${chunkBase} chunks, manifest says ${manifest.chunkCount}`);
-    await target.fh.sync();
+    if (!target.sparse || opts.fsync) await target.fh.sync();
   } catch (err) {
     await target.fh.close().catch(() => undefined); // the error below is what matters
     if (ownPool) await pool.close();

@@ -1,7 +1,7 @@
 /** The pool of chunk workers (piscina), one thread per core by default. */
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
-import type { DecodeResult, DecodeTask, EncodeResult, EncodeTask, HashTask } from './chunk-worker.ts';
+import { parseEncoded, type DecodeResult, type DecodeTask, type EncodeResult, type EncodeTask, type HashTask } from './chunk-worker.ts';
 
 export class ChunkWorkerPool {
   private readonly pool: Piscina;
@@ -21,8 +21,8 @@ export class ChunkWorkerPool {
     return this.pool.run({ kind: 'hash', ...t }, signal ? { signal } : {});
   }
 
-  encode(t: Omit<EncodeTask, 'kind'>, signal?: AbortSignal): Promise<EncodeResult> {
-    return this.pool.run({ kind: 'encode', ...t }, signal ? { signal } : {});
+  async encode(t: Omit<EncodeTask, 'kind'>, signal?: AbortSignal): Promise<EncodeResult> {
+    return parseEncoded(await this.pool.run({ kind: 'encode', ...t }, signal ? { signal } : {}));
   }
 
   decode(t: Omit<DecodeTask, 'kind'>, signal?: AbortSignal): Promise<DecodeResult> {

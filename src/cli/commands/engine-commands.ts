@@ -113,16 +113,17 @@ export function registerEngineCommands(program: Command): void {
     .requiredOption('--repo <dir>', 'repository directory')
     .requiredOption('--backup <id>', 'backup id')
     .requiredOption('--target <path>', 'file (created or overwritten, sparse) or block device')
+    .option('--fsync', 'flush a file target to disk before reporting success (always done for block devices)')
     .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
     .option('--json', 'print the result as JSON')
-    .action(async (o: RepoOptions & { backup: string; target: string; json?: boolean }) => {
+    .action(async (o: RepoOptions & { backup: string; target: string; fsync?: boolean; json?: boolean }) => {
       const repo = await openRepository(o);
       const manifest = await repo.readManifest(checkBackupId(o.backup));
       const progress = progressReporter('restore', !o.json);
       const { signal, dispose } = cancelOnSigint();
       const pool = poolFromEnv();
       try {
-        const r = await restoreBackup(repo, manifest, o.target, { pool, signal, onProgress: progress.onProgress });
+        const r = await restoreBackup(repo, manifest, o.target, { pool, signal, fsync: o.fsync ?? false, onProgress: progress.onProgress });
         progress.stop();
         out(o.json, { id: r.backupId, target: path.resolve(o.target), sizeBytes: r.sizeBytes, writtenBytes: r.writtenBytes, volumeSha256: r.volumeSha256, verified: true, durationMs: r.durationMs },
           `restored backup ${r.backupId} to ${o.target}: ${formatBytes(r.sizeBytes)}, SHA-256 verified, in ${(r.durationMs / 1000).toFixed(1)} s (${formatRate(r.sizeBytes, r.durationMs)})`);
