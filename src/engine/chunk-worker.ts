@@ -133,13 +133,21 @@ export function parseEncoded(buf: ArrayBuffer): EncodeResult {
   return { data: new Uint8Array(buf, 4 + count * 4, total), lengths };
 }
 
-function decode(t: DecodeTask): DecodeResult {
-  const damaged: number[] = [];
-  const outs: Uint8Array[] = [];
+/**
+ * Decodes blobs into one fresh ArrayBuffer, transferred to the caller:
+ * one damaged flag per chunk (padded to 8 bytes) | raw chunks back to back (when returnData).
+ */
+function decode(t: DecodeTask): ArrayBuffer {
+  const count = t.lengths.length;
+  const head = (count + 7) & ~7;
+  let rawTotal = 0;
+  if (t.returnData) for (const l of t.rawLengths) rawTotal += l;
+  const out = new Uint8Array(head + rawTotal);
   let off = 0;
+  let outOff = head;
   const digest = new Uint8Array(DIGEST_BYTES);
   const digestOf = hasherFor(t.macKey);
-  for (let i = 0; i < t.lengths.length; i++) {
+  for (let i = 0; i < count; i++) {
     const blob = t.data.subarray(off, off + t.lengths[i]!);
     off += t.lengths[i]!;
     let raw: Uint8Array | null = null;
@@ -153,14 +161,22 @@ function decode(t: DecodeTask): DecodeResult {
       digestOf(raw, digest, 0);
       if (!Buffer.from(digest).equals(Buffer.from(t.digests.buffer, t.digests.byteOffset + i * DIGEST_BYTES, DIGEST_BYTES))) raw = null;
     }
-    damaged.push(raw ? 0 : 1);
-    if (t.returnData) outs.push(raw ?? new Uint8Array(t.rawLengths[i]!));
+    out[i] = raw ? 0 : 1;
+    if (t.returnData) {
+      if (raw) out.set(raw, outOff);
+      outOff += t.rawLengths[i]!;
+    }
   }
-  return { data: t.returnData ? Buffer.concat(outs) : new Uint8Array(0), damaged };
+  return out.buffer;
 }
 
-// Encoded chunks travel back transferred (no copy); digests and decode results by structured clone.
-export default function runChunkTask(task: ChunkTask): Uint8Array | ArrayBuffer | DecodeResult {
+export function parseDecoded(buf: ArrayBuffer, count: number): DecodeResult {
+  const head = (count + 7) & ~7;
+  return { data: new Uint8Array(buf, head), damaged: Array.from(new Uint8Array(buf, 0, count)) };
+}
+
+// Encoded and decoded chunks travel back transferred (no copy); digests by structured clone.
+export default function runChunkTask(task: ChunkTask): Uint8Array | ArrayBuffer {
   switch (task.kind) {
     case 'hash':
       return hash(task);
@@ -171,8 +187,8 @@ export default function runChunkTask(task: ChunkTask): Uint8Array | ArrayBuffer 
     }
     case 'decode': {
       const r = decode(task);
-      releaseGarbage(task.data.length + r.data.length * 2);
-      return r;
+      releaseGarbage(task.data.length + r.byteLength);
+      return Piscina.move(r) as unknown as ArrayBuffer;
     }
   }
 }

@@ -187,7 +187,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
       wantDigests.set(digests.subarray(present[k]! * DIGEST_BYTES, (present[k]! + 1) * DIGEST_BYTES), k * DIGEST_BYTES);
     }
     const decoded = present.length
-      ? await pool.decode({ data: blobs, lengths: locs.map((l) => l.length), rawLengths: locs.map((l) => l.rawLength), digests: wantDigests, encKey: repo.keys?.encKey, macKey: repo.keys?.macKey, returnData: true, checkDigests: false }, signal)
+      ? await pool.decode({ data: blobs, lengths: locs.map((l) => l.length), rawLengths: locs.map((l) => l.rawLength), digests: wantDigests, encKey: repo.keys?.encKey, macKey: repo.keys?.macKey, returnData: true, checkDigests: false }, signal, true)
       : { data: new Uint8Array(0), damaged: [] as number[] };
     const bad = decoded.damaged.indexOf(1);
     if (bad >= 0) throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digestHex(wantDigests, bad * DIGEST_BYTES)} of backup ${manifest.id} is damaged`);

@@ -1,7 +1,7 @@
 /** The pool of chunk workers (piscina), one thread per core by default. */
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
-import { parseEncoded, type DecodeResult, type DecodeTask, type EncodeResult, type EncodeTask, type HashTask } from './chunk-worker.ts';
+import { parseDecoded, parseEncoded, type DecodeResult, type DecodeTask, type EncodeResult, type EncodeTask, type HashTask } from './chunk-worker.ts';
 
 export class ChunkWorkerPool {
   private readonly pool: Piscina;
@@ -25,8 +25,13 @@ export class ChunkWorkerPool {
     return parseEncoded(await this.pool.run({ kind: 'encode', ...t }, signal ? { signal } : {}));
   }
 
-  decode(t: Omit<DecodeTask, 'kind'>, signal?: AbortSignal): Promise<DecodeResult> {
-    return this.pool.run({ kind: 'decode', ...t }, signal ? { signal } : {});
+  /**
+   * With `transferData`, t.data's ArrayBuffer moves to the worker (no copy) and is unusable here
+   * afterwards: only for buffers the caller owns whole (never a pooled Buffer slice).
+   */
+  async decode(t: Omit<DecodeTask, 'kind'>, signal?: AbortSignal, transferData = false): Promise<DecodeResult> {
+    const opts = { ...(signal ? { signal } : {}), ...(transferData ? { transferList: [t.data.buffer as ArrayBuffer] } : {}) };
+    return parseDecoded(await this.pool.run({ kind: 'decode', ...t }, opts), t.lengths.length);
   }
 
   async close(): Promise<void> {
