@@ -14,8 +14,10 @@ export function buildProgram(): Command {
     .name('haven')
     .version('0.1.0')
     .description('Haven: deduplicated, compressed, encrypted backups of virtual machine disks')
-    .showHelpAfterError()
-    .configureOutput({ outputError: (str, write) => write(str) });
+    .exitOverride() // before the subcommands, so they inherit it
+    .showSuggestionAfterError()
+    // Usage errors are one line too: "haven: error: required option '--repo <dir>' not specified".
+    .configureOutput({ outputError: (str, write) => write(`haven: ${str.trimEnd().split('\n')[0]}\n`) });
   registerEngineCommands(program);
   return program;
 }
@@ -30,7 +32,6 @@ export function describeError(err: unknown): string {
 
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
-  program.exitOverride();
   try {
     await program.parseAsync(argv);
     return process.exitCode === undefined ? 0 : Number(process.exitCode);

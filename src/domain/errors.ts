@@ -44,3 +44,12 @@ export function isAppError(err: unknown, code?: ErrorCode): err is AppError {
 export function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new AppError(ErrorCode.Cancelled, 'operation cancelled', { cause: signal.reason });
 }
+
+/**
+ * After an abort, the error that surfaces first may be a worker pool's or a store's own abort error;
+ * callers see one Cancelled error instead, whatever raced.
+ */
+export function asCancelledIfAborted(err: unknown, signal: AbortSignal | undefined, what: string): unknown {
+  if (signal?.aborted && !isAppError(err, ErrorCode.Cancelled)) return new AppError(ErrorCode.Cancelled, `${what} cancelled`, { cause: signal.reason });
+  return err;
+}

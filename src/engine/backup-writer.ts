@@ -12,7 +12,7 @@
  * At most `slots` batches are in flight, which bounds memory whatever the volume size.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { AppError, ErrorCode, throwIfAborted } from '../domain/errors.ts';
+import { AppError, asCancelledIfAborted, ErrorCode, throwIfAborted } from '../domain/errors.ts';
 import { DIGEST_BYTES } from './chunk-digest.ts';
 import { DEFAULT_ZSTD_LEVEL } from './blob-codec.ts';
 import { readCondemned } from './gc-state.ts';
@@ -201,7 +201,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
       lastAppend = appendP;
     }
     await Promise.allSettled([lastDecide, lastAppend]);
-    if (failure === undefined && signal?.aborted) failure = new AppError(ErrorCode.Cancelled, 'backup cancelled', { cause: signal.reason });
+    if (signal?.aborted) failure = asCancelledIfAborted(failure, signal, 'backup');
     if (failure !== undefined) {
       await packs.drain();
       throw failure;

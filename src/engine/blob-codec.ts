@@ -3,7 +3,7 @@
  * chunk maps, index segments, manifests, GC state).
  *
  *   byte 0      flags: bit 0 = zstd-compressed, bit 1 = AES-256-GCM-encrypted
- *   plain:      payload | crc32(payload) (4 bytes LE)
+ *   plain:      payload | crc32(flags byte, payload) (4 bytes LE)
  *   encrypted:  nonce (12) | ciphertext | GCM tag (16)
  *
  * Compression is kept only when it shrinks the data. Encryption authenticates; an unencrypted blob
@@ -54,6 +54,11 @@ export function looksCompressible(plain: Uint8Array): boolean {
 }
 
 /** The most bytes encodeBlobInto writes for a `plainBytes` input. */
+/** CRC-32 over the flags byte and the payload, so a flipped flag is detected too. */
+function blobCrc(flags: number, payload: Uint8Array): number {
+  return zlib.crc32(payload, zlib.crc32(Uint8Array.of(flags)));
+}
+
 export function maxEncodedBytes(plainBytes: number, keys: BlobKeys): number {
   return keys.encKey ? 1 + NONCE + plainBytes + TAG : 1 + plainBytes + 4;
 }
@@ -98,7 +103,7 @@ export function encodeBlobInto(plain: Uint8Array, keys: BlobKeys, compress: bool
   }
   out[outOffset] = flags;
   out.set(payload, outOffset + 1);
-  new DataView(out.buffer, out.byteOffset).setUint32(outOffset + 1 + payload.length, zlib.crc32(payload), true);
+  new DataView(out.buffer, out.byteOffset).setUint32(outOffset + 1 + payload.length, blobCrc(flags, payload), true);
   return 1 + payload.length + 4;
 }
 
@@ -137,7 +142,7 @@ export function decodeBlob(blob: Uint8Array, keys: BlobKeys, maxOutputBytes?: nu
     if (keys.encKey) throw new BlobDecodeError('unencrypted blob in an encrypted repository');
     payload = Buffer.from(blob.buffer, blob.byteOffset + 1, blob.length - 5);
     const crc = Buffer.from(blob.buffer, blob.byteOffset, blob.length).readUInt32LE(blob.length - 4);
-    if (zlib.crc32(payload) !== crc) throw new BlobDecodeError('blob checksum mismatch (damaged)');
+    if (blobCrc(flags, payload) !== crc) throw new BlobDecodeError('blob checksum mismatch (damaged)');
   }
   if (flags & FLAG_ZSTD) {
     try {

@@ -97,9 +97,10 @@ async function loadPackLists(repo: Repository, files: string[]): Promise<Map<str
   return packs;
 }
 
+/** Repository size, without lock objects (GC's own lock would otherwise count as reclaimed). */
 async function sumBytes(repo: Repository): Promise<number> {
   let n = 0;
-  for await (const o of repo.store.list('')) n += o.sizeBytes;
+  for await (const o of repo.store.list('')) if (!o.key.startsWith('locks/')) n += o.sizeBytes;
   return n;
 }
 
@@ -118,13 +119,14 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
     report.staleLocksRemoved = stale.length;
     await repo.store.cleanupIncomplete?.(CLOCK_SKEW_MS);
 
-    // A
+    // A. Chunk maps before packs: every pack a loaded chunk map names was durable before that map
+    // was written (W1), so the pack listing below contains it.
+    const prevCondemned = await readCondemned(repo);
+    const { map, files } = await repo.loadChunkMap();
     const packObjects = new Map<string, ObjectInfo>();
     for await (const o of repo.store.list('packs/')) packObjects.set(o.key.slice(o.key.lastIndexOf('/') + 1), o);
     const indexObjects: ObjectInfo[] = [];
     for await (const o of repo.store.list('indexes/')) indexObjects.push(o);
-    const prevCondemned = await readCondemned(repo);
-    const { map, files } = await repo.loadChunkMap();
     const manifests = await readAllManifests(repo);
     for (const m of manifests.values()) await markManifest(repo, map, m);
     opts.signal?.throwIfAborted();
@@ -180,24 +182,30 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
       const packNo = map.packNo(packId);
       const n = entryCount(p);
       const liveIdx: number[] = [];
-      let liveBytes = 0;
+      let deadBytes = 0;
       for (let i = 0; i < n; i++) {
         const en = readEntry(p.entries, i);
         const e = map.find(p.entries, en.digestOffset);
-        if (e < 0 || deletable[e]) continue;
-        const loc = map.locationOf(e);
-        if (loc.packNo !== packNo || loc.offset !== en.offset) continue;
+        const loc = e < 0 ? undefined : map.locationOf(e);
+        // Dead: deletable, or a duplicate copy whose digest the chunk map locates elsewhere.
+        if (e < 0 || deletable[e] || loc!.packNo !== packNo || loc!.offset !== en.offset) {
+          deadBytes += en.length;
+          continue;
+        }
         liveIdx.push(i);
-        liveBytes += en.length;
       }
-      if (!info) continue; // listed in a chunk map but gone: nothing to reclaim (verify reports it)
+      if (!info) {
+        // Named by a chunk map but absent from the store: keep its entries so verify keeps
+        // reporting the loss precisely; there is nothing to reclaim.
+        keep.push(p);
+        continue;
+      }
       if (liveIdx.length === 0) {
         dropPacks.push(packId);
         report.deletedPacks++;
         continue;
       }
-      const dead = info.sizeBytes - liveBytes;
-      if (dead / info.sizeBytes >= REWRITE_DEAD_RATIO) {
+      if (deadBytes / info.sizeBytes >= REWRITE_DEAD_RATIO) {
         const body = await repo.store.get(packKey(packId));
         for (const i of liveIdx) {
           const en = readEntry(p.entries, i);

@@ -83,7 +83,10 @@ export class Repository {
       createdAt: new Date().toISOString(),
       encryption,
     };
-    await store.put('config', Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
+    // Exclusive create: of two concurrent inits exactly one wins, the other is refused.
+    if (!(await store.putIfAbsent('config', Buffer.from(`${JSON.stringify(config, null, 2)}\n`)))) {
+      throw new AppError(ErrorCode.RepositoryExists, 'a repository already exists there');
+    }
     return new Repository(store, config, keys);
   }
 

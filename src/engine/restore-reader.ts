@@ -8,7 +8,7 @@
  */
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import { AppError, ErrorCode, throwIfAborted } from '../domain/errors.ts';
+import { AppError, asCancelledIfAborted, ErrorCode, isAppError, throwIfAborted } from '../domain/errors.ts';
 import { ObjectNotFoundError } from '../storage/object-store.ts';
 import { DIGEST_BYTES, digestHex, isZeroDigest } from './chunk-digest.ts';
 import type { ChunkMap } from './chunk-map.ts';
@@ -90,7 +90,30 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   const started = performance.now();
   const signal = opts.signal;
   throwIfAborted(signal);
-  const map = opts.map ?? (await repo.loadChunkMap()).map;
+  let map = opts.map ?? (await repo.loadChunkMap()).map;
+  // A GC that ran meanwhile may have rewritten a pack: it writes the new chunk map before deleting
+  // the old pack (G4), so a chunk not found is looked up once more in a freshly loaded chunk map.
+  let mapGeneration = 0;
+  let reloading: Promise<void> | null = null;
+  const refreshMap = async (seenGeneration: number): Promise<void> => {
+    if (mapGeneration !== seenGeneration) return;
+    reloading ??= repo.loadChunkMap().then((r) => {
+      map = r.map;
+      mapGeneration++;
+      reloading = null;
+    });
+    await reloading;
+  };
+  const fetchBatch = async (digests: Uint8Array, firstChunk: number): Promise<() => Promise<void>> => {
+    const gen = mapGeneration;
+    try {
+      return await fetchBatchFrom(map, digests, firstChunk);
+    } catch (err) {
+      if (!isAppError(err, ErrorCode.ChunkMissing)) throw err;
+      await refreshMap(gen);
+      return fetchBatchFrom(map, digests, firstChunk);
+    }
+  };
   const ownPool = opts.pool === undefined;
   const pool = opts.pool ?? new ChunkWorkerPool();
   const target = await openTarget(targetPath, manifest.sizeBytes);
@@ -124,7 +147,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   } catch (err) {
     await target.fh.close().catch(() => undefined); // the error below is what matters
     if (ownPool) await pool.close();
-    throw err;
+    throw asCancelledIfAborted(err, signal, 'restore');
   }
   await target.fh.close();
   if (ownPool) await pool.close();
@@ -136,7 +159,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   return { backupId: manifest.id, sizeBytes: manifest.sizeBytes, volumeSha256: sha, writtenBytes, durationMs: Math.round(performance.now() - started) };
 
   /** Fetches and decodes one batch; resolves to a function that writes it (called in order). */
-  async function fetchBatch(digests: Uint8Array, firstChunk: number): Promise<() => Promise<void>> {
+  async function fetchBatchFrom(map: ChunkMap, digests: Uint8Array, firstChunk: number): Promise<() => Promise<void>> {
     const n = digests.length / DIGEST_BYTES;
     const present: number[] = [];
     const locs: { packNo: number; offset: number; length: number; rawLength: number }[] = [];

@@ -3,8 +3,10 @@
  * present in the chunk map, its pack present, decodable, and hashing to its digest. Reports exactly
  * which backups are damaged. Each pack is read once, whatever the number of backups using it.
  */
+import { asCancelledIfAborted } from '../domain/errors.ts';
 import { ObjectNotFoundError } from '../storage/object-store.ts';
 import { DIGEST_BYTES, isZeroDigest } from './chunk-digest.ts';
+import type { ChunkMap } from './chunk-map.ts';
 import type { BackupManifest } from './manifest.ts';
 import { packKey } from './pack-format.ts';
 import type { Repository } from './repository.ts';
@@ -43,6 +45,8 @@ export async function verifyRepository(repo: Repository, opts: VerifyOptions = {
   const lock = await RepositoryLock.acquire(repo.store, 'read');
   try {
     return await verifyLocked(repo, opts);
+  } catch (err) {
+    throw asCancelledIfAborted(err, opts.signal, 'verify');
   } finally {
     await lock.release();
   }
@@ -87,59 +91,40 @@ async function verifyLocked(repo: Repository, opts: VerifyOptions): Promise<Veri
   }
 
   // Pass 2: read each pack holding marked chunks once and check those chunks.
-  const byPack = new Map<number, number[]>();
+  const marked: number[] = [];
   let totalBytes = 0;
   for (const e of map.entries()) {
     if (!map.isMarked(e)) continue;
-    const loc = map.locationOf(e);
-    let list = byPack.get(loc.packNo);
-    if (!list) byPack.set(loc.packNo, (list = []));
-    list.push(e);
-    totalBytes += loc.rawLength;
+    marked.push(e);
+    totalBytes += map.locationOf(e).rawLength;
   }
   const damaged = new Uint8Array(map.size);
   const ownPool = opts.pool === undefined;
   const pool = opts.pool ?? new ChunkWorkerPool();
-  let checkedChunks = 0;
-  let checkedBytes = 0;
+  const progress = { checkedChunks: 0, checkedBytes: 0, checkedPacks: 0, totalBytes };
   try {
-    const packNos = [...byPack.keys()];
-    const workers = Array.from({ length: Math.min(pool.threads + 1, packNos.length) }, async () => {
-      for (let packNo = packNos.shift(); packNo !== undefined; packNo = packNos.shift()) {
-        opts.signal?.throwIfAborted();
-        const entries = byPack.get(packNo)!;
-        let body: Uint8Array;
-        try {
-          body = await repo.store.get(packKey(map.packIds[packNo]!));
-        } catch (err) {
-          if (!(err instanceof ObjectNotFoundError)) throw err;
-          for (const e of entries) damaged[e] = 2; // 2 = missing
-          continue;
+    const result = await checkChunks(repo, map, marked, pool, progress, opts);
+    for (const [e, r] of result) damaged[e] = r;
+    // A pack may have been rewritten by a GC that ran meanwhile: GC writes the new chunk map before
+    // it deletes old packs (G4), so look the missing chunks up again in a fresh chunk map.
+    const gone = marked.filter((e) => damaged[e] === 2);
+    if (gone.length) {
+      const fresh = (await repo.loadChunkMap()).map;
+      const moved: number[] = [];
+      const backRef = new Map<number, number>();
+      for (const e of gone) {
+        const e2 = fresh.find(map.digestOf(e));
+        if (e2 >= 0 && fresh.packIds[fresh.locationOf(e2).packNo] !== map.packIds[map.locationOf(e).packNo]) {
+          moved.push(e2);
+          backRef.set(e2, e);
         }
-        const locs = entries.map((e) => map.locationOf(e));
-        const lengths: number[] = [];
-        const parts: Uint8Array[] = [];
-        const digests = new Uint8Array(entries.length * DIGEST_BYTES);
-        entries.forEach((e, k) => {
-          const l = locs[k]!;
-          // A chunk lying past the pack's end decodes as damaged (empty blob).
-          parts.push(body.subarray(Math.min(l.offset, body.length), Math.min(l.offset + l.length, body.length)));
-          lengths.push(Math.min(l.length, Math.max(0, body.length - l.offset)));
-          digests.set(map.digestOf(e), k * DIGEST_BYTES);
-        });
-        const r = await pool.decode({ data: Buffer.concat(parts), lengths, rawLengths: locs.map((l) => l.rawLength), digests, encKey: repo.keys?.encKey, macKey: repo.keys?.macKey, returnData: false, checkDigests: true }, opts.signal);
-        r.damaged.forEach((d, k) => {
-          if (d) damaged[entries[k]!] = 1;
-        });
-        checkedChunks += entries.length;
-        for (const l of locs) checkedBytes += l.rawLength;
-        opts.onProgress?.({ doneBytes: checkedBytes, totalBytes });
       }
-    });
-    await Promise.all(workers);
+      for (const [e2, r] of await checkChunks(repo, fresh, moved, pool, progress, opts)) damaged[backRef.get(e2)!] = r;
+    }
   } finally {
     if (ownPool) await pool.close();
   }
+  const { checkedChunks, checkedBytes } = progress;
 
   // Pass 3: name the backups that reference missing or damaged chunks.
   let missingTotal = 0;
@@ -170,10 +155,65 @@ async function verifyLocked(repo: Repository, opts: VerifyOptions): Promise<Veri
     backups: verdicts,
     checkedChunks,
     checkedBytes,
-    checkedPacks: byPack.size,
+    checkedPacks: progress.checkedPacks,
     damagedChunks: damagedTotal,
     missingChunks: missingTotal + countUnmapped,
     durationMs: Math.round(performance.now() - started),
   };
 }
 
+/**
+ * Reads each pack holding the given entries once and checks them. Result per entry:
+ * 0 ok, 1 damaged, 2 missing (its pack is absent).
+ */
+async function checkChunks(
+  repo: Repository,
+  map: ChunkMap,
+  entriesToCheck: number[],
+  pool: ChunkWorkerPool,
+  progress: { checkedChunks: number; checkedBytes: number; checkedPacks: number; totalBytes: number },
+  opts: VerifyOptions,
+): Promise<Map<number, number>> {
+  const result = new Map<number, number>();
+  const byPack = new Map<number, number[]>();
+  for (const e of entriesToCheck) {
+    const packNo = map.locationOf(e).packNo;
+    let list = byPack.get(packNo);
+    if (!list) byPack.set(packNo, (list = []));
+    list.push(e);
+  }
+  const packNos = [...byPack.keys()];
+  const workers = Array.from({ length: Math.min(pool.threads + 1, packNos.length) }, async () => {
+    for (let packNo = packNos.shift(); packNo !== undefined; packNo = packNos.shift()) {
+      opts.signal?.throwIfAborted();
+      const entries = byPack.get(packNo)!;
+      progress.checkedPacks++;
+      let body: Uint8Array;
+      try {
+        body = await repo.store.get(packKey(map.packIds[packNo]!));
+      } catch (err) {
+        if (!(err instanceof ObjectNotFoundError)) throw err;
+        for (const e of entries) result.set(e, 2);
+        continue;
+      }
+      const locs = entries.map((e) => map.locationOf(e));
+      const lengths: number[] = [];
+      const parts: Uint8Array[] = [];
+      const digests = new Uint8Array(entries.length * DIGEST_BYTES);
+      entries.forEach((e, k) => {
+        const l = locs[k]!;
+        // A chunk lying past the pack's end decodes as damaged (empty blob).
+        parts.push(body.subarray(Math.min(l.offset, body.length), Math.min(l.offset + l.length, body.length)));
+        lengths.push(Math.min(l.length, Math.max(0, body.length - l.offset)));
+        digests.set(map.digestOf(e), k * DIGEST_BYTES);
+      });
+      const r = await pool.decode({ data: Buffer.concat(parts), lengths, rawLengths: locs.map((l) => l.rawLength), digests, encKey: repo.keys?.encKey, macKey: repo.keys?.macKey, returnData: false, checkDigests: true }, opts.signal);
+      r.damaged.forEach((d, k) => result.set(entries[k]!, d ? 1 : 0));
+      progress.checkedChunks += entries.length;
+      for (const l of locs) progress.checkedBytes += l.rawLength;
+      opts.onProgress?.({ doneBytes: progress.checkedBytes, totalBytes: progress.totalBytes });
+    }
+  });
+  await Promise.all(workers);
+  return result;
+}

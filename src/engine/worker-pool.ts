@@ -6,6 +6,8 @@ import { parseDecoded, parseEncoded, type DecodeResult, type DecodeTask, type En
 export class ChunkWorkerPool {
   private readonly pool: Piscina;
   readonly threads: number;
+  /** The last error the pool reported outside any task (for diagnostics). */
+  lastError: unknown;
 
   constructor(threads = availableParallelism()) {
     this.threads = Math.max(1, threads);
@@ -14,6 +16,11 @@ export class ChunkWorkerPool {
       minThreads: this.threads,
       maxThreads: this.threads,
       idleTimeout: 1000,
+    });
+    // Piscina reports protocol problems (e.g. a result arriving for a task aborted a moment before)
+    // as 'error' events; the affected task has already settled, so record instead of crashing.
+    this.pool.on('error', (err: unknown) => {
+      this.lastError = err;
     });
   }
 

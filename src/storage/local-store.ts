@@ -26,6 +26,28 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   async put(key: string, body: Body): Promise<void> {
+    const { tmp, target, dir } = await this.writeTemp(key, body);
+    await fs.rename(tmp, target);
+    await fsyncDir(dir);
+  }
+
+  async putIfAbsent(key: string, body: Body): Promise<boolean> {
+    const { tmp, target, dir } = await this.writeTemp(key, body);
+    try {
+      // link() fails with EEXIST when the target exists: an atomic create-if-absent.
+      await fs.link(tmp, target);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw err;
+    } finally {
+      await fs.rm(tmp, { force: true });
+    }
+    await fsyncDir(dir);
+    return true;
+  }
+
+  /** Writes `body` to a durable temp file beside the key's path. */
+  private async writeTemp(key: string, body: Body): Promise<{ tmp: string; target: string; dir: string }> {
     const target = this.pathOf(key);
     const dir = path.dirname(target);
     if (!this.knownDirs.has(dir)) {
@@ -43,8 +65,7 @@ export class LocalObjectStore implements ObjectStore {
       throw err;
     }
     await fh.close();
-    await fs.rename(tmp, target);
-    await fsyncDir(dir);
+    return { tmp, target, dir };
   }
 
   async get(key: string, options?: GetOptions): Promise<Uint8Array> {

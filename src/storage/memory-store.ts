@@ -9,6 +9,13 @@ export class MemoryObjectStore implements ObjectStore {
     this.objects.set(key, { body: new Uint8Array(Buffer.concat(bodyParts(body))), modifiedAtMs: Date.now() });
   }
 
+  async putIfAbsent(key: string, body: Body): Promise<boolean> {
+    assertValidKey(key);
+    if (this.objects.has(key)) return false;
+    await this.put(key, body);
+    return true;
+  }
+
   async get(key: string, options?: GetOptions): Promise<Uint8Array> {
     const o = this.objects.get(key);
     if (!o) throw new ObjectNotFoundError(key);

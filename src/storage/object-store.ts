@@ -34,6 +34,11 @@ export interface ObjectStore {
    * Throws a transient error for conditions a retry may fix.
    */
   put(key: string, body: Body, signal?: AbortSignal): Promise<void>;
+  /**
+   * Stores `body` under `key` only if no object exists there, atomically (exactly one of several
+   * concurrent callers wins). Returns false when the key already existed. Durable like put().
+   */
+  putIfAbsent(key: string, body: Body): Promise<boolean>;
   /** Returns the object's bytes (or a range of them). Throws ObjectNotFoundError when absent. */
   get(key: string, options?: GetOptions): Promise<Uint8Array>;
   /** Size and time of an object, or null when absent. */

@@ -22,6 +22,16 @@ export function describeObjectStore(name: string, makeStore: () => Promise<Objec
       assert.deepEqual(new Uint8Array(await s.get('parts')), new Uint8Array(Buffer.concat(parts)));
     });
 
+    it('putIfAbsent creates once: exactly one of concurrent callers wins', async () => {
+      const s = await makeStore();
+      const results = await Promise.all([1, 2, 3, 4].map((i) => s.putIfAbsent('once', new Uint8Array([i]))));
+      assert.equal(results.filter(Boolean).length, 1);
+      const winner = results.indexOf(true) + 1;
+      assert.deepEqual([...(await s.get('once'))], [winner]);
+      assert.equal(await s.putIfAbsent('once', new Uint8Array([9])), false);
+      assert.deepEqual([...(await s.get('once'))], [winner]);
+    });
+
     it('reads ranges', async () => {
       const s = await makeStore();
       await s.put('r', new Uint8Array([0, 1, 2, 3, 4, 5, 6, 7]));

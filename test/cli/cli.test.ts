@@ -210,7 +210,6 @@ describe('haven CLI: errors are one line, non-zero, without a stack trace', () =
 
   it(
     'usage errors follow the one-line `haven: error:` contract',
-    { todo: 'BUG: commander usage errors print "error: ..." plus the full help text, and subcommand usage errors exit 1 instead of 2' },
     async () => {
       for (const args of [['list'], ['list', '--repo', repo, '--bogus'], ['frobnicate']]) {
         const r = await runCli(args);

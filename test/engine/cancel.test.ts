@@ -80,7 +80,6 @@ describe('cancelling a backup', () => {
 
   it(
     'Ctrl-C always ends a CLI backup with exit 130 and the one line "haven: error: backup cancelled"',
-    { todo: 'BUG: depending on timing the worker pool\'s AbortError wins over AppError(Cancelled): exit 1 and "haven: error: cancelled"; rarely an uncaught "Unexpected message from Worker" with a stack trace' },
     async () => {
       const s = await setup(64 * MiB);
       const outcomes: string[] = [];
@@ -94,7 +93,6 @@ describe('cancelling a backup', () => {
 
   it(
     'an engine backup aborted through its signal always rejects with AppError(Cancelled), and never crashes the process',
-    { todo: 'BUG: writeBackup lets the worker pool\'s AbortError ("The task has been aborted") win the race; aborting running piscina tasks can also emit an unhandled "Unexpected message from Worker" error (worker-pool.ts attaches no error listener), an uncaught exception' },
     async () => {
       const s = await setup(32 * MiB);
       const script = fileURLToPath(new URL('../helpers/abort-backups.ts', import.meta.url));

@@ -131,7 +131,7 @@ describe('passwords', () => {
     assert.deepEqual(await snapshotDir(repoDir), before);
   });
 
-  it('two concurrent inits of one directory: exactly one succeeds', { todo: 'BUG: Repository.init checks for config, then puts it (no exclusive create): both succeed and the first password no longer opens the repository' }, async () => {
+  it('two concurrent inits of one directory: exactly one succeeds', async () => {
     const fresh = path.join(dir, 'race');
     const results = await Promise.allSettled(['one', 'two'].map((pw) => Repository.init(new LocalObjectStore(fresh), { password: pw, kdf: TEST_KDF })));
     assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);

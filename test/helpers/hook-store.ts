@@ -33,6 +33,11 @@ export class HookStore implements ObjectStore {
     return this.inner.put(key, body, signal);
   }
 
+  async putIfAbsent(key: string, body: Body): Promise<boolean> {
+    this.mutate(key);
+    return this.inner.putIfAbsent(key, body);
+  }
+
   get(key: string, options?: GetOptions): Promise<Uint8Array> {
     return this.inner.get(key, options);
   }
