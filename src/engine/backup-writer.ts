@@ -7,11 +7,11 @@
  * leaves only unreferenced objects, which GC removes; the backup simply does not exist.
  *
  * Pipeline, per batch of chunks held in a SharedArrayBuffer slot:
- *   read (in order) -> whole-volume SHA-256 (main thread, in order) -> digest (workers, parallel)
+ *   read (in order) -> whole-volume SHA-256 (own thread, in order) -> digest (workers, parallel)
  *   -> decide new/reused/hole (in order) -> encode new chunks (workers, parallel) -> pack (in order)
  * At most `slots` batches are in flight, which bounds memory whatever the volume size.
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { AppError, asCancelledIfAborted, ErrorCode, throwIfAborted } from '../domain/errors.ts';
 import { DIGEST_BYTES } from './chunk-digest.ts';
 import { DEFAULT_ZSTD_LEVEL } from './blob-codec.ts';
@@ -22,6 +22,7 @@ import { PackWriter } from './pack-writer.ts';
 import { INDEX_SEGMENT_CHUNKS, type Repository } from './repository.ts';
 import type { VolumeSource } from './volume-source.ts';
 import { ChunkMap } from './chunk-map.ts';
+import { StreamHasher } from './stream-hasher.ts';
 import { ChunkWorkerPool } from './worker-pool.ts';
 
 export interface Progress {
@@ -69,6 +70,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
   // read below (docs/design.md "Garbage collection", rule G2).
   const lock = await RepositoryLock.acquire(repo.store, 'backup', { backupId });
   const packs = new PackWriter(repo, { signal });
+  const hasher = new StreamHasher();
   const internal = new AbortController();
   const onAbort = (): void => internal.abort(signal?.reason);
   signal?.addEventListener('abort', onAbort, { once: true });
@@ -92,7 +94,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
 
     const batchChunks = opts.batchChunks ?? Math.max(1, Math.floor((8 * 1024 * 1024) / chunkSize));
     const batchBytes = batchChunks * chunkSize;
-    const slotCount = pool.threads + 2;
+    const slotCount = pool.threads * 2 + 2;
     const freeSlots: SharedArrayBuffer[] = Array.from({ length: slotCount }, () => new SharedArrayBuffer(batchBytes));
     const slotWaiters: ((s: SharedArrayBuffer) => void)[] = [];
     const takeSlot = (): Promise<SharedArrayBuffer> => {
@@ -105,7 +107,6 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
       else freeSlots.push(s);
     };
 
-    const volumeHash = createHash('sha256');
     let failure: unknown;
     const fail = (err: unknown): void => {
       failure ??= err;
@@ -137,7 +138,8 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
         fail(new AppError(ErrorCode.VolumeChanged, `the volume shrank while it was being backed up (short read at byte ${pos + got})`));
         break;
       }
-      volumeHash.update(new Uint8Array(slot, 0, len));
+      const hashed = hasher.updateShared(slot, 0, len);
+      hashed.catch(() => undefined); // handled through appendP
       const firstChunk = pos / chunkSize;
       const n = Math.ceil(len / chunkSize);
       const hashP = pool.hash({ sab: slot, offset: 0, length: len, chunkSizeBytes: chunkSize, macKey }, internal.signal);
@@ -193,6 +195,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
             off += l;
           }
         }
+        await hashed; // the whole-volume hash has read the slot too
         giveSlot(slot);
         doneBytes += len;
         opts.onProgress?.({ doneBytes, totalBytes: sizeBytes });
@@ -216,6 +219,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
     if (segFill > 0 || segments.length === 0) await flushSegment();
     throwIfAborted(signal);
 
+    const volumeSha256 = await hasher.digestHex();
     stats.packsWritten = written.length;
     stats.storedBytes = packs.storedBytes + chunkMapBytes + indexStoredBytes;
     stats.objectsWritten = written.length + (written.length ? 1 : 0) + segments.length;
@@ -228,7 +232,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
       chunkSizeBytes: chunkSize,
       chunkCount,
       indexSegments: segments,
-      volumeSha256: volumeHash.digest('hex'),
+      volumeSha256,
       parentId: parent?.id ?? null,
       kind: parent ? 'incremental' : 'full',
       createdAt,
@@ -244,6 +248,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
   } finally {
     signal?.removeEventListener('abort', onAbort);
     if (ownPool) await pool.close();
+    await hasher.close();
     await lock.release();
   }
 }

@@ -6,7 +6,6 @@
  * block device gets zeros written over holes, since it may hold old data. Chunks are fetched from
  * packs in coalesced ranges, decoded and digest-checked in workers, and written in volume order.
  */
-import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { AppError, asCancelledIfAborted, ErrorCode, isAppError, throwIfAborted } from '../domain/errors.ts';
 import { ObjectNotFoundError } from '../storage/object-store.ts';
@@ -19,6 +18,8 @@ import { blockDeviceSize } from './volume-source.ts';
 import { ChunkWorkerPool } from './worker-pool.ts';
 import type { Progress } from './backup-writer.ts';
 import { RepositoryLock } from './locks.ts';
+import { StreamHasher } from './stream-hasher.ts';
+import { releaseGarbage } from './memory.ts';
 
 export interface RestoreOptions {
   pool?: ChunkWorkerPool;
@@ -120,7 +121,8 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   const chunkSize = manifest.chunkSizeBytes;
   const gap = opts.coalesceGapBytes ?? 256 * 1024;
   const zero = new Uint8Array(chunkSize);
-  const volumeHash = createHash('sha256');
+  const hasher = new StreamHasher();
+  let lastHashed: Promise<void> = Promise.resolve();
   const batchChunks = Math.max(1, Math.floor((8 * 1024 * 1024) / chunkSize));
   const maxInFlight = pool.threads * 2;
   let writtenBytes = 0;
@@ -142,16 +144,18 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
       chunkBase += ref.chunks;
     }
     while (inFlight.length) await (await inFlight.shift()!)();
+    await lastHashed;
     if (chunkBase !== manifest.chunkCount) throw new AppError(ErrorCode.RepositoryCorrupt, `index of ${what} lists ${chunkBase} chunks, manifest says ${manifest.chunkCount}`);
     if (!target.sparse || opts.fsync) await target.fh.sync();
   } catch (err) {
     await target.fh.close().catch(() => undefined); // the error below is what matters
     if (ownPool) await pool.close();
+    await hasher.close();
     throw asCancelledIfAborted(err, signal, 'restore');
   }
   await target.fh.close();
   if (ownPool) await pool.close();
-  const sha = volumeHash.digest('hex');
+  const sha = await hasher.digestHex().finally(() => hasher.close());
   if (sha !== manifest.volumeSha256) {
     throw new AppError(ErrorCode.RestoreMismatch, `restored data of backup ${manifest.id} does not match its SHA-256 (${sha} != ${manifest.volumeSha256})`);
   }
@@ -217,6 +221,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
 
     return async () => {
       // Consecutive stored chunks are contiguous in decoded.data: write each run with one call.
+      const pieces: number[] = [];
       let rawOff = 0;
       let k = 0;
       let i = 0;
@@ -233,14 +238,15 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
             i++;
           }
           const data = decoded.data.subarray(runStart, runStart + runLen);
-          volumeHash.update(data);
+          pieces.push(decoded.data.byteOffset + runStart, runLen);
           await writeAll(target.fh, data, pos);
           writtenBytes += runLen;
           doneBytes += runLen;
         } else {
           const len = Math.min(chunkSize, manifest.sizeBytes - pos);
           const z = zero.subarray(0, len);
-          volumeHash.update(z);
+          if (pieces.length && pieces[pieces.length - 2] === -1) pieces[pieces.length - 1]! += len;
+          else pieces.push(-1, len);
           if (!target.sparse) {
             await writeAll(target.fh, z, pos);
             writtenBytes += len;
@@ -249,6 +255,11 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
           i++;
         }
       }
+      // Hash in volume order in the hashing thread, one batch behind at most (bounded memory).
+      await lastHashed;
+      lastHashed = hasher.updatePieces(decoded.data.buffer as ArrayBuffer, pieces);
+      lastHashed.catch(() => undefined); // awaited with the next batch or at the end
+      releaseGarbage(total + rawOff); // this batch's fetched blobs are garbage now (memory.ts)
       opts.onProgress?.({ doneBytes, totalBytes: manifest.sizeBytes });
     };
   }

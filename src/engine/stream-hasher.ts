@@ -1,0 +1,82 @@
+/**
+ * StreamHasher: the whole-volume SHA-256, computed in a thread of its own.
+ *
+ * SHA-256 is sequential, and at ~1.6 GB/s it was the main thread's largest cost, stalling the
+ * pipeline that feeds the chunk workers. Here the main thread only posts the bytes (shared slots
+ * without a copy, or transferred buffers) in volume order; each update resolves once hashed, so a
+ * slot can be reused safely.
+ */
+import { Worker } from 'node:worker_threads';
+
+type Pending = { resolve: () => void; reject: (e: unknown) => void };
+
+export class StreamHasher {
+  private readonly worker: Worker;
+  private seq = 0;
+  private readonly pending = new Map<number, Pending>();
+  private digestWaiter: { resolve: (hex: string) => void; reject: (e: unknown) => void } | undefined;
+  private failure: unknown;
+
+  constructor() {
+    this.worker = new Worker(new URL('./stream-hasher-worker.ts', import.meta.url));
+    this.worker.on('message', (m: { ack?: number; digest?: string }) => {
+      if (m.ack !== undefined) {
+        this.pending.get(m.ack)?.resolve();
+        this.pending.delete(m.ack);
+      } else if (m.digest !== undefined) this.digestWaiter?.resolve(m.digest);
+    });
+    this.worker.on('error', (err) => this.fail(err));
+    this.worker.on('exit', (code) => {
+      if (code !== 0) this.fail(new Error(`hashing thread exited with code ${code}`));
+    });
+  }
+
+  private fail(err: unknown): void {
+    this.failure ??= err;
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+    this.digestWaiter?.reject(err);
+  }
+
+  private post(msg: object, transfer: ArrayBuffer[] = []): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    const seq = this.seq++;
+    const p = new Promise<void>((resolve, reject) => this.pending.set(seq, { resolve, reject }));
+    this.worker.postMessage({ ...msg, seq }, transfer);
+    return p;
+  }
+
+  /** Hashes bytes of a SharedArrayBuffer in place; resolves when they may be overwritten. */
+  updateShared(sab: SharedArrayBuffer, offset: number, length: number): Promise<void> {
+    return this.post({ sab, offset, length });
+  }
+
+  /** Hashes `data`, whose whole ArrayBuffer moves to the hashing thread (unusable here afterwards). */
+  updateTransfer(data: Uint8Array): Promise<void> {
+    return this.post({ buf: data.buffer, offset: data.byteOffset, length: data.length }, [data.buffer as ArrayBuffer]);
+  }
+
+  /**
+   * Hashes, in order, pieces of `buf` given as (offset, length) pairs; offset -1 means `length` zero
+   * bytes. `buf` moves to the hashing thread (unusable here afterwards).
+   */
+  updatePieces(buf: ArrayBuffer, pieces: number[]): Promise<void> {
+    return this.post({ buf, pieces }, [buf]);
+  }
+
+  /** Hashes `length` zero bytes. */
+  updateZeros(length: number): Promise<void> {
+    return this.post({ zeros: length });
+  }
+
+  async digestHex(): Promise<string> {
+    if (this.failure) throw this.failure;
+    const p = new Promise<string>((resolve, reject) => (this.digestWaiter = { resolve, reject }));
+    this.worker.postMessage({ finish: true });
+    return p;
+  }
+
+  async close(): Promise<void> {
+    await this.worker.terminate();
+  }
+}
