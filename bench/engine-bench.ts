@@ -8,6 +8,7 @@
  * Work files go to HAVEN_BENCH_DIR (default bench/work) and are removed at the end.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
@@ -36,6 +37,11 @@ interface Row {
   repoBytes: number;
   peakRssKiB: number;
   objects: number;
+}
+
+/** Flushes dirty pages left by the previous step, so no tool pays for another's write-back. */
+function settle(): void {
+  execFileSync('sync');
 }
 
 async function physicalLimits(volume: string): Promise<{ readMBs: number; shaMBs: number; zstdMBs: number }> {
@@ -86,6 +92,7 @@ async function main(): Promise<void> {
   }
   const step = async (label: string, set: (r: Row, ms: number, added: number) => void): Promise<void> => {
     for (const tool of tools) {
+      settle();
       const before = await dirStats(tool.repo);
       const r = await tool.backup(volume, label);
       const after = await dirStats(tool.repo);
@@ -102,6 +109,7 @@ async function main(): Promise<void> {
   await step('clustered', (r, ms, a) => { r.clusMs = ms; r.clusAdded = a; });
   const expected = await sha256File(volume);
   for (const tool of tools) {
+    settle();
     const dir = path.join(work, `restore-${tool.name}`);
     await fs.mkdir(dir, { recursive: true });
     const r = await tool.restore(volume, dir);
