@@ -70,7 +70,7 @@ export function registerEngineCommands(program: Command): void {
     .description('back up a volume (raw image file or block device); incremental against its last backup')
     .requiredOption('--repo <dir>', 'repository directory')
     .requiredOption('--volume <path>', 'image file or block device to back up')
-    .option('--name <name>', 'volume name recorded in the backup (default: file name)')
+    .option('--name <name>', 'volume name recorded in the backup (default: the name of its last backup, else the file name)')
     .option('--volume-id <id>', 'volume identity for incrementals (default: the volume\'s real path)')
     .option('--full', 'record a full backup (no parent); deduplication still applies')
     .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
@@ -83,8 +83,11 @@ export function registerEngineCommands(program: Command): void {
       } catch (err) {
         throw new AppError(ErrorCode.VolumeUnreadable, `cannot open volume ${o.volume}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
       }
-      const volume = { id: o.volumeId ?? real, name: o.name ?? path.basename(real), path: real };
-      const previous = o.full ? null : latestOfVolume((await repo.listBackups()).manifests, volume.id);
+      const volumeId = o.volumeId ?? real;
+      const latest = latestOfVolume((await repo.listBackups()).manifests, volumeId);
+      // Without --name a volume keeps the name its last backup recorded.
+      const volume = { id: volumeId, name: o.name ?? latest?.volume.name ?? path.basename(real), path: real };
+      const previous = o.full ? null : latest;
       const source = await FileVolumeSource.open(real);
       const progress = progressReporter('backup ', !o.json);
       const { signal, dispose } = cancelOnSigint();
