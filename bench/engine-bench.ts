@@ -5,7 +5,8 @@
  * up in full, then after 1% of 4 KiB blocks changed at random ("scattered"), then after 1% changed in
  * 256 KiB runs ("clustered"); then the latest backup is restored and checked by SHA-256. Encryption is
  * on for every tool. Prints a table with ratios to each peer and the machine's physical limits.
- * Work files go to HAVEN_BENCH_DIR (default bench/work) and are removed at the end.
+ * Work files go to HAVEN_BENCH_DIR (default bench/work) and are removed at the end;
+ * HAVEN_BENCH_PEERS=restic (or none) limits the peers measured.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -39,9 +40,15 @@ interface Row {
   objects: number;
 }
 
-/** Flushes dirty pages left by the previous step, so no tool pays for another's write-back. */
-function settle(): void {
+/**
+ * Evens out the page cache before each measured step: flushes dirty pages left by the previous step
+ * (so no tool pays for another's write-back) and reads the step's input once (the volume, or for a
+ * restore the tool's repository), since this machine reclaims cold page cache on its own and the
+ * first tool to read after a pause would otherwise pay for disk reads the next ones are spared.
+ */
+function settle(...inputs: string[]): void {
   execFileSync('sync');
+  for (const p of inputs) execFileSync('sh', ['-c', 'find "$1" -type f -exec cat {} + > /dev/null', 'sh', p]);
 }
 
 async function physicalLimits(volume: string): Promise<{ readMBs: number; shaMBs: number; zstdMBs: number }> {
@@ -74,8 +81,9 @@ async function main(): Promise<void> {
   await fs.mkdir(work, { recursive: true });
   const missing = ensurePeers();
   const tools: Tool[] = [havenTool(work, process.execPath, path.join(root, 'src', 'cli', 'main.ts'))];
-  if (!missing.includes('restic')) tools.push(resticTool(work));
-  if (!missing.includes('borgbackup')) tools.push(borgTool(work));
+  const wanted = (process.env.HAVEN_BENCH_PEERS ?? 'restic,borg').split(',');
+  if (wanted.includes('restic') && !missing.includes('restic')) tools.push(resticTool(work));
+  if (wanted.includes('borg') && !missing.includes('borgbackup')) tools.push(borgTool(work));
   if (missing.includes('time')) throw new Error('/usr/bin/time is needed (Debian package time)');
   if (missing.length) console.log(`peers not available: ${missing.join(', ')}`);
 
@@ -92,7 +100,7 @@ async function main(): Promise<void> {
   }
   const step = async (label: string, set: (r: Row, ms: number, added: number) => void): Promise<void> => {
     for (const tool of tools) {
-      settle();
+      settle(volume);
       const before = await dirStats(tool.repo);
       const r = await tool.backup(volume, label);
       const after = await dirStats(tool.repo);
@@ -109,7 +117,7 @@ async function main(): Promise<void> {
   await step('clustered', (r, ms, a) => { r.clusMs = ms; r.clusAdded = a; });
   const expected = await sha256File(volume);
   for (const tool of tools) {
-    settle();
+    settle(tool.repo);
     const dir = path.join(work, `restore-${tool.name}`);
     await fs.mkdir(dir, { recursive: true });
     const r = await tool.restore(volume, dir);
