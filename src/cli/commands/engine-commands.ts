@@ -32,6 +32,19 @@ function poolFromEnv(): ChunkWorkerPool {
   return Number.isInteger(t) && t > 0 ? new ChunkWorkerPool(t) : new ChunkWorkerPool();
 }
 
+/**
+ * Runs `fn` with a worker pool started first, so its threads boot while the repository key is
+ * derived (scrypt), and closed whatever happens (live threads would keep the process alive).
+ */
+async function withPool<T>(fn: (pool: ChunkWorkerPool) => Promise<T>): Promise<T> {
+  const pool = poolFromEnv();
+  try {
+    return await fn(pool);
+  } finally {
+    await pool.close();
+  }
+}
+
 function checkBackupId(id: string): string {
   if (!BACKUP_ID_RE.test(id)) throw new AppError(ErrorCode.BackupNotFound, `backup ${id} not found (backup ids are UUIDs, see haven list)`);
   return id;
@@ -76,38 +89,38 @@ export function registerEngineCommands(program: Command): void {
     .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
     .option('--json', 'print the result as JSON')
     .action(async (o: RepoOptions & { volume: string; name?: string; volumeId?: string; full?: boolean; json?: boolean }) => {
-      const repo = await openRepository(o);
-      let real: string;
-      try {
-        real = realpathSync(o.volume);
-      } catch (err) {
-        throw new AppError(ErrorCode.VolumeUnreadable, `cannot open volume ${o.volume}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
-      }
-      const volumeId = o.volumeId ?? real;
-      const latest = latestOfVolume((await repo.listBackups()).manifests, volumeId);
-      // Without --name a volume keeps the name its last backup recorded.
-      const volume = { id: volumeId, name: o.name ?? latest?.volume.name ?? path.basename(real), path: real };
-      const previous = o.full ? null : latest;
-      const source = await FileVolumeSource.open(real);
-      const progress = progressReporter('backup ', !o.json);
-      const { signal, dispose } = cancelOnSigint();
-      const pool = poolFromEnv();
-      try {
-        const { manifest, stats } = await writeBackup(repo, source, { volume, previous, full: o.full ?? false, pool, signal, onProgress: progress.onProgress });
-        progress.stop();
-        out(o.json, {
-          id: manifest.id, volumeId: volume.id, volumeName: volume.name, kind: manifest.kind, parentId: manifest.parentId,
-          sizeBytes: manifest.sizeBytes, newBytes: stats.newBytes, storedBytes: stats.storedBytes, zeroBytes: stats.zeroBytes,
-          dedupBytes: stats.dedupBytes, newChunks: stats.newChunks, reusedChunks: stats.reusedChunks, holeChunks: stats.holeChunks,
-          objectsWritten: stats.objectsWritten, durationMs: stats.durationMs, volumeSha256: manifest.volumeSha256,
-        },
-        `backup ${manifest.id} (${manifest.kind}) of ${volume.name}: ${formatBytes(manifest.sizeBytes)} read, ${formatBytes(stats.newBytes)} new, ${formatBytes(stats.storedBytes)} stored, in ${(stats.durationMs / 1000).toFixed(1)} s (${formatRate(manifest.sizeBytes, stats.durationMs)})`);
-      } finally {
-        progress.stop();
-        dispose();
-        await pool.close();
-        await source.close();
-      }
+      await withPool(async (pool) => {
+        const repo = await openRepository(o);
+        let real: string;
+        try {
+          real = realpathSync(o.volume);
+        } catch (err) {
+          throw new AppError(ErrorCode.VolumeUnreadable, `cannot open volume ${o.volume}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+        }
+        const volumeId = o.volumeId ?? real;
+        const latest = latestOfVolume((await repo.listBackups()).manifests, volumeId);
+        // Without --name a volume keeps the name its last backup recorded.
+        const volume = { id: volumeId, name: o.name ?? latest?.volume.name ?? path.basename(real), path: real };
+        const previous = o.full ? null : latest;
+        const source = await FileVolumeSource.open(real);
+        const progress = progressReporter('backup ', !o.json);
+        const { signal, dispose } = cancelOnSigint();
+        try {
+          const { manifest, stats } = await writeBackup(repo, source, { volume, previous, full: o.full ?? false, pool, signal, onProgress: progress.onProgress });
+          progress.stop();
+          out(o.json, {
+            id: manifest.id, volumeId: volume.id, volumeName: volume.name, kind: manifest.kind, parentId: manifest.parentId,
+            sizeBytes: manifest.sizeBytes, newBytes: stats.newBytes, storedBytes: stats.storedBytes, zeroBytes: stats.zeroBytes,
+            dedupBytes: stats.dedupBytes, newChunks: stats.newChunks, reusedChunks: stats.reusedChunks, holeChunks: stats.holeChunks,
+            objectsWritten: stats.objectsWritten, durationMs: stats.durationMs, volumeSha256: manifest.volumeSha256,
+          },
+          `backup ${manifest.id} (${manifest.kind}) of ${volume.name}: ${formatBytes(manifest.sizeBytes)} read, ${formatBytes(stats.newBytes)} new, ${formatBytes(stats.storedBytes)} stored, in ${(stats.durationMs / 1000).toFixed(1)} s (${formatRate(manifest.sizeBytes, stats.durationMs)})`);
+        } finally {
+          progress.stop();
+          dispose();
+          await source.close();
+        }
+      });
     });
 
   program
@@ -120,21 +133,21 @@ export function registerEngineCommands(program: Command): void {
     .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
     .option('--json', 'print the result as JSON')
     .action(async (o: RepoOptions & { backup: string; target: string; fsync?: boolean; json?: boolean }) => {
-      const repo = await openRepository(o);
-      const manifest = await repo.readManifest(checkBackupId(o.backup));
-      const progress = progressReporter('restore', !o.json);
-      const { signal, dispose } = cancelOnSigint();
-      const pool = poolFromEnv();
-      try {
-        const r = await restoreBackup(repo, manifest, o.target, { pool, signal, fsync: o.fsync ?? false, onProgress: progress.onProgress });
-        progress.stop();
-        out(o.json, { id: r.backupId, target: path.resolve(o.target), sizeBytes: r.sizeBytes, writtenBytes: r.writtenBytes, volumeSha256: r.volumeSha256, verified: true, durationMs: r.durationMs },
-          `restored backup ${r.backupId} to ${o.target}: ${formatBytes(r.sizeBytes)}, SHA-256 verified, in ${(r.durationMs / 1000).toFixed(1)} s (${formatRate(r.sizeBytes, r.durationMs)})`);
-      } finally {
-        progress.stop();
-        dispose();
-        await pool.close();
-      }
+      await withPool(async (pool) => {
+        const repo = await openRepository(o);
+        const manifest = await repo.readManifest(checkBackupId(o.backup));
+        const progress = progressReporter('restore', !o.json);
+        const { signal, dispose } = cancelOnSigint();
+        try {
+          const r = await restoreBackup(repo, manifest, o.target, { pool, signal, fsync: o.fsync ?? false, onProgress: progress.onProgress });
+          progress.stop();
+          out(o.json, { id: r.backupId, target: path.resolve(o.target), sizeBytes: r.sizeBytes, writtenBytes: r.writtenBytes, volumeSha256: r.volumeSha256, verified: true, durationMs: r.durationMs },
+            `restored backup ${r.backupId} to ${o.target}: ${formatBytes(r.sizeBytes)}, SHA-256 verified, in ${(r.durationMs / 1000).toFixed(1)} s (${formatRate(r.sizeBytes, r.durationMs)})`);
+        } finally {
+          progress.stop();
+          dispose();
+        }
+      });
     });
 
   program
@@ -166,24 +179,24 @@ export function registerEngineCommands(program: Command): void {
     .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
     .option('--json', 'print the result as JSON')
     .action(async (o: RepoOptions & { backup?: string; json?: boolean }) => {
-      const repo = await openRepository(o);
-      const progress = progressReporter('verify ', !o.json);
-      const { signal, dispose } = cancelOnSigint();
-      const pool = poolFromEnv();
-      try {
-        const r = await verifyRepository(repo, { backupId: o.backup === undefined ? undefined : checkBackupId(o.backup), pool, signal, onProgress: progress.onProgress });
-        progress.stop();
-        const bad = r.backups.filter((b) => !b.ok);
-        out(o.json, r, [
-          ...bad.map((b) => `DAMAGED backup ${b.id} (${b.volumeName}): ${b.problems.join('; ')}`),
-          `${r.ok ? 'OK' : 'DAMAGED'}: ${r.backups.length} backup(s) checked, ${bad.length} damaged; ${r.checkedChunks} chunks (${formatBytes(r.checkedBytes)}) in ${r.checkedPacks} packs read, ${r.damagedChunks} damaged, ${r.missingChunks} missing`,
-        ].join('\n'));
-        if (!r.ok) process.exitCode = 1;
-      } finally {
-        progress.stop();
-        dispose();
-        await pool.close();
-      }
+      await withPool(async (pool) => {
+        const repo = await openRepository(o);
+        const progress = progressReporter('verify ', !o.json);
+        const { signal, dispose } = cancelOnSigint();
+        try {
+          const r = await verifyRepository(repo, { backupId: o.backup === undefined ? undefined : checkBackupId(o.backup), pool, signal, onProgress: progress.onProgress });
+          progress.stop();
+          const bad = r.backups.filter((b) => !b.ok);
+          out(o.json, r, [
+            ...bad.map((b) => `DAMAGED backup ${b.id} (${b.volumeName}): ${b.problems.join('; ')}`),
+            `${r.ok ? 'OK' : 'DAMAGED'}: ${r.backups.length} backup(s) checked, ${bad.length} damaged; ${r.checkedChunks} chunks (${formatBytes(r.checkedBytes)}) in ${r.checkedPacks} packs read, ${r.damagedChunks} damaged, ${r.missingChunks} missing`,
+          ].join('\n'));
+          if (!r.ok) process.exitCode = 1;
+        } finally {
+          progress.stop();
+          dispose();
+        }
+      });
     });
 
   program
