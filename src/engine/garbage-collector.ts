@@ -6,7 +6,7 @@
  * backup's index names its chunks directly, there are no chains.
  *
  * GC (docs/design.md "Garbage collection", rules G1-G5), in this order:
- *   A  list packs, load chunk maps, read manifests, mark every referenced chunk
+ *   A  load chunk maps, then list packs (G7), read manifests, mark every referenced chunk
  *   B  write the condemned set U (all unreferenced chunks); backups starting later avoid U
  *   C  list live locks; a live read lock (restore, verify) defers the sweep
  *   D  list manifests and chunk maps again: chunks of backups completed since A are kept
