@@ -2,7 +2,7 @@
  * The `haven` command line. Every command prints one clear line on stderr and exits non-zero on
  * error, never a stack trace; `--json` output is the contract scripts and tests use.
  */
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { registerEngineCommands } from './commands/engine-commands.ts';
 
@@ -46,8 +46,6 @@ export async function main(argv: string[]): Promise<number> {
     return err instanceof AppError && err.code === ErrorCode.Cancelled ? 130 : EXIT_FAILURE;
   }
 }
-
-export { Option };
 
 if (import.meta.main) {
   process.exitCode = await main(process.argv);

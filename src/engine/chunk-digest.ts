@@ -2,7 +2,7 @@
  * Chunk digests: SHA-256 of the chunk, or HMAC-SHA-256 under the repository's MAC key when the
  * repository is encrypted. The all-zero digest marks a hole (an all-zero chunk, never stored).
  */
-import { createHash, createHmac } from 'node:crypto';
+import { createHash } from 'node:crypto';
 
 export const DIGEST_BYTES = 32;
 export const ZERO_DIGEST = new Uint8Array(DIGEST_BYTES);
@@ -26,11 +26,6 @@ export function chunkHasher(macKey: Uint8Array | undefined): ChunkHasher {
   const inner = createHash('sha256').update(ipad);
   const outer = createHash('sha256').update(opad);
   return (data, out, off) => out.set(outer.copy().update(inner.copy().update(data).digest()).digest(), off);
-}
-
-export function chunkDigest(data: Uint8Array, macKey: Uint8Array | undefined, out: Uint8Array, outOffset: number): void {
-  const d = macKey ? createHmac('sha256', macKey).update(data).digest() : createHash('sha256').update(data).digest();
-  out.set(d, outOffset);
 }
 
 export function isZeroDigest(digests: Uint8Array, offset: number): boolean {

@@ -9,15 +9,13 @@ function zeros(n: number): void {
   for (let left = n; left > 0; left -= ZEROS.length) hash.update(ZEROS.subarray(0, Math.min(left, ZEROS.length)));
 }
 
-parentPort!.on('message', (m: { seq: number; sab?: SharedArrayBuffer; buf?: ArrayBuffer; offset?: number; length?: number; zeros?: number; pieces?: number[]; finish?: boolean }) => {
+parentPort!.on('message', (m: { seq: number; sab?: SharedArrayBuffer; buf?: ArrayBuffer; offset?: number; length?: number; pieces?: number[]; finish?: boolean }) => {
   if (m.finish) {
     parentPort!.postMessage({ digest: hash.digest('hex') });
     hash = createHash('sha256');
     return;
   }
-  if (m.zeros !== undefined) {
-    zeros(m.zeros);
-  } else if (m.pieces) {
+  if (m.pieces) {
     for (let i = 0; i < m.pieces.length; i += 2) {
       const off = m.pieces[i]!;
       if (off < 0) zeros(m.pieces[i + 1]!);

@@ -51,22 +51,12 @@ export class StreamHasher {
     return this.post({ sab, offset, length });
   }
 
-  /** Hashes `data`, whose whole ArrayBuffer moves to the hashing thread (unusable here afterwards). */
-  updateTransfer(data: Uint8Array): Promise<void> {
-    return this.post({ buf: data.buffer, offset: data.byteOffset, length: data.length }, [data.buffer as ArrayBuffer]);
-  }
-
   /**
    * Hashes, in order, pieces of `buf` given as (offset, length) pairs; offset -1 means `length` zero
    * bytes. `buf` moves to the hashing thread (unusable here afterwards).
    */
   updatePieces(buf: ArrayBuffer, pieces: number[]): Promise<void> {
     return this.post({ buf, pieces }, [buf]);
-  }
-
-  /** Hashes `length` zero bytes. */
-  updateZeros(length: number): Promise<void> {
-    return this.post({ zeros: length });
   }
 
   async digestHex(): Promise<string> {

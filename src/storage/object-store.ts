@@ -31,7 +31,7 @@ export interface ObjectStore {
    * Stores `body` under `key`, atomically and durably: when the promise resolves the object survives
    * a crash, and readers never see a partial object. Overwriting is allowed (last writer wins).
    * `body` may come in parts, stored back to back (packs are assembled without a copy).
-   * Throws a transient error for conditions a retry may fix.
+   * Throws on failure; a retrying decorator may retry network-style errors (with the S3 store).
    */
   put(key: string, body: Body, signal?: AbortSignal): Promise<void>;
   /**
@@ -58,12 +58,6 @@ export class ObjectNotFoundError extends Error {
     this.name = 'ObjectNotFoundError';
     this.key = key;
   }
-}
-
-/** Storage errors a retry may fix (network hiccups, throttling). Classified once, here. */
-export function isTransientStorageError(err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  return code === 'EAGAIN' || code === 'EBUSY' || code === 'ETIMEDOUT' || code === 'ECONNRESET' || code === 'EMFILE';
 }
 
 const KEY_RE = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
