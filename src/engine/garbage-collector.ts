@@ -18,13 +18,13 @@
  *   G  rewrite the condemned set as what is still pending
  */
 import { AppError, ErrorCode } from '../domain/errors.ts';
-import { ObjectNotFoundError, type ObjectInfo } from '../storage/object-store.ts';
+import type { ObjectInfo } from '../storage/object-store.ts';
 import { DIGEST_BYTES, isZeroDigest } from './chunk-digest.ts';
-import { ChunkMap } from './chunk-map.ts';
+import type { ChunkMap } from './chunk-map.ts';
 import { readCondemned, writeCondemned } from './gc-state.ts';
 import { acquireGcLock, listLocks, removeLock, type LockRecord } from './locks.ts';
 import { BACKUP_ID_RE, manifestKey, type BackupManifest } from './manifest.ts';
-import { entryCount, packKey, parseChunkMapFile, readEntry, writeEntry, ENTRY_BYTES, type PackEntries } from './pack-format.ts';
+import { entryCount, packKey, readEntry, writeEntry, ENTRY_BYTES, type PackEntries } from './pack-format.ts';
 import { PackWriter } from './pack-writer.ts';
 import type { Repository } from './repository.ts';
 
@@ -85,18 +85,6 @@ async function markManifest(repo: Repository, map: ChunkMap, m: BackupManifest):
   }
 }
 
-async function loadPackLists(repo: Repository, files: string[]): Promise<Map<string, PackEntries>> {
-  const packs = new Map<string, PackEntries>();
-  for (const key of files) {
-    try {
-      for (const p of parseChunkMapFile(await repo.getDecoded(key, `chunk map ${key}`))) packs.set(p.packId, p);
-    } catch (err) {
-      if (!(err instanceof ObjectNotFoundError)) throw err; // removed by a crashed earlier GC's successor
-    }
-  }
-  return packs;
-}
-
 /** Repository size, without lock objects (GC's own lock would otherwise count as reclaimed). */
 async function sumBytes(repo: Repository): Promise<number> {
   let n = 0;
@@ -122,7 +110,7 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
     // A. Chunk maps before packs: every pack a loaded chunk map names was durable before that map
     // was written (W1), so the pack listing below contains it.
     const prevCondemned = await readCondemned(repo);
-    const { map, files } = await repo.loadChunkMap();
+    const { map, files, packs: packLists } = await repo.loadChunkMap();
     const packObjects = new Map<string, ObjectInfo>();
     for await (const o of repo.store.list('packs/')) packObjects.set(o.key.slice(o.key.lastIndexOf('/') + 1), o);
     const indexObjects: ObjectInfo[] = [];
@@ -148,7 +136,7 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
     const filesNow: string[] = [];
     for await (const o of repo.store.list('chunkmaps/')) filesNow.push(o.key);
     const newFiles = filesNow.filter((f) => !files.includes(f));
-    const packsInNewFiles = new Set((await loadPackLists(repo, newFiles)).keys());
+    const packsInNewFiles = new Set((await repo.readChunkMapFiles(newFiles)).flat().map((p) => p.packId));
 
     // E
     const prevUsable = liveBackups.every((l) => l.startedAtMs > prevCondemned.condemnedAtMs + CLOCK_SKEW_MS) && prevCondemned.condemnedAtMs > 0;
@@ -173,7 +161,6 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
 
     // F: decide per pack what is live. A pack's entry is live when it is the chunk map's chosen
     // location for its digest (duplicates elsewhere are dead copies) and the digest is not deletable.
-    const packLists = await loadPackLists(repo, files);
     const writer = new PackWriter(repo, opts.signal ? { signal: opts.signal } : {});
     const keep: PackEntries[] = [];
     const dropPacks: string[] = [];

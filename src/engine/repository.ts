@@ -138,13 +138,29 @@ export class Repository {
 
   // ---- chunk map ----
 
-  /** Loads every chunk-map file into one ChunkMap (newer files win for a digest stored twice). */
-  async loadChunkMap(): Promise<{ map: ChunkMap; files: string[] }> {
+  /**
+   * Loads every chunk-map file into one ChunkMap (newer files win for a digest stored twice). Also
+   * returns the files read and each pack's entries as listed (GC needs them per pack).
+   */
+  async loadChunkMap(): Promise<{ map: ChunkMap; files: string[]; packs: Map<string, PackEntries> }> {
     const files: string[] = [];
     for await (const o of this.store.list('chunkmaps/')) files.push(o.key);
     files.sort();
-    const parsed: PackEntries[][] = [];
+    const parsed = await this.readChunkMapFiles(files);
     let total = 0;
+    for (const list of parsed) for (const p of list) total += entryCount(p);
+    const map = new ChunkMap(total);
+    const packs = new Map<string, PackEntries>();
+    for (const list of parsed) {
+      addPacksToMap(map, list);
+      for (const p of list) packs.set(p.packId, p);
+    }
+    return { map, files, packs };
+  }
+
+  /** Reads and parses chunk-map files, skipping any removed meanwhile. */
+  async readChunkMapFiles(files: string[]): Promise<PackEntries[][]> {
+    const parsed: PackEntries[][] = [];
     for (const key of files) {
       let buf: Buffer;
       try {
@@ -155,13 +171,9 @@ export class Repository {
         if (err instanceof ObjectNotFoundError) continue;
         throw err;
       }
-      const packs = parseChunkMapFile(buf);
-      for (const p of packs) total += entryCount(p);
-      parsed.push(packs);
+      parsed.push(parseChunkMapFile(buf));
     }
-    const map = new ChunkMap(total);
-    for (const packs of parsed) addPacksToMap(map, packs);
-    return { map, files };
+    return parsed;
   }
 
   async writeChunkMapFile(packs: PackEntries[]): Promise<{ key: string; storedBytes: number }> {

@@ -6,18 +6,16 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { isAppError, ErrorCode } from '../../src/domain/errors.ts';
 import { writeBackup } from '../../src/engine/backup-writer.ts';
 import { restoreBackup } from '../../src/engine/restore-reader.ts';
 import { FileVolumeSource } from '../../src/engine/volume-source.ts';
-import { ChunkWorkerPool } from '../../src/engine/worker-pool.ts';
-import { initRepo } from '../helpers/repo.ts';
-import { MiB, randomBytesSeeded, sha256, TempDirs } from '../helpers/volumes.ts';
+import { engineTestContext, initRepo } from '../helpers/repo.ts';
+import { MiB, randomBytesSeeded, sha256 } from '../helpers/volumes.ts';
 
-const temp = new TempDirs('haven-blockdev-');
+const { temp, pool } = engineTestContext('haven-blockdev-');
 const attached: string[] = [];
-let pool: ChunkWorkerPool;
 
 function attach(file: string): string | null {
   try {
@@ -38,10 +36,7 @@ function loopDevicesUsable(): boolean {
   return dev !== null;
 }
 
-before(() => {
-  pool = new ChunkWorkerPool(2);
-});
-after(async () => {
+after(() => {
   for (const dev of attached) {
     try {
       execFileSync('losetup', ['-d', dev], { stdio: 'ignore' });
@@ -49,8 +44,6 @@ after(async () => {
       // already detached
     }
   }
-  await pool.close();
-  temp.cleanup();
 });
 
 const usable = loopDevicesUsable();

@@ -6,24 +6,15 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import { collectGarbage } from '../../src/engine/garbage-collector.ts';
 import type { BackupManifest } from '../../src/engine/manifest.ts';
 import type { Repository } from '../../src/engine/repository.ts';
 import { verifyRepository } from '../../src/engine/verifier.ts';
-import { ChunkWorkerPool } from '../../src/engine/worker-pool.ts';
-import { backupFile, initRepo } from '../helpers/repo.ts';
-import { collectCli, listFilesRecursive, listPacks, MiB, sleep, spawnCli, TempDirs, writeRandomFile, type CliResult } from '../helpers/volumes.ts';
+import { backupFile, initRepo, engineTestContext } from '../helpers/repo.ts';
+import { collectCli, listFilesRecursive, listPacks, MiB, sleep, spawnCli, writeRandomFile, type CliResult } from '../helpers/volumes.ts';
 
-const temp = new TempDirs('haven-cancel-');
-let pool: ChunkWorkerPool;
-before(() => {
-  pool = new ChunkWorkerPool(2);
-});
-after(async () => {
-  await pool.close();
-  temp.cleanup();
-});
+const { temp, pool } = engineTestContext('haven-cancel-');
 
 interface Setup {
   dir: string;

@@ -5,25 +5,16 @@
 import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { DEFAULT_CHUNK_SIZE } from '../../src/engine/repository.ts';
-import { ChunkWorkerPool } from '../../src/engine/worker-pool.ts';
-import { backupFile, initRepo, restoreTo } from '../helpers/repo.ts';
-import { dirBytes, MiB, overwrite, randomBytesSeeded, sha256, sha256File, TempDirs, writeRandomFile, writeVolume } from '../helpers/volumes.ts';
+import { backupFile, initRepo, restoreTo, engineTestContext } from '../helpers/repo.ts';
+import { dirBytes, MiB, overwrite, randomBytesSeeded, sha256, sha256File, writeRandomFile, writeVolume } from '../helpers/volumes.ts';
 
 const CHUNK = DEFAULT_CHUNK_SIZE;
 /** Index, chunk map, manifest and pack framing of one backup of a few dozen MiB: well under this. */
 const METADATA_SLACK = 128 * 1024;
 
-const temp = new TempDirs('haven-dedup-');
-let pool: ChunkWorkerPool;
-before(() => {
-  pool = new ChunkWorkerPool(2);
-});
-after(async () => {
-  await pool.close();
-  temp.cleanup();
-});
+const { temp, pool } = engineTestContext('haven-dedup-');
 
 for (const encrypted of [false, true]) {
   describe(`deduplication (${encrypted ? 'encrypted' : 'unencrypted'})`, () => {

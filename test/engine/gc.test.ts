@@ -13,24 +13,13 @@ import { RepositoryLock } from '../../src/engine/locks.ts';
 import type { BackupManifest } from '../../src/engine/manifest.ts';
 import { DEFAULT_CHUNK_SIZE, Repository } from '../../src/engine/repository.ts';
 import { verifyRepository, type VerifyReport } from '../../src/engine/verifier.ts';
-import { ChunkWorkerPool } from '../../src/engine/worker-pool.ts';
 import { LocalObjectStore } from '../../src/storage/local-store.ts';
 import { HookStore } from '../helpers/hook-store.ts';
-import { backupFile, initRepo, restoreTo, TEST_PASSWORD } from '../helpers/repo.ts';
-import {
-  collectCli, dirBytes, listFilesRecursive, listPacks, MiB, randomBytesSeeded, sha256File, sleep, spawnCli, TempDirs, writeRandomFile, writeVolume,
-} from '../helpers/volumes.ts';
+import { backupFile, initRepo, restoreTo, TEST_PASSWORD, engineTestContext } from '../helpers/repo.ts';
+import { collectCli, dirBytes, listFilesRecursive, listPacks, MiB, randomBytesSeeded, sha256File, sleep, spawnCli, writeRandomFile, writeVolume } from '../helpers/volumes.ts';
 
 const CHUNK = DEFAULT_CHUNK_SIZE;
-const temp = new TempDirs('haven-gc-');
-let pool: ChunkWorkerPool;
-before(() => {
-  pool = new ChunkWorkerPool(2);
-});
-after(async () => {
-  await pool.close();
-  temp.cleanup();
-});
+const { temp, pool } = engineTestContext('haven-gc-');
 
 async function assertRestores(repo: Repository, m: BackupManifest, dir: string): Promise<void> {
   const target = path.join(dir, `restore-${m.id}.img`);

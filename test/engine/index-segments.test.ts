@@ -7,16 +7,15 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { writeBackup } from '../../src/engine/backup-writer.ts';
 import { collectGarbage } from '../../src/engine/garbage-collector.ts';
 import { INDEX_SEGMENT_CHUNKS } from '../../src/engine/repository.ts';
 import { restoreBackup } from '../../src/engine/restore-reader.ts';
 import { verifyRepository } from '../../src/engine/verifier.ts';
 import type { VolumeSource } from '../../src/engine/volume-source.ts';
-import { ChunkWorkerPool } from '../../src/engine/worker-pool.ts';
-import { initRepo, reopenRepo } from '../helpers/repo.ts';
-import { allocatedBytes, MiB, randomBytesSeeded, TempDirs } from '../helpers/volumes.ts';
+import { initRepo, reopenRepo, engineTestContext } from '../helpers/repo.ts';
+import { allocatedBytes, assertExtents, MiB, randomBytesSeeded } from '../helpers/volumes.ts';
 
 const CHUNK = 4096;
 
@@ -59,15 +58,7 @@ class SyntheticVolume implements VolumeSource {
   async close(): Promise<void> {}
 }
 
-const temp = new TempDirs('haven-segments-');
-let pool: ChunkWorkerPool;
-before(() => {
-  pool = new ChunkWorkerPool(2);
-});
-after(async () => {
-  await pool.close();
-  temp.cleanup();
-});
+const { temp, pool } = engineTestContext('haven-segments-');
 
 describe('multi-segment indexes', () => {
   it('a volume of more than INDEX_SEGMENT_CHUNKS chunks round-trips, with data on both sides of the segment boundary', { timeout: 300_000 }, async () => {
@@ -102,13 +93,9 @@ describe('multi-segment indexes', () => {
     assert.equal(r.volumeSha256, want);
     assert.equal((await fs.stat(target)).size, size);
     assert.ok(await allocatedBytes(target) <= 1 * MiB, 'the restored file should be sparse');
+    await assertExtents(target, extents);
     const fh = await fs.open(target, 'r');
     try {
-      for (const e of extents) {
-        const b = Buffer.alloc(e.data.length);
-        await fh.read(b, 0, b.length, e.offset);
-        assert.equal(Buffer.compare(b, e.data), 0, `data at ${e.offset} differs`);
-      }
       // Zeros right around the boundary, too.
       const z = Buffer.alloc(CHUNK);
       await fh.read(z, 0, CHUNK, (INDEX_SEGMENT_CHUNKS + 1) * CHUNK);

@@ -6,28 +6,17 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { AppError, ErrorCode } from '../../src/domain/errors.ts';
 import type { BackupManifest } from '../../src/engine/manifest.ts';
 import { DEFAULT_CHUNK_SIZE } from '../../src/engine/repository.ts';
-import { ChunkWorkerPool } from '../../src/engine/worker-pool.ts';
-import { backupFile, initRepo, reopenRepo, restoreTo } from '../helpers/repo.ts';
-import {
-  allocatedBytes, GiB, KiB, listFilesRecursive, makeSparseFile, MiB, overwrite, randomBytesSeeded, sha256, sha256File, TempDirs, writeRandomFile, writeVolume,
-} from '../helpers/volumes.ts';
+import { backupFile, initRepo, reopenRepo, restoreTo, engineTestContext } from '../helpers/repo.ts';
+import { allocatedBytes, assertExtents, GiB, KiB, listFilesRecursive, makeSparseFile, MiB, overwrite, randomBytesSeeded, sha256, sha256File, writeRandomFile, writeVolume } from '../helpers/volumes.ts';
 
 const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 const CHUNK = DEFAULT_CHUNK_SIZE;
 
-const temp = new TempDirs('haven-rt-');
-let pool: ChunkWorkerPool;
-before(() => {
-  pool = new ChunkWorkerPool(2);
-});
-after(async () => {
-  await pool.close();
-  temp.cleanup();
-});
+const { temp, pool } = engineTestContext('haven-rt-');
 
 /** Backs `data` up into a new repository, restores it through a freshly opened repository, compares. */
 async function roundTrip(data: Buffer, opts: { encrypted: boolean; chunkSizeBytes?: number }) {
@@ -206,16 +195,7 @@ describe('round trip', () => {
     const alloc = st.blocks * 512;
     assert.ok(alloc <= chunks.size * CHUNK + MiB, `restored file allocates ${alloc} bytes, expected about ${chunks.size * CHUNK}`);
     // The data extents, byte for byte; then the whole file's SHA-256.
-    const fh = await fs.open(target, 'r');
-    try {
-      for (const e of extents) {
-        const b = Buffer.alloc(e.data.length);
-        await fh.read(b, 0, b.length, e.offset);
-        assert.equal(Buffer.compare(b, e.data), 0, `extent at ${e.offset} differs`);
-      }
-    } finally {
-      await fh.close();
-    }
+    await assertExtents(target, extents);
     assert.equal(await sha256File(target), want);
   });
 });

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import { AppError, ErrorCode } from '../../src/domain/errors.ts';
 import { DIGEST_BYTES } from '../../src/engine/chunk-digest.ts';
 import type { BackupManifest } from '../../src/engine/manifest.ts';
@@ -14,19 +14,10 @@ import { ENTRY_BYTES, parsePackTrailer, PACK_TRAILER_BYTES, readEntry } from '..
 import type { Repository } from '../../src/engine/repository.ts';
 import { restoreBackup } from '../../src/engine/restore-reader.ts';
 import { verifyRepository, type VerifyReport } from '../../src/engine/verifier.ts';
-import { ChunkWorkerPool } from '../../src/engine/worker-pool.ts';
-import { backupFile, initRepo, reopenRepo, TEST_PASSWORD } from '../helpers/repo.ts';
-import { cliErrorMessage, listPacks, MiB, overwrite, randomBytesSeeded, runCli, sha256File, TempDirs, writeRandomFile } from '../helpers/volumes.ts';
+import { backupFile, initRepo, reopenRepo, TEST_PASSWORD, engineTestContext } from '../helpers/repo.ts';
+import { cliErrorMessage, listPacks, MiB, overwrite, randomBytesSeeded, runCli, sha256File, writeRandomFile } from '../helpers/volumes.ts';
 
-const temp = new TempDirs('haven-verify-');
-let pool: ChunkWorkerPool;
-before(() => {
-  pool = new ChunkWorkerPool(2);
-});
-after(async () => {
-  await pool.close();
-  temp.cleanup();
-});
+const { temp, pool } = engineTestContext('haven-verify-');
 
 interface Fixture {
   dir: string;

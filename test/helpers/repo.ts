@@ -4,11 +4,26 @@ import { Repository, type InitOptions } from '../../src/engine/repository.ts';
 import { restoreBackup, type RestoreResult } from '../../src/engine/restore-reader.ts';
 import type { BackupManifest } from '../../src/engine/manifest.ts';
 import { FileVolumeSource } from '../../src/engine/volume-source.ts';
-import type { ChunkWorkerPool } from '../../src/engine/worker-pool.ts';
+import { ChunkWorkerPool } from '../../src/engine/worker-pool.ts';
 import { LocalObjectStore } from '../../src/storage/local-store.ts';
-import { TEST_KDF } from './volumes.ts';
+import { after } from 'node:test';
+import { TEST_KDF, TempDirs } from './volumes.ts';
 
 export const TEST_PASSWORD = 'correct horse battery staple';
+
+/**
+ * The shared setup of an engine test file: temp directories named after `prefix` and one worker
+ * pool of 2 threads, both released after the file's tests.
+ */
+export function engineTestContext(prefix: string): { temp: TempDirs; pool: ChunkWorkerPool } {
+  const temp = new TempDirs(prefix);
+  const pool = new ChunkWorkerPool(2);
+  after(async () => {
+    await pool.close();
+    temp.cleanup();
+  });
+  return { temp, pool };
+}
 
 /** A new repository in `dir`; encrypted (with the cheap test KDF) when `encrypted` is true. */
 export async function initRepo(dir: string, opts: { encrypted: boolean; chunkSizeBytes?: number; packTargetBytes?: number }): Promise<Repository> {

@@ -2,6 +2,7 @@
  * Test helpers: temp directories, seeded random data, volume files (dense and sparse), file hashes,
  * repository directory snapshots and a runner for the `haven` CLI.
  */
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, promises as fs, rmSync } from 'node:fs';
@@ -335,4 +336,18 @@ export function cliErrorMessage(r: CliResult): string {
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Reads each extent back from `file` and asserts it holds exactly the extent's data. */
+export async function assertExtents(file: string, extents: { offset: number; data: Uint8Array }[]): Promise<void> {
+  const fh = await fs.open(file, 'r');
+  try {
+    for (const e of extents) {
+      const b = Buffer.alloc(e.data.length);
+      await fh.read(b, 0, b.length, e.offset);
+      assert.equal(Buffer.compare(b, e.data), 0, `data at ${e.offset} differs`);
+    }
+  } finally {
+    await fh.close();
+  }
 }

@@ -63,14 +63,19 @@ function parseChunkSize(v: string): number {
   return Number(m[1]) * (unit.startsWith('k') ? 1024 : unit.startsWith('m') ? 1024 * 1024 : 1);
 }
 
-export function registerEngineCommands(program: Command): void {
-  program
-    .command('init')
-    .description('create a repository (encrypted when a password file is given)')
+/** A command on a repository: every one takes --repo, --password-file and --json. */
+function repoCommand(program: Command, name: string, description: string, passwordHelp = 'repository password file (or HAVEN_PASSWORD_FILE)'): Command {
+  return program
+    .command(name)
+    .description(description)
     .requiredOption('--repo <dir>', 'repository directory')
-    .option('--password-file <file>', 'file holding the repository password (or HAVEN_PASSWORD_FILE)')
+    .option('--password-file <file>', passwordHelp)
+    .option('--json', 'print the result as JSON');
+}
+
+export function registerEngineCommands(program: Command): void {
+  repoCommand(program, 'init', 'create a repository (encrypted when a password file is given)', 'file holding the repository password (or HAVEN_PASSWORD_FILE)')
     .option('--chunk-size <size>', 'chunk size, a multiple of 4KiB', `${DEFAULT_CHUNK_SIZE / 1024}KiB`)
-    .option('--json', 'print the result as JSON')
     .action(async (o: RepoOptions & { chunkSize: string; json?: boolean }) => {
       const repo = await Repository.init(openStore(o), { password: readPassword(o), chunkSizeBytes: parseChunkSize(o.chunkSize) });
       const c = repo.config;
@@ -78,16 +83,11 @@ export function registerEngineCommands(program: Command): void {
         `created ${c.encryption ? 'encrypted' : 'unencrypted'} repository ${c.id} at ${path.resolve(o.repo)} (chunk size ${formatBytes(c.chunkSizeBytes)})`);
     });
 
-  program
-    .command('backup')
-    .description('back up a volume (raw image file or block device); incremental against its last backup')
-    .requiredOption('--repo <dir>', 'repository directory')
+  repoCommand(program, 'backup', 'back up a volume (raw image file or block device); incremental against its last backup')
     .requiredOption('--volume <path>', 'image file or block device to back up')
     .option('--name <name>', 'volume name recorded in the backup (default: the name of its last backup, else the file name)')
     .option('--volume-id <id>', 'volume identity for incrementals (default: the volume\'s real path)')
     .option('--full', 'record a full backup (no parent); deduplication still applies')
-    .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
-    .option('--json', 'print the result as JSON')
     .action(async (o: RepoOptions & { volume: string; name?: string; volumeId?: string; full?: boolean; json?: boolean }) => {
       await withPool(async (pool) => {
         const repo = await openRepository(o);
@@ -123,15 +123,10 @@ export function registerEngineCommands(program: Command): void {
       });
     });
 
-  program
-    .command('restore')
-    .description('restore a backup to a file or block device, verified against its SHA-256')
-    .requiredOption('--repo <dir>', 'repository directory')
+  repoCommand(program, 'restore', 'restore a backup to a file or block device, verified against its SHA-256')
     .requiredOption('--backup <id>', 'backup id')
     .requiredOption('--target <path>', 'file (created or overwritten, sparse) or block device')
     .option('--fsync', 'flush a file target to disk before reporting success (always done for block devices)')
-    .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
-    .option('--json', 'print the result as JSON')
     .action(async (o: RepoOptions & { backup: string; target: string; fsync?: boolean; json?: boolean }) => {
       await withPool(async (pool) => {
         const repo = await openRepository(o);
@@ -150,12 +145,7 @@ export function registerEngineCommands(program: Command): void {
       });
     });
 
-  program
-    .command('list')
-    .description('list the backups in a repository')
-    .requiredOption('--repo <dir>', 'repository directory')
-    .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
-    .option('--json', 'print the result as JSON')
+  repoCommand(program, 'list', 'list the backups in a repository')
     .action(async (o: RepoOptions & { json?: boolean }) => {
       const repo = await openRepository(o);
       const { manifests, damaged } = await repo.listBackups();
@@ -171,13 +161,8 @@ export function registerEngineCommands(program: Command): void {
       for (const d of damaged) process.stderr.write(`haven: warning: backup ${d.id} has an unreadable manifest: ${d.error}\n`);
     });
 
-  program
-    .command('verify')
-    .description('check manifests, indexes and every referenced chunk; exit 1 when anything is damaged')
-    .requiredOption('--repo <dir>', 'repository directory')
+  repoCommand(program, 'verify', 'check manifests, indexes and every referenced chunk; exit 1 when anything is damaged')
     .option('--backup <id>', 'verify only this backup')
-    .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
-    .option('--json', 'print the result as JSON')
     .action(async (o: RepoOptions & { backup?: string; json?: boolean }) => {
       await withPool(async (pool) => {
         const repo = await openRepository(o);
@@ -199,25 +184,15 @@ export function registerEngineCommands(program: Command): void {
       });
     });
 
-  program
-    .command('delete')
-    .description('delete a backup (its space is reclaimed by gc)')
-    .requiredOption('--repo <dir>', 'repository directory')
+  repoCommand(program, 'delete', 'delete a backup (its space is reclaimed by gc)')
     .requiredOption('--backup <id>', 'backup id')
-    .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
-    .option('--json', 'print the result as JSON')
     .action(async (o: RepoOptions & { backup: string; json?: boolean }) => {
       const repo = await openRepository(o);
       await deleteBackup(repo, checkBackupId(o.backup));
       out(o.json, { id: o.backup, deleted: true }, `deleted backup ${o.backup} (run haven gc to reclaim its space)`);
     });
 
-  program
-    .command('gc')
-    .description('reclaim the space of chunks no backup references')
-    .requiredOption('--repo <dir>', 'repository directory')
-    .option('--password-file <file>', 'repository password file (or HAVEN_PASSWORD_FILE)')
-    .option('--json', 'print the result as JSON')
+  repoCommand(program, 'gc', 'reclaim the space of chunks no backup references')
     .action(async (o: RepoOptions & { json?: boolean }) => {
       const repo = await openRepository(o);
       const r = await collectGarbage(repo);
