@@ -19,6 +19,8 @@ const NONCE = 12;
 const TAG = 16;
 
 export const DEFAULT_ZSTD_LEVEL = 1;
+/** zlib's smallest accepted output chunk size. */
+const MIN_ZLIB_CHUNK = 64;
 
 export interface BlobKeys {
   /** 32-byte AES-256-GCM key; absent for an unencrypted repository. */
@@ -78,7 +80,9 @@ export function encodeBlobInto(plain: Uint8Array, keys: BlobKeys, compress: bool
   let payload: Uint8Array = plain;
   let flags = 0;
   if (compress && plain.length > 64 && looksCompressible(plain)) {
-    const z = zlib.zstdCompressSync(plain, { params: { [zlib.constants.ZSTD_c_compressionLevel]: level } });
+    // chunkSize: one output buffer the size of the input. Node's default (16 KiB) makes the sync call
+    // loop and concatenate, which costs as much as the compression itself for 64 KiB chunks.
+    const z = zlib.zstdCompressSync(plain, { chunkSize: Math.max(MIN_ZLIB_CHUNK, plain.length), params: { [zlib.constants.ZSTD_c_compressionLevel]: level } });
     if (z.length < plain.length) {
       payload = z;
       flags |= FLAG_ZSTD;
@@ -146,7 +150,8 @@ export function decodeBlob(blob: Uint8Array, keys: BlobKeys, maxOutputBytes?: nu
   }
   if (flags & FLAG_ZSTD) {
     try {
-      return zlib.zstdDecompressSync(payload, maxOutputBytes ? { maxOutputLength: maxOutputBytes } : {});
+      // Decompressing with the output size known up front doubles the speed (see chunkSize above).
+      return zlib.zstdDecompressSync(payload, maxOutputBytes ? { maxOutputLength: maxOutputBytes, chunkSize: Math.max(MIN_ZLIB_CHUNK, maxOutputBytes) } : {});
     } catch (err) {
       throw new BlobDecodeError('blob failed to decompress (damaged)', { cause: err });
     }
