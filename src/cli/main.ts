@@ -5,6 +5,7 @@
 import { Command } from 'commander';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { registerEngineCommands } from './commands/engine-commands.ts';
+import { registerServiceCommands } from './commands/service-commands.ts';
 
 export const EXIT_FAILURE = 1;
 
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
     // Usage errors are one line too: "haven: error: required option '--repo <dir>' not specified".
     .configureOutput({ outputError: (str, write) => write(`haven: ${str.trimEnd().split('\n')[0]}\n`) });
   registerEngineCommands(program);
+  registerServiceCommands(program);
   return program;
 }
 

@@ -22,6 +22,30 @@ export const ErrorCode = {
   RestoreMismatch: 'RESTORE_MISMATCH',
   Cancelled: 'CANCELLED',
   StorageError: 'STORAGE_ERROR',
+  CatalogError: 'CATALOG_ERROR',
+  // Identity
+  AuthenticationFailed: 'AUTHENTICATION_FAILED',
+  TokenInvalid: 'TOKEN_INVALID',
+  Forbidden: 'FORBIDDEN',
+  ProjectNotFound: 'PROJECT_NOT_FOUND',
+  UserNotFound: 'USER_NOT_FOUND',
+  RoleNotFound: 'ROLE_NOT_FOUND',
+  NameConflict: 'NAME_CONFLICT',
+  // Volumes and snapshots
+  VolumeNotFound: 'VOLUME_NOT_FOUND',
+  VolumeInvalidState: 'VOLUME_INVALID_STATE',
+  VolumeTooSmall: 'VOLUME_TOO_SMALL',
+  VolumePathRefused: 'VOLUME_PATH_REFUSED',
+  SnapshotNotFound: 'SNAPSHOT_NOT_FOUND',
+  SnapshotInvalidState: 'SNAPSHOT_INVALID_STATE',
+  // Backups and jobs
+  BackupInvalidState: 'BACKUP_INVALID_STATE',
+  BackupInProgress: 'BACKUP_IN_PROGRESS',
+  BackupNotOwned: 'BACKUP_NOT_OWNED',
+  QuotaBackupsExceeded: 'QUOTA_BACKUPS_EXCEEDED',
+  QuotaGigabytesExceeded: 'QUOTA_GIGABYTES_EXCEEDED',
+  JobNotFound: 'JOB_NOT_FOUND',
+  JobInterrupted: 'JOB_INTERRUPTED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

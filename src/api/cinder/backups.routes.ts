@@ -1,0 +1,132 @@
+/**
+ * Native (Cinder-compatible) backups, /v2 and /v3 (vbs.md §8): create, list, detail, show, delete,
+ * restore. Create, delete and restore are accepted with 202 and run as jobs; clients poll the
+ * backup's status.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { Type } from 'typebox';
+import { BACKUP_SORT_KEYS, type BackupFilter, type BackupSortKey } from '../../catalog/backup-queries.ts';
+import { ApiError } from '../errors.ts';
+import { baseUrl, type ApiServices } from '../server.ts';
+import { backupJson, links, type ApiVersion } from '../wire/cinder-wire.ts';
+
+const CFG = { envelope: 'cinder' as const, auth: 'project' as const };
+/** Cinder's osapi_max_limit: a list returns at most this many items and a next link. */
+export const MAX_LIMIT = 1000;
+const NAME_RE = '^[A-Za-z0-9_-]+$';
+
+const ListQuery = Type.Object({
+  limit: Type.Optional(Type.Integer({ minimum: 0 })),
+  offset: Type.Optional(Type.Integer({ minimum: 0 })),
+  marker: Type.Optional(Type.String()),
+  name: Type.Optional(Type.String()),
+  status: Type.Optional(Type.String()),
+  volume_id: Type.Optional(Type.String()),
+  'name~': Type.Optional(Type.String()),
+  'status~': Type.Optional(Type.String()),
+  'volume_id~': Type.Optional(Type.String()),
+  sort_key: Type.Optional(Type.String()),
+  sort_dir: Type.Optional(Type.String()),
+  sort: Type.Optional(Type.String()),
+  with_count: Type.Optional(Type.Boolean()),
+  all_tenants: Type.Optional(Type.String()),
+});
+type ListQuery = { limit?: number; offset?: number; marker?: string; name?: string; status?: string; volume_id?: string; 'name~'?: string; 'status~'?: string; 'volume_id~'?: string; sort_key?: string; sort_dir?: string; sort?: string; with_count?: boolean };
+
+const CreateBody = Type.Object({
+  backup: Type.Object({
+    volume_id: Type.String({ minLength: 1 }),
+    snapshot_id: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+    name: Type.Optional(Type.Union([Type.String({ minLength: 1, maxLength: 64, pattern: NAME_RE }), Type.Null()])),
+    description: Type.Optional(Type.Union([Type.String({ maxLength: 255, pattern: '^[^<>]*$' }), Type.Null()])),
+    container: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+    incremental: Type.Optional(Type.Boolean()),
+    force: Type.Optional(Type.Boolean()),
+    project_id: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+  }),
+});
+const RestoreBody = Type.Object({
+  restore: Type.Object({
+    volume_id: Type.Optional(Type.Union([Type.String({ minLength: 1 }), Type.Null()])),
+    name: Type.Optional(Type.Union([Type.String({ maxLength: 255 }), Type.Null()])),
+  }),
+});
+
+function parseSort(q: ListQuery): { sortKey: BackupSortKey; sortDir: 'asc' | 'desc' } {
+  let key = q.sort_key ?? 'created_at';
+  let dir = q.sort_dir ?? 'desc';
+  if (q.sort) {
+    const [k, d] = q.sort.split(',')[0]!.split(':');
+    key = k ?? key;
+    dir = d ?? dir;
+  }
+  if (!(key in BACKUP_SORT_KEYS)) throw new ApiError(400, `Invalid input received: sort key ${key} is not one of ${Object.keys(BACKUP_SORT_KEYS).join(', ')}.`);
+  if (dir !== 'asc' && dir !== 'desc') throw new ApiError(400, `Invalid input received: sort direction ${dir} must be asc or desc.`);
+  return { sortKey: key as BackupSortKey, sortDir: dir };
+}
+
+export function registerNativeBackupRoutes(app: FastifyInstance, s: ApiServices): void {
+  for (const version of ['v2', 'v3'] as ApiVersion[]) {
+    const base = (req: FastifyRequest) => baseUrl(s.config, req);
+    const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
+    const tags = ['native backups'];
+
+    app.post(`/${version}/:projectId/backups`, {
+      config: CFG,
+      schema: { body: CreateBody, tags, summary: 'Create a backup (Cinder API); 202, then poll its status' },
+    }, async (req, reply) => {
+      const b = (req.body as { backup: { volume_id: string; snapshot_id?: string | null; name?: string | null; description?: string | null; force?: boolean } }).backup;
+      if (b.name && /^auto/i.test(b.name)) throw new ApiError(400, 'Invalid input received: backup names must not start with "auto" (reserved for policy backups).');
+      const volume = await s.volumes.getVolume(pid(req), b.volume_id);
+      if (volume.status === 'in-use' && !b.force && !b.snapshot_id) throw new ApiError(400, `Invalid volume: volume ${volume.id} is in-use; pass force=true to back it up while attached.`);
+      const { backup } = await s.backups.createBackup(pid(req), { volumeId: b.volume_id, snapshotId: b.snapshot_id, name: b.name, description: b.description, origin: 'native' });
+      return reply.code(202).send({ backup: { id: backup.id, links: links(base(req), version, backup.projectId, 'backups', backup.id), name: backup.name } });
+    });
+
+    const list = async (req: FastifyRequest, detail: boolean) => {
+      const q = req.query as ListQuery;
+      const filter: BackupFilter = { name: q.name, status: q.status, volumeId: q.volume_id, nameLike: q['name~'], statusLike: q['status~'], volumeIdLike: q['volume_id~'] };
+      const limit = Math.min(q.limit ?? MAX_LIMIT, MAX_LIMIT);
+      const sort = parseSort(q);
+      const rows = await s.backups.listBackups(pid(req), filter, { ...sort, limit: limit + 1, offset: q.offset ?? 0, marker: q.marker });
+      const page = rows.slice(0, limit);
+      const body: Record<string, unknown> = {
+        backups: page.map((b) => (detail ? backupJson(base(req), version, b) : { id: b.id, links: links(base(req), version, b.projectId, 'backups', b.id), name: b.name })),
+      };
+      if (rows.length > limit && page.length) {
+        // An absolute next link that keeps the filters (vbs.md §12 #27).
+        const params = new URLSearchParams();
+        for (const [k, v] of Object.entries(q)) if (v !== undefined && k !== 'marker' && k !== 'offset' && k !== 'limit') params.set(k, String(v));
+        params.set('limit', String(limit));
+        params.set('marker', page.at(-1)!.id);
+        body.backups_links = [{ href: `${base(req)}/${version}/${pid(req)}/backups${detail ? '/detail' : ''}?${params}`, rel: 'next' }];
+      }
+      if (q.with_count) body.count = await s.backups.countBackups(pid(req), filter);
+      return body;
+    };
+    app.get(`/${version}/:projectId/backups`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backups (id, name, links)' } }, async (req) => list(req, false));
+    app.get(`/${version}/:projectId/backups/detail`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backups with details' } }, async (req) => list(req, true));
+    app.get(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { tags, summary: 'Show a backup' } }, async (req) => {
+      const b = await s.backups.getBackup(pid(req), (req.params as { backupId: string }).backupId);
+      return { backup: backupJson(base(req), version, b) };
+    });
+    app.delete(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { tags, summary: 'Delete a backup; 202, then it disappears' } }, async (req, reply) => {
+      await s.backups.deleteBackup(pid(req), (req.params as { backupId: string }).backupId);
+      return reply.code(202).send();
+    });
+    app.post(`/${version}/:projectId/backups/:backupId/restore`, { config: CFG, schema: { body: RestoreBody, tags, summary: 'Restore a backup onto a volume (or a new one)' } }, async (req, reply) => {
+      const r = (req.body as { restore: { volume_id?: string | null; name?: string | null } }).restore;
+      const backupId = (req.params as { backupId: string }).backupId;
+      let volumeId = r.volume_id;
+      if (!volumeId) {
+        // Cinder semantics: without a volume, restore into a new one of the backup's size.
+        const b = await s.backups.getBackup(pid(req), backupId);
+        if (b.status !== 'available') throw new ApiError(400, `Invalid backup: backup ${b.id} is ${b.status}; only available backups can be restored.`);
+        const v = await s.volumes.createVolume(pid(req), { sizeGb: b.sizeGb, name: r.name ?? `restore_backup_${b.id}` });
+        volumeId = v.id;
+      }
+      const { volume } = await s.backups.restoreBackup(pid(req), backupId, volumeId);
+      return reply.code(202).send({ restore: { backup_id: backupId, volume_id: volume.id, volume_name: volume.name ?? '' } });
+    });
+  }
+}

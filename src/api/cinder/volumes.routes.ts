@@ -1,0 +1,117 @@
+/**
+ * Volume inventory, Cinder-compatible subset (/v2 and /v3): volumes, os-volume-manage (admin) and
+ * snapshots. Enough for openstackclient and SDKs to create, find, adopt and delete the disks Haven
+ * backs up.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { Type } from 'typebox';
+import { MAX_VOLUME_GB } from '../../services/volume-service.ts';
+import { ApiError } from '../errors.ts';
+import { baseUrl, type ApiServices } from '../server.ts';
+import { links, snapshotJson, volumeJson, type ApiVersion } from '../wire/cinder-wire.ts';
+
+const CFG = { envelope: 'cinder' as const, auth: 'project' as const };
+const Metadata = Type.Record(Type.String({ maxLength: 255 }), Type.String({ maxLength: 255 }));
+const NullableText = (max: number) => Type.Optional(Type.Union([Type.String({ maxLength: max }), Type.Null()]));
+const ListQuery = Type.Object({
+  limit: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000 })),
+  offset: Type.Optional(Type.Integer({ minimum: 0 })),
+  marker: Type.Optional(Type.String()),
+  name: Type.Optional(Type.String()),
+  status: Type.Optional(Type.String()),
+  all_tenants: Type.Optional(Type.String()),
+  volume_id: Type.Optional(Type.String()),
+});
+type ListQuery = { limit?: number; offset?: number; name?: string; status?: string; volume_id?: string };
+
+const CreateVolume = Type.Object({
+  volume: Type.Object({
+    size: Type.Integer({ minimum: 1, maximum: MAX_VOLUME_GB }),
+    name: NullableText(255),
+    description: NullableText(255),
+    metadata: Type.Optional(Metadata),
+    snapshot_id: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+    availability_zone: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+    volume_type: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+    bootable: Type.Optional(Type.Boolean()),
+  }),
+});
+const ManageVolume = Type.Object({
+  volume: Type.Object({
+    ref: Type.Object({ 'source-name': Type.String({ minLength: 1, maxLength: 4096 }) }),
+    host: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+    name: NullableText(255),
+    description: NullableText(255),
+    metadata: Type.Optional(Metadata),
+    bootable: Type.Optional(Type.Boolean()),
+    availability_zone: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+    volume_type: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+  }),
+});
+const CreateSnapshot = Type.Object({
+  snapshot: Type.Object({
+    volume_id: Type.String({ minLength: 1 }),
+    name: NullableText(255),
+    description: NullableText(255),
+    force: Type.Optional(Type.Union([Type.Boolean(), Type.String()])),
+    metadata: Type.Optional(Metadata),
+  }),
+});
+
+export function registerVolumeRoutes(app: FastifyInstance, s: ApiServices): void {
+  for (const version of ['v2', 'v3'] as ApiVersion[]) {
+    const base = (req: FastifyRequest) => baseUrl(s.config, req);
+    const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
+    const tags = ['volumes'];
+    const page = (q: ListQuery) => ({ limit: q.limit ?? 1000, offset: q.offset ?? 0 });
+
+    app.post(`/${version}/:projectId/volumes`, { config: CFG, schema: { body: CreateVolume, tags, summary: 'Create a volume (a sparse raw file)' } }, async (req, reply) => {
+      const b = (req.body as { volume: { size: number; name?: string | null; description?: string | null; metadata?: Record<string, string>; snapshot_id?: string | null; bootable?: boolean } }).volume;
+      const v = await s.volumes.createVolume(pid(req), { sizeGb: b.size, name: b.name, description: b.description, metadata: b.metadata, snapshotId: b.snapshot_id, bootable: b.bootable });
+      return reply.code(202).send({ volume: volumeJson(base(req), version, v) });
+    });
+    app.get(`/${version}/:projectId/volumes`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List volumes' } }, async (req) => {
+      const q = req.query as ListQuery;
+      const vols = await s.volumes.listVolumes(pid(req), { name: q.name, status: q.status, ...page(q) });
+      return { volumes: vols.map((v) => ({ id: v.id, name: v.name, links: links(base(req), version, v.projectId, 'volumes', v.id) })) };
+    });
+    app.get(`/${version}/:projectId/volumes/detail`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List volumes with details' } }, async (req) => {
+      const q = req.query as ListQuery;
+      const vols = await s.volumes.listVolumes(pid(req), { name: q.name, status: q.status, ...page(q) });
+      return { volumes: vols.map((v) => volumeJson(base(req), version, v)) };
+    });
+    app.get(`/${version}/:projectId/volumes/:volumeId`, { config: CFG, schema: { tags, summary: 'Show a volume' } }, async (req) => {
+      const v = await s.volumes.getVolume(pid(req), (req.params as { volumeId: string }).volumeId);
+      return { volume: volumeJson(base(req), version, v) };
+    });
+    app.delete(`/${version}/:projectId/volumes/:volumeId`, { config: CFG, schema: { tags, summary: 'Delete a volume (an adopted file is only forgotten)' } }, async (req, reply) => {
+      await s.volumes.deleteVolume(pid(req), (req.params as { volumeId: string }).volumeId);
+      return reply.code(202).send();
+    });
+    app.post(`/${version}/:projectId/os-volume-manage`, { config: CFG, schema: { body: ManageVolume, tags, summary: 'Adopt an existing image file or block device (admin)' } }, async (req, reply) => {
+      if (!req.auth!.isAdmin) throw new ApiError(403, 'Policy does not allow volume_extension:volume_manage to be performed: admin role required.');
+      const b = (req.body as { volume: { ref: { 'source-name': string }; name?: string | null; description?: string | null; metadata?: Record<string, string>; bootable?: boolean } }).volume;
+      const v = await s.volumes.manageVolume(pid(req), { sourceName: b.ref['source-name'], name: b.name, description: b.description, metadata: b.metadata, bootable: b.bootable });
+      return reply.code(202).send({ volume: volumeJson(base(req), version, v) });
+    });
+
+    const stags = ['snapshots'];
+    app.post(`/${version}/:projectId/snapshots`, { config: CFG, schema: { body: CreateSnapshot, tags: stags, summary: 'Snapshot a volume' } }, async (req, reply) => {
+      const b = (req.body as { snapshot: { volume_id: string; name?: string | null; description?: string | null; force?: boolean | string } }).snapshot;
+      const force = b.force === true || (typeof b.force === 'string' && b.force.toLowerCase() === 'true');
+      const snap = await s.volumes.createSnapshot(pid(req), { volumeId: b.volume_id, name: b.name, description: b.description, force });
+      return reply.code(202).send({ snapshot: snapshotJson(snap) });
+    });
+    const listSnaps = async (req: FastifyRequest) => {
+      const q = req.query as ListQuery;
+      return s.volumes.listSnapshots(pid(req), { volumeId: q.volume_id, ...page(q) });
+    };
+    app.get(`/${version}/:projectId/snapshots`, { config: CFG, schema: { querystring: ListQuery, tags: stags, summary: 'List snapshots' } }, async (req) => ({ snapshots: (await listSnaps(req)).map(snapshotJson) }));
+    app.get(`/${version}/:projectId/snapshots/detail`, { config: CFG, schema: { querystring: ListQuery, tags: stags, summary: 'List snapshots with details' } }, async (req) => ({ snapshots: (await listSnaps(req)).map(snapshotJson) }));
+    app.get(`/${version}/:projectId/snapshots/:snapshotId`, { config: CFG, schema: { tags: stags, summary: 'Show a snapshot' } }, async (req) => ({ snapshot: snapshotJson(await s.volumes.getSnapshot(pid(req), (req.params as { snapshotId: string }).snapshotId)) }));
+    app.delete(`/${version}/:projectId/snapshots/:snapshotId`, { config: CFG, schema: { tags: stags, summary: 'Delete a snapshot' } }, async (req, reply) => {
+      await s.volumes.deleteSnapshot(pid(req), (req.params as { snapshotId: string }).snapshotId);
+      return reply.code(202).send();
+    });
+  }
+}

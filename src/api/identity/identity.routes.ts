@@ -1,0 +1,188 @@
+/**
+ * Keystone v3 subset: tokens (password and token methods, project scope by id or by name and
+ * domain), and the admin calls operators need to manage tenants (projects, users, role
+ * assignments). Response shapes follow Keystone, so keystoneauth, openstackclient, gophercloud and
+ * the OTC SDKs authenticate unchanged.
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { Type } from 'typebox';
+import { DEFAULT_DOMAIN, ROLES, type Project, type User } from '../../domain/model.ts';
+import { IdentityService, type AuthContext, type AuthRequest, type ProjectRef, type UserRef } from '../../services/identity-service.ts';
+import { ApiError } from '../errors.ts';
+import { baseUrl, type ApiServices } from '../server.ts';
+import { keystoneTime } from '../wire/time.ts';
+import { serviceCatalog } from './service-catalog.ts';
+
+const KS = { envelope: 'keystone' as const };
+const Domain = Type.Object({ id: Type.Optional(Type.String()), name: Type.Optional(Type.String()) });
+const NamedOrId = Type.Object({ id: Type.Optional(Type.String({ minLength: 1 })), name: Type.Optional(Type.String({ minLength: 1 })), domain: Type.Optional(Domain) });
+
+const AuthBody = Type.Object({
+  auth: Type.Object({
+    identity: Type.Object({
+      methods: Type.Array(Type.String(), { minItems: 1 }),
+      password: Type.Optional(Type.Object({ user: Type.Intersect([NamedOrId, Type.Object({ password: Type.String() })]) })),
+      token: Type.Optional(Type.Object({ id: Type.String({ minLength: 1 }) })),
+    }),
+    scope: Type.Optional(Type.Union([Type.Object({ project: NamedOrId }), Type.Object({ domain: Domain }), Type.Literal('unscoped'), Type.Object({ system: Type.Any() })])),
+  }),
+});
+
+const roleId = (r: string) => `role-${r}`;
+const roleRefs = (roles: readonly string[]) => roles.map((r) => ({ id: roleId(r), name: r }));
+
+function ref(o: { id?: string | undefined; name?: string | undefined; domain?: { id?: string | undefined; name?: string | undefined } | undefined }, what: string): UserRef & ProjectRef {
+  if (o.id) return { id: o.id };
+  if (o.name) {
+    if (!o.domain || (!o.domain.id && !o.domain.name)) throw new ApiError(400, `Expecting to find domain in ${what}. The server could not comply with the request since it is either malformed or otherwise incorrect.`);
+    return { name: o.name, domain: o.domain };
+  }
+  throw new ApiError(400, `Expecting to find id or name in ${what}.`);
+}
+
+export function tokenBody(s: ApiServices, req: FastifyRequest, ctx: AuthContext) {
+  const domain = { id: DEFAULT_DOMAIN.id, name: DEFAULT_DOMAIN.name };
+  const token: Record<string, unknown> = {
+    methods: ctx.methods,
+    user: { domain, id: ctx.user.id, name: ctx.user.name, password_expires_at: null },
+    audit_ids: [ctx.auditId],
+    expires_at: keystoneTime(ctx.expiresAt),
+    issued_at: keystoneTime(ctx.issuedAt),
+  };
+  if (ctx.project) {
+    token.project = { domain, id: ctx.project.id, name: ctx.project.name };
+    token.is_domain = false;
+    token.roles = roleRefs(ctx.roles);
+    token.catalog = serviceCatalog(baseUrl(s.config, req), s.config.region, ctx.project.id);
+  }
+  return { token };
+}
+
+const projectJson = (req: FastifyRequest, s: ApiServices, p: Project) => ({
+  id: p.id, name: p.name, domain_id: p.domainId, description: p.description, enabled: p.enabled, is_domain: false, parent_id: p.domainId, tags: [], options: {},
+  links: { self: `${baseUrl(s.config, req)}/v3/projects/${p.id}` },
+});
+const userJson = (req: FastifyRequest, s: ApiServices, u: User) => ({
+  id: u.id, name: u.name, domain_id: u.domainId, enabled: u.enabled, default_project_id: u.defaultProjectId ?? undefined, password_expires_at: null, options: {},
+  links: { self: `${baseUrl(s.config, req)}/v3/users/${u.id}` },
+});
+
+export function registerIdentityRoutes(app: FastifyInstance, s: ApiServices): void {
+  app.post('/v3/auth/tokens', { config: KS, schema: { body: AuthBody, tags: ['identity'], summary: 'Issue a token (password or token method)' } }, async (req, reply) => {
+    const { identity, scope } = (req.body as { auth: { identity: { methods: string[]; password?: { user: { id?: string; name?: string; domain?: object; password: string } }; token?: { id: string } }; scope?: unknown } }).auth;
+    let projectScope: ProjectRef | null = null;
+    if (scope && typeof scope === 'object') {
+      if ('project' in scope) projectScope = ref((scope as { project: Parameters<typeof ref>[0] }).project, 'scope.project');
+      else throw new ApiError(400, 'Only project scope is supported (Haven has no domain or system scope).');
+    }
+    let authReq: AuthRequest;
+    if (identity.methods.includes('password')) {
+      if (!identity.password) throw new ApiError(400, 'Expecting to find password in identity.');
+      authReq = { method: 'password', user: ref(identity.password.user as Parameters<typeof ref>[0], 'identity.password.user'), password: identity.password.user.password, scope: projectScope };
+    } else if (identity.methods.includes('token')) {
+      if (!identity.token) throw new ApiError(400, 'Expecting to find token in identity.');
+      authReq = { method: 'token', token: identity.token.id, scope: projectScope };
+    } else {
+      throw new ApiError(401, `Unsupported authentication method: ${identity.methods.join(', ')} (password and token are supported).`);
+    }
+    const { token, ctx } = await s.identity.issueToken(authReq);
+    return reply.code(201).header('x-subject-token', token).send(tokenBody(s, req, ctx));
+  });
+
+  const subject = async (req: FastifyRequest): Promise<{ token: string; ctx: AuthContext }> => {
+    const token = req.headers['x-subject-token'];
+    if (typeof token !== 'string' || !token) throw new ApiError(400, 'X-Subject-Token header is required.');
+    const ctx = await s.identity.validateToken(token).catch(() => {
+      throw new ApiError(404, 'Could not find token.');
+    });
+    // Only the token's own user or an admin may look at or revoke it.
+    if (!req.auth!.isAdmin && req.auth!.user.id !== ctx.user.id) throw new ApiError(403, 'You are not authorized to perform the requested action.');
+    return { token, ctx };
+  };
+  app.head('/v3/auth/tokens', { config: { ...KS, auth: 'token' }, schema: { tags: ['identity'], summary: 'Check a token (X-Subject-Token)' } }, async (req, reply) => {
+    const { token } = await subject(req);
+    return reply.code(200).header('x-subject-token', token).send();
+  });
+  app.get('/v3/auth/tokens', { config: { ...KS, auth: 'token' }, schema: { tags: ['identity'], summary: 'Validate a token (X-Subject-Token)' } }, async (req, reply) => {
+    const { token, ctx } = await subject(req);
+    return reply.header('x-subject-token', token).send(tokenBody(s, req, ctx));
+  });
+  app.delete('/v3/auth/tokens', { config: { ...KS, auth: 'token' }, schema: { tags: ['identity'], summary: 'Revoke a token (X-Subject-Token)' } }, async (req, reply) => {
+    const { token } = await subject(req);
+    await s.identity.revokeToken(token);
+    return reply.code(204).send();
+  });
+
+  app.get('/v3/auth/catalog', { config: { ...KS, auth: 'token' }, schema: { tags: ['identity'] } }, async (req) => {
+    const ctx = req.auth!;
+    return { catalog: ctx.project ? serviceCatalog(baseUrl(s.config, req), s.config.region, ctx.project.id) : [], links: { self: `${baseUrl(s.config, req)}/v3/auth/catalog` } };
+  });
+  app.get('/v3/auth/projects', { config: { ...KS, auth: 'token' }, schema: { tags: ['identity'] } }, async (req) => {
+    const ctx = req.auth!;
+    const all = await s.identity.listProjects();
+    const mine = [];
+    for (const p of all) if (await s.identity.hasRole(p.id, ctx.user.id, 'member') || await s.identity.hasRole(p.id, ctx.user.id, 'admin')) mine.push(projectJson(req, s, p));
+    return { projects: mine, links: { self: `${baseUrl(s.config, req)}/v3/auth/projects`, next: null, previous: null } };
+  });
+
+  // Admin subset.
+  const ADMIN = { ...KS, auth: 'admin' as const };
+  const ProjectBody = Type.Object({ project: Type.Object({ name: Type.String({ minLength: 1, maxLength: 64 }), description: Type.Optional(Type.String({ maxLength: 255 })), enabled: Type.Optional(Type.Boolean()), domain_id: Type.Optional(Type.String()) }) });
+  app.post('/v3/projects', { config: ADMIN, schema: { body: ProjectBody, tags: ['identity'], summary: 'Create a project' } }, async (req, reply) => {
+    const b = (req.body as { project: { name: string; description?: string; enabled?: boolean; domain_id?: string } }).project;
+    const p = await s.identity.createProject({ name: b.name, description: b.description, enabled: b.enabled, domainId: b.domain_id });
+    return reply.code(201).send({ project: projectJson(req, s, p) });
+  });
+  app.get('/v3/projects', { config: ADMIN, schema: { querystring: Type.Object({ name: Type.Optional(Type.String()) }), tags: ['identity'], summary: 'List projects' } }, async (req) => {
+    const { name } = req.query as { name?: string };
+    const all = (await s.identity.listProjects()).filter((p) => name === undefined || p.name === name);
+    return { projects: all.map((p) => projectJson(req, s, p)), links: { self: `${baseUrl(s.config, req)}/v3/projects`, next: null, previous: null } };
+  });
+  app.get('/v3/projects/:projectId', { config: { ...KS, auth: 'token' }, schema: { tags: ['identity'], summary: 'Show a project' } }, async (req) => {
+    const { projectId } = req.params as { projectId: string };
+    if (!req.auth!.isAdmin && req.auth!.project?.id !== projectId) throw new ApiError(403, 'You are not authorized to perform the requested action.');
+    return { project: projectJson(req, s, await s.identity.getProject(projectId)) };
+  });
+
+  const UserBody = Type.Object({ user: Type.Object({ name: Type.String({ minLength: 1, maxLength: 255 }), password: Type.String({ minLength: 1 }), default_project_id: Type.Optional(Type.String()), enabled: Type.Optional(Type.Boolean()), domain_id: Type.Optional(Type.String()) }) });
+  app.post('/v3/users', { config: ADMIN, schema: { body: UserBody, tags: ['identity'], summary: 'Create a user' } }, async (req, reply) => {
+    const b = (req.body as { user: { name: string; password: string; default_project_id?: string; enabled?: boolean; domain_id?: string } }).user;
+    const u = await s.identity.createUser({ name: b.name, password: b.password, defaultProjectId: b.default_project_id, enabled: b.enabled, domainId: b.domain_id });
+    return reply.code(201).send({ user: userJson(req, s, u) });
+  });
+  app.get('/v3/users', { config: ADMIN, schema: { querystring: Type.Object({ name: Type.Optional(Type.String()) }), tags: ['identity'], summary: 'List users' } }, async (req) => {
+    const { name } = req.query as { name?: string };
+    const all = (await s.identity.listUsers()).filter((u) => name === undefined || u.name === name);
+    return { users: all.map((u) => userJson(req, s, u)), links: { self: `${baseUrl(s.config, req)}/v3/users`, next: null, previous: null } };
+  });
+  app.get('/v3/users/:userId', { config: ADMIN, schema: { tags: ['identity'], summary: 'Show a user' } }, async (req) => ({ user: userJson(req, s, await s.identity.getUser((req.params as { userId: string }).userId)) }));
+  app.get('/v3/roles', { config: { ...KS, auth: 'token' }, schema: { tags: ['identity'], summary: 'List roles' } }, async (req) => ({ roles: ROLES.map((r) => ({ id: roleId(r), name: r, domain_id: null, links: { self: `${baseUrl(s.config, req)}/v3/roles/${roleId(r)}` } })) }));
+
+  const roleOf = (r: string) => IdentityService.parseRole(r.startsWith('role-') ? r.slice(5) : r);
+  const assignment = async (req: FastifyRequest) => {
+    const { projectId, userId, roleId: r } = req.params as { projectId: string; userId: string; roleId: string };
+    return { projectId, userId, role: roleOf(r) };
+  };
+  app.put('/v3/projects/:projectId/users/:userId/roles/:roleId', { config: ADMIN, schema: { tags: ['identity'], summary: 'Grant a role on a project' } }, async (req, reply: FastifyReply) => {
+    const a = await assignment(req);
+    await s.identity.grantRole(a.projectId, a.userId, a.role);
+    return reply.code(204).send();
+  });
+  app.head('/v3/projects/:projectId/users/:userId/roles/:roleId', { config: ADMIN, schema: { tags: ['identity'], summary: 'Check a role assignment' } }, async (req, reply) => {
+    const a = await assignment(req);
+    if (!(await s.identity.hasRole(a.projectId, a.userId, a.role))) throw new ApiError(404, 'Could not find role assignment.');
+    return reply.code(204).send();
+  });
+  app.delete('/v3/projects/:projectId/users/:userId/roles/:roleId', { config: ADMIN, schema: { tags: ['identity'], summary: 'Revoke a role' } }, async (req, reply) => {
+    const a = await assignment(req);
+    await s.identity.revokeRole(a.projectId, a.userId, a.role);
+    return reply.code(204).send();
+  });
+  app.get('/v3/projects/:projectId/users/:userId/roles', { config: ADMIN, schema: { tags: ['identity'], summary: 'List roles of a user on a project' } }, async (req) => {
+    const { projectId, userId } = req.params as { projectId: string; userId: string };
+    const roles = ROLES.filter(() => true);
+    const have = [];
+    for (const r of roles) if (await s.identity.hasRole(projectId, userId, r)) have.push({ id: roleId(r), name: r });
+    return { roles: have };
+  });
+}

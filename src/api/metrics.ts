@@ -1,0 +1,65 @@
+/**
+ * Prometheus metrics (prom-client), served at /metrics: HTTP requests, jobs, bytes backed up, and
+ * the repository's size (measured at most once a minute: listing a large store is not free).
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly requests: Counter;
+  private readonly requestSeconds: Histogram;
+  private readonly jobs: Counter;
+  private readonly jobSeconds: Histogram;
+  private readonly bytesRead: Counter;
+  private readonly bytesNew: Counter;
+  private readonly bytesStored: Counter;
+
+  constructor(opts: { repositoryBytes?: () => Promise<number>; jobCounts?: () => Promise<Record<string, number>> } = {}) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'haven_process_' });
+    this.requests = new Counter({ name: 'haven_http_requests_total', help: 'HTTP requests by method, route and status', labelNames: ['method', 'route', 'status'], registers: [this.registry] });
+    this.requestSeconds = new Histogram({ name: 'haven_http_request_duration_seconds', help: 'HTTP request duration', labelNames: ['method', 'route'], buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5], registers: [this.registry] });
+    this.jobs = new Counter({ name: 'haven_jobs_finished_total', help: 'Jobs finished by type and status', labelNames: ['type', 'status'], registers: [this.registry] });
+    this.jobSeconds = new Histogram({ name: 'haven_job_duration_seconds', help: 'Job duration by type', labelNames: ['type'], buckets: [0.1, 0.5, 1, 5, 15, 60, 300, 1800, 7200], registers: [this.registry] });
+    this.bytesRead = new Counter({ name: 'haven_backup_volume_bytes_total', help: 'Volume bytes covered by finished backups', registers: [this.registry] });
+    this.bytesNew = new Counter({ name: 'haven_backup_new_bytes_total', help: 'Chunk bytes that were new to the repository', registers: [this.registry] });
+    this.bytesStored = new Counter({ name: 'haven_backup_stored_bytes_total', help: 'Bytes written to the repository by backups (compressed, encrypted)', registers: [this.registry] });
+    const repoBytes = opts.repositoryBytes;
+    let cached: { at: number; value: number } | null = null;
+    new Gauge({
+      name: 'haven_repository_bytes', help: 'Bytes the chunk repository occupies', registers: [this.registry],
+      async collect() {
+        if (!repoBytes) return;
+        if (!cached || Date.now() - cached.at > 60_000) cached = { at: Date.now(), value: await repoBytes() };
+        this.set(cached.value);
+      },
+    });
+    const jobCounts = opts.jobCounts;
+    new Gauge({
+      name: 'haven_jobs', help: 'Jobs in the catalog by type and status', labelNames: ['type', 'status'], registers: [this.registry],
+      async collect() {
+        if (!jobCounts) return;
+        this.reset();
+        for (const [k, n] of Object.entries(await jobCounts())) {
+          const [type, status] = k.split('/');
+          this.set({ type: type!, status: status! }, n);
+        }
+      },
+    });
+  }
+
+  observeRequest(method: string, route: string, status: number, seconds: number): void {
+    this.requests.inc({ method, route, status: String(status) });
+    this.requestSeconds.observe({ method, route }, seconds);
+  }
+
+  observeJob(type: string, status: string, seconds: number): void {
+    this.jobs.inc({ type, status });
+    this.jobSeconds.observe({ type }, seconds);
+  }
+
+  observeBackup(b: { sizeBytes: number; newBytes: number; storedBytes: number }): void {
+    this.bytesRead.inc(b.sizeBytes);
+    this.bytesNew.inc(b.newBytes);
+    this.bytesStored.inc(b.storedBytes);
+  }
+}

@@ -1,0 +1,192 @@
+/**
+ * buildServer: the HTTP API as a fastify instance (no listen), so tests use inject() without sockets.
+ *
+ * Cross-cutting rules live here and nowhere else: request ids (x-openstack-request-id), JSON bodies
+ * (an empty body with a JSON content type is accepted, as otcextensions sends one), the error
+ * envelope of each API family (api/errors.ts), token checks, 404 for unknown routes and 405 for a
+ * known route with the wrong method, 413 for oversized bodies. A client never sees a stack trace.
+ */
+import { randomUUID } from 'node:crypto';
+import { Ajv, type Options as AjvOptions } from 'ajv';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import fastifySwagger from '@fastify/swagger';
+import type { Logger as PinoLogger } from 'pino';
+import type { Config } from '../config/config.ts';
+import { AppError } from '../domain/errors.ts';
+import type { AuthContext, IdentityService } from '../services/identity-service.ts';
+import type { BackupService } from '../services/backup-service.ts';
+import type { VolumeService } from '../services/volume-service.ts';
+import { ApiError, envelope, isClientError, replyForError, type Envelope, type RouteErrorCodes, type ValidationCodes } from './errors.ts';
+import type { Metrics } from './metrics.ts';
+import { registerIdentityRoutes } from './identity/identity.routes.ts';
+import { registerVersionRoutes } from './versions.routes.ts';
+import { registerVolumeRoutes } from './cinder/volumes.routes.ts';
+import { registerNativeBackupRoutes } from './cinder/backups.routes.ts';
+import { registerVbsBackupRoutes } from './vbs/cloudbackups.routes.ts';
+import { registerOpsRoutes } from './ops.routes.ts';
+
+export interface ApiServices {
+  config: Config;
+  identity: IdentityService;
+  volumes: VolumeService;
+  backups: BackupService;
+  metrics: Metrics;
+  /** Health of the parts /healthz reports on. */
+  health(): Promise<Record<string, string>>;
+}
+
+export type AuthMode = 'none' | 'token' | 'project' | 'admin';
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    envelope?: Envelope;
+    auth?: AuthMode;
+    errorCodes?: RouteErrorCodes;
+    validation?: ValidationCodes;
+  }
+  interface FastifyRequest {
+    auth: AuthContext | null;
+  }
+}
+
+const AJV_BASE: AjvOptions = { allErrors: false, useDefaults: true, removeAdditional: false, strict: false };
+
+function pathEnvelope(url: string): Envelope {
+  const p = url.split('?')[0]!;
+  if (/^\/v3\/(auth|projects|users|roles|domains)(\/|$)/.test(p) || p === '/v3/') return 'keystone';
+  if (/^\/v1\//.test(p) || /^\/v2\/[^/]+\/(backuppolicy|backuppolicyresources|cloudbackups|os-vendor-backup-sharing|jobs)(\/|$)/.test(p)) return 'vbs';
+  return 'cinder';
+}
+
+/** The base URL clients reach this server at: HAVEN_PUBLIC_URL, else the request's own. */
+export function baseUrl(config: Config, req: FastifyRequest): string {
+  return config.publicUrl || `${req.protocol}://${req.host}`;
+}
+
+export async function buildServer(services: ApiServices, opts: { logger?: PinoLogger } = {}): Promise<FastifyInstance> {
+  const { config } = services;
+  const app = Fastify({
+    ...(opts.logger ? { loggerInstance: opts.logger as unknown as FastifyBaseLogger } : { logger: false }),
+    bodyLimit: config.bodyLimitBytes,
+    genReqId: () => `req-${randomUUID()}`,
+    return503OnClosing: true,
+    routerOptions: { ignoreTrailingSlash: true, ignoreDuplicateSlashes: true, maxParamLength: 500 },
+  });
+  // Bodies are validated as sent (a string is not an integer); query strings are coerced from text.
+  const bodyAjv = new Ajv({ ...AJV_BASE, coerceTypes: false });
+  const queryAjv = new Ajv({ ...AJV_BASE, coerceTypes: 'array' });
+  app.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? bodyAjv : queryAjv).compile(schema));
+
+  app.decorateRequest('auth', null);
+  app.addHook('onRequest', async (req, reply) => {
+    reply.header('x-openstack-request-id', req.id);
+  });
+
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser(['application/json', 'application/openstack-images-v2.1-json-patch'], { parseAs: 'string' }, (_req, body, done) => {
+    const text = (body as string).trim();
+    if (!text) return done(null, undefined); // otcextensions posts "" with a JSON content type
+    try {
+      done(null, JSON.parse(text) as unknown);
+    } catch (err) {
+      done(new ApiError(400, `The request body is not valid JSON: ${(err as Error).message}`) as unknown as FastifyError, undefined);
+    }
+  });
+  // Some clients send bodiless POSTs with a form or text content type; such bodies are ignored.
+  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
+    if (!(body as string).trim()) return done(null, undefined);
+    done(new ApiError(415, 'Request bodies must be JSON (Content-Type: application/json).') as unknown as FastifyError, undefined);
+  });
+
+  await app.register(fastifySwagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'Haven API', version: '0.1.0', description: 'OTC VBS / Cinder backup / Keystone-compatible API of Haven' },
+      components: { securitySchemes: { token: { type: 'apiKey', in: 'header', name: 'X-Auth-Token' } } },
+      security: [{ token: [] }],
+    },
+  });
+
+  // Token checks, per the route's auth mode.
+  app.addHook('preHandler', async (req) => {
+    const mode = req.routeOptions.config.auth ?? 'none';
+    if (mode === 'none') return;
+    const token = req.headers['x-auth-token'];
+    if (typeof token !== 'string' || !token) throw new ApiError(401, 'The request you have made requires authentication.', 'AutoBackup.0002');
+    let ctx: AuthContext;
+    try {
+      ctx = await services.identity.validateToken(token);
+    } catch (err) {
+      if (isClientError(err)) throw new ApiError(401, 'The request you have made requires authentication.', 'AutoBackup.0003');
+      throw err;
+    }
+    req.auth = ctx;
+    if (mode === 'project') {
+      const pid = (req.params as { projectId?: string }).projectId;
+      if (!ctx.project || ctx.project.id !== pid) throw new ApiError(403, `The token is not scoped to project ${pid ?? ''}.`, 'VolumeBackup.0042');
+    } else if (mode === 'admin') {
+      if (!ctx.isAdmin) throw new ApiError(403, 'You are not authorized to perform the requested action: admin role required.', 'VolumeBackup.0042');
+    }
+  });
+
+  app.setErrorHandler((err: FastifyError & { validation?: { instancePath: string; keyword: string; message?: string; params: Record<string, unknown> }[]; validationContext?: string }, req, reply) => {
+    const cfg = req.routeOptions.config;
+    const kind = cfg.envelope ?? pathEnvelope(req.url);
+    let out;
+    if (err.validation?.length) {
+      const v = err.validation[0]!;
+      const missing = v.keyword === 'required' ? `/${String(v.params.missingProperty)}` : '';
+      const where = `${v.instancePath}${missing}`;
+      const codes = cfg.validation;
+      const byPath = codes?.paths?.[where.replace(/\/\d+(?=\/|$)/g, '/*')];
+      const rule = byPath?.[v.keyword] ?? byPath?.['*'];
+      const code = (typeof rule === 'string' ? rule : rule?.[0]) ?? codes?.fallback;
+      const field = `${err.validationContext ?? 'request'}${where.replaceAll('/', '.')}`;
+      const text = typeof rule === 'object' ? rule[1] : v.keyword === 'required' ? 'is required' : (v.message ?? 'is invalid');
+      const msg = `${field} ${text}`;
+      out = envelope(kind, 400, `Invalid input received: ${msg}.`, code);
+    } else if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      out = envelope(kind, 413, `Request body is larger than ${config.bodyLimitBytes} bytes.`);
+    } else if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+      out = envelope(kind, 415, 'Request bodies must be JSON (Content-Type: application/json).');
+    } else if (err instanceof ApiError || (err as unknown) instanceof AppError) {
+      out = replyForError(kind, err, cfg.errorCodes);
+    } else if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
+      out = envelope(kind, err.statusCode, err.message);
+    } else {
+      out = replyForError(kind, err, cfg.errorCodes);
+    }
+    if (out.statusCode >= 500) req.log.error({ err }, 'request failed');
+    void reply.code(out.statusCode).type('application/json').send(out.body);
+  });
+
+  // 405 for a known path with another method, 404 otherwise.
+  const routes: { method: string; re: RegExp }[] = [];
+  app.addHook('onRoute', (r) => {
+    const re = new RegExp(`^${r.url.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/:[A-Za-z_]+/g, '[^/]+')}/?$`);
+    for (const m of [r.method].flat()) routes.push({ method: String(m), re });
+  });
+  app.setNotFoundHandler((req: FastifyRequest, reply: FastifyReply) => {
+    const p = req.url.split('?')[0]!.replace(/\/{2,}/g, '/');
+    const allowed = [...new Set(routes.filter((r) => r.re.test(p)).map((r) => r.method))].filter((m) => m !== 'HEAD');
+    const kind = pathEnvelope(req.url);
+    if (allowed.length) {
+      const out = envelope(kind, 405, `Method ${req.method} is not allowed for ${p}; allowed: ${allowed.join(', ')}.`);
+      return reply.code(405).header('allow', allowed.join(', ')).send(out.body);
+    }
+    const out = envelope(kind, 404, `The resource could not be found: ${p}`);
+    return reply.code(404).send(out.body);
+  });
+
+  app.addHook('onResponse', async (req, reply) => {
+    services.metrics.observeRequest(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000);
+  });
+
+  registerOpsRoutes(app, services);
+  registerVersionRoutes(app, services);
+  registerIdentityRoutes(app, services);
+  registerVolumeRoutes(app, services);
+  registerNativeBackupRoutes(app, services);
+  registerVbsBackupRoutes(app, services);
+  return app;
+}

@@ -1,0 +1,114 @@
+/**
+ * VBS backups (vbs.md §5-7): create (B1), delete (B2, POST and DELETE), restore (B3), quotas (Q1)
+ * and jobs (J1, under /v1 and, for otcextensions, /v2). Every validation rule of the reference maps
+ * to its own error code (the `validation` tables below).
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { Type } from 'typebox';
+import { ErrorCode } from '../../domain/errors.ts';
+import { UUID_RE } from '../../domain/ids.ts';
+import type { RouteErrorCodes, ValidationCodes } from '../errors.ts';
+import type { ApiServices } from '../server.ts';
+import { jobJson } from '../wire/vbs-wire.ts';
+
+const UUID = UUID_RE.source;
+/** Tag keys and values: no ASCII control characters and none of = * < > \ , | / (vbs.md B1). */
+const TAG_CHARS = '^[^\\u0000-\\u001f=*<>\\\\,|/]*$';
+export const TagSchema = Type.Object({
+  key: Type.String({ minLength: 1, maxLength: 36, pattern: TAG_CHARS }),
+  value: Type.String({ maxLength: 43, pattern: TAG_CHARS }),
+});
+
+const CreateBody = Type.Object({
+  backup: Type.Object({
+    volume_id: Type.String({ minLength: 1, pattern: UUID }),
+    snapshot_id: Type.Optional(Type.Union([Type.String({ pattern: UUID }), Type.Null()])),
+    name: Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$', not: { pattern: '^[Aa][Uu][Tt][Oo]' } }),
+    description: Type.Optional(Type.Union([Type.String({ minLength: 1, maxLength: 64, pattern: '^[^<>]*$' }), Type.Null()])),
+    tags: Type.Optional(Type.Array(TagSchema, { maxItems: 10 })),
+    extend_param: Type.Optional(Type.Union([Type.Object({ FullBackup: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false'), Type.Boolean()])) }), Type.Null()])),
+  }),
+});
+const CREATE_VALIDATION: ValidationCodes = {
+  fallback: 'VolumeBackup.0002',
+  paths: {
+    '/backup/volume_id': { required: 'VolumeBackup.0010', minLength: 'VolumeBackup.0010', '*': 'VolumeBackup.0011' },
+    '/backup/name': { required: 'VolumeBackup.0007', minLength: 'VolumeBackup.0007', maxLength: 'VolumeBackup.0003', not: ['VolumeBackup.0005', 'must not start with "auto" (reserved for policy backups)'], pattern: ['VolumeBackup.0004', 'may contain only letters, digits, "_" and "-"'], '*': 'VolumeBackup.0004' },
+    '/backup/description': { '*': 'VolumeBackup.0006' },
+    '/backup/tags': { maxItems: 'VolumeBackup.0050', '*': 'VolumeBackup.0049' },
+    '/backup/tags/*': { '*': 'VolumeBackup.0049' },
+    '/backup/tags/*/key': { '*': 'VolumeBackup.0049' },
+    '/backup/tags/*/value': { '*': 'VolumeBackup.0049' },
+  },
+};
+const CREATE_ERRORS: RouteErrorCodes = {
+  [ErrorCode.VolumeNotFound]: ['VolumeBackup.0021', 404],
+  [ErrorCode.VolumeInvalidState]: ['VolumeBackup.0012', 400],
+  [ErrorCode.BackupInProgress]: ['VolumeBackup.0013', 400],
+  [ErrorCode.SnapshotNotFound]: ['VolumeBackup.0020', 404],
+  [ErrorCode.SnapshotInvalidState]: ['VolumeBackup.0062', 400],
+  [ErrorCode.QuotaBackupsExceeded]: ['VolumeBackup.0080', 400],
+  [ErrorCode.QuotaGigabytesExceeded]: ['VolumeBackup.0081', 400],
+};
+const DELETE_ERRORS: RouteErrorCodes = {
+  [ErrorCode.BackupNotFound]: ['VolumeBackup.0110', 404],
+  [ErrorCode.BackupInvalidState]: ['VolumeBackup.0102', 400],
+  [ErrorCode.BackupNotOwned]: ['VolumeBackup.0042', 403],
+};
+const RestoreBody = Type.Object({ restore: Type.Object({ volume_id: Type.String({ minLength: 1, pattern: UUID }) }) });
+const RESTORE_VALIDATION: ValidationCodes = { fallback: 'VolumeBackup.0210', paths: { '/restore/volume_id': { '*': 'VolumeBackup.0208' } } };
+const RESTORE_ERRORS: RouteErrorCodes = {
+  [ErrorCode.BackupNotFound]: ['VolumeBackup.0111', 404],
+  [ErrorCode.VolumeNotFound]: ['VolumeBackup.0207', 404],
+  [ErrorCode.VolumeTooSmall]: ['VolumeBackup.0209', 400],
+  [ErrorCode.BackupInProgress]: ['VolumeBackup.0206', 400],
+  [ErrorCode.BackupInvalidState]: ['VolumeBackup.0089', 400],
+  [ErrorCode.VolumeInvalidState]: ['VolumeBackup.0205', 400],
+  [ErrorCode.BackupNotOwned]: ['VolumeBackup.0042', 403],
+};
+const JOB_ERRORS: RouteErrorCodes = { [ErrorCode.JobNotFound]: ['common.0011', 404] };
+
+export function registerVbsBackupRoutes(app: FastifyInstance, s: ApiServices): void {
+  const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
+  const tags = ['vbs backups'];
+  const base = { envelope: 'vbs' as const, auth: 'project' as const };
+
+  app.post('/v2/:projectId/cloudbackups', {
+    config: { ...base, validation: CREATE_VALIDATION, errorCodes: CREATE_ERRORS },
+    schema: { body: CreateBody, tags, summary: 'Create a backup (B1); returns a job' },
+  }, async (req) => {
+    const b = (req.body as { backup: { volume_id: string; snapshot_id?: string | null; name: string; description?: string | null; tags?: { key: string; value: string }[]; extend_param?: { FullBackup?: string | boolean } | null } }).backup;
+    const full = String(b.extend_param?.FullBackup ?? 'false') === 'true';
+    const { job } = await s.backups.createBackup(pid(req), { volumeId: b.volume_id, snapshotId: b.snapshot_id, name: b.name, description: b.description, tags: b.tags, full, origin: 'vbs' });
+    return { job_id: job.id };
+  });
+
+  const del = async (req: FastifyRequest) => ({ job_id: (await s.backups.deleteBackup(pid(req), (req.params as { backupId: string }).backupId)).id });
+  app.post('/v2/:projectId/cloudbackups/:backupId', { config: { ...base, errorCodes: DELETE_ERRORS }, schema: { tags, summary: 'Delete a backup (B2, deprecated); returns a job' } }, del);
+  app.delete('/v2/:projectId/cloudbackups/:backupId', { config: { ...base, errorCodes: DELETE_ERRORS }, schema: { tags, summary: 'Delete a backup (B2, old clients); returns a job' } }, del);
+
+  app.post('/v2/:projectId/cloudbackups/:backupId/restore', {
+    config: { ...base, validation: RESTORE_VALIDATION, errorCodes: RESTORE_ERRORS },
+    schema: { body: RestoreBody, tags, summary: 'Restore a disk from a backup (B3); returns a job' },
+  }, async (req) => {
+    const r = (req.body as { restore: { volume_id: string } }).restore;
+    const { job } = await s.backups.restoreBackup(pid(req), (req.params as { backupId: string }).backupId, r.volume_id);
+    return { job_id: job.id };
+  });
+
+  app.get('/v2/:projectId/cloudbackups/quota', { config: base, schema: { tags, summary: 'Backup quotas (Q1)' } }, async (req) => {
+    const u = await s.backups.usage(pid(req));
+    return {
+      quotas: {
+        resources: [
+          { type: 'backups', used: u.backups, reserved: 0, quota: u.quotas.backups },
+          { type: 'backup_gigabytes', used: u.gigabytes, reserved: 0, quota: u.quotas.backupGigabytes },
+        ],
+      },
+    };
+  });
+
+  for (const v of ['v1', 'v2']) {
+    app.get(`/${v}/:projectId/jobs/:jobId`, { config: { ...base, errorCodes: JOB_ERRORS }, schema: { tags: ['jobs'], summary: 'Query a job (J1)' } }, async (req) => jobJson(await s.backups.getJob(pid(req), (req.params as { jobId: string }).jobId)));
+  }
+}

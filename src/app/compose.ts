@@ -1,0 +1,134 @@
+/**
+ * The composition root: the only module that knows the concrete classes. Builds the catalog, the
+ * object store and engine, the services, the job runner and the HTTP server from a Config.
+ */
+import { mkdirSync, promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { FastifyInstance } from 'fastify';
+import { buildServer } from '../api/server.ts';
+import { Metrics } from '../api/metrics.ts';
+import { Catalog } from '../catalog/catalog.ts';
+import { migrate } from '../catalog/migrate.ts';
+import { SqliteDatabase } from '../catalog/sqlite-database.ts';
+import type { Config } from '../config/config.ts';
+import { systemClock, type Clock } from '../domain/clock.ts';
+import { LocalObjectStore } from '../storage/local-store.ts';
+import type { ObjectStore } from '../storage/object-store.ts';
+import { BackupEngine, readPasswordFile } from '../services/backup-engine.ts';
+import { BackupService } from '../services/backup-service.ts';
+import { IdentityService } from '../services/identity-service.ts';
+import { JobRunner } from '../services/job-runner.ts';
+import { pino, type Logger as PinoLogger } from 'pino';
+import { VolumeService } from '../services/volume-service.ts';
+
+export interface App {
+  config: Config;
+  server: FastifyInstance;
+  catalog: Catalog;
+  engine: BackupEngine;
+  identity: IdentityService;
+  volumes: VolumeService;
+  backups: BackupService;
+  runner: JobRunner;
+  /** Where the generated admin password was written (null when HAVEN_ADMIN_PASSWORD is set). */
+  adminPasswordFile: string | null;
+  close(): Promise<void>;
+}
+
+export interface ComposeOptions {
+  clock?: Clock;
+  /** A pino logger (default: silent). */
+  logger?: PinoLogger;
+  /** Wraps the object store (fault injection in tests). */
+  wrapStore?: (s: ObjectStore) => ObjectStore;
+  /** Engine worker threads (default: one per core). */
+  threads?: number;
+  /** Start the job runner (default true). */
+  runJobs?: boolean;
+}
+
+const silentLogger: PinoLogger = pino({ level: 'silent' });
+
+/** The admin password: HAVEN_ADMIN_PASSWORD, else generated once into a 0600 file in the data folder. */
+async function adminPassword(config: Config): Promise<{ password: string; file: string | null }> {
+  if (config.adminPassword) return { password: config.adminPassword, file: null };
+  const file = path.join(config.dataDir, 'admin-password');
+  try {
+    return { password: (await fs.readFile(file, 'utf8')).trim(), file };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const password = randomBytes(18).toString('base64url');
+  await fs.writeFile(file, `${password}\n`, { mode: 0o600, flag: 'wx' });
+  return { password, file };
+}
+
+export async function composeApp(config: Config, opts: ComposeOptions = {}): Promise<App> {
+  const clock = opts.clock ?? systemClock;
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const db = new SqliteDatabase(path.join(config.dataDir, 'catalog.sqlite'));
+  const catalog = new Catalog(db);
+  let engine: BackupEngine | null = null;
+  try {
+    await migrate(db);
+    let store: ObjectStore = new LocalObjectStore(path.join(config.dataDir, 'repository'));
+    if (opts.wrapStore) store = opts.wrapStore(store);
+    const repoPassword = config.repoPasswordFile ? await readPasswordFile(config.repoPasswordFile) : undefined;
+    engine = await BackupEngine.open(store, { password: repoPassword, threads: opts.threads });
+
+    const identity = new IdentityService(catalog, clock, config.tokenTtlSeconds);
+    const admin = await adminPassword(config);
+    await identity.bootstrap(admin.password);
+    if (config.adminPassword) await identity.resetPassword('admin', config.adminPassword);
+
+    const eng = engine;
+    const log = opts.logger ?? silentLogger;
+    const metrics = new Metrics({ repositoryBytes: () => eng.storedBytes(), jobCounts: () => catalog.jobs.countByStatus() });
+    const volumes = new VolumeService(catalog, clock, { dataDir: config.dataDir, volumeRoots: config.volumeRoots, availabilityZone: config.availabilityZone });
+    let runner: JobRunner | null = null;
+    const backups = new BackupService(catalog, clock, engine, { backups: config.quotaBackups, backupGigabytes: config.quotaBackupGigabytes }, {
+      jobQueued: () => runner?.wake(),
+      backupFinished: (b) => metrics.observeBackup(b),
+    }, log);
+    runner = new JobRunner(catalog, clock, backups.handlers(), log, {
+      concurrency: config.jobConcurrency,
+      exclusive: true,
+      onJobFinished: (job, status, ms) => metrics.observeJob(job.type, status, ms / 1000),
+    });
+    const jobsStarted = opts.runJobs !== false;
+    const server = await buildServer({
+      config, identity, volumes, backups, metrics,
+      health: async () => {
+        const parts: Record<string, string> = {};
+        try {
+          await db.get('SELECT 1');
+          parts.catalog = 'ok';
+        } catch {
+          parts.catalog = 'unavailable';
+        }
+        parts.jobRunner = jobsStarted ? 'ok' : 'disabled';
+        return parts;
+      },
+    }, { logger: log });
+    if (jobsStarted) await runner.start();
+    const r = runner;
+    const purge = setInterval(() => identity.purgeExpiredTokens().catch((err: unknown) => log.warn({ err }, 'purging expired tokens failed')), 3600_000);
+    purge.unref();
+    return {
+      config, server, catalog, engine, identity, volumes, backups, runner: r, adminPasswordFile: admin.file,
+      async close() {
+        clearInterval(purge);
+        await server.close();
+        await r.stop();
+        await eng.close();
+        await catalog.close();
+      },
+    };
+  } catch (err) {
+    await engine?.close();
+    await catalog.close();
+    throw err;
+  }
+}
+

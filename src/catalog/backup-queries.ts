@@ -1,0 +1,153 @@
+/** Catalog statements for backups. */
+import type { Backup, BackupOrigin, BackupStatus, Tag } from '../domain/model.ts';
+import type { SqlExecutor, SqlValue } from './sql.ts';
+
+interface BackupRow {
+  id: string; project_id: string; volume_id: string; snapshot_id: string | null; name: string | null; description: string | null; status: BackupStatus;
+  full_backup: number; parent_id: string | null; size_gb: number; size_bytes: number; stored_bytes: number; new_bytes: number; object_count: number;
+  origin: BackupOrigin; policy_id: string | null; tags: string; fail_reason: string | null; availability_zone: string;
+  created_at: number; updated_at: number; data_timestamp: number;
+}
+
+const toBackup = (r: BackupRow): Backup => ({
+  id: r.id, projectId: r.project_id, volumeId: r.volume_id, snapshotId: r.snapshot_id, name: r.name, description: r.description, status: r.status,
+  fullBackup: !!r.full_backup, parentId: r.parent_id, sizeGb: Number(r.size_gb), sizeBytes: Number(r.size_bytes), storedBytes: Number(r.stored_bytes),
+  newBytes: Number(r.new_bytes), objectCount: Number(r.object_count), origin: r.origin, policyId: r.policy_id, tags: JSON.parse(r.tags) as Tag[],
+  failReason: r.fail_reason, availabilityZone: r.availability_zone, createdAt: Number(r.created_at), updatedAt: Number(r.updated_at), dataTimestamp: Number(r.data_timestamp),
+});
+
+export const BACKUP_SORT_KEYS = { created_at: 'created_at', updated_at: 'updated_at', name: 'name', status: 'status', size: 'size_gb', id: 'id' } as const;
+export type BackupSortKey = keyof typeof BACKUP_SORT_KEYS;
+
+export interface BackupFilter {
+  name?: string | undefined;
+  status?: string | undefined;
+  volumeId?: string | undefined;
+  /** Substring matches (Cinder's name~, status~, volume_id~). */
+  nameLike?: string | undefined;
+  statusLike?: string | undefined;
+  volumeIdLike?: string | undefined;
+}
+
+export interface BackupPage {
+  sortKey: BackupSortKey;
+  sortDir: 'asc' | 'desc';
+  limit: number;
+  offset: number;
+  /** Start after this backup id (in the sort order). */
+  marker?: string | undefined;
+}
+
+function likeEscape(s: string): string {
+  return `%${s.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+}
+
+export class BackupQueries {
+  private readonly db: SqlExecutor;
+  constructor(db: SqlExecutor) {
+    this.db = db;
+  }
+
+  async insertBackup(b: Backup): Promise<void> {
+    await this.db.run(
+      `INSERT INTO backups (id, project_id, volume_id, snapshot_id, name, description, status, full_backup, parent_id, size_gb, size_bytes, stored_bytes, new_bytes,
+        object_count, origin, policy_id, tags, fail_reason, availability_zone, created_at, updated_at, data_timestamp)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      [b.id, b.projectId, b.volumeId, b.snapshotId, b.name, b.description, b.status, b.fullBackup ? 1 : 0, b.parentId, b.sizeGb, b.sizeBytes, b.storedBytes, b.newBytes,
+        b.objectCount, b.origin, b.policyId, JSON.stringify(b.tags), b.failReason, b.availabilityZone, b.createdAt, b.updatedAt, b.dataTimestamp],
+    );
+  }
+
+  async getBackup(projectId: string, id: string): Promise<Backup | undefined> {
+    const r = await this.db.get<BackupRow>('SELECT * FROM backups WHERE id = ? AND project_id = ?', [id, projectId]);
+    return r && toBackup(r);
+  }
+
+  async getBackupById(id: string): Promise<Backup | undefined> {
+    const r = await this.db.get<BackupRow>('SELECT * FROM backups WHERE id = ?', [id]);
+    return r && toBackup(r);
+  }
+
+  private filterSql(projectId: string, f: BackupFilter): { where: string; params: SqlValue[] } {
+    const where = ['project_id = ?'];
+    const params: SqlValue[] = [projectId];
+    if (f.name !== undefined) (where.push('name = ?'), params.push(f.name));
+    if (f.status !== undefined) (where.push('status = ?'), params.push(f.status));
+    if (f.volumeId !== undefined) (where.push('volume_id = ?'), params.push(f.volumeId));
+    if (f.nameLike !== undefined) (where.push("name LIKE ? ESCAPE '\\'"), params.push(likeEscape(f.nameLike)));
+    if (f.statusLike !== undefined) (where.push("status LIKE ? ESCAPE '\\'"), params.push(likeEscape(f.statusLike)));
+    if (f.volumeIdLike !== undefined) (where.push("volume_id LIKE ? ESCAPE '\\'"), params.push(likeEscape(f.volumeIdLike)));
+    return { where: where.join(' AND '), params };
+  }
+
+  /**
+   * One page of a project's backups. With a marker, the page starts after the marker's position
+   * in the sort order (id breaks ties, so the order is total).
+   */
+  async listBackups(projectId: string, f: BackupFilter, page: BackupPage): Promise<Backup[]> {
+    const { where, params } = this.filterSql(projectId, f);
+    const col = BACKUP_SORT_KEYS[page.sortKey];
+    const dir = page.sortDir === 'asc' ? 'ASC' : 'DESC';
+    const cmp = page.sortDir === 'asc' ? '>' : '<';
+    let sql = `SELECT * FROM backups WHERE ${where}`;
+    if (page.marker !== undefined) {
+      const m = await this.db.get<Record<string, SqlValue>>(`SELECT ${col} AS k, id FROM backups WHERE id = ? AND project_id = ?`, [page.marker, projectId]);
+      if (m) {
+        sql += ` AND (${col} ${cmp} ? OR (${col} = ? AND id ${cmp} ?))`;
+        params.push(m.k ?? null, m.k ?? null, page.marker);
+      }
+    }
+    sql += ` ORDER BY ${col} ${dir}, id ${dir} LIMIT ? OFFSET ?`;
+    params.push(page.limit, page.offset);
+    return (await this.db.all<BackupRow>(sql, params)).map(toBackup);
+  }
+
+  async countBackups(projectId: string, f: BackupFilter): Promise<number> {
+    const { where, params } = this.filterSql(projectId, f);
+    return Number((await this.db.get<{ n: number }>(`SELECT COUNT(*) AS n FROM backups WHERE ${where}`, params))!.n);
+  }
+
+  /** Backups counted against the quota: count and gigabytes of the project's backups. */
+  async usage(projectId: string): Promise<{ backups: number; gigabytes: number }> {
+    const r = await this.db.get<{ n: number; gb: number | null }>('SELECT COUNT(*) AS n, SUM(size_gb) AS gb FROM backups WHERE project_id = ?', [projectId]);
+    return { backups: Number(r!.n), gigabytes: Number(r!.gb ?? 0) };
+  }
+
+  async latestAvailableOfVolume(volumeId: string): Promise<Backup | undefined> {
+    const r = await this.db.get<BackupRow>("SELECT * FROM backups WHERE volume_id = ? AND status IN ('available', 'restoring') ORDER BY created_at DESC, id DESC LIMIT 1", [volumeId]);
+    return r && toBackup(r);
+  }
+
+  async countInStatus(volumeId: string, statuses: readonly BackupStatus[]): Promise<number> {
+    const marks = statuses.map(() => '?').join(', ');
+    return Number((await this.db.get<{ n: number }>(`SELECT COUNT(*) AS n FROM backups WHERE volume_id = ? AND status IN (${marks})`, [volumeId, ...statuses]))!.n);
+  }
+
+  async listIdsInStatus(statuses: readonly BackupStatus[]): Promise<Backup[]> {
+    const marks = statuses.map(() => '?').join(', ');
+    return (await this.db.all<BackupRow>(`SELECT * FROM backups WHERE status IN (${marks})`, [...statuses])).map(toBackup);
+  }
+
+  /** Compare-and-set status change; false when the backup was in none of `from`. */
+  async transitionBackup(id: string, from: readonly BackupStatus[], to: BackupStatus, nowMs: number, failReason?: string | null): Promise<boolean> {
+    const marks = from.map(() => '?').join(', ');
+    const setFail = failReason === undefined ? '' : ', fail_reason = ?';
+    const params: SqlValue[] = [to, nowMs];
+    if (failReason !== undefined) params.push(failReason);
+    return (await this.db.run(`UPDATE backups SET status = ?, updated_at = ?${setFail} WHERE id = ? AND status IN (${marks})`, [...params, id, ...from])).changes === 1;
+  }
+
+  /** Records a finished backup's results and makes it available (creating -> available). */
+  async completeBackup(id: string, r: { sizeBytes: number; storedBytes: number; newBytes: number; objectCount: number; parentId: string | null; dataTimestamp: number }, nowMs: number): Promise<boolean> {
+    return (
+      await this.db.run(
+        "UPDATE backups SET status = 'available', size_bytes = ?, stored_bytes = ?, new_bytes = ?, object_count = ?, parent_id = ?, data_timestamp = ?, updated_at = ? WHERE id = ? AND status = 'creating'",
+        [r.sizeBytes, r.storedBytes, r.newBytes, r.objectCount, r.parentId, r.dataTimestamp, nowMs, id],
+      )
+    ).changes === 1;
+  }
+
+  async deleteBackupRow(id: string): Promise<void> {
+    await this.db.run('DELETE FROM backups WHERE id = ?', [id]);
+  }
+}

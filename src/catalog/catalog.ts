@@ -1,0 +1,38 @@
+/**
+ * The catalog: Haven's metadata (identity, volumes, backups, jobs) behind one object, whatever the
+ * database. `transaction(fn)` hands `fn` a catalog bound to one transaction.
+ */
+import { BackupQueries } from './backup-queries.ts';
+import { IdentityQueries } from './identity-queries.ts';
+import { JobQueries } from './job-queries.ts';
+import type { SqlDatabase, SqlExecutor } from './sql.ts';
+import { VolumeQueries } from './volume-queries.ts';
+
+export class CatalogQueries {
+  readonly identity: IdentityQueries;
+  readonly volumes: VolumeQueries;
+  readonly backups: BackupQueries;
+  readonly jobs: JobQueries;
+  constructor(exec: SqlExecutor) {
+    this.identity = new IdentityQueries(exec);
+    this.volumes = new VolumeQueries(exec);
+    this.backups = new BackupQueries(exec);
+    this.jobs = new JobQueries(exec);
+  }
+}
+
+export class Catalog extends CatalogQueries {
+  readonly db: SqlDatabase;
+  constructor(db: SqlDatabase) {
+    super(db);
+    this.db = db;
+  }
+
+  transaction<T>(fn: (c: CatalogQueries) => Promise<T>): Promise<T> {
+    return this.db.transaction((tx) => fn(new CatalogQueries(tx)));
+  }
+
+  close(): Promise<void> {
+    return this.db.close();
+  }
+}

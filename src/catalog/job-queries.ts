@@ -1,0 +1,79 @@
+/** Catalog statements for jobs: the queue every Haven process claims work from. */
+import type { Job, JobStatus, JobType } from '../domain/model.ts';
+import type { SqlExecutor } from './sql.ts';
+
+interface JobRow {
+  id: string; project_id: string; job_type: JobType; status: JobStatus; payload: string; entities: string; error_code: string | null; fail_reason: string | null;
+  owner: string | null; heartbeat_at: number | null; progress_done: number; progress_total: number; created_at: number; begin_time: number | null; end_time: number | null;
+}
+
+const num = (v: number | null): number | null => (v === null ? null : Number(v));
+const toJob = (r: JobRow): Job => ({
+  id: r.id, projectId: r.project_id, type: r.job_type, status: r.status, payload: JSON.parse(r.payload) as Record<string, unknown>,
+  entities: JSON.parse(r.entities) as Record<string, string>, errorCode: r.error_code, failReason: r.fail_reason, owner: r.owner,
+  heartbeatAt: num(r.heartbeat_at), progressDone: Number(r.progress_done), progressTotal: Number(r.progress_total), createdAt: Number(r.created_at),
+  beginTime: num(r.begin_time), endTime: num(r.end_time),
+});
+
+export class JobQueries {
+  private readonly db: SqlExecutor;
+  constructor(db: SqlExecutor) {
+    this.db = db;
+  }
+
+  async insertJob(j: Job): Promise<void> {
+    await this.db.run(
+      'INSERT INTO jobs (id, project_id, job_type, status, payload, entities, error_code, fail_reason, owner, heartbeat_at, progress_done, progress_total, created_at, begin_time, end_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      [j.id, j.projectId, j.type, j.status, JSON.stringify(j.payload), JSON.stringify(j.entities), j.errorCode, j.failReason, j.owner, j.heartbeatAt, j.progressDone, j.progressTotal, j.createdAt, j.beginTime, j.endTime],
+    );
+  }
+
+  async getJob(projectId: string, id: string): Promise<Job | undefined> {
+    const r = await this.db.get<JobRow>('SELECT * FROM jobs WHERE id = ? AND project_id = ?', [id, projectId]);
+    return r && toJob(r);
+  }
+
+  async getJobById(id: string): Promise<Job | undefined> {
+    const r = await this.db.get<JobRow>('SELECT * FROM jobs WHERE id = ?', [id]);
+    return r && toJob(r);
+  }
+
+  async queuedJobIds(limit: number): Promise<string[]> {
+    return (await this.db.all<{ id: string }>("SELECT id FROM jobs WHERE status = 'INIT' ORDER BY created_at, id LIMIT ?", [limit])).map((r) => r.id);
+  }
+
+  /** Compare-and-set claim: INIT -> RUNNING for `owner`; false when another process won. */
+  async claimJob(id: string, owner: string, nowMs: number): Promise<boolean> {
+    return (await this.db.run("UPDATE jobs SET status = 'RUNNING', owner = ?, heartbeat_at = ?, begin_time = ? WHERE id = ? AND status = 'INIT'", [owner, nowMs, nowMs, id])).changes === 1;
+  }
+
+  async heartbeat(id: string, owner: string, nowMs: number, done: number, total: number): Promise<boolean> {
+    return (await this.db.run("UPDATE jobs SET heartbeat_at = ?, progress_done = ?, progress_total = ? WHERE id = ? AND owner = ? AND status = 'RUNNING'", [nowMs, done, total, id, owner])).changes === 1;
+  }
+
+  /** RUNNING -> SUCCESS | FAIL, only by the owner (or by recovery, owner null). */
+  async finishJob(id: string, owner: string | null, r: { status: 'SUCCESS' | 'FAIL'; entities: Record<string, string>; errorCode: string | null; failReason: string | null }, nowMs: number): Promise<boolean> {
+    const ownerCheck = owner === null ? '' : ' AND owner = ?';
+    const params = [r.status, JSON.stringify(r.entities), r.errorCode, r.failReason, nowMs, id, ...(owner === null ? [] : [owner])];
+    return (await this.db.run(`UPDATE jobs SET status = ?, entities = ?, error_code = ?, fail_reason = ?, end_time = ? WHERE id = ? AND status IN ('INIT', 'RUNNING')${ownerCheck}`, params)).changes === 1;
+  }
+
+  async setEntities(id: string, entities: Record<string, string>): Promise<void> {
+    await this.db.run('UPDATE jobs SET entities = ? WHERE id = ?', [JSON.stringify(entities), id]);
+  }
+
+  /** Running jobs whose owner stopped refreshing the heartbeat before `beforeMs` (or all, with Infinity). */
+  async staleRunningJobs(beforeMs: number): Promise<Job[]> {
+    const rows = Number.isFinite(beforeMs)
+      ? await this.db.all<JobRow>("SELECT * FROM jobs WHERE status = 'RUNNING' AND heartbeat_at < ?", [beforeMs])
+      : await this.db.all<JobRow>("SELECT * FROM jobs WHERE status = 'RUNNING'");
+    return rows.map(toJob);
+  }
+
+  async countByStatus(): Promise<Record<string, number>> {
+    const rows = await this.db.all<{ job_type: string; status: string; n: number }>('SELECT job_type, status, COUNT(*) AS n FROM jobs GROUP BY job_type, status');
+    const out: Record<string, number> = {};
+    for (const r of rows) out[`${r.job_type}/${r.status}`] = Number(r.n);
+    return out;
+  }
+}

@@ -1,0 +1,139 @@
+/**
+ * serve (what `npm start` runs), and the operator commands that manage tenants in the local catalog:
+ * project create/list, user create/list, role add. They use the same services as the HTTP API.
+ */
+import type { Command } from 'commander';
+import { pino } from 'pino';
+import { composeApp } from '../../app/compose.ts';
+import { Catalog } from '../../catalog/catalog.ts';
+import { migrate } from '../../catalog/migrate.ts';
+import { SqliteDatabase } from '../../catalog/sqlite-database.ts';
+import { loadConfig, type Config } from '../../config/config.ts';
+import { AppError, ErrorCode } from '../../domain/errors.ts';
+import { systemClock } from '../../domain/clock.ts';
+import { IdentityService } from '../../services/identity-service.ts';
+import { mkdirSync, readFileSync } from 'node:fs';
+import * as path from 'node:path';
+
+function configFrom(opts: { dataDir?: string }): Config {
+  return loadConfig(process.env, opts.dataDir ? { dataDir: opts.dataDir } : {});
+}
+
+/** Runs `fn` with the identity service on the local catalog (migrated first). */
+async function withIdentity<T>(config: Config, fn: (identity: IdentityService) => Promise<T>): Promise<T> {
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const db = new SqliteDatabase(path.join(config.dataDir, 'catalog.sqlite'));
+  try {
+    await migrate(db);
+    return await fn(new IdentityService(new Catalog(db), systemClock, config.tokenTtlSeconds));
+  } finally {
+    await db.close();
+  }
+}
+
+function print(json: boolean | undefined, obj: unknown, text: string): void {
+  process.stdout.write(json ? `${JSON.stringify(obj)}\n` : `${text}\n`);
+}
+
+function readSecret(opts: { password?: string; passwordFile?: string }): string {
+  if (opts.passwordFile) return readFileSync(opts.passwordFile, 'utf8').replace(/\r?\n$/, '');
+  if (opts.password) return opts.password;
+  throw new AppError(ErrorCode.InvalidArgument, 'give the password with --password-file FILE (or --password)');
+}
+
+export function registerServiceCommands(program: Command): void {
+  program
+    .command('serve')
+    .description('run the Haven service: HTTP API, job runner and scheduler (what npm start runs)')
+    .option('--data-dir <dir>', 'data folder (default: HAVEN_DATA_DIR or ./data)')
+    .action(async (opts: { dataDir?: string }) => {
+      const config = configFrom(opts);
+      const logger = pino({ level: config.logLevel, redact: ['req.headers["x-auth-token"]', 'req.headers["x-subject-token"]', 'password'] });
+      const app = await composeApp(config, { logger });
+      const address = await app.server.listen({ host: config.host, port: config.port });
+      const url = address.replace('[::1]', 'localhost');
+      process.stderr.write(`Haven listening on ${url}\n`);
+      process.stderr.write(`  identity (Keystone v3): ${url}/v3   user admin, project admin, domain Default\n`);
+      process.stderr.write(app.adminPasswordFile ? `  admin password: in ${app.adminPasswordFile}\n` : '  admin password: HAVEN_ADMIN_PASSWORD\n');
+      process.stderr.write(`  data: ${config.dataDir}\n`);
+      await new Promise<void>((resolve) => {
+        const stop = (): void => {
+          process.stderr.write('Haven stopping: running jobs are cancelled and marked failed\n');
+          resolve();
+        };
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+      });
+      await app.close();
+    });
+
+  const project = program.command('project').description('manage projects (tenants) in the local catalog');
+  project
+    .command('create <name>')
+    .description('create a project')
+    .option('--description <text>', 'description', '')
+    .option('--data-dir <dir>', 'data folder')
+    .option('--json', 'print JSON')
+    .action(async (name: string, opts: { description: string; dataDir?: string; json?: boolean }) => {
+      const p = await withIdentity(configFrom(opts), (id) => id.createProject({ name, description: opts.description }));
+      print(opts.json, { id: p.id, name: p.name, domain_id: p.domainId }, `created project ${p.name} (${p.id})`);
+    });
+  project
+    .command('list')
+    .description('list projects')
+    .option('--data-dir <dir>', 'data folder')
+    .option('--json', 'print JSON')
+    .action(async (opts: { dataDir?: string; json?: boolean }) => {
+      const all = await withIdentity(configFrom(opts), (id) => id.listProjects());
+      print(opts.json, all.map((p) => ({ id: p.id, name: p.name })), all.map((p) => `${p.id}  ${p.name}`).join('\n'));
+    });
+
+  const user = program.command('user').description('manage users in the local catalog');
+  user
+    .command('create <name>')
+    .description('create a user, optionally with a role on a project')
+    .option('--password-file <file>', 'file holding the password')
+    .option('--password <password>', 'the password (visible in the process list; prefer --password-file)')
+    .option('--project <project>', 'grant a role on this project (name or id) and make it the default')
+    .option('--role <role>', 'role on --project: member or admin', 'member')
+    .option('--data-dir <dir>', 'data folder')
+    .option('--json', 'print JSON')
+    .action(async (name: string, opts: { password?: string; passwordFile?: string; project?: string; role: string; dataDir?: string; json?: boolean }) => {
+      const password = readSecret(opts);
+      const role = IdentityService.parseRole(opts.role);
+      const u = await withIdentity(configFrom(opts), async (id) => {
+        const p = opts.project ? await id.findProject(opts.project) : null;
+        const created = await id.createUser({ name, password, defaultProjectId: p?.id ?? null });
+        if (p) await id.grantRole(p.id, created.id, role);
+        return created;
+      });
+      print(opts.json, { id: u.id, name: u.name, default_project_id: u.defaultProjectId }, `created user ${u.name} (${u.id})${opts.project ? ` with role ${role} on ${opts.project}` : ''}`);
+    });
+  user
+    .command('list')
+    .description('list users')
+    .option('--data-dir <dir>', 'data folder')
+    .option('--json', 'print JSON')
+    .action(async (opts: { dataDir?: string; json?: boolean }) => {
+      const all = await withIdentity(configFrom(opts), (id) => id.listUsers());
+      print(opts.json, all.map((u) => ({ id: u.id, name: u.name })), all.map((u) => `${u.id}  ${u.name}`).join('\n'));
+    });
+
+  program
+    .command('role')
+    .description('manage role assignments')
+    .command('add <role>')
+    .description('grant a role (member or admin) to a user on a project')
+    .requiredOption('--user <user>', 'user name or id')
+    .requiredOption('--project <project>', 'project name or id')
+    .option('--data-dir <dir>', 'data folder')
+    .action(async (roleName: string, opts: { user: string; project: string; dataDir?: string }) => {
+      const role = IdentityService.parseRole(roleName);
+      await withIdentity(configFrom(opts), async (id) => {
+        const p = await id.findProject(opts.project);
+        const u = await id.findUser(opts.user);
+        await id.grantRole(p.id, u.id, role);
+      });
+      process.stdout.write(`granted ${role} on ${opts.project} to ${opts.user}\n`);
+    });
+}

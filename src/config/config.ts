@@ -1,0 +1,120 @@
+/**
+ * Haven's configuration: loaded and validated once at start-up, then passed down as a typed object.
+ *
+ * Sources, later wins: built-in defaults < a JSON config file (HAVEN_CONFIG, or --config) < HAVEN_*
+ * environment variables. Every setting is listed in SETTINGS with its environment name, so the README
+ * table, the file keys and the validation all come from one place.
+ */
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { AppError, ErrorCode } from '../domain/errors.ts';
+
+export interface Config {
+  host: string;
+  port: number;
+  dataDir: string;
+  /** Base URL put into the token catalog; empty: derived from each request's Host header. */
+  publicUrl: string;
+  region: string;
+  availabilityZone: string;
+  adminPassword: string;
+  /** Folders under which os-volume-manage may adopt images or devices. */
+  volumeRoots: string[];
+  tokenTtlSeconds: number;
+  logLevel: string;
+  /** Password file of an encrypted chunk repository (empty: unencrypted). */
+  repoPasswordFile: string;
+  /** Jobs this process runs at once. */
+  jobConcurrency: number;
+  /** Per-project quotas; -1 = unlimited. */
+  quotaBackups: number;
+  quotaBackupGigabytes: number;
+  maxPoliciesPerProject: number;
+  bodyLimitBytes: number;
+}
+
+type Kind = 'string' | 'int' | 'list';
+interface Setting {
+  key: keyof Config;
+  env: string;
+  kind: Kind;
+  default: string;
+  help: string;
+  min?: number;
+  max?: number;
+}
+
+export const SETTINGS: readonly Setting[] = [
+  { key: 'host', env: 'HAVEN_HOST', kind: 'string', default: '127.0.0.1', help: 'address the API listens on' },
+  { key: 'port', env: 'HAVEN_PORT', kind: 'int', default: '8080', min: 0, max: 65535, help: 'port the API listens on (0: any free port)' },
+  { key: 'dataDir', env: 'HAVEN_DATA_DIR', kind: 'string', default: './data', help: 'catalog, chunk repository, volumes and the admin password file' },
+  { key: 'publicUrl', env: 'HAVEN_PUBLIC_URL', kind: 'string', default: '', help: 'base URL written into the token catalog (default: from the request\'s Host header)' },
+  { key: 'region', env: 'HAVEN_REGION', kind: 'string', default: 'eu-de', help: 'region of the catalog endpoints' },
+  { key: 'availabilityZone', env: 'HAVEN_AVAILABILITY_ZONE', kind: 'string', default: 'eu-de-01', help: 'availability zone reported for volumes and backups' },
+  { key: 'adminPassword', env: 'HAVEN_ADMIN_PASSWORD', kind: 'string', default: '', help: 'password of the bootstrap user admin (default: generated into <data>/admin-password)' },
+  { key: 'volumeRoots', env: 'HAVEN_VOLUME_ROOTS', kind: 'list', default: '', help: 'folders (separated by ":") whose images and devices os-volume-manage may adopt' },
+  { key: 'tokenTtlSeconds', env: 'HAVEN_TOKEN_TTL', kind: 'int', default: '86400', min: 60, max: 31 * 86400, help: 'token lifetime in seconds' },
+  { key: 'logLevel', env: 'HAVEN_LOG_LEVEL', kind: 'string', default: 'info', help: 'fatal, error, warn, info, debug, trace or silent' },
+  { key: 'repoPasswordFile', env: 'HAVEN_REPO_PASSWORD_FILE', kind: 'string', default: '', help: 'file holding the chunk repository password: encrypts the repository at creation' },
+  { key: 'jobConcurrency', env: 'HAVEN_JOB_CONCURRENCY', kind: 'int', default: '2', min: 1, max: 64, help: 'backup/restore jobs this process runs at once' },
+  { key: 'quotaBackups', env: 'HAVEN_QUOTA_BACKUPS', kind: 'int', default: '-1', min: -1, help: 'backups per project (-1: unlimited)' },
+  { key: 'quotaBackupGigabytes', env: 'HAVEN_QUOTA_BACKUP_GIGABYTES', kind: 'int', default: '-1', min: -1, help: 'backup gigabytes per project (-1: unlimited)' },
+  { key: 'maxPoliciesPerProject', env: 'HAVEN_MAX_POLICIES', kind: 'int', default: '10', min: 1, help: 'backup policies per project' },
+  { key: 'bodyLimitBytes', env: 'HAVEN_BODY_LIMIT', kind: 'int', default: '1048576', min: 1024, help: 'largest request body accepted (bytes; larger: 413)' },
+];
+
+const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
+
+function parseValue(s: Setting, raw: unknown, from: string): unknown {
+  const bad = (why: string): never => {
+    throw new AppError(ErrorCode.InvalidArgument, `invalid ${from}: ${why}`);
+  };
+  switch (s.kind) {
+    case 'string':
+      if (typeof raw !== 'string') bad('expected a string');
+      return raw;
+    case 'list':
+      if (Array.isArray(raw)) return raw.map(String).filter(Boolean);
+      if (typeof raw !== 'string') bad('expected a list of paths');
+      return (raw as string).split(':').filter(Boolean);
+    case 'int': {
+      const n = typeof raw === 'number' ? raw : typeof raw === 'string' && /^-?\d+$/.test(raw.trim()) ? Number(raw) : NaN;
+      if (!Number.isSafeInteger(n)) bad(`expected an integer, got ${JSON.stringify(raw)}`);
+      if (s.min !== undefined && n < s.min) bad(`must be at least ${s.min}`);
+      if (s.max !== undefined && n > s.max) bad(`must be at most ${s.max}`);
+      return n;
+    }
+  }
+}
+
+/** Loads the configuration from defaults, an optional JSON file and the environment. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Config> = {}): Config {
+  const values: Record<string, unknown> = {};
+  for (const s of SETTINGS) values[s.key] = parseValue(s, s.default, `default of ${s.env}`);
+  const file = env.HAVEN_CONFIG;
+  if (file) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(readFileSync(file, 'utf8'));
+    } catch (err) {
+      throw new AppError(ErrorCode.InvalidArgument, `cannot read config file ${file}: ${(err as Error).message}`, { cause: err });
+    }
+    if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new AppError(ErrorCode.InvalidArgument, `config file ${file} must hold a JSON object`);
+    for (const [k, v] of Object.entries(parsed)) {
+      const s = SETTINGS.find((x) => x.key === k);
+      if (!s) throw new AppError(ErrorCode.InvalidArgument, `config file ${file}: unknown setting "${k}" (known: ${SETTINGS.map((x) => x.key).join(', ')})`);
+      values[k] = parseValue(s, v, `setting "${k}" in ${file}`);
+    }
+  }
+  for (const s of SETTINGS) {
+    const raw = env[s.env];
+    if (raw !== undefined && raw !== '') values[s.key] = parseValue(s, raw, `${s.env}`);
+  }
+  Object.assign(values, overrides);
+  const config = values as unknown as Config;
+  if (!LOG_LEVELS.has(config.logLevel)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_LOG_LEVEL: ${config.logLevel}`);
+  config.dataDir = path.resolve(config.dataDir);
+  config.volumeRoots = config.volumeRoots.map((r) => path.resolve(r));
+  if (config.publicUrl) config.publicUrl = config.publicUrl.replace(/\/+$/, '');
+  return config;
+}

@@ -1,0 +1,24 @@
+/**
+ * The backup state machine, as data (docs/state-machines.md is generated from the same table).
+ *
+ *   creating --succeed--> available --restore--> restoring --finishRestore--> available
+ *   creating --fail-----> error                  restoring --failRestore----> available | error
+ *   available|error --delete--> deleting --finishDelete--> (row removed)
+ */
+import type { BackupStatus } from './model.ts';
+
+export type BackupEvent = 'succeed' | 'fail' | 'restore' | 'finishRestore' | 'failRestore' | 'delete' | 'failDelete';
+
+export const backupTransitions = {
+  creating: { succeed: 'available', fail: 'error' },
+  available: { restore: 'restoring', delete: 'deleting' },
+  restoring: { finishRestore: 'available', failRestore: 'available' },
+  deleting: { failDelete: 'error' },
+  error: { delete: 'deleting' },
+  error_restoring: { delete: 'deleting', restore: 'restoring' },
+} as const satisfies Record<BackupStatus, Partial<Record<BackupEvent, BackupStatus>>>;
+
+/** The statuses from which `event` may be applied. */
+export function statusesAllowing(event: BackupEvent): BackupStatus[] {
+  return (Object.keys(backupTransitions) as BackupStatus[]).filter((s) => event in backupTransitions[s]);
+}

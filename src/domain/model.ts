@@ -1,0 +1,136 @@
+/**
+ * Glossary and records of the service layer (camelCase; OTC wire names live only in api/wire).
+ *
+ * - project: a tenant. Every volume, backup, policy and job belongs to exactly one.
+ * - volume: a disk Haven can back up: a sparse raw file it created, or an image or block device an
+ *   operator adopted (os-volume-manage).
+ * - snapshot: a point-in-time copy of a volume (reflink when the file system can, else a copy).
+ * - backup: one catalog record plus the engine manifest of the same id.
+ * - job: a unit of queued background work (create, delete or restore a backup), with a status clients
+ *   poll (VBS jobs API) and an owner process that keeps a heartbeat while it runs it.
+ */
+export type VolumeStatus = 'creating' | 'available' | 'in-use' | 'deleting' | 'error' | 'restoring-backup' | 'error_restoring';
+
+export interface Volume {
+  id: string;
+  projectId: string;
+  name: string | null;
+  description: string | null;
+  sizeGb: number;
+  sizeBytes: number;
+  path: string;
+  /** Adopted from an existing image or device (os-volume-manage): Haven never deletes its file. */
+  adopted: boolean;
+  status: VolumeStatus;
+  bootable: boolean;
+  availabilityZone: string;
+  metadata: Record<string, string>;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export type SnapshotStatus = 'creating' | 'available' | 'deleting' | 'error';
+
+export interface Snapshot {
+  id: string;
+  projectId: string;
+  volumeId: string;
+  name: string | null;
+  description: string | null;
+  sizeGb: number;
+  path: string;
+  status: SnapshotStatus;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export type BackupStatus = 'creating' | 'available' | 'deleting' | 'error' | 'restoring' | 'error_restoring';
+/** Where a backup request came from: the VBS API, the native (Cinder) API or a policy run. */
+export type BackupOrigin = 'vbs' | 'native' | 'policy';
+
+export interface Tag {
+  key: string;
+  value: string;
+}
+
+export interface Backup {
+  id: string;
+  projectId: string;
+  volumeId: string;
+  snapshotId: string | null;
+  name: string | null;
+  description: string | null;
+  status: BackupStatus;
+  /** Recorded as a full backup (no parent). */
+  fullBackup: boolean;
+  parentId: string | null;
+  sizeGb: number;
+  sizeBytes: number;
+  storedBytes: number;
+  newBytes: number;
+  objectCount: number;
+  origin: BackupOrigin;
+  policyId: string | null;
+  tags: Tag[];
+  failReason: string | null;
+  availabilityZone: string;
+  createdAt: number;
+  updatedAt: number;
+  dataTimestamp: number;
+}
+
+export type JobStatus = 'INIT' | 'RUNNING' | 'SUCCESS' | 'FAIL';
+export type JobType = 'bksCreateBackup' | 'bksDeleteBackup' | 'bksRestoreBackup';
+
+export interface Job {
+  id: string;
+  projectId: string;
+  type: JobType;
+  status: JobStatus;
+  /** What the job works on (backup id, volume id, ...); kind-specific. */
+  payload: Record<string, unknown>;
+  /** Results clients read (all values strings, as gophercloud decodes them). */
+  entities: Record<string, string>;
+  errorCode: string | null;
+  failReason: string | null;
+  owner: string | null;
+  heartbeatAt: number | null;
+  progressDone: number;
+  progressTotal: number;
+  createdAt: number;
+  beginTime: number | null;
+  endTime: number | null;
+}
+
+export type Role = 'admin' | 'member';
+export const ROLES: readonly Role[] = ['admin', 'member'];
+export const DEFAULT_DOMAIN = { id: 'default', name: 'Default' } as const;
+
+export interface Project {
+  id: string;
+  name: string;
+  domainId: string;
+  description: string;
+  enabled: boolean;
+  createdAt: number;
+}
+
+export interface User {
+  id: string;
+  name: string;
+  domainId: string;
+  passwordHash: string;
+  enabled: boolean;
+  defaultProjectId: string | null;
+  createdAt: number;
+}
+
+export interface TokenInfo {
+  userId: string;
+  projectId: string | null;
+  roles: Role[];
+  methods: string[];
+  auditId: string;
+  issuedAt: number;
+  expiresAt: number;
+}

@@ -1,0 +1,132 @@
+/**
+ * The service layer's view of the engine: one repository (all volumes of all projects deduplicate
+ * against each other) and one worker pool, shared by every job of this process. Knows nothing of
+ * projects or statuses; the job handlers do.
+ */
+import { promises as fs } from 'node:fs';
+import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
+import { writeBackup, type BackupResult, type Progress } from '../engine/backup-writer.ts';
+import { collectGarbage, deleteBackup, type GcReport } from '../engine/garbage-collector.ts';
+import type { BackupManifest } from '../engine/manifest.ts';
+import { Repository } from '../engine/repository.ts';
+import { restoreBackup, type RestoreResult } from '../engine/restore-reader.ts';
+import { FileVolumeSource } from '../engine/volume-source.ts';
+import { ChunkWorkerPool } from '../engine/worker-pool.ts';
+import type { ObjectStore } from '../storage/object-store.ts';
+
+export class BackupEngine {
+  readonly repo: Repository;
+  private readonly pool: ChunkWorkerPool;
+  private gcRunning: Promise<GcReport> | null = null;
+  private gcAgain = false;
+
+  private constructor(repo: Repository, pool: ChunkWorkerPool) {
+    this.repo = repo;
+    this.pool = pool;
+  }
+
+  /** Opens the repository in `store`, creating it on first start (encrypted when a password is given). */
+  static async open(store: ObjectStore, opts: { password?: string | undefined; threads?: number | undefined } = {}): Promise<BackupEngine> {
+    let repo: Repository;
+    try {
+      repo = await Repository.open(store, { password: opts.password });
+    } catch (err) {
+      if (!isAppError(err, ErrorCode.RepositoryNotFound)) throw err;
+      try {
+        repo = await Repository.init(store, { password: opts.password });
+      } catch (e) {
+        // Another process created it at the same moment: open theirs.
+        if (!isAppError(e, ErrorCode.RepositoryExists)) throw e;
+        repo = await Repository.open(store, { password: opts.password });
+      }
+    }
+    return new BackupEngine(repo, new ChunkWorkerPool(opts.threads));
+  }
+
+  async backup(sourcePath: string, opts: { backupId: string; volume: { id: string; name: string }; previousId: string | null; full: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
+    let previous: BackupManifest | null = null;
+    if (opts.previousId && !opts.full) previous = await this.manifest(opts.previousId).catch(() => null); // a missing parent only means: record as full
+    const source = await FileVolumeSource.open(sourcePath);
+    try {
+      return await writeBackup(this.repo, source, { backupId: opts.backupId, volume: opts.volume, previous, full: opts.full || !previous, pool: this.pool, signal: opts.signal, onProgress: opts.onProgress });
+    } finally {
+      await source.close();
+    }
+  }
+
+  async restore(backupId: string, targetPath: string, opts: { signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<RestoreResult> {
+    const manifest = await this.manifest(backupId);
+    // A VM disk must be on stable storage when the restore reports success.
+    return restoreBackup(this.repo, manifest, targetPath, { pool: this.pool, signal: opts.signal, onProgress: opts.onProgress, fsync: true });
+  }
+
+  /** The manifest of a backup, or null when the engine never completed it. */
+  async findManifest(backupId: string): Promise<BackupManifest | null> {
+    try {
+      return await this.repo.readManifest(backupId);
+    } catch (err) {
+      if (isAppError(err, ErrorCode.BackupNotFound)) return null;
+      throw err;
+    }
+  }
+
+  async manifest(backupId: string): Promise<BackupManifest> {
+    const m = await this.findManifest(backupId);
+    if (!m) throw new AppError(ErrorCode.BackupNotFound, `the repository holds no manifest for backup ${backupId}`);
+    return m;
+  }
+
+  /** Deletes a backup's manifest and index (idempotent); its chunks go at the next GC. */
+  async delete(backupId: string): Promise<void> {
+    if (!(await this.findManifest(backupId))) return;
+    await deleteBackup(this.repo, backupId);
+  }
+
+  /**
+   * Runs GC now, or once more after the running one (deletes that land during a GC are reclaimed
+   * by the next pass). Errors are returned to the caller, who logs them: GC is housekeeping.
+   */
+  collectGarbage(): Promise<GcReport> {
+    if (this.gcRunning) {
+      this.gcAgain = true;
+      return this.gcRunning;
+    }
+    const runOnce = async (): Promise<GcReport> => {
+      try {
+        let report = await collectGarbage(this.repo);
+        while (this.gcAgain) {
+          this.gcAgain = false;
+          report = await collectGarbage(this.repo);
+        }
+        return report;
+      } finally {
+        this.gcRunning = null;
+      }
+    };
+    this.gcRunning = runOnce();
+    return this.gcRunning;
+  }
+
+  /** Bytes the repository occupies (for metrics). */
+  async storedBytes(): Promise<number> {
+    let total = 0;
+    for await (const o of this.repo.store.list('')) total += o.sizeBytes;
+    return total;
+  }
+
+  async close(): Promise<void> {
+    await this.gcRunning?.catch(() => undefined); // its error was reported to whoever awaited it
+    await this.pool.close();
+  }
+}
+
+export async function readPasswordFile(file: string): Promise<string> {
+  try {
+    const pw = (await fs.readFile(file, 'utf8')).replace(/\r?\n$/, '');
+    if (!pw) throw new AppError(ErrorCode.InvalidArgument, `password file ${file} is empty`);
+    return pw;
+  } catch (err) {
+    if (err instanceof AppError) throw err;
+    throw new AppError(ErrorCode.InvalidArgument, `cannot read password file ${file}: ${(err as Error).message}`, { cause: err });
+  }
+}

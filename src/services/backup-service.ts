@@ -1,0 +1,267 @@
+/**
+ * Backups as the APIs see them: create (full or incremental, from a volume or one of its
+ * snapshots), delete and restore, each queued as a job; plus reads. The only place that changes a
+ * backup's status (compare-and-set, domain/backup-status.ts).
+ *
+ * Write order (docs/design.md): the engine writes chunks, index and manifest; only then does the
+ * catalog row become `available`. Delete order is the reverse: the row goes to `deleting`, the
+ * manifest is deleted, then the row; the chunks go at the next GC.
+ */
+import type { Catalog, CatalogQueries } from '../catalog/catalog.ts';
+import type { BackupFilter, BackupPage } from '../catalog/backup-queries.ts';
+import { statusesAllowing } from '../domain/backup-status.ts';
+import type { Clock } from '../domain/clock.ts';
+import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
+import { newHexId, newUuid } from '../domain/ids.ts';
+import type { Backup, BackupOrigin, Job, JobType, Tag, Volume } from '../domain/model.ts';
+import type { BackupEngine } from './backup-engine.ts';
+import type { JobFailure, JobHandler } from './job-runner.ts';
+import { GiB } from './volume-service.ts';
+
+export interface CreateBackupInput {
+  volumeId: string;
+  snapshotId?: string | null | undefined;
+  name?: string | null | undefined;
+  description?: string | null | undefined;
+  tags?: Tag[] | undefined;
+  /** true: record a full backup; false/absent: incremental when the volume has a previous backup. */
+  full?: boolean | undefined;
+  origin: BackupOrigin;
+  policyId?: string | null | undefined;
+}
+
+export interface Quotas {
+  backups: number;
+  backupGigabytes: number;
+}
+
+export interface BackupServiceEvents {
+  /** A job was queued (the local runner wakes up). */
+  jobQueued(): void;
+  /** Engine bytes of a finished backup (metrics). */
+  backupFinished?(b: { sizeBytes: number; newBytes: number; storedBytes: number }): void;
+}
+
+export class BackupService {
+  private readonly catalog: Catalog;
+  private readonly clock: Clock;
+  private readonly engine: BackupEngine;
+  private readonly quotas: Quotas;
+  private readonly events: BackupServiceEvents;
+  private readonly log: { warn(o: object, m?: string): void; error(o: object, m?: string): void };
+
+  constructor(catalog: Catalog, clock: Clock, engine: BackupEngine, quotas: Quotas, events: BackupServiceEvents, log: BackupService['log']) {
+    this.catalog = catalog;
+    this.clock = clock;
+    this.engine = engine;
+    this.quotas = quotas;
+    this.events = events;
+    this.log = log;
+  }
+
+  private newJob(projectId: string, type: JobType, payload: Record<string, unknown>, entities: Record<string, string>): Job {
+    return { id: newHexId(), projectId, type, status: 'INIT', payload, entities, errorCode: null, failReason: null, owner: null, heartbeatAt: null, progressDone: 0, progressTotal: 0, createdAt: this.clock.now(), beginTime: null, endTime: null };
+  }
+
+  /** Queues a backup of a volume: the backup row (creating) and its job commit together. */
+  async createBackup(projectId: string, input: CreateBackupInput): Promise<{ backup: Backup; job: Job }> {
+    const now = this.clock.now();
+    return this.catalog.transaction(async (c) => {
+      const volume = await c.volumes.getVolume(projectId, input.volumeId);
+      if (!volume) throw new AppError(ErrorCode.VolumeNotFound, `Volume ${input.volumeId} could not be found.`);
+      if (volume.status !== 'available' && volume.status !== 'in-use') throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${volume.id} is ${volume.status}; backups need an available or in-use volume.`);
+      let sourcePath = volume.path;
+      if (input.snapshotId) {
+        const snap = await c.volumes.getSnapshot(projectId, input.snapshotId);
+        if (!snap || snap.volumeId !== volume.id) throw new AppError(ErrorCode.SnapshotNotFound, `Snapshot ${input.snapshotId} of volume ${volume.id} could not be found.`);
+        if (snap.status !== 'available') throw new AppError(ErrorCode.SnapshotInvalidState, `Snapshot ${snap.id} is ${snap.status}, not available.`);
+        sourcePath = snap.path;
+      }
+      if (await c.backups.countInStatus(volume.id, ['creating'])) throw new AppError(ErrorCode.BackupInProgress, `A backup of volume ${volume.id} is still being created; try again when it has finished.`);
+      await this.checkQuota(c, projectId, volume);
+      const previous = await c.backups.latestAvailableOfVolume(volume.id);
+      const full = input.full === true || !previous;
+      const backup: Backup = {
+        id: newUuid(), projectId, volumeId: volume.id, snapshotId: input.snapshotId ?? null, name: input.name ?? null, description: input.description ?? null,
+        status: 'creating', fullBackup: full, parentId: full ? null : previous!.id, sizeGb: volume.sizeGb, sizeBytes: volume.sizeBytes, storedBytes: 0, newBytes: 0,
+        objectCount: 0, origin: input.origin, policyId: input.policyId ?? null, tags: input.tags ?? [], failReason: null, availabilityZone: volume.availabilityZone,
+        createdAt: now, updatedAt: now, dataTimestamp: now,
+      };
+      await c.backups.insertBackup(backup);
+      const job = this.newJob(projectId, 'bksCreateBackup', { backupId: backup.id, volumeId: volume.id, sourcePath, volumeName: volume.name ?? volume.id }, {
+        bks_create_volume_name: backup.name ?? '', backup_id: backup.id, volume_id: volume.id, snapshot_id: backup.snapshotId ?? '',
+      });
+      await c.jobs.insertJob(job);
+      return { backup, job };
+    }).then((r) => (this.events.jobQueued(), r));
+  }
+
+  private async checkQuota(c: CatalogQueries, projectId: string, volume: Volume): Promise<void> {
+    if (this.quotas.backups < 0 && this.quotas.backupGigabytes < 0) return;
+    const used = await c.backups.usage(projectId);
+    if (this.quotas.backups >= 0 && used.backups + 1 > this.quotas.backups) throw new AppError(ErrorCode.QuotaBackupsExceeded, `Backup quota exceeded: ${used.backups} of ${this.quotas.backups} backups used.`);
+    if (this.quotas.backupGigabytes >= 0 && used.gigabytes + volume.sizeGb > this.quotas.backupGigabytes) throw new AppError(ErrorCode.QuotaGigabytesExceeded, `Backup capacity quota exceeded: ${used.gigabytes} of ${this.quotas.backupGigabytes} GB used, the backup needs ${volume.sizeGb} GB.`);
+  }
+
+  async usage(projectId: string): Promise<{ backups: number; gigabytes: number; quotas: Quotas }> {
+    return { ...(await this.catalog.backups.usage(projectId)), quotas: this.quotas };
+  }
+
+  async getBackup(projectId: string, id: string): Promise<Backup> {
+    const b = await this.catalog.backups.getBackup(projectId, id);
+    if (!b) throw new AppError(ErrorCode.BackupNotFound, `Backup ${id} could not be found.`);
+    return b;
+  }
+
+  listBackups(projectId: string, filter: BackupFilter, page: BackupPage): Promise<Backup[]> {
+    return this.catalog.backups.listBackups(projectId, filter, page);
+  }
+
+  countBackups(projectId: string, filter: BackupFilter): Promise<number> {
+    return this.catalog.backups.countBackups(projectId, filter);
+  }
+
+  /** Queues the deletion of a backup (available or error only). */
+  async deleteBackup(projectId: string, id: string): Promise<Job> {
+    const job = await this.catalog.transaction(async (c) => {
+      const b = await c.backups.getBackup(projectId, id);
+      if (!b) throw new AppError(ErrorCode.BackupNotFound, `Backup ${id} could not be found.`);
+      if (!(await c.backups.transitionBackup(id, statusesAllowing('delete'), 'deleting', this.clock.now()))) {
+        throw new AppError(ErrorCode.BackupInvalidState, `Backup ${id} is ${b.status}; only available or error backups can be deleted.`);
+      }
+      const j = this.newJob(projectId, 'bksDeleteBackup', { backupId: id }, { backup_id: id, volume_id: b.volumeId });
+      await c.jobs.insertJob(j);
+      return j;
+    });
+    this.events.jobQueued();
+    return job;
+  }
+
+  /** Queues a restore of a backup onto a volume of the same project, at least as large. */
+  async restoreBackup(projectId: string, id: string, volumeId: string): Promise<{ job: Job; backup: Backup; volume: Volume }> {
+    const r = await this.catalog.transaction(async (c) => {
+      const b = await c.backups.getBackup(projectId, id);
+      if (!b) throw new AppError(ErrorCode.BackupNotFound, `Backup ${id} could not be found.`);
+      const v = await c.volumes.getVolume(projectId, volumeId);
+      if (!v) throw new AppError(ErrorCode.VolumeNotFound, `Volume ${volumeId} could not be found.`);
+      if (v.sizeBytes < b.sizeBytes) throw new AppError(ErrorCode.VolumeTooSmall, `Volume ${v.id} (${v.sizeGb} GB) is smaller than backup ${b.id} (${b.sizeGb} GB).`);
+      if (await c.backups.countInStatus(v.id, ['creating'])) throw new AppError(ErrorCode.BackupInProgress, `Volume ${v.id} is being backed up; restore when the backup has finished.`);
+      if (b.status !== 'available') throw new AppError(ErrorCode.BackupInvalidState, `Backup ${id} is ${b.status}; only available backups can be restored.`);
+      if (!(await c.volumes.transitionVolume(v.id, ['available', 'error_restoring'], 'restoring-backup', this.clock.now()))) {
+        throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${v.id} is ${v.status}; restores need an available volume (detach it first).`);
+      }
+      await c.backups.transitionBackup(id, ['available'], 'restoring', this.clock.now());
+      const job = this.newJob(projectId, 'bksRestoreBackup', { backupId: id, volumeId: v.id }, { backup_id: id, volume_id: v.id, volume_name: v.name ?? '' });
+      await c.jobs.insertJob(job);
+      return { job, backup: b, volume: v };
+    });
+    this.events.jobQueued();
+    return r;
+  }
+
+  async getJob(projectId: string, id: string): Promise<Job> {
+    const j = await this.catalog.jobs.getJob(projectId, id);
+    if (!j) throw new AppError(ErrorCode.JobNotFound, `Failed to query the task: job ${id} does not exist.`);
+    return j;
+  }
+
+  /** The job handlers the runner dispatches to. */
+  handlers(): Record<JobType, JobHandler> {
+    return { bksCreateBackup: this.createHandler(), bksDeleteBackup: this.deleteHandler(), bksRestoreBackup: this.restoreHandler() };
+  }
+
+  private createHandler(): JobHandler {
+    const finish = async (job: Job, backupId: string, r: { sizeBytes: number; storedBytes: number; newBytes: number; objectCount: number; parentId: string | null; dataTimestamp: number }): Promise<Record<string, string>> => {
+      if (!(await this.catalog.backups.completeBackup(backupId, r, this.clock.now()))) throw new AppError(ErrorCode.BackupInvalidState, `backup ${backupId} left the creating state while it was written`);
+      return job.entities;
+    };
+    return {
+      run: async (job, ctx) => {
+        const p = job.payload as { backupId: string; volumeId: string; sourcePath: string; volumeName: string };
+        const b = await this.catalog.backups.getBackupById(p.backupId);
+        if (!b || b.status !== 'creating') throw new AppError(ErrorCode.BackupInvalidState, `backup ${p.backupId} is no longer being created`);
+        const result = await this.engine.backup(p.sourcePath, {
+          backupId: b.id, volume: { id: p.volumeId, name: p.volumeName }, previousId: b.parentId, full: b.fullBackup, signal: ctx.signal,
+          onProgress: (pr) => ctx.progress(pr.doneBytes, pr.totalBytes),
+        });
+        this.events.backupFinished?.({ sizeBytes: result.manifest.sizeBytes, newBytes: result.stats.newBytes, storedBytes: result.stats.storedBytes });
+        return finish(job, b.id, {
+          sizeBytes: result.manifest.sizeBytes, storedBytes: result.stats.storedBytes, newBytes: result.stats.newBytes, objectCount: result.stats.objectsWritten,
+          parentId: result.manifest.parentId, dataTimestamp: Date.parse(result.manifest.createdAt),
+        });
+      },
+      fail: async (job, err) => {
+        const p = job.payload as { backupId: string };
+        const reason = failureText(err);
+        await this.catalog.backups.transitionBackup(p.backupId, ['creating'], 'error', this.clock.now(), reason);
+        return { errorCode: isAppError(err, ErrorCode.VolumeUnreadable) ? 'VolumeBackup.0027' : 'VolumeBackup.0064', failReason: `CreateBackup Task-fail: ${reason}` };
+      },
+      // The engine may have written the manifest just before the process died: then the backup is
+      // complete and only its row is behind (write order W3 before the catalog).
+      recover: async (job) => {
+        const p = job.payload as { backupId: string };
+        const m = await this.engine.findManifest(p.backupId);
+        if (!m) return null;
+        return finish(job, p.backupId, { sizeBytes: m.sizeBytes, storedBytes: m.stats.storedBytes, newBytes: m.stats.newBytes, objectCount: m.stats.objectsWritten, parentId: m.parentId, dataTimestamp: Date.parse(m.createdAt) });
+      },
+    };
+  }
+
+  private deleteHandler(): JobHandler {
+    return {
+      run: async (job) => {
+        const p = job.payload as { backupId: string };
+        await this.engine.delete(p.backupId);
+        await this.catalog.backups.deleteBackupRow(p.backupId);
+        // Reclaim the space in the background; a failed GC is retried after the next delete.
+        this.engine.collectGarbage().catch((err: unknown) => this.log.error({ err }, 'garbage collection failed'));
+        return job.entities;
+      },
+      fail: async (job, err) => {
+        const p = job.payload as { backupId: string };
+        const reason = failureText(err);
+        await this.catalog.backups.transitionBackup(p.backupId, ['deleting'], 'error', this.clock.now(), reason);
+        return { errorCode: 'VolumeBackup.0102', failReason: `DeleteBackup Task-fail: ${reason}` };
+      },
+    };
+  }
+
+  private restoreHandler(): JobHandler {
+    return {
+      run: async (job, ctx) => {
+        const p = job.payload as { backupId: string; volumeId: string };
+        const v = await this.catalog.volumes.getVolumeById(p.volumeId);
+        if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${p.volumeId} no longer exists`);
+        await this.engine.restore(p.backupId, v.path, { signal: ctx.signal, onProgress: (pr) => ctx.progress(pr.doneBytes, pr.totalBytes) });
+        const now = this.clock.now();
+        await this.catalog.transaction(async (c) => {
+          await c.backups.transitionBackup(p.backupId, ['restoring'], 'available', now);
+          await c.volumes.transitionVolume(p.volumeId, ['restoring-backup'], 'available', now);
+        });
+        return job.entities;
+      },
+      fail: async (job, err) => {
+        const p = job.payload as { backupId: string; volumeId: string };
+        const reason = failureText(err);
+        const now = this.clock.now();
+        // A backup whose data proved damaged is marked error; otherwise it is intact and available again.
+        const damaged = isAppError(err, ErrorCode.ChunkMissing) || isAppError(err, ErrorCode.ChunkCorrupt) || isAppError(err, ErrorCode.RestoreMismatch) || isAppError(err, ErrorCode.RepositoryCorrupt);
+        await this.catalog.transaction(async (c) => {
+          await c.backups.transitionBackup(p.backupId, ['restoring'], damaged ? 'error' : 'available', now, damaged ? reason : undefined);
+          await c.volumes.transitionVolume(p.volumeId, ['restoring-backup'], 'error_restoring', now);
+        });
+        return { errorCode: 'VolumeBackup.0200', failReason: `RestoreBackup Task-fail: ${reason}` } satisfies JobFailure;
+      },
+    };
+  }
+
+  /** Sizes in GB as Cinder reports them. */
+  static gbOf(bytes: number): number {
+    return Math.max(1, Math.ceil(bytes / GiB));
+  }
+}
+
+function failureText(err: unknown): string {
+  if (err instanceof AppError) return err.message;
+  return err instanceof Error ? err.message : String(err);
+}

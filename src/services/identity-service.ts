@@ -1,0 +1,250 @@
+/**
+ * Identity: projects, users, role assignments and tokens (the Keystone v3 subset clients need).
+ *
+ * Tokens are 256 random bits; the catalog keeps only their SHA-256, so neither a catalog dump nor a
+ * log line can be replayed. Validated tokens are cached in memory for a few seconds (the request
+ * path must not hit the database on every call); a revoked token may thus stay usable on another
+ * process for at most TOKEN_CACHE_MS.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import type { Clock } from '../domain/clock.ts';
+import { newHexId } from '../domain/ids.ts';
+import { DEFAULT_DOMAIN, ROLES, type Project, type Role, type TokenInfo, type User } from '../domain/model.ts';
+import type { Catalog } from '../catalog/catalog.ts';
+import { hashPassword, verifyPassword } from './passwords.ts';
+
+export const TOKEN_CACHE_MS = 5_000;
+const TOKEN_CACHE_MAX = 10_000;
+
+/** Who is calling: a validated token with its user and project resolved. */
+export interface AuthContext extends TokenInfo {
+  tokenHash: string;
+  user: { id: string; name: string; domainId: string };
+  project: { id: string; name: string; domainId: string } | null;
+  isAdmin: boolean;
+}
+
+export type UserRef = { id: string } | { name: string; domain: { id?: string | undefined; name?: string | undefined } };
+export type ProjectRef = { id: string } | { name: string; domain: { id?: string | undefined; name?: string | undefined } };
+
+export type AuthRequest =
+  | { method: 'password'; user: UserRef; password: string; scope: ProjectRef | null }
+  | { method: 'token'; token: string; scope: ProjectRef | null };
+
+const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
+
+function domainIdOf(ref: { id?: string | undefined; name?: string | undefined }): string | null {
+  if (ref.id !== undefined) return ref.id === DEFAULT_DOMAIN.id ? DEFAULT_DOMAIN.id : null;
+  if (ref.name !== undefined) return ref.name.toLowerCase() === DEFAULT_DOMAIN.name.toLowerCase() ? DEFAULT_DOMAIN.id : null;
+  return null;
+}
+
+const AUTH_FAILED = 'The request you have made requires authentication.';
+
+export class IdentityService {
+  private readonly catalog: Catalog;
+  private readonly clock: Clock;
+  private readonly tokenTtlMs: number;
+  private readonly cache = new Map<string, { ctx: AuthContext; until: number }>();
+
+  constructor(catalog: Catalog, clock: Clock, tokenTtlSeconds: number) {
+    this.catalog = catalog;
+    this.clock = clock;
+    this.tokenTtlMs = tokenTtlSeconds * 1000;
+  }
+
+  /**
+   * First start: project `admin`, user `admin` with the admin role on it. Returns whether it created
+   * the user (the caller decides where the password goes; it is never logged).
+   */
+  async bootstrap(adminPassword: string): Promise<{ created: boolean; projectId: string }> {
+    const now = this.clock.now();
+    return this.catalog.transaction(async (c) => {
+      let project = await c.identity.findProjectByName(DEFAULT_DOMAIN.id, 'admin');
+      if (!project) {
+        project = { id: newHexId(), name: 'admin', domainId: DEFAULT_DOMAIN.id, description: 'Bootstrap project', enabled: true, createdAt: now };
+        await c.identity.insertProject(project);
+      }
+      let user = await c.identity.findUserByName(DEFAULT_DOMAIN.id, 'admin');
+      const created = !user;
+      if (!user) {
+        user = { id: newHexId(), name: 'admin', domainId: DEFAULT_DOMAIN.id, passwordHash: await hashPassword(adminPassword), enabled: true, defaultProjectId: project.id, createdAt: now };
+        await c.identity.insertUser(user);
+      }
+      await c.identity.grantRole(project.id, user.id, 'admin');
+      return { created, projectId: project.id };
+    });
+  }
+
+  /** Sets the admin user's password (HAVEN_ADMIN_PASSWORD changed between starts). */
+  async resetPassword(userName: string, password: string): Promise<void> {
+    const user = await this.catalog.identity.findUserByName(DEFAULT_DOMAIN.id, userName);
+    if (!user) throw new AppError(ErrorCode.UserNotFound, `user ${userName} does not exist`);
+    if (await verifyPassword(password, user.passwordHash)) return;
+    await this.catalog.identity.setUserPassword(user.id, await hashPassword(password));
+  }
+
+  private async resolveUser(ref: UserRef): Promise<User | undefined> {
+    if ('id' in ref) return this.catalog.identity.getUser(ref.id);
+    const domainId = domainIdOf(ref.domain);
+    return domainId === null ? undefined : this.catalog.identity.findUserByName(domainId, ref.name);
+  }
+
+  private async resolveProject(ref: ProjectRef): Promise<Project | undefined> {
+    if ('id' in ref) return this.catalog.identity.getProject(ref.id);
+    const domainId = domainIdOf(ref.domain);
+    return domainId === null ? undefined : this.catalog.identity.findProjectByName(domainId, ref.name);
+  }
+
+  /** Issues a token (POST /v3/auth/tokens). Any failure is the same 401, revealing nothing. */
+  async issueToken(req: AuthRequest): Promise<{ token: string; ctx: AuthContext }> {
+    let userId: string;
+    let methods: string[];
+    let expiresAt = this.clock.now() + this.tokenTtlMs;
+    if (req.method === 'password') {
+      const user = await this.resolveUser(req.user);
+      // Hash even for an unknown user, so timing does not tell which user names exist.
+      const ok = await verifyPassword(req.password, user?.passwordHash ?? DUMMY_HASH);
+      if (!user || !ok || !user.enabled) throw new AppError(ErrorCode.AuthenticationFailed, AUTH_FAILED);
+      userId = user.id;
+      methods = ['password'];
+    } else {
+      const from = await this.validateToken(req.token);
+      userId = from.userId;
+      methods = [...new Set([...from.methods, 'token'])];
+      expiresAt = from.expiresAt; // rescoping never extends a token's life (Keystone does the same)
+    }
+    let projectId: string | null = null;
+    let roles: Role[] = [];
+    if (req.scope) {
+      const project = await this.resolveProject(req.scope);
+      if (!project || !project.enabled) throw new AppError(ErrorCode.AuthenticationFailed, AUTH_FAILED);
+      roles = await this.catalog.identity.rolesOf(project.id, userId);
+      if (!roles.length) throw new AppError(ErrorCode.AuthenticationFailed, AUTH_FAILED);
+      projectId = project.id;
+    }
+    const token = randomBytes(32).toString('base64url');
+    const info: TokenInfo = { userId, projectId, roles, methods, auditId: randomBytes(16).toString('base64url').slice(0, 22), issuedAt: this.clock.now(), expiresAt };
+    await this.catalog.identity.insertToken(sha256(token), info);
+    return { token, ctx: await this.contextOf(sha256(token), info) };
+  }
+
+  private async contextOf(tokenHash: string, info: TokenInfo): Promise<AuthContext> {
+    const user = await this.catalog.identity.getUser(info.userId);
+    if (!user || !user.enabled) throw new AppError(ErrorCode.TokenInvalid, 'The token is no longer valid.');
+    let project: AuthContext['project'] = null;
+    if (info.projectId) {
+      const p = await this.catalog.identity.getProject(info.projectId);
+      if (!p || !p.enabled) throw new AppError(ErrorCode.TokenInvalid, 'The token is no longer valid.');
+      project = { id: p.id, name: p.name, domainId: p.domainId };
+    }
+    return { ...info, tokenHash, user: { id: user.id, name: user.name, domainId: user.domainId }, project, isAdmin: info.roles.includes('admin') };
+  }
+
+  /** The context of a valid token, or TokenInvalid (unknown, expired or revoked). */
+  async validateToken(token: string): Promise<AuthContext> {
+    const now = this.clock.now();
+    const hash = sha256(token);
+    const hit = this.cache.get(hash);
+    if (hit && hit.until > now) {
+      if (hit.ctx.expiresAt <= now) throw new AppError(ErrorCode.TokenInvalid, 'The token has expired.');
+      return hit.ctx;
+    }
+    const info = await this.catalog.identity.getToken(hash);
+    if (!info) throw new AppError(ErrorCode.TokenInvalid, 'The token is not valid.');
+    if (info.expiresAt <= now) throw new AppError(ErrorCode.TokenInvalid, 'The token has expired.');
+    const ctx = await this.contextOf(hash, info);
+    if (this.cache.size >= TOKEN_CACHE_MAX) this.cache.clear();
+    this.cache.set(hash, { ctx, until: now + TOKEN_CACHE_MS });
+    return ctx;
+  }
+
+  async revokeToken(token: string): Promise<void> {
+    const hash = sha256(token);
+    this.cache.delete(hash);
+    if (!(await this.catalog.identity.deleteToken(hash))) throw new AppError(ErrorCode.TokenInvalid, 'The token is not valid.');
+  }
+
+  async purgeExpiredTokens(): Promise<number> {
+    return this.catalog.identity.deleteExpiredTokens(this.clock.now());
+  }
+
+  async createProject(input: { name: string; description?: string | undefined; enabled?: boolean | undefined; domainId?: string | undefined }): Promise<Project> {
+    const domainId = input.domainId ?? DEFAULT_DOMAIN.id;
+    if (domainId !== DEFAULT_DOMAIN.id) throw new AppError(ErrorCode.InvalidArgument, `domain ${domainId} does not exist (Haven has one domain, "${DEFAULT_DOMAIN.id}")`);
+    const p: Project = { id: newHexId(), name: input.name, domainId, description: input.description ?? '', enabled: input.enabled ?? true, createdAt: this.clock.now() };
+    return this.catalog.transaction(async (c) => {
+      if (await c.identity.findProjectByName(domainId, p.name)) throw new AppError(ErrorCode.NameConflict, `a project named ${p.name} already exists`);
+      await c.identity.insertProject(p);
+      return p;
+    });
+  }
+
+  listProjects(): Promise<Project[]> {
+    return this.catalog.identity.listProjects();
+  }
+
+  async getProject(id: string): Promise<Project> {
+    const p = await this.catalog.identity.getProject(id);
+    if (!p) throw new AppError(ErrorCode.ProjectNotFound, `Could not find project: ${id}.`);
+    return p;
+  }
+
+  async findProject(idOrName: string): Promise<Project> {
+    const p = (await this.catalog.identity.getProject(idOrName)) ?? (await this.catalog.identity.findProjectByName(DEFAULT_DOMAIN.id, idOrName));
+    if (!p) throw new AppError(ErrorCode.ProjectNotFound, `Could not find project: ${idOrName}.`);
+    return p;
+  }
+
+  async createUser(input: { name: string; password: string; defaultProjectId?: string | null | undefined; enabled?: boolean | undefined; domainId?: string | undefined }): Promise<User> {
+    const domainId = input.domainId ?? DEFAULT_DOMAIN.id;
+    if (domainId !== DEFAULT_DOMAIN.id) throw new AppError(ErrorCode.InvalidArgument, `domain ${domainId} does not exist (Haven has one domain, "${DEFAULT_DOMAIN.id}")`);
+    if (input.defaultProjectId) await this.getProject(input.defaultProjectId);
+    const u: User = { id: newHexId(), name: input.name, domainId, passwordHash: await hashPassword(input.password), enabled: input.enabled ?? true, defaultProjectId: input.defaultProjectId ?? null, createdAt: this.clock.now() };
+    return this.catalog.transaction(async (c) => {
+      if (await c.identity.findUserByName(domainId, u.name)) throw new AppError(ErrorCode.NameConflict, `a user named ${u.name} already exists`);
+      await c.identity.insertUser(u);
+      return u;
+    });
+  }
+
+  listUsers(): Promise<User[]> {
+    return this.catalog.identity.listUsers();
+  }
+
+  async getUser(id: string): Promise<User> {
+    const u = await this.catalog.identity.getUser(id);
+    if (!u) throw new AppError(ErrorCode.UserNotFound, `Could not find user: ${id}.`);
+    return u;
+  }
+
+  async findUser(idOrName: string): Promise<User> {
+    const u = (await this.catalog.identity.getUser(idOrName)) ?? (await this.catalog.identity.findUserByName(DEFAULT_DOMAIN.id, idOrName));
+    if (!u) throw new AppError(ErrorCode.UserNotFound, `Could not find user: ${idOrName}.`);
+    return u;
+  }
+
+  static parseRole(r: string): Role {
+    const role = r.toLowerCase();
+    if (!(ROLES as readonly string[]).includes(role)) throw new AppError(ErrorCode.RoleNotFound, `Could not find role: ${r}.`);
+    return role as Role;
+  }
+
+  async grantRole(projectId: string, userId: string, role: Role): Promise<void> {
+    await this.getProject(projectId);
+    await this.getUser(userId);
+    await this.catalog.identity.grantRole(projectId, userId, role);
+  }
+
+  async revokeRole(projectId: string, userId: string, role: Role): Promise<void> {
+    if (!(await this.catalog.identity.revokeRole(projectId, userId, role))) throw new AppError(ErrorCode.RoleNotFound, `user ${userId} has no role ${role} on project ${projectId}`);
+  }
+
+  async hasRole(projectId: string, userId: string, role: Role): Promise<boolean> {
+    return (await this.catalog.identity.rolesOf(projectId, userId)).includes(role);
+  }
+}
+
+// A valid hash of a random password: verifying against it costs what a real check costs.
+const DUMMY_HASH = 'scrypt$32768$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=';

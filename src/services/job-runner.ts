@@ -1,0 +1,215 @@
+/**
+ * JobRunner: claims queued jobs from the catalog and runs them, in any number of processes.
+ *
+ * A job is claimed by compare-and-set (INIT -> RUNNING with this process as owner), so two runners
+ * never run one job. While it runs, the owner refreshes the job's heartbeat (and progress); a job
+ * whose heartbeat is older than `staleAfterMs` belongs to a process that died, and recovery
+ * finishes it as FAIL through its handler, which puts the backup and volume back into a defined
+ * state (docs/state-machines.md). In the embedded mode one process owns the catalog, so every job
+ * found RUNNING at start-up is such an orphan. No job stays RUNNING forever.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Catalog } from '../catalog/catalog.ts';
+import type { Clock } from '../domain/clock.ts';
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import type { Job, JobType } from '../domain/model.ts';
+
+export interface JobContext {
+  signal: AbortSignal;
+  progress(doneBytes: number, totalBytes: number): void;
+}
+
+export interface JobFailure {
+  errorCode: string;
+  failReason: string;
+}
+
+export interface JobHandler {
+  /** Does the work; returns the job's entities. Throwing fails the job through `fail`. */
+  run(job: Job, ctx: JobContext): Promise<Record<string, string>>;
+  /** Puts the job's resources into their failed state; returns what the job reports. */
+  fail(job: Job, err: unknown): Promise<JobFailure>;
+  /**
+   * Recovery of a job whose process died: finish it (e.g. the engine completed the backup before
+   * the crash) and return its entities, or return null to fail it.
+   */
+  recover?(job: Job): Promise<Record<string, string> | null>;
+}
+
+export interface Logger {
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+export interface JobRunnerOptions {
+  concurrency: number;
+  /** Sole user of the catalog (embedded mode): every RUNNING job at start-up is orphaned. */
+  exclusive: boolean;
+  pollMs?: number;
+  heartbeatMs?: number;
+  staleAfterMs?: number;
+  onJobFinished?: (job: Job, status: 'SUCCESS' | 'FAIL', durationMs: number) => void;
+}
+
+export class JobRunner {
+  readonly owner = `${process.pid}-${randomBytes(4).toString('hex')}`;
+  private readonly catalog: Catalog;
+  private readonly clock: Clock;
+  private readonly handlers: Record<JobType, JobHandler>;
+  private readonly log: Logger;
+  private readonly opts: Required<Omit<JobRunnerOptions, 'onJobFinished'>> & Pick<JobRunnerOptions, 'onJobFinished'>;
+  private readonly running = new Map<string, { ac: AbortController; done: Promise<void> }>();
+  private timer: NodeJS.Timeout | null = null;
+  private claiming: Promise<void> | null = null;
+  private claimAgain = false;
+  private stopped = true;
+  private lastRecovery = 0;
+
+  constructor(catalog: Catalog, clock: Clock, handlers: Record<JobType, JobHandler>, log: Logger, opts: JobRunnerOptions) {
+    this.catalog = catalog;
+    this.clock = clock;
+    this.handlers = handlers;
+    this.log = log;
+    this.opts = { pollMs: 1000, heartbeatMs: 5000, staleAfterMs: 60_000, ...opts };
+  }
+
+  async start(): Promise<void> {
+    this.stopped = false;
+    await this.recover(this.opts.exclusive ? Infinity : this.clock.now() - this.opts.staleAfterMs);
+    this.timer = setInterval(() => this.wake(), this.opts.pollMs);
+    this.timer.unref();
+    this.wake();
+  }
+
+  /** Looks for queued work now (called when a job is queued in this process). */
+  wake(): void {
+    if (this.stopped) return;
+    if (this.claiming) {
+      this.claimAgain = true;
+      return;
+    }
+    this.claiming = this.claimLoop()
+      .catch((err: unknown) => this.log.error({ err }, 'job runner: claiming jobs failed'))
+      .finally(() => {
+        this.claiming = null;
+        if (this.claimAgain) {
+          this.claimAgain = false;
+          this.wake();
+        }
+      });
+  }
+
+  private async claimLoop(): Promise<void> {
+    if (!this.opts.exclusive && this.clock.now() - this.lastRecovery > this.opts.staleAfterMs) {
+      await this.recover(this.clock.now() - this.opts.staleAfterMs);
+    }
+    while (!this.stopped && this.running.size < this.opts.concurrency) {
+      const ids = await this.catalog.jobs.queuedJobIds(this.opts.concurrency * 2);
+      let claimed = 0;
+      for (const id of ids) {
+        if (this.stopped || this.running.size >= this.opts.concurrency) break;
+        if (!(await this.catalog.jobs.claimJob(id, this.owner, this.clock.now()))) continue; // another runner won
+        const job = await this.catalog.jobs.getJobById(id);
+        if (!job) continue;
+        claimed++;
+        this.execute(job);
+      }
+      if (!claimed) return;
+    }
+  }
+
+  private execute(job: Job): void {
+    const ac = new AbortController();
+    const started = this.clock.now();
+    let done = 0;
+    let total = 0;
+    const beat = setInterval(() => {
+      this.catalog.jobs.heartbeat(job.id, this.owner, this.clock.now(), done, total).catch((err: unknown) => this.log.warn({ err, jobId: job.id }, 'job heartbeat failed'));
+    }, this.opts.heartbeatMs);
+    beat.unref();
+    const handler = this.handlers[job.type];
+    const work = (async () => {
+      this.log.info({ jobId: job.id, jobType: job.type, projectId: job.projectId }, 'job started');
+      try {
+        const entities = await handler.run(job, { signal: ac.signal, progress: (d, t) => ((done = d), (total = t)) });
+        await this.catalog.jobs.heartbeat(job.id, this.owner, this.clock.now(), total, total);
+        await this.catalog.jobs.finishJob(job.id, this.owner, { status: 'SUCCESS', entities, errorCode: null, failReason: null }, this.clock.now());
+        this.log.info({ jobId: job.id, jobType: job.type, durationMs: this.clock.now() - started }, 'job succeeded');
+        this.opts.onJobFinished?.(job, 'SUCCESS', this.clock.now() - started);
+      } catch (err) {
+        await this.failJob(job, this.owner, err);
+        this.opts.onJobFinished?.(job, 'FAIL', this.clock.now() - started);
+      }
+    })().finally(() => {
+      clearInterval(beat);
+      this.running.delete(job.id);
+      this.wake();
+    });
+    this.running.set(job.id, { ac, done: work });
+  }
+
+  private async failJob(job: Job, owner: string | null, err: unknown): Promise<void> {
+    let failure: JobFailure;
+    try {
+      failure = await this.handlers[job.type].fail(job, err);
+    } catch (e) {
+      this.log.error({ err: e, jobId: job.id }, 'job failure handling failed');
+      failure = { errorCode: 'VolumeBackup.0014', failReason: (err as Error)?.message ?? String(err) };
+    }
+    const latest = await this.catalog.jobs.getJobById(job.id);
+    const entities = { ...(latest?.entities ?? job.entities) };
+    await this.catalog.jobs.finishJob(job.id, owner, { status: 'FAIL', entities, errorCode: failure.errorCode, failReason: failure.failReason }, this.clock.now());
+    this.log.warn({ jobId: job.id, jobType: job.type, errorCode: failure.errorCode, reason: failure.failReason }, 'job failed');
+  }
+
+  /** Finishes jobs whose owner stopped before `heartbeatBeforeMs` (Infinity: all running jobs). */
+  async recover(heartbeatBeforeMs: number): Promise<number> {
+    this.lastRecovery = this.clock.now();
+    const stale = (await this.catalog.jobs.staleRunningJobs(heartbeatBeforeMs)).filter((j) => !this.running.has(j.id));
+    for (const job of stale) {
+      const handler = this.handlers[job.type];
+      try {
+        const entities = handler.recover ? await handler.recover(job) : null;
+        if (entities) {
+          await this.catalog.jobs.finishJob(job.id, null, { status: 'SUCCESS', entities, errorCode: null, failReason: null }, this.clock.now());
+          this.log.info({ jobId: job.id }, 'recovered job completed');
+          continue;
+        }
+      } catch (err) {
+        this.log.warn({ err, jobId: job.id }, 'job recovery could not complete the job; failing it');
+      }
+      await this.failJob(job, null, new AppError(ErrorCode.JobInterrupted, `interrupted: the Haven process running this job (${job.owner ?? 'unknown'}) stopped before it finished`));
+    }
+    return stale.length;
+  }
+
+  /** Cancels running jobs (they finish as FAIL) and stops claiming. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await this.claiming;
+    for (const r of this.running.values()) r.ac.abort(new AppError(ErrorCode.Cancelled, 'Haven is shutting down'));
+    await Promise.all([...this.running.values()].map((r) => r.done));
+  }
+
+  /** Waits until no job is queued or running in this process (tests, graceful shutdown). */
+  async idle(): Promise<void> {
+    for (;;) {
+      await this.claiming;
+      if (!this.running.size) {
+        const queued = await this.catalog.jobs.queuedJobIds(1);
+        if (!queued.length || this.stopped) return;
+        this.wake();
+        await this.claiming;
+        if (!this.running.size) return;
+      }
+      await Promise.race([...this.running.values()].map((r) => r.done));
+    }
+  }
+
+  get runningCount(): number {
+    return this.running.size;
+  }
+}

@@ -1,0 +1,206 @@
+/**
+ * The volume inventory (a Cinder-compatible subset, so Haven runs without an OpenStack cloud):
+ * volumes Haven creates as sparse raw files, volumes adopted from existing images or block devices
+ * under the operator's HAVEN_VOLUME_ROOTS, and snapshots (point-in-time copies, reflinked when the
+ * file system can).
+ */
+import { execFile } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import type { Catalog } from '../catalog/catalog.ts';
+import type { Clock } from '../domain/clock.ts';
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import { newUuid } from '../domain/ids.ts';
+import type { Snapshot, Volume } from '../domain/model.ts';
+import { blockDeviceSize } from '../engine/volume-source.ts';
+
+const run = promisify(execFile);
+export const GiB = 1024 ** 3;
+/** Largest volume Haven creates (Cinder's EVS limit is 32 TB; files are sparse anyway). */
+export const MAX_VOLUME_GB = 32 * 1024;
+
+export interface VolumeServiceOptions {
+  dataDir: string;
+  volumeRoots: string[];
+  availabilityZone: string;
+}
+
+export class VolumeService {
+  private readonly catalog: Catalog;
+  private readonly clock: Clock;
+  private readonly opts: VolumeServiceOptions;
+
+  constructor(catalog: Catalog, clock: Clock, opts: VolumeServiceOptions) {
+    this.catalog = catalog;
+    this.clock = clock;
+    this.opts = opts;
+  }
+
+  get volumesDir(): string {
+    return path.join(this.opts.dataDir, 'volumes');
+  }
+
+  get snapshotsDir(): string {
+    return path.join(this.opts.dataDir, 'snapshots');
+  }
+
+  async createVolume(projectId: string, input: { sizeGb: number; name?: string | null | undefined; description?: string | null | undefined; metadata?: Record<string, string> | undefined; bootable?: boolean | undefined; snapshotId?: string | null | undefined }): Promise<Volume> {
+    const now = this.clock.now();
+    const id = newUuid();
+    let sizeGb = input.sizeGb;
+    const file = path.join(this.volumesDir, `${id}.img`);
+    await fs.mkdir(this.volumesDir, { recursive: true });
+    if (input.snapshotId) {
+      // A volume from a snapshot: a copy of the snapshot's bytes (reflink when possible).
+      const snap = await this.getSnapshot(projectId, input.snapshotId);
+      if (snap.status !== 'available') throw new AppError(ErrorCode.SnapshotInvalidState, `snapshot ${snap.id} is ${snap.status}, not available`);
+      if (sizeGb < snap.sizeGb) throw new AppError(ErrorCode.InvalidArgument, `size ${sizeGb} GB is smaller than the snapshot's ${snap.sizeGb} GB`);
+      await copySparse(snap.path, file);
+    }
+    const fh = await fs.open(file, input.snapshotId ? 'r+' : 'wx', 0o600);
+    try {
+      await fh.truncate(sizeGb * GiB);
+    } finally {
+      await fh.close();
+    }
+    sizeGb = Math.max(sizeGb, 1);
+    const v: Volume = {
+      id, projectId, name: input.name ?? null, description: input.description ?? null, sizeGb, sizeBytes: sizeGb * GiB, path: file, adopted: false,
+      status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
+    };
+    try {
+      await this.catalog.volumes.insertVolume(v);
+    } catch (err) {
+      await fs.rm(file, { force: true }); // best effort: the row is what makes the file a volume
+      throw err;
+    }
+    return v;
+  }
+
+  /**
+   * Adopts an existing image file or block device (os-volume-manage). Only paths inside one of the
+   * operator's volume roots are accepted; symlinks and `..` escapes are refused, and a path already
+   * known as a volume cannot be adopted twice.
+   */
+  async manageVolume(projectId: string, input: { sourceName: string; name?: string | null | undefined; description?: string | null | undefined; bootable?: boolean | undefined; metadata?: Record<string, string> | undefined }): Promise<Volume> {
+    const requested = input.sourceName;
+    if (!path.isAbsolute(requested)) throw new AppError(ErrorCode.VolumePathRefused, `ref.source-name must be an absolute path, got ${requested}`);
+    if (requested.split('/').includes('..')) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} contains ".."`);
+    const normal = path.normalize(requested);
+    const root = this.opts.volumeRoots.find((r) => normal.startsWith(r.endsWith('/') ? r : `${r}/`));
+    if (!root) throw new AppError(ErrorCode.VolumePathRefused, this.opts.volumeRoots.length ? `path ${requested} is not under a volume root (HAVEN_VOLUME_ROOTS: ${this.opts.volumeRoots.join(':')})` : 'no volume roots are configured (HAVEN_VOLUME_ROOTS), so no path can be adopted');
+    const st = await fs.lstat(normal).catch(() => null);
+    if (!st) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} does not exist`);
+    if (st.isSymbolicLink()) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is a symbolic link`);
+    // No symlinked folder on the way either: the real path must be the path asked for.
+    const real = await fs.realpath(normal);
+    if (real !== normal) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} resolves to ${real} through a symbolic link`);
+    let sizeBytes: number;
+    if (st.isFile()) sizeBytes = st.size;
+    else if (st.isBlockDevice()) sizeBytes = await blockDeviceSize(st.rdev);
+    else throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is neither a regular file nor a block device`);
+    await fs.access(normal, fs.constants.R_OK | fs.constants.W_OK).catch(() => {
+      throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is not readable and writable by Haven`);
+    });
+    const now = this.clock.now();
+    const v: Volume = {
+      id: newUuid(), projectId, name: input.name ?? null, description: input.description ?? null, sizeGb: Math.max(1, Math.ceil(sizeBytes / GiB)), sizeBytes, path: normal,
+      adopted: true, status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
+    };
+    await this.catalog.transaction(async (c) => {
+      if (await c.volumes.findVolumeByPath(normal)) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is already managed as a volume`);
+      await c.volumes.insertVolume(v);
+    });
+    return v;
+  }
+
+  async getVolume(projectId: string, id: string): Promise<Volume> {
+    const v = await this.catalog.volumes.getVolume(projectId, id);
+    if (!v) throw new AppError(ErrorCode.VolumeNotFound, `Volume ${id} could not be found.`);
+    return v;
+  }
+
+  listVolumes(projectId: string, opts: { name?: string | undefined; status?: string | undefined; limit: number; offset: number }): Promise<Volume[]> {
+    return this.catalog.volumes.listVolumes(projectId, opts);
+  }
+
+  /**
+   * Deletes a volume: refused while a backup or restore works on it or snapshots depend on it.
+   * The file of a volume Haven created is removed; an adopted image or device is left untouched
+   * (Haven only forgets it).
+   */
+  async deleteVolume(projectId: string, id: string): Promise<void> {
+    const v = await this.getVolume(projectId, id);
+    await this.catalog.transaction(async (c) => {
+      if (await c.backups.countInStatus(id, ['creating'])) throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${id} is being backed up; delete it when the backup has finished.`);
+      if (await c.volumes.countSnapshotsOfVolume(id)) throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${id} still has snapshots; delete them first.`);
+      if (!(await c.volumes.transitionVolume(id, ['available', 'error', 'error_restoring'], 'deleting', this.clock.now()))) {
+        throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${id} is ${v.status}; only available or error volumes can be deleted.`);
+      }
+    });
+    if (!v.adopted) await fs.rm(v.path, { force: true });
+    await this.catalog.volumes.deleteVolume(id);
+  }
+
+  async createSnapshot(projectId: string, input: { volumeId: string; name?: string | null | undefined; description?: string | null | undefined; force?: boolean | undefined }): Promise<Snapshot> {
+    const v = await this.getVolume(projectId, input.volumeId);
+    if (v.status !== 'available' && !(v.status === 'in-use' && input.force)) {
+      throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${v.id} is ${v.status}; snapshots need an available volume (or force for in-use).`);
+    }
+    const now = this.clock.now();
+    const s: Snapshot = { id: newUuid(), projectId, volumeId: v.id, name: input.name ?? null, description: input.description ?? null, sizeGb: v.sizeGb, path: path.join(this.snapshotsDir, `${newUuid()}.img`), status: 'creating', createdAt: now, updatedAt: now };
+    await this.catalog.volumes.insertSnapshot(s);
+    try {
+      await fs.mkdir(this.snapshotsDir, { recursive: true });
+      await copySparse(v.path, s.path);
+      await this.catalog.volumes.transitionSnapshot(s.id, ['creating'], 'available', this.clock.now());
+      s.status = 'available';
+    } catch (err) {
+      await this.catalog.volumes.transitionSnapshot(s.id, ['creating'], 'error', this.clock.now());
+      await fs.rm(s.path, { force: true }); // best effort; the snapshot row says error
+      throw new AppError(ErrorCode.VolumeUnreadable, `cannot snapshot volume ${v.id}: ${(err as Error).message}`, { cause: err });
+    }
+    return s;
+  }
+
+  async getSnapshot(projectId: string, id: string): Promise<Snapshot> {
+    const s = await this.catalog.volumes.getSnapshot(projectId, id);
+    if (!s) throw new AppError(ErrorCode.SnapshotNotFound, `Snapshot ${id} could not be found.`);
+    return s;
+  }
+
+  listSnapshots(projectId: string, opts: { volumeId?: string | undefined; limit: number; offset: number }): Promise<Snapshot[]> {
+    return this.catalog.volumes.listSnapshots(projectId, opts);
+  }
+
+  async deleteSnapshot(projectId: string, id: string): Promise<void> {
+    const s = await this.getSnapshot(projectId, id);
+    if (await this.catalog.backups.countInStatus(s.volumeId, ['creating'])) {
+      // A running backup may be reading this snapshot.
+      const reading = await this.catalog.db.get('SELECT id FROM backups WHERE snapshot_id = ? AND status = ?', [id, 'creating']);
+      if (reading) throw new AppError(ErrorCode.SnapshotInvalidState, `Snapshot ${id} is being backed up.`);
+    }
+    if (!(await this.catalog.volumes.transitionSnapshot(id, ['available', 'error'], 'deleting', this.clock.now()))) {
+      throw new AppError(ErrorCode.SnapshotInvalidState, `Snapshot ${id} is ${s.status}.`);
+    }
+    await fs.rm(s.path, { force: true });
+    await this.catalog.volumes.deleteSnapshot(id);
+  }
+}
+
+/**
+ * Copies an image keeping holes, as a reflink when the file system supports it. coreutils' cp does
+ * exactly this (FICLONE, then SEEK_DATA/SEEK_HOLE); Node's copyFile would fill holes with zeros.
+ * The copy goes to a temporary name and is renamed, so a crash never leaves a half copy in place.
+ */
+export async function copySparse(from: string, to: string): Promise<void> {
+  const tmp = `${to}.tmp-${process.pid}`;
+  try {
+    await run('cp', ['--reflink=auto', '--sparse=always', '--', from, tmp]);
+    await fs.rename(tmp, to);
+  } catch (err) {
+    await fs.rm(tmp, { force: true }); // best effort cleanup of the partial copy
+    throw err;
+  }
+}
