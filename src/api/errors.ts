@@ -48,6 +48,14 @@ const DEFAULT_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.BackupNotOwned]: 403,
   [ErrorCode.QuotaBackupsExceeded]: 413,
   [ErrorCode.QuotaGigabytesExceeded]: 413,
+  [ErrorCode.PolicyNotFound]: 404,
+  [ErrorCode.PolicyBusy]: 409,
+  [ErrorCode.QuotaPoliciesExceeded]: 400,
+  [ErrorCode.TagNotFound]: 404,
+  [ErrorCode.TooManyTags]: 400,
+  [ErrorCode.ScheduleInvalid]: 400,
+  [ErrorCode.RetentionInvalid]: 400,
+  [ErrorCode.SharingNotFound]: 404,
 };
 
 /** Per route: domain code -> [OTC code, HTTP status]. */

@@ -16,6 +16,7 @@ import { AppError } from '../domain/errors.ts';
 import type { AuthContext, IdentityService } from '../services/identity-service.ts';
 import type { BackupService } from '../services/backup-service.ts';
 import type { VolumeService } from '../services/volume-service.ts';
+import type { PolicyService } from '../services/policy-service.ts';
 import { ApiError, envelope, isClientError, replyForError, type Envelope, type RouteErrorCodes, type ValidationCodes } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import { registerIdentityRoutes } from './identity/identity.routes.ts';
@@ -24,12 +25,14 @@ import { registerVolumeRoutes } from './cinder/volumes.routes.ts';
 import { registerNativeBackupRoutes } from './cinder/backups.routes.ts';
 import { registerVbsBackupRoutes } from './vbs/cloudbackups.routes.ts';
 import { registerOpsRoutes } from './ops.routes.ts';
+import { registerPolicyRoutes } from './vbs/policies.routes.ts';
 
 export interface ApiServices {
   config: Config;
   identity: IdentityService;
   volumes: VolumeService;
   backups: BackupService;
+  policies: PolicyService;
   metrics: Metrics;
   /** Health of the parts /healthz reports on. */
   health(): Promise<Record<string, string>>;
@@ -188,5 +191,6 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   registerVolumeRoutes(app, services);
   registerNativeBackupRoutes(app, services);
   registerVbsBackupRoutes(app, services);
+  registerPolicyRoutes(app, services);
   return app;
 }

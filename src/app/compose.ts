@@ -21,6 +21,7 @@ import { IdentityService } from '../services/identity-service.ts';
 import { JobRunner } from '../services/job-runner.ts';
 import { pino, type Logger as PinoLogger } from 'pino';
 import { VolumeService } from '../services/volume-service.ts';
+import { PolicyService } from '../services/policy-service.ts';
 
 export interface App {
   config: Config;
@@ -30,6 +31,7 @@ export interface App {
   identity: IdentityService;
   volumes: VolumeService;
   backups: BackupService;
+  policies: PolicyService;
   runner: JobRunner;
   /** Where the generated admin password was written (null when HAVEN_ADMIN_PASSWORD is set). */
   adminPasswordFile: string | null;
@@ -91,6 +93,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
       jobQueued: () => runner?.wake(),
       backupFinished: (b) => metrics.observeBackup(b),
     }, log);
+    const policies = new PolicyService(catalog, clock, backups, config.maxPoliciesPerProject);
     runner = new JobRunner(catalog, clock, backups.handlers(), log, {
       concurrency: config.jobConcurrency,
       exclusive: true,
@@ -98,7 +101,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     });
     const jobsStarted = opts.runJobs !== false;
     const server = await buildServer({
-      config, identity, volumes, backups, metrics,
+      config, identity, volumes, backups, policies, metrics,
       health: async () => {
         const parts: Record<string, string> = {};
         try {
@@ -116,7 +119,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const purge = setInterval(() => identity.purgeExpiredTokens().catch((err: unknown) => log.warn({ err }, 'purging expired tokens failed')), 3600_000);
     purge.unref();
     return {
-      config, server, catalog, engine, identity, volumes, backups, runner: r, adminPasswordFile: admin.file,
+      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, adminPasswordFile: admin.file,
       async close() {
         clearInterval(purge);
         await server.close();

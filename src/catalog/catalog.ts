@@ -5,6 +5,7 @@
 import { BackupQueries } from './backup-queries.ts';
 import { IdentityQueries } from './identity-queries.ts';
 import { JobQueries } from './job-queries.ts';
+import { PolicyQueries } from './policy-queries.ts';
 import type { SqlDatabase, SqlExecutor } from './sql.ts';
 import { VolumeQueries } from './volume-queries.ts';
 
@@ -13,11 +14,13 @@ export class CatalogQueries {
   readonly volumes: VolumeQueries;
   readonly backups: BackupQueries;
   readonly jobs: JobQueries;
+  readonly policies: PolicyQueries;
   constructor(exec: SqlExecutor) {
     this.identity = new IdentityQueries(exec);
     this.volumes = new VolumeQueries(exec);
     this.backups = new BackupQueries(exec);
     this.jobs = new JobQueries(exec);
+    this.policies = new PolicyQueries(exec);
   }
 }
 

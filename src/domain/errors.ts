@@ -46,6 +46,15 @@ export const ErrorCode = {
   QuotaGigabytesExceeded: 'QUOTA_GIGABYTES_EXCEEDED',
   JobNotFound: 'JOB_NOT_FOUND',
   JobInterrupted: 'JOB_INTERRUPTED',
+  // Policies and sharing
+  PolicyNotFound: 'POLICY_NOT_FOUND',
+  PolicyBusy: 'POLICY_BUSY',
+  QuotaPoliciesExceeded: 'QUOTA_POLICIES_EXCEEDED',
+  TagNotFound: 'TAG_NOT_FOUND',
+  TooManyTags: 'TOO_MANY_TAGS',
+  ScheduleInvalid: 'SCHEDULE_INVALID',
+  RetentionInvalid: 'RETENTION_INVALID',
+  SharingNotFound: 'SHARING_NOT_FOUND',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
