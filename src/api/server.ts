@@ -17,6 +17,7 @@ import type { AuthContext, IdentityService } from '../services/identity-service.
 import type { BackupService } from '../services/backup-service.ts';
 import type { VolumeService } from '../services/volume-service.ts';
 import type { PolicyService } from '../services/policy-service.ts';
+import type { SharingService } from '../services/sharing-service.ts';
 import { ApiError, envelope, isClientError, replyForError, type Envelope, type RouteErrorCodes, type ValidationCodes } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import { registerIdentityRoutes } from './identity/identity.routes.ts';
@@ -26,6 +27,7 @@ import { registerNativeBackupRoutes } from './cinder/backups.routes.ts';
 import { registerVbsBackupRoutes } from './vbs/cloudbackups.routes.ts';
 import { registerOpsRoutes } from './ops.routes.ts';
 import { registerPolicyRoutes } from './vbs/policies.routes.ts';
+import { registerSharingRoutes } from './vbs/sharing.routes.ts';
 
 export interface ApiServices {
   config: Config;
@@ -33,6 +35,7 @@ export interface ApiServices {
   volumes: VolumeService;
   backups: BackupService;
   policies: PolicyService;
+  sharing: SharingService;
   metrics: Metrics;
   /** Health of the parts /healthz reports on. */
   health(): Promise<Record<string, string>>;
@@ -192,5 +195,6 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   registerNativeBackupRoutes(app, services);
   registerVbsBackupRoutes(app, services);
   registerPolicyRoutes(app, services);
+  registerSharingRoutes(app, services);
   return app;
 }

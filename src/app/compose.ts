@@ -22,6 +22,7 @@ import { JobRunner } from '../services/job-runner.ts';
 import { pino, type Logger as PinoLogger } from 'pino';
 import { VolumeService } from '../services/volume-service.ts';
 import { PolicyService } from '../services/policy-service.ts';
+import { SharingService } from '../services/sharing-service.ts';
 
 export interface App {
   config: Config;
@@ -101,7 +102,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     });
     const jobsStarted = opts.runJobs !== false;
     const server = await buildServer({
-      config, identity, volumes, backups, policies, metrics,
+      config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), metrics,
       health: async () => {
         const parts: Record<string, string> = {};
         try {

@@ -107,8 +107,8 @@ export class BackupService {
     return { ...(await this.catalog.backups.usage(projectId)), quotas: this.quotas };
   }
 
-  async getBackup(projectId: string, id: string): Promise<Backup> {
-    const b = await this.catalog.backups.getBackup(projectId, id);
+  async getBackup(projectId: string, id: string, opts: { includeShared?: boolean } = {}): Promise<Backup> {
+    const b = opts.includeShared ? await visibleBackup(this.catalog, projectId, id) : await this.catalog.backups.getBackup(projectId, id);
     if (!b) throw new AppError(ErrorCode.BackupNotFound, `Backup ${id} could not be found.`);
     return b;
   }
@@ -137,10 +137,13 @@ export class BackupService {
     return job;
   }
 
-  /** Queues a restore of a backup onto a volume of the same project, at least as large. */
+  /**
+   * Queues a restore of a backup (own, or shared with this project) onto a volume of this project
+   * that is at least as large.
+   */
   async restoreBackup(projectId: string, id: string, volumeId: string): Promise<{ job: Job; backup: Backup; volume: Volume }> {
     const r = await this.catalog.transaction(async (c) => {
-      const b = await c.backups.getBackup(projectId, id);
+      const b = await visibleBackup(c, projectId, id);
       if (!b) throw new AppError(ErrorCode.BackupNotFound, `Backup ${id} could not be found.`);
       const v = await c.volumes.getVolume(projectId, volumeId);
       if (!v) throw new AppError(ErrorCode.VolumeNotFound, `Volume ${volumeId} could not be found.`);
@@ -212,7 +215,10 @@ export class BackupService {
       run: async (job) => {
         const p = job.payload as { backupId: string };
         await this.engine.delete(p.backupId);
-        await this.catalog.backups.deleteBackupRow(p.backupId);
+        await this.catalog.transaction(async (c) => {
+          await c.policies.deleteSharingsOfBackup(p.backupId);
+          await c.backups.deleteBackupRow(p.backupId);
+        });
         // Reclaim the space in the background; a failed GC is retried after the next delete.
         this.engine.collectGarbage().catch((err: unknown) => this.log.error({ err }, 'garbage collection failed'));
         return job.entities;
@@ -259,6 +265,13 @@ export class BackupService {
   static gbOf(bytes: number): number {
     return Math.max(1, Math.ceil(bytes / GiB));
   }
+}
+
+/** A backup of the project, or one another project shared with it. */
+async function visibleBackup(c: CatalogQueries, projectId: string, id: string): Promise<Backup | undefined> {
+  const own = await c.backups.getBackup(projectId, id);
+  if (own) return own;
+  return (await c.policies.findSharing(id, projectId)) ? c.backups.getBackupById(id) : undefined;
 }
 
 function failureText(err: unknown): string {

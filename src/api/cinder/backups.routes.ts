@@ -107,7 +107,7 @@ export function registerNativeBackupRoutes(app: FastifyInstance, s: ApiServices)
     app.get(`/${version}/:projectId/backups`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backups (id, name, links)' } }, async (req) => list(req, false));
     app.get(`/${version}/:projectId/backups/detail`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backups with details' } }, async (req) => list(req, true));
     app.get(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { tags, summary: 'Show a backup' } }, async (req) => {
-      const b = await s.backups.getBackup(pid(req), (req.params as { backupId: string }).backupId);
+      const b = await s.backups.getBackup(pid(req), (req.params as { backupId: string }).backupId, { includeShared: true });
       return { backup: backupJson(base(req), version, b) };
     });
     app.delete(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { tags, summary: 'Delete a backup; 202, then it disappears' } }, async (req, reply) => {
@@ -120,7 +120,7 @@ export function registerNativeBackupRoutes(app: FastifyInstance, s: ApiServices)
       let volumeId = r.volume_id;
       if (!volumeId) {
         // Cinder semantics: without a volume, restore into a new one of the backup's size.
-        const b = await s.backups.getBackup(pid(req), backupId);
+        const b = await s.backups.getBackup(pid(req), backupId, { includeShared: true });
         if (b.status !== 'available') throw new ApiError(400, `Invalid backup: backup ${b.id} is ${b.status}; only available backups can be restored.`);
         const v = await s.volumes.createVolume(pid(req), { sizeGb: b.sizeGb, name: r.name ?? `restore_backup_${b.id}` });
         volumeId = v.id;

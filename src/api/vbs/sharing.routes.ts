@@ -1,0 +1,106 @@
+/** Backup sharing, os-vendor-backup-sharing (vbs.md §9): S1-S5. */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { Type } from 'typebox';
+import { ErrorCode } from '../../domain/errors.ts';
+import type { Backup } from '../../domain/model.ts';
+import type { Sharing } from '../../domain/policy.ts';
+import type { RouteErrorCodes, ValidationCodes } from '../errors.ts';
+import type { ApiServices } from '../server.ts';
+import { serviceMetadata } from '../wire/cinder-wire.ts';
+import { microsNoZone } from '../wire/time.ts';
+
+const SHARE_ERRORS: RouteErrorCodes = {
+  [ErrorCode.BackupNotFound]: ['VolumeBackup.0110', 404],
+  [ErrorCode.BackupInvalidState]: ['VolumeBackup.0089', 400],
+  [ErrorCode.ProjectNotFound]: ['VolumeBackup.0002', 400],
+  [ErrorCode.InvalidArgument]: ['VolumeBackup.0002', 400],
+  [ErrorCode.SharingNotFound]: ['VolumeBackup.0110', 404],
+};
+const SHARE_VALIDATION: ValidationCodes = { fallback: 'VolumeBackup.0002' };
+
+function sharingJson(s: Sharing) {
+  return {
+    id: s.id, backup_id: s.backupId, from_project_id: s.fromProjectId, to_project_id: s.toProjectId,
+    created_at: microsNoZone(s.createdAt), updated_at: microsNoZone(s.updatedAt), deleted_at: null, deleted: null,
+  };
+}
+
+function sharedBackupJson(b: Backup) {
+  return {
+    availability_zone: b.availabilityZone, container: b.id, created_at: microsNoZone(b.createdAt), data_timestamp: microsNoZone(b.dataTimestamp),
+    description: b.description, fail_reason: b.failReason, has_dependent_backups: false, id: b.id, is_incremental: !b.fullBackup, name: b.name,
+    object_count: b.objectCount, size: b.sizeGb, snapshot_id: b.snapshotId, status: b.status, updated_at: microsNoZone(b.updatedAt), volume_id: b.volumeId,
+    service_metadata: serviceMetadata(b),
+  };
+}
+
+const ListQuery = Type.Object({
+  share_to_me: Type.Optional(Type.Boolean()),
+  volume_id: Type.Optional(Type.String()),
+  name: Type.Optional(Type.String()),
+  status: Type.Optional(Type.String()),
+  backup_id: Type.Optional(Type.String()),
+  from_project_id: Type.Optional(Type.String()),
+  to_project_id: Type.Optional(Type.String()),
+  availability_zone: Type.Optional(Type.String()),
+  avalilability_zone: Type.Optional(Type.String()),
+  sort_dir: Type.Optional(Type.Union([Type.Literal('asc'), Type.Literal('desc')])),
+  sort_key: Type.Optional(Type.Union(['name', 'status', 'container_format', 'disk_format', 'size', 'id', 'created_at', 'updated_at'].map((k) => Type.Literal(k)))),
+  limit: Type.Optional(Type.Integer({ minimum: 0 })),
+  offset: Type.Optional(Type.Integer({ minimum: 0 })),
+});
+type ListQuery = { share_to_me?: boolean; volume_id?: string; name?: string; status?: string; backup_id?: string; from_project_id?: string; to_project_id?: string; availability_zone?: string; avalilability_zone?: string; sort_dir?: 'asc' | 'desc'; sort_key?: string; limit?: number; offset?: number };
+
+export function registerSharingRoutes(app: FastifyInstance, s: ApiServices): void {
+  const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
+  const cfg = { envelope: 'vbs' as const, auth: 'project' as const, errorCodes: SHARE_ERRORS, validation: SHARE_VALIDATION };
+  const tags = ['backup sharing'];
+  const Share = Type.Object({ shared: Type.Object({ backup_id: Type.String({ minLength: 1 }), to_project_ids: Type.Array(Type.String({ minLength: 1, maxLength: 64 }), { minItems: 1, maxItems: 100 }) }) });
+
+  app.post('/v2/:projectId/os-vendor-backup-sharing', { config: cfg, schema: { body: Share, tags, summary: 'Share a backup with other projects (S1)' } }, async (req) => {
+    const b = (req.body as { shared: { backup_id: string; to_project_ids: string[] } }).shared;
+    const list = await s.sharing.share(pid(req), b.backup_id, b.to_project_ids);
+    return { shared: list.map(sharingJson) };
+  });
+
+  const list = async (projectId: string, q: ListQuery) => {
+    let rows = await s.sharing.list(projectId, {
+      shareToMe: q.share_to_me === true, backupId: q.backup_id, fromProjectId: q.from_project_id, toProjectId: q.to_project_id, volumeId: q.volume_id, name: q.name, status: q.status,
+      availabilityZone: q.availability_zone ?? q.avalilability_zone,
+    });
+    const key = q.sort_key ?? 'created_at';
+    const val = (r: (typeof rows)[number]): string | number => {
+      const b = r.backup;
+      switch (key) {
+        case 'name': return b?.name ?? '';
+        case 'status': return b?.status ?? '';
+        case 'size': return b?.sizeGb ?? 0;
+        case 'id': return r.sharing.id;
+        case 'updated_at': return r.sharing.updatedAt;
+        default: return r.sharing.createdAt;
+      }
+    };
+    const dir = q.sort_dir === 'asc' ? 1 : -1;
+    rows = rows.sort((a, b) => (val(a) < val(b) ? -dir : val(a) > val(b) ? dir : 0));
+    const offset = q.offset ?? 0;
+    return q.limit === undefined ? rows.slice(offset) : rows.slice(offset, offset + q.limit);
+  };
+  app.get('/v2/:projectId/os-vendor-backup-sharing/detail', { config: cfg, schema: { querystring: ListQuery, tags, summary: 'List sharings, by this project or to it (S3)' } }, async (req) => ({
+    shared: (await list(pid(req), req.query as ListQuery)).map((r) => ({ ...sharingJson(r.sharing), backup: r.backup ? sharedBackupJson(r.backup) : null })),
+  }));
+  app.get('/v2/:projectId/os-vendor-backup-sharing/count', { config: cfg, schema: { querystring: ListQuery, tags, summary: 'Count sharings (S4)' } }, async (req) => {
+    const { limit: _l, offset: _o, ...filters } = req.query as ListQuery;
+    return { count: (await list(pid(req), filters)).length };
+  });
+  app.get('/v2/:projectId/os-vendor-backup-sharing/:id', { config: cfg, schema: { tags, summary: 'Show a sharing (S5)' } }, async (req) => {
+    const r = await s.sharing.get(pid(req), (req.params as { id: string }).id);
+    return { shared: { ...sharingJson(r.sharing), backup: r.backup ? sharedBackupJson(r.backup) : null } };
+  });
+  app.delete('/v2/:projectId/os-vendor-backup-sharing/:id', {
+    config: cfg,
+    schema: { querystring: Type.Object({ is_backup_id: Type.Optional(Type.Boolean()) }), tags, summary: 'Cancel a sharing, or all sharings of a backup with is_backup_id=true (S2)' },
+  }, async (req, reply) => {
+    await s.sharing.cancel(pid(req), (req.params as { id: string }).id, (req.query as { is_backup_id?: boolean }).is_backup_id === true);
+    return reply.code(200).send();
+  });
+}
