@@ -117,6 +117,10 @@ export class BackupService {
     return this.catalog.backups.listBackups(projectId, filter, page);
   }
 
+  listBackupSummaries(projectId: string, filter: BackupFilter, page: BackupPage): Promise<{ id: string; name: string | null }[]> {
+    return this.catalog.backups.listBackupSummaries(projectId, filter, page);
+  }
+
   countBackups(projectId: string, filter: BackupFilter): Promise<number> {
     return this.catalog.backups.countBackups(projectId, filter);
   }

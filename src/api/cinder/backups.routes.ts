@@ -6,6 +6,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { BACKUP_SORT_KEYS, type BackupFilter, type BackupSortKey } from '../../catalog/backup-queries.ts';
+import type { Backup } from '../../domain/model.ts';
 import { ApiError } from '../errors.ts';
 import { baseUrl, type ApiServices } from '../server.ts';
 import { backupJson, links, type ApiVersion } from '../wire/cinder-wire.ts';
@@ -32,6 +33,14 @@ const ListQuery = Type.Object({
   all_tenants: Type.Optional(Type.String()),
 });
 type ListQuery = { limit?: number; offset?: number; marker?: string; name?: string; status?: string; volume_id?: string; 'name~'?: string; 'status~'?: string; 'volume_id~'?: string; sort_key?: string; sort_dir?: string; sort?: string; with_count?: boolean };
+
+const Link = Type.Object({ href: Type.String(), rel: Type.String() });
+/** Response schema of the summary list: also lets fastify serialize it with a compiled stringifier. */
+const SummaryList = Type.Object({
+  backups: Type.Array(Type.Object({ id: Type.String(), links: Type.Array(Link), name: Type.Union([Type.String(), Type.Null()]) })),
+  backups_links: Type.Optional(Type.Array(Link)),
+  count: Type.Optional(Type.Integer()),
+});
 
 const CreateBody = Type.Object({
   backup: Type.Object({
@@ -88,10 +97,13 @@ export function registerNativeBackupRoutes(app: FastifyInstance, s: ApiServices)
       const filter: BackupFilter = { name: q.name, status: q.status, volumeId: q.volume_id, nameLike: q['name~'], statusLike: q['status~'], volumeIdLike: q['volume_id~'] };
       const limit = Math.min(q.limit ?? MAX_LIMIT, MAX_LIMIT);
       const sort = parseSort(q);
-      const rows = await s.backups.listBackups(pid(req), filter, { ...sort, limit: limit + 1, offset: q.offset ?? 0, marker: q.marker });
+      const pageOpts = { ...sort, limit: limit + 1, offset: q.offset ?? 0, marker: q.marker };
+      const projectId = pid(req);
+      const rows: { id: string; name: string | null }[] = detail ? await s.backups.listBackups(projectId, filter, pageOpts) : await s.backups.listBackupSummaries(projectId, filter, pageOpts);
       const page = rows.slice(0, limit);
+      const b0 = base(req);
       const body: Record<string, unknown> = {
-        backups: page.map((b) => (detail ? backupJson(base(req), version, b) : { id: b.id, links: links(base(req), version, b.projectId, 'backups', b.id), name: b.name })),
+        backups: detail ? (page as Backup[]).map((b) => backupJson(b0, version, b)) : page.map((b) => ({ id: b.id, links: links(b0, version, projectId, 'backups', b.id), name: b.name })),
       };
       if (rows.length > limit && page.length) {
         // An absolute next link that keeps the filters (vbs.md §12 #27).
@@ -104,7 +116,7 @@ export function registerNativeBackupRoutes(app: FastifyInstance, s: ApiServices)
       if (q.with_count) body.count = await s.backups.countBackups(pid(req), filter);
       return body;
     };
-    app.get(`/${version}/:projectId/backups`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backups (id, name, links)' } }, async (req) => list(req, false));
+    app.get(`/${version}/:projectId/backups`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backups (id, name, links)', response: { 200: SummaryList } } }, async (req) => list(req, false));
     app.get(`/${version}/:projectId/backups/detail`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backups with details' } }, async (req) => list(req, true));
     app.get(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { tags, summary: 'Show a backup' } }, async (req) => {
       const b = await s.backups.getBackup(pid(req), (req.params as { backupId: string }).backupId, { includeShared: true });

@@ -1,0 +1,129 @@
+/**
+ * `npm run bench:api`: load on a running Haven over loopback (autocannon, 64 connections).
+ *
+ * Seeds a project with 1,000 backups (catalog rows: the HTTP path is what is measured), starts
+ * `haven serve` as its own process, then measures, each for HAVEN_BENCH_SECONDS (default 10):
+ *   - GET /v3/{pid}/backups?limit=10   token validation + a page of the native backup list
+ *   - GET /v3/{pid}/backups            the whole list (1,000 items, ~230 KB per response)
+ *   - POST + DELETE /v2/{pid}/backuppolicy   create and delete a policy
+ * and prints req/s and latency percentiles side by side, with the goal for the paged GET.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import autocannon from 'autocannon';
+import { composeApp } from '../src/app/compose.ts';
+import { loadConfig } from '../src/config/config.ts';
+import { newUuid } from '../src/domain/ids.ts';
+
+const root = path.resolve(import.meta.dirname, '..');
+const seconds = Number(process.env.HAVEN_BENCH_SECONDS ?? 10);
+const connections = 64;
+const dataDir = mkdtempSync(path.join(tmpdir(), 'haven-api-bench-'));
+const port = 18000 + Math.floor(Math.random() * 1000);
+const password = 'bench-admin-password';
+
+async function seed(): Promise<void> {
+  const app = await composeApp(loadConfig({}, { dataDir, adminPassword: password }), { runJobs: false, threads: 1 });
+  const project = await app.identity.findProject('admin');
+  const v = await app.volumes.createVolume(project.id, { sizeGb: 10, name: 'bench' });
+  const now = Date.now();
+  await app.catalog.transaction(async (c) => {
+    for (let i = 0; i < 1000; i++) {
+      const t = now - (1000 - i) * 60_000;
+      await c.backups.insertBackup({
+        id: newUuid(), projectId: project.id, volumeId: v.id, snapshotId: null, name: `backup-${i}`, description: null, status: 'available', fullBackup: i % 10 === 0,
+        parentId: null, sizeGb: 10, sizeBytes: 10 * 1024 ** 3, storedBytes: 1e8, newBytes: 1e8, objectCount: 3, origin: 'native', policyId: null, tags: [],
+        failReason: null, availabilityZone: 'eu-de-01', createdAt: t, updatedAt: t, dataTimestamp: t,
+      });
+    }
+  });
+  await app.close();
+}
+
+async function startServer(): Promise<() => Promise<void>> {
+  const child = spawn(process.execPath, [path.join(root, 'src', 'cli', 'main.ts'), 'serve'], {
+    env: { ...process.env, HAVEN_DATA_DIR: dataDir, HAVEN_PORT: String(port), HAVEN_ADMIN_PASSWORD: password, HAVEN_LOG_LEVEL: 'warn', HAVEN_MAX_POLICIES: '100000' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  for (let i = 0; i < 100; i++) {
+    if (err.includes('listening')) break;
+    if (child.exitCode !== null) throw new Error(`haven serve exited: ${err}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return async () => {
+    child.kill('SIGTERM');
+    await new Promise((r) => child.once('exit', r));
+  };
+}
+
+async function login(base: string): Promise<{ token: string; projectId: string }> {
+  const r = await fetch(`${base}/v3/auth/tokens`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ auth: { identity: { methods: ['password'], password: { user: { name: 'admin', domain: { name: 'Default' }, password } } }, scope: { project: { name: 'admin', domain: { name: 'Default' } } } } }),
+  });
+  if (r.status !== 201) throw new Error(`login failed: ${r.status} ${await r.text()}`);
+  const body = (await r.json()) as { token: { project: { id: string } } };
+  return { token: r.headers.get('x-subject-token')!, projectId: body.token.project.id };
+}
+
+interface Row {
+  name: string;
+  reqPerSec: number;
+  p50: number;
+  p99: number;
+  errors: number;
+  non2xx: number;
+}
+
+async function measure(name: string, opts: autocannon.Options): Promise<Row> {
+  const r = await autocannon({ connections, duration: seconds, ...opts });
+  return { name, reqPerSec: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors, non2xx: r.non2xx };
+}
+
+async function main(): Promise<void> {
+  await seed();
+  const stop = await startServer();
+  try {
+    const base = `http://127.0.0.1:${port}`;
+    const { token, projectId } = await login(base);
+    const headers = { 'x-auth-token': token, 'content-type': 'application/json' };
+    const rows: Row[] = [];
+    rows.push(await measure('GET /v3/{pid}/backups?limit=10 (1,000 in project)', { url: `${base}/v3/${projectId}/backups?limit=10`, headers }));
+    rows.push(await measure('GET /v3/{pid}/backups (all 1,000)', { url: `${base}/v3/${projectId}/backups`, headers }));
+    let n = 0;
+    rows.push(
+      await measure('POST + DELETE /v2/{pid}/backuppolicy', {
+        url: base,
+        headers,
+        requests: [
+          {
+            method: 'POST',
+            path: `/v2/${projectId}/backuppolicy`,
+            setupRequest: (req) => ({ ...req, body: JSON.stringify({ backup_policy_name: `bench_${n++}`, scheduled_policy: { frequency: 1, rentention_num: 3, start_time: '02:00', status: 'OFF' } }) }),
+            onResponse: (status, body, context) => {
+              if (status === 200) (context as { policyId?: string }).policyId = (JSON.parse(body) as { backup_policy_id: string }).backup_policy_id;
+            },
+          },
+          { method: 'DELETE', setupRequest: (req, context) => ({ ...req, path: `/v2/${projectId}/backuppolicy/${String((context as { policyId?: string }).policyId)}` }) },
+        ],
+      }),
+    );
+    console.log(`\nHaven API on loopback, ${connections} connections, ${seconds} s each (one server process, autocannon in this process, same 2 cores)\n`);
+    console.log('| scenario | req/s | p50 ms | p99 ms | errors | non-2xx |');
+    console.log('| --- | --- | --- | --- | --- | --- |');
+    for (const r of rows) console.log(`| ${r.name} | ${r.reqPerSec.toFixed(0)} | ${r.p50} | ${r.p99} | ${r.errors} | ${r.non2xx} |`);
+    const paged = rows[0]!;
+    const ok = paged.reqPerSec >= 10_000 && paged.p99 < 20;
+    console.log(`\ngoal (paged GET >= 10,000 req/s, p99 < 20 ms): ${ok ? 'met' : 'MISS'}`);
+  } finally {
+    await stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+await main();
