@@ -25,4 +25,7 @@ export function registerVersionRoutes(app: FastifyInstance, s: ApiServices): voi
   app.get('/', { config: { envelope: 'cinder' }, schema: { hide: true } }, async (req, reply) => reply.code(300).send({ versions: [versionDoc(base(req), 'v2'), versionDoc(base(req), 'v3')] }));
   app.get('/v2', { config: { envelope: 'cinder' }, schema: { hide: true } }, async (req) => ({ versions: [versionDoc(base(req), 'v2')] }));
   app.get('/v3', { config: { envelope: 'cinder' }, schema: { hide: true } }, async (req) => ({ versions: [versionDoc(base(req), 'v3')] }));
+  // Haven has no images; the empty image service only lets clients that build an image client start.
+  app.get('/image', { config: { envelope: 'cinder' }, schema: { hide: true } }, async (req, reply) => reply.code(300).send({ versions: [{ id: 'v2.0', status: 'CURRENT', links: [{ rel: 'self', href: `${base(req)}/image/v2/` }] }] }));
+  app.get('/image/v2/images', { config: { envelope: 'cinder', auth: 'token' }, schema: { hide: true } }, async () => ({ images: [], first: '/v2/images', schema: '/v2/schemas/images' }));
 }
