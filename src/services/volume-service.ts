@@ -140,7 +140,10 @@ export class VolumeService {
       }
     });
     if (!v.adopted) await fs.rm(v.path, { force: true });
-    await this.catalog.volumes.deleteVolume(id);
+    await this.catalog.transaction(async (c) => {
+      await c.policies.unbindVolumeEverywhere(id);
+      await c.volumes.deleteVolume(id);
+    });
   }
 
   async createSnapshot(projectId: string, input: { volumeId: string; name?: string | null | undefined; description?: string | null | undefined; force?: boolean | undefined }): Promise<Snapshot> {
