@@ -22,3 +22,9 @@ export const backupTransitions = {
 export function statusesAllowing(event: BackupEvent): BackupStatus[] {
   return (Object.keys(backupTransitions) as BackupStatus[]).filter((s) => event in backupTransitions[s]);
 }
+
+/** The transition table as Markdown (docs/state-machines.md holds exactly this). */
+export function renderTransitionTable(): string {
+  const rows = Object.entries(backupTransitions).flatMap(([from, events]) => Object.entries(events).map(([event, to]) => `| \`${from}\` | ${event} | \`${to}\` |`));
+  return ['| from | event | to |', '| --- | --- | --- |', ...rows].join('\n');
+}
