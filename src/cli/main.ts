@@ -6,6 +6,7 @@ import { Command } from 'commander';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { registerEngineCommands } from './commands/engine-commands.ts';
 import { registerServiceCommands } from './commands/service-commands.ts';
+import { registerScheduleCommands } from './commands/schedule-commands.ts';
 
 export const EXIT_FAILURE = 1;
 
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
     .configureOutput({ outputError: (str, write) => write(`haven: ${str.trimEnd().split('\n')[0]}\n`) });
   registerEngineCommands(program);
   registerServiceCommands(program);
+  registerScheduleCommands(program);
   return program;
 }
 

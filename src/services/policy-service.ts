@@ -40,6 +40,8 @@ export class PolicyService {
   private readonly clock: Clock;
   private readonly backups: BackupService;
   private readonly maxPolicies: number;
+  /** Policies whose run is queuing its backups in this process (P7 refuses a second run). */
+  private readonly executing = new Set<string>();
 
   constructor(catalog: Catalog, clock: Clock, backups: BackupService, maxPolicies: number) {
     this.catalog = catalog;
@@ -200,14 +202,26 @@ export class PolicyService {
    */
   async execute(projectId: string, policyId: string, opts: { slotAt?: number; refuseWhileRunning?: boolean } = {}): Promise<PolicyTask[]> {
     const p = await this.getPolicy(projectId, policyId);
-    if (opts.refuseWhileRunning !== false && (await this.catalog.policies.activeTasks(policyId)).length) {
-      throw new AppError(ErrorCode.PolicyBusy, `The policy ${policyId} is being executed.`);
+    if (opts.refuseWhileRunning === false) return this.run(projectId, p, opts.slotAt);
+    // A run still queuing its backups has no active task yet: without this guard two concurrent
+    // requests would both pass the activeTasks check (and the second would only SKIP).
+    if (this.executing.has(policyId)) throw new AppError(ErrorCode.PolicyBusy, `The policy ${policyId} is being executed.`);
+    this.executing.add(policyId);
+    try {
+      if ((await this.catalog.policies.activeTasks(policyId)).length) throw new AppError(ErrorCode.PolicyBusy, `The policy ${policyId} is being executed.`);
+      return await this.run(projectId, p, opts.slotAt);
+    } finally {
+      this.executing.delete(policyId);
     }
+  }
+
+  private async run(projectId: string, p: Policy, slotAt: number | undefined): Promise<PolicyTask[]> {
+    const policyId = p.id;
     const tags = await this.catalog.policies.policyTags(policyId);
     const tasks: PolicyTask[] = [];
     for (const volumeId of await this.catalog.policies.policyVolumes(p.id)) {
       const name = `autobk_${randomBytes(2).toString('hex')}`;
-      const task: PolicyTask = { id: newUuid(), policyId, projectId, volumeId, backupId: null, backupName: name, jobId: null, status: 'WAITING', failReason: null, slotAt: opts.slotAt ?? null, createdAt: this.clock.now(), finishedAt: null };
+      const task: PolicyTask = { id: newUuid(), policyId, projectId, volumeId, backupId: null, backupName: name, jobId: null, status: 'WAITING', failReason: null, slotAt: slotAt ?? null, createdAt: this.clock.now(), finishedAt: null };
       try {
         const { backup, job } = await this.backups.createBackup(projectId, { volumeId, name, origin: 'policy', policyId, tags });
         task.backupId = backup.id;
