@@ -19,6 +19,7 @@ import { BackupEngine, readPasswordFile } from '../services/backup-engine.ts';
 import { BackupService } from '../services/backup-service.ts';
 import { IdentityService } from '../services/identity-service.ts';
 import { JobRunner } from '../services/job-runner.ts';
+import { PolicyScheduler } from '../scheduler/scheduler.ts';
 import { pino, type Logger as PinoLogger } from 'pino';
 import { VolumeService } from '../services/volume-service.ts';
 import { PolicyService } from '../services/policy-service.ts';
@@ -34,6 +35,7 @@ export interface App {
   backups: BackupService;
   policies: PolicyService;
   runner: JobRunner;
+  scheduler: PolicyScheduler;
   /** Where the generated admin password was written (null when HAVEN_ADMIN_PASSWORD is set). */
   adminPasswordFile: string | null;
   close(): Promise<void>;
@@ -49,6 +51,8 @@ export interface ComposeOptions {
   threads?: number;
   /** Start the job runner (default true). */
   runJobs?: boolean;
+  /** Start the policy scheduler (default: as runJobs). */
+  runScheduler?: boolean;
 }
 
 const silentLogger: PinoLogger = pino({ level: 'silent' });
@@ -90,11 +94,15 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const metrics = new Metrics({ repositoryBytes: () => eng.storedBytes(), jobCounts: () => catalog.jobs.countByStatus() });
     const volumes = new VolumeService(catalog, clock, { dataDir: config.dataDir, volumeRoots: config.volumeRoots, availabilityZone: config.availabilityZone });
     let runner: JobRunner | null = null;
+    let policiesRef: PolicyService | null = null;
     const backups = new BackupService(catalog, clock, engine, { backups: config.quotaBackups, backupGigabytes: config.quotaBackupGigabytes }, {
       jobQueued: () => runner?.wake(),
       backupFinished: (b) => metrics.observeBackup(b),
+      backupSucceeded: async (b) => policiesRef?.applyRetention(b),
     }, log);
     const policies = new PolicyService(catalog, clock, backups, config.maxPoliciesPerProject);
+    policiesRef = policies;
+    const scheduler = new PolicyScheduler(catalog, clock, policies, log, { graceMs: config.scheduleGraceSeconds * 1000 });
     runner = new JobRunner(catalog, clock, backups.handlers(), log, {
       concurrency: config.jobConcurrency,
       exclusive: true,
@@ -116,13 +124,15 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
       },
     }, { logger: log });
     if (jobsStarted) await runner.start();
+    if (opts.runScheduler ?? jobsStarted) scheduler.start();
     const r = runner;
     const purge = setInterval(() => identity.purgeExpiredTokens().catch((err: unknown) => log.warn({ err }, 'purging expired tokens failed')), 3600_000);
     purge.unref();
     return {
-      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, adminPasswordFile: admin.file,
+      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, adminPasswordFile: admin.file,
       async close() {
         clearInterval(purge);
+        await scheduler.stop();
         await server.close();
         await r.stop();
         await eng.close();

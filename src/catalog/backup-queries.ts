@@ -122,6 +122,12 @@ export class BackupQueries {
     return { backups: Number(r!.n), gigabytes: Number(r!.gb ?? 0) };
   }
 
+  /** A policy's automatic backups of one volume (retention's input). */
+  async automaticBackups(volumeId: string, policyId: string): Promise<{ id: string; createdAt: number; status: BackupStatus }[]> {
+    const rows = await this.db.all<{ id: string; created_at: number; status: BackupStatus }>("SELECT id, created_at, status FROM backups WHERE volume_id = ? AND policy_id = ? AND origin = 'policy'", [volumeId, policyId]);
+    return rows.map((r) => ({ id: r.id, createdAt: Number(r.created_at), status: r.status }));
+  }
+
   async latestAvailableOfVolume(volumeId: string): Promise<Backup | undefined> {
     const r = await this.db.get<BackupRow>("SELECT * FROM backups WHERE volume_id = ? AND status IN ('available', 'restoring') ORDER BY created_at DESC, id DESC LIMIT 1", [volumeId]);
     return r && toBackup(r);

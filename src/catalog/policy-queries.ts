@@ -5,7 +5,7 @@ import type { SqlExecutor, SqlValue } from './sql.ts';
 
 interface PolicyRow {
   id: string; project_id: string; name: string; start_time: string; frequency: number | null; week_frequency: string | null; retention_num: number | null;
-  retention_day: number | null; remain_first_backup_of_cur_month: string; status: 'ON' | 'OFF'; time_zone: string | null; schedule_anchor: number;
+  retention_day: number | null; remain_first_backup_of_cur_month: string; status: 'ON' | 'OFF'; time_zone: string | null; schedule_anchor: number; next_run_at: number | null;
   created_at: number; updated_at: number; resource_count?: number;
 }
 interface TaskRow {
@@ -18,7 +18,7 @@ const n = (v: number | null): number | null => (v === null ? null : Number(v));
 const toPolicy = (r: PolicyRow): PolicyWithCount => ({
   id: r.id, projectId: r.project_id, name: r.name, startTime: r.start_time, frequency: n(r.frequency), weekFrequency: r.week_frequency ? (JSON.parse(r.week_frequency) as WeekDay[]) : null,
   retentionNum: n(r.retention_num), retentionDay: n(r.retention_day), remainFirstBackupOfCurMonth: r.remain_first_backup_of_cur_month === 'Y', status: r.status,
-  timeZone: r.time_zone, scheduleAnchor: Number(r.schedule_anchor), createdAt: Number(r.created_at), updatedAt: Number(r.updated_at), resourceCount: Number(r.resource_count ?? 0),
+  timeZone: r.time_zone, scheduleAnchor: Number(r.schedule_anchor), nextRunAt: n(r.next_run_at), createdAt: Number(r.created_at), updatedAt: Number(r.updated_at), resourceCount: Number(r.resource_count ?? 0),
 });
 
 /** A task's status follows its job: queued WAITING, running RUNNING, then EXECUTE_SUCCESS or EXECUTE_FAIL. */
@@ -41,16 +41,16 @@ export class PolicyQueries {
 
   async insertPolicy(p: Policy): Promise<void> {
     await this.db.run(
-      `INSERT INTO policies (id, project_id, name, start_time, frequency, week_frequency, retention_num, retention_day, remain_first_backup_of_cur_month, status, time_zone, schedule_anchor, created_at, updated_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      [p.id, p.projectId, p.name, p.startTime, p.frequency, p.weekFrequency ? JSON.stringify(p.weekFrequency) : null, p.retentionNum, p.retentionDay, p.remainFirstBackupOfCurMonth ? 'Y' : 'N', p.status, p.timeZone, p.scheduleAnchor, p.createdAt, p.updatedAt],
+      `INSERT INTO policies (id, project_id, name, start_time, frequency, week_frequency, retention_num, retention_day, remain_first_backup_of_cur_month, status, time_zone, schedule_anchor, next_run_at, created_at, updated_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      [p.id, p.projectId, p.name, p.startTime, p.frequency, p.weekFrequency ? JSON.stringify(p.weekFrequency) : null, p.retentionNum, p.retentionDay, p.remainFirstBackupOfCurMonth ? 'Y' : 'N', p.status, p.timeZone, p.scheduleAnchor, p.nextRunAt, p.createdAt, p.updatedAt],
     );
   }
 
   async updatePolicy(p: Policy): Promise<void> {
     await this.db.run(
-      `UPDATE policies SET name = ?, start_time = ?, frequency = ?, week_frequency = ?, retention_num = ?, retention_day = ?, remain_first_backup_of_cur_month = ?, status = ?, time_zone = ?, schedule_anchor = ?, updated_at = ? WHERE id = ?`,
-      [p.name, p.startTime, p.frequency, p.weekFrequency ? JSON.stringify(p.weekFrequency) : null, p.retentionNum, p.retentionDay, p.remainFirstBackupOfCurMonth ? 'Y' : 'N', p.status, p.timeZone, p.scheduleAnchor, p.updatedAt, p.id],
+      `UPDATE policies SET name = ?, start_time = ?, frequency = ?, week_frequency = ?, retention_num = ?, retention_day = ?, remain_first_backup_of_cur_month = ?, status = ?, time_zone = ?, schedule_anchor = ?, next_run_at = ?, updated_at = ? WHERE id = ?`,
+      [p.name, p.startTime, p.frequency, p.weekFrequency ? JSON.stringify(p.weekFrequency) : null, p.retentionNum, p.retentionDay, p.remainFirstBackupOfCurMonth ? 'Y' : 'N', p.status, p.timeZone, p.scheduleAnchor, p.nextRunAt, p.updatedAt, p.id],
     );
   }
 
@@ -71,6 +71,24 @@ export class PolicyQueries {
   /** All policies whose schedule is ON (the scheduler's input). */
   async listEnabledPolicies(): Promise<PolicyWithCount[]> {
     return (await this.db.all<PolicyRow>(`${POLICY_SELECT} WHERE p.status = 'ON'`)).map(toPolicy);
+  }
+
+  /** Enabled policies whose next slot has not been computed yet. */
+  async unscheduledPolicies(limit: number): Promise<PolicyWithCount[]> {
+    return (await this.db.all<PolicyRow>(`${POLICY_SELECT} WHERE p.status = 'ON' AND p.next_run_at IS NULL LIMIT ?`, [limit])).map(toPolicy);
+  }
+
+  /** Enabled policies with a slot due at `nowMs` (index policies_due). */
+  async duePolicies(nowMs: number, limit: number): Promise<PolicyWithCount[]> {
+    return (await this.db.all<PolicyRow>(`${POLICY_SELECT} WHERE p.status = 'ON' AND p.next_run_at <= ? ORDER BY p.next_run_at LIMIT ?`, [nowMs, limit])).map(toPolicy);
+  }
+
+  /** Compare-and-set of next_run_at: false when another process (or a schedule change) got there first. */
+  async claimSchedule(id: string, expected: number | null, next: number): Promise<boolean> {
+    const r = expected === null
+      ? await this.db.run("UPDATE policies SET next_run_at = ? WHERE id = ? AND status = 'ON' AND next_run_at IS NULL", [next, id])
+      : await this.db.run("UPDATE policies SET next_run_at = ? WHERE id = ? AND status = 'ON' AND next_run_at = ?", [next, id, expected]);
+    return r.changes === 1;
   }
 
   async countPolicies(projectId: string): Promise<number> {

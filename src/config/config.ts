@@ -31,6 +31,8 @@ export interface Config {
   quotaBackupGigabytes: number;
   maxPoliciesPerProject: number;
   bodyLimitBytes: number;
+  /** Missed policy slots younger than this fire once at start-up; older ones are skipped. */
+  scheduleGraceSeconds: number;
 }
 
 type Kind = 'string' | 'int' | 'list';
@@ -60,6 +62,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'quotaBackups', env: 'HAVEN_QUOTA_BACKUPS', kind: 'int', default: '-1', min: -1, help: 'backups per project (-1: unlimited)' },
   { key: 'quotaBackupGigabytes', env: 'HAVEN_QUOTA_BACKUP_GIGABYTES', kind: 'int', default: '-1', min: -1, help: 'backup gigabytes per project (-1: unlimited)' },
   { key: 'maxPoliciesPerProject', env: 'HAVEN_MAX_POLICIES', kind: 'int', default: '10', min: 1, help: 'backup policies per project' },
+  { key: 'scheduleGraceSeconds', env: 'HAVEN_SCHEDULE_GRACE', kind: 'int', default: '3600', min: 0, help: 'a policy slot missed while Haven was down fires once at start-up if it is younger than this (seconds); older ones are recorded as skipped' },
   { key: 'bodyLimitBytes', env: 'HAVEN_BODY_LIMIT', kind: 'int', default: '1048576', min: 1024, help: 'largest request body accepted (bytes; larger: 413)' },
 ];
 

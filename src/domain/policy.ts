@@ -25,6 +25,8 @@ export interface Policy {
   timeZone: string | null;
   /** When the schedule was set (created, or its days last changed): `frequency` counts from here. */
   scheduleAnchor: number;
+  /** The next slot the scheduler will handle; null until computed (or after a schedule change). */
+  nextRunAt: number | null;
   createdAt: number;
   updatedAt: number;
 }

@@ -40,6 +40,8 @@ export interface BackupServiceEvents {
   jobQueued(): void;
   /** Engine bytes of a finished backup (metrics). */
   backupFinished?(b: { sizeBytes: number; newBytes: number; storedBytes: number }): void;
+  /** A backup became available (policy retention runs here). */
+  backupSucceeded?(b: Backup): Promise<unknown>;
 }
 
 export class BackupService {
@@ -180,6 +182,11 @@ export class BackupService {
   private createHandler(): JobHandler {
     const finish = async (job: Job, backupId: string, r: { sizeBytes: number; storedBytes: number; newBytes: number; objectCount: number; parentId: string | null; dataTimestamp: number }): Promise<Record<string, string>> => {
       if (!(await this.catalog.backups.completeBackup(backupId, r, this.clock.now()))) throw new AppError(ErrorCode.BackupInvalidState, `backup ${backupId} left the creating state while it was written`);
+      const done = await this.catalog.backups.getBackupById(backupId);
+      if (done && this.events.backupSucceeded) {
+        // The backup is safe either way; a retention failure is logged, not the job's failure.
+        await this.events.backupSucceeded(done).catch((err: unknown) => this.log.error({ err, backupId }, 'retention after backup failed'));
+      }
       return job.entities;
     };
     return {

@@ -8,8 +8,9 @@ import type { Catalog } from '../catalog/catalog.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { newUuid } from '../domain/ids.ts';
-import type { Tag } from '../domain/model.ts';
-import type { Policy, PolicyTask, PolicyWithCount, WeekDay } from '../domain/policy.ts';
+import type { Backup, Tag } from '../domain/model.ts';
+import { selectBackupsToDelete } from '../domain/retention.ts';
+import { parseTimeZone, type Policy, type PolicyTask, type PolicyWithCount, type WeekDay } from '../domain/policy.ts';
 import type { BackupService } from './backup-service.ts';
 
 export const MAX_TAGS_PER_POLICY = 10;
@@ -60,7 +61,7 @@ export class PolicyService {
       frequency: input.frequency ?? null, weekFrequency: input.frequency !== undefined ? null : (input.weekFrequency ?? null),
       retentionNum: input.retentionNum ?? null, retentionDay: input.retentionNum !== undefined ? null : (input.retentionDay ?? null),
       remainFirstBackupOfCurMonth: input.remainFirstBackupOfCurMonth ?? false, status: input.status, timeZone: input.timeZone ?? null,
-      scheduleAnchor: now, createdAt: now, updatedAt: now,
+      scheduleAnchor: now, nextRunAt: null, createdAt: now, updatedAt: now,
     };
     await this.catalog.transaction(async (c) => {
       if ((await c.policies.countPolicies(projectId)) >= this.maxPolicies) throw new AppError(ErrorCode.QuotaPoliciesExceeded, `The number of backup policies has reached the upper limit (${this.maxPolicies}).`);
@@ -97,7 +98,10 @@ export class PolicyService {
       if (input.timeZone !== undefined) next.timeZone = input.timeZone;
       const scheduleChanged = next.startTime !== p.startTime || next.frequency !== p.frequency || JSON.stringify(next.weekFrequency) !== JSON.stringify(p.weekFrequency) || next.timeZone !== p.timeZone;
       // Switching ON never fires slots missed while OFF: the schedule starts again from now.
-      if (scheduleChanged || (p.status === 'OFF' && next.status === 'ON')) next.scheduleAnchor = next.updatedAt;
+      if (scheduleChanged || (p.status === 'OFF' && next.status === 'ON')) {
+        next.scheduleAnchor = next.updatedAt;
+        next.nextRunAt = null; // the scheduler computes the next slot from the new anchor
+      }
       await c.policies.updatePolicy(next);
       return next;
     });
@@ -236,6 +240,40 @@ export class PolicyService {
       tasks.push(task);
     }
     return tasks;
+  }
+
+  /** Records a slot that did not run (missed while Haven was down): one SKIP task per volume. */
+  async recordSkippedSlot(projectId: string, policyId: string, slotAt: number, nowMs: number): Promise<void> {
+    for (const volumeId of await this.catalog.policies.policyVolumes(policyId)) {
+      await this.catalog.policies.insertTask({
+        id: newUuid(), policyId, projectId, volumeId, backupId: null, backupName: '', jobId: null, status: 'SKIP',
+        failReason: `slot ${new Date(slotAt).toISOString()} was missed (Haven was not running) and is older than the grace period`, slotAt, createdAt: nowMs, finishedAt: nowMs,
+      });
+    }
+  }
+
+  /**
+   * Retention after an automatic backup succeeded: prunes the policy's older automatic backups of
+   * that volume (domain/retention.ts) through the normal delete (jobs, then GC). Manual backups are
+   * never touched; a backup being restored from is left for a later run.
+   */
+  async applyRetention(backup: Backup): Promise<string[]> {
+    if (backup.origin !== 'policy' || !backup.policyId) return [];
+    const p = await this.catalog.policies.getPolicyById(backup.policyId);
+    if (!p) return []; // policy deleted meanwhile: its backups are kept
+    const rule = { keepCount: p.retentionNum, keepDays: p.retentionDay, keepFirstOfMonth: p.remainFirstBackupOfCurMonth, offsetMinutes: (p.timeZone ? parseTimeZone(p.timeZone) : 0) ?? 0 };
+    const doomed = selectBackupsToDelete(await this.catalog.backups.automaticBackups(backup.volumeId, p.id), rule, this.clock.now());
+    const deleted: string[] = [];
+    for (const id of doomed) {
+      try {
+        await this.backups.deleteBackup(p.projectId, id);
+        deleted.push(id);
+      } catch (err) {
+        // Its status changed since it was read (e.g. a restore started): the next run decides again.
+        if (!isAppError(err, ErrorCode.BackupInvalidState) && !isAppError(err, ErrorCode.BackupNotFound)) throw err;
+      }
+    }
+    return deleted;
   }
 
   async listTasks(projectId: string, policyId: string, f: { status?: string | undefined; jobId?: string | undefined; sortDir: 'asc' | 'desc'; limit: number; offset: number; marker?: string | undefined }): Promise<{ tasks: PolicyTask[]; count: number }> {

@@ -1,0 +1,139 @@
+/**
+ * PolicyScheduler: fires each due slot of every enabled policy exactly once, in any number of
+ * processes sharing the catalog.
+ *
+ * State: `policies.next_run_at`, the next slot not yet handled (NULL until first computed from the
+ * policy's anchor, and reset to NULL by any schedule change or OFF->ON). A tick reads only policies
+ * whose next_run_at is due (or NULL) through an index, so its cost follows the slots due, not the
+ * number of policies. Handling a policy is claimed by compare-and-set of next_run_at from the value
+ * read to the next slot after now: the process that wins fires; the others move on.
+ *
+ * Missed slots (Haven was down, or a tick was late): the newest missed slot fires once if it is
+ * less than `graceMs` old; every other missed slot is recorded as skipped (task status SKIP) —
+ * never a burst of catch-up backups. The clock is injected; tests drive tick() with a fake clock.
+ */
+import type { Catalog } from '../catalog/catalog.ts';
+import type { Clock } from '../domain/clock.ts';
+import type { PolicyWithCount } from '../domain/policy.ts';
+import type { Logger } from '../services/job-runner.ts';
+import type { PolicyService } from '../services/policy-service.ts';
+import { nextSlot, ScheduleError, slotsBetween, vbsSchedule } from './schedule-spec.ts';
+
+export const DEFAULT_GRACE_MS = 3600_000;
+/** Skipped slots recorded per policy per tick at most (the newest ones). */
+export const MAX_SKIPPED_RECORDED = 24;
+/** Task history kept (the reference: 30 days). */
+export const TASK_HISTORY_MS = 30 * 86_400_000;
+
+export interface SchedulerOptions {
+  graceMs?: number;
+  tickMs?: number;
+  /** Policies handled per tick at most (the rest are due at the next tick). */
+  batch?: number;
+}
+
+export interface TickResult {
+  fired: number;
+  skipped: number;
+  initialized: number;
+}
+
+export class PolicyScheduler {
+  private readonly catalog: Catalog;
+  private readonly clock: Clock;
+  private readonly policies: PolicyService;
+  private readonly log: Logger;
+  private readonly graceMs: number;
+  private readonly tickMs: number;
+  private readonly batch: number;
+  private timer: NodeJS.Timeout | null = null;
+  private ticking: Promise<TickResult> | null = null;
+
+  constructor(catalog: Catalog, clock: Clock, policies: PolicyService, log: Logger, opts: SchedulerOptions = {}) {
+    this.catalog = catalog;
+    this.clock = clock;
+    this.policies = policies;
+    this.log = log;
+    this.graceMs = opts.graceMs ?? DEFAULT_GRACE_MS;
+    this.tickMs = opts.tickMs ?? 20_000;
+    this.batch = opts.batch ?? 500;
+  }
+
+  start(): void {
+    const run = (): void => {
+      this.tick().catch((err: unknown) => this.log.error({ err }, 'scheduler tick failed'));
+    };
+    run();
+    this.timer = setInterval(run, this.tickMs);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await this.ticking?.catch(() => undefined); // reported by the tick itself
+  }
+
+  /** One pass over the due policies. Ticks never overlap within a process. */
+  tick(): Promise<TickResult> {
+    this.ticking ??= this.tickOnce().finally(() => (this.ticking = null));
+    return this.ticking;
+  }
+
+  private async tickOnce(): Promise<TickResult> {
+    const now = this.clock.now();
+    const result: TickResult = { fired: 0, skipped: 0, initialized: 0 };
+    for (const p of await this.catalog.policies.unscheduledPolicies(this.batch)) {
+      // First computation starts at the anchor: a slot between the policy's creation (or its
+      // schedule change, or switching ON) and now is due; nothing before the anchor ever is.
+      const first = this.safeNext(p, p.scheduleAnchor);
+      if (first === null) continue;
+      if (await this.catalog.policies.claimSchedule(p.id, null, first)) {
+        result.initialized++;
+        p.nextRunAt = first;
+        if (first <= now) await this.handleDue(p, now, result);
+      }
+    }
+    for (const p of await this.catalog.policies.duePolicies(now, this.batch)) await this.handleDue(p, now, result);
+    await this.catalog.policies.deleteTasksBefore(now - TASK_HISTORY_MS);
+    return result;
+  }
+
+  private safeNext(p: PolicyWithCount, fromMs: number): number | null {
+    try {
+      return nextSlot(this.scheduleOf(p), fromMs);
+    } catch (err) {
+      if (!(err instanceof ScheduleError)) throw err;
+      this.log.warn({ policyId: p.id, err: err.message }, 'policy has an invalid schedule; it does not run');
+      return null;
+    }
+  }
+
+  private scheduleOf(p: PolicyWithCount) {
+    return vbsSchedule({ startTime: p.startTime, timeZone: p.timeZone, weekFrequency: p.weekFrequency, frequency: p.frequency, anchorMs: p.scheduleAnchor });
+  }
+
+  private async handleDue(p: PolicyWithCount, now: number, result: TickResult): Promise<void> {
+    const due = p.nextRunAt!;
+    const s = this.scheduleOf(p);
+    const missed = slotsBetween(s, due, now, 10_000);
+    const next = nextSlot(s, now + 1);
+    if (!(await this.catalog.policies.claimSchedule(p.id, due, next))) return; // another process handles it
+    const newest = missed.at(-1);
+    const fire = newest !== undefined && now - newest <= this.graceMs ? newest : null;
+    const skippedSlots = missed.filter((t) => t !== fire).slice(-MAX_SKIPPED_RECORDED);
+    for (const slot of skippedSlots) {
+      await this.policies.recordSkippedSlot(p.projectId, p.id, slot, now);
+      result.skipped++;
+    }
+    if (fire !== null) {
+      try {
+        await this.policies.execute(p.projectId, p.id, { slotAt: fire, refuseWhileRunning: false });
+        result.fired++;
+        this.log.info({ policyId: p.id, slot: new Date(fire).toISOString() }, 'policy slot fired');
+      } catch (err) {
+        this.log.error({ err, policyId: p.id }, 'policy slot could not run');
+      }
+    }
+  }
+}
