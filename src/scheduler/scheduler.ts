@@ -28,7 +28,7 @@ export const TASK_HISTORY_MS = 30 * 86_400_000;
 export interface SchedulerOptions {
   graceMs?: number;
   tickMs?: number;
-  /** Policies handled per tick at most (the rest are due at the next tick). */
+  /** Policies read from the catalog at a time. */
   batch?: number;
 }
 
@@ -83,18 +83,30 @@ export class PolicyScheduler {
   private async tickOnce(): Promise<TickResult> {
     const now = this.clock.now();
     const result: TickResult = { fired: 0, skipped: 0, initialized: 0 };
-    for (const p of await this.catalog.policies.unscheduledPolicies(this.batch)) {
-      // First computation starts at the anchor: a slot between the policy's creation (or its
-      // schedule change, or switching ON) and now is due; nothing before the anchor ever is.
-      const first = this.safeNext(p, p.scheduleAnchor);
-      if (first === null) continue;
-      if (await this.catalog.policies.claimSchedule(p.id, null, first)) {
-        result.initialized++;
-        p.nextRunAt = first;
-        if (first <= now) await this.handleDue(p, now, result);
+    // In batches, so memory stays bounded however many policies are due at once.
+    for (;;) {
+      const batch = await this.catalog.policies.unscheduledPolicies(this.batch);
+      for (const p of batch) {
+        // First computation starts at the anchor: a slot between the policy's creation (or its
+        // schedule change, or switching ON) and now is due; nothing before the anchor ever is.
+        const first = this.safeNext(p, p.scheduleAnchor);
+        if (first === null) {
+          await this.catalog.policies.claimSchedule(p.id, null, Number.MAX_SAFE_INTEGER); // never due
+          continue;
+        }
+        if (await this.catalog.policies.claimSchedule(p.id, null, first)) {
+          result.initialized++;
+          p.nextRunAt = first;
+          if (first <= now) await this.handleDue(p, now, result);
+        }
       }
+      if (batch.length < this.batch) break;
     }
-    for (const p of await this.catalog.policies.duePolicies(now, this.batch)) await this.handleDue(p, now, result);
+    for (;;) {
+      const batch = await this.catalog.policies.duePolicies(now, this.batch);
+      for (const p of batch) await this.handleDue(p, now, result);
+      if (batch.length < this.batch) break;
+    }
     await this.catalog.policies.deleteTasksBefore(now - TASK_HISTORY_MS);
     return result;
   }
