@@ -95,7 +95,9 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
     try {
       done(null, JSON.parse(text) as unknown);
     } catch (err) {
-      done(new ApiError(400, `The request body is not valid JSON: ${(err as Error).message}`) as unknown as FastifyError, undefined);
+      // Not the parser's message: it quotes the body around the error, which may hold a password.
+      const at = /position (\d+)/.exec((err as Error).message)?.[1];
+      done(new ApiError(400, `The request body is not valid JSON${at ? ` (error at position ${at})` : ''}.`) as unknown as FastifyError, undefined);
     }
   });
   // Some clients send bodiless POSTs with a form or text content type; such bodies are ignored.
@@ -113,8 +115,9 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
     },
   });
 
-  // Token checks, per the route's auth mode.
-  app.addHook('preHandler', async (req) => {
+  // Token checks, per the route's auth mode: before the body is even parsed, so an unauthenticated
+  // client learns nothing (not even the request schema) from a 400.
+  app.addHook('onRequest', async (req) => {
     const mode = req.routeOptions.config.auth ?? 'none';
     if (mode === 'none') return;
     const token = req.headers['x-auth-token'];

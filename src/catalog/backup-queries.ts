@@ -1,5 +1,6 @@
 /** Catalog statements for backups. */
 import type { Backup, BackupOrigin, BackupStatus, Tag } from '../domain/model.ts';
+import { AppError, ErrorCode } from '../domain/errors.ts';
 import type { SqlExecutor, SqlValue } from './sql.ts';
 
 interface BackupRow {
@@ -101,10 +102,10 @@ export class BackupQueries {
     let sql = `SELECT ${columns} FROM backups WHERE ${where}`;
     if (page.marker !== undefined) {
       const m = await this.db.get<Record<string, SqlValue>>(`SELECT ${col} AS k, id FROM backups WHERE id = ? AND project_id = ?`, [page.marker, projectId]);
-      if (m) {
-        sql += ` AND (${col} ${cmp} ? OR (${col} = ? AND id ${cmp} ?))`;
-        params.push(m.k ?? null, m.k ?? null, page.marker);
-      }
+      // As Cinder: an unknown marker is an error, not a silent restart from the first page.
+      if (!m) throw new AppError(ErrorCode.InvalidArgument, `Invalid input received: marker ${page.marker} could not be found.`);
+      sql += ` AND (${col} ${cmp} ? OR (${col} = ? AND id ${cmp} ?))`;
+      params.push(m.k ?? null, m.k ?? null, page.marker);
     }
     sql += ` ORDER BY ${col} ${dir}, id ${dir} LIMIT ? OFFSET ?`;
     params.push(page.limit, page.offset);

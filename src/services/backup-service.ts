@@ -7,6 +7,7 @@
  * catalog row become `available`. Delete order is the reverse: the row goes to `deleting`, the
  * manifest is deleted, then the row; the chunks go at the next GC.
  */
+import { promises as fs } from 'node:fs';
 import type { Catalog, CatalogQueries } from '../catalog/catalog.ts';
 import type { BackupFilter, BackupPage } from '../catalog/backup-queries.ts';
 import { statusesAllowing } from '../domain/backup-status.ts';
@@ -250,6 +251,9 @@ export class BackupService {
         const v = await this.catalog.volumes.getVolumeById(p.volumeId);
         if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${p.volumeId} no longer exists`);
         await this.engine.restore(p.backupId, v.path, { signal: ctx.signal, onProgress: (pr) => ctx.progress(pr.doneBytes, pr.totalBytes) });
+        // The engine sizes a file target to the backup; a larger volume keeps its size, zeros after the data.
+        const st = await fs.stat(v.path);
+        if (st.isFile() && st.size < v.sizeBytes) await fs.truncate(v.path, v.sizeBytes);
         const now = this.clock.now();
         await this.catalog.transaction(async (c) => {
           await c.backups.transitionBackup(p.backupId, ['restoring'], 'available', now);

@@ -18,7 +18,8 @@ const NAME_RE = '^[A-Za-z0-9_-]+$';
 
 const ListQuery = Type.Object({
   limit: Type.Optional(Type.Integer({ minimum: 0 })),
-  offset: Type.Optional(Type.Integer({ minimum: 0 })),
+  // Bounded: SQLite cannot bind a larger OFFSET as an integer (an unbounded value was a 500).
+  offset: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
   marker: Type.Optional(Type.String()),
   name: Type.Optional(Type.String()),
   status: Type.Optional(Type.String()),

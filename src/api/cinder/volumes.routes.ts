@@ -15,7 +15,8 @@ const Metadata = Type.Record(Type.String({ maxLength: 255 }), Type.String({ maxL
 const NullableText = (max: number) => Type.Optional(Type.Union([Type.String({ maxLength: max }), Type.Null()]));
 const ListQuery = Type.Object({
   limit: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000 })),
-  offset: Type.Optional(Type.Integer({ minimum: 0 })),
+  // Bounded: SQLite cannot bind a larger OFFSET as an integer (an unbounded value was a 500).
+  offset: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
   marker: Type.Optional(Type.String()),
   name: Type.Optional(Type.String()),
   status: Type.Optional(Type.String()),

@@ -1,0 +1,33 @@
+/** `haven schedule preview`: the contract other tools use to check schedules. */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { runCli } from '../helpers/volumes.ts';
+
+describe('haven schedule preview', () => {
+  it('prints the reference example as a JSON array of ISO strings', async () => {
+    const r = await runCli(['schedule', 'preview', '--start-time', '22:00,00:00,02:00', '--time-zone', 'UTC+02:00', '--week-frequency', 'MON', '--from', '2026-11-29T00:00:00Z', '--count', '4', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), ['2026-11-29T22:00:00.000Z', '2026-11-30T00:00:00.000Z', '2026-11-30T02:00:00.000Z', '2026-12-06T22:00:00.000Z']);
+  });
+
+  it('counts frequency days from --created, one time per line without --json', async () => {
+    const r = await runCli(['schedule', 'preview', '--start-time', '02:00', '--time-zone', 'UTC+08:00', '--frequency', '3', '--created', '2026-11-25T15:00:00Z', '--from', '2026-11-25T15:00:00Z', '--count', '3']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.stdout.trim().split('\n'), ['2026-11-28T02:00:00.000Z', '2026-12-01T02:00:00.000Z', '2026-12-04T02:00:00.000Z']);
+  });
+
+  for (const [what, args] of [
+    ['a start time that is not a whole hour', ['--start-time', '12:30', '--week-frequency', 'MON']],
+    ['a bad time zone', ['--start-time', '12:00', '--time-zone', 'UTC+8', '--week-frequency', 'MON']],
+    ['a bad day', ['--start-time', '12:00', '--week-frequency', 'MONDAY']],
+    ['both day selections', ['--start-time', '12:00', '--week-frequency', 'MON', '--frequency', '2', '--created', '2026-11-25T00:00:00Z']],
+    ['frequency without --created', ['--start-time', '12:00', '--frequency', '2']],
+  ] as const) {
+    it(`refuses ${what} with one line on stderr`, async () => {
+      const r = await runCli(['schedule', 'preview', ...args, '--from', '2026-11-29T00:00:00Z']);
+      assert.notEqual(r.code, 0);
+      assert.equal(r.stdout, '');
+      assert.match(r.stderr, /^haven: error: .+\n$/);
+    });
+  }
+});
