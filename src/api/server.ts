@@ -84,8 +84,9 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   app.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? bodyAjv : queryAjv).compile(schema));
 
   app.decorateRequest('auth', null);
-  app.addHook('onRequest', async (req, reply) => {
+  app.addHook('onRequest', (req, reply, done) => {
     reply.header('x-openstack-request-id', req.id);
+    done();
   });
 
   app.removeAllContentTypeParsers();
@@ -116,19 +117,9 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   });
 
   // Token checks, per the route's auth mode: before the body is even parsed, so an unauthenticated
-  // client learns nothing (not even the request schema) from a 400.
-  app.addHook('onRequest', async (req) => {
-    const mode = req.routeOptions.config.auth ?? 'none';
-    if (mode === 'none') return;
-    const token = req.headers['x-auth-token'];
-    if (typeof token !== 'string' || !token) throw new ApiError(401, 'The request you have made requires authentication.', 'AutoBackup.0002');
-    let ctx: AuthContext;
-    try {
-      ctx = await services.identity.validateToken(token);
-    } catch (err) {
-      if (isClientError(err)) throw new ApiError(401, 'The request you have made requires authentication.', 'AutoBackup.0003');
-      throw err;
-    }
+  // client learns nothing (not even the request schema) from a 400. Callback-style hooks with a
+  // synchronous path for cached tokens: this runs on every request.
+  const checkScope = (req: FastifyRequest, mode: AuthMode, ctx: AuthContext): void => {
     req.auth = ctx;
     if (mode === 'project') {
       const pid = (req.params as { projectId?: string }).projectId;
@@ -136,6 +127,32 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
     } else if (mode === 'admin') {
       if (!ctx.isAdmin) throw new ApiError(403, 'You are not authorized to perform the requested action: admin role required.', 'VolumeBackup.0042');
     }
+  };
+  app.addHook('onRequest', (req, _reply, done) => {
+    const mode = req.routeOptions.config.auth ?? 'none';
+    if (mode === 'none') return done();
+    const token = req.headers['x-auth-token'];
+    if (typeof token !== 'string' || !token) return done(new ApiError(401, 'The request you have made requires authentication.', 'AutoBackup.0002') as unknown as FastifyError);
+    const cached = services.identity.peekToken(token);
+    if (cached) {
+      try {
+        checkScope(req, mode, cached);
+      } catch (err) {
+        return done(err as FastifyError);
+      }
+      return done();
+    }
+    services.identity.validateToken(token).then(
+      (ctx) => {
+        try {
+          checkScope(req, mode, ctx);
+          done();
+        } catch (err) {
+          done(err as FastifyError);
+        }
+      },
+      (err: unknown) => done((isClientError(err) ? new ApiError(401, 'The request you have made requires authentication.', 'AutoBackup.0003') : err) as FastifyError),
+    );
   });
 
   app.setErrorHandler((err: FastifyError & { validation?: { instancePath: string; keyword: string; message?: string; params: Record<string, unknown> }[]; validationContext?: string }, req, reply) => {
@@ -187,8 +204,9 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
     return reply.code(404).send(out.body);
   });
 
-  app.addHook('onResponse', async (req, reply) => {
+  app.addHook('onResponse', (req, reply, done) => {
     services.metrics.observeRequest(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000);
+    done();
   });
 
   registerOpsRoutes(app, services);

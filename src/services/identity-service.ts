@@ -142,6 +142,13 @@ export class IdentityService {
     return { ...info, tokenHash, user: { id: user.id, name: user.name, domainId: user.domainId }, project, isAdmin: info.roles.includes('admin') };
   }
 
+  /** The context of a token validated within the last few seconds, without I/O; null otherwise. */
+  peekToken(token: string): AuthContext | null {
+    const now = this.clock.now();
+    const hit = this.cache.get(sha256(token));
+    return hit && hit.until > now && hit.ctx.expiresAt > now ? hit.ctx : null;
+  }
+
   /** The context of a valid token, or TokenInvalid (unknown, expired or revoked). */
   async validateToken(token: string): Promise<AuthContext> {
     const now = this.clock.now();
