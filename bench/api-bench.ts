@@ -60,6 +60,22 @@ async function startServer(): Promise<() => Promise<void>> {
   };
 }
 
+/**
+ * The peer: a bare fastify server in its own process answering with a body the size of Haven's
+ * paged list, without auth or database — the ceiling for this framework on this machine.
+ */
+async function startBareFastify(bodyJson: string): Promise<{ url: string; stop: () => Promise<void> }> {
+  const barePort = port + 1;
+  const code = `import Fastify from 'fastify'; const app = Fastify(); const body = ${JSON.stringify(bodyJson)};
+    app.get('/list', async (_req, reply) => reply.type('application/json').send(body));
+    await app.listen({ port: ${barePort}, host: '127.0.0.1' }); process.stderr.write('listening');`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', code], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  for (let i = 0; i < 100 && !err.includes('listening'); i++) await new Promise((r) => setTimeout(r, 50));
+  return { url: `http://127.0.0.1:${barePort}/list`, stop: async () => { child.kill('SIGTERM'); await new Promise((r) => child.once('exit', r)); } };
+}
+
 async function login(base: string): Promise<{ token: string; projectId: string }> {
   const r = await fetch(`${base}/v3/auth/tokens`, {
     method: 'POST',
@@ -93,6 +109,10 @@ async function main(): Promise<void> {
     const { token, projectId } = await login(base);
     const headers = { 'x-auth-token': token, 'content-type': 'application/json' };
     const rows: Row[] = [];
+    const sample = await (await fetch(`${base}/v3/${projectId}/backups?limit=10`, { headers })).text();
+    const bare = await startBareFastify(sample);
+    const peer = await measure('peer: bare fastify, same body, no auth or database', { url: bare.url });
+    await bare.stop();
     rows.push(await measure('GET /v3/{pid}/backups?limit=10 (1,000 in project)', { url: `${base}/v3/${projectId}/backups?limit=10`, headers }));
     rows.push(await measure('GET /v3/{pid}/backups (all 1,000)', { url: `${base}/v3/${projectId}/backups`, headers }));
     let n = 0;
@@ -114,9 +134,9 @@ async function main(): Promise<void> {
       }),
     );
     console.log(`\nHaven API on loopback, ${connections} connections, ${seconds} s each (one server process, autocannon in this process, same 2 cores)\n`);
-    console.log('| scenario | req/s | p50 ms | p99 ms | errors | non-2xx |');
-    console.log('| --- | --- | --- | --- | --- | --- |');
-    for (const r of rows) console.log(`| ${r.name} | ${r.reqPerSec.toFixed(0)} | ${r.p50} | ${r.p99} | ${r.errors} | ${r.non2xx} |`);
+    console.log('| scenario | req/s | p50 ms | p99 ms | errors | non-2xx | req/s vs bare fastify |');
+    console.log('| --- | --- | --- | --- | --- | --- | --- |');
+    for (const r of [peer, ...rows]) console.log(`| ${r.name} | ${r.reqPerSec.toFixed(0)} | ${r.p50} | ${r.p99} | ${r.errors} | ${r.non2xx} | ${(r.reqPerSec / peer.reqPerSec).toFixed(2)}x |`);
     const paged = rows[0]!;
     const ok = paged.reqPerSec >= 10_000 && paged.p99 < 20;
     console.log(`\ngoal (paged GET >= 10,000 req/s, p99 < 20 ms): ${ok ? 'met' : 'MISS'}`);
