@@ -56,6 +56,7 @@ const DEFAULT_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.ScheduleInvalid]: 400,
   [ErrorCode.RetentionInvalid]: 400,
   [ErrorCode.SharingNotFound]: 404,
+  [ErrorCode.ServerNotFound]: 404,
 };
 
 /** Per route: domain code -> [OTC code, HTTP status]. */

@@ -18,6 +18,7 @@ import type { BackupService } from '../services/backup-service.ts';
 import type { VolumeService } from '../services/volume-service.ts';
 import type { PolicyService } from '../services/policy-service.ts';
 import type { SharingService } from '../services/sharing-service.ts';
+import type { ServerService } from '../services/server-service.ts';
 import { ApiError, envelope, isClientError, replyForError, type Envelope, type RouteErrorCodes, type ValidationCodes } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import { registerIdentityRoutes } from './identity/identity.routes.ts';
@@ -28,6 +29,7 @@ import { registerVbsBackupRoutes } from './vbs/cloudbackups.routes.ts';
 import { registerOpsRoutes } from './ops.routes.ts';
 import { registerPolicyRoutes } from './vbs/policies.routes.ts';
 import { registerSharingRoutes } from './vbs/sharing.routes.ts';
+import { registerServerRoutes } from './nova/servers.routes.ts';
 
 export interface ApiServices {
   config: Config;
@@ -36,6 +38,7 @@ export interface ApiServices {
   backups: BackupService;
   policies: PolicyService;
   sharing: SharingService;
+  servers: ServerService;
   metrics: Metrics;
   /** Health of the parts /healthz reports on. */
   health(): Promise<Record<string, string>>;
@@ -217,5 +220,6 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   registerVbsBackupRoutes(app, services);
   registerPolicyRoutes(app, services);
   registerSharingRoutes(app, services);
+  registerServerRoutes(app, services);
   return app;
 }

@@ -24,6 +24,7 @@ import { pino, type Logger as PinoLogger } from 'pino';
 import { VolumeService } from '../services/volume-service.ts';
 import { PolicyService } from '../services/policy-service.ts';
 import { SharingService } from '../services/sharing-service.ts';
+import { ServerService } from '../services/server-service.ts';
 
 export interface App {
   config: Config;
@@ -110,7 +111,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     });
     const jobsStarted = opts.runJobs !== false;
     const server = await buildServer({
-      config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), metrics,
+      config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), servers: new ServerService(catalog, clock, config.availabilityZone), metrics,
       health: async () => {
         const parts: Record<string, string> = {};
         try {

@@ -6,6 +6,7 @@ import { BackupQueries } from './backup-queries.ts';
 import { IdentityQueries } from './identity-queries.ts';
 import { JobQueries } from './job-queries.ts';
 import { PolicyQueries } from './policy-queries.ts';
+import { ServerQueries } from './server-queries.ts';
 import type { SqlDatabase, SqlExecutor } from './sql.ts';
 import { VolumeQueries } from './volume-queries.ts';
 
@@ -15,12 +16,14 @@ export class CatalogQueries {
   readonly backups: BackupQueries;
   readonly jobs: JobQueries;
   readonly policies: PolicyQueries;
+  readonly servers: ServerQueries;
   constructor(exec: SqlExecutor) {
     this.identity = new IdentityQueries(exec);
     this.volumes = new VolumeQueries(exec);
     this.backups = new BackupQueries(exec);
     this.jobs = new JobQueries(exec);
     this.policies = new PolicyQueries(exec);
+    this.servers = new ServerQueries(exec);
   }
 }
 

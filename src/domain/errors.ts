@@ -55,6 +55,8 @@ export const ErrorCode = {
   ScheduleInvalid: 'SCHEDULE_INVALID',
   RetentionInvalid: 'RETENTION_INVALID',
   SharingNotFound: 'SHARING_NOT_FOUND',
+  // Servers and CSBS
+  ServerNotFound: 'SERVER_NOT_FOUND',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

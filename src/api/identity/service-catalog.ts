@@ -2,7 +2,8 @@
  * The service catalog in every project-scoped token: where clients find each API. All entries
  * point at this server. Service types are the ones clients look up (vbs.md §1.1): identity;
  * volumev2 (gophercloud's NewVBS derives the VBS URL from it), volumev3 and block-storage
- * (cinderclient, openstacksdk), vbs and vbsv2 (otcextensions, Huawei SDKs), and image: openstackclient's
+ * (cinderclient, openstacksdk), vbs and vbsv2 (otcextensions, Huawei SDKs), compute (the server
+ * inventory), and image: openstackclient's
  * `volume create` builds an image client even without --image, so an empty image service answers.
  */
 import { createHash } from 'node:crypto';
@@ -24,5 +25,6 @@ export function serviceCatalog(base: string, region: string, projectId: string) 
     entry('vbs', 'vbs', `${base}/v2/${projectId}`),
     entry('vbsv2', 'vbsv2', `${base}/v2/${projectId}`),
     entry('image', 'glance', `${base}/image`),
+    entry('compute', 'nova', `${base}/v2.1/${projectId}`),
   ];
 }

@@ -1,0 +1,38 @@
+/**
+ * Servers (a Nova-compatible subset, so Haven runs without an OpenStack cloud): a server is a name
+ * plus the volumes attached to it; the volume with boot index 0 is its system disk. CSBS backs up a
+ * server as all of its volumes at one moment.
+ */
+export type ServerStatus = 'ACTIVE' | 'ERROR';
+
+export interface Server {
+  id: string;
+  projectId: string;
+  name: string;
+  status: ServerStatus;
+  metadata: Record<string, string>;
+  availabilityZone: string;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export interface ServerVolume {
+  volumeId: string;
+  serverId: string;
+  /** /dev/vda, /dev/vdb, ... */
+  device: string;
+  /** 0 for the system disk, null for data disks. */
+  bootIndex: number | null;
+  attachedAt: number;
+}
+
+/** The device name of the n-th disk: vda, vdb, ... vdz, vdaa, ... */
+export function deviceName(n: number): string {
+  let s = '';
+  let i = n;
+  do {
+    s = String.fromCharCode(97 + (i % 26)) + s;
+    i = Math.floor(i / 26) - 1;
+  } while (i >= 0);
+  return `/dev/vd${s}`;
+}
