@@ -4,6 +4,7 @@
  *   vbs       {"error": {"code": "VolumeBackup.0010", "message": "..."}}      (VBS-specific APIs)
  *   cinder    {"badRequest": {"code": 400, "message": "..."}}                 (native backups, volumes)
  *   keystone  {"error": {"code": 401, "title": "Unauthorized", "message": "..."}}
+ *   csbs      {"error_code": "CSBS.3001", "error_msg": "..."}                 (Cloud Server Backup)
  *
  * Services throw AppErrors with domain codes and never set HTTP statuses. A route may name, per
  * domain code, the OTC code and status its reference prescribes (RouteErrorCodes); otherwise the
@@ -11,7 +12,7 @@
  */
 import { AppError, ErrorCode } from '../domain/errors.ts';
 
-export type Envelope = 'vbs' | 'cinder' | 'keystone';
+export type Envelope = 'vbs' | 'cinder' | 'keystone' | 'csbs';
 
 /** Thrown by the HTTP layer itself (validation rules, auth) with an exact status and code. */
 export class ApiError extends Error {
@@ -57,6 +58,12 @@ const DEFAULT_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.RetentionInvalid]: 400,
   [ErrorCode.SharingNotFound]: 404,
   [ErrorCode.ServerNotFound]: 404,
+  [ErrorCode.ServerHasNoVolume]: 400,
+  [ErrorCode.ServerBusy]: 400,
+  [ErrorCode.CheckpointItemNotFound]: 404,
+  [ErrorCode.CheckpointItemBusy]: 400,
+  [ErrorCode.CheckpointItemUnavailable]: 400,
+  [ErrorCode.RestoreMappingInvalid]: 400,
 };
 
 /** Per route: domain code -> [OTC code, HTTP status]. */
@@ -95,6 +102,9 @@ export function envelope(kind: Envelope, statusCode: number, message: string, ot
       return { statusCode, body: { [CINDER_FAULT[statusCode] ?? 'computeFault']: { code: statusCode, message } } };
     case 'keystone':
       return { statusCode, body: { error: { code: statusCode, title: TITLE[statusCode] ?? 'Error', message } } };
+    case 'csbs':
+      // Codes of other families (an auth failure's AutoBackup code) do not apply here.
+      return { statusCode, body: { error_code: otcCode?.startsWith('CSBS.') ? otcCode : statusCode >= 500 ? 'CSBS.9999' : 'CSBS.9001', error_msg: message } };
   }
 }
 
@@ -105,6 +115,9 @@ export function envelope(kind: Envelope, statusCode: number, message: string, ot
 export function replyForError(kind: Envelope, err: unknown, codes: RouteErrorCodes | undefined): ErrorReply {
   if (err instanceof ApiError) return envelope(kind, err.statusCode, err.message, err.otcCode);
   if (err instanceof AppError) {
+    // A service may name the reference's own code for a rule it checks (details.csbs).
+    const named = typeof err.details?.csbs === 'string' ? err.details.csbs : undefined;
+    if (kind === 'csbs' && named && DEFAULT_STATUS[err.code]) return envelope(kind, DEFAULT_STATUS[err.code]!, err.message, named);
     const mapped = codes?.[err.code];
     if (mapped) return envelope(kind, mapped[1], err.message, mapped[0]);
     const status = DEFAULT_STATUS[err.code];

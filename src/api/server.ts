@@ -19,6 +19,7 @@ import type { VolumeService } from '../services/volume-service.ts';
 import type { PolicyService } from '../services/policy-service.ts';
 import type { SharingService } from '../services/sharing-service.ts';
 import type { ServerService } from '../services/server-service.ts';
+import type { ServerBackupService } from '../services/server-backup-service.ts';
 import { ApiError, envelope, isClientError, replyForError, type Envelope, type RouteErrorCodes, type ValidationCodes } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import { registerIdentityRoutes } from './identity/identity.routes.ts';
@@ -30,6 +31,7 @@ import { registerOpsRoutes } from './ops.routes.ts';
 import { registerPolicyRoutes } from './vbs/policies.routes.ts';
 import { registerSharingRoutes } from './vbs/sharing.routes.ts';
 import { registerServerRoutes } from './nova/servers.routes.ts';
+import { registerCheckpointRoutes } from './csbs/checkpoints.routes.ts';
 
 export interface ApiServices {
   config: Config;
@@ -39,6 +41,7 @@ export interface ApiServices {
   policies: PolicyService;
   sharing: SharingService;
   servers: ServerService;
+  serverBackups: ServerBackupService;
   metrics: Metrics;
   /** Health of the parts /healthz reports on. */
   health(): Promise<Record<string, string>>;
@@ -63,6 +66,7 @@ const AJV_BASE: AjvOptions = { allErrors: false, useDefaults: true, removeAdditi
 function pathEnvelope(url: string): Envelope {
   const p = url.split('?')[0]!;
   if (/^\/v3\/(auth|projects|users|roles|domains)(\/|$)/.test(p) || p === '/v3/') return 'keystone';
+  if (/^\/v1\/[^/]+\/(policies|providers|checkpoint_items|restores|quotas|csbs_backup|csbs_backup_policy)(\/|$)/.test(p)) return 'csbs';
   if (/^\/v1\//.test(p) || /^\/v2\/[^/]+\/(backuppolicy|backuppolicyresources|cloudbackups|os-vendor-backup-sharing|jobs)(\/|$)/.test(p)) return 'vbs';
   return 'cinder';
 }
@@ -221,5 +225,6 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   registerPolicyRoutes(app, services);
   registerSharingRoutes(app, services);
   registerServerRoutes(app, services);
+  registerCheckpointRoutes(app, services);
   return app;
 }

@@ -25,6 +25,7 @@ import { VolumeService } from '../services/volume-service.ts';
 import { PolicyService } from '../services/policy-service.ts';
 import { SharingService } from '../services/sharing-service.ts';
 import { ServerService } from '../services/server-service.ts';
+import { ServerBackupService } from '../services/server-backup-service.ts';
 
 export interface App {
   config: Config;
@@ -104,14 +105,15 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const policies = new PolicyService(catalog, clock, backups, config.maxPoliciesPerProject);
     policiesRef = policies;
     const scheduler = new PolicyScheduler(catalog, clock, policies, log, { graceMs: config.scheduleGraceSeconds * 1000 });
-    runner = new JobRunner(catalog, clock, backups.handlers(), log, {
+    const serverBackups = new ServerBackupService(catalog, clock, backups, { dataDir: config.dataDir, freezeCommand: config.freezeCommand, thawCommand: config.thawCommand }, () => runner?.wake());
+    runner = new JobRunner(catalog, clock, { ...backups.handlers(), ...serverBackups.handlers() }, log, {
       concurrency: config.jobConcurrency,
       exclusive: true,
       onJobFinished: (job, status, ms) => metrics.observeJob(job.type, status, ms / 1000),
     });
     const jobsStarted = opts.runJobs !== false;
     const server = await buildServer({
-      config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), servers: new ServerService(catalog, clock, config.availabilityZone), metrics,
+      config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), servers: new ServerService(catalog, clock, config.availabilityZone), serverBackups, metrics,
       health: async () => {
         const parts: Record<string, string> = {};
         try {

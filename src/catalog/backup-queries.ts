@@ -7,7 +7,7 @@ interface BackupRow {
   id: string; project_id: string; volume_id: string; snapshot_id: string | null; name: string | null; description: string | null; status: BackupStatus;
   full_backup: number; parent_id: string | null; size_gb: number; size_bytes: number; stored_bytes: number; new_bytes: number; object_count: number;
   origin: BackupOrigin; policy_id: string | null; tags: string; fail_reason: string | null; availability_zone: string;
-  created_at: number; updated_at: number; data_timestamp: number;
+  created_at: number; updated_at: number; data_timestamp: number; checkpoint_item_id: string | null;
 }
 
 const toBackup = (r: BackupRow): Backup => ({
@@ -15,6 +15,7 @@ const toBackup = (r: BackupRow): Backup => ({
   fullBackup: !!r.full_backup, parentId: r.parent_id, sizeGb: Number(r.size_gb), sizeBytes: Number(r.size_bytes), storedBytes: Number(r.stored_bytes),
   newBytes: Number(r.new_bytes), objectCount: Number(r.object_count), origin: r.origin, policyId: r.policy_id, tags: JSON.parse(r.tags) as Tag[],
   failReason: r.fail_reason, availabilityZone: r.availability_zone, createdAt: Number(r.created_at), updatedAt: Number(r.updated_at), dataTimestamp: Number(r.data_timestamp),
+  checkpointItemId: r.checkpoint_item_id ?? null,
 });
 
 export const BACKUP_SORT_KEYS = { created_at: 'created_at', updated_at: 'updated_at', name: 'name', status: 'status', size: 'size_gb', id: 'id' } as const;
@@ -52,10 +53,10 @@ export class BackupQueries {
   async insertBackup(b: Backup): Promise<void> {
     await this.db.run(
       `INSERT INTO backups (id, project_id, volume_id, snapshot_id, name, description, status, full_backup, parent_id, size_gb, size_bytes, stored_bytes, new_bytes,
-        object_count, origin, policy_id, tags, fail_reason, availability_zone, created_at, updated_at, data_timestamp)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        object_count, origin, policy_id, tags, fail_reason, availability_zone, created_at, updated_at, data_timestamp, checkpoint_item_id)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       [b.id, b.projectId, b.volumeId, b.snapshotId, b.name, b.description, b.status, b.fullBackup ? 1 : 0, b.parentId, b.sizeGb, b.sizeBytes, b.storedBytes, b.newBytes,
-        b.objectCount, b.origin, b.policyId, JSON.stringify(b.tags), b.failReason, b.availabilityZone, b.createdAt, b.updatedAt, b.dataTimestamp],
+        b.objectCount, b.origin, b.policyId, JSON.stringify(b.tags), b.failReason, b.availabilityZone, b.createdAt, b.updatedAt, b.dataTimestamp, b.checkpointItemId],
     );
   }
 
@@ -161,6 +162,10 @@ export class BackupQueries {
         [r.sizeBytes, r.storedBytes, r.newBytes, r.objectCount, r.parentId, r.dataTimestamp, nowMs, id],
       )
     ).changes === 1;
+  }
+
+  async backupsOfItem(checkpointItemId: string): Promise<Backup[]> {
+    return (await this.db.all<BackupRow>('SELECT * FROM backups WHERE checkpoint_item_id = ? ORDER BY created_at, id', [checkpointItemId])).map(toBackup);
   }
 
   async deleteBackupRow(id: string): Promise<void> {

@@ -7,6 +7,7 @@ import { IdentityQueries } from './identity-queries.ts';
 import { JobQueries } from './job-queries.ts';
 import { PolicyQueries } from './policy-queries.ts';
 import { ServerQueries } from './server-queries.ts';
+import { CheckpointQueries } from './checkpoint-queries.ts';
 import type { SqlDatabase, SqlExecutor } from './sql.ts';
 import { VolumeQueries } from './volume-queries.ts';
 
@@ -17,6 +18,7 @@ export class CatalogQueries {
   readonly jobs: JobQueries;
   readonly policies: PolicyQueries;
   readonly servers: ServerQueries;
+  readonly checkpoints: CheckpointQueries;
   constructor(exec: SqlExecutor) {
     this.identity = new IdentityQueries(exec);
     this.volumes = new VolumeQueries(exec);
@@ -24,6 +26,7 @@ export class CatalogQueries {
     this.jobs = new JobQueries(exec);
     this.policies = new PolicyQueries(exec);
     this.servers = new ServerQueries(exec);
+    this.checkpoints = new CheckpointQueries(exec);
   }
 }
 

@@ -31,6 +31,9 @@ export interface Config {
   quotaBackupGigabytes: number;
   maxPoliciesPerProject: number;
   bodyLimitBytes: number;
+  /** Shell commands run around the snapshot of a server backup (application-consistent backups). */
+  freezeCommand: string;
+  thawCommand: string;
   /** Missed policy slots younger than this fire once at start-up; older ones are skipped. */
   scheduleGraceSeconds: number;
 }
@@ -63,6 +66,8 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'quotaBackupGigabytes', env: 'HAVEN_QUOTA_BACKUP_GIGABYTES', kind: 'int', default: '-1', min: -1, help: 'backup gigabytes per project (-1: unlimited)' },
   { key: 'maxPoliciesPerProject', env: 'HAVEN_MAX_POLICIES', kind: 'int', default: '10', min: 1, help: 'backup policies per project' },
   { key: 'scheduleGraceSeconds', env: 'HAVEN_SCHEDULE_GRACE', kind: 'int', default: '3600', min: 0, help: 'a policy slot missed while Haven was down fires once at start-up if it is younger than this (seconds); older ones are recorded as skipped' },
+  { key: 'freezeCommand', env: 'HAVEN_FREEZE_COMMAND', kind: 'string', default: '', help: 'shell command run before a server backup snapshots its volumes (env: HAVEN_SERVER_ID, HAVEN_SERVER_NAME, HAVEN_VOLUME_PATHS); a failure fails the backup' },
+  { key: 'thawCommand', env: 'HAVEN_THAW_COMMAND', kind: 'string', default: '', help: 'shell command run right after the snapshots (always, once the freeze command ran)' },
   { key: 'bodyLimitBytes', env: 'HAVEN_BODY_LIMIT', kind: 'int', default: '1048576', min: 1024, help: 'largest request body accepted (bytes; larger: 413)' },
 ];
 

@@ -57,6 +57,13 @@ export const ErrorCode = {
   SharingNotFound: 'SHARING_NOT_FOUND',
   // Servers and CSBS
   ServerNotFound: 'SERVER_NOT_FOUND',
+  ServerHasNoVolume: 'SERVER_HAS_NO_VOLUME',
+  ServerBusy: 'SERVER_BUSY',
+  CheckpointItemNotFound: 'CHECKPOINT_ITEM_NOT_FOUND',
+  CheckpointItemBusy: 'CHECKPOINT_ITEM_BUSY',
+  CheckpointItemUnavailable: 'CHECKPOINT_ITEM_UNAVAILABLE',
+  RestoreMappingInvalid: 'RESTORE_MAPPING_INVALID',
+  HookFailed: 'HOOK_FAILED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -46,7 +46,7 @@ export interface Snapshot {
 
 export type BackupStatus = 'creating' | 'available' | 'deleting' | 'error' | 'restoring' | 'error_restoring';
 /** Where a backup request came from: the VBS API, the native (Cinder) API or a policy run. */
-export type BackupOrigin = 'vbs' | 'native' | 'policy';
+export type BackupOrigin = 'vbs' | 'native' | 'policy' | 'csbs';
 
 export interface Tag {
   key: string;
@@ -77,10 +77,12 @@ export interface Backup {
   createdAt: number;
   updatedAt: number;
   dataTimestamp: number;
+  /** The CSBS checkpoint item this volume backup belongs to (deletable only through CSBS). */
+  checkpointItemId: string | null;
 }
 
 export type JobStatus = 'INIT' | 'RUNNING' | 'SUCCESS' | 'FAIL';
-export type JobType = 'bksCreateBackup' | 'bksDeleteBackup' | 'bksRestoreBackup';
+export type JobType = 'bksCreateBackup' | 'bksDeleteBackup' | 'bksRestoreBackup' | 'csbsProtect' | 'csbsDelete' | 'csbsRestore';
 
 export interface Job {
   id: string;

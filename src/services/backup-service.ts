@@ -88,7 +88,7 @@ export class BackupService {
         id: newUuid(), projectId, volumeId: volume.id, snapshotId: input.snapshotId ?? null, name: input.name ?? null, description: input.description ?? null,
         status: 'creating', fullBackup: full, parentId: full ? null : previous!.id, sizeGb: volume.sizeGb, sizeBytes: volume.sizeBytes, storedBytes: 0, newBytes: 0,
         objectCount: 0, origin: input.origin, policyId: input.policyId ?? null, tags: input.tags ?? [], failReason: null, availabilityZone: volume.availabilityZone,
-        createdAt: now, updatedAt: now, dataTimestamp: now,
+        createdAt: now, updatedAt: now, dataTimestamp: now, checkpointItemId: null,
       };
       await c.backups.insertBackup(backup);
       const job = this.newJob(projectId, 'bksCreateBackup', { backupId: backup.id, volumeId: volume.id, sourcePath, volumeName: volume.name ?? volume.id }, {
@@ -133,6 +133,7 @@ export class BackupService {
     const job = await this.catalog.transaction(async (c) => {
       const b = await c.backups.getBackup(projectId, id);
       if (!b) throw new AppError(ErrorCode.BackupNotFound, `Backup ${id} could not be found.`);
+      if (b.checkpointItemId) throw new AppError(ErrorCode.BackupNotOwned, `Backup ${id} is part of a server backup (CSBS checkpoint item ${b.checkpointItemId}); delete it through CSBS.`);
       if (!(await c.backups.transitionBackup(id, statusesAllowing('delete'), 'deleting', this.clock.now()))) {
         throw new AppError(ErrorCode.BackupInvalidState, `Backup ${id} is ${b.status}; only available or error backups can be deleted.`);
       }
@@ -169,6 +170,53 @@ export class BackupService {
     return r;
   }
 
+  /**
+   * Backs up one volume (or its snapshot) now, inside a caller's job (CSBS server backups): the row
+   * is created, the engine writes the backup, the row becomes available. On failure the row is
+   * marked error and the error rethrown.
+   */
+  async backupVolumeNow(volume: Volume, sourcePath: string, opts: { name: string; description: string; checkpointItemId: string; full: boolean; signal: AbortSignal; onProgress: (done: number, total: number) => void }): Promise<Backup> {
+    const now = this.clock.now();
+    const previous = await this.catalog.backups.latestAvailableOfVolume(volume.id);
+    const full = opts.full || !previous;
+    const backup: Backup = {
+      id: newUuid(), projectId: volume.projectId, volumeId: volume.id, snapshotId: null, name: opts.name, description: opts.description, status: 'creating', fullBackup: full,
+      parentId: full ? null : previous!.id, sizeGb: volume.sizeGb, sizeBytes: volume.sizeBytes, storedBytes: 0, newBytes: 0, objectCount: 0, origin: 'csbs', policyId: null,
+      tags: [], failReason: null, availabilityZone: volume.availabilityZone, createdAt: now, updatedAt: now, dataTimestamp: now, checkpointItemId: opts.checkpointItemId,
+    };
+    await this.catalog.backups.insertBackup(backup);
+    try {
+      const r = await this.engine.backup(sourcePath, { backupId: backup.id, volume: { id: volume.id, name: volume.name ?? volume.id }, previousId: backup.parentId, full, signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
+      this.events.backupFinished?.({ sizeBytes: r.manifest.sizeBytes, newBytes: r.stats.newBytes, storedBytes: r.stats.storedBytes });
+      await this.catalog.backups.completeBackup(backup.id, { sizeBytes: r.manifest.sizeBytes, storedBytes: r.stats.storedBytes, newBytes: r.stats.newBytes, objectCount: r.stats.objectsWritten, parentId: r.manifest.parentId, dataTimestamp: now }, this.clock.now());
+      return (await this.catalog.backups.getBackupById(backup.id))!;
+    } catch (err) {
+      await this.catalog.backups.transitionBackup(backup.id, ['creating'], 'error', this.clock.now(), failureText(err));
+      throw err;
+    }
+  }
+
+  /** Writes a backup onto a volume now, inside a caller's job (CSBS restores); keeps a larger volume's size. */
+  async restoreVolumeNow(backupId: string, volume: Volume, opts: { signal: AbortSignal; onProgress: (done: number, total: number) => void }): Promise<void> {
+    await this.engine.restore(backupId, volume.path, { signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
+    const st = await fs.stat(volume.path);
+    if (st.isFile() && st.size < volume.sizeBytes) await fs.truncate(volume.path, volume.sizeBytes);
+  }
+
+  /** Deletes a volume backup of a server backup now (CSBS); its chunks go at the next GC. */
+  async deleteVolumeBackupNow(backupId: string): Promise<void> {
+    await this.engine.delete(backupId);
+    await this.catalog.transaction(async (c) => {
+      await c.policies.deleteSharingsOfBackup(backupId);
+      await c.backups.deleteBackupRow(backupId);
+    });
+  }
+
+  /** Reclaims space in the background (after deletes). */
+  collectGarbageSoon(): void {
+    this.engine.collectGarbage().catch((err: unknown) => this.log.error({ err }, 'garbage collection failed'));
+  }
+
   async getJob(projectId: string, id: string): Promise<Job> {
     const j = await this.catalog.jobs.getJob(projectId, id);
     if (!j) throw new AppError(ErrorCode.JobNotFound, `Failed to query the task: job ${id} does not exist.`);
@@ -176,7 +224,7 @@ export class BackupService {
   }
 
   /** The job handlers the runner dispatches to. */
-  handlers(): Record<JobType, JobHandler> {
+  handlers(): Record<'bksCreateBackup' | 'bksDeleteBackup' | 'bksRestoreBackup', JobHandler> {
     return { bksCreateBackup: this.createHandler(), bksDeleteBackup: this.deleteHandler(), bksRestoreBackup: this.restoreHandler() };
   }
 

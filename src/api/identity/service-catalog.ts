@@ -3,7 +3,7 @@
  * point at this server. Service types are the ones clients look up (vbs.md §1.1): identity;
  * volumev2 (gophercloud's NewVBS derives the VBS URL from it), volumev3 and block-storage
  * (cinderclient, openstacksdk), vbs and vbsv2 (otcextensions, Huawei SDKs), compute (the server
- * inventory), and image: openstackclient's
+ * inventory), data-protect (CSBS), and image: openstackclient's
  * `volume create` builds an image client even without --image, so an empty image service answers.
  */
 import { createHash } from 'node:crypto';
@@ -26,5 +26,6 @@ export function serviceCatalog(base: string, region: string, projectId: string) 
     entry('vbsv2', 'vbsv2', `${base}/v2/${projectId}`),
     entry('image', 'glance', `${base}/image`),
     entry('compute', 'nova', `${base}/v2.1/${projectId}`),
+    entry('data-protect', 'karbor', `${base}/v1/${projectId}`),
   ];
 }

@@ -1,0 +1,241 @@
+/**
+ * CSBS server backups (csbs.md §5-6): back up one server (B2), backups = checkpoint items (B3-B5),
+ * delete (B6), restore (S1), and the Karbor-native provider list/show. Every success is 200
+ * (gophertelekomcloud and Terraform insist); errors are {"error_code": "CSBS.xxxx", "error_msg"}.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { Type } from 'typebox';
+import { ITEM_SORT_KEYS, type ItemFilter } from '../../catalog/checkpoint-queries.ts';
+import { CSBS_PROVIDER_ID, type Checkpoint, type CheckpointItem } from '../../domain/checkpoint.ts';
+import { ErrorCode } from '../../domain/errors.ts';
+import type { Backup } from '../../domain/model.ts';
+import { ApiError, type RouteErrorCodes, type ValidationCodes } from '../errors.ts';
+import { baseUrl, type ApiServices } from '../server.ts';
+import { microsNoZone } from '../wire/time.ts';
+
+const ERRORS: RouteErrorCodes = {
+  [ErrorCode.ServerNotFound]: ['CSBS.6000', 400],
+  [ErrorCode.ServerHasNoVolume]: ['CSBS.6007', 400],
+  [ErrorCode.ServerBusy]: ['CSBS.6005', 400],
+  [ErrorCode.CheckpointItemNotFound]: ['CSBS.3001', 404],
+  [ErrorCode.CheckpointItemBusy]: ['CSBS.2003', 400],
+  [ErrorCode.CheckpointItemUnavailable]: ['CSBS.4000', 400],
+};
+const VALIDATION: ValidationCodes = { fallback: 'CSBS.9001' };
+const CFG = { envelope: 'csbs' as const, auth: 'project' as const, errorCodes: ERRORS, validation: VALIDATION };
+
+function checkProvider(req: FastifyRequest): void {
+  const p = (req.params as { providerId?: string }).providerId;
+  if (p !== undefined && p !== CSBS_PROVIDER_ID) throw new ApiError(400, `provider invalid: ${p} (CSBS has the one provider ${CSBS_PROVIDER_ID})`, 'CSBS.9001');
+}
+
+function checkpointJson(c: Checkpoint, resources: { id: string; name: string }[]) {
+  return {
+    id: c.id,
+    status: c.status,
+    created_at: microsNoZone(c.createdAt),
+    project_id: c.projectId,
+    resource_graph: null,
+    protection_plan: { id: c.planId, name: c.planName, resources: resources.map((r) => ({ id: r.id, type: 'OS::Nova::Server', name: r.name, extra_info: '{}' })) },
+    extra_info: c.createdBy === 'manual' && !c.planId.startsWith('fake_') ? JSON.stringify({ created_by: 'manual' }) : c.createdBy === 'operation-engine' ? JSON.stringify({ created_by: 'operation-engine' }) : null,
+  };
+}
+
+const MB = 1024 * 1024;
+function itemJson(i: CheckpointItem, volumeBackups: Backup[], volumeNames: Map<string, { name: string | null; bootable: boolean; sizeGb: number }>, progress: number) {
+  const size = Math.round(volumeBackups.reduce((n, b) => n + b.storedBytes, 0) / MB);
+  return {
+    id: i.id,
+    checkpoint_id: i.checkpointId,
+    name: i.name,
+    description: i.description,
+    status: i.status,
+    resource_id: i.serverId,
+    resource_type: 'OS::Nova::Server',
+    created_at: microsNoZone(i.createdAt),
+    updated_at: microsNoZone(i.updatedAt),
+    tags: i.tags,
+    backup_data: { __openstack_region_name: '', cloudservicetype: 'QEMU', disk: 0, imagetype: 'private', ram: 0, vcpus: 0, eip: '', private_ip: '' },
+    extend_info: {
+      auto_trigger: i.autoTrigger,
+      average_speed: 0,
+      copy_from: null,
+      copy_status: 'na',
+      fail_code: i.failReason ? { Code: 9999, Description: i.failReason } : {},
+      fail_op: i.failOp,
+      fail_reason: i.failReason,
+      image_type: 'backup',
+      incremental: volumeBackups.some((b) => !b.fullBackup),
+      progress,
+      resource_az: i.availabilityZone,
+      resource_name: i.serverName,
+      resource_type: 'OS::Nova::Server',
+      size,
+      space_saving_ratio: 0,
+      volume_backups: volumeBackups.map((b) => {
+        const v = volumeNames.get(b.volumeId);
+        return {
+          id: b.id, name: b.name, status: b.status, bootable: v?.bootable ?? false, incremental: !b.fullBackup, image_type: 'backup',
+          size: Math.round(b.storedBytes / MB), average_speed: 0, space_saving_ratio: b.sizeBytes ? Math.max(0, Math.round((1 - b.storedBytes / b.sizeBytes) * 100)) : 0,
+          source_volume_id: b.volumeId, source_volume_name: v?.name ?? '', source_volume_size: b.sizeGb, snapshot_id: b.snapshotId ?? '',
+        };
+      }),
+      finished_at: microsNoZone(i.finishedAt),
+      supported_restore_mode: 'backup',
+      os_images_data: [],
+      support_lld: false,
+      hypervisor_type: 'QEMU',
+    },
+  };
+}
+
+const ProtectBody = Type.Object({
+  protect: Type.Object({
+    backup_name: Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9_-]+$' })),
+    description: Type.Optional(Type.String({ maxLength: 255, pattern: '^[^<>]*$' })),
+    incremental: Type.Optional(Type.Boolean()),
+    resource_type: Type.Optional(Type.String()),
+    tags: Type.Optional(Type.Array(Type.Object({ key: Type.String({ minLength: 1, maxLength: 36 }), value: Type.String({ maxLength: 43 }) }), { minItems: 1, maxItems: 10 })),
+    extra_info: Type.Optional(Type.Any()),
+  }),
+});
+const ListQuery = Type.Object({
+  status: Type.Optional(Type.String()),
+  limit: Type.Optional(Type.Integer({ minimum: 1 })),
+  marker: Type.Optional(Type.String()),
+  offset: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
+  sort: Type.Optional(Type.String({ maxLength: 255 })),
+  all_tenants: Type.Optional(Type.String()),
+  name: Type.Optional(Type.String()),
+  az: Type.Optional(Type.String()),
+  resource_id: Type.Optional(Type.String()),
+  resource_name: Type.Optional(Type.String()),
+  start_time: Type.Optional(Type.String()),
+  end_time: Type.Optional(Type.String()),
+  image_type: Type.Optional(Type.String()),
+  policy_id: Type.Optional(Type.String()),
+  checkpoint_id: Type.Optional(Type.String()),
+  resource_type: Type.Optional(Type.String()),
+  ip: Type.Optional(Type.String()),
+});
+type ListQuery = { status?: string; limit?: number; marker?: string; offset?: number; sort?: string; name?: string; az?: string; resource_id?: string; resource_name?: string; start_time?: string; end_time?: string; policy_id?: string; checkpoint_id?: string };
+
+function parseTime(s: string | undefined, what: string): number | undefined {
+  if (s === undefined) return undefined;
+  const ms = Date.parse(/[zZ]|[+-]\d\d:\d\d$/.test(s) ? s : `${s}Z`);
+  if (Number.isNaN(ms)) throw new ApiError(400, `${what} ${s} is not a time like 2017-04-18T01:21:52.701973`, 'CSBS.9001');
+  return ms;
+}
+
+const RestoreBody = Type.Object({
+  restore: Type.Object({
+    provider_id: Type.String(),
+    checkpoint_id: Type.String({ minLength: 1 }),
+    restore_target: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+    parameters: Type.Object({
+      checkpoint_item_id: Type.String({ minLength: 1 }),
+      power_on: Type.Boolean(),
+      targets: Type.Object({
+        server_id: Type.String({ minLength: 1 }),
+        volumes: Type.Array(Type.Object({ backup_id: Type.String({ minLength: 1 }), volume_id: Type.String({ minLength: 1 }) }), { minItems: 1 }),
+      }),
+    }),
+  }),
+});
+
+export function registerCheckpointRoutes(app: FastifyInstance, s: ApiServices): void {
+  const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
+  const tags = ['csbs backups'];
+
+  const itemView = async (i: CheckpointItem) => {
+    const vbs = await s.serverBackups.volumeBackupsOf(i.id);
+    const names = new Map<string, { name: string | null; bootable: boolean; sizeGb: number }>();
+    for (const b of vbs) {
+      const v = await s.volumes.getVolume(i.projectId, b.volumeId).catch(() => null);
+      names.set(b.volumeId, { name: v?.name ?? null, bootable: v?.bootable ?? false, sizeGb: b.sizeGb });
+    }
+    const progress = i.status === 'available' ? 100 : 0;
+    return itemJson(i, vbs, names, progress);
+  };
+
+  app.post('/v1/:projectId/providers/:providerId/resources/:resourceId/action', { config: CFG, schema: { body: ProtectBody, tags, summary: 'Back up one server (B2): all its volumes at one moment' } }, async (req) => {
+    checkProvider(req);
+    const b = (req.body as { protect: { backup_name?: string; description?: string; incremental?: boolean; resource_type?: string; tags?: { key: string; value: string }[] } }).protect;
+    if (b.resource_type !== undefined && b.resource_type !== 'OS::Nova::Server') throw new ApiError(400, `Resource (${(req.params as { resourceId: string }).resourceId}) type (${b.resource_type}) is not support protection.`, 'CSBS.6003');
+    if (b.tags && new Set(b.tags.map((t) => t.key)).size !== b.tags.length) throw new ApiError(400, 'Tag keys must be unique.', 'CSBS.9001');
+    const serverId = (req.params as { resourceId: string }).resourceId;
+    const { checkpoint } = await s.serverBackups.protect(pid(req), serverId, { name: b.backup_name, description: b.description, incremental: b.incremental, tags: b.tags });
+    const server = await s.servers.getServer(pid(req), serverId);
+    return { checkpoint: checkpointJson(checkpoint, [{ id: server.id, name: server.name }]) };
+  });
+
+  const filterOf = (q: ListQuery): ItemFilter => ({
+    checkpointId: q.checkpoint_id, serverId: q.resource_id, status: q.status, nameLike: q.name, serverNameLike: q.resource_name, policyId: q.policy_id, az: q.az,
+    createdFrom: parseTime(q.start_time, 'start_time'), createdTo: parseTime(q.end_time, 'end_time'),
+  });
+  app.get('/v1/:projectId/checkpoint_items/count', { config: CFG, schema: { querystring: ListQuery, tags, summary: 'Count backups (B5)' } }, async (req) => ({ count: await s.serverBackups.countItems(pid(req), filterOf(req.query as ListQuery)) }));
+  app.get('/v1/:projectId/checkpoint_items', { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backups (B4)' } }, async (req) => {
+    const q = req.query as ListQuery;
+    let sortKey: keyof typeof ITEM_SORT_KEYS = 'created_at';
+    let sortDir: 'asc' | 'desc' = 'desc';
+    if (q.sort) {
+      const [k, d] = q.sort.split(',')[0]!.split(':');
+      if (!k || !(k in ITEM_SORT_KEYS)) throw new ApiError(400, `sort key ${k ?? ''} is not one of ${Object.keys(ITEM_SORT_KEYS).join(', ')}`, 'CSBS.9001');
+      if (d !== undefined && d !== 'asc' && d !== 'desc') throw new ApiError(400, `sort direction ${d} must be asc or desc`, 'CSBS.9001');
+      sortKey = k as keyof typeof ITEM_SORT_KEYS;
+      sortDir = d ?? 'desc';
+    }
+    const limit = Math.min(q.limit ?? 1000, 1000);
+    let offset = q.offset ?? 0;
+    const filter = filterOf(q);
+    if (q.marker !== undefined) {
+      // The marker's position in the same order: everything up to it is skipped.
+      const all = await s.serverBackups.listItems(pid(req), filter, { sortKey, sortDir, limit: 100_000, offset: 0 });
+      const at = all.findIndex((i) => i.id === q.marker);
+      if (at < 0) throw new ApiError(400, `marker ${q.marker} could not be found`, 'CSBS.9001');
+      offset += at + 1;
+    }
+    const rows = await s.serverBackups.listItems(pid(req), filter, { sortKey, sortDir, limit: limit + 1, offset });
+    const page = rows.slice(0, limit);
+    const body: Record<string, unknown> = { checkpoint_items: await Promise.all(page.map(itemView)) };
+    if (rows.length > limit && page.length) {
+      const params = new URLSearchParams();
+      for (const [k, v] of Object.entries(q)) if (v !== undefined && k !== 'marker' && k !== 'offset') params.set(k, String(v));
+      params.set('limit', String(limit));
+      params.set('marker', page.at(-1)!.id);
+      body.checkpoint_items_links = [{ href: `${baseUrl(s.config, req)}/v1/${pid(req)}/checkpoint_items?${params}`, rel: 'next' }];
+    }
+    return body;
+  });
+  app.get('/v1/:projectId/checkpoint_items/:itemId', { config: CFG, schema: { tags, summary: 'Show a backup (B3)' } }, async (req) => ({ checkpoint_item: await itemView(await s.serverBackups.getItemOrCheckpointItem(pid(req), (req.params as { itemId: string }).itemId)) }));
+
+  app.delete('/v1/:projectId/providers/:providerId/checkpoints/:checkpointId', {
+    config: CFG,
+    schema: { querystring: Type.Object({ checkpoint_items: Type.Optional(Type.String()) }), tags, summary: 'Delete a backup record, or some of its backups (B6)' },
+  }, async (req) => {
+    checkProvider(req);
+    const items = (req.query as { checkpoint_items?: string }).checkpoint_items?.split(',').map((x) => x.trim()).filter(Boolean);
+    await s.serverBackups.deleteCheckpoint(pid(req), (req.params as { checkpointId: string }).checkpointId, items);
+    return {};
+  });
+
+  app.post('/v1/:projectId/restores', { config: CFG, schema: { body: RestoreBody, tags: ['csbs restore'], summary: 'Restore a server from a backup (S1)' } }, async (req) => {
+    const r = (req.body as { restore: { provider_id: string; checkpoint_id: string; restore_target?: string | null; parameters: { checkpoint_item_id: string; power_on: boolean; targets: { server_id: string; volumes: { backup_id: string; volume_id: string }[] } } } }).restore;
+    if (r.provider_id !== CSBS_PROVIDER_ID) throw new ApiError(400, `provider invalid: ${r.provider_id}`, 'CSBS.9001');
+    const t = r.parameters.targets;
+    const { restoreId } = await s.serverBackups.restore(pid(req), { checkpointId: r.checkpoint_id, itemId: r.parameters.checkpoint_item_id, serverId: t.server_id, mapping: t.volumes.map((v) => ({ backupId: v.backup_id, volumeId: v.volume_id })), powerOn: r.parameters.power_on });
+    return {
+      restore: {
+        id: restoreId, status: 'in_progress', provider_id: CSBS_PROVIDER_ID, checkpoint_id: r.checkpoint_id, project_id: pid(req), restore_target: r.restore_target ?? null,
+        resources_status: { [`OS::Nova::Server#${t.server_id}`]: 'in_progress' }, resources_reason: {}, parameters: r.parameters,
+      },
+    };
+  });
+
+  const provider = { id: CSBS_PROVIDER_ID, name: 'OS Infra Provider', description: 'This provider uses OpenStack\'s own services (Haven\'s engine) as storage', extended_info_schema: {}, saved_info_schema: {}, restore_schema: {} };
+  app.get('/v1/:projectId/providers', { config: CFG, schema: { tags, summary: 'List providers (Karbor)' } }, async () => ({ providers: [provider] }));
+  app.get('/v1/:projectId/providers/:providerId', { config: CFG, schema: { tags, summary: 'Show the provider (Karbor)' } }, async (req) => {
+    if ((req.params as { providerId: string }).providerId !== CSBS_PROVIDER_ID) throw new ApiError(404, 'Provider not found.', 'CSBS.9001');
+    return { provider };
+  });
+}

@@ -1,0 +1,280 @@
+/**
+ * Server backups (CSBS): all volumes of a server at one moment.
+ *
+ * A protect job: the operator's freeze hook runs (application-consistent backups), every attached
+ * volume is snapshotted (reflink when the file system can, else a sparse copy), the thaw hook runs,
+ * and only then are the snapshots backed up through the engine — so writes after the snapshot
+ * moment never leak into the backup. Each volume becomes an ordinary backup row (origin csbs,
+ * linked to the checkpoint item), visible in VBS lists and deletable only through CSBS.
+ */
+import { execFile } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import { randomBytes } from 'node:crypto';
+import type { Catalog } from '../catalog/catalog.ts';
+import type { ItemFilter } from '../catalog/checkpoint-queries.ts';
+import { CSBS_PROVIDER_ID, type Checkpoint, type CheckpointItem } from '../domain/checkpoint.ts';
+import type { Clock } from '../domain/clock.ts';
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import { newHexId, newUuid } from '../domain/ids.ts';
+import type { Backup, Job, JobType, Volume } from '../domain/model.ts';
+import type { BackupService } from './backup-service.ts';
+import type { JobHandler } from './job-runner.ts';
+import { copySparse } from './volume-service.ts';
+
+const run = promisify(execFile);
+const HOOK_TIMEOUT_MS = 120_000;
+
+export interface ServerBackupOptions {
+  dataDir: string;
+  freezeCommand: string;
+  thawCommand: string;
+}
+
+export interface RestoreMapping {
+  backupId: string;
+  volumeId: string;
+}
+
+export class ServerBackupService {
+  private readonly catalog: Catalog;
+  private readonly clock: Clock;
+  private readonly backups: BackupService;
+  private readonly opts: ServerBackupOptions;
+  private readonly jobQueued: () => void;
+
+  constructor(catalog: Catalog, clock: Clock, backups: BackupService, opts: ServerBackupOptions, jobQueued: () => void) {
+    this.catalog = catalog;
+    this.clock = clock;
+    this.backups = backups;
+    this.opts = opts;
+    this.jobQueued = jobQueued;
+  }
+
+  private newJob(projectId: string, type: JobType, payload: Record<string, unknown>): Job {
+    return { id: newHexId(), projectId, type, status: 'INIT', payload, entities: {}, errorCode: null, failReason: null, owner: null, heartbeatAt: null, progressDone: 0, progressTotal: 0, createdAt: this.clock.now(), beginTime: null, endTime: null };
+  }
+
+  /** B2: backs up one server; returns the checkpoint (status protecting) with its one item. */
+  async protect(projectId: string, serverId: string, input: { name?: string | undefined; description?: string | undefined; incremental?: boolean | undefined; tags?: { key: string; value: string }[] | undefined; policyId?: string | null; planName?: string; autoTrigger?: boolean }): Promise<{ checkpoint: Checkpoint; item: CheckpointItem }> {
+    const now = this.clock.now();
+    const r = await this.catalog.transaction(async (c) => {
+      const server = await c.servers.getServer(projectId, serverId);
+      if (!server) throw new AppError(ErrorCode.ServerNotFound, `Server ${serverId} does not exist.`);
+      if (!(await c.servers.attachments(serverId)).length) throw new AppError(ErrorCode.ServerHasNoVolume, `No volume attached to the server (${serverId}) for protect.`);
+      if ((await c.checkpoints.busyItemsOfServer(serverId)).length) throw new AppError(ErrorCode.ServerBusy, `Server (${serverId}) is already being backed up or restored.`);
+      const checkpoint: Checkpoint = {
+        id: newUuid(), projectId, planId: input.policyId ?? `fake_${newUuid()}`, planName: input.planName ?? `server protect plan for ${serverId}`, status: 'protecting',
+        createdBy: input.autoTrigger ? 'operation-engine' : 'manual', createdAt: now, updatedAt: now,
+      };
+      const item: CheckpointItem = {
+        id: newUuid(), checkpointId: checkpoint.id, projectId, serverId, serverName: server.name, policyId: input.policyId ?? null,
+        name: input.name ?? `${input.autoTrigger ? 'autobk' : 'manualbk'}_${randomBytes(2).toString('hex')}`, description: input.description ?? '', status: 'waiting_protect',
+        incremental: input.incremental !== false, autoTrigger: input.autoTrigger ?? false, tags: input.tags ?? [], failOp: '', failReason: '', availabilityZone: server.availabilityZone,
+        createdAt: now, updatedAt: now, finishedAt: null,
+      };
+      await c.checkpoints.insertCheckpoint(checkpoint);
+      await c.checkpoints.insertItem(item);
+      await c.jobs.insertJob(this.newJob(projectId, 'csbsProtect', { itemId: item.id }));
+      return { checkpoint, item };
+    });
+    this.jobQueued();
+    return r;
+  }
+
+  async getItem(projectId: string, id: string): Promise<CheckpointItem> {
+    const i = await this.catalog.checkpoints.getItem(projectId, id);
+    if (!i) throw new AppError(ErrorCode.CheckpointItemNotFound, `Checkpoint_item (${id}) is not found.`);
+    return i;
+  }
+
+  /** An item by its id, or the single item of a checkpoint given by its id (gophercloud polls that way). */
+  async getItemOrCheckpointItem(projectId: string, id: string): Promise<CheckpointItem> {
+    const i = await this.catalog.checkpoints.getItem(projectId, id);
+    if (i) return i;
+    const items = (await this.catalog.checkpoints.getCheckpoint(projectId, id)) ? await this.catalog.checkpoints.itemsOfCheckpoint(id) : [];
+    if (items.length === 1) return items[0]!;
+    throw new AppError(ErrorCode.CheckpointItemNotFound, `Checkpoint_item (${id}) is not found.`);
+  }
+
+  listItems(projectId: string, f: ItemFilter, page: Parameters<Catalog['checkpoints']['listItems']>[2]): Promise<CheckpointItem[]> {
+    return this.catalog.checkpoints.listItems(projectId, f, page);
+  }
+
+  countItems(projectId: string, f: ItemFilter): Promise<number> {
+    return this.catalog.checkpoints.countItems(projectId, f);
+  }
+
+  volumeBackupsOf(itemId: string): Promise<Backup[]> {
+    return this.catalog.backups.backupsOfItem(itemId);
+  }
+
+  async checkpointOf(item: CheckpointItem): Promise<Checkpoint | undefined> {
+    return this.catalog.checkpoints.getCheckpoint(item.projectId, item.checkpointId);
+  }
+
+  /** B6: deletes every item of a checkpoint, or the listed ones. Asynchronous: items go deleting, then away. */
+  async deleteCheckpoint(projectId: string, checkpointId: string, itemIds?: string[]): Promise<void> {
+    await this.catalog.transaction(async (c) => {
+      const cp = await c.checkpoints.getCheckpoint(projectId, checkpointId);
+      if (!cp) throw new AppError(ErrorCode.CheckpointItemNotFound, `Checkpoint (${checkpointId}) is not found.`);
+      const items = await c.checkpoints.itemsOfCheckpoint(checkpointId);
+      const chosen = itemIds?.length ? itemIds.map((id) => {
+        const it = items.find((x) => x.id === id);
+        if (!it) throw new AppError(ErrorCode.CheckpointItemNotFound, `Checkpoint_item (${id}) is not found.`);
+        return it;
+      }) : items;
+      for (const it of chosen) {
+        if (it.status === 'deleting' || it.status === 'waiting_delete') continue; // already on its way
+        if (!(await c.checkpoints.transitionItem(it.id, ['available', 'error'], 'waiting_delete', this.clock.now()))) throw new AppError(ErrorCode.CheckpointItemBusy, `Checkpoint_item (${it.id}) is ${it.status}: item in executing.`);
+        await c.jobs.insertJob(this.newJob(projectId, 'csbsDelete', { itemId: it.id }));
+      }
+    });
+    this.jobQueued();
+  }
+
+  /** S1: restores every volume of a server backup onto the target server's volumes. */
+  async restore(projectId: string, input: { checkpointId: string; itemId: string; serverId: string; mapping: RestoreMapping[]; powerOn: boolean }): Promise<{ restoreId: string; item: CheckpointItem }> {
+    const now = this.clock.now();
+    const r = await this.catalog.transaction(async (c) => {
+      const item = await c.checkpoints.getItem(projectId, input.itemId);
+      if (!item || item.checkpointId !== input.checkpointId) throw new AppError(ErrorCode.CheckpointItemNotFound, `Checkpoint_item (${input.itemId}) is not found.`);
+      if (item.status !== 'available') throw new AppError(ErrorCode.CheckpointItemUnavailable, `checkpoint item not available: ${item.id} is ${item.status}.`);
+      const server = await c.servers.getServer(projectId, input.serverId);
+      if (!server) throw new AppError(ErrorCode.ServerNotFound, `Server ${input.serverId} does not exist.`);
+      if ((await c.checkpoints.busyItemsOfServer(server.id)).some((x) => x.status === 'restoring' || x.status === 'waiting_restore')) throw new AppError(ErrorCode.ServerBusy, 'The server is restoring.');
+      const attached = await c.servers.attachments(server.id);
+      if (!attached.length) throw new AppError(ErrorCode.ServerHasNoVolume, `No volume attached to the server (${server.id}) for restore.`);
+      const volumeBackups = await c.backups.backupsOfItem(item.id);
+      const unknown = input.mapping.filter((m) => !volumeBackups.some((b) => b.id === m.backupId));
+      if (unknown.length) throw new AppError(ErrorCode.RestoreMappingInvalid, `Can not find backup(s) (${unknown.map((m) => m.backupId).join(', ')}) in checkpoint item (${item.id}).`, { details: { csbs: 'CSBS.6017' } });
+      const missing = volumeBackups.filter((b) => !input.mapping.some((m) => m.backupId === b.id));
+      if (missing.length || new Set(input.mapping.map((m) => m.backupId)).size !== input.mapping.length) {
+        throw new AppError(ErrorCode.RestoreMappingInvalid, `Not assign backup(s) (${missing.map((b) => b.id).join(', ')}) to volume(s), partial restore is not supported.`, { details: { csbs: 'CSBS.6018' } });
+      }
+      for (const m of input.mapping) {
+        if (!attached.some((a) => a.volumeId === m.volumeId)) throw new AppError(ErrorCode.RestoreMappingInvalid, `Volume(s) (${m.volumeId}) not found in target server.`, { details: { csbs: 'CSBS.6014' } });
+        const v = (await c.volumes.getVolume(projectId, m.volumeId))!;
+        const b = volumeBackups.find((x) => x.id === m.backupId)!;
+        if (v.sizeBytes < b.sizeBytes) throw new AppError(ErrorCode.RestoreMappingInvalid, `Target volume (${v.id}) size (${v.sizeGb}) small than volume backup (${b.id}) size (${b.sizeGb}).`, { details: { csbs: 'CSBS.6024' } });
+      }
+      if (new Set(input.mapping.map((m) => m.volumeId)).size !== input.mapping.length) throw new AppError(ErrorCode.RestoreMappingInvalid, 'A target volume is mapped twice.', { details: { csbs: 'CSBS.6018' } });
+      await c.checkpoints.transitionItem(item.id, ['available'], 'waiting_restore', now);
+      const restoreId = newUuid();
+      await c.checkpoints.insertRestore({ id: restoreId, projectId, checkpointId: item.checkpointId, itemId: item.id, serverId: server.id, parameters: input, status: 'in_progress', createdAt: now });
+      await c.jobs.insertJob(this.newJob(projectId, 'csbsRestore', { itemId: item.id, restoreId, serverId: server.id, mapping: input.mapping }));
+      return { restoreId, item };
+    });
+    this.jobQueued();
+    return r;
+  }
+
+  private async hook(command: string, env: Record<string, string>): Promise<void> {
+    if (!command) return;
+    try {
+      await run('sh', ['-c', command], { env: { ...process.env, ...env }, timeout: HOOK_TIMEOUT_MS });
+    } catch (err) {
+      const e = err as { stderr?: string; message: string };
+      throw new AppError(ErrorCode.HookFailed, `hook "${command}" failed: ${(e.stderr || e.message).trim().split('\n').slice(-1)[0]}`, { cause: err });
+    }
+  }
+
+  handlers(): Record<'csbsProtect' | 'csbsDelete' | 'csbsRestore', JobHandler> {
+    const now = () => this.clock.now();
+    return {
+      csbsProtect: {
+        run: async (job, ctx) => {
+          const item = (await this.catalog.checkpoints.getItemById(String(job.payload.itemId)))!;
+          if (!(await this.catalog.checkpoints.transitionItem(item.id, ['waiting_protect'], 'protecting', now()))) throw new AppError(ErrorCode.CheckpointItemBusy, `checkpoint item ${item.id} is no longer waiting to be protected`);
+          const attached = await this.catalog.servers.attachments(item.serverId);
+          const volumes: Volume[] = [];
+          for (const a of attached) volumes.push((await this.catalog.volumes.getVolumeById(a.volumeId))!);
+          const snapDir = path.join(this.opts.dataDir, 'snapshots', `csbs-${item.id}`);
+          await fs.mkdir(snapDir, { recursive: true });
+          const env = { HAVEN_SERVER_ID: item.serverId, HAVEN_SERVER_NAME: item.serverName, HAVEN_VOLUME_PATHS: volumes.map((v) => v.path).join(' ') };
+          try {
+            // The snapshot moment: freeze, copy every volume, thaw (thaw runs even if a copy failed).
+            await this.hook(this.opts.freezeCommand, env);
+            try {
+              for (const v of volumes) await copySparse(v.path, path.join(snapDir, `${v.id}.img`));
+            } finally {
+              await this.hook(this.opts.thawCommand, env);
+            }
+            const total = volumes.reduce((n, v) => n + v.sizeBytes, 0);
+            let before = 0;
+            for (const [i, v] of volumes.entries()) {
+              await this.backups.backupVolumeNow(v, path.join(snapDir, `${v.id}.img`), {
+                name: `${item.name}_${(v.name ?? v.id).slice(0, 40)}`, description: `disk ${i + 1} of server ${item.serverName}`, checkpointItemId: item.id, full: !item.incremental,
+                signal: ctx.signal, onProgress: (d) => ctx.progress(before + d, total),
+              });
+              before += v.sizeBytes;
+            }
+          } finally {
+            await fs.rm(snapDir, { recursive: true, force: true }); // the snapshots were only the backup's source
+          }
+          await this.catalog.checkpoints.transitionItem(item.id, ['protecting'], 'available', now(), null, true);
+          await this.catalog.checkpoints.setCheckpointStatus(item.checkpointId, 'available', now());
+          return { checkpoint_item_id: item.id, checkpoint_id: item.checkpointId };
+        },
+        fail: async (job, err) => {
+          const itemId = String(job.payload.itemId);
+          const item = await this.catalog.checkpoints.getItemById(itemId);
+          const reason = (err as Error).message ?? String(err);
+          // Volume backups this run left half-made (process died mid-backup) become error, so they
+          // never block the volume's next backup; the snapshots go.
+          for (const b of await this.catalog.backups.backupsOfItem(itemId)) await this.catalog.backups.transitionBackup(b.id, ['creating'], 'error', now(), reason);
+          await fs.rm(path.join(this.opts.dataDir, 'snapshots', `csbs-${itemId}`), { recursive: true, force: true });
+          await this.catalog.checkpoints.transitionItem(itemId, ['waiting_protect', 'protecting'], 'error', now(), { op: 'backup', reason }, true);
+          if (item) await this.catalog.checkpoints.setCheckpointStatus(item.checkpointId, 'error', now());
+          return { errorCode: 'CSBS.9999', failReason: `backup failed: ${(err as Error).message ?? String(err)}` };
+        },
+      },
+      csbsDelete: {
+        run: async (job) => {
+          const itemId = String(job.payload.itemId);
+          const item = (await this.catalog.checkpoints.getItemById(itemId))!;
+          await this.catalog.checkpoints.transitionItem(itemId, ['waiting_delete'], 'deleting', now());
+          for (const b of await this.catalog.backups.backupsOfItem(itemId)) await this.backups.deleteVolumeBackupNow(b.id);
+          await this.catalog.transaction(async (c) => {
+            await c.checkpoints.deleteItem(itemId);
+            if (!(await c.checkpoints.itemsOfCheckpoint(item.checkpointId)).length) await c.checkpoints.deleteCheckpoint(item.checkpointId);
+          });
+          this.backups.collectGarbageSoon();
+          return { checkpoint_item_id: itemId };
+        },
+        fail: async (job, err) => {
+          await this.catalog.checkpoints.transitionItem(String(job.payload.itemId), ['waiting_delete', 'deleting'], 'error', now(), { op: 'delete', reason: (err as Error).message ?? String(err) });
+          return { errorCode: 'CSBS.9999', failReason: `delete failed: ${(err as Error).message ?? String(err)}` };
+        },
+      },
+      csbsRestore: {
+        run: async (job, ctx) => {
+          const p = job.payload as { itemId: string; restoreId: string; serverId: string; mapping: RestoreMapping[] };
+          await this.catalog.checkpoints.transitionItem(p.itemId, ['waiting_restore'], 'restoring', now());
+          const backups = await this.catalog.backups.backupsOfItem(p.itemId);
+          const total = backups.reduce((n, b) => n + b.sizeBytes, 0);
+          let before = 0;
+          for (const m of p.mapping) {
+            const v = await this.catalog.volumes.getVolumeById(m.volumeId);
+            if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${m.volumeId} no longer exists`);
+            await this.backups.restoreVolumeNow(m.backupId, v, { signal: ctx.signal, onProgress: (d) => ctx.progress(before + d, total) });
+            before += backups.find((b) => b.id === m.backupId)?.sizeBytes ?? 0;
+          }
+          await this.catalog.checkpoints.transitionItem(p.itemId, ['restoring'], 'available', now());
+          await this.catalog.checkpoints.setRestoreStatus(p.restoreId, 'success', null, now());
+          return { restore_id: p.restoreId };
+        },
+        fail: async (job, err) => {
+          const p = job.payload as { itemId: string; restoreId: string };
+          const reason = (err as Error).message ?? String(err);
+          await this.catalog.checkpoints.transitionItem(p.itemId, ['waiting_restore', 'restoring'], 'available', now(), { op: 'restore', reason });
+          await this.catalog.checkpoints.setRestoreStatus(p.restoreId, 'failed', reason, now());
+          return { errorCode: 'CSBS.9999', failReason: `restore failed: ${reason}` };
+        },
+      },
+    };
+  }
+}
+
+export { CSBS_PROVIDER_ID };

@@ -1,0 +1,145 @@
+/**
+ * CSBS end to end: a server with three volumes of known data is backed up (B2), its backup polled
+ * to available (B4/B3), the data changed, the server restored (S1) and every volume compared byte
+ * for byte. The snapshot moment is tested with a thaw hook that overwrites the volumes right after
+ * the snapshots: those writes must not leak into the backup.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { ADMIN_PASSWORD, startService, type TestService } from '../helpers/service.ts';
+import { MiB, overwrite, randomBytesSeeded, sha256File, TempDirs } from '../helpers/volumes.ts';
+
+const PROVIDER = 'fc4d5750-22e7-4798-8a46-f48f62c4c1da';
+
+describe('CSBS server backup and restore', () => {
+  const temp = new TempDirs('haven-csbs-');
+  let svc: TestService;
+  let token: string;
+  let pid: string;
+  before(async () => {
+    // The thaw hook scribbles over every volume right after the snapshots were taken.
+    svc = await startService(temp, { thawCommand: 'for f in $HAVEN_VOLUME_PATHS; do printf "WRITTEN-AFTER-SNAPSHOT" | dd of="$f" bs=1 seek=1024 conv=notrunc status=none; done' });
+    ({ token, projectId: pid } = await svc.login('admin', ADMIN_PASSWORD, 'admin'));
+  });
+  after(async () => {
+    await svc.close();
+    temp.cleanup();
+  });
+
+  const volumeWithData = async (name: string, seed: number) => {
+    const r = await svc.req({ method: 'POST', url: `/v3/${pid}/volumes`, token, payload: { volume: { size: 1, name } } });
+    const id = (r.json() as { volume: { id: string } }).volume.id;
+    const file = (await svc.app.catalog.volumes.getVolumeById(id))!.path;
+    await overwrite(file, 0, randomBytesSeeded(2 * MiB, seed));
+    await overwrite(file, 500 * MiB, randomBytesSeeded(1 * MiB, seed + 100));
+    return { id, file };
+  };
+
+  async function waitItem(itemId: string, done: (status: string) => boolean) {
+    for (let i = 0; i < 2400; i++) {
+      const r = await svc.req({ method: 'GET', url: `/v1/${pid}/checkpoint_items/${itemId}`, token });
+      if (r.statusCode === 404) return null;
+      assert.equal(r.statusCode, 200, r.body);
+      const item = (r.json() as { checkpoint_item: Record<string, unknown> }).checkpoint_item;
+      if (done(String(item.status))) return item;
+      await new Promise((res) => setTimeout(res, 25));
+    }
+    throw new Error('item did not settle');
+  }
+
+  it('backs up all volumes at one moment and restores them bit-identical', async () => {
+    const vols = [await volumeWithData('sys', 1), await volumeWithData('data1', 2), await volumeWithData('data2', 3)];
+    const srv = await svc.req({
+      method: 'POST', url: `/v2.1/${pid}/servers`, token,
+      payload: { server: { name: 'app1', block_device_mapping_v2: vols.map((v, i) => ({ source_type: 'volume', uuid: v.id, boot_index: i === 0 ? 0 : -1 })) } },
+    });
+    assert.equal(srv.statusCode, 202, srv.body);
+    const serverId = (srv.json() as { server: { id: string } }).server.id;
+    const atBackup = await Promise.all(vols.map((v) => sha256File(v.file)));
+
+    const prot = await svc.req({ method: 'POST', url: `/v1/${pid}/providers/${PROVIDER}/resources/${serverId}/action`, token, payload: { protect: { backup_name: 'app1_b1', description: 'before upgrade' } } });
+    assert.equal(prot.statusCode, 200, prot.body);
+    const cp = (prot.json() as { checkpoint: { id: string; status: string; protection_plan: { id: string; name: string; resources: { id: string }[] } } }).checkpoint;
+    assert.equal(cp.status, 'protecting');
+    assert.match(cp.protection_plan.id, /^fake_/);
+    assert.equal(cp.protection_plan.name, `server protect plan for ${serverId}`);
+    assert.deepEqual(cp.protection_plan.resources.map((r) => r.id), [serverId]);
+
+    // Terraform's flow: list the checkpoint's items, poll the item to available.
+    const list = await svc.req({ method: 'GET', url: `/v1/${pid}/checkpoint_items?checkpoint_id=${cp.id}`, token });
+    const items = (list.json() as { checkpoint_items: { id: string }[] }).checkpoint_items;
+    assert.equal(items.length, 1);
+    const item = (await waitItem(items[0]!.id, (st) => st === 'available' || st === 'error'))!;
+    assert.equal(item.status, 'available', JSON.stringify(item));
+    assert.equal(item.name, 'app1_b1');
+    assert.equal(item.resource_id, serverId);
+    const ext = item.extend_info as { volume_backups: { id: string; source_volume_id: string; bootable: boolean }[]; progress: number };
+    assert.equal(ext.progress, 100);
+    assert.deepEqual(ext.volume_backups.map((b) => b.source_volume_id).sort(), vols.map((v) => v.id).sort());
+
+    // The thaw hook wrote into the volumes after the snapshots: the live volumes changed ...
+    const afterThaw = await Promise.all(vols.map((v) => sha256File(v.file)));
+    for (let i = 0; i < 3; i++) assert.notEqual(afterThaw[i], atBackup[i]);
+
+    // The volume backups are VBS backups too, but deletable only through CSBS.
+    for (const b of ext.volume_backups) {
+      const shown = await svc.req({ method: 'GET', url: `/v3/${pid}/backups/${b.id}`, token });
+      assert.equal((shown.json() as { backup: { status: string } }).backup.status, 'available');
+      const del = await svc.req({ method: 'DELETE', url: `/v3/${pid}/backups/${b.id}`, token });
+      assert.equal(del.statusCode, 403, del.body);
+    }
+
+    // Change the data again, then restore the server.
+    for (const [i, v] of vols.entries()) await overwrite(v.file, 100 * MiB, randomBytesSeeded(MiB, 50 + i));
+    const res = await svc.req({
+      method: 'POST', url: `/v1/${pid}/restores`, token,
+      payload: { restore: { provider_id: PROVIDER, checkpoint_id: cp.id, parameters: { checkpoint_item_id: item.id, power_on: true, targets: { server_id: serverId, volumes: ext.volume_backups.map((b) => ({ backup_id: b.id, volume_id: b.source_volume_id })) } } } },
+    });
+    assert.equal(res.statusCode, 200, res.body);
+    assert.equal((res.json() as { restore: { status: string } }).restore.status, 'in_progress');
+    const back = (await waitItem(String(item.id), (st) => st === 'available'))!;
+    assert.equal(back.status, 'available');
+    await svc.app.runner.idle();
+    // ... but the restore brings back exactly the snapshot moment, not the thaw hook's writes.
+    for (const [i, v] of vols.entries()) assert.equal(await sha256File(v.file), atBackup[i], `volume ${i}`);
+
+    // Delete the backup record (B6): the item goes away, and so do its volume backups.
+    const del = await svc.req({ method: 'DELETE', url: `/v1/${pid}/providers/${PROVIDER}/checkpoints/${cp.id}`, token });
+    assert.equal(del.statusCode, 200, del.body);
+    assert.deepEqual(del.json(), {});
+    assert.equal(await waitItem(String(item.id), () => false).catch(() => 'stuck'), null);
+    const gone = await svc.req({ method: 'GET', url: `/v1/${pid}/checkpoint_items/${item.id}`, token });
+    assert.equal(gone.statusCode, 404);
+    assert.equal((gone.json() as { error_code: string }).error_code, 'CSBS.3001');
+    for (const b of ext.volume_backups) assert.equal((await svc.req({ method: 'GET', url: `/v3/${pid}/backups/${b.id}`, token })).statusCode, 404);
+  });
+
+  it('refuses partial restores, unknown servers and wrong providers with CSBS codes', async () => {
+    const vols = [await volumeWithData('a', 7), await volumeWithData('b', 8)];
+    const srv = await svc.req({ method: 'POST', url: `/v2.1/${pid}/servers`, token, payload: { server: { name: 'two', block_device_mapping_v2: vols.map((v, i) => ({ source_type: 'volume', uuid: v.id, boot_index: i === 0 ? 0 : -1 })) } } });
+    const serverId = (srv.json() as { server: { id: string } }).server.id;
+    const wrong = await svc.req({ method: 'POST', url: `/v1/${pid}/providers/00000000-0000-4000-8000-000000000000/resources/${serverId}/action`, token, payload: { protect: {} } });
+    assert.equal(wrong.statusCode, 400);
+    assert.equal((wrong.json() as { error_code: string }).error_code, 'CSBS.9001');
+    const ghost = await svc.req({ method: 'POST', url: `/v1/${pid}/providers/${PROVIDER}/resources/00000000-0000-4000-8000-000000000000/action`, token, payload: { protect: {} } });
+    assert.equal(ghost.statusCode, 400);
+    assert.equal((ghost.json() as { error_code: string }).error_code, 'CSBS.6000');
+
+    const prot = await svc.req({ method: 'POST', url: `/v1/${pid}/providers/${PROVIDER}/resources/${serverId}/action`, token, payload: { protect: {} } });
+    const cpId = (prot.json() as { checkpoint: { id: string } }).checkpoint.id;
+    const items = ((await svc.req({ method: 'GET', url: `/v1/${pid}/checkpoint_items?checkpoint_id=${cpId}`, token })).json() as { checkpoint_items: { id: string; name: string }[] }).checkpoint_items;
+    assert.match(items[0]!.name, /^manualbk_[0-9a-f]{4}$/);
+    const item = (await waitItem(items[0]!.id, (st) => st === 'available'))!;
+    const vb = (item.extend_info as { volume_backups: { id: string; source_volume_id: string }[] }).volume_backups;
+    const before = await Promise.all(vols.map((v) => sha256File(v.file)));
+    const partial = await svc.req({
+      method: 'POST', url: `/v1/${pid}/restores`, token,
+      payload: { restore: { provider_id: PROVIDER, checkpoint_id: cpId, parameters: { checkpoint_item_id: item.id, power_on: false, targets: { server_id: serverId, volumes: [{ backup_id: vb[0]!.id, volume_id: vb[0]!.source_volume_id }] } } } },
+    });
+    assert.equal(partial.statusCode, 400, partial.body);
+    assert.equal((partial.json() as { error_code: string }).error_code, 'CSBS.6018');
+    assert.deepEqual(await Promise.all(vols.map((v) => sha256File(v.file))), before);
+    const count = await svc.req({ method: 'GET', url: `/v1/${pid}/checkpoint_items/count?resource_id=${serverId}`, token });
+    assert.deepEqual(count.json(), { count: 1 });
+  });
+});
