@@ -78,4 +78,40 @@ describe('retention', () => {
     const backups = [b('a', '2026-11-25T02:00:00Z'), b('b', '2026-11-25T02:00:00Z'), b('c', '2026-11-25T02:00:00Z')];
     assert.deepEqual(selectBackupsToDelete(backups, rule({ keepCount: 2 }), at('2026-11-25T03:00:00Z')), ['a']);
   });
+
+  describe('CSBS rules', () => {
+    it('permanent keeps everything whatever the other rules say', () => {
+      assert.deepEqual(selectBackupsToDelete(daily(10, '2026-11-25T02:00:00Z'), rule({ keepCount: 1, keepDays: 1, permanent: true, combine: 'both' }), at('2026-11-25T03:00:00Z')), []);
+    });
+
+    it('max_backups and retention_duration_days both apply', () => {
+      // Newest 4 are d1..d4; younger than 2 days are d3, d4 (d2 is 49 h old) -> keep d3, d4.
+      const backups = daily(5, '2026-11-25T02:00:00Z');
+      assert.deepEqual(selectBackupsToDelete(backups, rule({ keepCount: 4, keepDays: 2, combine: 'both' }), at('2026-11-25T03:00:00Z')).sort(), ['d0', 'd1', 'd2']);
+    });
+
+    it('long-term rules keep the newest of each recent day, week, month or year on top of max_backups', () => {
+      // Two backups a day (02:00 and 14:00) for 10 days up to 11-25; keep 2 plus the newest of the last 5 days.
+      const backups = Array.from({ length: 20 }, (_, i) => b(`b${i}`, new Date(at('2026-11-16T02:00:00Z') + i * 12 * 3600_000).toISOString()));
+      const del = selectBackupsToDelete(backups, rule({ keepCount: 2, combine: 'both', longTerm: { days: 5 } }), at('2026-11-25T20:00:00Z'));
+      const kept = backups.map((x) => x.id).filter((id) => !del.includes(id));
+      // b19 (11-25 14:00), b18 (11-25 02:00) by count; the 14:00 ones of 11-24 .. 11-21 by days (11-25's newest is b19).
+      assert.deepEqual(kept, ['b11', 'b13', 'b15', 'b17', 'b18', 'b19']);
+    });
+
+    it('weeks start on Monday in the policy\'s time zone', () => {
+      // Sunday 11-29 23:00 UTC is Monday 11-30 07:00 at UTC+08:00: a new week there, not in UTC.
+      const backups = [b('sat', '2026-11-28T10:00:00Z'), b('sun', '2026-11-29T23:00:00Z'), b('tue', '2026-12-01T10:00:00Z')];
+      const now = at('2026-12-01T12:00:00Z');
+      assert.deepEqual(selectBackupsToDelete(backups, rule({ keepCount: 0, combine: 'both', longTerm: { weeks: 2 }, offsetMinutes: 480 }), now), ['sun']);
+      assert.deepEqual(selectBackupsToDelete(backups, rule({ keepCount: 0, combine: 'both', longTerm: { weeks: 2 }, offsetMinutes: 0 }), now), ['sat']);
+    });
+
+    it('months and years', () => {
+      const backups = [b('2025a', '2025-06-01T00:00:00Z'), b('2025b', '2025-12-31T00:00:00Z'), b('jan', '2026-01-15T00:00:00Z'), b('oct', '2026-10-15T00:00:00Z'), b('nov1', '2026-11-01T00:00:00Z'), b('nov2', '2026-11-20T00:00:00Z')];
+      const now = at('2026-11-25T00:00:00Z');
+      assert.deepEqual(selectBackupsToDelete(backups, rule({ keepCount: 0, combine: 'both', longTerm: { months: 2 } }), now).sort(), ['2025a', '2025b', 'jan', 'nov1']);
+      assert.deepEqual(selectBackupsToDelete(backups, rule({ keepCount: 0, combine: 'both', longTerm: { years: 2 } }), now).sort(), ['2025a', 'jan', 'nov1', 'oct']);
+    });
+  });
 });

@@ -18,8 +18,20 @@ export interface RetentionRule {
   keepCount: number | null;
   keepDays: number | null;
   keepFirstOfMonth: boolean;
-  /** Minutes east of UTC of the policy's time zone (months are local months). */
+  /** Minutes east of UTC of the policy's time zone (days, weeks, months are local). */
   offsetMinutes: number;
+  /**
+   * How count and days combine when both are given. VBS (default): the count wins and the days are
+   * ignored. CSBS: both apply — a backup stays only if it is among the newest N and younger than D.
+   */
+  combine?: 'countWins' | 'both';
+  /** CSBS `permanent`: nothing is ever pruned. */
+  permanent?: boolean;
+  /**
+   * CSBS long-term rules (day/week/month/year_backups): the newest backup of each of the N most
+   * recent local days (weeks from Monday, months, years) that have a backup is kept as well.
+   */
+  longTerm?: { days?: number; weeks?: number; months?: number; years?: number };
 }
 
 export interface RetentionCandidate {
@@ -36,15 +48,44 @@ function localMonth(ms: number, offsetMinutes: number): number {
   return d.getUTCFullYear() * 12 + d.getUTCMonth();
 }
 
+/** Local period index of `ms`: days since the epoch, weeks (from Monday), months, years. */
+function period(ms: number, offsetMinutes: number, unit: 'days' | 'weeks' | 'months' | 'years'): number {
+  const local = ms + offsetMinutes * 60_000;
+  const d = new Date(local);
+  switch (unit) {
+    case 'days':
+      return Math.floor(local / DAY_MS);
+    case 'weeks':
+      return Math.floor((Math.floor(local / DAY_MS) + 3) / 7); // 1970-01-05 was a Monday: day 4 -> week 1
+    case 'months':
+      return d.getUTCFullYear() * 12 + d.getUTCMonth();
+    case 'years':
+      return d.getUTCFullYear();
+  }
+}
+
 export function selectBackupsToDelete(backups: readonly RetentionCandidate[], rule: RetentionRule, nowMs: number): string[] {
+  if (rule.permanent) return [];
   const eligible = backups.filter((b) => b.status === 'available').sort((a, b) => b.createdAt - a.createdAt || (a.id < b.id ? 1 : -1));
   const keep = new Set<string>();
-  if (rule.keepCount !== null) {
-    for (const b of eligible.slice(0, Math.max(0, rule.keepCount))) keep.add(b.id);
-  } else if (rule.keepDays !== null) {
-    for (const b of eligible) if (nowMs - b.createdAt < rule.keepDays * DAY_MS) keep.add(b.id);
+  const longTerm = Object.entries(rule.longTerm ?? {}).filter(([, n]) => n !== undefined && n > 0) as [keyof NonNullable<RetentionRule['longTerm']>, number][];
+  const byCount = rule.keepCount !== null ? new Set(eligible.slice(0, Math.max(0, rule.keepCount)).map((b) => b.id)) : null;
+  const byDays = rule.keepDays !== null ? new Set(eligible.filter((b) => nowMs - b.createdAt < rule.keepDays! * DAY_MS).map((b) => b.id)) : null;
+  if (!byCount && !byDays && !longTerm.length) return []; // no rule: keep everything
+  if ((rule.combine ?? 'countWins') === 'countWins') {
+    for (const id of byCount ?? byDays ?? []) keep.add(id);
   } else {
-    return []; // no rule: keep everything
+    for (const b of eligible) if ((!byCount || byCount.has(b.id)) && (!byDays || byDays.has(b.id)) && (byCount || byDays)) keep.add(b.id);
+  }
+  for (const [unit, n] of longTerm) {
+    const seen = new Set<number>();
+    for (const b of eligible) {
+      const p = period(b.createdAt, rule.offsetMinutes, unit);
+      if (seen.has(p)) continue;
+      if (seen.size >= n) break;
+      seen.add(p);
+      keep.add(b.id); // the newest of its period (eligible is newest first)
+    }
   }
   if (rule.keepFirstOfMonth) {
     const month = localMonth(nowMs, rule.offsetMinutes);
