@@ -64,6 +64,8 @@ const DEFAULT_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.CheckpointItemBusy]: 400,
   [ErrorCode.CheckpointItemUnavailable]: 400,
   [ErrorCode.RestoreMappingInvalid]: 400,
+  [ErrorCode.ServerInOtherPolicy]: 400,
+  [ErrorCode.PolicyHasNoServer]: 500,
 };
 
 /** Per route: domain code -> [OTC code, HTTP status]. */

@@ -20,6 +20,7 @@ import type { PolicyService } from '../services/policy-service.ts';
 import type { SharingService } from '../services/sharing-service.ts';
 import type { ServerService } from '../services/server-service.ts';
 import type { ServerBackupService } from '../services/server-backup-service.ts';
+import type { CsbsPolicyService } from '../services/csbs-policy-service.ts';
 import { ApiError, envelope, isClientError, replyForError, type Envelope, type RouteErrorCodes, type ValidationCodes } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import { registerIdentityRoutes } from './identity/identity.routes.ts';
@@ -42,6 +43,7 @@ export interface ApiServices {
   sharing: SharingService;
   servers: ServerService;
   serverBackups: ServerBackupService;
+  csbsPolicies: CsbsPolicyService;
   metrics: Metrics;
   /** Health of the parts /healthz reports on. */
   health(): Promise<Record<string, string>>;

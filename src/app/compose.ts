@@ -20,6 +20,11 @@ import { BackupService } from '../services/backup-service.ts';
 import { IdentityService } from '../services/identity-service.ts';
 import { JobRunner } from '../services/job-runner.ts';
 import { PolicyScheduler } from '../scheduler/scheduler.ts';
+import { csbsPolicySource, vbsPolicySource } from '../scheduler/sources.ts';
+import { parsePattern } from '../scheduler/rrule.ts';
+import { ScheduleError } from '../scheduler/schedule-spec.ts';
+import { CsbsPolicyService } from '../services/csbs-policy-service.ts';
+import { AppError, ErrorCode } from '../domain/errors.ts';
 import { pino, type Logger as PinoLogger } from 'pino';
 import { VolumeService } from '../services/volume-service.ts';
 import { PolicyService } from '../services/policy-service.ts';
@@ -104,8 +109,17 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     }, log);
     const policies = new PolicyService(catalog, clock, backups, config.maxPoliciesPerProject);
     policiesRef = policies;
-    const scheduler = new PolicyScheduler(catalog, clock, policies, log, { graceMs: config.scheduleGraceSeconds * 1000 });
     const serverBackups = new ServerBackupService(catalog, clock, backups, { dataDir: config.dataDir, freezeCommand: config.freezeCommand, thawCommand: config.thawCommand }, () => runner?.wake());
+    const csbsPolicies = new CsbsPolicyService(catalog, clock, serverBackups, (pattern) => {
+      try {
+        parsePattern(pattern);
+      } catch (err) {
+        if (err instanceof ScheduleError) throw new AppError(ErrorCode.InvalidArgument, `trigger pattern: ${err.message}`);
+        throw err;
+      }
+    });
+    serverBackups.onItemAvailable = (item) => csbsPolicies.applyRetention(item);
+    const scheduler = new PolicyScheduler(clock, [vbsPolicySource(catalog, policies), csbsPolicySource(catalog, csbsPolicies, log)], log, { graceMs: config.scheduleGraceSeconds * 1000 });
     runner = new JobRunner(catalog, clock, { ...backups.handlers(), ...serverBackups.handlers() }, log, {
       concurrency: config.jobConcurrency,
       exclusive: true,
@@ -113,7 +127,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     });
     const jobsStarted = opts.runJobs !== false;
     const server = await buildServer({
-      config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), servers: new ServerService(catalog, clock, config.availabilityZone), serverBackups, metrics,
+      config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), servers: new ServerService(catalog, clock, config.availabilityZone), serverBackups, csbsPolicies, metrics,
       health: async () => {
         const parts: Record<string, string> = {};
         try {

@@ -8,6 +8,7 @@ import { JobQueries } from './job-queries.ts';
 import { PolicyQueries } from './policy-queries.ts';
 import { ServerQueries } from './server-queries.ts';
 import { CheckpointQueries } from './checkpoint-queries.ts';
+import { CsbsPolicyQueries } from './csbs-policy-queries.ts';
 import type { SqlDatabase, SqlExecutor } from './sql.ts';
 import { VolumeQueries } from './volume-queries.ts';
 
@@ -19,6 +20,7 @@ export class CatalogQueries {
   readonly policies: PolicyQueries;
   readonly servers: ServerQueries;
   readonly checkpoints: CheckpointQueries;
+  readonly csbsPolicies: CsbsPolicyQueries;
   constructor(exec: SqlExecutor) {
     this.identity = new IdentityQueries(exec);
     this.volumes = new VolumeQueries(exec);
@@ -27,6 +29,7 @@ export class CatalogQueries {
     this.policies = new PolicyQueries(exec);
     this.servers = new ServerQueries(exec);
     this.checkpoints = new CheckpointQueries(exec);
+    this.csbsPolicies = new CsbsPolicyQueries(exec);
   }
 }
 

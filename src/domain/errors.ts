@@ -64,6 +64,8 @@ export const ErrorCode = {
   CheckpointItemUnavailable: 'CHECKPOINT_ITEM_UNAVAILABLE',
   RestoreMappingInvalid: 'RESTORE_MAPPING_INVALID',
   HookFailed: 'HOOK_FAILED',
+  ServerInOtherPolicy: 'SERVER_IN_OTHER_POLICY',
+  PolicyHasNoServer: 'POLICY_HAS_NO_SERVER',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -12,18 +12,39 @@
  * less than `graceMs` old; every other missed slot is recorded as skipped (task status SKIP) —
  * never a burst of catch-up backups. The clock is injected; tests drive tick() with a fake clock.
  */
-import type { Catalog } from '../catalog/catalog.ts';
 import type { Clock } from '../domain/clock.ts';
-import type { PolicyWithCount } from '../domain/policy.ts';
 import type { Logger } from '../services/job-runner.ts';
-import type { PolicyService } from '../services/policy-service.ts';
-import { nextSlot, ScheduleError, slotsBetween, vbsSchedule } from './schedule-spec.ts';
+import { nextSlot, ScheduleError, slotsBetween, type VbsSchedule } from './schedule-spec.ts';
 
 export const DEFAULT_GRACE_MS = 3600_000;
 /** Skipped slots recorded per policy per tick at most (the newest ones). */
 export const MAX_SKIPPED_RECORDED = 24;
-/** Task history kept (the reference: 30 days). */
-export const TASK_HISTORY_MS = 30 * 86_400_000;
+
+/** What the scheduler needs of a policy, whatever its API (VBS policy, CSBS plan). */
+export interface ScheduledPolicy {
+  id: string;
+  projectId: string;
+  scheduleAnchor: number;
+  nextRunAt: number | null;
+}
+
+/**
+ * One kind of scheduled policy (sources.ts has the VBS and CSBS ones): how to find the due ones in
+ * the catalog, claim a slot, compute slots, run a slot and record a skipped one.
+ */
+export interface ScheduleSource<P extends ScheduledPolicy = ScheduledPolicy> {
+  readonly kind: string;
+  unscheduled(limit: number): Promise<P[]>;
+  due(nowMs: number, limit: number): Promise<P[]>;
+  /** Compare-and-set of next_run_at from `expected` to `next`. */
+  claim(id: string, expected: number | null, next: number): Promise<boolean>;
+  /** Throws ScheduleError for a schedule that cannot run. */
+  scheduleOf(p: P): VbsSchedule;
+  fire(p: P, slotMs: number): Promise<void>;
+  recordSkipped(p: P, slotMs: number, nowMs: number): Promise<void>;
+  /** Per-tick housekeeping (task history), optional. */
+  housekeeping?(nowMs: number): Promise<void>;
+}
 
 export interface SchedulerOptions {
   graceMs?: number;
@@ -39,9 +60,8 @@ export interface TickResult {
 }
 
 export class PolicyScheduler {
-  private readonly catalog: Catalog;
   private readonly clock: Clock;
-  private readonly policies: PolicyService;
+  private readonly sources: ScheduleSource[];
   private readonly log: Logger;
   private readonly graceMs: number;
   private readonly tickMs: number;
@@ -49,10 +69,9 @@ export class PolicyScheduler {
   private timer: NodeJS.Timeout | null = null;
   private ticking: Promise<TickResult> | null = null;
 
-  constructor(catalog: Catalog, clock: Clock, policies: PolicyService, log: Logger, opts: SchedulerOptions = {}) {
-    this.catalog = catalog;
+  constructor(clock: Clock, sources: ScheduleSource[], log: Logger, opts: SchedulerOptions = {}) {
     this.clock = clock;
-    this.policies = policies;
+    this.sources = sources;
     this.log = log;
     this.graceMs = opts.graceMs ?? DEFAULT_GRACE_MS;
     this.tickMs = opts.tickMs ?? 20_000;
@@ -74,7 +93,7 @@ export class PolicyScheduler {
     await this.ticking?.catch(() => undefined); // reported by the tick itself
   }
 
-  /** One pass over the due policies. Ticks never overlap within a process. */
+  /** One pass over the due policies of every source. Ticks never overlap within a process. */
   tick(): Promise<TickResult> {
     this.ticking ??= this.tickOnce().finally(() => (this.ticking = null));
     return this.ticking;
@@ -83,68 +102,66 @@ export class PolicyScheduler {
   private async tickOnce(): Promise<TickResult> {
     const now = this.clock.now();
     const result: TickResult = { fired: 0, skipped: 0, initialized: 0 };
-    // In batches, so memory stays bounded however many policies are due at once.
-    for (;;) {
-      const batch = await this.catalog.policies.unscheduledPolicies(this.batch);
-      for (const p of batch) {
-        // First computation starts at the anchor: a slot between the policy's creation (or its
-        // schedule change, or switching ON) and now is due; nothing before the anchor ever is.
-        const first = this.safeNext(p, p.scheduleAnchor);
-        if (first === null) {
-          await this.catalog.policies.claimSchedule(p.id, null, Number.MAX_SAFE_INTEGER); // never due
-          continue;
+    for (const source of this.sources) {
+      // In batches, so memory stays bounded however many policies are due at once.
+      for (;;) {
+        const batch = await source.unscheduled(this.batch);
+        for (const p of batch) {
+          // First computation starts at the anchor: a slot between the policy's creation (or its
+          // schedule change, or switching ON) and now is due; nothing before the anchor ever is.
+          const first = this.safeNext(source, p, p.scheduleAnchor);
+          if (first === null) {
+            await source.claim(p.id, null, Number.MAX_SAFE_INTEGER); // never due
+            continue;
+          }
+          if (await source.claim(p.id, null, first)) {
+            result.initialized++;
+            p.nextRunAt = first;
+            if (first <= now) await this.handleDue(source, p, now, result);
+          }
         }
-        if (await this.catalog.policies.claimSchedule(p.id, null, first)) {
-          result.initialized++;
-          p.nextRunAt = first;
-          if (first <= now) await this.handleDue(p, now, result);
-        }
+        if (batch.length < this.batch) break;
       }
-      if (batch.length < this.batch) break;
+      for (;;) {
+        const batch = await source.due(now, this.batch);
+        for (const p of batch) await this.handleDue(source, p, now, result);
+        if (batch.length < this.batch) break;
+      }
+      await source.housekeeping?.(now);
     }
-    for (;;) {
-      const batch = await this.catalog.policies.duePolicies(now, this.batch);
-      for (const p of batch) await this.handleDue(p, now, result);
-      if (batch.length < this.batch) break;
-    }
-    await this.catalog.policies.deleteTasksBefore(now - TASK_HISTORY_MS);
     return result;
   }
 
-  private safeNext(p: PolicyWithCount, fromMs: number): number | null {
+  private safeNext(source: ScheduleSource, p: ScheduledPolicy, fromMs: number): number | null {
     try {
-      return nextSlot(this.scheduleOf(p), fromMs);
+      return nextSlot(source.scheduleOf(p), fromMs);
     } catch (err) {
       if (!(err instanceof ScheduleError)) throw err;
-      this.log.warn({ policyId: p.id, err: err.message }, 'policy has an invalid schedule; it does not run');
+      this.log.warn({ policyId: p.id, kind: source.kind, err: err.message }, 'policy has an invalid schedule; it does not run');
       return null;
     }
   }
 
-  private scheduleOf(p: PolicyWithCount) {
-    return vbsSchedule({ startTime: p.startTime, timeZone: p.timeZone, weekFrequency: p.weekFrequency, frequency: p.frequency, anchorMs: p.scheduleAnchor });
-  }
-
-  private async handleDue(p: PolicyWithCount, now: number, result: TickResult): Promise<void> {
+  private async handleDue(source: ScheduleSource, p: ScheduledPolicy, now: number, result: TickResult): Promise<void> {
     const due = p.nextRunAt!;
-    const s = this.scheduleOf(p);
+    const s = source.scheduleOf(p);
     const missed = slotsBetween(s, due, now, 10_000);
     const next = nextSlot(s, now + 1);
-    if (!(await this.catalog.policies.claimSchedule(p.id, due, next))) return; // another process handles it
+    if (!(await source.claim(p.id, due, next))) return; // another process handles it
     const newest = missed.at(-1);
     const fire = newest !== undefined && now - newest <= this.graceMs ? newest : null;
     const skippedSlots = missed.filter((t) => t !== fire).slice(-MAX_SKIPPED_RECORDED);
     for (const slot of skippedSlots) {
-      await this.policies.recordSkippedSlot(p.projectId, p.id, slot, now);
+      await source.recordSkipped(p, slot, now);
       result.skipped++;
     }
     if (fire !== null) {
       try {
-        await this.policies.execute(p.projectId, p.id, { slotAt: fire, refuseWhileRunning: false });
+        await source.fire(p, fire);
         result.fired++;
-        this.log.info({ policyId: p.id, slot: new Date(fire).toISOString() }, 'policy slot fired');
+        this.log.info({ policyId: p.id, kind: source.kind, slot: new Date(fire).toISOString() }, 'policy slot fired');
       } catch (err) {
-        this.log.error({ err, policyId: p.id }, 'policy slot could not run');
+        this.log.error({ err, policyId: p.id, kind: source.kind }, 'policy slot could not run');
       }
     }
   }

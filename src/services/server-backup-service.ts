@@ -32,6 +32,13 @@ export interface ServerBackupOptions {
   thawCommand: string;
 }
 
+export interface ItemInput {
+  name?: string | undefined;
+  description?: string | undefined;
+  incremental?: boolean | undefined;
+  tags?: { key: string; value: string }[] | undefined;
+}
+
 export interface RestoreMapping {
   backupId: string;
   volumeId: string;
@@ -44,6 +51,9 @@ export class ServerBackupService {
   private readonly opts: ServerBackupOptions;
   private readonly jobQueued: () => void;
 
+  /** Called when an item became available (policy retention runs here). */
+  onItemAvailable: ((item: CheckpointItem) => Promise<unknown>) | null = null;
+
   constructor(catalog: Catalog, clock: Clock, backups: BackupService, opts: ServerBackupOptions, jobQueued: () => void) {
     this.catalog = catalog;
     this.clock = clock;
@@ -52,34 +62,60 @@ export class ServerBackupService {
     this.jobQueued = jobQueued;
   }
 
+  /** A checkpoint is settled when none of its items is still being protected. */
+  private async settleCheckpoint(checkpointId: string): Promise<void> {
+    const items = await this.catalog.checkpoints.itemsOfCheckpoint(checkpointId);
+    if (items.some((i) => i.status === 'waiting_protect' || i.status === 'protecting')) return;
+    await this.catalog.checkpoints.setCheckpointStatus(checkpointId, items.some((i) => i.status === 'error') ? 'error' : 'available', this.clock.now());
+  }
+
   private newJob(projectId: string, type: JobType, payload: Record<string, unknown>): Job {
     return { id: newHexId(), projectId, type, status: 'INIT', payload, entities: {}, errorCode: null, failReason: null, owner: null, heartbeatAt: null, progressDone: 0, progressTotal: 0, createdAt: this.clock.now(), beginTime: null, endTime: null };
   }
 
   /** B2: backs up one server; returns the checkpoint (status protecting) with its one item. */
-  async protect(projectId: string, serverId: string, input: { name?: string | undefined; description?: string | undefined; incremental?: boolean | undefined; tags?: { key: string; value: string }[] | undefined; policyId?: string | null; planName?: string; autoTrigger?: boolean }): Promise<{ checkpoint: Checkpoint; item: CheckpointItem }> {
+  async protect(projectId: string, serverId: string, input: ItemInput): Promise<{ checkpoint: Checkpoint; item: CheckpointItem }> {
+    const r = await this.protectServers(projectId, [serverId], { policyId: null, planName: null, autoTrigger: false, skipBusy: false }, input);
+    return { checkpoint: r.checkpoint, item: r.items[0]! };
+  }
+
+  /**
+   * One checkpoint with an item per server, each backed up by its own job (B1, B2, scheduled runs).
+   * With `skipBusy`, a server whose previous backup or restore is still running is left out (a
+   * scheduled run never backs a server up twice); otherwise that is an error.
+   */
+  async protectServers(projectId: string, serverIds: string[], plan: { policyId: string | null; planName: string | null; autoTrigger: boolean; skipBusy: boolean }, input: ItemInput): Promise<{ checkpoint: Checkpoint; items: CheckpointItem[] }> {
     const now = this.clock.now();
     const r = await this.catalog.transaction(async (c) => {
-      const server = await c.servers.getServer(projectId, serverId);
-      if (!server) throw new AppError(ErrorCode.ServerNotFound, `Server ${serverId} does not exist.`);
-      if (!(await c.servers.attachments(serverId)).length) throw new AppError(ErrorCode.ServerHasNoVolume, `No volume attached to the server (${serverId}) for protect.`);
-      if ((await c.checkpoints.busyItemsOfServer(serverId)).length) throw new AppError(ErrorCode.ServerBusy, `Server (${serverId}) is already being backed up or restored.`);
       const checkpoint: Checkpoint = {
-        id: newUuid(), projectId, planId: input.policyId ?? `fake_${newUuid()}`, planName: input.planName ?? `server protect plan for ${serverId}`, status: 'protecting',
-        createdBy: input.autoTrigger ? 'operation-engine' : 'manual', createdAt: now, updatedAt: now,
+        id: newUuid(), projectId, planId: plan.policyId ?? `fake_${newUuid()}`, planName: plan.planName ?? `server protect plan for ${serverIds[0] ?? ''}`, status: 'protecting',
+        createdBy: plan.autoTrigger ? 'operation-engine' : 'manual', createdAt: now, updatedAt: now,
       };
-      const item: CheckpointItem = {
-        id: newUuid(), checkpointId: checkpoint.id, projectId, serverId, serverName: server.name, policyId: input.policyId ?? null,
-        name: input.name ?? `${input.autoTrigger ? 'autobk' : 'manualbk'}_${randomBytes(2).toString('hex')}`, description: input.description ?? '', status: 'waiting_protect',
-        incremental: input.incremental !== false, autoTrigger: input.autoTrigger ?? false, tags: input.tags ?? [], failOp: '', failReason: '', availabilityZone: server.availabilityZone,
-        createdAt: now, updatedAt: now, finishedAt: null,
-      };
+      const items: CheckpointItem[] = [];
+      for (const serverId of serverIds) {
+        const server = await c.servers.getServer(projectId, serverId);
+        if (!server) throw new AppError(ErrorCode.ServerNotFound, `Server ${serverId} does not exist.`);
+        if (!(await c.servers.attachments(serverId)).length) throw new AppError(ErrorCode.ServerHasNoVolume, `No volume attached to the server (${serverId}) for protect.`);
+        if ((await c.checkpoints.busyItemsOfServer(serverId)).length) {
+          if (plan.skipBusy) continue;
+          throw new AppError(ErrorCode.ServerBusy, `Server (${serverId}) is already being backed up or restored.`);
+        }
+        items.push({
+          id: newUuid(), checkpointId: checkpoint.id, projectId, serverId, serverName: server.name, policyId: plan.policyId,
+          name: input.name ?? `${plan.autoTrigger ? 'autobk' : 'manualbk'}_${randomBytes(2).toString('hex')}`, description: input.description ?? '', status: 'waiting_protect',
+          incremental: input.incremental !== false, autoTrigger: plan.autoTrigger, tags: input.tags ?? [], failOp: '', failReason: '', availabilityZone: server.availabilityZone,
+          createdAt: now, updatedAt: now, finishedAt: null,
+        });
+      }
+      if (!items.length) return { checkpoint, items };
       await c.checkpoints.insertCheckpoint(checkpoint);
-      await c.checkpoints.insertItem(item);
-      await c.jobs.insertJob(this.newJob(projectId, 'csbsProtect', { itemId: item.id }));
-      return { checkpoint, item };
+      for (const item of items) {
+        await c.checkpoints.insertItem(item);
+        await c.jobs.insertJob(this.newJob(projectId, 'csbsProtect', { itemId: item.id }));
+      }
+      return { checkpoint, items };
     });
-    this.jobQueued();
+    if (r.items.length) this.jobQueued();
     return r;
   }
 
@@ -214,7 +250,9 @@ export class ServerBackupService {
             await fs.rm(snapDir, { recursive: true, force: true }); // the snapshots were only the backup's source
           }
           await this.catalog.checkpoints.transitionItem(item.id, ['protecting'], 'available', now(), null, true);
-          await this.catalog.checkpoints.setCheckpointStatus(item.checkpointId, 'available', now());
+          await this.settleCheckpoint(item.checkpointId);
+          const done = await this.catalog.checkpoints.getItemById(item.id);
+          if (done && this.onItemAvailable) await this.onItemAvailable(done).catch(() => undefined); // retention is housekeeping; the backup is safe
           return { checkpoint_item_id: item.id, checkpoint_id: item.checkpointId };
         },
         fail: async (job, err) => {
@@ -226,7 +264,7 @@ export class ServerBackupService {
           for (const b of await this.catalog.backups.backupsOfItem(itemId)) await this.catalog.backups.transitionBackup(b.id, ['creating'], 'error', now(), reason);
           await fs.rm(path.join(this.opts.dataDir, 'snapshots', `csbs-${itemId}`), { recursive: true, force: true });
           await this.catalog.checkpoints.transitionItem(itemId, ['waiting_protect', 'protecting'], 'error', now(), { op: 'backup', reason }, true);
-          if (item) await this.catalog.checkpoints.setCheckpointStatus(item.checkpointId, 'error', now());
+          if (item) await this.settleCheckpoint(item.checkpointId);
           return { errorCode: 'CSBS.9999', failReason: `backup failed: ${(err as Error).message ?? String(err)}` };
         },
       },
