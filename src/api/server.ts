@@ -33,6 +33,7 @@ import { registerPolicyRoutes } from './vbs/policies.routes.ts';
 import { registerSharingRoutes } from './vbs/sharing.routes.ts';
 import { registerServerRoutes } from './nova/servers.routes.ts';
 import { registerCheckpointRoutes } from './csbs/checkpoints.routes.ts';
+import { registerCsbsPolicyRoutes } from './csbs/policies.routes.ts';
 
 export interface ApiServices {
   config: Config;
@@ -228,5 +229,6 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   registerSharingRoutes(app, services);
   registerServerRoutes(app, services);
   registerCheckpointRoutes(app, services);
+  registerCsbsPolicyRoutes(app, services);
   return app;
 }

@@ -5,7 +5,9 @@
  * statement of this process waits for it: otherwise it would run inside the open transaction on the
  * shared connection and commit or roll back with it.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
+import { AppError, ErrorCode } from '../domain/errors.ts';
 import type { SqlDatabase, SqlExecutor, SqlValue } from './sql.ts';
 
 export class SqliteDatabase implements SqlDatabase {
@@ -16,6 +18,9 @@ export class SqliteDatabase implements SqlDatabase {
   private gate: Promise<void> = Promise.resolve();
   private inTransaction = false;
   private readonly direct: SqlExecutor;
+  /** Marks the async context of the open transaction, to catch a statement that would deadlock. */
+  private readonly txContext = new AsyncLocalStorage<number>();
+  private txSeq = 0;
 
   constructor(file: string) {
     this.db = new DatabaseSync(file);
@@ -37,6 +42,11 @@ export class SqliteDatabase implements SqlDatabase {
   }
 
   private async outside<T>(fn: () => T): Promise<T> {
+    if (this.inTransaction && this.txContext.getStore() !== undefined) {
+      // Inside a transaction's callback, through the database instead of the callback's executor:
+      // it would wait for the transaction to end, which waits for it. Fail loudly instead.
+      throw new AppError(ErrorCode.CatalogError, 'a catalog statement inside a transaction must use the transaction\'s executor');
+    }
     while (this.inTransaction) await this.gate;
     return fn();
   }
@@ -61,7 +71,7 @@ export class SqliteDatabase implements SqlDatabase {
     try {
       this.db.exec('BEGIN IMMEDIATE');
       try {
-        const result = await fn(this.direct);
+        const result = await this.txContext.run(++this.txSeq, () => fn(this.direct));
         this.db.exec('COMMIT');
         return result;
       } catch (err) {

@@ -3,7 +3,7 @@
  * or by the scheduler, and retention after each scheduled backup — the same retention function as
  * VBS policies, with CSBS's rules (domain/retention.ts).
  */
-import type { Catalog } from '../catalog/catalog.ts';
+import type { Catalog, CatalogQueries } from '../catalog/catalog.ts';
 import type { Checkpoint, CheckpointItem } from '../domain/checkpoint.ts';
 import type { Clock } from '../domain/clock.ts';
 import { MAX_CSBS_POLICIES, MAX_SERVERS_PER_POLICY, type CsbsPolicy, type CsbsPolicyResource, type CsbsRetention } from '../domain/csbs-policy.ts';
@@ -38,12 +38,12 @@ export class CsbsPolicyService {
     this.checkPattern = checkPattern;
   }
 
-  private async checkResources(projectId: string, policyId: string | null, resources: CsbsPolicyResource[]): Promise<void> {
+  private async checkResources(c: CatalogQueries, projectId: string, policyId: string | null, resources: CsbsPolicyResource[]): Promise<void> {
     if (resources.length > MAX_SERVERS_PER_POLICY) throw new AppError(ErrorCode.InvalidArgument, `A policy holds at most ${MAX_SERVERS_PER_POLICY} servers.`);
     if (new Set(resources.map((r) => r.serverId)).size !== resources.length) throw new AppError(ErrorCode.InvalidArgument, 'A server is listed twice in resources.');
     for (const r of resources) {
-      if (!(await this.catalog.servers.getServer(projectId, r.serverId))) throw new AppError(ErrorCode.ServerNotFound, `Server ${r.serverId} does not exist.`);
-      const bound = await this.catalog.csbsPolicies.policyOfServer(r.serverId);
+      if (!(await c.servers.getServer(projectId, r.serverId))) throw new AppError(ErrorCode.ServerNotFound, `Server ${r.serverId} does not exist.`);
+      const bound = await c.csbsPolicies.policyOfServer(r.serverId);
       if (bound && bound !== policyId) throw new AppError(ErrorCode.ServerInOtherPolicy, `Server (${r.serverId}) is already in service.`);
     }
   }
@@ -66,7 +66,7 @@ export class CsbsPolicyService {
     await this.catalog.transaction(async (c) => {
       if ((await c.csbsPolicies.countPolicies(projectId)) >= MAX_CSBS_POLICIES) throw new AppError(ErrorCode.QuotaPoliciesExceeded, 'Service over limit');
       if (await c.csbsPolicies.findByName(projectId, input.name)) throw new AppError(ErrorCode.NameConflict, `duplicate service name: ${input.name}`);
-      await this.checkResources(projectId, null, input.resources);
+      await this.checkResources(c, projectId, null, input.resources);
       await c.csbsPolicies.insertPolicy(p);
       await c.csbsPolicies.setResources(p.id, projectId, input.resources);
     });
@@ -115,7 +115,7 @@ export class CsbsPolicyService {
         next.nextRunAt = null;
       }
       if (u.resources !== undefined) {
-        await this.checkResources(projectId, id, u.resources);
+        await this.checkResources(c, projectId, id, u.resources);
         await c.csbsPolicies.setResources(id, projectId, u.resources);
       }
       await c.csbsPolicies.updatePolicy(next);
