@@ -12,7 +12,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
-import type { Catalog } from '../catalog/catalog.ts';
+import type { Catalog, CatalogQueries } from '../catalog/catalog.ts';
 import type { ItemFilter } from '../catalog/checkpoint-queries.ts';
 import { CSBS_PROVIDER_ID, type Checkpoint, type CheckpointItem } from '../domain/checkpoint.ts';
 import type { Clock } from '../domain/clock.ts';
@@ -170,36 +170,68 @@ export class ServerBackupService {
     this.jobQueued();
   }
 
+  /** The checks of a restore (S1, and R2 as a dry run); throws the first rule broken. */
+  private async validateRestore(c: CatalogQueries, projectId: string, input: { checkpointId?: string; itemId: string; serverId: string; mapping: RestoreMapping[] }): Promise<CheckpointItem> {
+    const item = await c.checkpoints.getItem(projectId, input.itemId);
+    if (!item || (input.checkpointId !== undefined && item.checkpointId !== input.checkpointId)) throw new AppError(ErrorCode.CheckpointItemNotFound, `Checkpoint_item (${input.itemId}) is not found.`);
+    if (item.status !== 'available') throw new AppError(ErrorCode.CheckpointItemUnavailable, `checkpoint item not available: ${item.id} is ${item.status}.`);
+    const server = await c.servers.getServer(projectId, input.serverId);
+    if (!server) throw new AppError(ErrorCode.ServerNotFound, `Server ${input.serverId} does not exist.`);
+    if ((await c.checkpoints.busyItemsOfServer(server.id)).some((x) => x.status === 'restoring' || x.status === 'waiting_restore')) throw new AppError(ErrorCode.ServerBusy, 'The server is restoring.', { details: { csbs: 'CSBS.6015' } });
+    const attached = await c.servers.attachments(server.id);
+    if (!attached.length) throw new AppError(ErrorCode.ServerHasNoVolume, `No volume attached to the server (${server.id}) for restore.`, { details: { csbs: 'CSBS.6020' } });
+    const volumeBackups = await c.backups.backupsOfItem(item.id);
+    const unknown = input.mapping.filter((m) => !volumeBackups.some((b) => b.id === m.backupId));
+    if (unknown.length) throw new AppError(ErrorCode.RestoreMappingInvalid, `Can not find backup(s) (${unknown.map((m) => m.backupId).join(', ')}) in checkpoint item (${item.id}).`, { details: { csbs: 'CSBS.6017' } });
+    const missing = volumeBackups.filter((b) => !input.mapping.some((m) => m.backupId === b.id));
+    if (missing.length || new Set(input.mapping.map((m) => m.backupId)).size !== input.mapping.length) {
+      throw new AppError(ErrorCode.RestoreMappingInvalid, `Not assign backup(s) (${missing.map((b) => b.id).join(', ')}) to volume(s), partial restore is not supported.`, { details: { csbs: 'CSBS.6018' } });
+    }
+    if (new Set(input.mapping.map((m) => m.volumeId)).size !== input.mapping.length) throw new AppError(ErrorCode.RestoreMappingInvalid, 'A target volume is mapped twice.', { details: { csbs: 'CSBS.6018' } });
+    for (const m of input.mapping) {
+      if (!attached.some((a) => a.volumeId === m.volumeId)) throw new AppError(ErrorCode.RestoreMappingInvalid, `Volume(s) (${m.volumeId}) not found in target server.`, { details: { csbs: 'CSBS.6014' } });
+      const v = (await c.volumes.getVolume(projectId, m.volumeId))!;
+      const b = volumeBackups.find((x) => x.id === m.backupId)!;
+      if (v.sizeBytes < b.sizeBytes) throw new AppError(ErrorCode.RestoreMappingInvalid, `Target volume (${v.id}) size (${v.sizeGb}) small than volume backup (${b.id}) size (${b.sizeGb}).`, { details: { csbs: 'CSBS.6024' } });
+    }
+    return item;
+  }
+
+  /** R2: whether a restore would be accepted, without doing it. */
+  async checkRestorable(projectId: string, input: { itemId: string; serverId: string; mapping: RestoreMapping[] }): Promise<AppError | null> {
+    try {
+      await this.validateRestore(this.catalog, projectId, input);
+      return null;
+    } catch (err) {
+      if (err instanceof AppError) return err;
+      throw err;
+    }
+  }
+
+  /** R1: whether a server can be backed up (a server bound to a policy answers no, as CSBS does). */
+  async checkProtectable(projectId: string, serverId: string): Promise<AppError | null> {
+    if (!(await this.catalog.servers.getServer(projectId, serverId))) return new AppError(ErrorCode.ServerNotFound, 'server do not exist');
+    if (!(await this.catalog.servers.attachments(serverId)).length) return new AppError(ErrorCode.ServerHasNoVolume, `No volume attached to the server (${serverId}) for protect.`);
+    if (await this.catalog.csbsPolicies.policyOfServer(serverId)) return new AppError(ErrorCode.ServerInOtherPolicy, `Server (${serverId}) is already in service.`);
+    return null;
+  }
+
+  /** Q1 usage: backups (items) and their stored capacity in GB. */
+  async usage(projectId: string): Promise<{ backups: number; capacityGb: number }> {
+    const backups = await this.catalog.checkpoints.countItems(projectId, {});
+    const row = await this.catalog.db.get<{ b: number | null }>("SELECT SUM(stored_bytes) AS b FROM backups WHERE project_id = ? AND origin = 'csbs'", [projectId]);
+    return { backups, capacityGb: Math.ceil(Number(row?.b ?? 0) / 1024 ** 3) };
+  }
+
   /** S1: restores every volume of a server backup onto the target server's volumes. */
   async restore(projectId: string, input: { checkpointId: string; itemId: string; serverId: string; mapping: RestoreMapping[]; powerOn: boolean }): Promise<{ restoreId: string; item: CheckpointItem }> {
     const now = this.clock.now();
     const r = await this.catalog.transaction(async (c) => {
-      const item = await c.checkpoints.getItem(projectId, input.itemId);
-      if (!item || item.checkpointId !== input.checkpointId) throw new AppError(ErrorCode.CheckpointItemNotFound, `Checkpoint_item (${input.itemId}) is not found.`);
-      if (item.status !== 'available') throw new AppError(ErrorCode.CheckpointItemUnavailable, `checkpoint item not available: ${item.id} is ${item.status}.`);
-      const server = await c.servers.getServer(projectId, input.serverId);
-      if (!server) throw new AppError(ErrorCode.ServerNotFound, `Server ${input.serverId} does not exist.`);
-      if ((await c.checkpoints.busyItemsOfServer(server.id)).some((x) => x.status === 'restoring' || x.status === 'waiting_restore')) throw new AppError(ErrorCode.ServerBusy, 'The server is restoring.');
-      const attached = await c.servers.attachments(server.id);
-      if (!attached.length) throw new AppError(ErrorCode.ServerHasNoVolume, `No volume attached to the server (${server.id}) for restore.`);
-      const volumeBackups = await c.backups.backupsOfItem(item.id);
-      const unknown = input.mapping.filter((m) => !volumeBackups.some((b) => b.id === m.backupId));
-      if (unknown.length) throw new AppError(ErrorCode.RestoreMappingInvalid, `Can not find backup(s) (${unknown.map((m) => m.backupId).join(', ')}) in checkpoint item (${item.id}).`, { details: { csbs: 'CSBS.6017' } });
-      const missing = volumeBackups.filter((b) => !input.mapping.some((m) => m.backupId === b.id));
-      if (missing.length || new Set(input.mapping.map((m) => m.backupId)).size !== input.mapping.length) {
-        throw new AppError(ErrorCode.RestoreMappingInvalid, `Not assign backup(s) (${missing.map((b) => b.id).join(', ')}) to volume(s), partial restore is not supported.`, { details: { csbs: 'CSBS.6018' } });
-      }
-      for (const m of input.mapping) {
-        if (!attached.some((a) => a.volumeId === m.volumeId)) throw new AppError(ErrorCode.RestoreMappingInvalid, `Volume(s) (${m.volumeId}) not found in target server.`, { details: { csbs: 'CSBS.6014' } });
-        const v = (await c.volumes.getVolume(projectId, m.volumeId))!;
-        const b = volumeBackups.find((x) => x.id === m.backupId)!;
-        if (v.sizeBytes < b.sizeBytes) throw new AppError(ErrorCode.RestoreMappingInvalid, `Target volume (${v.id}) size (${v.sizeGb}) small than volume backup (${b.id}) size (${b.sizeGb}).`, { details: { csbs: 'CSBS.6024' } });
-      }
-      if (new Set(input.mapping.map((m) => m.volumeId)).size !== input.mapping.length) throw new AppError(ErrorCode.RestoreMappingInvalid, 'A target volume is mapped twice.', { details: { csbs: 'CSBS.6018' } });
+      const item = await this.validateRestore(c, projectId, input);
       await c.checkpoints.transitionItem(item.id, ['available'], 'waiting_restore', now);
       const restoreId = newUuid();
-      await c.checkpoints.insertRestore({ id: restoreId, projectId, checkpointId: item.checkpointId, itemId: item.id, serverId: server.id, parameters: input, status: 'in_progress', createdAt: now });
-      await c.jobs.insertJob(this.newJob(projectId, 'csbsRestore', { itemId: item.id, restoreId, serverId: server.id, mapping: input.mapping }));
+      await c.checkpoints.insertRestore({ id: restoreId, projectId, checkpointId: item.checkpointId, itemId: item.id, serverId: input.serverId, parameters: input, status: 'in_progress', createdAt: now });
+      await c.jobs.insertJob(this.newJob(projectId, 'csbsRestore', { itemId: item.id, restoreId, serverId: input.serverId, mapping: input.mapping }));
       return { restoreId, item };
     });
     this.jobQueued();

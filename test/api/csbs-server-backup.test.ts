@@ -142,4 +142,41 @@ describe('CSBS server backup and restore', () => {
     const count = await svc.req({ method: 'GET', url: `/v1/${pid}/checkpoint_items/count?resource_id=${serverId}`, token });
     assert.deepEqual(count.json(), { count: 1 });
   });
+
+  it('answers check_protectable, check_restorable and quotas', async () => {
+    const vols = [await volumeWithData('q1', 21)];
+    const srv = await svc.req({ method: 'POST', url: `/v2.1/${pid}/servers`, token, payload: { server: { name: 'q', block_device_mapping_v2: [{ source_type: 'volume', uuid: vols[0]!.id, boot_index: 0 }] } } });
+    const serverId = (srv.json() as { server: { id: string } }).server.id;
+    const bare = await svc.req({ method: 'POST', url: `/v2.1/${pid}/servers`, token, payload: { server: { name: 'empty' } } });
+    const bareId = (bare.json() as { server: { id: string } }).server.id;
+    const r1 = await svc.req({
+      method: 'POST', url: `/v1/${pid}/providers/${PROVIDER}/resources/action`, token,
+      payload: { check_protectable: [{ resource_id: serverId, resource_type: 'OS::Nova::Server' }, { resource_id: bareId, resource_type: 'OS::Nova::Server' }, { resource_id: serverId, resource_type: 'OS::Cinder::Volume' }] },
+    });
+    assert.equal(r1.statusCode, 200, r1.body);
+    const prot = (r1.json() as { protectable: { result: boolean; error_code?: string }[] }).protectable;
+    assert.deepEqual(prot.map((p) => [p.result, p.error_code]), [[true, undefined], [false, 'CSBS.6007'], [false, 'CSBS.6003']]);
+
+    const prot2 = await svc.req({ method: 'POST', url: `/v1/${pid}/providers/${PROVIDER}/resources/${serverId}/action`, token, payload: { protect: { backup_name: 'q_b' } } });
+    const cpId = (prot2.json() as { checkpoint: { id: string } }).checkpoint.id;
+    const itemId = ((await svc.req({ method: 'GET', url: `/v1/${pid}/checkpoint_items?checkpoint_id=${cpId}`, token })).json() as { checkpoint_items: { id: string }[] }).checkpoint_items[0]!.id;
+    const item = (await waitItem(itemId, (st) => st === 'available'))!;
+    const vb = (item.extend_info as { volume_backups: { id: string }[] }).volume_backups;
+    const r2 = await svc.req({
+      method: 'POST', url: `/v1/${pid}/providers/${PROVIDER}/resources/action`, token,
+      payload: { check_restorable: [
+        { checkpoint_item_id: itemId, target: { resource_id: serverId, resource_type: 'OS::Nova::Server', volumes: [{ backup_id: vb[0]!.id, volume_id: vols[0]!.id }] } },
+        { checkpoint_item_id: itemId, target: { resource_id: serverId, resource_type: 'OS::Nova::Server', volumes: [] } },
+        { checkpoint_item_id: itemId, target: { resource_id: bareId, resource_type: 'OS::Nova::Server', volumes: [{ backup_id: vb[0]!.id, volume_id: vols[0]!.id }] } },
+      ] },
+    });
+    assert.equal(r2.statusCode, 200, r2.body);
+    const rest = (r2.json() as { restorable: { result: boolean; error_code: string }[] }).restorable;
+    assert.deepEqual(rest.map((x) => [x.result, x.error_code]), [[true, ''], [false, 'CSBS.6018'], [false, 'CSBS.6020']]);
+
+    const q = (await svc.req({ method: 'GET', url: `/v1/${pid}/quotas`, token })).json() as { quotas: { resources: { type: string; used: number; unit?: string }[] } };
+    const backups = q.quotas.resources.find((r) => r.type === 'backups')!;
+    assert.equal(backups.used, ((await svc.req({ method: 'GET', url: `/v1/${pid}/checkpoint_items/count`, token })).json() as { count: number }).count);
+    assert.equal(q.quotas.resources.find((r) => r.type === 'backup_capacity')!.unit, 'GB');
+  });
 });

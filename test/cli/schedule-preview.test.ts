@@ -16,7 +16,17 @@ describe('haven schedule preview', () => {
     assert.deepEqual(r.stdout.trim().split('\n'), ['2026-11-28T02:00:00.000Z', '2026-12-01T02:00:00.000Z', '2026-12-04T02:00:00.000Z']);
   });
 
+  it('takes a CSBS RRULE pattern, wrapped or not, in a time zone', async () => {
+    const r = await runCli(['schedule', 'preview', '--pattern', 'BEGIN:VCALENDAR\\r\\nBEGIN:VEVENT\\r\\nRRULE:FREQ=WEEKLY;BYDAY=TH;BYHOUR=12;BYMINUTE=27\\r\\nEND:VEVENT\\r\\nEND:VCALENDAR\\r\\n', '--from', '2026-11-25T00:00:00Z', '--count', '2', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), ['2026-11-26T12:27:00.000Z', '2026-12-03T12:27:00.000Z']);
+    const tz = await runCli(['schedule', 'preview', '--pattern', 'RRULE:FREQ=DAILY;BYHOUR=23;BYMINUTE=0', '--time-zone', 'UTC+01:00', '--from', '2026-11-25T00:00:00Z', '--count', '2', '--json']);
+    assert.deepEqual(JSON.parse(tz.stdout), ['2026-11-25T22:00:00.000Z', '2026-11-26T22:00:00.000Z']);
+  });
+
   for (const [what, args] of [
+    ['an unsupported RRULE', ['--pattern', 'RRULE:FREQ=HOURLY;BYHOUR=1']],
+    ['both --start-time and --pattern', ['--start-time', '12:00', '--pattern', 'RRULE:FREQ=DAILY;BYHOUR=1', '--week-frequency', 'MON']],
     ['a start time that is not a whole hour', ['--start-time', '12:30', '--week-frequency', 'MON']],
     ['a bad time zone', ['--start-time', '12:00', '--time-zone', 'UTC+8', '--week-frequency', 'MON']],
     ['a bad day', ['--start-time', '12:00', '--week-frequency', 'MONDAY']],

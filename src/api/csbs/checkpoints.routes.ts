@@ -7,7 +7,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { ITEM_SORT_KEYS, type ItemFilter } from '../../catalog/checkpoint-queries.ts';
 import { CSBS_PROVIDER_ID, type Checkpoint, type CheckpointItem } from '../../domain/checkpoint.ts';
-import { ErrorCode } from '../../domain/errors.ts';
+import { AppError, ErrorCode } from '../../domain/errors.ts';
 import type { Backup } from '../../domain/model.ts';
 import { ApiError, type RouteErrorCodes, type ValidationCodes } from '../errors.ts';
 import { baseUrl, type ApiServices } from '../server.ts';
@@ -230,6 +230,42 @@ export function registerCheckpointRoutes(app: FastifyInstance, s: ApiServices): 
         resources_status: { [`OS::Nova::Server#${t.server_id}`]: 'in_progress' }, resources_reason: {}, parameters: r.parameters,
       },
     };
+  });
+
+  // R1 and R2 share one URL; the body's key says which (gophercloud reads protectable / restorable).
+  const codeOf = (err: AppError): string => (typeof err.details?.csbs === 'string' ? err.details.csbs : (ERRORS[err.code]?.[0] ?? (err.code === ErrorCode.ServerInOtherPolicy ? 'CSBS.6004' : 'CSBS.9001')));
+  const Check = Type.Object({
+    check_protectable: Type.Optional(Type.Array(Type.Object({ resource_id: Type.String({ minLength: 1 }), resource_type: Type.String() }), { minItems: 1, maxItems: 256 })),
+    check_restorable: Type.Optional(Type.Array(Type.Object({
+      checkpoint_item_id: Type.String({ minLength: 1 }),
+      target: Type.Object({ resource_id: Type.String({ minLength: 1 }), resource_type: Type.String(), volumes: Type.Array(Type.Object({ backup_id: Type.String({ minLength: 1 }), volume_id: Type.String({ minLength: 1 }) })) }),
+    }), { minItems: 1, maxItems: 256 })),
+  });
+  app.post('/v1/:projectId/providers/:providerId/resources/action', { config: CFG, schema: { body: Check, tags, summary: 'Can these servers be backed up (R1), can this backup be restored there (R2)?' } }, async (req) => {
+    checkProvider(req);
+    const b = req.body as { check_protectable?: { resource_id: string; resource_type: string }[]; check_restorable?: { checkpoint_item_id: string; target: { resource_id: string; resource_type: string; volumes: { backup_id: string; volume_id: string }[] } }[] };
+    if ((b.check_protectable === undefined) === (b.check_restorable === undefined)) throw new ApiError(400, 'give check_protectable or check_restorable', 'CSBS.9001');
+    if (b.check_protectable) {
+      const out = [];
+      for (const r of b.check_protectable) {
+        const err = r.resource_type !== 'OS::Nova::Server' ? new AppError(ErrorCode.InvalidArgument, `Resource (${r.resource_id}) type (${r.resource_type}) is not support protection.`, { details: { csbs: 'CSBS.6003' } }) : await s.serverBackups.checkProtectable(pid(req), r.resource_id);
+        out.push(err ? { resource_id: r.resource_id, resource_type: r.resource_type, result: false, error_code: codeOf(err), error_msg: err.message } : { resource_id: r.resource_id, resource_type: r.resource_type, result: true });
+      }
+      return { protectable: out };
+    }
+    const out = [];
+    for (const r of b.check_restorable!) {
+      const err = r.target.resource_type !== 'OS::Nova::Server'
+        ? new AppError(ErrorCode.InvalidArgument, `Resource (${r.target.resource_id}) type (${r.target.resource_type}) is not support restoration.`, { details: { csbs: 'CSBS.6013' } })
+        : await s.serverBackups.checkRestorable(pid(req), { itemId: r.checkpoint_item_id, serverId: r.target.resource_id, mapping: r.target.volumes.map((v) => ({ backupId: v.backup_id, volumeId: v.volume_id })) });
+      out.push({ resource_id: r.target.resource_id, resource_type: r.target.resource_type, result: !err, error_code: err ? codeOf(err) : '', error_msg: err ? err.message : '' });
+    }
+    return { restorable: out };
+  });
+
+  app.get('/v1/:projectId/quotas', { config: CFG, schema: { tags, summary: 'Backup quotas and usage (Q1)' } }, async (req) => {
+    const u = await s.serverBackups.usage(pid(req));
+    return { quotas: { resources: [{ type: 'backup_capacity', unit: 'GB', quota: s.config.quotaBackupGigabytes, used: u.capacityGb }, { type: 'backups', quota: s.config.quotaBackups, used: u.backups }] } };
   });
 
   const provider = { id: CSBS_PROVIDER_ID, name: 'OS Infra Provider', description: 'This provider uses OpenStack\'s own services (Haven\'s engine) as storage', extended_info_schema: {}, saved_info_schema: {}, restore_schema: {} };
