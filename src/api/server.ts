@@ -21,6 +21,7 @@ import type { SharingService } from '../services/sharing-service.ts';
 import type { ServerService } from '../services/server-service.ts';
 import type { ServerBackupService } from '../services/server-backup-service.ts';
 import type { CsbsPolicyService } from '../services/csbs-policy-service.ts';
+import type { CsbsTagService } from '../services/csbs-tag-service.ts';
 import { ApiError, envelope, isClientError, replyForError, type Envelope, type RouteErrorCodes, type ValidationCodes } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import { registerIdentityRoutes } from './identity/identity.routes.ts';
@@ -34,6 +35,7 @@ import { registerSharingRoutes } from './vbs/sharing.routes.ts';
 import { registerServerRoutes } from './nova/servers.routes.ts';
 import { registerCheckpointRoutes } from './csbs/checkpoints.routes.ts';
 import { registerCsbsPolicyRoutes } from './csbs/policies.routes.ts';
+import { registerCsbsTagRoutes } from './csbs/tags.routes.ts';
 
 export interface ApiServices {
   config: Config;
@@ -45,6 +47,7 @@ export interface ApiServices {
   servers: ServerService;
   serverBackups: ServerBackupService;
   csbsPolicies: CsbsPolicyService;
+  csbsTags: CsbsTagService;
   metrics: Metrics;
   /** Health of the parts /healthz reports on. */
   health(): Promise<Record<string, string>>;
@@ -230,5 +233,6 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   registerServerRoutes(app, services);
   registerCheckpointRoutes(app, services);
   registerCsbsPolicyRoutes(app, services);
+  registerCsbsTagRoutes(app, services);
   return app;
 }

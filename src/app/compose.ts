@@ -24,6 +24,7 @@ import { csbsPolicySource, vbsPolicySource } from '../scheduler/sources.ts';
 import { parsePattern } from '../scheduler/rrule.ts';
 import { ScheduleError } from '../scheduler/schedule-spec.ts';
 import { CsbsPolicyService } from '../services/csbs-policy-service.ts';
+import { CsbsTagService } from '../services/csbs-tag-service.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { pino, type Logger as PinoLogger } from 'pino';
 import { VolumeService } from '../services/volume-service.ts';
@@ -127,7 +128,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     });
     const jobsStarted = opts.runJobs !== false;
     const server = await buildServer({
-      config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), servers: new ServerService(catalog, clock, config.availabilityZone), serverBackups, csbsPolicies, metrics,
+      config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), servers: new ServerService(catalog, clock, config.availabilityZone), serverBackups, csbsPolicies, csbsTags: new CsbsTagService(catalog), metrics,
       health: async () => {
         const parts: Record<string, string> = {};
         try {

@@ -113,6 +113,10 @@ export class CheckpointQueries {
     return (await this.db.run(`UPDATE checkpoint_items SET ${sets.join(', ')} WHERE id = ? AND status IN (${marks})`, [...params, id, ...from])).changes === 1;
   }
 
+  async setItemTags(id: string, tags: { key: string; value: string }[]): Promise<void> {
+    await this.db.run('UPDATE checkpoint_items SET tags = ? WHERE id = ?', [JSON.stringify(tags), id]);
+  }
+
   async deleteItem(id: string): Promise<void> {
     await this.db.run('DELETE FROM checkpoint_items WHERE id = ?', [id]);
   }

@@ -55,6 +55,10 @@ export class CsbsPolicyQueries {
     return (await this.db.all<Row>(`SELECT * FROM csbs_policies WHERE ${where} ORDER BY ${f.sortKey} ${dir}, id ${dir} LIMIT ? OFFSET ?`, [...params, f.limit, f.offset])).map(toPolicy);
   }
 
+  async setTags(id: string, tags: { key: string; value: string }[]): Promise<void> {
+    await this.db.run('UPDATE csbs_policies SET tags = ? WHERE id = ?', [JSON.stringify(tags), id]);
+  }
+
   async countPolicies(projectId: string): Promise<number> {
     return Number((await this.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM csbs_policies WHERE project_id = ?', [projectId]))!.n);
   }

@@ -138,7 +138,8 @@ export class CsbsPolicyService {
     const stranger = chosen.find((id) => !members.includes(id));
     if (stranger) throw new AppError(ErrorCode.InvalidArgument, `Server ${stranger} is not a resource of policy ${policyId}.`);
     if (!chosen.length) throw new AppError(ErrorCode.PolicyHasNoServer, 'plan has no resource backup');
-    const r = await this.serverBackups.protectServers(projectId, chosen, { policyId, planName: p.name, autoTrigger: opts.autoTrigger, skipBusy: opts.autoTrigger }, {});
+    // The policy's tags go onto every backup it makes (UMN).
+    const r = await this.serverBackups.protectServers(projectId, chosen, { policyId, planName: p.name, autoTrigger: opts.autoTrigger, skipBusy: opts.autoTrigger }, p.tags.length ? { tags: p.tags } : {});
     return { ...r, policy: p };
   }
 

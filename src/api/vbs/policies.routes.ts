@@ -7,6 +7,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { ErrorCode } from '../../domain/errors.ts';
 import { parseTimeZone, WEEK_DAYS, type WeekDay } from '../../domain/policy.ts';
+import { matchesTagQuery } from '../../domain/tag-filter.ts';
 import type { PolicyInput } from '../../services/policy-service.ts';
 import { ApiError, type RouteErrorCodes, type ValidationCodes } from '../errors.ts';
 import type { ApiServices } from '../server.ts';
@@ -110,12 +111,6 @@ const BatchTags = Type.Object({
 const TAG_VALIDATION: ValidationCodes = { fallback: 'AutoBackup.0214', paths: { '/action': { '*': ['AutoBackup.0222', 'must be create, update or delete'] }, '/tag': { required: 'AutoBackup.0001' } } };
 
 type Tagged = { key: string; values: string[] }[];
-function matchesAll(tags: Map<string, string>, filter: Tagged): boolean {
-  return filter.every((f) => tags.has(f.key) && (f.values.length === 0 || f.values.includes(tags.get(f.key)!)));
-}
-function matchesAny(tags: Map<string, string>, filter: Tagged): boolean {
-  return filter.some((f) => tags.has(f.key) && (f.values.length === 0 || f.values.includes(tags.get(f.key)!)));
-}
 
 export function registerPolicyRoutes(app: FastifyInstance, s: ApiServices): void {
   const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
@@ -147,15 +142,8 @@ export function registerPolicyRoutes(app: FastifyInstance, s: ApiServices): void
     for (const list of [b.tags, b.not_tags, b.not_tags_any, b.tags_any]) {
       if (list && new Set(list.map((t) => t.key)).size !== list.length) throw new ApiError(400, 'Invalid input received: tag keys must be unique.', 'AutoBackup.0214');
     }
-    const all = (await s.policies.policiesWithTags(pid(req))).filter(({ policy, tags: t }) => {
-      const m = new Map(t.map((x) => [x.key, x.value]));
-      if (b.tags?.length && !matchesAll(m, b.tags)) return false;
-      if (b.tags_any?.length && !matchesAny(m, b.tags_any)) return false;
-      if (b.not_tags?.length && matchesAll(m, b.not_tags)) return false;
-      if (b.not_tags_any?.length && matchesAny(m, b.not_tags_any)) return false;
-      if (b.matches?.length && !b.matches.every((x) => policy.name.includes(x.value))) return false;
-      return true;
-    });
+    const query = { tags: b.tags, tagsAny: b.tags_any, notTags: b.not_tags, notTagsAny: b.not_tags_any, nameContains: b.matches?.map((x) => x.value) };
+    const all = (await s.policies.policiesWithTags(pid(req))).filter(({ policy, tags: t }) => matchesTagQuery({ name: policy.name, tags: t }, query));
     if (b.action === 'count') return { total_count: all.length };
     return {
       total_count: all.length,
