@@ -10,6 +10,7 @@ import type { Backup } from '../../domain/model.ts';
 import { ApiError } from '../errors.ts';
 import { baseUrl, type ApiServices } from '../server.ts';
 import { backupJson, links, type ApiVersion } from '../wire/cinder-wire.ts';
+import { nextLink } from '../wire/paging.ts';
 
 const CFG = { envelope: 'cinder' as const, auth: 'project' as const };
 /** Cinder's osapi_max_limit: a list returns at most this many items and a next link. */
@@ -108,11 +109,7 @@ export function registerNativeBackupRoutes(app: FastifyInstance, s: ApiServices)
       };
       if (rows.length > limit && page.length) {
         // An absolute next link that keeps the filters (vbs.md §12 #27).
-        const params = new URLSearchParams();
-        for (const [k, v] of Object.entries(q)) if (v !== undefined && k !== 'marker' && k !== 'offset' && k !== 'limit') params.set(k, String(v));
-        params.set('limit', String(limit));
-        params.set('marker', page.at(-1)!.id);
-        body.backups_links = [{ href: `${base(req)}/${version}/${pid(req)}/backups${detail ? '/detail' : ''}?${params}`, rel: 'next' }];
+        body.backups_links = nextLink(`${b0}/${version}/${projectId}/backups${detail ? '/detail' : ''}`, q, limit, page.at(-1)!.id);
       }
       if (q.with_count) body.count = await s.backups.countBackups(pid(req), filter);
       return body;

@@ -12,6 +12,7 @@ import type { Backup } from '../../domain/model.ts';
 import { ApiError, type RouteErrorCodes, type ValidationCodes } from '../errors.ts';
 import { baseUrl, type ApiServices } from '../server.ts';
 import { microsNoZone } from '../wire/time.ts';
+import { nextLink, parseSortParam } from '../wire/paging.ts';
 
 const ERRORS: RouteErrorCodes = {
   [ErrorCode.ServerNotFound]: ['CSBS.6000', 400],
@@ -179,11 +180,9 @@ export function registerCheckpointRoutes(app: FastifyInstance, s: ApiServices): 
     let sortKey: keyof typeof ITEM_SORT_KEYS = 'created_at';
     let sortDir: 'asc' | 'desc' = 'desc';
     if (q.sort) {
-      const [k, d] = q.sort.split(',')[0]!.split(':');
-      if (!k || !(k in ITEM_SORT_KEYS)) throw new ApiError(400, `sort key ${k ?? ''} is not one of ${Object.keys(ITEM_SORT_KEYS).join(', ')}`, 'CSBS.9001');
-      if (d !== undefined && d !== 'asc' && d !== 'desc') throw new ApiError(400, `sort direction ${d} must be asc or desc`, 'CSBS.9001');
-      sortKey = k as keyof typeof ITEM_SORT_KEYS;
-      sortDir = d ?? 'desc';
+      const parsed = parseSortParam(q.sort, Object.keys(ITEM_SORT_KEYS) as (keyof typeof ITEM_SORT_KEYS)[]);
+      if ('error' in parsed) throw new ApiError(400, parsed.error, 'CSBS.9001');
+      ({ key: sortKey, dir: sortDir } = parsed);
     }
     const limit = Math.min(q.limit ?? 1000, 1000);
     let offset = q.offset ?? 0;
@@ -199,11 +198,7 @@ export function registerCheckpointRoutes(app: FastifyInstance, s: ApiServices): 
     const page = rows.slice(0, limit);
     const body: Record<string, unknown> = { checkpoint_items: await Promise.all(page.map(itemView)) };
     if (rows.length > limit && page.length) {
-      const params = new URLSearchParams();
-      for (const [k, v] of Object.entries(q)) if (v !== undefined && k !== 'marker' && k !== 'offset') params.set(k, String(v));
-      params.set('limit', String(limit));
-      params.set('marker', page.at(-1)!.id);
-      body.checkpoint_items_links = [{ href: `${baseUrl(s.config, req)}/v1/${pid(req)}/checkpoint_items?${params}`, rel: 'next' }];
+      body.checkpoint_items_links = nextLink(`${baseUrl(s.config, req)}/v1/${pid(req)}/checkpoint_items`, q, limit, page.at(-1)!.id);
     }
     return body;
   });

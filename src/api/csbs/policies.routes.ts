@@ -12,6 +12,7 @@ import { ErrorCode } from '../../domain/errors.ts';
 import { ApiError, type RouteErrorCodes, type ValidationCodes } from '../errors.ts';
 import { baseUrl, type ApiServices } from '../server.ts';
 import { microsNoZone } from '../wire/time.ts';
+import { nextLink, parseSortParam } from '../wire/paging.ts';
 
 const ERRORS: RouteErrorCodes = {
   [ErrorCode.PolicyNotFound]: ['CSBS.3000', 404],
@@ -184,11 +185,9 @@ export function registerCsbsPolicyRoutes(app: FastifyInstance, s: ApiServices): 
     let sortKey: 'created_at' | 'name' | 'id' | 'updated_at' = 'created_at';
     let sortDir: 'asc' | 'desc' = 'desc';
     if (q.sort) {
-      const [k, d] = q.sort.split(',')[0]!.split(':');
-      if (k !== 'created_at' && k !== 'name' && k !== 'id' && k !== 'updated_at') throw new ApiError(400, `sort key ${k ?? ''} is not one of created_at, updated_at, name, id`, 'CSBS.9001');
-      if (d !== undefined && d !== 'asc' && d !== 'desc') throw new ApiError(400, `sort direction ${d} must be asc or desc`, 'CSBS.9001');
-      sortKey = k;
-      sortDir = d ?? 'desc';
+      const parsed = parseSortParam(q.sort, ['created_at', 'updated_at', 'name', 'id'] as const);
+      if ('error' in parsed) throw new ApiError(400, parsed.error, 'CSBS.9001');
+      ({ key: sortKey, dir: sortDir } = parsed);
     }
     const limit = Math.min(q.limit ?? 1000, 1000);
     let offset = q.offset ?? 0;
@@ -202,11 +201,7 @@ export function registerCsbsPolicyRoutes(app: FastifyInstance, s: ApiServices): 
     const page = rows.slice(0, limit);
     const body: Record<string, unknown> = { policies: await Promise.all(page.map(view)) };
     if (rows.length > limit && page.length) {
-      const params = new URLSearchParams();
-      for (const [k, v] of Object.entries(q)) if (v !== undefined && k !== 'marker' && k !== 'offset') params.set(k, String(v));
-      params.set('limit', String(limit));
-      params.set('marker', page.at(-1)!.id);
-      body.policies_links = [{ href: `${baseUrl(s.config, req)}/v1/${pid(req)}/policies?${params}`, rel: 'next' }];
+      body.policies_links = nextLink(`${baseUrl(s.config, req)}/v1/${pid(req)}/policies`, q, limit, page.at(-1)!.id);
     }
     return body;
   });
