@@ -35,7 +35,7 @@ async function seed(): Promise<void> {
       await c.backups.insertBackup({
         id: newUuid(), projectId: project.id, volumeId: v.id, snapshotId: null, name: `backup-${i}`, description: null, status: 'available', fullBackup: i % 10 === 0,
         parentId: null, sizeGb: 10, sizeBytes: 10 * 1024 ** 3, storedBytes: 1e8, newBytes: 1e8, objectCount: 3, origin: 'native', policyId: null, tags: [],
-        failReason: null, availabilityZone: 'eu-de-01', createdAt: t, updatedAt: t, dataTimestamp: t,
+        failReason: null, availabilityZone: 'eu-de-01', createdAt: t, updatedAt: t, dataTimestamp: t, checkpointItemId: null,
       });
     }
   });
