@@ -103,6 +103,17 @@ describe('CSBS server backup and restore', () => {
     // ... but the restore brings back exactly the snapshot moment, not the thaw hook's writes.
     for (const [i, v] of vols.entries()) assert.equal(await sha256File(v.file), atBackup[i], `volume ${i}`);
 
+    // Restore onto another server, disk by disk through the mapping: its volumes get the same bytes.
+    const others = [await volumeWithData('o-sys', 91), await volumeWithData('o-d1', 92), await volumeWithData('o-d2', 93)];
+    const osrv = await svc.req({ method: 'POST', url: `/v2.1/${pid}/servers`, token, payload: { server: { name: 'app2', block_device_mapping_v2: others.map((v, i) => ({ source_type: 'volume', uuid: v.id, boot_index: i === 0 ? 0 : -1 })) } } });
+    const otherId = (osrv.json() as { server: { id: string } }).server.id;
+    const mapping = ext.volume_backups.map((b) => ({ backup_id: b.id, volume_id: others[vols.findIndex((v) => v.id === b.source_volume_id)]!.id }));
+    const res2 = await svc.req({ method: 'POST', url: `/v1/${pid}/restores`, token, payload: { restore: { provider_id: PROVIDER, checkpoint_id: cp.id, parameters: { checkpoint_item_id: item.id, power_on: false, targets: { server_id: otherId, volumes: mapping } } } } });
+    assert.equal(res2.statusCode, 200, res2.body);
+    await waitItem(String(item.id), (st) => st === 'available');
+    await svc.app.runner.idle();
+    for (const [i, v] of others.entries()) assert.equal(await sha256File(v.file), atBackup[i], `other server's volume ${i}`);
+
     // Delete the backup record (B6): the item goes away, and so do its volume backups.
     const del = await svc.req({ method: 'DELETE', url: `/v1/${pid}/providers/${PROVIDER}/checkpoints/${cp.id}`, token });
     assert.equal(del.statusCode, 200, del.body);
