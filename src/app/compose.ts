@@ -11,6 +11,8 @@ import { Metrics } from '../api/metrics.ts';
 import { Catalog } from '../catalog/catalog.ts';
 import { migrate } from '../catalog/migrate.ts';
 import { SqliteDatabase } from '../catalog/sqlite-database.ts';
+import { PostgresDatabase } from '../catalog/postgres-database.ts';
+import type { SqlDatabase } from '../catalog/sql.ts';
 import type { Config } from '../config/config.ts';
 import { systemClock, type Clock } from '../domain/clock.ts';
 import { LocalObjectStore } from '../storage/local-store.ts';
@@ -82,7 +84,7 @@ async function adminPassword(config: Config): Promise<{ password: string; file: 
 export async function composeApp(config: Config, opts: ComposeOptions = {}): Promise<App> {
   const clock = opts.clock ?? systemClock;
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  const db = new SqliteDatabase(path.join(config.dataDir, 'catalog.sqlite'));
+  const db: SqlDatabase = config.catalogUrl ? new PostgresDatabase(config.catalogUrl) : new SqliteDatabase(path.join(config.dataDir, 'catalog.sqlite'));
   const catalog = new Catalog(db);
   let engine: BackupEngine | null = null;
   try {
@@ -123,7 +125,9 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const scheduler = new PolicyScheduler(clock, [vbsPolicySource(catalog, policies), csbsPolicySource(catalog, csbsPolicies, log)], log, { graceMs: config.scheduleGraceSeconds * 1000 });
     runner = new JobRunner(catalog, clock, { ...backups.handlers(), ...serverBackups.handlers() }, log, {
       concurrency: config.jobConcurrency,
-      exclusive: true,
+      // SQLite: this process owns the catalog, so a running job found at start-up is orphaned.
+      // PostgreSQL: other processes may be running jobs; only stale heartbeats mean orphans.
+      exclusive: db.dialect === 'sqlite',
       onJobFinished: (job, status, ms) => metrics.observeJob(job.type, status, ms / 1000),
     });
     const jobsStarted = opts.runJobs !== false;

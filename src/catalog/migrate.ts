@@ -36,7 +36,9 @@ export async function migrate(db: SqlDatabase): Promise<number[]> {
   for (const m of migrations) {
     if (done.has(m.version)) continue;
     await db.transaction(async (tx) => {
-      // Another process may have applied it meanwhile (PostgreSQL: serialised by the insert).
+      // Processes starting together take turns (PostgreSQL); SQLite's BEGIN IMMEDIATE already does.
+      if (db.dialect === 'postgres') await tx.get('SELECT pg_advisory_xact_lock(7262930)');
+      // Another process may have applied it meanwhile.
       const again = await tx.get('SELECT version FROM schema_migrations WHERE version = ?', [m.version]);
       if (again) return;
       for (const stmt of splitStatements(m.sql)) await tx.run(stmt);

@@ -13,6 +13,8 @@ export interface Config {
   host: string;
   port: number;
   dataDir: string;
+  /** PostgreSQL URL of a shared catalog (scale-out); empty: SQLite in the data folder. */
+  catalogUrl: string;
   /** Base URL put into the token catalog; empty: derived from each request's Host header. */
   publicUrl: string;
   region: string;
@@ -53,6 +55,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'host', env: 'HAVEN_HOST', kind: 'string', default: '127.0.0.1', help: 'address the API listens on' },
   { key: 'port', env: 'HAVEN_PORT', kind: 'int', default: '8080', min: 0, max: 65535, help: 'port the API listens on (0: any free port)' },
   { key: 'dataDir', env: 'HAVEN_DATA_DIR', kind: 'string', default: './data', help: 'catalog, chunk repository, volumes and the admin password file' },
+  { key: 'catalogUrl', env: 'HAVEN_CATALOG_URL', kind: 'string', default: '', help: 'PostgreSQL URL (postgres://user@host:5432/db) of a catalog shared by several Haven processes; default: SQLite in the data folder' },
   { key: 'publicUrl', env: 'HAVEN_PUBLIC_URL', kind: 'string', default: '', help: 'base URL written into the token catalog (default: from the request\'s Host header)' },
   { key: 'region', env: 'HAVEN_REGION', kind: 'string', default: 'eu-de', help: 'region of the catalog endpoints' },
   { key: 'availabilityZone', env: 'HAVEN_AVAILABILITY_ZONE', kind: 'string', default: 'eu-de-01', help: 'availability zone reported for volumes and backups' },
