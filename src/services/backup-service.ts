@@ -90,7 +90,13 @@ export class BackupService {
         objectCount: 0, origin: input.origin, policyId: input.policyId ?? null, tags: input.tags ?? [], failReason: null, availabilityZone: volume.availabilityZone,
         createdAt: now, updatedAt: now, dataTimestamp: now, checkpointItemId: null,
       };
-      await c.backups.insertBackup(backup);
+      try {
+        await c.backups.insertBackup(backup);
+      } catch (err) {
+        // Another process started a backup of this volume between the check above and this insert.
+        if (isUniqueViolation(err)) throw new AppError(ErrorCode.BackupInProgress, `A backup of volume ${volume.id} is still being created; try again when it has finished.`, { cause: err });
+        throw err;
+      }
       const job = this.newJob(projectId, 'bksCreateBackup', { backupId: backup.id, volumeId: volume.id, sourcePath, volumeName: volume.name ?? volume.id }, {
         bks_create_volume_name: backup.name ?? '', backup_id: backup.id, volume_id: volume.id, snapshot_id: backup.snapshotId ?? '',
       });
@@ -184,7 +190,12 @@ export class BackupService {
       parentId: full ? null : previous!.id, sizeGb: volume.sizeGb, sizeBytes: volume.sizeBytes, storedBytes: 0, newBytes: 0, objectCount: 0, origin: 'csbs', policyId: null,
       tags: [], failReason: null, availabilityZone: volume.availabilityZone, createdAt: now, updatedAt: now, dataTimestamp: now, checkpointItemId: opts.checkpointItemId,
     };
-    await this.catalog.backups.insertBackup(backup);
+    try {
+      await this.catalog.backups.insertBackup(backup);
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new AppError(ErrorCode.BackupInProgress, `a backup of volume ${volume.id} is still being created`, { cause: err });
+      throw err;
+    }
     try {
       const r = await this.engine.backup(sourcePath, { backupId: backup.id, volume: { id: volume.id, name: volume.name ?? volume.id }, previousId: backup.parentId, full, signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
       this.events.backupFinished?.({ sizeBytes: r.manifest.sizeBytes, newBytes: r.stats.newBytes, storedBytes: r.stats.storedBytes });
@@ -328,6 +339,12 @@ export class BackupService {
   static gbOf(bytes: number): number {
     return Math.max(1, Math.ceil(bytes / GiB));
   }
+}
+
+/** A unique-index violation, as SQLite and PostgreSQL report it. */
+export function isUniqueViolation(err: unknown): boolean {
+  const e = err as { code?: string; errcode?: string; message?: string };
+  return e?.code === '23505' || /UNIQUE constraint failed/.test(e?.message ?? '');
 }
 
 /** A backup of the project, or one another project shared with it. */

@@ -1,0 +1,57 @@
+/**
+ * Rules the catalog itself enforces, on SQLite and (when reachable) PostgreSQL: at most one backup
+ * of a volume in `creating`, whatever process inserts it.
+ */
+import assert from 'node:assert/strict';
+import * as path from 'node:path';
+import { describe, it } from 'node:test';
+import { Catalog } from '../../src/catalog/catalog.ts';
+import { migrate } from '../../src/catalog/migrate.ts';
+import { PostgresDatabase } from '../../src/catalog/postgres-database.ts';
+import type { SqlDatabase } from '../../src/catalog/sql.ts';
+import { SqliteDatabase } from '../../src/catalog/sqlite-database.ts';
+import type { Backup } from '../../src/domain/model.ts';
+import { isUniqueViolation } from '../../src/services/backup-service.ts';
+import { freshDatabase } from '../helpers/postgres.ts';
+import { TempDirs } from '../helpers/volumes.ts';
+
+const backup = (id: string, status: Backup['status']): Backup => ({
+  id, projectId: 'p', volumeId: 'v1', snapshotId: null, name: id, description: null, status, fullBackup: true, parentId: null, sizeGb: 1, sizeBytes: 1, storedBytes: 0,
+  newBytes: 0, objectCount: 0, origin: 'vbs', policyId: null, tags: [], failReason: null, availabilityZone: 'az', createdAt: 1, updatedAt: 1, dataTimestamp: 1, checkpointItemId: null,
+});
+
+async function check(db: SqlDatabase): Promise<void> {
+  await migrate(db);
+  const c = new Catalog(db);
+  await c.backups.insertBackup(backup('a', 'creating'));
+  await c.backups.insertBackup(backup('b', 'available'));
+  await assert.rejects(c.backups.insertBackup(backup('c', 'creating')), (err: unknown) => isUniqueViolation(err));
+  // Once the first is done, the next may start.
+  assert.ok(await c.backups.transitionBackup('a', ['creating'], 'available', 2));
+  await c.backups.insertBackup(backup('c', 'creating'));
+  assert.equal(await c.backups.countInStatus('v1', ['creating']), 1);
+}
+
+describe('catalog constraints', async () => {
+  const temp = new TempDirs('haven-cat-');
+  it('one creating backup per volume (SQLite)', async () => {
+    const db = new SqliteDatabase(path.join(temp.make('sqlite'), 'c.sqlite'));
+    try {
+      await check(db);
+    } finally {
+      await db.close();
+      temp.cleanup();
+    }
+  });
+  const pgdb = await freshDatabase();
+  it('one creating backup per volume (PostgreSQL)', { skip: 'skip' in pgdb ? pgdb.skip : false }, async () => {
+    if ('skip' in pgdb) return;
+    const db = new PostgresDatabase(pgdb.url);
+    try {
+      await check(db);
+    } finally {
+      await db.close();
+      await pgdb.drop();
+    }
+  });
+});
