@@ -130,6 +130,16 @@ export class BackupQueries {
     return rows.map((r) => ({ id: r.id, createdAt: Number(r.created_at), status: r.status }));
   }
 
+  /** Whether a backup being created reads this snapshot. */
+  async isSnapshotBeingBackedUp(snapshotId: string): Promise<boolean> {
+    return !!(await this.db.get("SELECT id FROM backups WHERE snapshot_id = ? AND status = 'creating'", [snapshotId]));
+  }
+
+  /** Bytes stored for a project's backups of one origin (CSBS capacity). */
+  async storedBytesOf(projectId: string, origin: BackupOrigin): Promise<number> {
+    return Number((await this.db.get<{ b: number | null }>('SELECT SUM(stored_bytes) AS b FROM backups WHERE project_id = ? AND origin = ?', [projectId, origin]))?.b ?? 0);
+  }
+
   async latestAvailableOfVolume(volumeId: string): Promise<Backup | undefined> {
     const r = await this.db.get<BackupRow>("SELECT * FROM backups WHERE volume_id = ? AND status IN ('available', 'restoring') ORDER BY created_at DESC, id DESC LIMIT 1", [volumeId]);
     return r && toBackup(r);

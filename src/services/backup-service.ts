@@ -309,10 +309,7 @@ export class BackupService {
         const p = job.payload as { backupId: string; volumeId: string };
         const v = await this.catalog.volumes.getVolumeById(p.volumeId);
         if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${p.volumeId} no longer exists`);
-        await this.engine.restore(p.backupId, v.path, { signal: ctx.signal, onProgress: (pr) => ctx.progress(pr.doneBytes, pr.totalBytes) });
-        // The engine sizes a file target to the backup; a larger volume keeps its size, zeros after the data.
-        const st = await fs.stat(v.path);
-        if (st.isFile() && st.size < v.sizeBytes) await fs.truncate(v.path, v.sizeBytes);
+        await this.restoreVolumeNow(p.backupId, v, { signal: ctx.signal, onProgress: (d, t) => ctx.progress(d, t) });
         const now = this.clock.now();
         await this.catalog.transaction(async (c) => {
           await c.backups.transitionBackup(p.backupId, ['restoring'], 'available', now);

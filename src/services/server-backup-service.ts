@@ -219,8 +219,7 @@ export class ServerBackupService {
   /** Q1 usage: backups (items) and their stored capacity in GB. */
   async usage(projectId: string): Promise<{ backups: number; capacityGb: number }> {
     const backups = await this.catalog.checkpoints.countItems(projectId, {});
-    const row = await this.catalog.db.get<{ b: number | null }>("SELECT SUM(stored_bytes) AS b FROM backups WHERE project_id = ? AND origin = 'csbs'", [projectId]);
-    return { backups, capacityGb: Math.ceil(Number(row?.b ?? 0) / 1024 ** 3) };
+    return { backups, capacityGb: Math.ceil((await this.catalog.backups.storedBytesOf(projectId, 'csbs')) / 1024 ** 3) };
   }
 
   /** S1: restores every volume of a server backup onto the target server's volumes. */

@@ -179,11 +179,7 @@ export class VolumeService {
 
   async deleteSnapshot(projectId: string, id: string): Promise<void> {
     const s = await this.getSnapshot(projectId, id);
-    if (await this.catalog.backups.countInStatus(s.volumeId, ['creating'])) {
-      // A running backup may be reading this snapshot.
-      const reading = await this.catalog.db.get('SELECT id FROM backups WHERE snapshot_id = ? AND status = ?', [id, 'creating']);
-      if (reading) throw new AppError(ErrorCode.SnapshotInvalidState, `Snapshot ${id} is being backed up.`);
-    }
+    if (await this.catalog.backups.isSnapshotBeingBackedUp(id)) throw new AppError(ErrorCode.SnapshotInvalidState, `Snapshot ${id} is being backed up.`);
     if (!(await this.catalog.volumes.transitionSnapshot(id, ['available', 'error'], 'deleting', this.clock.now()))) {
       throw new AppError(ErrorCode.SnapshotInvalidState, `Snapshot ${id} is ${s.status}.`);
     }
