@@ -144,7 +144,16 @@ export class PolicyScheduler {
 
   private async handleDue(source: ScheduleSource, p: ScheduledPolicy, now: number, result: TickResult): Promise<void> {
     const due = p.nextRunAt!;
-    const s = source.scheduleOf(p);
+    let s: VbsSchedule;
+    try {
+      s = source.scheduleOf(p);
+    } catch (err) {
+      if (!(err instanceof ScheduleError)) throw err;
+      // A stored schedule that no longer parses must not stop the tick for everyone after it.
+      this.log.warn({ policyId: p.id, kind: source.kind, err: err.message }, 'policy has an invalid schedule; it does not run');
+      await source.claim(p.id, due, Number.MAX_SAFE_INTEGER);
+      return;
+    }
     const missed = slotsBetween(s, due, now, 10_000);
     const next = nextSlot(s, now + 1);
     if (!(await source.claim(p.id, due, next))) return; // another process handles it

@@ -109,8 +109,8 @@ export class CsbsPolicyService {
         if (o.pattern !== undefined) next.pattern = o.pattern;
       }
       this.checkRetention(next.retention);
-      // A new pattern, or switching the schedule on, starts counting from now: no missed runs fire.
-      if (next.pattern !== p.pattern || (next.enabled && !p.enabled)) {
+      // A new pattern or time zone, or switching the schedule on, starts counting from now: no missed runs fire.
+      if (next.pattern !== p.pattern || next.retention.timezone !== p.retention.timezone || (next.enabled && !p.enabled)) {
         next.scheduleAnchor = next.updatedAt;
         next.nextRunAt = null;
       }

@@ -96,7 +96,10 @@ export class ServerBackupService {
         const server = await c.servers.getServer(projectId, serverId);
         if (!server) throw new AppError(ErrorCode.ServerNotFound, `Server ${serverId} does not exist.`);
         if (!(await c.servers.attachments(serverId)).length) throw new AppError(ErrorCode.ServerHasNoVolume, `No volume attached to the server (${serverId}) for protect.`);
-        if ((await c.checkpoints.busyItemsOfServer(serverId)).length) {
+        const attachedNow = await c.servers.attachments(serverId);
+        const restoring = [];
+        for (const a of attachedNow) if ((await c.volumes.getVolumeById(a.volumeId))?.status === 'restoring-backup') restoring.push(a.volumeId);
+        if ((await c.checkpoints.busyItemsOfServer(serverId)).length || restoring.length) {
           if (plan.skipBusy) continue;
           throw new AppError(ErrorCode.ServerBusy, `Server (${serverId}) is already being backed up or restored.`);
         }
@@ -163,6 +166,8 @@ export class ServerBackupService {
       }) : items;
       for (const it of chosen) {
         if (it.status === 'deleting' || it.status === 'waiting_delete') continue; // already on its way
+        const inUse = (await c.backups.backupsOfItem(it.id)).find((b) => b.status !== 'available' && b.status !== 'error');
+        if (inUse) throw new AppError(ErrorCode.CheckpointItemBusy, `Checkpoint_item (${it.id}): its volume backup ${inUse.id} is ${inUse.status}: item in executing.`);
         if (!(await c.checkpoints.transitionItem(it.id, ['available', 'error'], 'waiting_delete', this.clock.now()))) throw new AppError(ErrorCode.CheckpointItemBusy, `Checkpoint_item (${it.id}) is ${it.status}: item in executing.`);
         await c.jobs.insertJob(this.newJob(projectId, 'csbsDelete', { itemId: it.id }));
       }
@@ -227,7 +232,12 @@ export class ServerBackupService {
     const now = this.clock.now();
     const r = await this.catalog.transaction(async (c) => {
       const item = await this.validateRestore(c, projectId, input);
-      await c.checkpoints.transitionItem(item.id, ['available'], 'waiting_restore', now);
+      if (!(await c.checkpoints.transitionItem(item.id, ['available'], 'waiting_restore', now))) throw new AppError(ErrorCode.CheckpointItemBusy, `Checkpoint_item (${item.id}) is no longer available: item in executing.`);
+      // The target volumes are being overwritten: no backup, restore, detach or delete meanwhile.
+      for (const m of input.mapping) {
+        if (await c.backups.countInStatus(m.volumeId, ['creating'])) throw new AppError(ErrorCode.ServerBusy, `Volume ${m.volumeId} is being backed up.`, { details: { csbs: 'CSBS.6015' } });
+        if (!(await c.volumes.transitionVolume(m.volumeId, ['in-use', 'available'], 'restoring-backup', now))) throw new AppError(ErrorCode.ServerBusy, 'The server is restoring.', { details: { csbs: 'CSBS.6015' } });
+      }
       const restoreId = newUuid();
       await c.checkpoints.insertRestore({ id: restoreId, projectId, checkpointId: item.checkpointId, itemId: item.id, serverId: input.serverId, parameters: input, status: 'in_progress', createdAt: now });
       await c.jobs.insertJob(this.newJob(projectId, 'csbsRestore', { itemId: item.id, restoreId, serverId: input.serverId, mapping: input.mapping }));
@@ -262,8 +272,9 @@ export class ServerBackupService {
           const env = { HAVEN_SERVER_ID: item.serverId, HAVEN_SERVER_NAME: item.serverName, HAVEN_VOLUME_PATHS: volumes.map((v) => v.path).join(' ') };
           try {
             // The snapshot moment: freeze, copy every volume, thaw (thaw runs even if a copy failed).
-            await this.hook(this.opts.freezeCommand, env);
+            // Thaw runs whenever freeze was tried, even if freeze itself failed half way.
             try {
+              await this.hook(this.opts.freezeCommand, env);
               for (const v of volumes) await copySparse(v.path, path.join(snapDir, `${v.id}.img`));
             } finally {
               await this.hook(this.opts.thawCommand, env);
@@ -290,6 +301,16 @@ export class ServerBackupService {
           const itemId = String(job.payload.itemId);
           const item = await this.catalog.checkpoints.getItemById(itemId);
           const reason = (err as Error).message ?? String(err);
+          // The process may have died between freeze and thaw: thaw again (thawing a thawed server is harmless).
+          if (item && this.opts.thawCommand) {
+            const attached = await this.catalog.servers.attachments(item.serverId);
+            const paths: string[] = [];
+            for (const a of attached) {
+              const v = await this.catalog.volumes.getVolumeById(a.volumeId);
+              if (v) paths.push(v.path);
+            }
+            await this.hook(this.opts.thawCommand, { HAVEN_SERVER_ID: item.serverId, HAVEN_SERVER_NAME: item.serverName, HAVEN_VOLUME_PATHS: paths.join(' ') }).catch(() => undefined); // best effort
+          }
           // Volume backups this run left half-made (process died mid-backup) become error, so they
           // never block the volume's next backup; the snapshots go.
           for (const b of await this.catalog.backups.backupsOfItem(itemId)) await this.catalog.backups.transitionBackup(b.id, ['creating'], 'error', now(), reason);
@@ -330,13 +351,21 @@ export class ServerBackupService {
             await this.backups.restoreVolumeNow(m.backupId, v, { signal: ctx.signal, onProgress: (d) => ctx.progress(before + d, total) });
             before += backups.find((b) => b.id === m.backupId)?.sizeBytes ?? 0;
           }
-          await this.catalog.checkpoints.transitionItem(p.itemId, ['restoring'], 'available', now());
-          await this.catalog.checkpoints.setRestoreStatus(p.restoreId, 'success', null, now());
+          await this.catalog.transaction(async (c) => {
+            for (const m of p.mapping) {
+              const attached = await c.servers.attachmentOfVolume(m.volumeId);
+              await c.volumes.transitionVolume(m.volumeId, ['restoring-backup'], attached ? 'in-use' : 'available', now());
+            }
+            await c.checkpoints.transitionItem(p.itemId, ['restoring'], 'available', now());
+            await c.checkpoints.setRestoreStatus(p.restoreId, 'success', null, now());
+          });
           return { restore_id: p.restoreId };
         },
         fail: async (job, err) => {
-          const p = job.payload as { itemId: string; restoreId: string };
+          const p = job.payload as { itemId: string; restoreId: string; mapping: RestoreMapping[] };
           const reason = (err as Error).message ?? String(err);
+          // The target volumes may be half written: they say so (error_restoring), as after a VBS restore.
+          for (const m of p.mapping ?? []) await this.catalog.volumes.transitionVolume(m.volumeId, ['restoring-backup'], 'error_restoring', now());
           await this.catalog.checkpoints.transitionItem(p.itemId, ['waiting_restore', 'restoring'], 'available', now(), { op: 'restore', reason });
           await this.catalog.checkpoints.setRestoreStatus(p.restoreId, 'failed', reason, now());
           return { errorCode: 'CSBS.9999', failReason: `restore failed: ${reason}` };

@@ -102,6 +102,8 @@ describe('CSBS server backup and restore', () => {
     await svc.app.runner.idle();
     // ... but the restore brings back exactly the snapshot moment, not the thaw hook's writes.
     for (const [i, v] of vols.entries()) assert.equal(await sha256File(v.file), atBackup[i], `volume ${i}`);
+    // The volumes were locked for the restore and are attached (in-use) again after it.
+    for (const v of vols) assert.equal((await svc.app.catalog.volumes.getVolumeById(v.id))!.status, 'in-use');
 
     // Restore onto another server, disk by disk through the mapping: its volumes get the same bytes.
     const others = [await volumeWithData('o-sys', 91), await volumeWithData('o-d1', 92), await volumeWithData('o-d2', 93)];
