@@ -27,9 +27,19 @@ export class CsbsPolicyQueries {
     await this.db.run(`INSERT INTO csbs_policies (${COLS}) VALUES (${COLS.split(',').map(() => '?').join(', ')})`, values(p));
   }
 
+  /**
+   * Writes a policy's fields, except next_run_at, which only the scheduler moves (compare-and-set)
+   * and resetSchedule clears: writing back a value read earlier could undo a claimed slot.
+   */
   async updatePolicy(p: CsbsPolicy): Promise<void> {
-    const sets = COLS.split(', ').slice(1).map((c) => `${c} = ?`).join(', ');
-    await this.db.run(`UPDATE csbs_policies SET ${sets} WHERE id = ?`, [...values(p).slice(1), p.id]);
+    const cols = COLS.split(', ');
+    const keep = cols.map((c, i) => [c, i] as const).filter(([c]) => c !== 'id' && c !== 'next_run_at');
+    const v = values(p);
+    await this.db.run(`UPDATE csbs_policies SET ${keep.map(([c]) => `${c} = ?`).join(', ')} WHERE id = ?`, [...keep.map(([, i]) => v[i]!), p.id]);
+  }
+
+  async resetSchedule(id: string): Promise<void> {
+    await this.db.run('UPDATE csbs_policies SET next_run_at = NULL WHERE id = ?', [id]);
   }
 
   async getPolicy(projectId: string, id: string): Promise<CsbsPolicy | undefined> {

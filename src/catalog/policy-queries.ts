@@ -49,8 +49,9 @@ export class PolicyQueries {
 
   async updatePolicy(p: Policy): Promise<void> {
     await this.db.run(
-      `UPDATE policies SET name = ?, start_time = ?, frequency = ?, week_frequency = ?, retention_num = ?, retention_day = ?, remain_first_backup_of_cur_month = ?, status = ?, time_zone = ?, schedule_anchor = ?, next_run_at = ?, updated_at = ? WHERE id = ?`,
-      [p.name, p.startTime, p.frequency, p.weekFrequency ? JSON.stringify(p.weekFrequency) : null, p.retentionNum, p.retentionDay, p.remainFirstBackupOfCurMonth ? 'Y' : 'N', p.status, p.timeZone, p.scheduleAnchor, p.nextRunAt, p.updatedAt, p.id],
+      // next_run_at is moved only by the scheduler (compare-and-set) and cleared by resetSchedule.
+      `UPDATE policies SET name = ?, start_time = ?, frequency = ?, week_frequency = ?, retention_num = ?, retention_day = ?, remain_first_backup_of_cur_month = ?, status = ?, time_zone = ?, schedule_anchor = ?, updated_at = ? WHERE id = ?`,
+      [p.name, p.startTime, p.frequency, p.weekFrequency ? JSON.stringify(p.weekFrequency) : null, p.retentionNum, p.retentionDay, p.remainFirstBackupOfCurMonth ? 'Y' : 'N', p.status, p.timeZone, p.scheduleAnchor, p.updatedAt, p.id],
     );
   }
 
@@ -71,6 +72,10 @@ export class PolicyQueries {
   /** All policies whose schedule is ON (the scheduler's input). */
   async listEnabledPolicies(): Promise<PolicyWithCount[]> {
     return (await this.db.all<PolicyRow>(`${POLICY_SELECT} WHERE p.status = 'ON'`)).map(toPolicy);
+  }
+
+  async resetSchedule(id: string): Promise<void> {
+    await this.db.run('UPDATE policies SET next_run_at = NULL WHERE id = ?', [id]);
   }
 
   /** Enabled policies whose next slot has not been computed yet. */

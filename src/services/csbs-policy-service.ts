@@ -119,6 +119,7 @@ export class CsbsPolicyService {
         await c.csbsPolicies.setResources(id, projectId, u.resources);
       }
       await c.csbsPolicies.updatePolicy(next);
+      if (next.nextRunAt === null && p.nextRunAt !== null) await c.csbsPolicies.resetSchedule(id);
       return next;
     });
   }

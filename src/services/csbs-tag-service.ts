@@ -2,7 +2,7 @@
  * Tags of CSBS backups (checkpoint items) and policies: the two TMS-style families of csbs.md §7,
  * one implementation. At most 10 tags per resource; adding an existing key replaces its value.
  */
-import type { Catalog } from '../catalog/catalog.ts';
+import type { Catalog, CatalogQueries } from '../catalog/catalog.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 
 export type TagKind = 'backup' | 'policy';
@@ -16,39 +16,44 @@ export class CsbsTagService {
     this.catalog = catalog;
   }
 
-  private async load(projectId: string, kind: TagKind, id: string): Promise<{ name: string; tags: ResourceTag[] }> {
+  private async load(c: CatalogQueries, projectId: string, kind: TagKind, id: string): Promise<{ name: string; tags: ResourceTag[] }> {
     if (kind === 'backup') {
-      const i = await this.catalog.checkpoints.getItem(projectId, id);
+      const i = await c.checkpoints.getItem(projectId, id);
       if (!i) throw new AppError(ErrorCode.CheckpointItemNotFound, `Checkpoint_item (${id}) is not found.`);
       return { name: i.name, tags: i.tags };
     }
-    const p = await this.catalog.csbsPolicies.getPolicy(projectId, id);
+    const p = await c.csbsPolicies.getPolicy(projectId, id);
     if (!p) throw new AppError(ErrorCode.PolicyNotFound, 'plan not found');
     return { name: p.name, tags: p.tags };
   }
 
-  private async store(kind: TagKind, id: string, tags: ResourceTag[]): Promise<void> {
-    if (kind === 'backup') await this.catalog.checkpoints.setItemTags(id, tags);
-    else await this.catalog.csbsPolicies.setTags(id, tags);
+  private async store(c: CatalogQueries, kind: TagKind, id: string, tags: ResourceTag[]): Promise<void> {
+    if (kind === 'backup') await c.checkpoints.setItemTags(id, tags);
+    else await c.csbsPolicies.setTags(id, tags);
   }
 
   async tags(projectId: string, kind: TagKind, id: string): Promise<ResourceTag[]> {
-    return (await this.load(projectId, kind, id)).tags;
+    return (await this.load(this.catalog, projectId, kind, id)).tags;
   }
 
+  /** Read, change and write in one transaction, so concurrent changes are not lost. */
   async add(projectId: string, kind: TagKind, id: string, add: ResourceTag[]): Promise<void> {
-    const have = new Map((await this.load(projectId, kind, id)).tags.map((t) => [t.key, t.value]));
-    for (const t of add) have.set(t.key, t.value);
-    if (have.size > MAX_TAGS) throw new AppError(ErrorCode.TooManyTags, `request tags exceed the max allowed count: ${MAX_TAGS}.`);
-    await this.store(kind, id, [...have].map(([key, value]) => ({ key, value })));
+    await this.catalog.transaction(async (c) => {
+      const have = new Map((await this.load(c, projectId, kind, id)).tags.map((t) => [t.key, t.value]));
+      for (const t of add) have.set(t.key, t.value);
+      if (have.size > MAX_TAGS) throw new AppError(ErrorCode.TooManyTags, `request tags exceed the max allowed count: ${MAX_TAGS}.`);
+      await this.store(c, kind, id, [...have].map(([key, value]) => ({ key, value })));
+    });
   }
 
   /** Deletes by key, or by key and value when a value is given; with `mustExist` a missing key is 404. */
   async remove(projectId: string, kind: TagKind, id: string, remove: { key: string; value?: string | undefined }[], mustExist: boolean): Promise<void> {
-    const tags = (await this.load(projectId, kind, id)).tags;
-    if (mustExist && remove.some((r) => !tags.some((t) => t.key === r.key))) throw new AppError(ErrorCode.TagNotFound, 'The backup tag does not exist.');
-    const left = tags.filter((t) => !remove.some((r) => r.key === t.key && (r.value === undefined || r.value === t.value)));
-    await this.store(kind, id, left);
+    await this.catalog.transaction(async (c) => {
+      const tags = (await this.load(c, projectId, kind, id)).tags;
+      if (mustExist && remove.some((r) => !tags.some((t) => t.key === r.key))) throw new AppError(ErrorCode.TagNotFound, 'The backup tag does not exist.');
+      const left = tags.filter((t) => !remove.some((r) => r.key === t.key && (r.value === undefined || r.value === t.value)));
+      await this.store(c, kind, id, left);
+    });
   }
 
   /** All resources of a kind with their names and tags (for aggregation and the tag filter). */

@@ -103,6 +103,7 @@ export class PolicyService {
         next.nextRunAt = null; // the scheduler computes the next slot from the new anchor
       }
       await c.policies.updatePolicy(next);
+      if (next.nextRunAt === null && p.nextRunAt !== null) await c.policies.resetSchedule(id);
       return next;
     });
   }

@@ -334,7 +334,10 @@ export class ServerBackupService {
           return { checkpoint_item_id: itemId };
         },
         fail: async (job, err) => {
-          await this.catalog.checkpoints.transitionItem(String(job.payload.itemId), ['waiting_delete', 'deleting'], 'error', now(), { op: 'delete', reason: (err as Error).message ?? String(err) });
+          const itemId = String(job.payload.itemId);
+          await this.catalog.checkpoints.transitionItem(itemId, ['waiting_delete', 'deleting'], 'error', now(), { op: 'delete', reason: (err as Error).message ?? String(err) });
+          const item = await this.catalog.checkpoints.getItemById(itemId);
+          if (item) await this.settleCheckpoint(item.checkpointId);
           return { errorCode: 'CSBS.9999', failReason: `delete failed: ${(err as Error).message ?? String(err)}` };
         },
       },
