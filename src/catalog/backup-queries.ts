@@ -1,6 +1,6 @@
 /** Catalog statements for backups. */
 import type { Backup, BackupOrigin, BackupStatus, Tag } from '../domain/model.ts';
-import { AppError, ErrorCode } from '../domain/errors.ts';
+import { afterMarker } from './paging.ts';
 import type { SqlExecutor, SqlValue } from './sql.ts';
 
 interface BackupRow {
@@ -102,11 +102,9 @@ export class BackupQueries {
     const cmp = page.sortDir === 'asc' ? '>' : '<';
     let sql = `SELECT ${columns} FROM backups WHERE ${where}`;
     if (page.marker !== undefined) {
-      const m = await this.db.get<Record<string, SqlValue>>(`SELECT ${col} AS k, id FROM backups WHERE id = ? AND project_id = ?`, [page.marker, projectId]);
-      // As Cinder: an unknown marker is an error, not a silent restart from the first page.
-      if (!m) throw new AppError(ErrorCode.InvalidArgument, `Invalid input received: marker ${page.marker} could not be found.`);
-      sql += ` AND (${col} ${cmp} ? OR (${col} = ? AND id ${cmp} ?))`;
-      params.push(m.k ?? null, m.k ?? null, page.marker);
+      const after = await afterMarker(this.db, 'backups', col, page.sortDir, projectId, page.marker);
+      sql += ` AND ${after.sql}`;
+      params.push(...after.params);
     }
     sql += ` ORDER BY ${col} ${dir}, id ${dir} LIMIT ? OFFSET ?`;
     params.push(page.limit, page.offset);
@@ -150,10 +148,6 @@ export class BackupQueries {
     return Number((await this.db.get<{ n: number }>(`SELECT COUNT(*) AS n FROM backups WHERE volume_id = ? AND status IN (${marks})`, [volumeId, ...statuses]))!.n);
   }
 
-  async listIdsInStatus(statuses: readonly BackupStatus[]): Promise<Backup[]> {
-    const marks = statuses.map(() => '?').join(', ');
-    return (await this.db.all<BackupRow>(`SELECT * FROM backups WHERE status IN (${marks})`, [...statuses])).map(toBackup);
-  }
 
   /** Compare-and-set status change; false when the backup was in none of `from`. */
   async transitionBackup(id: string, from: readonly BackupStatus[], to: BackupStatus, nowMs: number, failReason?: string | null): Promise<boolean> {

@@ -1,5 +1,6 @@
 /** Catalog statements for CSBS checkpoints, checkpoint items and restores. */
 import type { Checkpoint, CheckpointItem, CheckpointItemStatus, CheckpointStatus } from '../domain/checkpoint.ts';
+import { afterMarker } from './paging.ts';
 import type { SqlExecutor, SqlValue } from './sql.ts';
 
 interface CheckpointRow { id: string; project_id: string; plan_id: string; plan_name: string; status: CheckpointStatus; created_by: Checkpoint['createdBy']; created_at: number; updated_at: number }
@@ -91,10 +92,15 @@ export class CheckpointQueries {
     return { sql: w.join(' AND '), params: p };
   }
 
-  async listItems(projectId: string, f: ItemFilter, page: { sortKey: keyof typeof ITEM_SORT_KEYS; sortDir: 'asc' | 'desc'; limit: number; offset: number }): Promise<CheckpointItem[]> {
-    const { sql, params } = this.where(projectId, f);
+  async listItems(projectId: string, f: ItemFilter, page: { sortKey: keyof typeof ITEM_SORT_KEYS; sortDir: 'asc' | 'desc'; limit: number; offset: number; marker?: string | undefined }): Promise<CheckpointItem[]> {
+    let { sql, params } = this.where(projectId, f);
     const col = ITEM_SORT_KEYS[page.sortKey];
     const dir = page.sortDir === 'asc' ? 'ASC' : 'DESC';
+    if (page.marker !== undefined) {
+      const after = await afterMarker(this.db, 'checkpoint_items', col, page.sortDir, projectId, page.marker);
+      sql += ` AND ${after.sql}`;
+      params = [...params, ...after.params];
+    }
     return (await this.db.all<ItemRow>(`SELECT * FROM checkpoint_items WHERE ${sql} ORDER BY ${col} ${dir}, id ${dir} LIMIT ? OFFSET ?`, [...params, page.limit, page.offset])).map(toItem);
   }
 

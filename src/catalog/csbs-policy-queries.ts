@@ -1,5 +1,6 @@
 /** Catalog statements for CSBS policies and their servers. */
 import type { CsbsPolicy, CsbsPolicyResource, CsbsRetention } from '../domain/csbs-policy.ts';
+import { afterMarker } from './paging.ts';
 import type { SqlExecutor, SqlValue } from './sql.ts';
 
 interface Row {
@@ -57,10 +58,15 @@ export class CsbsPolicyQueries {
     return r && toPolicy(r);
   }
 
-  async listPolicies(projectId: string, f: { name?: string | undefined; sortDir: 'asc' | 'desc'; sortKey: 'created_at' | 'name' | 'id' | 'updated_at'; limit: number; offset: number }): Promise<CsbsPolicy[]> {
+  async listPolicies(projectId: string, f: { name?: string | undefined; sortDir: 'asc' | 'desc'; sortKey: 'created_at' | 'name' | 'id' | 'updated_at'; limit: number; offset: number; marker?: string | undefined }): Promise<CsbsPolicy[]> {
     const params: SqlValue[] = [projectId];
     let where = 'project_id = ?';
     if (f.name !== undefined) (where += ' AND name = ?', params.push(f.name));
+    if (f.marker !== undefined) {
+      const after = await afterMarker(this.db, 'csbs_policies', f.sortKey, f.sortDir, projectId, f.marker);
+      where += ` AND ${after.sql}`;
+      params.push(...after.params);
+    }
     const dir = f.sortDir === 'asc' ? 'ASC' : 'DESC';
     return (await this.db.all<Row>(`SELECT * FROM csbs_policies WHERE ${where} ORDER BY ${f.sortKey} ${dir}, id ${dir} LIMIT ? OFFSET ?`, [...params, f.limit, f.offset])).map(toPolicy);
   }

@@ -58,9 +58,6 @@ export class JobQueries {
     return (await this.db.run(`UPDATE jobs SET status = ?, entities = ?, error_code = ?, fail_reason = ?, end_time = ? WHERE id = ? AND status IN ('INIT', 'RUNNING')${ownerCheck}`, params)).changes === 1;
   }
 
-  async setEntities(id: string, entities: Record<string, string>): Promise<void> {
-    await this.db.run('UPDATE jobs SET entities = ? WHERE id = ?', [JSON.stringify(entities), id]);
-  }
 
   /** Running jobs whose owner stopped refreshing the heartbeat before `beforeMs` (or all, with Infinity). */
   async staleRunningJobs(beforeMs: number): Promise<Job[]> {

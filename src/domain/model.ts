@@ -104,6 +104,11 @@ export interface Job {
   endTime: number | null;
 }
 
+/** A job ready to be queued (INIT, no owner yet). */
+export function queuedJob(id: string, projectId: string, type: JobType, payload: Record<string, unknown>, entities: Record<string, string>, createdAt: number): Job {
+  return { id, projectId, type, status: 'INIT', payload, entities, errorCode: null, failReason: null, owner: null, heartbeatAt: null, progressDone: 0, progressTotal: 0, createdAt, beginTime: null, endTime: null };
+}
+
 export type Role = 'admin' | 'member';
 export const ROLES: readonly Role[] = ['admin', 'member'];
 export const DEFAULT_DOMAIN = { id: 'default', name: 'Default' } as const;

@@ -14,10 +14,9 @@ import { statusesAllowing } from '../domain/backup-status.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { newHexId, newUuid } from '../domain/ids.ts';
-import type { Backup, BackupOrigin, Job, JobType, Tag, Volume } from '../domain/model.ts';
+import { queuedJob, type Backup, type BackupOrigin, type Job, type JobType, type Tag, type Volume } from '../domain/model.ts';
 import type { BackupEngine } from './backup-engine.ts';
 import type { JobFailure, JobHandler } from './job-runner.ts';
-import { GiB } from './volume-service.ts';
 
 export interface CreateBackupInput {
   volumeId: string;
@@ -63,7 +62,7 @@ export class BackupService {
   }
 
   private newJob(projectId: string, type: JobType, payload: Record<string, unknown>, entities: Record<string, string>): Job {
-    return { id: newHexId(), projectId, type, status: 'INIT', payload, entities, errorCode: null, failReason: null, owner: null, heartbeatAt: null, progressDone: 0, progressTotal: 0, createdAt: this.clock.now(), beginTime: null, endTime: null };
+    return queuedJob(newHexId(), projectId, type, payload, entities, this.clock.now());
   }
 
   /** Queues a backup of a volume: the backup row (creating) and its job commit together. */
@@ -332,10 +331,6 @@ export class BackupService {
     };
   }
 
-  /** Sizes in GB as Cinder reports them. */
-  static gbOf(bytes: number): number {
-    return Math.max(1, Math.ceil(bytes / GiB));
-  }
 }
 
 /** A unique-index violation, as SQLite and PostgreSQL report it. */

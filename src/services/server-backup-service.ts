@@ -14,11 +14,11 @@ import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import type { Catalog, CatalogQueries } from '../catalog/catalog.ts';
 import type { ItemFilter } from '../catalog/checkpoint-queries.ts';
-import { CSBS_PROVIDER_ID, type Checkpoint, type CheckpointItem } from '../domain/checkpoint.ts';
+import type { Checkpoint, CheckpointItem } from '../domain/checkpoint.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { newHexId, newUuid } from '../domain/ids.ts';
-import type { Backup, Job, JobType, Volume } from '../domain/model.ts';
+import { queuedJob, type Backup, type Job, type JobType, type Volume } from '../domain/model.ts';
 import type { BackupService } from './backup-service.ts';
 import type { JobHandler } from './job-runner.ts';
 import { copySparse } from './volume-service.ts';
@@ -70,7 +70,7 @@ export class ServerBackupService {
   }
 
   private newJob(projectId: string, type: JobType, payload: Record<string, unknown>): Job {
-    return { id: newHexId(), projectId, type, status: 'INIT', payload, entities: {}, errorCode: null, failReason: null, owner: null, heartbeatAt: null, progressDone: 0, progressTotal: 0, createdAt: this.clock.now(), beginTime: null, endTime: null };
+    return queuedJob(newHexId(), projectId, type, payload, {}, this.clock.now());
   }
 
   /** B2: backs up one server; returns the checkpoint (status protecting) with its one item. */
@@ -247,6 +247,11 @@ export class ServerBackupService {
     return r;
   }
 
+  /** What the freeze and thaw hooks are told about the server. */
+  private hookEnv(item: CheckpointItem, volumePaths: string[]): Record<string, string> {
+    return { HAVEN_SERVER_ID: item.serverId, HAVEN_SERVER_NAME: item.serverName, HAVEN_VOLUME_PATHS: volumePaths.join(' ') };
+  }
+
   private async hook(command: string, env: Record<string, string>): Promise<void> {
     if (!command) return;
     try {
@@ -269,7 +274,7 @@ export class ServerBackupService {
           for (const a of attached) volumes.push((await this.catalog.volumes.getVolumeById(a.volumeId))!);
           const snapDir = path.join(this.opts.dataDir, 'snapshots', `csbs-${item.id}`);
           await fs.mkdir(snapDir, { recursive: true });
-          const env = { HAVEN_SERVER_ID: item.serverId, HAVEN_SERVER_NAME: item.serverName, HAVEN_VOLUME_PATHS: volumes.map((v) => v.path).join(' ') };
+          const env = this.hookEnv(item, volumes.map((v) => v.path));
           try {
             // The snapshot moment: freeze, copy every volume, thaw (thaw runs even if a copy failed).
             // Thaw runs whenever freeze was tried, even if freeze itself failed half way.
@@ -309,7 +314,7 @@ export class ServerBackupService {
               const v = await this.catalog.volumes.getVolumeById(a.volumeId);
               if (v) paths.push(v.path);
             }
-            await this.hook(this.opts.thawCommand, { HAVEN_SERVER_ID: item.serverId, HAVEN_SERVER_NAME: item.serverName, HAVEN_VOLUME_PATHS: paths.join(' ') }).catch(() => undefined); // best effort
+            await this.hook(this.opts.thawCommand, this.hookEnv(item, paths)).catch(() => undefined); // best effort
           }
           // Volume backups this run left half-made (process died mid-backup) become error, so they
           // never block the volume's next backup; the snapshots go.
@@ -378,4 +383,3 @@ export class ServerBackupService {
   }
 }
 
-export { CSBS_PROVIDER_ID };

@@ -185,16 +185,8 @@ export function registerCheckpointRoutes(app: FastifyInstance, s: ApiServices): 
       ({ key: sortKey, dir: sortDir } = parsed);
     }
     const limit = Math.min(q.limit ?? 1000, 1000);
-    let offset = q.offset ?? 0;
     const filter = filterOf(q);
-    if (q.marker !== undefined) {
-      // The marker's position in the same order: everything up to it is skipped.
-      const all = await s.serverBackups.listItems(pid(req), filter, { sortKey, sortDir, limit: 100_000, offset: 0 });
-      const at = all.findIndex((i) => i.id === q.marker);
-      if (at < 0) throw new ApiError(400, `marker ${q.marker} could not be found`, 'CSBS.9001');
-      offset += at + 1;
-    }
-    const rows = await s.serverBackups.listItems(pid(req), filter, { sortKey, sortDir, limit: limit + 1, offset });
+    const rows = await s.serverBackups.listItems(pid(req), filter, { sortKey, sortDir, limit: limit + 1, offset: q.offset ?? 0, marker: q.marker });
     const page = rows.slice(0, limit);
     const body: Record<string, unknown> = { checkpoint_items: await Promise.all(page.map(itemView)) };
     if (rows.length > limit && page.length) {

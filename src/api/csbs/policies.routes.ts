@@ -190,14 +190,7 @@ export function registerCsbsPolicyRoutes(app: FastifyInstance, s: ApiServices): 
       ({ key: sortKey, dir: sortDir } = parsed);
     }
     const limit = Math.min(q.limit ?? 1000, 1000);
-    let offset = q.offset ?? 0;
-    if (q.marker !== undefined) {
-      const all = await s.csbsPolicies.listPolicies(pid(req), { name: q.name, sortKey, sortDir, limit: 100_000, offset: 0 });
-      const at = all.findIndex((p) => p.id === q.marker);
-      if (at < 0) throw new ApiError(400, `marker ${q.marker} could not be found`, 'CSBS.9001');
-      offset += at + 1;
-    }
-    const rows = await s.csbsPolicies.listPolicies(pid(req), { name: q.name, sortKey, sortDir, limit: limit + 1, offset });
+    const rows = await s.csbsPolicies.listPolicies(pid(req), { name: q.name, sortKey, sortDir, limit: limit + 1, offset: q.offset ?? 0, marker: q.marker });
     const page = rows.slice(0, limit);
     const body: Record<string, unknown> = { policies: await Promise.all(page.map(view)) };
     if (rows.length > limit && page.length) {

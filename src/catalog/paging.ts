@@ -1,0 +1,17 @@
+/**
+ * Keyset paging shared by the list queries: "after this marker" in an order by (column, id), so a
+ * page never repeats or skips rows and an unknown marker is an error (as Cinder and CSBS answer).
+ */
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import type { SqlExecutor, SqlValue } from './sql.ts';
+
+/**
+ * The condition (and its parameters) selecting the rows after `marker` of `table` in the order
+ * `column dir, id dir`, within the project. `column` and `table` come from the caller's whitelist.
+ */
+export async function afterMarker(db: SqlExecutor, table: string, column: string, dir: 'asc' | 'desc', projectId: string, marker: string): Promise<{ sql: string; params: SqlValue[] }> {
+  const m = await db.get<{ k: SqlValue }>(`SELECT ${column} AS k FROM ${table} WHERE id = ? AND project_id = ?`, [marker, projectId]);
+  if (!m) throw new AppError(ErrorCode.InvalidArgument, `Invalid input received: marker ${marker} could not be found.`);
+  const cmp = dir === 'asc' ? '>' : '<';
+  return { sql: `(${column} ${cmp} ? OR (${column} = ? AND id ${cmp} ?))`, params: [m.k ?? null, m.k ?? null, marker] };
+}
