@@ -59,7 +59,20 @@ export interface DecodeResult {
   damaged: number[];
 }
 
-export type ChunkTask = HashTask | EncodeTask | DecodeTask;
+/**
+ * Restore's decode: stored blobs (fetched pack ranges, transferred here) decoded straight into a
+ * shared output slot, so no decoded bytes travel between threads or need collecting.
+ */
+export interface DecodeIntoTask {
+  kind: 'decodeInto';
+  bodies: Uint8Array[];
+  /** five numbers per chunk: body index, offset in that body, stored length, raw length, offset in `out` */
+  chunks: number[];
+  out: SharedArrayBuffer;
+  encKey?: Uint8Array | undefined;
+}
+
+export type ChunkTask = HashTask | EncodeTask | DecodeTask | DecodeIntoTask;
 
 const ZERO = new Uint8Array(1 << 20);
 
@@ -170,13 +183,35 @@ function decode(t: DecodeTask): ArrayBuffer {
   return out.buffer;
 }
 
+/** Returns the position (in task order) of the first chunk that failed to decode, or -1. */
+function decodeInto(t: DecodeIntoTask): number {
+  const out = new Uint8Array(t.out);
+  for (let k = 0; k * 5 < t.chunks.length; k++) {
+    const c = k * 5;
+    const body = t.bodies[t.chunks[c]!]!;
+    const at = t.chunks[c + 1]!;
+    const len = t.chunks[c + 2]!;
+    const rawLen = t.chunks[c + 3]!;
+    if (at + len > body.length) return k;
+    let raw: Uint8Array;
+    try {
+      raw = decodeBlob(body.subarray(at, at + len), { encKey: t.encKey }, rawLen);
+    } catch {
+      return k; // the caller names the chunk
+    }
+    if (raw.length !== rawLen) return k;
+    out.set(raw, t.chunks[c + 4]!);
+  }
+  return -1;
+}
+
 export function parseDecoded(buf: ArrayBuffer, count: number): DecodeResult {
   const head = (count + 7) & ~7;
   return { data: new Uint8Array(buf, head), damaged: Array.from(new Uint8Array(buf, 0, count)) };
 }
 
 // Encoded and decoded chunks travel back transferred (no copy); digests by structured clone.
-export default function runChunkTask(task: ChunkTask): Uint8Array | ArrayBuffer {
+export default function runChunkTask(task: ChunkTask): Uint8Array | ArrayBuffer | number {
   switch (task.kind) {
     case 'hash':
       return hash(task);
@@ -184,6 +219,10 @@ export default function runChunkTask(task: ChunkTask): Uint8Array | ArrayBuffer 
       const r = encode(task);
       releaseGarbage(r.byteLength);
       return Piscina.move(r) as unknown as ArrayBuffer;
+    }
+    case 'decodeInto': {
+      // Only small per-chunk buffers were allocated here; V8's own pacing collects them cheaply.
+      return decodeInto(task);
     }
     case 'decode': {
       const r = decode(task);

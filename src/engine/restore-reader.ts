@@ -19,7 +19,6 @@ import { ChunkWorkerPool } from './worker-pool.ts';
 import type { Progress } from './backup-writer.ts';
 import { RepositoryLock } from './locks.ts';
 import { StreamHasher } from './stream-hasher.ts';
-import { releaseGarbage } from './memory.ts';
 
 export interface RestoreOptions {
   pool?: ChunkWorkerPool;
@@ -105,54 +104,123 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     });
     await reloading;
   };
-  const fetchBatch = async (digests: Uint8Array, firstChunk: number): Promise<() => Promise<void>> => {
-    const gen = mapGeneration;
-    try {
-      return await fetchBatchFrom(map, digests, firstChunk);
-    } catch (err) {
-      if (!isAppError(err, ErrorCode.ChunkMissing)) throw err;
-      await refreshMap(gen);
-      return fetchBatchFrom(map, digests, firstChunk);
-    }
-  };
   const ownPool = opts.pool === undefined;
   const pool = opts.pool ?? new ChunkWorkerPool();
   const target = await openTarget(targetPath, manifest.sizeBytes);
   const chunkSize = manifest.chunkSizeBytes;
   const gap = opts.coalesceGapBytes ?? 256 * 1024;
-  const zero = new Uint8Array(chunkSize);
   const hasher = new StreamHasher();
-  let lastHashed: Promise<void> = Promise.resolve();
+  const what = `backup ${manifest.id}`;
+  const internal = new AbortController();
+  const onAbort = (): void => internal.abort(signal?.reason);
+  signal?.addEventListener('abort', onAbort, { once: true });
+
+  // Pipeline, per batch of chunks decoded into a SharedArrayBuffer slot (no copies between threads):
+  //   fetch pack ranges -> decode (workers, parallel) -> in volume order: hash (own thread) and write
+  //   (concurrently) -> free the slot. At most `slots` batches are in flight: memory is bounded.
   const batchChunks = Math.max(1, Math.floor((8 * 1024 * 1024) / chunkSize));
-  const maxInFlight = pool.threads * 2;
+  const batchBytes = batchChunks * chunkSize;
+  const freeSlots: SharedArrayBuffer[] = Array.from({ length: pool.threads * 2 + 2 }, () => new SharedArrayBuffer(batchBytes));
+  const slotWaiters: ((s: SharedArrayBuffer | null) => void)[] = [];
+  const takeSlot = (): Promise<SharedArrayBuffer | null> => {
+    const s = freeSlots.pop();
+    return s ? Promise.resolve(s) : new Promise((r) => slotWaiters.push(r));
+  };
+  const giveSlot = (s: SharedArrayBuffer): void => {
+    const w = slotWaiters.shift();
+    if (w) w(s);
+    else freeSlots.push(s);
+  };
+  let zeros: Uint8Array | undefined; // for block devices, whose holes must be written
+  let failure: unknown;
+  const fail = (err: unknown): void => {
+    failure ??= err;
+    internal.abort(err);
+    for (const w of slotWaiters.splice(0)) w(null);
+  };
   let writtenBytes = 0;
   let doneBytes = 0;
+  let lastCommit: Promise<unknown> = Promise.resolve();
+  const settling = new Set<Promise<unknown>>();
+  let chunkBase = 0;
   try {
-    const inFlight: Promise<() => Promise<void>>[] = [];
-    let chunkBase = 0;
-    const what = `backup ${manifest.id}`;
-    for (const ref of manifest.indexSegments) {
+    segments: for (const ref of manifest.indexSegments) {
       const seg = await repo.readIndexSegment(ref, what);
       for (let first = 0; first < ref.chunks; first += batchChunks) {
-        throwIfAborted(signal);
+        const slot = await takeSlot();
+        if (failure !== undefined || slot === null) break segments;
+        if (signal?.aborted) {
+          fail(new AppError(ErrorCode.Cancelled, 'restore cancelled', { cause: signal.reason }));
+          break segments;
+        }
         const n = Math.min(batchChunks, ref.chunks - first);
-        const p = fetchBatch(seg.subarray(first * DIGEST_BYTES, (first + n) * DIGEST_BYTES), chunkBase + first);
-        p.catch(() => undefined); // rejections surface when this batch's turn to be written comes
-        inFlight.push(p);
-        if (inFlight.length >= maxInFlight) await (await inFlight.shift()!)();
+        const firstChunk = chunkBase + first;
+        const digests = seg.subarray(first * DIGEST_BYTES, (first + n) * DIGEST_BYTES);
+        const decoded = fetchBatch(digests, slot);
+        decoded.catch(() => undefined); // surfaces through the commit below
+
+        // In volume order: hash the batch (the hashing thread keeps the order of posts) and write it.
+        const commit = lastCommit.then(async () => {
+          const present = await decoded;
+          const pieces: number[] = []; // (offset in slot, length); offset -1: that many zero bytes
+          const writes: Promise<void>[] = [];
+          const batchStart = firstChunk * chunkSize;
+          const batchLen = Math.min(n * chunkSize, manifest.sizeBytes - batchStart);
+          let i = 0;
+          let k = 0;
+          while (i < n) {
+            const stored = present[k] === i;
+            const runStart = i;
+            while (i < n && (present[k] === i) === stored) {
+              if (stored) k++;
+              i++;
+            }
+            const off = runStart * chunkSize;
+            const len = Math.min(i * chunkSize, batchLen) - off;
+            if (stored) {
+              pieces.push(off, len);
+              writes.push(writeAll(target.fh, new Uint8Array(slot, off, len), batchStart + off));
+              writtenBytes += len;
+            } else {
+              pieces.push(-1, len);
+              if (!target.sparse) {
+                zeros ??= new Uint8Array(batchBytes);
+                writes.push(writeAll(target.fh, zeros.subarray(0, len), batchStart + off));
+                writtenBytes += len;
+              }
+            }
+          }
+          const done = Promise.all([hasher.updateSharedPieces(slot, pieces), ...writes]).then(() => {
+            giveSlot(slot);
+            doneBytes += batchLen;
+            opts.onProgress?.({ doneBytes, totalBytes: manifest.sizeBytes });
+          });
+          done.catch(fail);
+          settling.add(done);
+          void done.finally(() => settling.delete(done)).catch(() => undefined);
+        });
+        commit.catch(fail);
+        lastCommit = commit;
       }
       chunkBase += ref.chunks;
     }
-    while (inFlight.length) await (await inFlight.shift()!)();
-    await lastHashed;
+    await lastCommit.catch(() => undefined);
+    while (settling.size) await Promise.allSettled([...settling]);
+    if (signal?.aborted) failure = asCancelledIfAborted(failure, signal, 'restore');
+    if (failure !== undefined) throw failure;
     if (chunkBase !== manifest.chunkCount) throw new AppError(ErrorCode.RepositoryCorrupt, `index of ${what} lists ${chunkBase} chunks, manifest says ${manifest.chunkCount}`);
     if (!target.sparse || opts.fsync) await target.fh.sync();
   } catch (err) {
+    fail(err);
+    await lastCommit.catch(() => undefined);
+    while (settling.size) await Promise.allSettled([...settling]);
+    signal?.removeEventListener('abort', onAbort);
     await target.fh.close().catch(() => undefined); // the error below is what matters
     if (ownPool) await pool.close();
     await hasher.close();
     throw asCancelledIfAborted(err, signal, 'restore');
   }
+  signal?.removeEventListener('abort', onAbort);
   await target.fh.close();
   if (ownPool) await pool.close();
   const sha = await hasher.digestHex().finally(() => hasher.close());
@@ -162,21 +230,33 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   opts.onProgress?.({ doneBytes: manifest.sizeBytes, totalBytes: manifest.sizeBytes });
   return { backupId: manifest.id, sizeBytes: manifest.sizeBytes, volumeSha256: sha, writtenBytes, durationMs: Math.round(performance.now() - started) };
 
-  /** Fetches and decodes one batch; resolves to a function that writes it (called in order). */
-  async function fetchBatchFrom(map: ChunkMap, digests: Uint8Array, firstChunk: number): Promise<() => Promise<void>> {
+  /** Fetches and decodes one batch into `slot` (chunk i at i * chunkSize); resolves to the stored chunks' positions. */
+  async function fetchBatch(digests: Uint8Array, slot: SharedArrayBuffer): Promise<number[]> {
+    const gen = mapGeneration;
+    try {
+      return await fetchBatchFrom(map, digests, slot);
+    } catch (err) {
+      if (!isAppError(err, ErrorCode.ChunkMissing)) throw err;
+      await refreshMap(gen);
+      return fetchBatchFrom(map, digests, slot);
+    }
+  }
+
+  async function fetchBatchFrom(map: ChunkMap, digests: Uint8Array, slot: SharedArrayBuffer): Promise<number[]> {
     const n = digests.length / DIGEST_BYTES;
     const present: number[] = [];
     const locs: { packNo: number; offset: number; length: number; rawLength: number }[] = [];
     for (let i = 0; i < n; i++) {
       if (isZeroDigest(digests, i * DIGEST_BYTES)) continue;
       const loc = map.get(digests, i * DIGEST_BYTES);
-      if (!loc) throw new AppError(ErrorCode.ChunkMissing, `chunk ${digestHex(digests, i * DIGEST_BYTES)} of backup ${manifest.id} is missing from the repository`);
+      if (!loc) throw new AppError(ErrorCode.ChunkMissing, `chunk ${digestHex(digests, i * DIGEST_BYTES)} of ${what} is missing from the repository`);
       present.push(i);
       locs.push(loc);
     }
+    if (!present.length) return present;
     // Coalesce reads: chunks of one pack that lie close together come in one request.
     const runs: ReadRun[] = [];
-    const runOf: number[] = [];
+    const chunks: number[] = [];
     for (let k = 0; k < locs.length; k++) {
       const l = locs[k]!;
       const r = runs[runs.length - 1];
@@ -185,83 +265,27 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
       } else {
         runs.push({ packNo: l.packNo, offset: l.offset, length: l.length });
       }
-      runOf.push(runs.length - 1);
+      const run = runs[runs.length - 1]!;
+      chunks.push(runs.length - 1, l.offset - run.offset, l.length, l.rawLength, present[k]! * chunkSize);
     }
     const bodies = await Promise.all(
       runs.map(async (r) => {
         const key = packKey(map.packIds[r.packNo]!);
+        let body: Uint8Array;
         try {
-          return await repo.store.get(key, { offset: r.offset, length: r.length, ...(signal ? { signal } : {}) });
+          body = await repo.store.get(key, { offset: r.offset, length: r.length, signal: internal.signal });
         } catch (err) {
-          if (err instanceof ObjectNotFoundError) throw new AppError(ErrorCode.ChunkMissing, `pack ${key} needed by backup ${manifest.id} is missing`, { cause: err });
+          if (err instanceof ObjectNotFoundError) throw new AppError(ErrorCode.ChunkMissing, `pack ${key} needed by ${what} is missing`, { cause: err });
           throw err;
         }
+        if (body.length < r.length) throw new AppError(ErrorCode.ChunkCorrupt, `pack ${map.packIds[r.packNo]} is truncated`);
+        // The body moves to a worker: it must own its whole ArrayBuffer (ObjectStore.get promises a fresh one).
+        return body.byteOffset === 0 && body.byteLength === body.buffer.byteLength && !(body.buffer instanceof SharedArrayBuffer) ? body : new Uint8Array(body);
       }),
     );
-    let total = 0;
-    for (const l of locs) total += l.length;
-    const blobs = new Uint8Array(total);
-    const wantDigests = new Uint8Array(present.length * DIGEST_BYTES);
-    let o = 0;
-    for (let k = 0; k < locs.length; k++) {
-      const l = locs[k]!;
-      const r = runs[runOf[k]!]!;
-      const body = bodies[runOf[k]!]!;
-      const from = l.offset - r.offset;
-      if (from + l.length > body.length) throw new AppError(ErrorCode.ChunkCorrupt, `pack ${map.packIds[l.packNo]} is truncated`);
-      blobs.set(body.subarray(from, from + l.length), o);
-      o += l.length;
-      wantDigests.set(digests.subarray(present[k]! * DIGEST_BYTES, (present[k]! + 1) * DIGEST_BYTES), k * DIGEST_BYTES);
-    }
-    const decoded = present.length
-      ? await pool.decode({ data: blobs, lengths: locs.map((l) => l.length), rawLengths: locs.map((l) => l.rawLength), digests: wantDigests, encKey: repo.keys?.encKey, macKey: repo.keys?.macKey, returnData: true, checkDigests: false }, signal, true)
-      : { data: new Uint8Array(0), damaged: [] as number[] };
-    const bad = decoded.damaged.indexOf(1);
-    if (bad >= 0) throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digestHex(wantDigests, bad * DIGEST_BYTES)} of backup ${manifest.id} is damaged`);
-
-    return async () => {
-      // Consecutive stored chunks are contiguous in decoded.data: write each run with one call.
-      const pieces: number[] = [];
-      let rawOff = 0;
-      let k = 0;
-      let i = 0;
-      while (i < n) {
-        const pos = (firstChunk + i) * chunkSize;
-        if (present[k] === i) {
-          const runStart = rawOff;
-          let runLen = 0;
-          while (i < n && present[k] === i) {
-            const len = Math.min(chunkSize, manifest.sizeBytes - (firstChunk + i) * chunkSize);
-            runLen += len;
-            rawOff += locs[k]!.rawLength;
-            k++;
-            i++;
-          }
-          const data = decoded.data.subarray(runStart, runStart + runLen);
-          pieces.push(decoded.data.byteOffset + runStart, runLen);
-          await writeAll(target.fh, data, pos);
-          writtenBytes += runLen;
-          doneBytes += runLen;
-        } else {
-          const len = Math.min(chunkSize, manifest.sizeBytes - pos);
-          const z = zero.subarray(0, len);
-          if (pieces.length && pieces[pieces.length - 2] === -1) pieces[pieces.length - 1]! += len;
-          else pieces.push(-1, len);
-          if (!target.sparse) {
-            await writeAll(target.fh, z, pos);
-            writtenBytes += len;
-          }
-          doneBytes += len;
-          i++;
-        }
-      }
-      // Hash in volume order in the hashing thread, one batch behind at most (bounded memory).
-      await lastHashed;
-      lastHashed = hasher.updatePieces(decoded.data.buffer as ArrayBuffer, pieces);
-      lastHashed.catch(() => undefined); // awaited with the next batch or at the end
-      releaseGarbage(total + rawOff); // this batch's fetched blobs are garbage now (memory.ts)
-      opts.onProgress?.({ doneBytes, totalBytes: manifest.sizeBytes });
-    };
+    const bad = await pool.decodeInto({ bodies, chunks, out: slot, encKey: repo.keys?.encKey }, internal.signal);
+    if (bad >= 0) throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digestHex(digests, present[bad]! * DIGEST_BYTES)} of ${what} is damaged`);
+    return present;
   }
 }
 

@@ -9,7 +9,7 @@ function zeros(n: number): void {
   for (let left = n; left > 0; left -= ZEROS.length) hash.update(ZEROS.subarray(0, Math.min(left, ZEROS.length)));
 }
 
-parentPort!.on('message', (m: { seq: number; sab?: SharedArrayBuffer; buf?: ArrayBuffer; offset?: number; length?: number; pieces?: number[]; finish?: boolean }) => {
+parentPort!.on('message', (m: { seq: number; sab: SharedArrayBuffer; offset?: number; length?: number; pieces?: number[]; finish?: boolean }) => {
   if (m.finish) {
     parentPort!.postMessage({ digest: hash.digest('hex') });
     hash = createHash('sha256');
@@ -19,10 +19,10 @@ parentPort!.on('message', (m: { seq: number; sab?: SharedArrayBuffer; buf?: Arra
     for (let i = 0; i < m.pieces.length; i += 2) {
       const off = m.pieces[i]!;
       if (off < 0) zeros(m.pieces[i + 1]!);
-      else hash.update(new Uint8Array(m.buf!, off, m.pieces[i + 1]!));
+      else hash.update(new Uint8Array(m.sab, off, m.pieces[i + 1]!));
     }
   } else {
-    hash.update(new Uint8Array((m.sab ?? m.buf)!, m.offset, m.length));
+    hash.update(new Uint8Array(m.sab, m.offset, m.length));
   }
   parentPort!.postMessage({ ack: m.seq });
 });

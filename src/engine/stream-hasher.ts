@@ -38,11 +38,11 @@ export class StreamHasher {
     this.digestWaiter?.reject(err);
   }
 
-  private post(msg: object, transfer: ArrayBuffer[] = []): Promise<void> {
+  private post(msg: object): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     const seq = this.seq++;
     const p = new Promise<void>((resolve, reject) => this.pending.set(seq, { resolve, reject }));
-    this.worker.postMessage({ ...msg, seq }, transfer);
+    this.worker.postMessage({ ...msg, seq });
     return p;
   }
 
@@ -52,11 +52,11 @@ export class StreamHasher {
   }
 
   /**
-   * Hashes, in order, pieces of `buf` given as (offset, length) pairs; offset -1 means `length` zero
-   * bytes. `buf` moves to the hashing thread (unusable here afterwards).
+   * Hashes, in order, pieces of a SharedArrayBuffer given as (offset, length) pairs; offset -1 means
+   * `length` zero bytes. Resolves when the bytes may be overwritten.
    */
-  updatePieces(buf: ArrayBuffer, pieces: number[]): Promise<void> {
-    return this.post({ buf, pieces }, [buf]);
+  updateSharedPieces(sab: SharedArrayBuffer, pieces: number[]): Promise<void> {
+    return this.post({ sab, pieces });
   }
 
   async digestHex(): Promise<string> {

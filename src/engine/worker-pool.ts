@@ -1,7 +1,7 @@
 /** The pool of chunk workers (piscina), one thread per core by default. */
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
-import { parseDecoded, parseEncoded, type DecodeResult, type DecodeTask, type EncodeResult, type EncodeTask, type HashTask } from './chunk-worker.ts';
+import { parseDecoded, parseEncoded, type DecodeIntoTask, type DecodeResult, type DecodeTask, type EncodeResult, type EncodeTask, type HashTask } from './chunk-worker.ts';
 
 export class ChunkWorkerPool {
   private readonly pool: Piscina;
@@ -39,6 +39,15 @@ export class ChunkWorkerPool {
   async decode(t: Omit<DecodeTask, 'kind'>, signal?: AbortSignal, transferData = false): Promise<DecodeResult> {
     const opts = { ...(signal ? { signal } : {}), ...(transferData ? { transferList: [t.data.buffer as ArrayBuffer] } : {}) };
     return parseDecoded(await this.pool.run({ kind: 'decode', ...t }, opts), t.lengths.length);
+  }
+
+  /**
+   * Decodes stored chunks into `out`; the bodies' ArrayBuffers move to the worker (callers pass only
+   * buffers they own whole). Resolves to the task-order position of the first damaged chunk, or -1.
+   */
+  decodeInto(t: Omit<DecodeIntoTask, 'kind'>, signal?: AbortSignal): Promise<number> {
+    const transferList = [...new Set(t.bodies.map((b) => b.buffer as ArrayBuffer))];
+    return this.pool.run({ kind: 'decodeInto', ...t }, { ...(signal ? { signal } : {}), transferList });
   }
 
   async close(): Promise<void> {

@@ -81,7 +81,7 @@ export class LocalObjectStore implements ObjectStore {
       const offset = options?.offset ?? 0;
       let length = options?.length;
       if (length === undefined) length = Math.max(0, (await fh.stat()).size - offset);
-      const buf = Buffer.allocUnsafe(length);
+      const buf = Buffer.allocUnsafeSlow(length); // never a slice of Node's shared pool (see ObjectStore.get)
       let got = 0;
       while (got < length) {
         const { bytesRead } = await fh.read(buf, got, length - got, offset + got);

@@ -21,7 +21,7 @@ export class MemoryObjectStore implements ObjectStore {
     if (!o) throw new ObjectNotFoundError(key);
     const start = options?.offset ?? 0;
     const end = options?.length === undefined ? o.body.length : Math.min(o.body.length, start + options.length);
-    return o.body.slice(start, end);
+    return new Uint8Array(o.body.subarray(start, end)); // a copy the caller owns (see ObjectStore.get)
   }
 
   async head(key: string): Promise<ObjectInfo | null> {

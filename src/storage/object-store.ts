@@ -39,7 +39,10 @@ export interface ObjectStore {
    * concurrent callers wins). Returns false when the key already existed. Durable like put().
    */
   putIfAbsent(key: string, body: Body): Promise<boolean>;
-  /** Returns the object's bytes (or a range of them). Throws ObjectNotFoundError when absent. */
+  /**
+   * Returns the object's bytes (or a range of them) in a buffer the caller owns: fresh, shared with
+   * nobody (restore moves it to a worker thread). Throws ObjectNotFoundError when absent.
+   */
   get(key: string, options?: GetOptions): Promise<Uint8Array>;
   /** Size and time of an object, or null when absent. */
   head(key: string): Promise<ObjectInfo | null>;
