@@ -6,10 +6,13 @@
  *   - GET /v3/{pid}/backups?limit=10   token validation + a page of the native backup list
  *   - GET /v3/{pid}/backups            the whole list (1,000 items, ~230 KB per response)
  *   - POST + DELETE /v2/{pid}/backuppolicy   create and delete a policy
- * and prints req/s and latency percentiles side by side, with the goal for the paged GET.
+ * and prints req/s, latency percentiles and the server's CPU time per request (read from /proc: steadier
+ * than req/s on a shared machine, so the column to compare when changing the request path) side by
+ * side, with the goal for the paged GET. HAVEN_BENCH_ONLY=paged measures only the paged GET;
+ * HAVEN_BENCH_CPU_PROF=DIR writes a CPU profile of the server there.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import autocannon from 'autocannon';
@@ -42,8 +45,19 @@ async function seed(): Promise<void> {
   await app.close();
 }
 
-async function startServer(): Promise<() => Promise<void>> {
-  const child = spawn(process.execPath, [path.join(root, 'src', 'cli', 'main.ts'), 'serve'], {
+/** User + system CPU time of a process in ms (Linux /proc; NaN elsewhere). */
+function cpuMs(pid: number | undefined): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(f[11]) + Number(f[12])) * 10; // clock ticks of 10 ms (USER_HZ 100)
+  } catch {
+    return NaN;
+  }
+}
+
+async function startServer(): Promise<{ pid: number | undefined; stop: () => Promise<void> }> {
+  const prof = process.env.HAVEN_BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-interval=100', `--cpu-prof-dir=${path.resolve(process.env.HAVEN_BENCH_CPU_PROF)}`] : [];
+  const child = spawn(process.execPath, [...prof, path.join(root, 'src', 'cli', 'main.ts'), 'serve'], {
     env: { ...process.env, HAVEN_DATA_DIR: dataDir, HAVEN_PORT: String(port), HAVEN_ADMIN_PASSWORD: password, HAVEN_LOG_LEVEL: 'warn', HAVEN_MAX_POLICIES: '100000' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -54,9 +68,12 @@ async function startServer(): Promise<() => Promise<void>> {
     if (child.exitCode !== null) throw new Error(`haven serve exited: ${err}`);
     await new Promise((r) => setTimeout(r, 100));
   }
-  return async () => {
-    child.kill('SIGTERM');
-    await new Promise((r) => child.once('exit', r));
+  return {
+    pid: child.pid,
+    stop: async () => {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    },
   };
 }
 
@@ -64,7 +81,7 @@ async function startServer(): Promise<() => Promise<void>> {
  * The peer: a bare fastify server in its own process answering with a body the size of Haven's
  * paged list, without auth or database — the ceiling for this framework on this machine.
  */
-async function startBareFastify(bodyJson: string): Promise<{ url: string; stop: () => Promise<void> }> {
+async function startBareFastify(bodyJson: string): Promise<{ url: string; pid: number | undefined; stop: () => Promise<void> }> {
   const barePort = port + 1;
   const code = `import Fastify from 'fastify'; const app = Fastify(); const body = ${JSON.stringify(bodyJson)};
     app.get('/list', async (_req, reply) => reply.type('application/json').send(body));
@@ -73,7 +90,7 @@ async function startBareFastify(bodyJson: string): Promise<{ url: string; stop: 
   let err = '';
   child.stderr.on('data', (d: Buffer) => (err += d.toString()));
   for (let i = 0; i < 100 && !err.includes('listening'); i++) await new Promise((r) => setTimeout(r, 50));
-  return { url: `http://127.0.0.1:${barePort}/list`, stop: async () => { child.kill('SIGTERM'); await new Promise((r) => child.once('exit', r)); } };
+  return { url: `http://127.0.0.1:${barePort}/list`, pid: child.pid, stop: async () => { child.kill('SIGTERM'); await new Promise((r) => child.once('exit', r)); } };
 }
 
 async function login(base: string): Promise<{ token: string; projectId: string }> {
@@ -94,16 +111,21 @@ interface Row {
   p99: number;
   errors: number;
   non2xx: number;
+  cpuUsPerReq: number;
 }
 
-async function measure(name: string, opts: autocannon.Options): Promise<Row> {
+async function measure(name: string, pid: number | undefined, opts: autocannon.Options): Promise<Row> {
+  const cpu0 = cpuMs(pid);
   const r = await autocannon({ connections, duration: seconds, ...opts });
-  return { name, reqPerSec: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors, non2xx: r.non2xx };
+  const cpuUsPerReq = ((cpuMs(pid) - cpu0) * 1000) / Math.max(1, r.requests.total);
+  return { name, reqPerSec: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors, non2xx: r.non2xx, cpuUsPerReq };
 }
 
 async function main(): Promise<void> {
   await seed();
-  const stop = await startServer();
+  const server = await startServer();
+  const { stop } = server;
+  const only = process.env.HAVEN_BENCH_ONLY;
   try {
     const base = `http://127.0.0.1:${port}`;
     const { token, projectId } = await login(base);
@@ -111,13 +133,13 @@ async function main(): Promise<void> {
     const rows: Row[] = [];
     const sample = await (await fetch(`${base}/v3/${projectId}/backups?limit=10`, { headers })).text();
     const bare = await startBareFastify(sample);
-    const peer = await measure('peer: bare fastify, same body, no auth or database', { url: bare.url });
+    const peer = await measure('peer: bare fastify, same body, no auth or database', bare.pid, { url: bare.url });
     await bare.stop();
-    rows.push(await measure('GET /v3/{pid}/backups?limit=10 (1,000 in project)', { url: `${base}/v3/${projectId}/backups?limit=10`, headers }));
-    rows.push(await measure('GET /v3/{pid}/backups (all 1,000)', { url: `${base}/v3/${projectId}/backups`, headers }));
+    rows.push(await measure('GET /v3/{pid}/backups?limit=10 (1,000 in project)', server.pid, { url: `${base}/v3/${projectId}/backups?limit=10`, headers }));
+    if (only !== 'paged') rows.push(await measure('GET /v3/{pid}/backups (all 1,000)', server.pid, { url: `${base}/v3/${projectId}/backups`, headers }));
     let n = 0;
-    rows.push(
-      await measure('POST + DELETE /v2/{pid}/backuppolicy', {
+    if (only !== 'paged') rows.push(
+      await measure('POST + DELETE /v2/{pid}/backuppolicy', server.pid, {
         url: base,
         headers,
         requests: [
@@ -134,9 +156,9 @@ async function main(): Promise<void> {
       }),
     );
     console.log(`\nHaven API on loopback, ${connections} connections, ${seconds} s each (one server process, autocannon in this process, same 2 cores)\n`);
-    console.log('| scenario | req/s | p50 ms | p99 ms | errors | non-2xx | req/s vs bare fastify |');
-    console.log('| --- | --- | --- | --- | --- | --- | --- |');
-    for (const r of [peer, ...rows]) console.log(`| ${r.name} | ${r.reqPerSec.toFixed(0)} | ${r.p50} | ${r.p99} | ${r.errors} | ${r.non2xx} | ${(r.reqPerSec / peer.reqPerSec).toFixed(2)}x |`);
+    console.log('| scenario | req/s | p50 ms | p99 ms | errors | non-2xx | server CPU µs/req | req/s vs bare fastify |');
+    console.log('| --- | --- | --- | --- | --- | --- | --- | --- |');
+    for (const r of [peer, ...rows]) console.log(`| ${r.name} | ${r.reqPerSec.toFixed(0)} | ${r.p50} | ${r.p99} | ${r.errors} | ${r.non2xx} | ${Number.isNaN(r.cpuUsPerReq) ? '-' : r.cpuUsPerReq.toFixed(0)} | ${(r.reqPerSec / peer.reqPerSec).toFixed(2)}x |`);
     const paged = rows[0]!;
     const ok = paged.reqPerSec >= 10_000 && paged.p99 < 20;
     console.log(`\ngoal (paged GET >= 10,000 req/s, p99 < 20 ms): ${ok ? 'met' : 'MISS'}`);

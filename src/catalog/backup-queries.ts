@@ -1,6 +1,6 @@
 /** Catalog statements for backups. */
 import type { Backup, BackupOrigin, BackupStatus, Tag } from '../domain/model.ts';
-import { afterMarker } from './paging.ts';
+import { afterMarker, LIMIT_OFFSET } from './paging.ts';
 import type { SqlExecutor, SqlValue } from './sql.ts';
 
 interface BackupRow {
@@ -106,7 +106,7 @@ export class BackupQueries {
       sql += ` AND ${after.sql}`;
       params.push(...after.params);
     }
-    sql += ` ORDER BY ${col} ${dir}, id ${dir} LIMIT ? OFFSET ?`;
+    sql += ` ORDER BY ${col} ${dir}, id ${dir} ${LIMIT_OFFSET}`;
     params.push(page.limit, page.offset);
     return this.db.all<R>(sql, params);
   }

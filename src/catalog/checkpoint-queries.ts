@@ -1,6 +1,6 @@
 /** Catalog statements for CSBS checkpoints, checkpoint items and restores. */
 import type { Checkpoint, CheckpointItem, CheckpointItemStatus, CheckpointStatus } from '../domain/checkpoint.ts';
-import { afterMarker } from './paging.ts';
+import { afterMarker, LIMIT_OFFSET } from './paging.ts';
 import type { SqlExecutor, SqlValue } from './sql.ts';
 
 interface CheckpointRow { id: string; project_id: string; plan_id: string; plan_name: string; status: CheckpointStatus; created_by: Checkpoint['createdBy']; created_at: number; updated_at: number }
@@ -101,7 +101,7 @@ export class CheckpointQueries {
       sql += ` AND ${after.sql}`;
       params = [...params, ...after.params];
     }
-    return (await this.db.all<ItemRow>(`SELECT * FROM checkpoint_items WHERE ${sql} ORDER BY ${col} ${dir}, id ${dir} LIMIT ? OFFSET ?`, [...params, page.limit, page.offset])).map(toItem);
+    return (await this.db.all<ItemRow>(`SELECT * FROM checkpoint_items WHERE ${sql} ORDER BY ${col} ${dir}, id ${dir} ${LIMIT_OFFSET}`, [...params, page.limit, page.offset])).map(toItem);
   }
 
   async countItems(projectId: string, f: ItemFilter): Promise<number> {

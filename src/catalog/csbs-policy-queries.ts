@@ -1,6 +1,6 @@
 /** Catalog statements for CSBS policies and their servers. */
 import type { CsbsPolicy, CsbsPolicyResource, CsbsRetention } from '../domain/csbs-policy.ts';
-import { afterMarker } from './paging.ts';
+import { afterMarker, LIMIT_OFFSET } from './paging.ts';
 import type { SqlExecutor, SqlValue } from './sql.ts';
 
 interface Row {
@@ -68,7 +68,7 @@ export class CsbsPolicyQueries {
       params.push(...after.params);
     }
     const dir = f.sortDir === 'asc' ? 'ASC' : 'DESC';
-    return (await this.db.all<Row>(`SELECT * FROM csbs_policies WHERE ${where} ORDER BY ${f.sortKey} ${dir}, id ${dir} LIMIT ? OFFSET ?`, [...params, f.limit, f.offset])).map(toPolicy);
+    return (await this.db.all<Row>(`SELECT * FROM csbs_policies WHERE ${where} ORDER BY ${f.sortKey} ${dir}, id ${dir} ${LIMIT_OFFSET}`, [...params, f.limit, f.offset])).map(toPolicy);
   }
 
   async setTags(id: string, tags: { key: string; value: string }[]): Promise<void> {

@@ -1,6 +1,7 @@
 /** Catalog statements for servers and their attached volumes. */
 import type { Server, ServerVolume } from '../domain/server.ts';
 import type { SqlExecutor } from './sql.ts';
+import { LIMIT_OFFSET } from './paging.ts';
 
 interface ServerRow { id: string; project_id: string; name: string; status: Server['status']; metadata: string; availability_zone: string; created_at: number; updated_at: number }
 interface AttachmentRow { volume_id: string; server_id: string; device: string; boot_index: number | null; attached_at: number }
@@ -36,7 +37,7 @@ export class ServerQueries {
     let where = 'project_id = ?';
     if (opts.name !== undefined) (where += ' AND name = ?', params.push(opts.name));
     params.push(opts.limit, opts.offset);
-    return (await this.db.all<ServerRow>(`SELECT * FROM servers WHERE ${where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?`, params)).map(toServer);
+    return (await this.db.all<ServerRow>(`SELECT * FROM servers WHERE ${where} ORDER BY created_at DESC, id DESC ${LIMIT_OFFSET}`, params)).map(toServer);
   }
 
   async deleteServer(id: string): Promise<void> {

@@ -1,6 +1,7 @@
 /** Catalog statements for volumes and snapshots. */
 import type { Snapshot, SnapshotStatus, Volume, VolumeStatus } from '../domain/model.ts';
 import type { SqlExecutor } from './sql.ts';
+import { LIMIT_OFFSET } from './paging.ts';
 
 interface VolumeRow { id: string; project_id: string; name: string | null; description: string | null; size_gb: number; size_bytes: number; path: string; adopted: number; status: VolumeStatus; bootable: number; availability_zone: string; metadata: string; created_at: number; updated_at: number }
 interface SnapshotRow { id: string; project_id: string; volume_id: string; name: string | null; description: string | null; size_gb: number; path: string; status: SnapshotStatus; created_at: number; updated_at: number }
@@ -45,7 +46,7 @@ export class VolumeQueries {
     if (opts.name !== undefined) (where.push('name = ?'), params.push(opts.name));
     if (opts.status !== undefined) (where.push('status = ?'), params.push(opts.status));
     params.push(opts.limit, opts.offset);
-    return (await this.db.all<VolumeRow>(`SELECT * FROM volumes WHERE ${where.join(' AND ')} ORDER BY created_at DESC, id LIMIT ? OFFSET ?`, params)).map(toVolume);
+    return (await this.db.all<VolumeRow>(`SELECT * FROM volumes WHERE ${where.join(' AND ')} ORDER BY created_at DESC, id ${LIMIT_OFFSET}`, params)).map(toVolume);
   }
 
   async findVolumeByPath(path: string): Promise<Volume | undefined> {
@@ -84,7 +85,7 @@ export class VolumeQueries {
     const params: (string | number)[] = [projectId];
     if (opts.volumeId !== undefined) (where.push('volume_id = ?'), params.push(opts.volumeId));
     params.push(opts.limit, opts.offset);
-    return (await this.db.all<SnapshotRow>(`SELECT * FROM snapshots WHERE ${where.join(' AND ')} ORDER BY created_at DESC, id LIMIT ? OFFSET ?`, params)).map(toSnapshot);
+    return (await this.db.all<SnapshotRow>(`SELECT * FROM snapshots WHERE ${where.join(' AND ')} ORDER BY created_at DESC, id ${LIMIT_OFFSET}`, params)).map(toSnapshot);
   }
 
   async countSnapshotsOfVolume(volumeId: string): Promise<number> {

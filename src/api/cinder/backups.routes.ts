@@ -114,7 +114,7 @@ export function registerNativeBackupRoutes(app: FastifyInstance, s: ApiServices)
       if (q.with_count) body.count = await s.backups.countBackups(pid(req), filter);
       return body;
     };
-    app.get(`/${version}/:projectId/backups`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backups (id, name, links)', response: { 200: SummaryList } } }, async (req) => list(req, false));
+    app.get(`/${version}/:projectId/backups`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backups (id, name, links)', response: { 200: SummaryList } }, serializerCompiler: () => (data: unknown) => JSON.stringify(data) }, async (req) => list(req, false));
     app.get(`/${version}/:projectId/backups/detail`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backups with details' } }, async (req) => list(req, true));
     app.get(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { tags, summary: 'Show a backup' } }, async (req) => {
       const b = await s.backups.getBackup(pid(req), (req.params as { backupId: string }).backupId, { includeShared: true });
