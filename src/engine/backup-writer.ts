@@ -6,7 +6,8 @@
  * packs durable -> chunk-map file -> last index segment -> manifest. A crash before the manifest
  * leaves only unreferenced objects, which GC removes; the backup simply does not exist.
  *
- * Pipeline, per batch of chunks held in a SharedArrayBuffer slot:
+ * Pipeline, per batch of chunks held in a slot (a SharedArrayBuffer for the volume's bytes and one
+ * for their encoded form, so no bytes are copied between threads):
  *   read (in order) -> whole-volume SHA-256 (own thread, in order) -> digest (workers, parallel)
  *   -> decide new/reused/hole (in order) -> encode new chunks (workers, parallel) -> pack (in order)
  * At most `slots` batches are in flight, which bounds memory whatever the volume size.
@@ -14,7 +15,7 @@
 import { randomUUID } from 'node:crypto';
 import { AppError, asCancelledIfAborted, ErrorCode, throwIfAborted } from '../domain/errors.ts';
 import { DIGEST_BYTES } from './chunk-digest.ts';
-import { DEFAULT_ZSTD_LEVEL } from './blob-codec.ts';
+import { DEFAULT_ZSTD_LEVEL, maxEncodedBytes } from './blob-codec.ts';
 import { readCondemned } from './gc-state.ts';
 import { RepositoryLock } from './locks.ts';
 import { indexSegmentKey, type BackupManifest, type BackupStats, type IndexSegmentRef } from './manifest.ts';
@@ -95,13 +96,19 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
     const batchChunks = opts.batchChunks ?? Math.max(1, Math.floor((8 * 1024 * 1024) / chunkSize));
     const batchBytes = batchChunks * chunkSize;
     const slotCount = pool.threads * 2 + 2;
-    const freeSlots: SharedArrayBuffer[] = Array.from({ length: slotCount }, () => new SharedArrayBuffer(batchBytes));
-    const slotWaiters: ((s: SharedArrayBuffer) => void)[] = [];
-    const takeSlot = (): Promise<SharedArrayBuffer> => {
+    interface Slot {
+      data: SharedArrayBuffer;
+      encoded: SharedArrayBuffer;
+    }
+    const encodedBytes = batchChunks * maxEncodedBytes(chunkSize, { encKey });
+    const newSlot = (): Slot => ({ data: new SharedArrayBuffer(batchBytes), encoded: new SharedArrayBuffer(encodedBytes) });
+    const freeSlots: Slot[] = Array.from({ length: slotCount }, newSlot);
+    const slotWaiters: ((s: Slot) => void)[] = [];
+    const takeSlot = (): Promise<Slot> => {
       const s = freeSlots.pop();
       return s ? Promise.resolve(s) : new Promise((r) => slotWaiters.push(r));
     };
-    const giveSlot = (s: SharedArrayBuffer): void => {
+    const giveSlot = (s: Slot): void => {
       const w = slotWaiters.shift();
       if (w) w(s);
       else freeSlots.push(s);
@@ -112,7 +119,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
       failure ??= err;
       internal.abort(err);
       // Wake the reader if it waits for a slot; it will see the failure.
-      for (const w of slotWaiters.splice(0)) w(new SharedArrayBuffer(batchBytes));
+      for (const w of slotWaiters.splice(0)) w(newSlot());
     };
     let doneBytes = 0;
     let lastDecide: Promise<unknown> = Promise.resolve();
@@ -120,7 +127,8 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
     const sessionNew = new ChunkMap();
 
     for (let pos = 0; pos < sizeBytes && failure === undefined; pos += batchBytes) {
-      const slot = await takeSlot();
+      const batchSlot = await takeSlot();
+      const slot = batchSlot.data;
       if (failure !== undefined) break;
       if (signal?.aborted) {
         fail(new AppError(ErrorCode.Cancelled, 'backup cancelled', { cause: signal.reason }));
@@ -176,7 +184,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
             segBuf = new Uint8Array(Math.min(INDEX_SEGMENT_CHUNKS, chunkCount - (firstChunk + i + 1)) * DIGEST_BYTES);
           }
         }
-        const encodeP = ranges.length ? pool.encode({ sab: slot, ranges, encKey, level: DEFAULT_ZSTD_LEVEL }, internal.signal) : null;
+        const encodeP = ranges.length ? pool.encode({ sab: slot, ranges, encKey, level: DEFAULT_ZSTD_LEVEL, out: batchSlot.encoded }, internal.signal) : null;
         encodeP?.catch(() => undefined); // handled through appendP
         return { digests, newAt, ranges, encodeP };
       });
@@ -196,7 +204,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
           }
         }
         await hashed; // the whole-volume hash has read the slot too
-        giveSlot(slot);
+        giveSlot(batchSlot);
         doneBytes += len;
         opts.onProgress?.({ doneBytes, totalBytes: sizeBytes });
       });

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { BlobDecodeError, decodeBlob, encodeBlob, type BlobKeys } from './blob-codec.ts';
+import { crc32, zstdCompressSync } from 'node:zlib';
+import { BlobDecodeError, decodeBlob, decodeBlobInto, encodeBlob, type BlobKeys } from './blob-codec.ts';
 
 const FLAG_ZSTD = 1;
 const FLAG_AESGCM = 2;
@@ -112,6 +113,49 @@ for (const mode of modes) {
     });
   });
 }
+
+describe('blob codec, reused zstd contexts', () => {
+  it('writes the same frames as zlib.zstdCompressSync, frame after frame', () => {
+    for (const n of [100, 5000, 65536, 65536 * 3 + 7]) {
+      const plain = compressible(n);
+      const blob = encodeBlob(plain, plainKeys, true);
+      assert.equal(blob[0], FLAG_ZSTD);
+      assert.equal(Buffer.compare(blob.subarray(1, blob.length - 4), zstdCompressSync(plain)), 0);
+    }
+  });
+
+  it('keeps decoding correctly across many frames, with damaged and oversized ones in between', () => {
+    const blobs: { plain: Buffer; blob: Buffer }[] = [];
+    for (let i = 0; i < 60; i++) {
+      const plain = i % 3 === 0 ? randomBytes(65536) : Buffer.concat([compressible(40_000 + i), randomBytes(i * 10)]);
+      blobs.push({ plain, blob: encodeBlob(plain, plainKeys, true) });
+    }
+    const out = new Uint8Array(new SharedArrayBuffer(70_000 * blobs.length));
+    for (const [i, { plain, blob }] of blobs.entries()) {
+      if (i % 7 === 3 && blob[0] === FLAG_ZSTD) {
+        // A frame cut short, a frame promising fewer bytes than it holds: both refused...
+        // (The cut frame gets a valid CRC, so that zstd itself meets the short frame.)
+        const frame = blob.subarray(1, blob.length - 40);
+        const crc = Buffer.alloc(4);
+        crc.writeUInt32LE(crc32(frame, crc32(Uint8Array.of(FLAG_ZSTD))));
+        const cut = Buffer.concat([Uint8Array.of(FLAG_ZSTD), frame, crc]);
+        assert.throws(() => decodeBlobInto(cut, plainKeys, out, i * 70_000, plain.length), BlobDecodeError);
+        assert.throws(() => decodeBlobInto(blob, plainKeys, out, i * 70_000, plain.length - 1), BlobDecodeError);
+      }
+      // ...and the next frames still decode exactly.
+      decodeBlobInto(blob, plainKeys, out, i * 70_000, plain.length);
+      assert.equal(Buffer.compare(Buffer.from(out.buffer, i * 70_000, plain.length), plain), 0);
+      assert.equal(Buffer.compare(decodeBlob(blob, plainKeys, plain.length), plain), 0);
+    }
+  });
+
+  it('decodes into the very end of a buffer (no spare byte after the chunk)', () => {
+    const plain = compressible(65536);
+    const out = new Uint8Array(65536 + 10);
+    decodeBlobInto(encodeBlob(plain, encKeys, true), encKeys, out, 10, plain.length);
+    assert.equal(Buffer.compare(Buffer.from(out.buffer, 10), plain), 0);
+  });
+});
 
 describe('blob codec, keys', () => {
   it('detects a wrong key', () => {

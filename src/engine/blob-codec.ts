@@ -55,7 +55,108 @@ export function looksCompressible(plain: Uint8Array): boolean {
   return false;
 }
 
-/** The most bytes encodeBlobInto writes for a `plainBytes` input. */
+/** The native handle of a zlib stream, as node:zlib's own synchronous path drives it. */
+interface ZstdHandle {
+  writeSync(flush: number, input: Uint8Array, inOff: number, inLen: number, out: Uint8Array, outOff: number, outLen: number): void;
+  reset(): void;
+}
+type ZstdStream = (zlib.ZstdCompress | zlib.ZstdDecompress) & { _handle?: ZstdHandle | null; _writeState?: Uint32Array };
+
+/**
+ * A zstd context kept for many frames. zlib.zstdCompressSync and zstdDecompressSync create a new
+ * zstd context for every call and allocate their output: for 64 KiB chunks that is most of the cost
+ * (measured on this project's log-like test data: compression 252 MB/s per call vs 759 MB/s with one
+ * context, decompression 617 vs 1331 MB/s; the frames are byte-identical). Node has no public
+ * reusable synchronous context, so this drives the stream's native handle exactly as node:zlib's
+ * processChunkSync does, but writes into the caller's buffer and keeps the context. Written by hand
+ * because no npm zstd binding installs without a download or a compiler on the user's machine.
+ * A context that reported an error is dropped (node destroys it); the next frame gets a new one.
+ */
+class ZstdContext {
+  private stream: ZstdStream | null = null;
+  private readonly create: () => ZstdStream;
+  constructor(create: () => ZstdStream) {
+    this.create = create;
+  }
+
+  /**
+   * Runs one whole frame of `input` into out[outOff, outOff + room). Returns the bytes written (less
+   * than `room`), or -1 when they did not fit. Throws when zstd reports an error.
+   */
+  frame(input: Uint8Array, out: Uint8Array, outOff: number, room: number): number {
+    let s = this.stream;
+    if (!s) {
+      s = this.create();
+      s.on('error', () => undefined); // node emits the error a tick later; it is thrown below
+      this.stream = s;
+    }
+    const h = s._handle;
+    const state = s._writeState;
+    if (!h || !state) {
+      this.stream = null;
+      throw new Error('zstd context unavailable');
+    }
+    h.reset(); // a previous frame may have stopped midway (output full); start clean
+    h.writeSync(zlib.constants.ZSTD_e_end, input, 0, input.length, out, outOff, room);
+    if (s.destroyed || !s._handle) {
+      this.stream = null;
+      throw new Error('zstd reported an error (damaged data)');
+    }
+    // Output full (zstd may have taken all input and still hold the frame's end) or input left over:
+    // the frame did not fit. A frame that fills `room` exactly counts as not fitting too.
+    if (state[0] === 0 || state[1] !== 0) return -1;
+    return room - state[0]!;
+  }
+}
+
+const hasHandleApi = ((): boolean => {
+  const s = zlib.createZstdCompress() as ZstdStream;
+  const ok = typeof s._handle?.writeSync === 'function' && typeof s._handle.reset === 'function' && s._writeState instanceof Uint32Array;
+  s.close();
+  return ok;
+})();
+const compressors = new Map<number, ZstdContext>();
+let decompressor: ZstdContext | undefined;
+
+/** zstd-compresses `plain` into out[outOff, outOff + room); -1 when it does not fit. */
+function compressInto(plain: Uint8Array, level: number, out: Uint8Array, outOff: number, room: number): number {
+  if (!hasHandleApi) {
+    const z = zlib.zstdCompressSync(plain, { chunkSize: Math.max(MIN_ZLIB_CHUNK, plain.length), params: { [zlib.constants.ZSTD_c_compressionLevel]: level } });
+    if (z.length > room) return -1;
+    out.set(z, outOff);
+    return z.length;
+  }
+  let c = compressors.get(level);
+  if (!c) compressors.set(level, (c = new ZstdContext(() => zlib.createZstdCompress({ params: { [zlib.constants.ZSTD_c_compressionLevel]: level } }))));
+  return c.frame(plain, out, outOff, room);
+}
+
+/** Decompresses one frame into out[outOff, outOff + rawLength); throws unless exactly rawLength bytes came out. */
+function decompressInto(payload: Uint8Array, out: Uint8Array, outOff: number, rawLength: number): void {
+  let n: number;
+  if (!hasHandleApi) {
+    const raw = zlib.zstdDecompressSync(payload, { maxOutputLength: Math.max(1, rawLength), chunkSize: Math.max(MIN_ZLIB_CHUNK, rawLength) });
+    out.set(raw.subarray(0, rawLength), outOff);
+    n = raw.length;
+  } else {
+    decompressor ??= new ZstdContext(() => zlib.createZstdDecompress());
+    // One spare byte: a frame longer than promised shows as rawLength + 1, not as a silent cut.
+    const spare = outOff + rawLength + 1 <= out.length;
+    n = spare ? decompressor.frame(payload, out, outOff, rawLength + 1) : decompressFramed(payload, out, outOff, rawLength);
+  }
+  if (n !== rawLength) throw new Error(`decompressed to ${n < 0 ? 'more than' : n} bytes, expected ${rawLength}`);
+}
+
+let spareBuf = Buffer.alloc(0);
+function decompressFramed(payload: Uint8Array, out: Uint8Array, outOff: number, rawLength: number): number {
+  if (spareBuf.length < rawLength + 1) spareBuf = Buffer.allocUnsafeSlow(rawLength + 1);
+  const n = decompressor!.frame(payload, spareBuf, 0, rawLength + 1);
+  if (n === rawLength) out.set(spareBuf.subarray(0, n), outOff);
+  return n;
+}
+
+let scratch = Buffer.alloc(0);
+
 /** CRC-32 over the flags byte and the payload, so a flipped flag is detected too. */
 function blobCrc(flags: number, payload: Uint8Array): number {
   return zlib.crc32(payload, zlib.crc32(Uint8Array.of(flags)));
@@ -80,11 +181,11 @@ export function encodeBlobInto(plain: Uint8Array, keys: BlobKeys, compress: bool
   let payload: Uint8Array = plain;
   let flags = 0;
   if (compress && plain.length > 64 && looksCompressible(plain)) {
-    // chunkSize: one output buffer the size of the input. Node's default (16 KiB) makes the sync call
-    // loop and concatenate, which costs as much as the compression itself for 64 KiB chunks.
-    const z = zlib.zstdCompressSync(plain, { chunkSize: Math.max(MIN_ZLIB_CHUNK, plain.length), params: { [zlib.constants.ZSTD_c_compressionLevel]: level } });
-    if (z.length < plain.length) {
-      payload = z;
+    // Kept only when it shrinks: the frame must fit in fewer bytes than the input.
+    if (scratch.length < plain.length) scratch = Buffer.allocUnsafeSlow(plain.length);
+    const n = compressInto(plain, level, scratch, 0, plain.length - 1);
+    if (n >= 0) {
+      payload = scratch.subarray(0, n);
       flags |= FLAG_ZSTD;
     }
   }
@@ -124,11 +225,11 @@ export class BlobDecodeError extends Error {
   }
 }
 
-export function decodeBlob(blob: Uint8Array, keys: BlobKeys, maxOutputBytes?: number): Buffer {
+/** Checks and decrypts a blob; returns its payload (still compressed when the flag says so) and flags. */
+function openBlob(blob: Uint8Array, keys: BlobKeys): { flags: number; payload: Uint8Array } {
   if (blob.length < 5) throw new BlobDecodeError('blob too short');
   const flags = blob[0]!;
   if (flags & ~(FLAG_ZSTD | FLAG_AESGCM)) throw new BlobDecodeError(`unknown blob flags ${flags}`);
-  let payload: Buffer;
   if (flags & FLAG_AESGCM) {
     if (!keys.encKey) throw new BlobDecodeError('blob is encrypted but the repository has no key');
     if (blob.length < 1 + NONCE + TAG) throw new BlobDecodeError('encrypted blob too short');
@@ -138,23 +239,41 @@ export function decodeBlob(blob: Uint8Array, keys: BlobKeys, maxOutputBytes?: nu
     try {
       const a = d.update(blob.subarray(1 + NONCE, blob.length - TAG));
       const b = d.final();
-      payload = b.length ? Buffer.concat([a, b]) : a;
+      return { flags, payload: b.length ? Buffer.concat([a, b]) : a };
     } catch (err) {
       throw new BlobDecodeError('blob failed authentication (damaged or wrong key)', { cause: err });
     }
-  } else {
-    if (keys.encKey) throw new BlobDecodeError('unencrypted blob in an encrypted repository');
-    payload = Buffer.from(blob.buffer, blob.byteOffset + 1, blob.length - 5);
-    const crc = Buffer.from(blob.buffer, blob.byteOffset, blob.length).readUInt32LE(blob.length - 4);
-    if (blobCrc(flags, payload) !== crc) throw new BlobDecodeError('blob checksum mismatch (damaged)');
   }
+  if (keys.encKey) throw new BlobDecodeError('unencrypted blob in an encrypted repository');
+  const payload = Buffer.from(blob.buffer, blob.byteOffset + 1, blob.length - 5);
+  const crc = Buffer.from(blob.buffer, blob.byteOffset, blob.length).readUInt32LE(blob.length - 4);
+  if (blobCrc(flags, payload) !== crc) throw new BlobDecodeError('blob checksum mismatch (damaged)');
+  return { flags, payload };
+}
+
+/** Decodes a blob whose plain size is known straight into out[outOff, outOff + rawLength). */
+export function decodeBlobInto(blob: Uint8Array, keys: BlobKeys, out: Uint8Array, outOff: number, rawLength: number): void {
+  const { flags, payload } = openBlob(blob, keys);
   if (flags & FLAG_ZSTD) {
     try {
-      // Decompressing with the output size known up front doubles the speed (see chunkSize above).
+      decompressInto(payload, out, outOff, rawLength);
+    } catch (err) {
+      throw new BlobDecodeError('blob failed to decompress (damaged)', { cause: err });
+    }
+    return;
+  }
+  if (payload.length !== rawLength) throw new BlobDecodeError(`blob holds ${payload.length} bytes, expected ${rawLength}`);
+  out.set(payload, outOff);
+}
+
+export function decodeBlob(blob: Uint8Array, keys: BlobKeys, maxOutputBytes?: number): Buffer {
+  const { flags, payload } = openBlob(blob, keys);
+  if (flags & FLAG_ZSTD) {
+    try {
       return zlib.zstdDecompressSync(payload, maxOutputBytes ? { maxOutputLength: maxOutputBytes, chunkSize: Math.max(MIN_ZLIB_CHUNK, maxOutputBytes) } : {});
     } catch (err) {
       throw new BlobDecodeError('blob failed to decompress (damaged)', { cause: err });
     }
   }
-  return payload;
+  return Buffer.from(payload.buffer, payload.byteOffset, payload.length);
 }

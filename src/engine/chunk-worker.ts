@@ -6,8 +6,8 @@
 import { chunkHasher, DIGEST_BYTES, type ChunkHasher } from './chunk-digest.ts';
 import { randomBytes } from 'node:crypto';
 import { Piscina } from 'piscina';
-import { decodeBlob, encodeBlobInto, maxEncodedBytes } from './blob-codec.ts';
-import { releaseGarbage } from './memory.ts';
+import { decodeBlob, decodeBlobInto, encodeBlobInto, maxEncodedBytes } from './blob-codec.ts';
+import { releaseGarbage, releaseYoungGarbage } from './memory.ts';
 
 
 export interface HashTask {
@@ -26,9 +26,12 @@ export interface EncodeTask {
   ranges: number[];
   encKey?: Uint8Array | undefined;
   level: number;
+  /** where the encoded chunks go, back to back from offset 0 (room: maxEncodedBytes of every range) */
+  out: SharedArrayBuffer;
 }
 
 export interface EncodeResult {
+  /** the encoded chunks, back to back (a view of the task's `out`) */
   data: Uint8Array;
   lengths: number[];
 }
@@ -109,41 +112,20 @@ function hash(t: HashTask): Uint8Array {
   return out;
 }
 
-/**
- * Encodes the chunks into one fresh ArrayBuffer that is transferred, not copied, to the main thread:
- * u32 count | u32 length per chunk | blobs back to back.
- */
-function encode(t: EncodeTask): ArrayBuffer {
+/** Encodes the chunks back to back into the task's shared `out`; returns each one's length. */
+function encode(t: EncodeTask): number[] {
   const count = t.ranges.length / 2;
   const keys = { encKey: t.encKey };
-  let room = 4 + count * 4;
-  for (let i = 1; i < t.ranges.length; i += 2) room += maxEncodedBytes(t.ranges[i]!, keys);
-  const out = new Uint8Array(room);
-  const view = new DataView(out.buffer);
-  view.setUint32(0, count, true);
+  const out = new Uint8Array(t.out);
   const nonces = t.encKey ? randomBytes(12 * count) : undefined; // one RNG call per task
-  let off = 4 + count * 4;
+  const lengths: number[] = [];
+  let off = 0;
   for (let k = 0; k < count; k++) {
     const n = encodeBlobInto(new Uint8Array(t.sab, t.ranges[k * 2]!, t.ranges[k * 2 + 1]!), keys, true, t.level, out, off, nonces?.subarray(k * 12, k * 12 + 12));
-    view.setUint32(4 + k * 4, n, true);
+    lengths.push(n);
     off += n;
   }
-  // Shrink to what was written: transfer only the used part.
-  return out.buffer.byteLength - off > (1 << 20) ? out.slice(0, off).buffer : out.buffer;
-}
-
-/** Reads what encode() produced. */
-export function parseEncoded(buf: ArrayBuffer): EncodeResult {
-  const view = new DataView(buf);
-  const count = view.getUint32(0, true);
-  const lengths: number[] = [];
-  let total = 0;
-  for (let k = 0; k < count; k++) {
-    const l = view.getUint32(4 + k * 4, true);
-    lengths.push(l);
-    total += l;
-  }
-  return { data: new Uint8Array(buf, 4 + count * 4, total), lengths };
+  return lengths;
 }
 
 /**
@@ -193,14 +175,11 @@ function decodeInto(t: DecodeIntoTask): number {
     const len = t.chunks[c + 2]!;
     const rawLen = t.chunks[c + 3]!;
     if (at + len > body.length) return k;
-    let raw: Uint8Array;
     try {
-      raw = decodeBlob(body.subarray(at, at + len), { encKey: t.encKey }, rawLen);
+      decodeBlobInto(body.subarray(at, at + len), { encKey: t.encKey }, out, t.chunks[c + 4]!, rawLen);
     } catch {
       return k; // the caller names the chunk
     }
-    if (raw.length !== rawLen) return k;
-    out.set(raw, t.chunks[c + 4]!);
   }
   return -1;
 }
@@ -211,18 +190,20 @@ export function parseDecoded(buf: ArrayBuffer, count: number): DecodeResult {
 }
 
 // Encoded and decoded chunks travel back transferred (no copy); digests by structured clone.
-export default function runChunkTask(task: ChunkTask): Uint8Array | ArrayBuffer | number {
+export default function runChunkTask(task: ChunkTask): Uint8Array | ArrayBuffer | number | number[] {
   switch (task.kind) {
     case 'hash':
       return hash(task);
     case 'encode': {
-      const r = encode(task);
-      releaseGarbage(r.byteLength);
-      return Piscina.move(r) as unknown as ArrayBuffer;
+      const lengths = encode(task);
+      // The cipher's per-chunk output buffers all died young: a scavenge returns their memory.
+      if (task.encKey) releaseYoungGarbage();
+      return lengths;
     }
     case 'decodeInto': {
-      // Only small per-chunk buffers were allocated here; V8's own pacing collects them cheaply.
-      return decodeInto(task);
+      const bad = decodeInto(task);
+      releaseYoungGarbage(); // the decipher's per-chunk buffers and the fetched bodies
+      return bad;
     }
     case 'decode': {
       const r = decode(task);

@@ -26,3 +26,11 @@ export function releaseGarbage(bytes: number): void {
     gc({ type: 'minor' });
   }
 }
+
+/**
+ * For garbage that died young (per-chunk buffers of one task): a scavenge, without the full
+ * collection's cost. Without it a worker's RSS grew by ~130 MiB during a 4 GiB backup.
+ */
+export function releaseYoungGarbage(): void {
+  gc({ type: 'minor' });
+}

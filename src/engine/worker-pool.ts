@@ -1,7 +1,7 @@
 /** The pool of chunk workers (piscina), one thread per core by default. */
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
-import { parseDecoded, parseEncoded, type DecodeIntoTask, type DecodeResult, type DecodeTask, type EncodeResult, type EncodeTask, type HashTask } from './chunk-worker.ts';
+import { parseDecoded, type DecodeIntoTask, type DecodeResult, type DecodeTask, type EncodeResult, type EncodeTask, type HashTask } from './chunk-worker.ts';
 
 export class ChunkWorkerPool {
   private readonly pool: Piscina;
@@ -29,7 +29,10 @@ export class ChunkWorkerPool {
   }
 
   async encode(t: Omit<EncodeTask, 'kind'>, signal?: AbortSignal): Promise<EncodeResult> {
-    return parseEncoded(await this.pool.run({ kind: 'encode', ...t }, signal ? { signal } : {}));
+    const lengths = (await this.pool.run({ kind: 'encode', ...t }, signal ? { signal } : {})) as number[];
+    let total = 0;
+    for (const l of lengths) total += l;
+    return { data: new Uint8Array(t.out, 0, total), lengths };
   }
 
   /**
