@@ -92,7 +92,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     let store: ObjectStore = new LocalObjectStore(path.join(config.dataDir, 'repository'));
     if (opts.wrapStore) store = opts.wrapStore(store);
     const repoPassword = config.repoPasswordFile ? await readPasswordFile(config.repoPasswordFile) : undefined;
-    engine = await BackupEngine.open(store, { password: repoPassword, threads: opts.threads });
+    engine = await BackupEngine.open(store, { password: repoPassword, threads: opts.threads, nice: config.workerNice });
 
     const identity = new IdentityService(catalog, clock, config.tokenTtlSeconds);
     const admin = await adminPassword(config);

@@ -5,6 +5,9 @@
  */
 import { chunkHasher, DIGEST_BYTES, type ChunkHasher } from './chunk-digest.ts';
 import { randomBytes } from 'node:crypto';
+import { readlinkSync } from 'node:fs';
+import { setPriority } from 'node:os';
+import { isMainThread, workerData } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { decodeBlob, decodeBlobInto, encodeBlobInto, maxEncodedBytes } from './blob-codec.ts';
 import { releaseGarbage, releaseYoungGarbage } from './memory.ts';
@@ -76,6 +79,26 @@ export interface DecodeIntoTask {
 }
 
 export type ChunkTask = HashTask | EncodeTask | DecodeTask | DecodeIntoTask;
+
+/**
+ * Chunk workers run at a lower CPU priority (nice, default +10; HAVEN_WORKER_NICE, 0 to keep the
+ * process's). Their work has slack, while the whole-volume SHA-256 (backup) or the ordered hash and
+ * write (restore) run on one thread each and set the pace: on 2 cores this took an incremental
+ * backup of 4 GiB from 4.2 s to 3.9 s. It also keeps a backup's bulk work behind a host's other
+ * processes (virtual machines). Linux only: a thread's id from /proc/thread-self, then
+ * setpriority on it, which only lowers priority and needs no privilege.
+ */
+if (!isMainThread) {
+  const nice = Number((workerData as { nice?: number } | undefined)?.nice ?? 0);
+  if (nice > 0) {
+    try {
+      const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+      if (tid > 0) setPriority(tid, Math.min(19, nice));
+    } catch {
+      // not Linux, or /proc is not mounted: run at the process's priority
+    }
+  }
+}
 
 const ZERO = new Uint8Array(1 << 20);
 

@@ -3,16 +3,27 @@ import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
 import { parseDecoded, type DecodeIntoTask, type DecodeResult, type DecodeTask, type EncodeResult, type EncodeTask, type HashTask } from './chunk-worker.ts';
 
+/** HAVEN_WORKER_NICE (0-19), default 10: see chunk-worker.ts. */
+export function defaultWorkerNice(): number {
+  const v = process.env.HAVEN_WORKER_NICE;
+  if (v === undefined || v === '') return 10;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 19) throw new Error(`HAVEN_WORKER_NICE must be an integer from 0 to 19, not ${JSON.stringify(v)}`);
+  return n;
+}
+
 export class ChunkWorkerPool {
   private readonly pool: Piscina;
   readonly threads: number;
   /** The last error the pool reported outside any task (for diagnostics). */
   lastError: unknown;
 
-  constructor(threads = availableParallelism()) {
+  constructor(threads = availableParallelism(), opts: { nice?: number } = {}) {
     this.threads = Math.max(1, threads);
+    const nice = opts.nice ?? defaultWorkerNice();
     this.pool = new Piscina({
       filename: new URL('./chunk-worker.ts', import.meta.url).href,
+      workerData: { nice },
       minThreads: this.threads,
       maxThreads: this.threads,
       idleTimeout: 1000,

@@ -26,7 +26,7 @@ export class BackupEngine {
   }
 
   /** Opens the repository in `store`, creating it on first start (encrypted when a password is given). */
-  static async open(store: ObjectStore, opts: { password?: string | undefined; threads?: number | undefined } = {}): Promise<BackupEngine> {
+  static async open(store: ObjectStore, opts: { password?: string | undefined; threads?: number | undefined; nice?: number | undefined } = {}): Promise<BackupEngine> {
     let repo: Repository;
     try {
       repo = await Repository.open(store, { password: opts.password });
@@ -40,7 +40,7 @@ export class BackupEngine {
         repo = await Repository.open(store, { password: opts.password });
       }
     }
-    return new BackupEngine(repo, new ChunkWorkerPool(opts.threads));
+    return new BackupEngine(repo, new ChunkWorkerPool(opts.threads, opts.nice === undefined ? {} : { nice: opts.nice }));
   }
 
   async backup(sourcePath: string, opts: { backupId: string; volume: { id: string; name: string }; previousId: string | null; full: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {

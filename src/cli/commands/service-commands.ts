@@ -3,17 +3,17 @@
  * project create/list, user create/list, role add. They use the same services as the HTTP API.
  */
 import type { Command } from 'commander';
-import { pino } from 'pino';
-import { composeApp } from '../../app/compose.ts';
-import { Catalog } from '../../catalog/catalog.ts';
-import { migrate } from '../../catalog/migrate.ts';
-import { SqliteDatabase } from '../../catalog/sqlite-database.ts';
 import { loadConfig, type Config } from '../../config/config.ts';
 import { AppError, ErrorCode } from '../../domain/errors.ts';
 import { systemClock } from '../../domain/clock.ts';
-import { IdentityService } from '../../services/identity-service.ts';
+import type { IdentityService } from '../../services/identity-service.ts';
 import { mkdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
+
+// The service's modules (fastify, the catalog, pino) load only when a command here runs: every
+// `haven` command would otherwise pay ~0.4 s for them, engine commands included.
+const identityModule = (): Promise<typeof import('../../services/identity-service.ts')> => import('../../services/identity-service.ts');
+const parseRole = async (name: string): Promise<ReturnType<typeof IdentityService.parseRole>> => (await identityModule()).IdentityService.parseRole(name);
 
 function configFrom(opts: { dataDir?: string }): Config {
   return loadConfig(process.env, opts.dataDir ? { dataDir: opts.dataDir } : {});
@@ -22,6 +22,12 @@ function configFrom(opts: { dataDir?: string }): Config {
 /** Runs `fn` with the identity service on the local catalog (migrated first). */
 async function withIdentity<T>(config: Config, fn: (identity: IdentityService) => Promise<T>): Promise<T> {
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const [{ SqliteDatabase }, { migrate }, { Catalog }, { IdentityService }] = await Promise.all([
+    import('../../catalog/sqlite-database.ts'),
+    import('../../catalog/migrate.ts'),
+    import('../../catalog/catalog.ts'),
+    identityModule(),
+  ]);
   const db = new SqliteDatabase(path.join(config.dataDir, 'catalog.sqlite'));
   try {
     await migrate(db);
@@ -48,6 +54,7 @@ export function registerServiceCommands(program: Command): void {
     .option('--data-dir <dir>', 'data folder (default: HAVEN_DATA_DIR or ./data)')
     .action(async (opts: { dataDir?: string }) => {
       const config = configFrom(opts);
+      const [{ pino }, { composeApp }] = await Promise.all([import('pino'), import('../../app/compose.ts')]);
       const logger = pino({ level: config.logLevel, redact: ['req.headers["x-auth-token"]', 'req.headers["x-subject-token"]', 'password'] });
       const app = await composeApp(config, { logger });
       const address = await app.server.listen({ host: config.host, port: config.port });
@@ -100,7 +107,7 @@ export function registerServiceCommands(program: Command): void {
     .option('--json', 'print JSON')
     .action(async (name: string, opts: { password?: string; passwordFile?: string; project?: string; role: string; dataDir?: string; json?: boolean }) => {
       const password = readSecret(opts);
-      const role = IdentityService.parseRole(opts.role);
+      const role = await parseRole(opts.role);
       const u = await withIdentity(configFrom(opts), async (id) => {
         const p = opts.project ? await id.findProject(opts.project) : null;
         const created = await id.createUser({ name, password, defaultProjectId: p?.id ?? null });
@@ -128,7 +135,7 @@ export function registerServiceCommands(program: Command): void {
     .requiredOption('--project <project>', 'project name or id')
     .option('--data-dir <dir>', 'data folder')
     .action(async (roleName: string, opts: { user: string; project: string; dataDir?: string }) => {
-      const role = IdentityService.parseRole(roleName);
+      const role = await parseRole(roleName);
       await withIdentity(configFrom(opts), async (id) => {
         const p = await id.findProject(opts.project);
         const u = await id.findUser(opts.user);
