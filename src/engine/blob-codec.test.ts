@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { crc32, zstdCompressSync } from 'node:zlib';
-import { BlobDecodeError, decodeBlob, decodeBlobInto, encodeBlob, type BlobKeys } from './blob-codec.ts';
+import { constants, crc32, zstdCompressSync } from 'node:zlib';
+import { BlobDecodeError, decodeBlob, decodeBlobInto, DEFAULT_ZSTD_LEVEL, encodeBlob, type BlobKeys } from './blob-codec.ts';
 
 const FLAG_ZSTD = 1;
 const FLAG_AESGCM = 2;
@@ -115,13 +115,22 @@ for (const mode of modes) {
 }
 
 describe('blob codec, reused zstd contexts', () => {
-  it('writes the same frames as zlib.zstdCompressSync, frame after frame', () => {
-    for (const n of [100, 5000, 65536, 65536 * 3 + 7]) {
-      const plain = compressible(n);
-      const blob = encodeBlob(plain, plainKeys, true);
-      assert.equal(blob[0], FLAG_ZSTD);
-      assert.equal(Buffer.compare(blob.subarray(1, blob.length - 4), zstdCompressSync(plain)), 0);
+  it('writes the same frames as zlib.zstdCompressSync at the same level, frame after frame', () => {
+    const realistic = (n: number, seed: number): Buffer => Buffer.from(Array.from({ length: Math.ceil(n / 60) }, (_, i) => `2026-01-0${seed} 12:${i % 60}:07 INFO req=${(i * 7919 + seed) % 100000} ms=${i % 900}\n`).join('').slice(0, n));
+    for (const level of [DEFAULT_ZSTD_LEVEL, 3, -5]) {
+      for (const [i, n] of [100, 5000, 65536, 65536 * 3 + 7, 65536].entries()) {
+        const plain = realistic(n, i + 1);
+        const blob = encodeBlob(plain, plainKeys, true, level);
+        assert.equal(blob[0], FLAG_ZSTD);
+        const expected = zstdCompressSync(plain, { params: { [constants.ZSTD_c_compressionLevel]: level } });
+        assert.equal(Buffer.compare(blob.subarray(1, blob.length - 4), expected), 0, `level ${level}, ${n} bytes`);
+        // An incompressible chunk in between (the frame does not fit) must not change the level.
+        assert.equal(encodeBlob(randomBytes(n), plainKeys, true, level)[0], 0);
+      }
     }
+    // The levels differ on this data, so the comparison above can tell them apart.
+    const sample = realistic(65536, 9);
+    assert.notEqual(zstdCompressSync(sample, { params: { [constants.ZSTD_c_compressionLevel]: DEFAULT_ZSTD_LEVEL } }).length, zstdCompressSync(sample, { params: { [constants.ZSTD_c_compressionLevel]: -5 } }).length);
   });
 
   it('keeps decoding correctly across many frames, with damaged and oversized ones in between', () => {

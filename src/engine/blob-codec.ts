@@ -96,16 +96,26 @@ class ZstdContext {
       this.stream = null;
       throw new Error('zstd context unavailable');
     }
-    h.reset(); // a previous frame may have stopped midway (output full); start clean
     h.writeSync(zlib.constants.ZSTD_e_end, input, 0, input.length, out, outOff, room);
     if (s.destroyed || !s._handle) {
       this.stream = null;
       throw new Error('zstd reported an error (damaged data)');
     }
     // Output full (zstd may have taken all input and still hold the frame's end) or input left over:
-    // the frame did not fit. A frame that fills `room` exactly counts as not fitting too.
-    if (state[0] === 0 || state[1] !== 0) return -1;
+    // the frame did not fit. A frame that fills `room` exactly counts as not fitting too. The
+    // context stopped midway, so it is dropped (the handle's reset() would also forget the level).
+    if (state[0] === 0 || state[1] !== 0) {
+      s.close();
+      this.stream = null;
+      return -1;
+    }
     return room - state[0]!;
+  }
+
+  /** Drops the context (after a frame that ended short: it may be waiting for the rest). */
+  discard(): void {
+    this.stream?.close();
+    this.stream = null;
   }
 }
 
@@ -144,7 +154,10 @@ function decompressInto(payload: Uint8Array, out: Uint8Array, outOff: number, ra
     const spare = outOff + rawLength + 1 <= out.length;
     n = spare ? decompressor.frame(payload, out, outOff, rawLength + 1) : decompressFramed(payload, out, outOff, rawLength);
   }
-  if (n !== rawLength) throw new Error(`decompressed to ${n < 0 ? 'more than' : n} bytes, expected ${rawLength}`);
+  if (n !== rawLength) {
+    decompressor?.discard();
+    throw new Error(`decompressed to ${n < 0 ? 'more than' : n} bytes, expected ${rawLength}`);
+  }
 }
 
 let spareBuf = Buffer.alloc(0);
