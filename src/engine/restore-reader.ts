@@ -3,10 +3,13 @@
  * recomputing the whole-volume SHA-256 before reporting success.
  *
  * A regular-file target is created (or truncated) and sized first, so holes stay holes (sparse); a
- * block device gets zeros written over holes, since it may hold old data. Chunks are fetched from
+ * block device gets zeros written over holes, since it may hold old data. Data is written with
+ * direct I/O (O_DIRECT) where the target allows it: a restore then neither evicts the host's page
+ * cache nor pays the kernel for copying every byte into it (on this project's 2-core machine that
+ * copy cost more CPU than decoding: 2.5 s of 2.9 GB, against 0.4 s direct). Chunks are fetched from
  * packs in coalesced ranges, decoded and digest-checked in workers, and written in volume order.
  */
-import { promises as fs } from 'node:fs';
+import { constants as fsc, promises as fs } from 'node:fs';
 import { AppError, asCancelledIfAborted, ErrorCode, isAppError, throwIfAborted } from '../domain/errors.ts';
 import { ObjectNotFoundError } from '../storage/object-store.ts';
 import { DIGEST_BYTES, digestHex, isZeroDigest } from './chunk-digest.ts';
@@ -46,7 +49,44 @@ export interface RestoreResult {
 
 interface Target {
   fh: fs.FileHandle;
+  /** The same target opened with O_DIRECT, or null when the file system or device refuses it. */
+  direct: fs.FileHandle | null;
   sparse: boolean;
+}
+
+/** Direct I/O needs buffer addresses, offsets and lengths aligned to the device's block; 4 KiB covers all. */
+const DIRECT_ALIGN = 4096;
+
+async function openDirect(path: string): Promise<fs.FileHandle | null> {
+  if (!fsc.O_DIRECT) return null; // not Linux
+  try {
+    return await fs.open(path, fsc.O_RDWR | fsc.O_DIRECT);
+  } catch {
+    return null; // e.g. a file system without direct I/O: buffered writes only
+  }
+}
+
+/**
+ * A view of `length` bytes of a fresh SharedArrayBuffer whose address suits direct I/O. JavaScript
+ * cannot see addresses, so the aligned start is found by the kernel's own check: a direct write of
+ * one block succeeds only from an aligned buffer. The probe writes zeros (the fresh buffer's
+ * content) over the target's first block, which the restore writes anyway, or which is a hole that
+ * must read as zeros (a read would not do: the kernel skips the check for holes). Only for targets
+ * of at least one block, so the probe never extends the file.
+ */
+async function alignedSlot(direct: fs.FileHandle | null, length: number): Promise<{ sab: SharedArrayBuffer; base: number; aligned: boolean }> {
+  const sab = new SharedArrayBuffer(length + (direct ? DIRECT_ALIGN : 0));
+  if (direct) {
+    for (let base = 0; base < DIRECT_ALIGN; base += 16) {
+      try {
+        await direct.write(new Uint8Array(sab, base, DIRECT_ALIGN), 0, DIRECT_ALIGN, 0);
+        return { sab, base, aligned: true };
+      } catch {
+        // EINVAL: not aligned at this offset
+      }
+    }
+  }
+  return { sab, base: 0, aligned: false };
 }
 
 async function openTarget(path: string, sizeBytes: number): Promise<Target> {
@@ -58,12 +98,13 @@ async function openTarget(path: string, sizeBytes: number): Promise<Target> {
     if (st?.isBlockDevice()) {
       const devSize = await blockDeviceSize(st.rdev);
       if (devSize < sizeBytes) throw new AppError(ErrorCode.TargetUnwritable, `block device ${path} holds ${devSize} bytes, the backup needs ${sizeBytes}`);
-      return { fh: await fs.open(path, 'r+'), sparse: false };
+      const fh = await fs.open(path, 'r+');
+      return { fh, direct: sizeBytes >= DIRECT_ALIGN ? await openDirect(path) : null, sparse: false };
     }
     if (st && !st.isFile()) throw new AppError(ErrorCode.TargetUnwritable, `restore target ${path} is neither a file nor a block device`);
     const fh = await fs.open(path, 'w', 0o600);
     await fh.truncate(sizeBytes);
-    return { fh, sparse: true };
+    return { fh, direct: sizeBytes >= DIRECT_ALIGN ? await openDirect(path) : null, sparse: true };
   } catch (err) {
     if (err instanceof AppError) throw err;
     throw new AppError(ErrorCode.TargetUnwritable, `cannot write restore target ${path}: ${(err as Error).message}`, { cause: err });
@@ -120,13 +161,15 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   //   (concurrently) -> free the slot. At most `slots` batches are in flight: memory is bounded.
   const batchChunks = Math.max(1, Math.floor((8 * 1024 * 1024) / chunkSize));
   const batchBytes = batchChunks * chunkSize;
-  const freeSlots: SharedArrayBuffer[] = Array.from({ length: pool.threads * 2 + 2 }, () => new SharedArrayBuffer(batchBytes));
-  const slotWaiters: ((s: SharedArrayBuffer | null) => void)[] = [];
-  const takeSlot = (): Promise<SharedArrayBuffer | null> => {
+  type Slot = Awaited<ReturnType<typeof alignedSlot>>;
+  const freeSlots: Slot[] = [];
+  for (let i = 0; i < pool.threads * 2 + 2; i++) freeSlots.push(await alignedSlot(target.direct, batchBytes));
+  const slotWaiters: ((s: Slot | null) => void)[] = [];
+  const takeSlot = (): Promise<Slot | null> => {
     const s = freeSlots.pop();
     return s ? Promise.resolve(s) : new Promise((r) => slotWaiters.push(r));
   };
-  const giveSlot = (s: SharedArrayBuffer): void => {
+  const giveSlot = (s: Slot): void => {
     const w = slotWaiters.shift();
     if (w) w(s);
     else freeSlots.push(s);
@@ -178,8 +221,8 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
             const off = runStart * chunkSize;
             const len = Math.min(i * chunkSize, batchLen) - off;
             if (stored) {
-              pieces.push(off, len);
-              writes.push(writeAll(target.fh, new Uint8Array(slot, off, len), batchStart + off));
+              pieces.push(slot.base + off, len);
+              writes.push(writeData(new Uint8Array(slot.sab, slot.base + off, len), batchStart + off, slot.aligned));
               writtenBytes += len;
             } else {
               pieces.push(-1, len);
@@ -190,7 +233,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
               }
             }
           }
-          const done = Promise.all([hasher.updateSharedPieces(slot, pieces), ...writes]).then(() => {
+          const done = Promise.all([hasher.updateSharedPieces(slot.sab, pieces), ...writes]).then(() => {
             giveSlot(slot);
             doneBytes += batchLen;
             opts.onProgress?.({ doneBytes, totalBytes: manifest.sizeBytes });
@@ -209,19 +252,21 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     if (signal?.aborted) failure = asCancelledIfAborted(failure, signal, 'restore');
     if (failure !== undefined) throw failure;
     if (chunkBase !== manifest.chunkCount) throw new AppError(ErrorCode.RepositoryCorrupt, `index of ${what} lists ${chunkBase} chunks, manifest says ${manifest.chunkCount}`);
-    if (!target.sparse || opts.fsync) await target.fh.sync();
+    if (!target.sparse || opts.fsync) await Promise.all([target.fh.sync(), target.direct?.sync()]);
   } catch (err) {
     fail(err);
     await lastCommit.catch(() => undefined);
     while (settling.size) await Promise.allSettled([...settling]);
     signal?.removeEventListener('abort', onAbort);
     await target.fh.close().catch(() => undefined); // the error below is what matters
+    await target.direct?.close().catch(() => undefined);
     if (ownPool) await pool.close();
     await hasher.close();
     throw asCancelledIfAborted(err, signal, 'restore');
   }
   signal?.removeEventListener('abort', onAbort);
   await target.fh.close();
+  await target.direct?.close();
   if (ownPool) await pool.close();
   const sha = await hasher.digestHex().finally(() => hasher.close());
   if (sha !== manifest.volumeSha256) {
@@ -230,8 +275,27 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   opts.onProgress?.({ doneBytes: manifest.sizeBytes, totalBytes: manifest.sizeBytes });
   return { backupId: manifest.id, sizeBytes: manifest.sizeBytes, volumeSha256: sha, writtenBytes, durationMs: Math.round(performance.now() - started) };
 
-  /** Fetches and decodes one batch into `slot` (chunk i at i * chunkSize); resolves to the stored chunks' positions. */
-  async function fetchBatch(digests: Uint8Array, slot: SharedArrayBuffer): Promise<number[]> {
+  /**
+   * Writes one run of decoded chunks: directly when the slot and the range are block-aligned (all
+   * but a volume's unaligned tail), else through the page cache. A target that refuses a direct
+   * write after all gets buffered writes from then on.
+   */
+  async function writeData(data: Uint8Array, position: number, aligned: boolean): Promise<void> {
+    const direct = target.direct;
+    if (direct && aligned && position % DIRECT_ALIGN === 0 && data.length % DIRECT_ALIGN === 0) {
+      try {
+        return await writeAll(direct, data, position);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw err;
+        target.direct = null;
+        await direct.close().catch(() => undefined);
+      }
+    }
+    await writeAll(target.fh, data, position);
+  }
+
+  /** Fetches and decodes one batch into `slot` (chunk i at base + i * chunkSize); resolves to the stored chunks' positions. */
+  async function fetchBatch(digests: Uint8Array, slot: Slot): Promise<number[]> {
     const gen = mapGeneration;
     try {
       return await fetchBatchFrom(map, digests, slot);
@@ -242,7 +306,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     }
   }
 
-  async function fetchBatchFrom(map: ChunkMap, digests: Uint8Array, slot: SharedArrayBuffer): Promise<number[]> {
+  async function fetchBatchFrom(map: ChunkMap, digests: Uint8Array, slot: Slot): Promise<number[]> {
     const n = digests.length / DIGEST_BYTES;
     const present: number[] = [];
     const locs: { packNo: number; offset: number; length: number; rawLength: number }[] = [];
@@ -266,7 +330,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
         runs.push({ packNo: l.packNo, offset: l.offset, length: l.length });
       }
       const run = runs[runs.length - 1]!;
-      chunks.push(runs.length - 1, l.offset - run.offset, l.length, l.rawLength, present[k]! * chunkSize);
+      chunks.push(runs.length - 1, l.offset - run.offset, l.length, l.rawLength, slot.base + present[k]! * chunkSize);
     }
     const bodies = await Promise.all(
       runs.map(async (r) => {
@@ -283,7 +347,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
         return body.byteOffset === 0 && body.byteLength === body.buffer.byteLength && !(body.buffer instanceof SharedArrayBuffer) ? body : new Uint8Array(body);
       }),
     );
-    const bad = await pool.decodeInto({ bodies, chunks, out: slot, encKey: repo.keys?.encKey }, internal.signal);
+    const bad = await pool.decodeInto({ bodies, chunks, out: slot.sab, encKey: repo.keys?.encKey }, internal.signal);
     if (bad >= 0) throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digestHex(digests, present[bad]! * DIGEST_BYTES)} of ${what} is damaged`);
     return present;
   }
