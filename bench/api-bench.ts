@@ -57,7 +57,7 @@ function cpuMs(pid: number | undefined): number {
 
 async function startServer(): Promise<{ pid: number | undefined; stop: () => Promise<void> }> {
   const prof = process.env.HAVEN_BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-interval=100', `--cpu-prof-dir=${path.resolve(process.env.HAVEN_BENCH_CPU_PROF)}`] : [];
-  const child = spawn(process.execPath, [...prof, path.join(root, 'src', 'cli', 'main.ts'), 'serve'], {
+  const child = spawn(process.execPath, [...prof, path.join(root, 'bin', 'haven.js'), 'serve'], {
     env: { ...process.env, HAVEN_DATA_DIR: dataDir, HAVEN_PORT: String(port), HAVEN_ADMIN_PASSWORD: password, HAVEN_LOG_LEVEL: 'warn', HAVEN_MAX_POLICIES: '100000' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });

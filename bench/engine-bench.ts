@@ -80,7 +80,7 @@ async function main(): Promise<void> {
   await fs.rm(work, { recursive: true, force: true });
   await fs.mkdir(work, { recursive: true });
   const missing = ensurePeers();
-  const tools: Tool[] = [havenTool(work, process.execPath, path.join(root, 'src', 'cli', 'main.ts'))];
+  const tools: Tool[] = [havenTool(work, process.execPath, path.join(root, 'bin', 'haven.js'))];
   const wanted = (process.env.HAVEN_BENCH_PEERS ?? 'restic,borg').split(',');
   if (wanted.includes('restic') && !missing.includes('restic')) tools.push(resticTool(work));
   if (wanted.includes('borg') && !missing.includes('borgbackup')) tools.push(borgTool(work));

@@ -18,7 +18,7 @@ export const GiB = 1024 * 1024 * 1024;
 export const TEST_KDF = { N: 1024, r: 8, p: 1 };
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
-export const CLI_MAIN = path.join(REPO_ROOT, 'src', 'cli', 'main.ts');
+export const CLI_MAIN = path.join(REPO_ROOT, 'bin', 'haven.js');
 
 // ---- temp directories ----
 
