@@ -95,7 +95,8 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
 
     const batchChunks = opts.batchChunks ?? Math.max(1, Math.floor((8 * 1024 * 1024) / chunkSize));
     const batchBytes = batchChunks * chunkSize;
-    const slotCount = pool.threads * 2 + 2;
+    // 2 per worker keeps them busy; the cap bounds memory on many-core hosts (16 x 16 MiB).
+    const slotCount = Math.min(pool.threads * 2 + 2, 16);
     interface Slot {
       data: SharedArrayBuffer;
       encoded: SharedArrayBuffer;

@@ -264,7 +264,12 @@ function openBlob(blob: Uint8Array, keys: BlobKeys): { flags: number; payload: U
   return { flags, payload };
 }
 
-/** Decodes a blob whose plain size is known straight into out[outOff, outOff + rawLength). */
+/**
+ * Decodes a blob whose plain size is known straight into out[outOff, outOff + rawLength).
+ * Caution: when out[outOff + rawLength] exists, that one byte may be overwritten too (zstd gets one
+ * spare byte, so that a frame longer than promised is caught rather than cut): callers decode
+ * neighbouring chunks in ascending order, or leave that byte unused.
+ */
 export function decodeBlobInto(blob: Uint8Array, keys: BlobKeys, out: Uint8Array, outOff: number, rawLength: number): void {
   const { flags, payload } = openBlob(blob, keys);
   if (flags & FLAG_ZSTD) {

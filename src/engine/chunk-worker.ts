@@ -6,7 +6,7 @@
 import { chunkHasher, DIGEST_BYTES, type ChunkHasher } from './chunk-digest.ts';
 import { randomBytes } from 'node:crypto';
 import { readlinkSync } from 'node:fs';
-import { setPriority } from 'node:os';
+import { getPriority, setPriority } from 'node:os';
 import { isMainThread, workerData } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { decodeBlob, decodeBlobInto, encodeBlobInto, maxEncodedBytes } from './blob-codec.ts';
@@ -93,7 +93,7 @@ if (!isMainThread) {
   if (nice > 0) {
     try {
       const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
-      if (tid > 0) setPriority(tid, Math.min(19, nice));
+      if (tid > 0) setPriority(tid, Math.min(19, getPriority(tid) + nice)); // relative to the process's own
     } catch {
       // not Linux, or /proc is not mounted: run at the process's priority
     }

@@ -48,7 +48,10 @@ export class PackWriter {
       bigger.set(this.buf.subarray(0, this.size));
       this.buf = bigger;
     }
-    this.buf ??= this.freeBufs.pop() ?? new Uint8Array(Math.max(this.targetBytes + (1 << 20), blob.length));
+    if (!this.buf) {
+      const free = this.freeBufs.pop();
+      this.buf = free && free.length >= blob.length ? free : new Uint8Array(Math.max(this.targetBytes + (1 << 20), blob.length));
+    }
     writeEntry(this.entries, this.entryCount++, digests, dOff, this.size, blob.length, rawLength);
     this.buf.set(blob, this.size);
     this.size += blob.length;
@@ -83,7 +86,8 @@ export class PackWriter {
     );
     const tracked = p.finally(() => {
       this.inFlight.delete(tracked);
-      if (buf.length <= this.targetBytes + (1 << 20)) this.freeBufs.push(buf); // stored: reusable
+      // Settled (stored, or failed, after which add() refuses): nothing reads the buffer any more.
+      if (buf.length <= this.targetBytes + (1 << 20)) this.freeBufs.push(buf);
     });
     this.inFlight.add(tracked);
   }

@@ -9,7 +9,9 @@
  * copy cost more CPU than decoding: 2.5 s of 2.9 GB, against 0.4 s direct). Chunks are fetched from
  * packs in coalesced ranges, decoded and digest-checked in workers, and written in volume order.
  */
+import { randomBytes } from 'node:crypto';
 import { constants as fsc, promises as fs } from 'node:fs';
+import * as path from 'node:path';
 import { AppError, asCancelledIfAborted, ErrorCode, isAppError, throwIfAborted } from '../domain/errors.ts';
 import { ObjectNotFoundError } from '../storage/object-store.ts';
 import { DIGEST_BYTES, digestHex, isZeroDigest } from './chunk-digest.ts';
@@ -49,6 +51,7 @@ export interface RestoreResult {
 
 interface Target {
   fh: fs.FileHandle;
+  blockDevice: boolean;
   /** The same target opened with O_DIRECT, or null when the file system or device refuses it. */
   direct: fs.FileHandle | null;
   sparse: boolean;
@@ -67,26 +70,73 @@ async function openDirect(path: string): Promise<fs.FileHandle | null> {
 }
 
 /**
- * A view of `length` bytes of a fresh SharedArrayBuffer whose address suits direct I/O. JavaScript
- * cannot see addresses, so the aligned start is found by the kernel's own check: a direct write of
- * one block succeeds only from an aligned buffer. The probe writes zeros (the fresh buffer's
- * content) over the target's first block, which the restore writes anyway, or which is a hole that
- * must read as zeros (a read would not do: the kernel skips the check for holes). Only for targets
- * of at least one block, so the probe never extends the file.
+ * Finds block-aligned starts for direct-I/O buffers. JavaScript cannot see addresses, so the
+ * kernel's own check decides: a direct transfer of one block succeeds only with an aligned buffer.
+ * A block device is probed by reading its first block (no side effect, and devices have no holes,
+ * for which the kernel skips the check); a file target by writing into a scratch file beside it,
+ * so the target is not touched before its data is known good. Any error but EINVAL turns direct
+ * I/O off.
  */
-async function alignedSlot(direct: fs.FileHandle | null, length: number): Promise<{ sab: SharedArrayBuffer; base: number; aligned: boolean }> {
-  const sab = new SharedArrayBuffer(length + (direct ? DIRECT_ALIGN : 0));
-  if (direct) {
-    for (let base = 0; base < DIRECT_ALIGN; base += 16) {
-      try {
-        await direct.write(new Uint8Array(sab, base, DIRECT_ALIGN), 0, DIRECT_ALIGN, 0);
-        return { sab, base, aligned: true };
-      } catch {
-        // EINVAL: not aligned at this offset
+class AlignmentProbe {
+  private scratch: { fh: fs.FileHandle; path: string } | null = null;
+  private usable = true;
+  private lastBase = 0;
+  private readonly targetPath: string;
+  private readonly device: fs.FileHandle | null;
+
+  constructor(targetPath: string, device: fs.FileHandle | null) {
+    this.targetPath = targetPath;
+    this.device = device;
+  }
+
+  /** A fresh SharedArrayBuffer with `length` usable bytes from `base`; `aligned` when that start suits direct I/O. */
+  async slot(length: number): Promise<{ sab: SharedArrayBuffer; base: number; aligned: boolean }> {
+    const sab = new SharedArrayBuffer(length + DIRECT_ALIGN);
+    if (this.usable) {
+      // Allocations tend to share their offset within a page: try the last one first.
+      const candidates = [this.lastBase];
+      for (let b = 0; b < DIRECT_ALIGN; b += 16) if (b !== this.lastBase) candidates.push(b);
+      for (const base of candidates) {
+        const r = await this.try(new Uint8Array(sab, base, DIRECT_ALIGN));
+        if (r === 'ok') {
+          this.lastBase = base;
+          return { sab, base, aligned: true };
+        }
+        if (r === 'unusable') break;
       }
     }
+    return { sab, base: 0, aligned: false };
   }
-  return { sab, base: 0, aligned: false };
+
+  private async try(view: Uint8Array): Promise<'ok' | 'misaligned' | 'unusable'> {
+    try {
+      if (this.device) {
+        await this.device.read(view, 0, view.length, 0);
+      } else {
+        this.scratch ??= await this.openScratch();
+        await this.scratch.fh.write(view, 0, view.length, 0);
+      }
+      return 'ok';
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EINVAL') return 'misaligned';
+      this.usable = false;
+      return 'unusable';
+    }
+  }
+
+  private async openScratch(): Promise<{ fh: fs.FileHandle; path: string }> {
+    const p = path.join(path.dirname(this.targetPath), `.haven-align-${randomBytes(6).toString('hex')}`);
+    return { fh: await fs.open(p, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL | fsc.O_DIRECT, 0o600), path: p };
+  }
+
+  async close(): Promise<void> {
+    const s = this.scratch;
+    this.scratch = null;
+    if (s) {
+      await s.fh.close().catch(() => undefined);
+      await fs.rm(s.path, { force: true }).catch(() => undefined);
+    }
+  }
 }
 
 async function openTarget(path: string, sizeBytes: number): Promise<Target> {
@@ -99,12 +149,12 @@ async function openTarget(path: string, sizeBytes: number): Promise<Target> {
       const devSize = await blockDeviceSize(st.rdev);
       if (devSize < sizeBytes) throw new AppError(ErrorCode.TargetUnwritable, `block device ${path} holds ${devSize} bytes, the backup needs ${sizeBytes}`);
       const fh = await fs.open(path, 'r+');
-      return { fh, direct: sizeBytes >= DIRECT_ALIGN ? await openDirect(path) : null, sparse: false };
+      return { fh, blockDevice: true, direct: sizeBytes >= DIRECT_ALIGN ? await openDirect(path) : null, sparse: false };
     }
     if (st && !st.isFile()) throw new AppError(ErrorCode.TargetUnwritable, `restore target ${path} is neither a file nor a block device`);
     const fh = await fs.open(path, 'w', 0o600);
     await fh.truncate(sizeBytes);
-    return { fh, direct: sizeBytes >= DIRECT_ALIGN ? await openDirect(path) : null, sparse: true };
+    return { fh, blockDevice: false, direct: sizeBytes >= DIRECT_ALIGN ? await openDirect(path) : null, sparse: true };
   } catch (err) {
     if (err instanceof AppError) throw err;
     throw new AppError(ErrorCode.TargetUnwritable, `cannot write restore target ${path}: ${(err as Error).message}`, { cause: err });
@@ -161,11 +211,13 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   //   (concurrently) -> free the slot. At most `slots` batches are in flight: memory is bounded.
   const batchChunks = Math.max(1, Math.floor((8 * 1024 * 1024) / chunkSize));
   const batchBytes = batchChunks * chunkSize;
-  type Slot = Awaited<ReturnType<typeof alignedSlot>>;
+  type Slot = Awaited<ReturnType<AlignmentProbe['slot']>>;
+  // 2 per worker keeps them busy; the cap bounds memory on many-core hosts (16 x 8 MiB).
+  const slotCount = Math.min(pool.threads * 2 + 2, 16);
   const freeSlots: Slot[] = [];
-  for (let i = 0; i < pool.threads * 2 + 2; i++) freeSlots.push(await alignedSlot(target.direct, batchBytes));
   const slotWaiters: ((s: Slot | null) => void)[] = [];
   const takeSlot = (): Promise<Slot | null> => {
+    if (failure !== undefined) return Promise.resolve(null); // a failed batch never returns its slot
     const s = freeSlots.pop();
     return s ? Promise.resolve(s) : new Promise((r) => slotWaiters.push(r));
   };
@@ -186,9 +238,13 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   let lastCommit: Promise<unknown> = Promise.resolve();
   const settling = new Set<Promise<unknown>>();
   let chunkBase = 0;
+  const probe = new AlignmentProbe(targetPath, target.blockDevice ? target.direct : null);
   try {
+    for (let i = 0; i < slotCount; i++) freeSlots.push(target.direct ? await probe.slot(batchBytes) : { sab: new SharedArrayBuffer(batchBytes), base: 0, aligned: false });
+    await probe.close();
     segments: for (const ref of manifest.indexSegments) {
       const seg = await repo.readIndexSegment(ref, what);
+      if (failure !== undefined) break;
       for (let first = 0; first < ref.chunks; first += batchChunks) {
         const slot = await takeSlot();
         if (failure !== undefined || slot === null) break segments;
@@ -199,7 +255,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
         const n = Math.min(batchChunks, ref.chunks - first);
         const firstChunk = chunkBase + first;
         const digests = seg.subarray(first * DIGEST_BYTES, (first + n) * DIGEST_BYTES);
-        const decoded = fetchBatch(digests, slot);
+        const decoded = fetchBatch(digests, firstChunk, slot);
         decoded.catch(() => undefined); // surfaces through the commit below
 
         // In volume order: hash the batch (the hashing thread keeps the order of posts) and write it.
@@ -255,6 +311,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     if (!target.sparse || opts.fsync) await Promise.all([target.fh.sync(), target.direct?.sync()]);
   } catch (err) {
     fail(err);
+    await probe.close();
     await lastCommit.catch(() => undefined);
     while (settling.size) await Promise.allSettled([...settling]);
     signal?.removeEventListener('abort', onAbort);
@@ -295,18 +352,18 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   }
 
   /** Fetches and decodes one batch into `slot` (chunk i at base + i * chunkSize); resolves to the stored chunks' positions. */
-  async function fetchBatch(digests: Uint8Array, slot: Slot): Promise<number[]> {
+  async function fetchBatch(digests: Uint8Array, firstChunk: number, slot: Slot): Promise<number[]> {
     const gen = mapGeneration;
     try {
-      return await fetchBatchFrom(map, digests, slot);
+      return await fetchBatchFrom(map, digests, firstChunk, slot);
     } catch (err) {
       if (!isAppError(err, ErrorCode.ChunkMissing)) throw err;
       await refreshMap(gen);
-      return fetchBatchFrom(map, digests, slot);
+      return fetchBatchFrom(map, digests, firstChunk, slot);
     }
   }
 
-  async function fetchBatchFrom(map: ChunkMap, digests: Uint8Array, slot: Slot): Promise<number[]> {
+  async function fetchBatchFrom(map: ChunkMap, digests: Uint8Array, firstChunk: number, slot: Slot): Promise<number[]> {
     const n = digests.length / DIGEST_BYTES;
     const present: number[] = [];
     const locs: { packNo: number; offset: number; length: number; rawLength: number }[] = [];
@@ -314,6 +371,10 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
       if (isZeroDigest(digests, i * DIGEST_BYTES)) continue;
       const loc = map.get(digests, i * DIGEST_BYTES);
       if (!loc) throw new AppError(ErrorCode.ChunkMissing, `chunk ${digestHex(digests, i * DIGEST_BYTES)} of ${what} is missing from the repository`);
+      // A chunk holds chunkSize bytes, the volume's last one the rest: anything else would write
+      // over its neighbour's place.
+      const expect = Math.min(chunkSize, manifest.sizeBytes - (firstChunk + i) * chunkSize);
+      if (loc.rawLength !== expect) throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digestHex(digests, i * DIGEST_BYTES)} of ${what} holds ${loc.rawLength} bytes where ${expect} belong`);
       present.push(i);
       locs.push(loc);
     }

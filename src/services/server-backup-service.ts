@@ -255,7 +255,8 @@ export class ServerBackupService {
   private async hook(command: string, env: Record<string, string>): Promise<void> {
     if (!command) return;
     try {
-      await run('sh', ['-c', command], { env: { ...process.env, ...env }, timeout: HOOK_TIMEOUT_MS });
+      const { NODE_COMPILE_CACHE: _ownCache, ...inherited } = process.env; // Haven's own, not the hook's
+      await run('sh', ['-c', command], { env: { ...inherited, ...env }, timeout: HOOK_TIMEOUT_MS });
     } catch (err) {
       const e = err as { stderr?: string; message: string };
       throw new AppError(ErrorCode.HookFailed, `hook "${command}" failed: ${(e.stderr || e.message).trim().split('\n').slice(-1)[0]}`, { cause: err });

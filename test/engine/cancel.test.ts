@@ -7,7 +7,10 @@ import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { before, describe, it } from 'node:test';
+import { ErrorCode, isAppError } from '../../src/domain/errors.ts';
 import { collectGarbage } from '../../src/engine/garbage-collector.ts';
+import { restoreBackup } from '../../src/engine/restore-reader.ts';
+import { ChunkWorkerPool } from '../../src/engine/worker-pool.ts';
 import type { BackupManifest } from '../../src/engine/manifest.ts';
 import type { Repository } from '../../src/engine/repository.ts';
 import { verifyRepository } from '../../src/engine/verifier.ts';
@@ -96,4 +99,51 @@ describe('cancelling a backup', () => {
       for (const l of lines) assert.equal(l.error?.code, 'CANCELLED', `attempt ${l.attempt}: ${JSON.stringify(l.error)}`);
     },
   );
+});
+
+describe('cancelling a restore', () => {
+  it('ends with the cancellation when it strikes while the next index segment is read (no wait for slots the failed batches hold)', async () => {
+    const dir = temp.make();
+    const repoDir = path.join(dir, 'repo');
+    const repo = await initRepo(repoDir, { encrypted: true });
+    const vol = path.join(dir, 'vol.img');
+    await writeRandomFile(vol, 48 * MiB, 7); // 768 chunks: 6 batches of 128
+    const { manifest } = await backupFile(repo, vol, 'vol', { pool });
+    // The same backup with its index split in two segments, as a volume of more than 2^20 chunks
+    // has: the first exactly as many batches as the restore has slots, so that all are in flight
+    // when the restore moves on to the second.
+    const digests = await repo.readIndexSegment(manifest.indexSegments[0]!, 'test');
+    const cut = 4 * 128 * 32;
+    const a = await repo.writeIndexSegment(`indexes/${manifest.id}/split-a`, digests.subarray(0, cut));
+    const b = await repo.writeIndexSegment(`indexes/${manifest.id}/split-b`, digests.subarray(cut));
+    const split: BackupManifest = { ...manifest, indexSegments: [a.ref, b.ref] };
+
+    const onePool = new ChunkWorkerPool(1); // 4 batch slots
+    const ac = new AbortController();
+    const get = repo.store.get.bind(repo.store);
+    repo.store.get = async (key, o) => {
+      if (key === b.ref.key) {
+        ac.abort(); // while the restore reads segment b, every batch of segment a is in flight...
+        await sleep(800); // ...and fails before the read is done
+      } else if (key.startsWith('packs/')) {
+        await sleep(300); // slow reads: batches hold their slots a while
+      }
+      return get(key, o);
+    };
+    try {
+      let timer: NodeJS.Timeout | undefined;
+      const outcome = await Promise.race([
+        restoreBackup(repo, split, path.join(dir, 'out.img'), { pool: onePool, signal: ac.signal }).then(
+          () => 'finished',
+          (e: unknown) => (isAppError(e, ErrorCode.Cancelled) ? 'cancelled' : `failed: ${String(e)}`),
+        ),
+        new Promise<string>((r) => (timer = setTimeout(() => r('hung'), 20_000))),
+      ]);
+      clearTimeout(timer);
+      assert.equal(outcome, 'cancelled');
+    } finally {
+      repo.store.get = get;
+      await onePool.close();
+    }
+  });
 });

@@ -19,7 +19,7 @@ const CHUNK = DEFAULT_CHUNK_SIZE;
 const { temp, pool } = engineTestContext('haven-rt-');
 
 /** Backs `data` up into a new repository, restores it through a freshly opened repository, compares. */
-async function roundTrip(data: Buffer, opts: { encrypted: boolean; chunkSizeBytes?: number }) {
+async function roundTrip(data: Buffer, opts: { encrypted: boolean; chunkSizeBytes?: number; packTargetBytes?: number }) {
   const dir = temp.make();
   const vol = path.join(dir, 'volume.img');
   const want = await writeVolume(vol, data);
@@ -70,6 +70,19 @@ describe('round trip', () => {
     assert.equal(stats.holeChunks, 1);
     assert.equal(stats.zeroBytes, 1000);
     assert.equal(stats.newBytes, 3 * chunk);
+  });
+
+  it('chunks larger than a pack after packs of small ones (4 MiB chunks, 1 MiB packs): pack buffers are reused only when big enough', async () => {
+    // Log-like lines with a random field: ~4x compressible, so two chunks make one ~2 MiB pack.
+    const text = (seed: number): Buffer => {
+      const r = randomBytesSeeded(1 * MiB, seed);
+      return Buffer.from(Array.from({ length: 250_000 }, (_, i) => `${i} ok ${r.toString('hex', (i * 4) % (MiB - 4), ((i * 4) % (MiB - 4)) + 4)}\n`).join('')).subarray(0, 4 * MiB);
+    };
+    // compressible, compressible (one pack, whose buffer is then free), random (4 MiB, larger than that buffer), ...
+    const data = Buffer.concat([text(1), text(2), randomBytesSeeded(4 * MiB, 14), text(3), text(4), randomBytesSeeded(4 * MiB, 15)]);
+    const { stats } = await roundTrip(data, { encrypted: false, chunkSizeBytes: 4 * MiB, packTargetBytes: 1 * MiB });
+    assert.equal(stats.newChunks, 6);
+    assert.ok(stats.packsWritten >= 3, `packs: ${stats.packsWritten}`);
   });
 
   it('all zeros (32 MiB), encrypted: nothing stored, restored sparse and identical', async () => {
