@@ -23,6 +23,7 @@ import { PackWriter } from './pack-writer.ts';
 import { INDEX_SEGMENT_CHUNKS, type Repository } from './repository.ts';
 import type { VolumeSource } from './volume-source.ts';
 import { ChunkMap } from './chunk-map.ts';
+import { SlotPool } from './slot-pool.ts';
 import { StreamHasher } from './stream-hasher.ts';
 import { ChunkWorkerPool } from './worker-pool.ts';
 
@@ -95,32 +96,19 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
 
     const batchChunks = opts.batchChunks ?? Math.max(1, Math.floor((8 * 1024 * 1024) / chunkSize));
     const batchBytes = batchChunks * chunkSize;
-    // 2 per worker keeps them busy; the cap bounds memory on many-core hosts (16 x 16 MiB).
-    const slotCount = Math.min(pool.threads * 2 + 2, 16);
     interface Slot {
       data: SharedArrayBuffer;
       encoded: SharedArrayBuffer;
     }
     const encodedBytes = batchChunks * maxEncodedBytes(chunkSize, { encKey });
     const newSlot = (): Slot => ({ data: new SharedArrayBuffer(batchBytes), encoded: new SharedArrayBuffer(encodedBytes) });
-    const freeSlots: Slot[] = Array.from({ length: slotCount }, newSlot);
-    const slotWaiters: ((s: Slot) => void)[] = [];
-    const takeSlot = (): Promise<Slot> => {
-      const s = freeSlots.pop();
-      return s ? Promise.resolve(s) : new Promise((r) => slotWaiters.push(r));
-    };
-    const giveSlot = (s: Slot): void => {
-      const w = slotWaiters.shift();
-      if (w) w(s);
-      else freeSlots.push(s);
-    };
+    const slots = new SlotPool(Array.from({ length: SlotPool.count(pool.threads) }, newSlot));
 
     let failure: unknown;
     const fail = (err: unknown): void => {
       failure ??= err;
       internal.abort(err);
-      // Wake the reader if it waits for a slot; it will see the failure.
-      for (const w of slotWaiters.splice(0)) w(newSlot());
+      slots.fail(); // the reader, if it waits for a slot, gets none and sees the failure
     };
     let doneBytes = 0;
     let lastDecide: Promise<unknown> = Promise.resolve();
@@ -128,9 +116,9 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
     const sessionNew = new ChunkMap();
 
     for (let pos = 0; pos < sizeBytes && failure === undefined; pos += batchBytes) {
-      const batchSlot = await takeSlot();
+      const batchSlot = await slots.take();
+      if (failure !== undefined || batchSlot === null) break;
       const slot = batchSlot.data;
-      if (failure !== undefined) break;
       if (signal?.aborted) {
         fail(new AppError(ErrorCode.Cancelled, 'backup cancelled', { cause: signal.reason }));
         break;
@@ -205,7 +193,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
           }
         }
         await hashed; // the whole-volume hash has read the slot too
-        giveSlot(batchSlot);
+        slots.give(batchSlot);
         doneBytes += len;
         opts.onProgress?.({ doneBytes, totalBytes: sizeBytes });
       });

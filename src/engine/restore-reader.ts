@@ -23,6 +23,7 @@ import { blockDeviceSize } from './volume-source.ts';
 import { ChunkWorkerPool } from './worker-pool.ts';
 import type { Progress } from './backup-writer.ts';
 import { RepositoryLock } from './locks.ts';
+import { SlotPool } from './slot-pool.ts';
 import { StreamHasher } from './stream-hasher.ts';
 
 export interface RestoreOptions {
@@ -212,26 +213,13 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   const batchChunks = Math.max(1, Math.floor((8 * 1024 * 1024) / chunkSize));
   const batchBytes = batchChunks * chunkSize;
   type Slot = Awaited<ReturnType<AlignmentProbe['slot']>>;
-  // 2 per worker keeps them busy; the cap bounds memory on many-core hosts (16 x 8 MiB).
-  const slotCount = Math.min(pool.threads * 2 + 2, 16);
-  const freeSlots: Slot[] = [];
-  const slotWaiters: ((s: Slot | null) => void)[] = [];
-  const takeSlot = (): Promise<Slot | null> => {
-    if (failure !== undefined) return Promise.resolve(null); // a failed batch never returns its slot
-    const s = freeSlots.pop();
-    return s ? Promise.resolve(s) : new Promise((r) => slotWaiters.push(r));
-  };
-  const giveSlot = (s: Slot): void => {
-    const w = slotWaiters.shift();
-    if (w) w(s);
-    else freeSlots.push(s);
-  };
+  const slots = new SlotPool<Slot>([]); // filled below, once aligned starts are known
   let zeros: Uint8Array | undefined; // for block devices, whose holes must be written
   let failure: unknown;
   const fail = (err: unknown): void => {
     failure ??= err;
     internal.abort(err);
-    for (const w of slotWaiters.splice(0)) w(null);
+    slots.fail();
   };
   let writtenBytes = 0;
   let doneBytes = 0;
@@ -240,13 +228,13 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   let chunkBase = 0;
   const probe = new AlignmentProbe(targetPath, target.blockDevice ? target.direct : null);
   try {
-    for (let i = 0; i < slotCount; i++) freeSlots.push(target.direct ? await probe.slot(batchBytes) : { sab: new SharedArrayBuffer(batchBytes), base: 0, aligned: false });
+    for (let i = 0; i < SlotPool.count(pool.threads); i++) slots.give(target.direct ? await probe.slot(batchBytes) : { sab: new SharedArrayBuffer(batchBytes), base: 0, aligned: false });
     await probe.close();
     segments: for (const ref of manifest.indexSegments) {
       const seg = await repo.readIndexSegment(ref, what);
       if (failure !== undefined) break;
       for (let first = 0; first < ref.chunks; first += batchChunks) {
-        const slot = await takeSlot();
+        const slot = await slots.take();
         if (failure !== undefined || slot === null) break segments;
         if (signal?.aborted) {
           fail(new AppError(ErrorCode.Cancelled, 'restore cancelled', { cause: signal.reason }));
@@ -290,7 +278,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
             }
           }
           const done = Promise.all([hasher.updateSharedPieces(slot.sab, pieces), ...writes]).then(() => {
-            giveSlot(slot);
+            slots.give(slot);
             doneBytes += batchLen;
             opts.onProgress?.({ doneBytes, totalBytes: manifest.sizeBytes });
           });
