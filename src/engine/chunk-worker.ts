@@ -1,15 +1,14 @@
 /**
  * The CPU-heavy per-chunk work, run in worker threads (piscina): digesting, encoding (zstd +
- * AES-GCM) and decoding with digest check. Tasks read volume data from SharedArrayBuffer slots the
- * main thread fills, so no volume bytes are copied between threads.
+ * AES-GCM), decoding (restore) and checking (verify). Backup and restore tasks read and write
+ * SharedArrayBuffer slots, so no volume bytes are copied between threads.
  */
 import { chunkHasher, DIGEST_BYTES, type ChunkHasher } from './chunk-digest.ts';
 import { randomBytes } from 'node:crypto';
 import { readlinkSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import { isMainThread, workerData } from 'node:worker_threads';
-import { Piscina } from 'piscina';
-import { decodeBlob, decodeBlobInto, encodeBlobInto, maxEncodedBytes } from './blob-codec.ts';
+import { decodeBlob, decodeBlobInto, encodeBlobInto } from './blob-codec.ts';
 import { releaseGarbage, releaseYoungGarbage } from './memory.ts';
 
 
@@ -39,8 +38,9 @@ export interface EncodeResult {
   lengths: number[];
 }
 
-export interface DecodeTask {
-  kind: 'decode';
+/** Verify's check: every stored blob decodes and its plaintext has the digest it is filed under. */
+export interface CheckTask {
+  kind: 'check';
   /** stored blobs, back to back */
   data: Uint8Array;
   lengths: number[];
@@ -49,20 +49,6 @@ export interface DecodeTask {
   digests: Uint8Array;
   encKey?: Uint8Array | undefined;
   macKey?: Uint8Array | undefined;
-  /** false: verify only, return no data */
-  returnData: boolean;
-  /**
-   * Recompute each chunk's digest. Verify does; restore need not, since every blob is authenticated
-   * (GCM tag or CRC) and restore checks the whole-volume SHA-256 of what it wrote.
-   */
-  checkDigests: boolean;
-}
-
-export interface DecodeResult {
-  /** raw chunks back to back (empty when returnData is false or a chunk failed) */
-  data: Uint8Array;
-  /** per chunk: 0 ok, 1 damaged */
-  damaged: number[];
 }
 
 /**
@@ -78,7 +64,7 @@ export interface DecodeIntoTask {
   encKey?: Uint8Array | undefined;
 }
 
-export type ChunkTask = HashTask | EncodeTask | DecodeTask | DecodeIntoTask;
+export type ChunkTask = HashTask | EncodeTask | CheckTask | DecodeIntoTask;
 
 /**
  * Chunk workers run at a lower CPU priority (nice, default +10; HAVEN_WORKER_NICE, 0 to keep the
@@ -151,41 +137,28 @@ function encode(t: EncodeTask): number[] {
   return lengths;
 }
 
-/**
- * Decodes blobs into one fresh ArrayBuffer, transferred to the caller:
- * one damaged flag per chunk (padded to 8 bytes) | raw chunks back to back (when returnData).
- */
-function decode(t: DecodeTask): ArrayBuffer {
-  const count = t.lengths.length;
-  const head = (count + 7) & ~7;
-  let rawTotal = 0;
-  if (t.returnData) for (const l of t.rawLengths) rawTotal += l;
-  const out = new Uint8Array(head + rawTotal);
-  let off = 0;
-  let outOff = head;
+/** Per chunk: 0 sound, 1 damaged (does not decode, wrong size, or wrong digest). */
+function check(t: CheckTask): number[] {
+  const damaged: number[] = [];
   const digest = new Uint8Array(DIGEST_BYTES);
   const digestOf = hasherFor(t.macKey);
-  for (let i = 0; i < count; i++) {
+  let off = 0;
+  for (let i = 0; i < t.lengths.length; i++) {
     const blob = t.data.subarray(off, off + t.lengths[i]!);
     off += t.lengths[i]!;
-    let raw: Uint8Array | null = null;
+    let ok = false;
     try {
-      raw = decodeBlob(blob, { encKey: t.encKey }, t.rawLengths[i]!);
-      if (raw.length !== t.rawLengths[i]) raw = null;
+      const raw = decodeBlob(blob, { encKey: t.encKey }, t.rawLengths[i]!);
+      if (raw.length === t.rawLengths[i]) {
+        digestOf(raw, digest, 0);
+        ok = Buffer.from(digest).equals(Buffer.from(t.digests.buffer, t.digests.byteOffset + i * DIGEST_BYTES, DIGEST_BYTES));
+      }
     } catch {
-      raw = null; // reported as damaged below; the caller names the chunk and the backups using it
+      // damaged; the caller names the chunk and the backups using it
     }
-    if (raw && t.checkDigests) {
-      digestOf(raw, digest, 0);
-      if (!Buffer.from(digest).equals(Buffer.from(t.digests.buffer, t.digests.byteOffset + i * DIGEST_BYTES, DIGEST_BYTES))) raw = null;
-    }
-    out[i] = raw ? 0 : 1;
-    if (t.returnData) {
-      if (raw) out.set(raw, outOff);
-      outOff += t.rawLengths[i]!;
-    }
+    damaged.push(ok ? 0 : 1);
   }
-  return out.buffer;
+  return damaged;
 }
 
 /** Returns the position (in task order) of the first chunk that failed to decode, or -1. */
@@ -207,13 +180,8 @@ function decodeInto(t: DecodeIntoTask): number {
   return -1;
 }
 
-export function parseDecoded(buf: ArrayBuffer, count: number): DecodeResult {
-  const head = (count + 7) & ~7;
-  return { data: new Uint8Array(buf, head), damaged: Array.from(new Uint8Array(buf, 0, count)) };
-}
-
-// Encoded and decoded chunks travel back transferred (no copy); digests by structured clone.
-export default function runChunkTask(task: ChunkTask): Uint8Array | ArrayBuffer | number | number[] {
+// Results are small (digests, lengths, flags): the bytes themselves stay in the shared slots.
+export default function runChunkTask(task: ChunkTask): Uint8Array | number | number[] {
   switch (task.kind) {
     case 'hash':
       return hash(task);
@@ -228,10 +196,10 @@ export default function runChunkTask(task: ChunkTask): Uint8Array | ArrayBuffer 
       releaseYoungGarbage(); // the decipher's per-chunk buffers and the fetched bodies
       return bad;
     }
-    case 'decode': {
-      const r = decode(task);
-      releaseGarbage(task.data.length + r.byteLength);
-      return Piscina.move(r) as unknown as ArrayBuffer;
+    case 'check': {
+      const r = check(task);
+      releaseGarbage(task.data.length * 2); // the blobs (a structured-clone copy) and their plaintexts
+      return r;
     }
   }
 }

@@ -207,8 +207,8 @@ async function checkChunks(
         lengths.push(Math.min(l.length, Math.max(0, body.length - l.offset)));
         digests.set(map.digestOf(e), k * DIGEST_BYTES);
       });
-      const r = await pool.decode({ data: Buffer.concat(parts), lengths, rawLengths: locs.map((l) => l.rawLength), digests, encKey: repo.keys?.encKey, macKey: repo.keys?.macKey, returnData: false, checkDigests: true }, opts.signal);
-      r.damaged.forEach((d, k) => result.set(entries[k]!, d ? 1 : 0));
+      const damaged = await pool.check({ data: Buffer.concat(parts), lengths, rawLengths: locs.map((l) => l.rawLength), digests, encKey: repo.keys?.encKey, macKey: repo.keys?.macKey }, opts.signal);
+      damaged.forEach((d, k) => result.set(entries[k]!, d ? 1 : 0));
       progress.checkedChunks += entries.length;
       for (const l of locs) progress.checkedBytes += l.rawLength;
       opts.onProgress?.({ doneBytes: progress.checkedBytes, totalBytes: progress.totalBytes });

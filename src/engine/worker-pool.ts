@@ -1,7 +1,7 @@
 /** The pool of chunk workers (piscina), one thread per core by default. */
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
-import { parseDecoded, type DecodeIntoTask, type DecodeResult, type DecodeTask, type EncodeResult, type EncodeTask, type HashTask } from './chunk-worker.ts';
+import type { CheckTask, DecodeIntoTask, EncodeResult, EncodeTask, HashTask } from './chunk-worker.ts';
 
 /** HAVEN_WORKER_NICE (0-19), default 10: see chunk-worker.ts. */
 export function defaultWorkerNice(): number {
@@ -46,13 +46,9 @@ export class ChunkWorkerPool {
     return { data: new Uint8Array(t.out, 0, total), lengths };
   }
 
-  /**
-   * With `transferData`, t.data's ArrayBuffer moves to the worker (no copy) and is unusable here
-   * afterwards: only for buffers the caller owns whole (never a pooled Buffer slice).
-   */
-  async decode(t: Omit<DecodeTask, 'kind'>, signal?: AbortSignal, transferData = false): Promise<DecodeResult> {
-    const opts = { ...(signal ? { signal } : {}), ...(transferData ? { transferList: [t.data.buffer as ArrayBuffer] } : {}) };
-    return parseDecoded(await this.pool.run({ kind: 'decode', ...t }, opts), t.lengths.length);
+  /** Checks stored chunks (verify): per chunk 0 sound, 1 damaged. */
+  check(t: Omit<CheckTask, 'kind'>, signal?: AbortSignal): Promise<number[]> {
+    return this.pool.run({ kind: 'check', ...t }, signal ? { signal } : {});
   }
 
   /**
