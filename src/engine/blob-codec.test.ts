@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { constants, crc32, zstdCompressSync } from 'node:zlib';
-import { BlobDecodeError, decodeBlob, decodeBlobInto, DEFAULT_ZSTD_LEVEL, encodeBlob, type BlobKeys } from './blob-codec.ts';
+import { BlobDecodeError, decodeBlob, decodeBlobInto, DEFAULT_ZSTD_LEVEL, encodeBlob, ZSTD_CONTEXTS_REUSED, type BlobKeys } from './blob-codec.ts';
 
 const FLAG_ZSTD = 1;
 const FLAG_AESGCM = 2;
@@ -115,6 +115,10 @@ for (const mode of modes) {
 }
 
 describe('blob codec, reused zstd contexts', () => {
+  it('are in use on this Node (its zlib internals passed the start-up self-test)', () => {
+    assert.equal(ZSTD_CONTEXTS_REUSED, true);
+  });
+
   it('writes the same frames as zlib.zstdCompressSync at the same level, frame after frame', () => {
     const realistic = (n: number, seed: number): Buffer => Buffer.from(Array.from({ length: Math.ceil(n / 60) }, (_, i) => `2026-01-0${seed} 12:${i % 60}:07 INFO req=${(i * 7919 + seed) % 100000} ms=${i % 900}\n`).join('').slice(0, n));
     for (const level of [DEFAULT_ZSTD_LEVEL, 3, -5]) {

@@ -119,12 +119,37 @@ class ZstdContext {
   }
 }
 
+/**
+ * Whether this Node's zlib internals behave as ZstdContext expects: checked once per thread by
+ * running two frames through one context each way and comparing with the public API's result.
+ * Anything unexpected (another Node version) falls back to the public, per-call API.
+ */
 const hasHandleApi = ((): boolean => {
-  const s = zlib.createZstdCompress() as ZstdStream;
-  const ok = typeof s._handle?.writeSync === 'function' && typeof s._handle.reset === 'function' && s._writeState instanceof Uint32Array;
-  s.close();
-  return ok;
+  try {
+    const s = zlib.createZstdCompress() as ZstdStream;
+    const shaped = typeof s._handle?.writeSync === 'function' && s._writeState instanceof Uint32Array;
+    s.close();
+    if (!shaped) return false;
+    const level = { [zlib.constants.ZSTD_c_compressionLevel]: 1 };
+    const c = new ZstdContext(() => zlib.createZstdCompress({ params: level }));
+    const d = new ZstdContext(() => zlib.createZstdDecompress());
+    const out = Buffer.alloc(8192);
+    const back = Buffer.alloc(4097);
+    for (const n of [4096, 3000]) {
+      const plain = Buffer.from(Array.from({ length: n }, (_, i) => (i * 7) % 13 + (i % 50 === 0 ? 40 : 65)));
+      const len = c.frame(plain, out, 0, out.length);
+      if (len < 0 || !out.subarray(0, len).equals(zlib.zstdCompressSync(plain, { params: level }))) return false;
+      if (d.frame(out.subarray(0, len), back, 0, n + 1) !== n || !back.subarray(0, n).equals(plain)) return false;
+    }
+    c.discard();
+    d.discard();
+    return true;
+  } catch {
+    return false;
+  }
 })();
+/** Whether zstd contexts are reused on this Node (a test holds it to true on the Node version we pin). */
+export const ZSTD_CONTEXTS_REUSED = hasHandleApi;
 const compressors = new Map<number, ZstdContext>();
 let decompressor: ZstdContext | undefined;
 
