@@ -3,14 +3,8 @@ import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
 import type { CheckTask, DecodeIntoTask, EncodeResult, EncodeTask, HashTask } from './chunk-worker.ts';
 
-/** HAVEN_WORKER_NICE (0-19), default 10: see chunk-worker.ts. */
-export function defaultWorkerNice(): number {
-  const v = process.env.HAVEN_WORKER_NICE;
-  if (v === undefined || v === '') return 10;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0 || n > 19) throw new Error(`HAVEN_WORKER_NICE must be an integer from 0 to 19, not ${JSON.stringify(v)}`);
-  return n;
-}
+/** How much lower than the process's the workers' CPU priority is, by default (see chunk-worker.ts). */
+export const DEFAULT_WORKER_NICE = 10;
 
 export class ChunkWorkerPool {
   private readonly pool: Piscina;
@@ -20,7 +14,7 @@ export class ChunkWorkerPool {
 
   constructor(threads = availableParallelism(), opts: { nice?: number } = {}) {
     this.threads = Math.max(1, threads);
-    const nice = opts.nice ?? defaultWorkerNice();
+    const nice = opts.nice ?? DEFAULT_WORKER_NICE;
     this.pool = new Piscina({
       filename: new URL('./chunk-worker.ts', import.meta.url).href,
       workerData: { nice },

@@ -32,9 +32,7 @@ describe('adopt a disk, back it up by policy, restore it', () => {
     ]);
     const want = await sha256File(image);
 
-    const adopted = await svc.req({ method: 'POST', url: `/v3/${pid}/os-volume-manage`, token, payload: { volume: { ref: { 'source-name': image }, name: 'web1' } } });
-    assert.equal(adopted.statusCode, 202, adopted.body);
-    const vol = (adopted.json() as { volume: { id: string; size: number; status: string } }).volume;
+    const vol = await svc.adopt({ token, projectId: pid }, image, 'web1');
     assert.equal(vol.status, 'available');
     assert.equal(vol.size, 2); // 1 GiB + 192 KiB rounds up
 

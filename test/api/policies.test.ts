@@ -78,12 +78,8 @@ describe('VBS backup policies over HTTP', () => {
     assert.equal(typeof e.message, 'string');
     assert.ok(e.message.length > 0);
   };
-  const createVolume = async (who: Who, name: string): Promise<string> => {
-    const r = await call(who, 'POST', '/volumes', { volume: { size: 1, name } });
-    assert.equal(r.statusCode, 202, r.body);
-    return (r.json() as { volume: { id: string } }).volume.id;
-  };
-  const volumePath = async (id: string) => (await svc.app.catalog.volumes.getVolumeById(id))!.path;
+  const createVolume = async (who: Who, name: string): Promise<string> => (await svc.createVolume(who, name)).id;
+  const volumePath = (id: string) => svc.volumePath(id);
   const associate = async (who: Who, policyId: string, resources: { resource_id: string; resource_type: string }[]) => {
     const r = await call(who, 'POST', '/backuppolicyresources', { backup_policy_id: policyId, resources });
     assert.equal(r.statusCode, 200, r.body);

@@ -40,12 +40,8 @@ describe('VBS backup sharing over HTTP', () => {
     if (code) assert.equal(e.code, code, r.body);
     assert.ok(e.message.length > 0);
   };
-  const createVolume = async (who: Who, name: string): Promise<string> => {
-    const r = await call(who, 'POST', '/volumes', { volume: { size: 1, name } });
-    assert.equal(r.statusCode, 202, r.body);
-    return (r.json() as { volume: { id: string } }).volume.id;
-  };
-  const volumePath = async (id: string) => (await svc.app.catalog.volumes.getVolumeById(id))!.path;
+  const createVolume = async (who: Who, name: string): Promise<string> => (await svc.createVolume(who, name)).id;
+  const volumePath = (id: string) => svc.volumePath(id);
   const volumeStatus = async (who: Who, id: string) => {
     const r = await call(who, 'GET', `/volumes/${id}`);
     assert.equal(r.statusCode, 200, r.body);

@@ -23,13 +23,11 @@ describe('VBS backup, restore and delete over HTTP', () => {
   });
 
   const createVolume = async (sizeGb: number, name: string) => {
-    const r = await svc.req({ method: 'POST', url: `/v2/${pid}/volumes`, token, payload: { volume: { size: sizeGb, name } } });
-    assert.equal(r.statusCode, 202, r.body);
-    const v = (r.json() as { volume: { id: string; status: string } }).volume;
+    const v = await svc.createVolume({ token, projectId: pid }, name, sizeGb);
     assert.equal(v.status, 'available');
     return v.id;
   };
-  const volumePath = (id: string) => svc.app.catalog.volumes.getVolumeById(id).then((v) => v!.path);
+  const volumePath = (id: string) => svc.volumePath(id);
 
   it('backs up, backs up incrementally, restores bit-identical and deletes', async () => {
     const src = await createVolume(1, 'data');

@@ -37,9 +37,7 @@ describe('VBS validation (B1, B3, J1)', () => {
     const file = path.join(root, 'small.img');
     const data = randomBytesSeeded(2 * MiB, 52);
     writeFileSync(file, data);
-    const m = await svc.req({ method: 'POST', url: `/v3/${pid}/os-volume-manage`, token, payload: { volume: { ref: { 'source-name': file }, name: 'small' } } });
-    assert.equal(m.statusCode, 202, m.body);
-    small = { id: (m.json() as { volume: { id: string } }).volume.id, file, sha: sha256(data) };
+    small = { id: (await svc.adopt({ token, projectId: pid }, file, 'small')).id, file, sha: sha256(data) };
   });
   after(async () => {
     await svc.close();

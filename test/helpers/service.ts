@@ -20,6 +20,12 @@ export interface TestService {
   waitJob(token: string, projectId: string, jobId: string): Promise<Record<string, unknown>>;
   /** Polls a native backup until it leaves `creating`/`deleting`/`restoring` (or is gone: null). */
   waitBackup(token: string, projectId: string, backupId: string): Promise<Record<string, unknown> | null>;
+  /** POST /v2/{pid}/volumes (asserting 202); the new volume as returned. */
+  createVolume(who: { token: string; projectId: string }, name: string, sizeGb?: number): Promise<{ id: string; status: string }>;
+  /** POST /v3/{pid}/os-volume-manage of `file` (asserting 202); the adopted volume as returned. */
+  adopt(who: { token: string; projectId: string }, file: string, name: string): Promise<{ id: string; size: number; status: string }>;
+  /** Where a volume's image lives (from the catalog). */
+  volumePath(volumeId: string): Promise<string>;
   /** A new project with a member user; returns its token. */
   tenant(name: string): Promise<{ token: string; projectId: string; userId: string }>;
   restart(overrides?: Partial<Config>, opts?: ComposeOptions): Promise<void>;
@@ -72,6 +78,19 @@ export async function startService(temp: TempDirs, overrides: Partial<Config> = 
         await sleep(25);
       }
       throw new Error(`backup ${backupId} stayed busy`);
+    },
+    async createVolume(who, name, sizeGb = 1) {
+      const r = await req({ method: 'POST', url: `/v2/${who.projectId}/volumes`, token: who.token, payload: { volume: { size: sizeGb, name } } });
+      assert.equal(r.statusCode, 202, r.body);
+      return (r.json() as { volume: { id: string; status: string } }).volume;
+    },
+    async adopt(who, file, name) {
+      const r = await req({ method: 'POST', url: `/v3/${who.projectId}/os-volume-manage`, token: who.token, payload: { volume: { ref: { 'source-name': file }, name } } });
+      assert.equal(r.statusCode, 202, r.body);
+      return (r.json() as { volume: { id: string; size: number; status: string } }).volume;
+    },
+    async volumePath(volumeId) {
+      return (await app.catalog.volumes.getVolumeById(volumeId))!.path;
     },
     async tenant(name) {
       const p = await app.identity.createProject({ name });

@@ -10,7 +10,7 @@ import { DEFAULT_CHUNK_SIZE, Repository } from '../../engine/repository.ts';
 import { restoreBackup } from '../../engine/restore-reader.ts';
 import { verifyRepository } from '../../engine/verifier.ts';
 import { FileVolumeSource } from '../../engine/volume-source.ts';
-import { ChunkWorkerPool } from '../../engine/worker-pool.ts';
+import { ChunkWorkerPool, DEFAULT_WORKER_NICE } from '../../engine/worker-pool.ts';
 import { formatBytes, formatRate, progressReporter } from '../output.ts';
 import { openRepository, openStore, readPassword, type RepoOptions } from '../repo-access.ts';
 
@@ -29,7 +29,13 @@ function cancelOnSigint(): { signal: AbortSignal; dispose: () => void } {
 
 function poolFromEnv(): ChunkWorkerPool {
   const t = Number(process.env.HAVEN_THREADS ?? '');
-  return Number.isInteger(t) && t > 0 ? new ChunkWorkerPool(t) : new ChunkWorkerPool();
+  const niceEnv = process.env.HAVEN_WORKER_NICE;
+  let nice = DEFAULT_WORKER_NICE;
+  if (niceEnv !== undefined && niceEnv !== '') {
+    nice = Number(niceEnv);
+    if (!Number.isInteger(nice) || nice < 0 || nice > 19) throw new AppError(ErrorCode.InvalidArgument, `HAVEN_WORKER_NICE must be an integer from 0 to 19, not ${JSON.stringify(niceEnv)}`);
+  }
+  return new ChunkWorkerPool(Number.isInteger(t) && t > 0 ? t : undefined, { nice });
 }
 
 /**
