@@ -50,7 +50,12 @@ export class PackWriter {
     }
     if (!this.buf) {
       const free = this.freeBufs.pop();
-      this.buf = free && free.length >= blob.length ? free : new Uint8Array(Math.max(this.targetBytes + (1 << 20), blob.length));
+      if (free && free.length >= blob.length) this.buf = free;
+      else {
+        // From the store when it has a preferred kind (the local store: aligned for direct I/O).
+        const n = Math.max(this.targetBytes + (1 << 20), blob.length);
+        this.buf = (await this.repo.store.allocBuffer?.(n)) ?? new Uint8Array(n);
+      }
     }
     writeEntry(this.entries, this.entryCount++, digests, dOff, this.size, blob.length, rawLength);
     this.buf.set(blob, this.size);

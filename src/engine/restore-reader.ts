@@ -14,6 +14,7 @@ import { constants as fsc, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { AppError, asCancelledIfAborted, ErrorCode, isAppError, throwIfAborted } from '../domain/errors.ts';
 import { ObjectNotFoundError } from '../storage/object-store.ts';
+import { DIRECT_ALIGN, findAlignedStart, probeTransfer, type ProbeResult } from '../storage/direct-io.ts';
 import { DIGEST_BYTES, digestHex, isZeroDigest } from './chunk-digest.ts';
 import type { ChunkMap } from './chunk-map.ts';
 import type { BackupManifest } from './manifest.ts';
@@ -58,9 +59,6 @@ interface Target {
   sparse: boolean;
 }
 
-/** Direct I/O needs buffer addresses, offsets and lengths aligned to the device's block; 4 KiB covers all. */
-const DIRECT_ALIGN = 4096;
-
 async function openDirect(path: string): Promise<fs.FileHandle | null> {
   if (!fsc.O_DIRECT) return null; // not Linux
   try {
@@ -94,35 +92,25 @@ class AlignmentProbe {
   async slot(length: number): Promise<{ sab: SharedArrayBuffer; base: number; aligned: boolean }> {
     const sab = new SharedArrayBuffer(length + DIRECT_ALIGN);
     if (this.usable) {
-      // Allocations tend to share their offset within a page: try the last one first.
-      const candidates = [this.lastBase];
-      for (let b = 0; b < DIRECT_ALIGN; b += 16) if (b !== this.lastBase) candidates.push(b);
-      for (const base of candidates) {
-        const r = await this.try(new Uint8Array(sab, base, DIRECT_ALIGN));
-        if (r === 'ok') {
-          this.lastBase = base;
-          return { sab, base, aligned: true };
-        }
-        if (r === 'unusable') break;
+      const r = await findAlignedStart(sab, (view) => this.try(view), this.lastBase);
+      if (r === 'unusable') this.usable = false;
+      else if (r !== null) {
+        this.lastBase = r;
+        return { sab, base: r, aligned: true };
       }
     }
     return { sab, base: 0, aligned: false };
   }
 
-  private async try(view: Uint8Array): Promise<'ok' | 'misaligned' | 'unusable'> {
+  private async try(view: Uint8Array): Promise<ProbeResult> {
+    if (this.device) return probeTransfer(() => this.device!.read(view, 0, view.length, 0));
     try {
-      if (this.device) {
-        await this.device.read(view, 0, view.length, 0);
-      } else {
-        this.scratch ??= await this.openScratch();
-        await this.scratch.fh.write(view, 0, view.length, 0);
-      }
-      return 'ok';
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EINVAL') return 'misaligned';
-      this.usable = false;
+      this.scratch ??= await this.openScratch();
+    } catch {
       return 'unusable';
     }
+    const scratch = this.scratch.fh;
+    return probeTransfer(() => scratch.write(view, 0, view.length, 0));
   }
 
   private async openScratch(): Promise<{ fh: fs.FileHandle; path: string }> {

@@ -5,19 +5,79 @@
  * directory (Proxmox Backup Server's insert_chunk), so a crash leaves either the old object, the
  * new one or none, never a torn one. Temp files are named `.tmp-*`; list() never shows them and
  * sweepTempFiles() removes those a crashed writer left behind.
+ *
+ * Buffers from allocBuffer() (pack buffers) are written with direct I/O where the file system
+ * allows it (see direct-io.ts): their block-aligned bulk goes straight to the device, the
+ * unaligned rest of the object through the page cache, and fsync makes both durable.
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsc, promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { DIRECT_ALIGN, DIRECT_IO_AVAILABLE, findAlignedStart, probeTransfer } from './direct-io.ts';
 import { assertValidKey, bodyParts, type Body, ObjectNotFoundError, type GetOptions, type ObjectInfo, type ObjectStore } from './object-store.ts';
 
 export class LocalObjectStore implements ObjectStore {
   readonly root: string;
   /** Directories already known to exist, so hot paths skip mkdir. */
   private readonly knownDirs = new Set<string>();
+  /** Aligned start of each buffer allocBuffer() handed out, by its ArrayBuffer. */
+  private readonly alignedStart = new WeakMap<ArrayBufferLike, number>();
+  private direct: 'untried' | 'usable' | 'unusable' = DIRECT_IO_AVAILABLE ? 'untried' : 'unusable';
+  private alignHint = 0;
+  /** Bytes written with direct I/O so far (diagnostics and tests). */
+  directBytesWritten = 0;
 
   constructor(root: string) {
     this.root = path.resolve(root);
+  }
+
+  async allocBuffer(length: number): Promise<Uint8Array> {
+    if (this.direct === 'unusable' || length < MIN_DIRECT_BYTES) return new Uint8Array(length);
+    const ab = new ArrayBuffer(length + DIRECT_ALIGN);
+    const start = await this.findAligned(ab);
+    if (start === null) return new Uint8Array(ab, 0, length);
+    this.alignedStart.set(ab, start);
+    return new Uint8Array(ab, start, length);
+  }
+
+  /** Probes `ab` for an aligned start with one-block direct writes into a scratch temp file. */
+  private async findAligned(ab: ArrayBuffer): Promise<number | null> {
+    await this.ensureDir(this.root);
+    const scratch = path.join(this.root, `.tmp-align-${randomBytes(6).toString('hex')}`);
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(scratch, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL | fsc.O_DIRECT, 0o600);
+    } catch {
+      await fs.rm(scratch, { force: true });
+      this.direct = 'unusable'; // a file system without direct I/O
+      return null;
+    }
+    try {
+      const r = await findAlignedStart(ab, (view) => probeTransfer(() => fh.write(view, 0, view.length, 0)), this.alignHint);
+      if (r === 'unusable') this.direct = 'unusable';
+      if (typeof r !== 'number') return null;
+      this.alignHint = r;
+      this.direct = 'usable';
+      return r;
+    } finally {
+      await fh.close();
+      await fs.rm(scratch, { force: true });
+    }
+  }
+
+  /** How many leading bytes of `part`, to be written at `pos`, can go with direct I/O. */
+  private directLength(part: Uint8Array, pos: number): number {
+    if (this.direct !== 'usable' || pos % DIRECT_ALIGN !== 0 || part.length < MIN_DIRECT_BYTES) return 0;
+    const start = this.alignedStart.get(part.buffer);
+    if (start === undefined || (part.byteOffset - start) % DIRECT_ALIGN !== 0) return 0;
+    return part.length - (part.length % DIRECT_ALIGN);
+  }
+
+  private async ensureDir(dir: string): Promise<void> {
+    if (!this.knownDirs.has(dir)) {
+      await fs.mkdir(dir, { recursive: true });
+      this.knownDirs.add(dir);
+    }
   }
 
   private pathOf(key: string): string {
@@ -50,15 +110,12 @@ export class LocalObjectStore implements ObjectStore {
   private async writeTemp(key: string, body: Body): Promise<{ tmp: string; target: string; dir: string }> {
     const target = this.pathOf(key);
     const dir = path.dirname(target);
-    if (!this.knownDirs.has(dir)) {
-      await fs.mkdir(dir, { recursive: true });
-      this.knownDirs.add(dir);
-    }
+    await this.ensureDir(dir);
     const tmp = path.join(dir, `.tmp-${randomBytes(8).toString('hex')}`);
     const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
     try {
-      await writeParts(fh, bodyParts(body));
-      await fh.sync();
+      await this.writeBody(tmp, fh, bodyParts(body));
+      await fh.sync(); // per file: makes the direct writes durable too (device cache, metadata)
     } catch (err) {
       await fh.close();
       await fs.rm(tmp, { force: true });
@@ -66,6 +123,46 @@ export class LocalObjectStore implements ObjectStore {
     }
     await fh.close();
     return { tmp, target, dir };
+  }
+
+  /**
+   * Writes the parts back to back: the aligned bulk of allocBuffer() parts through a second,
+   * O_DIRECT handle on the same file, everything else buffered. The ranges never overlap, so no
+   * page-cache page shadows a direct write.
+   */
+  private async writeBody(tmp: string, fh: fs.FileHandle, parts: readonly Uint8Array[]): Promise<void> {
+    let pos = 0;
+    let run: Uint8Array[] = [];
+    let runBytes = 0;
+    let directFh: fs.FileHandle | null = null;
+    try {
+      for (const part of parts) {
+        let d = this.directLength(part, pos + runBytes);
+        if (d > 0) {
+          if (run.length) pos = await writeParts(fh, run, pos);
+          run = [];
+          runBytes = 0;
+          try {
+            directFh ??= await fs.open(tmp, fsc.O_WRONLY | fsc.O_DIRECT);
+            await writeAll(directFh, part.subarray(0, d), pos);
+            this.directBytesWritten += d;
+          } catch (err) {
+            const code = (err as NodeJS.ErrnoException).code;
+            if (code !== 'EINVAL' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP') throw err;
+            this.direct = 'unusable'; // refused after all: buffered from now on
+            d = 0;
+          }
+          pos += d;
+        }
+        if (part.length > d) {
+          run.push(part.subarray(d));
+          runBytes += part.length - d;
+        }
+      }
+      if (run.length) await writeParts(fh, run, pos);
+    } finally {
+      await directFh?.close();
+    }
   }
 
   async get(key: string, options?: GetOptions): Promise<Uint8Array> {
@@ -174,9 +271,21 @@ export class LocalObjectStore implements ObjectStore {
   }
 }
 
-/** writev in groups (IOV_MAX is 1024), resuming after short writes. */
-async function writeParts(fh: fs.FileHandle, parts: readonly Uint8Array[]): Promise<void> {
-  let pos = 0;
+/** Below this, a part is not worth a second file handle (pack buffers are tens of MiB). */
+const MIN_DIRECT_BYTES = 1 << 20;
+
+/** Writes all of `data` at `pos` (a direct write is short only on error, which then throws). */
+async function writeAll(fh: fs.FileHandle, data: Uint8Array, pos: number): Promise<void> {
+  for (let done = 0; done < data.length; ) {
+    const { bytesWritten } = await fh.write(data, done, data.length - done, pos + done);
+    if (bytesWritten <= 0) throw Object.assign(new Error('direct write made no progress'), { code: 'EIO' });
+    done += bytesWritten;
+  }
+}
+
+/** writev in groups (IOV_MAX is 1024) from `pos`, resuming after short writes; returns the end. */
+async function writeParts(fh: fs.FileHandle, parts: readonly Uint8Array[], start = 0): Promise<number> {
+  let pos = start;
   for (let i = 0; i < parts.length; i += 512) {
     let group = parts.slice(i, i + 512).filter((p) => p.length > 0);
     while (group.length) {
@@ -187,6 +296,7 @@ async function writeParts(fh: fs.FileHandle, parts: readonly Uint8Array[]): Prom
       if (skip > 0 && group.length) group[0] = group[0]!.subarray(skip);
     }
   }
+  return pos;
 }
 
 async function fsyncDir(dir: string): Promise<void> {

@@ -52,6 +52,12 @@ export interface ObjectStore {
   delete(key: string): Promise<void>;
   /** Optional: removes leftovers of writes that crashed more than `olderThanMs` ago. */
   cleanupIncomplete?(olderThanMs: number): Promise<number>;
+  /**
+   * Optional: a zeroed buffer of `length` bytes that put() writes fastest from (the local store:
+   * one aligned for direct I/O, which skips the page cache). For large buffers a caller reuses,
+   * such as pack buffers; any other buffer works with put() too.
+   */
+  allocBuffer?(length: number): Promise<Uint8Array>;
 }
 
 export class ObjectNotFoundError extends Error {
