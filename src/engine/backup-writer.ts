@@ -79,7 +79,6 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
   try {
     const [{ map }, condemned] = await Promise.all([repo.loadChunkMap(), readCondemned(repo)]);
     const parent = !opts.full && opts.previous && opts.previous.chunkSizeBytes === chunkSize ? opts.previous : null;
-    const macKey = repo.keys?.macKey;
     const encKey = repo.keys?.encKey;
 
     const stats: BackupStats = { newBytes: 0, storedBytes: 0, zeroBytes: 0, dedupBytes: 0, newChunks: 0, reusedChunks: 0, holeChunks: 0, packsWritten: 0, objectsWritten: 0, durationMs: 0 };
@@ -139,7 +138,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
       hashed.catch(() => undefined); // handled through appendP
       const firstChunk = pos / chunkSize;
       const n = Math.ceil(len / chunkSize);
-      const hashP = pool.hash({ sab: slot, offset: 0, length: len, chunkSizeBytes: chunkSize, macKey }, internal.signal);
+      const hashP = pool.hash({ sab: slot, offset: 0, length: len, chunkSizeBytes: chunkSize, digest: repo.chunkDigest }, internal.signal);
       hashP.catch(() => undefined); // handled through decideP
 
       // Decide, strictly in batch order: which chunks are holes, reused, or new.

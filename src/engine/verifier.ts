@@ -207,7 +207,7 @@ async function checkChunks(
         lengths.push(Math.min(l.length, Math.max(0, body.length - l.offset)));
         digests.set(map.digestOf(e), k * DIGEST_BYTES);
       });
-      const damaged = await pool.check({ data: Buffer.concat(parts), lengths, rawLengths: locs.map((l) => l.rawLength), digests, encKey: repo.keys?.encKey, macKey: repo.keys?.macKey }, opts.signal);
+      const damaged = await pool.check({ data: Buffer.concat(parts), lengths, rawLengths: locs.map((l) => l.rawLength), digests, encKey: repo.keys?.encKey, digest: repo.chunkDigest }, opts.signal);
       damaged.forEach((d, k) => result.set(entries[k]!, d ? 1 : 0));
       progress.checkedChunks += entries.length;
       for (const l of locs) progress.checkedBytes += l.rawLength;
