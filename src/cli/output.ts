@@ -26,9 +26,10 @@ export interface ProgressReporter {
 export function progressReporter(label: string, enabled: boolean): ProgressReporter {
   if (!enabled || !process.stderr.isTTY) return { onProgress: () => undefined, stop: () => undefined };
   const started = performance.now();
+  // {total} and {value} are cli-progress's own (raw numbers), so the formatted sizes are {done} and {size}.
   const bar = new SingleBar({
     stream: process.stderr,
-    format: `${label} [{bar}] {percentage}% | {done} / {total} | {rate} | ETA {eta_formatted}`,
+    format: `${label} [{bar}] {percentage}% | {done} / {size} | {rate} | ETA {eta_formatted}`,
     barCompleteChar: '#',
     barIncompleteChar: '-',
     hideCursor: true,
@@ -38,7 +39,7 @@ export function progressReporter(label: string, enabled: boolean): ProgressRepor
   let begun = false;
   return {
     onProgress: (p) => {
-      const payload = { done: formatBytes(p.doneBytes), total: formatBytes(p.totalBytes), rate: formatRate(p.doneBytes, performance.now() - started) };
+      const payload = { done: formatBytes(p.doneBytes), size: formatBytes(p.totalBytes), rate: formatRate(p.doneBytes, performance.now() - started) };
       if (!begun) {
         bar.start(Math.max(1, p.totalBytes), p.doneBytes, payload);
         begun = true;

@@ -3,10 +3,11 @@
  * `haven: error: ...` with a non-zero exit and never a stack trace.
  */
 import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { cliErrorMessage, MiB, runCli, runCliJson, sha256File, TempDirs, writeRandomFile } from '../helpers/volumes.ts';
+import { CLI_MAIN, cliErrorMessage, collectCli, MiB, REPO_ROOT, runCli, runCliJson, sha256File, TempDirs, writeRandomFile } from '../helpers/volumes.ts';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const UNKNOWN_ID = '01234567-89ab-4def-8123-456789abcdef';
@@ -224,5 +225,39 @@ describe('haven CLI: errors are one line, non-zero, without a stack trace', () =
     assert.equal(r.sizeBytes, 0);
     const v = await runCli(['verify', '--repo', repo, '--json']);
     assert.equal(v.code, 0, v.stdout);
+  });
+});
+
+/** util-linux `script` gives the CLI a pseudo-terminal, as a user's shell would. */
+const hasScript = ((): boolean => {
+  try {
+    execFileSync('script', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+describe('haven CLI: progress on a terminal', { skip: hasScript ? false : 'util-linux script is not installed' }, () => {
+  it('backup and restore without --json draw a bar with human sizes and throughput; with --json nothing but the JSON', async () => {
+    const vol = path.join(dir, 'tty.img');
+    await writeRandomFile(vol, 48 * MiB, 7);
+    const shell = (args: string[]): string => [process.execPath, CLI_MAIN, ...args].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ');
+    const onTerminal = async (args: string[]): Promise<string> => {
+      const child = spawn('script', ['-qec', shell(args), '/dev/null'], { cwd: REPO_ROOT, env: { ...process.env, HAVEN_THREADS: '2', NODE_TEST_CONTEXT: undefined }, stdio: ['ignore', 'pipe', 'pipe'] });
+      const r = await collectCli(child, 120_000);
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      return r.stdout.replaceAll('\r', '\n');
+    };
+    const out = await onTerminal(['backup', '--repo', repo, '--volume', vol, '--name', 'tty']);
+    assert.match(out, /backup +\[#+\] 100% \| 48\.0 MiB \/ 48\.0 MiB \| [\d.]+ [KMG]iB\/s \|/);
+    assert.doesNotMatch(out, /50331648/, 'sizes are shown in units, not raw byte counts');
+    const id = /backup ([0-9a-f-]{36}) \(/.exec(out)?.[1];
+    assert.ok(id, out);
+    const restored = await onTerminal(['restore', '--repo', repo, '--backup', id, '--target', path.join(dir, 'tty-restored.img')]);
+    assert.match(restored, /restore +\[#+\] 100% \| 48\.0 MiB \/ 48\.0 MiB \|/);
+    const json = await onTerminal(['backup', '--repo', repo, '--volume', vol, '--json']);
+    assert.doesNotMatch(json, /\[#|%/);
+    assert.equal((JSON.parse(json.trim()) as BackupJson).newBytes, 0);
   });
 });
