@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { constants as fsConstants, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { AppError, ErrorCode } from '../../src/domain/errors.ts';
@@ -171,6 +171,40 @@ describe('round trip', () => {
     await assert.rejects(backupFile(repo, vol, 'vol', { pool, signal: ac.signal }), (err: unknown) => err instanceof AppError && err.code === ErrorCode.Cancelled);
     assert.deepEqual(await repo.listBackupIds(), []);
     assert.deepEqual(await listFilesRecursive(repoDir), ['config']);
+  });
+
+  it('a restore to a file creates nothing beside its target, and writes with direct I/O where the file system allows it', async () => {
+    const dir = temp.make();
+    const vol = path.join(dir, 'volume.img');
+    const data = Buffer.concat([randomBytesSeeded(3 * MiB, 41), Buffer.alloc(2 * MiB), randomBytesSeeded(MiB + 512, 42)]);
+    const want = await writeVolume(vol, data);
+    const repo = await initRepo(path.join(dir, 'repo'), { encrypted: true });
+    const { manifest } = await backupFile(repo, vol, 'vol', { pool });
+    const targetDir = path.join(dir, 'restore-here');
+    await fs.mkdir(targetDir);
+    const target = path.join(targetDir, 'restored.img');
+    // Every file the restore opens in the target's folder, and how.
+    const opened: { file: string; flags: unknown }[] = [];
+    const realOpen = fs.open;
+    fs.open = (async (file: Parameters<typeof realOpen>[0], flags?: Parameters<typeof realOpen>[1], mode?: Parameters<typeof realOpen>[2]) => {
+      if (String(file).startsWith(targetDir)) opened.push({ file: String(file), flags });
+      return realOpen(file, flags, mode);
+    }) as typeof realOpen;
+    try {
+      const r = await restoreTo(repo, manifest.id, target, pool);
+      assert.equal(r.volumeSha256, want);
+    } finally {
+      fs.open = realOpen;
+    }
+    assert.deepEqual(await fs.readdir(targetDir), ['restored.img']);
+    assert.deepEqual([...new Set(opened.map((o) => o.file))], [target], 'no scratch or temp file beside the target');
+    assert.equal(Buffer.compare(await fs.readFile(target), data), 0);
+    const O_DIRECT = fsConstants.O_DIRECT;
+    if (O_DIRECT) {
+      const directOpen = opened.some((o) => typeof o.flags === 'number' && (o.flags & O_DIRECT) !== 0);
+      const supported = await realOpen(path.join(dir, 'probe'), fsConstants.O_RDWR | fsConstants.O_CREAT | O_DIRECT).then((fh) => fh.close().then(() => true), () => false);
+      assert.equal(directOpen, supported, 'the target is opened with O_DIRECT exactly when the file system supports it');
+    }
   });
 
   it('sparse 10 GiB volume with a few MiB of data, encrypted: identical and restored sparse', { timeout: 600_000 }, async () => {
