@@ -34,9 +34,24 @@ export class PackWriter {
     this.signal = opts.signal;
   }
 
-  /** Adds one encoded chunk (`blob`) whose digest is digests[dOff..dOff+32]. */
+  /**
+   * Adds one encoded chunk (`blob`) whose digest is digests[dOff..dOff+32]. Calls must not overlap
+   * (each is awaited before the next): the buffer being filled is shared state.
+   */
   async add(blob: Uint8Array, digests: Uint8Array, dOff: number, rawLength: number): Promise<void> {
     if (this.failure) throw this.failure;
+    if (this.adding) throw new Error('PackWriter.add called while a previous add is still running');
+    this.adding = true;
+    try {
+      await this.addOne(blob, digests, dOff, rawLength);
+    } finally {
+      this.adding = false;
+    }
+  }
+
+  private adding = false;
+
+  private async addOne(blob: Uint8Array, digests: Uint8Array, dOff: number, rawLength: number): Promise<void> {
     if ((this.entryCount + 1) * ENTRY_BYTES > this.entries.length) {
       const bigger = new Uint8Array(this.entries.length * 2);
       bigger.set(this.entries);

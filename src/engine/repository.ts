@@ -31,9 +31,18 @@ export const DEFAULT_CHUNK_SIZE = 64 * 1024;
 export const DEFAULT_PACK_TARGET = 32 * 1024 * 1024;
 export const INDEX_SEGMENT_CHUNKS = 1 << 20;
 
+/**
+ * Repository format versions. 1: SHA-256 or HMAC-SHA-256 chunk names. 2: keyed BLAKE3 chunk names
+ * (`chunkDigest: "blake3-keyed"`). A build that knows only version 1 would open a version-2
+ * repository and name its chunks with HMAC: dedup between the two namings would silently stop and
+ * each build's verify would call the other's chunks damaged. So such builds must refuse it, and
+ * the version says what a reader needs to understand, not when the repository was made.
+ */
+export const REPOSITORY_VERSION = 2;
+
 export interface RepositoryConfig {
   format: 'haven-repository';
-  version: 1;
+  version: 1 | 2;
   id: string;
   chunkSizeBytes: number;
   packTargetBytes: number;
@@ -88,15 +97,16 @@ export class Repository {
       encryption = w.wrapped;
       keys = w.keys;
     }
+    const chunkDigest: ChunkDigestAlg = keys ? (opts.keyedDigest ?? 'blake3-keyed') : 'sha256';
     const config: RepositoryConfig = {
       format: 'haven-repository',
-      version: 1,
+      version: chunkDigest === 'blake3-keyed' ? 2 : 1, // the lowest that can read it (see REPOSITORY_VERSION)
       id: randomUUID(),
       chunkSizeBytes,
       packTargetBytes: opts.packTargetBytes ?? DEFAULT_PACK_TARGET,
       createdAt: new Date().toISOString(),
       encryption,
-      chunkDigest: keys ? (opts.keyedDigest ?? 'blake3-keyed') : 'sha256',
+      chunkDigest,
     };
     // Exclusive create: of two concurrent inits exactly one wins, the other is refused.
     if (!(await store.putIfAbsent('config', Buffer.from(`${JSON.stringify(config, null, 2)}\n`)))) {
@@ -119,9 +129,11 @@ export class Repository {
     } catch (err) {
       throw new AppError(ErrorCode.RepositoryCorrupt, 'repository config is not valid JSON', { cause: err });
     }
-    if (config.format !== 'haven-repository' || config.version !== 1) {
-      throw new AppError(ErrorCode.RepositoryCorrupt, `unsupported repository format ${String(config.format)} v${String(config.version)}`);
+    if (config.format !== 'haven-repository') throw new AppError(ErrorCode.RepositoryCorrupt, `not a Haven repository (format ${String(config.format)})`);
+    if (typeof config.version === 'number' && Number.isInteger(config.version) && config.version > REPOSITORY_VERSION) {
+      throw new AppError(ErrorCode.RepositoryCorrupt, `the repository has format version ${config.version}, newer than this Haven reads (up to ${REPOSITORY_VERSION}): upgrade Haven`);
     }
+    if (config.version !== 1 && config.version !== 2) throw new AppError(ErrorCode.RepositoryCorrupt, `unsupported repository format version ${String(config.version)}`);
     let keys: RepositoryKeys | null = null;
     if (config.encryption) {
       if (opts.password === undefined) throw new AppError(ErrorCode.PasswordRequired, 'the repository is encrypted: give --password-file or HAVEN_PASSWORD_FILE');

@@ -54,8 +54,12 @@ export class LocalObjectStore implements ObjectStore {
     }
     try {
       const r = await findAlignedStart(ab, (view) => probeTransfer(() => fh.write(view, 0, view.length, 0)), this.alignHint);
-      if (r === 'unusable') this.direct = 'unusable';
-      if (typeof r !== 'number') return null;
+      // No aligned start at all (a file system that accepts O_DIRECT but refuses every probe):
+      // buffered from now on, rather than probing again for every buffer.
+      if (typeof r !== 'number') {
+        this.direct = 'unusable';
+        return null;
+      }
       this.alignHint = r;
       this.direct = 'usable';
       return r;

@@ -52,6 +52,8 @@ describe('chunk names', () => {
     for (const encrypted of [true, false]) {
       const repo = await initRepo(path.join(dir, `repo-${encrypted}`), { encrypted });
       assert.equal(repo.config.chunkDigest, encrypted ? 'blake3-keyed' : 'sha256');
+      // Format 2 exactly when the names are BLAKE3: builds that know only format 1 refuse it.
+      assert.equal(repo.config.version, encrypted ? 2 : 1);
       const r = await backupFile(repo, vol, 'v', { pool });
       const key = repo.keys?.macKey;
       const want = expectedNames(data, (c) => (key ? blake3(c, { key }) : createHash('sha256').update(c).digest()));
@@ -69,6 +71,7 @@ describe('chunk names', () => {
     // Make the config look like one written before the field existed.
     const config = JSON.parse(Buffer.from(await store.get('config')).toString('utf8')) as RepositoryConfig;
     assert.equal(config.chunkDigest, 'hmac-sha256');
+    assert.equal(config.version, 1);
     delete config.chunkDigest;
     await store.put('config', Buffer.from(JSON.stringify(config)));
 
@@ -106,6 +109,20 @@ describe('chunk names', () => {
       config.chunkDigest = alg;
       await store.put('config', Buffer.from(JSON.stringify(config)));
       await assert.rejects(reopenRepo(dir, encrypted), (err: Error & { code?: string }) => /unsupported chunk digest/.test(err.message), `${alg} encrypted=${encrypted}`);
+    }
+  });
+
+  it('a repository of a newer format version is refused with a clear message, and left as it was', async () => {
+    const dir = temp.make();
+    const store = new LocalObjectStore(dir);
+    await Repository.init(store, { password: TEST_PASSWORD, kdf: TEST_KDF });
+    const config = JSON.parse(Buffer.from(await store.get('config')).toString('utf8')) as Record<string, unknown>;
+    for (const version of [3, 0, '2', null]) {
+      config.version = version;
+      const text = Buffer.from(JSON.stringify(config));
+      await store.put('config', text);
+      await assert.rejects(reopenRepo(dir, true), (err: Error) => (version === 3 ? /format version 3, newer than this Haven reads \(up to 2\): upgrade Haven/ : /unsupported repository format version/).test(err.message), String(version));
+      assert.deepEqual(Buffer.from(await store.get('config')), text);
     }
   });
 });
