@@ -12,7 +12,13 @@ import { CsbsPolicyQueries } from './csbs-policy-queries.ts';
 import type { SqlDatabase, SqlExecutor } from './sql.ts';
 import { VolumeQueries } from './volume-queries.ts';
 
+/** What a per-project lock serialises (see CatalogQueries.lockProject). */
+export const ProjectLock = { policies: 1, csbsPolicies: 2, backupQuota: 3 } as const;
+export type ProjectLockScope = (typeof ProjectLock)[keyof typeof ProjectLock];
+
 export class CatalogQueries {
+  private readonly exec: SqlExecutor;
+  private readonly dialect: SqlDatabase['dialect'];
   readonly identity: IdentityQueries;
   readonly volumes: VolumeQueries;
   readonly backups: BackupQueries;
@@ -21,7 +27,9 @@ export class CatalogQueries {
   readonly servers: ServerQueries;
   readonly checkpoints: CheckpointQueries;
   readonly csbsPolicies: CsbsPolicyQueries;
-  constructor(exec: SqlExecutor) {
+  constructor(exec: SqlExecutor, dialect: SqlDatabase['dialect']) {
+    this.exec = exec;
+    this.dialect = dialect;
     this.identity = new IdentityQueries(exec);
     this.volumes = new VolumeQueries(exec);
     this.backups = new BackupQueries(exec);
@@ -31,17 +39,28 @@ export class CatalogQueries {
     this.checkpoints = new CheckpointQueries(exec);
     this.csbsPolicies = new CsbsPolicyQueries(exec);
   }
+
+  /**
+   * Inside a transaction: waits until no other transaction holds the same (scope, project) lock,
+   * and holds it until this one ends, so a count-then-insert (a policy limit, a backup quota) cannot
+   * interleave with another process's. PostgreSQL: a transaction-scoped advisory lock (the two-key
+   * form, whose keys never meet the migration lock's single key). SQLite: nothing to do, as its
+   * transactions begin with the write lock (BEGIN IMMEDIATE) and so never interleave.
+   */
+  async lockProject(scope: ProjectLockScope, projectId: string): Promise<void> {
+    if (this.dialect === 'postgres') await this.exec.get('SELECT pg_advisory_xact_lock(CAST(? AS INTEGER), hashtext(?))', [scope, projectId]);
+  }
 }
 
 export class Catalog extends CatalogQueries {
   readonly db: SqlDatabase;
   constructor(db: SqlDatabase) {
-    super(db);
+    super(db, db.dialect);
     this.db = db;
   }
 
   transaction<T>(fn: (c: CatalogQueries) => Promise<T>): Promise<T> {
-    return this.db.transaction((tx) => fn(new CatalogQueries(tx)));
+    return this.db.transaction((tx) => fn(new CatalogQueries(tx, this.db.dialect)));
   }
 
   close(): Promise<void> {

@@ -8,7 +8,7 @@
  * manifest is deleted, then the row; the chunks go at the next GC.
  */
 import { promises as fs } from 'node:fs';
-import type { Catalog, CatalogQueries } from '../catalog/catalog.ts';
+import { ProjectLock, type Catalog, type CatalogQueries } from '../catalog/catalog.ts';
 import type { BackupFilter, BackupPage } from '../catalog/backup-queries.ts';
 import { statusesAllowing } from '../domain/backup-status.ts';
 import type { Clock } from '../domain/clock.ts';
@@ -106,6 +106,7 @@ export class BackupService {
 
   private async checkQuota(c: CatalogQueries, projectId: string, volume: Volume): Promise<void> {
     if (this.quotas.backups < 0 && this.quotas.backupGigabytes < 0) return;
+    await c.lockProject(ProjectLock.backupQuota, projectId); // usage and the insert after it, as one step across processes
     const used = await c.backups.usage(projectId);
     if (this.quotas.backups >= 0 && used.backups + 1 > this.quotas.backups) throw new AppError(ErrorCode.QuotaBackupsExceeded, `Backup quota exceeded: ${used.backups} of ${this.quotas.backups} backups used.`);
     if (this.quotas.backupGigabytes >= 0 && used.gigabytes + volume.sizeGb > this.quotas.backupGigabytes) throw new AppError(ErrorCode.QuotaGigabytesExceeded, `Backup capacity quota exceeded: ${used.gigabytes} of ${this.quotas.backupGigabytes} GB used, the backup needs ${volume.sizeGb} GB.`);

@@ -3,7 +3,7 @@
  * or by the scheduler, and retention after each scheduled backup — the same retention function as
  * VBS policies, with CSBS's rules (domain/retention.ts).
  */
-import type { Catalog, CatalogQueries } from '../catalog/catalog.ts';
+import { ProjectLock, type Catalog, type CatalogQueries } from '../catalog/catalog.ts';
 import type { Checkpoint, CheckpointItem } from '../domain/checkpoint.ts';
 import type { Clock } from '../domain/clock.ts';
 import { MAX_CSBS_POLICIES, MAX_SERVERS_PER_POLICY, type CsbsPolicy, type CsbsPolicyResource, type CsbsRetention } from '../domain/csbs-policy.ts';
@@ -64,6 +64,7 @@ export class CsbsPolicyService {
       retention: input.operation.retention, pattern: input.operation.pattern, triggerId: newUuid(), triggerStart: now, scheduleAnchor: now, nextRunAt: null, createdAt: now, updatedAt: now,
     };
     await this.catalog.transaction(async (c) => {
+      await c.lockProject(ProjectLock.csbsPolicies, projectId); // the count and the insert, as one step across processes
       if ((await c.csbsPolicies.countPolicies(projectId)) >= MAX_CSBS_POLICIES) throw new AppError(ErrorCode.QuotaPoliciesExceeded, 'Service over limit');
       if (await c.csbsPolicies.findByName(projectId, input.name)) throw new AppError(ErrorCode.NameConflict, `duplicate service name: ${input.name}`);
       await this.checkResources(c, projectId, null, input.resources);

@@ -4,7 +4,7 @@
  * (`autobk_xxxx`) per associated volume through BackupService, recorded as a task.
  */
 import { randomBytes } from 'node:crypto';
-import type { Catalog } from '../catalog/catalog.ts';
+import { ProjectLock, type Catalog } from '../catalog/catalog.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { newUuid } from '../domain/ids.ts';
@@ -64,6 +64,7 @@ export class PolicyService {
       scheduleAnchor: now, nextRunAt: null, createdAt: now, updatedAt: now,
     };
     await this.catalog.transaction(async (c) => {
+      await c.lockProject(ProjectLock.policies, projectId); // the count and the insert, as one step across processes
       if ((await c.policies.countPolicies(projectId)) >= this.maxPolicies) throw new AppError(ErrorCode.QuotaPoliciesExceeded, `The number of backup policies has reached the upper limit (${this.maxPolicies}).`);
       await c.policies.insertPolicy(p);
       for (const t of tags) await c.policies.upsertTag(p.id, t.key, t.value);

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { composeApp, type App } from '../../src/app/compose.ts';
 import { loadConfig } from '../../src/config/config.ts';
+import { ErrorCode } from '../../src/domain/errors.ts';
 import { freshDatabase } from '../helpers/postgres.ts';
 import { ADMIN_PASSWORD, startService, type TestService } from '../helpers/service.ts';
 import { MiB, overwrite, randomBytesSeeded, sha256File, TempDirs } from '../helpers/volumes.ts';
@@ -78,6 +79,29 @@ describe('PostgreSQL catalog', async () => {
       assert.equal(fired, 4);
       const tasks = (await apps[1]!.policies.listTasks(project.id, p.id, { sortDir: 'asc', limit: 100, offset: 0 })).tasks;
       assert.equal(new Set(tasks.map((t) => t.slotAt)).size, 4);
+    } finally {
+      for (const a of apps) await a.close();
+    }
+  });
+
+  it('limits hold across processes: concurrent policy creations and backups on two instances never pass the limit or the quota', { skip }, async () => {
+    const apps: App[] = [];
+    for (let i = 0; i < 2; i++) {
+      const config = loadConfig({}, { dataDir: temp.make(`limits${i}`), adminPassword: ADMIN_PASSWORD, catalogUrl: 'skip' in db ? '' : db.url, maxPoliciesPerProject: 5, quotaBackups: 3 });
+      apps.push(await composeApp(config, { runJobs: false, runScheduler: false, threads: 1 }));
+    }
+    try {
+      const project = await apps[0]!.identity.createProject({ name: 'limits', description: '', enabled: true });
+      const code = (r: PromiseSettledResult<unknown>): string => (r.status === 'fulfilled' ? 'ok' : String((r.reason as { code?: string }).code));
+      // 12 policies at once, half through each process, against a limit of 5.
+      const made = await Promise.allSettled(Array.from({ length: 12 }, (_, i) => apps[i % 2]!.policies.createPolicy(project.id, { name: `p${i}`, startTime: '02:00', frequency: 1, retentionNum: 3, status: 'ON' }, [])));
+      assert.deepEqual(made.map(code).filter((c) => c !== 'ok').sort(), Array(7).fill(ErrorCode.QuotaPoliciesExceeded));
+      assert.equal((await apps[1]!.policies.policiesWithTags(project.id)).length, 5);
+      // 8 backups of 8 volumes at once against a quota of 3 backups.
+      const vols = await Promise.all(Array.from({ length: 8 }, (_, i) => apps[0]!.volumes.createVolume(project.id, { sizeGb: 1, name: `v${i}` })));
+      const started = await Promise.allSettled(vols.map((v, i) => apps[i % 2]!.backups.createBackup(project.id, { volumeId: v.id, origin: 'vbs' })));
+      assert.deepEqual(started.map(code).filter((c) => c !== 'ok').sort(), Array(5).fill(ErrorCode.QuotaBackupsExceeded));
+      assert.equal((await apps[0]!.backups.usage(project.id)).backups, 3);
     } finally {
       for (const a of apps) await a.close();
     }
