@@ -1,8 +1,15 @@
-/** Opening a repository from CLI options: the directory, and the password file when encrypted. */
+/**
+ * Opening a repository from CLI options: the directory (or s3://bucket/prefix, with the S3 server
+ * from HAVEN_S3_ENDPOINT and HAVEN_S3_REGION, credentials from the AWS SDK's usual sources), and
+ * the password file when encrypted.
+ */
 import { readFileSync } from 'node:fs';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { Repository } from '../engine/repository.ts';
-import { LocalObjectStore } from '../storage/local-store.ts';
+import * as path from 'node:path';
+import type { ObjectStore } from '../storage/object-store.ts';
+import { openObjectStore } from '../storage/open-store.ts';
+import { isS3Url, parseS3Url } from '../storage/s3-url.ts';
 
 export interface RepoOptions {
   repo: string;
@@ -22,10 +29,21 @@ export function readPassword(opts: RepoOptions): string | undefined {
   return text.replace(/\r?\n$/, '');
 }
 
-export function openStore(opts: RepoOptions): LocalObjectStore {
-  return new LocalObjectStore(opts.repo);
+/** The repository's location as users write it: an absolute folder, or the S3 URL. */
+export function repoLocation(opts: RepoOptions): string {
+  if (!isS3Url(opts.repo)) return path.resolve(opts.repo);
+  try {
+    parseS3Url(opts.repo);
+  } catch (err) {
+    throw new AppError(ErrorCode.InvalidArgument, `--repo: ${(err as Error).message}`);
+  }
+  return opts.repo;
+}
+
+export function openStore(opts: RepoOptions): Promise<ObjectStore> {
+  return openObjectStore(repoLocation(opts), { endpoint: process.env.HAVEN_S3_ENDPOINT, region: process.env.HAVEN_S3_REGION });
 }
 
 export async function openRepository(opts: RepoOptions): Promise<Repository> {
-  return Repository.open(openStore(opts), { password: readPassword(opts) });
+  return Repository.open(await openStore(opts), { password: readPassword(opts) });
 }

@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { AppError, ErrorCode } from '../domain/errors.ts';
+import { isS3Url, parseS3Url } from '../storage/s3-url.ts';
 
 export interface Config {
   host: string;
@@ -24,6 +25,11 @@ export interface Config {
   volumeRoots: string[];
   tokenTtlSeconds: number;
   logLevel: string;
+  /** The chunk repository: a folder, or s3://bucket/prefix (scale-out); empty: <dataDir>/repository. */
+  repositoryUrl: string;
+  /** S3 endpoint for S3-compatible stores (empty: AWS) and region. */
+  s3Endpoint: string;
+  s3Region: string;
   /** Password file of an encrypted chunk repository (empty: unencrypted). */
   repoPasswordFile: string;
   /** Jobs this process runs at once. */
@@ -64,6 +70,9 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'volumeRoots', env: 'HAVEN_VOLUME_ROOTS', kind: 'list', default: '', help: 'folders (separated by ":") whose images and devices os-volume-manage may adopt' },
   { key: 'tokenTtlSeconds', env: 'HAVEN_TOKEN_TTL', kind: 'int', default: '86400', min: 60, max: 31 * 86400, help: 'token lifetime in seconds' },
   { key: 'logLevel', env: 'HAVEN_LOG_LEVEL', kind: 'string', default: 'info', help: 'fatal, error, warn, info, debug, trace or silent' },
+  { key: 'repositoryUrl', env: 'HAVEN_REPOSITORY_URL', kind: 'string', default: '', help: 'the chunk repository: a folder, or s3://bucket/prefix in an S3-compatible object store shared by several Haven processes (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the AWS SDK\'s other sources); default: <data>/repository' },
+  { key: 's3Endpoint', env: 'HAVEN_S3_ENDPOINT', kind: 'string', default: '', help: 'URL of an S3-compatible server (MinIO, Ceph RGW, ...; path-style addressing); default: AWS S3' },
+  { key: 's3Region', env: 'HAVEN_S3_REGION', kind: 'string', default: 'us-east-1', help: 'region of the S3 repository' },
   { key: 'repoPasswordFile', env: 'HAVEN_REPO_PASSWORD_FILE', kind: 'string', default: '', help: 'file holding the chunk repository password: encrypts the repository at creation' },
   { key: 'jobConcurrency', env: 'HAVEN_JOB_CONCURRENCY', kind: 'int', default: '2', min: 1, max: 64, help: 'backup/restore jobs this process runs at once' },
   { key: 'workerNice', env: 'HAVEN_WORKER_NICE', kind: 'int', default: '10', min: 0, max: 19, help: 'CPU priority (nice) of the engine\'s hashing/compression threads, so the ordered whole-volume hash sets the pace and VMs on the host come first (0: the process\'s own)' },
@@ -129,5 +138,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   config.dataDir = path.resolve(config.dataDir);
   config.volumeRoots = config.volumeRoots.map((r) => path.resolve(r));
   if (config.publicUrl) config.publicUrl = config.publicUrl.replace(/\/+$/, '');
+  if (!config.repositoryUrl) config.repositoryUrl = path.join(config.dataDir, 'repository');
+  else if (isS3Url(config.repositoryUrl)) {
+    try {
+      parseS3Url(config.repositoryUrl);
+    } catch (err) {
+      throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_REPOSITORY_URL: ${(err as Error).message}`);
+    }
+  } else config.repositoryUrl = path.resolve(config.repositoryUrl);
+  if (config.s3Endpoint && !/^https?:\/\/[^/]+/.test(config.s3Endpoint)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_S3_ENDPOINT: expected http(s)://host[:port], got ${JSON.stringify(config.s3Endpoint)}`);
   return config;
 }

@@ -20,6 +20,7 @@
  * requires them, since many S3-compatible servers do not accept the SDK's newer default trailers.
  */
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
+import { parseS3Url } from './s3-url.ts';
 import { assertValidKey, bodyParts, type Body, ObjectNotFoundError, type GetOptions, type ObjectInfo, type ObjectStore } from './object-store.ts';
 
 export interface S3StoreOptions {
@@ -33,19 +34,6 @@ export interface S3StoreOptions {
   forcePathStyle?: boolean | undefined;
   /** Explicit credentials (tests); otherwise the SDK's default chain. */
   credentials?: { accessKeyId: string; secretAccessKey: string } | undefined;
-}
-
-/** Parses `s3://bucket[/prefix]`; throws a plain Error with what is wrong. */
-export function parseS3Url(url: string): { bucket: string; prefix: string } {
-  const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/.exec(url);
-  if (!m) throw new Error(`not an S3 repository URL: ${JSON.stringify(url)} (expected s3://bucket or s3://bucket/prefix, bucket in lower case)`);
-  const prefix = (m[2] ?? '').replace(/\/+$/, '');
-  if (prefix) assertValidKey(prefix);
-  return { bucket: m[1]!, prefix: prefix ? `${prefix}/` : '' };
-}
-
-export function isS3Url(s: string): boolean {
-  return s.startsWith('s3://');
 }
 
 function statusOf(err: unknown): number | undefined {

@@ -12,7 +12,7 @@ import { verifyRepository } from '../../engine/verifier.ts';
 import { FileVolumeSource } from '../../engine/volume-source.ts';
 import { ChunkWorkerPool, DEFAULT_WORKER_NICE } from '../../engine/worker-pool.ts';
 import { formatBytes, formatRate, progressReporter } from '../output.ts';
-import { openRepository, openStore, readPassword, type RepoOptions } from '../repo-access.ts';
+import { openRepository, openStore, readPassword, repoLocation, type RepoOptions } from '../repo-access.ts';
 
 function out(json: boolean | undefined, obj: unknown, text: string): void {
   process.stdout.write(json ? `${JSON.stringify(obj)}\n` : `${text}\n`);
@@ -74,7 +74,7 @@ function repoCommand(program: Command, name: string, description: string, passwo
   return program
     .command(name)
     .description(description)
-    .requiredOption('--repo <dir>', 'repository directory')
+    .requiredOption('--repo <dir|url>', 'repository directory, or s3://bucket/prefix (S3 server: HAVEN_S3_ENDPOINT)')
     .option('--password-file <file>', passwordHelp)
     .option('--json', 'print the result as JSON');
 }
@@ -83,10 +83,10 @@ export function registerEngineCommands(program: Command): void {
   repoCommand(program, 'init', 'create a repository (encrypted when a password file is given)', 'file holding the repository password (or HAVEN_PASSWORD_FILE)')
     .option('--chunk-size <size>', 'chunk size, a multiple of 4KiB', `${DEFAULT_CHUNK_SIZE / 1024}KiB`)
     .action(async (o: RepoOptions & { chunkSize: string; json?: boolean }) => {
-      const repo = await Repository.init(openStore(o), { password: readPassword(o), chunkSizeBytes: parseChunkSize(o.chunkSize) });
+      const repo = await Repository.init(await openStore(o), { password: readPassword(o), chunkSizeBytes: parseChunkSize(o.chunkSize) });
       const c = repo.config;
-      out(o.json, { id: c.id, repo: path.resolve(o.repo), encrypted: c.encryption !== null, chunkSizeBytes: c.chunkSizeBytes },
-        `created ${c.encryption ? 'encrypted' : 'unencrypted'} repository ${c.id} at ${path.resolve(o.repo)} (chunk size ${formatBytes(c.chunkSizeBytes)})`);
+      out(o.json, { id: c.id, repo: repoLocation(o), encrypted: c.encryption !== null, chunkSizeBytes: c.chunkSizeBytes },
+        `created ${c.encryption ? 'encrypted' : 'unencrypted'} repository ${c.id} at ${repoLocation(o)} (chunk size ${formatBytes(c.chunkSizeBytes)})`);
     });
 
   repoCommand(program, 'backup', 'back up a volume (raw image file or block device); incremental against its last backup')

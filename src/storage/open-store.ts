@@ -1,0 +1,18 @@
+/**
+ * Opens the object store a repository location names: a local folder, or `s3://bucket/prefix`.
+ * The S3 store (and with it the AWS SDK) is loaded only when asked for.
+ */
+import { LocalObjectStore } from './local-store.ts';
+import type { ObjectStore } from './object-store.ts';
+import { isS3Url } from './s3-url.ts';
+
+export interface S3Settings {
+  endpoint?: string | undefined;
+  region?: string | undefined;
+}
+
+export async function openObjectStore(location: string, s3: S3Settings = {}): Promise<ObjectStore> {
+  if (!isS3Url(location)) return new LocalObjectStore(location);
+  const { S3ObjectStore } = await import('./s3-store.ts');
+  return new S3ObjectStore({ url: location, endpoint: s3.endpoint || undefined, region: s3.region || undefined });
+}
