@@ -15,7 +15,7 @@ import { PostgresDatabase } from '../catalog/postgres-database.ts';
 import type { SqlDatabase } from '../catalog/sql.ts';
 import type { Config } from '../config/config.ts';
 import { systemClock, type Clock } from '../domain/clock.ts';
-import { LocalObjectStore } from '../storage/local-store.ts';
+import { openObjectStore } from '../storage/open-store.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { BackupEngine, readPasswordFile } from '../services/backup-engine.ts';
 import { BackupService } from '../services/backup-service.ts';
@@ -89,7 +89,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
   let engine: BackupEngine | null = null;
   try {
     await migrate(db);
-    let store: ObjectStore = new LocalObjectStore(path.join(config.dataDir, 'repository'));
+    let store: ObjectStore = await openObjectStore(config.repositoryUrl, { endpoint: config.s3Endpoint, region: config.s3Region });
     if (opts.wrapStore) store = opts.wrapStore(store);
     const repoPassword = config.repoPasswordFile ? await readPasswordFile(config.repoPasswordFile) : undefined;
     engine = await BackupEngine.open(store, { password: repoPassword, threads: opts.threads, nice: config.workerNice });

@@ -117,6 +117,7 @@ export class BackupEngine {
   async close(): Promise<void> {
     await this.gcRunning?.catch(() => undefined); // its error was reported to whoever awaited it
     await this.pool.close();
+    await this.repo.store.close?.();
   }
 }
 

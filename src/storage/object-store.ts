@@ -3,8 +3,8 @@
  *
  * Keys are '/'-separated relative paths made of [A-Za-z0-9._-] segments. A store knows keys and
  * bytes, nothing about backups. Implementations: LocalObjectStore (a directory), MemoryObjectStore
- * (tests); an S3 store arrives with the scale-out work and must pass the same conformance suite
- * (store-conformance.ts).
+ * (tests) and S3ObjectStore (an S3-compatible object store, for scale-out); all pass the same
+ * conformance suite (store-conformance.ts).
  */
 export interface ObjectInfo {
   key: string;
@@ -58,6 +58,8 @@ export interface ObjectStore {
    * such as pack buffers; any other buffer works with put() too.
    */
   allocBuffer?(length: number): Promise<Uint8Array>;
+  /** Optional: releases connections (the S3 store); the store is not used afterwards. */
+  close?(): void | Promise<void>;
 }
 
 export class ObjectNotFoundError extends Error {

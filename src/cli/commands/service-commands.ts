@@ -63,6 +63,7 @@ export function registerServiceCommands(program: Command): void {
       process.stderr.write(`  identity (Keystone v3): ${url}/v3   user admin, project admin, domain Default\n`);
       process.stderr.write(app.adminPasswordFile ? `  admin password: in ${app.adminPasswordFile}\n` : '  admin password: HAVEN_ADMIN_PASSWORD\n');
       process.stderr.write(`  data: ${config.dataDir}\n`);
+      process.stderr.write(`  repository: ${config.repositoryUrl}\n`);
       await new Promise<void>((resolve) => {
         const stop = (): void => {
           process.stderr.write('Haven stopping: running jobs are cancelled and marked failed\n');
