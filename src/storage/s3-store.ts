@@ -1,6 +1,5 @@
 /**
- * S3ObjectStore: the repository in an S3-compatible object store (AWS S3, MinIO, Ceph RGW, Garage,
- * ...), for processes on several hosts sharing one repository. The engine is the same code above
+ * S3ObjectStore: the repository in an S3-compatible object store (AWS S3, MinIO, Ceph RGW, ...), for processes on several hosts sharing one repository. The engine is the same code above
  * it as above the local directory (ObjectStore, store-conformance.ts).
  *
  * How the contract maps onto S3:
@@ -8,7 +7,7 @@
  *   answered, so there are no temp names and nothing to clean up after a crash (packs are tens of
  *   MiB, far below the 5 GiB limit of a single PUT).
  * - putIfAbsent: PutObject with `If-None-Match: *` (conditional writes: AWS S3 since 2024, MinIO,
- *   Ceph RGW, Garage); 412 means the key existed. The repository's config is created this way, so
+ *   Ceph RGW, Cloudflare R2); 412 means the key existed. The repository's config is created this way, so
  *   of two concurrent inits one fails. A server that ignores the header would let both win.
  * - get: GetObject, with a Range for a part; a range starting at or past the end returns nothing.
  * - list: ListObjectsV2, paged; delete: DeleteObject (S3's delete is idempotent already).
