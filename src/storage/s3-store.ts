@@ -1,6 +1,7 @@
 /**
- * S3ObjectStore: the repository in an S3-compatible object store (AWS S3, MinIO, Ceph RGW, ...), for processes on several hosts sharing one repository. The engine is the same code above
- * it as above the local directory (ObjectStore, store-conformance.ts).
+ * S3ObjectStore: the repository in an S3-compatible object store (AWS S3, MinIO, Ceph RGW, ...),
+ * for processes on several hosts sharing one repository. The engine is the same code above it as
+ * above the local directory (ObjectStore, store-conformance.ts).
  *
  * How the contract maps onto S3:
  * - put: one PutObject. S3 makes an object visible whole or not at all, and durable once it
