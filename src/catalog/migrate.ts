@@ -25,7 +25,13 @@ function loadMigrations(): Migration[] {
 
 /** Applies pending migrations; returns the versions applied. */
 export async function migrate(db: SqlDatabase): Promise<number[]> {
-  await db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)');
+  // CREATE TABLE IF NOT EXISTS is not safe against itself on PostgreSQL: two processes starting
+  // together on a fresh database both try and one fails on pg_type's unique index. So it runs
+  // under the migration lock too.
+  await db.transaction(async (tx) => {
+    if (db.dialect === 'postgres') await tx.get('SELECT pg_advisory_xact_lock(7262930)');
+    await tx.run('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)');
+  });
   const migrations = loadMigrations();
   const applied: number[] = [];
   const rows = await db.all<{ version: number }>('SELECT version FROM schema_migrations ORDER BY version');

@@ -1,6 +1,6 @@
 /**
  * Rules the catalog itself enforces, on SQLite and (when reachable) PostgreSQL: at most one backup
- * of a volume in `creating`, whatever process inserts it.
+ * of a volume in `creating`, whatever process inserts it; migrations by processes starting together.
  */
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
@@ -52,6 +52,21 @@ describe('catalog constraints', async () => {
     } finally {
       await db.close();
       await pgdb.drop();
+    }
+  });
+  const fresh = await freshDatabase();
+  it('processes starting together on a fresh PostgreSQL database all migrate it, each migration applied once', { skip: 'skip' in fresh ? fresh.skip : false }, async () => {
+    if ('skip' in fresh) return;
+    const dbs = Array.from({ length: 4 }, () => new PostgresDatabase(fresh.url));
+    try {
+      const applied = await Promise.all(dbs.map((db) => migrate(db)));
+      const all = applied.flat().sort((a, b) => a - b);
+      const versions = (await dbs[0]!.all<{ version: number }>('SELECT version FROM schema_migrations ORDER BY version')).map((r) => Number(r.version));
+      assert.deepEqual(all, versions, 'every migration applied by exactly one of them');
+      assert.ok(versions.length > 0);
+    } finally {
+      for (const db of dbs) await db.close();
+      await fresh.drop();
     }
   });
 });
