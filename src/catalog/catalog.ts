@@ -12,8 +12,8 @@ import { CsbsPolicyQueries } from './csbs-policy-queries.ts';
 import type { SqlDatabase, SqlExecutor } from './sql.ts';
 import { VolumeQueries } from './volume-queries.ts';
 
-/** What a per-project lock serialises (see CatalogQueries.lockProject). */
-export const ProjectLock = { policies: 1, csbsPolicies: 2, backupQuota: 3 } as const;
+/** What a transaction lock serialises, each per key (see CatalogQueries.lockKey): the first three per project. */
+export const ProjectLock = { policies: 1, csbsPolicies: 2, backupQuota: 3, identityBootstrap: 4 } as const;
 export type ProjectLockScope = (typeof ProjectLock)[keyof typeof ProjectLock];
 
 export class CatalogQueries {
@@ -41,14 +41,14 @@ export class CatalogQueries {
   }
 
   /**
-   * Inside a transaction: waits until no other transaction holds the same (scope, project) lock,
+   * Inside a transaction: waits until no other transaction holds the same (scope, key) lock,
    * and holds it until this one ends, so a count-then-insert (a policy limit, a backup quota) cannot
    * interleave with another process's. PostgreSQL: a transaction-scoped advisory lock (the two-key
    * form, whose keys never meet the migration lock's single key). SQLite: nothing to do, as its
    * transactions begin with the write lock (BEGIN IMMEDIATE) and so never interleave.
    */
-  async lockProject(scope: ProjectLockScope, projectId: string): Promise<void> {
-    if (this.dialect === 'postgres') await this.exec.get('SELECT pg_advisory_xact_lock(CAST(? AS INTEGER), hashtext(?))', [scope, projectId]);
+  async lockKey(scope: ProjectLockScope, key: string): Promise<void> {
+    if (this.dialect === 'postgres') await this.exec.get('SELECT pg_advisory_xact_lock(CAST(? AS INTEGER), hashtext(?))', [scope, key]);
   }
 }
 

@@ -106,7 +106,7 @@ export class BackupService {
 
   private async checkQuota(c: CatalogQueries, projectId: string, volume: Volume): Promise<void> {
     if (this.quotas.backups < 0 && this.quotas.backupGigabytes < 0) return;
-    await c.lockProject(ProjectLock.backupQuota, projectId); // usage and the insert after it, as one step across processes
+    await c.lockKey(ProjectLock.backupQuota, projectId); // usage and the insert after it, as one step across processes
     const used = await c.backups.usage(projectId);
     if (this.quotas.backups >= 0 && used.backups + 1 > this.quotas.backups) throw new AppError(ErrorCode.QuotaBackupsExceeded, `Backup quota exceeded: ${used.backups} of ${this.quotas.backups} backups used.`);
     if (this.quotas.backupGigabytes >= 0 && used.gigabytes + volume.sizeGb > this.quotas.backupGigabytes) throw new AppError(ErrorCode.QuotaGigabytesExceeded, `Backup capacity quota exceeded: ${used.gigabytes} of ${this.quotas.backupGigabytes} GB used, the backup needs ${volume.sizeGb} GB.`);

@@ -64,7 +64,7 @@ export class CsbsPolicyService {
       retention: input.operation.retention, pattern: input.operation.pattern, triggerId: newUuid(), triggerStart: now, scheduleAnchor: now, nextRunAt: null, createdAt: now, updatedAt: now,
     };
     await this.catalog.transaction(async (c) => {
-      await c.lockProject(ProjectLock.csbsPolicies, projectId); // the count and the insert, as one step across processes
+      await c.lockKey(ProjectLock.csbsPolicies, projectId); // the count and the insert, as one step across processes
       if ((await c.csbsPolicies.countPolicies(projectId)) >= MAX_CSBS_POLICIES) throw new AppError(ErrorCode.QuotaPoliciesExceeded, 'Service over limit');
       if (await c.csbsPolicies.findByName(projectId, input.name)) throw new AppError(ErrorCode.NameConflict, `duplicate service name: ${input.name}`);
       await this.checkResources(c, projectId, null, input.resources);

@@ -11,7 +11,7 @@ import { AppError, ErrorCode } from '../domain/errors.ts';
 import type { Clock } from '../domain/clock.ts';
 import { newHexId } from '../domain/ids.ts';
 import { DEFAULT_DOMAIN, ROLES, type Project, type Role, type TokenInfo, type User } from '../domain/model.ts';
-import type { Catalog } from '../catalog/catalog.ts';
+import { ProjectLock, type Catalog } from '../catalog/catalog.ts';
 import { hashPassword, verifyPassword } from './passwords.ts';
 
 export const TOKEN_CACHE_MS = 5_000;
@@ -61,6 +61,8 @@ export class IdentityService {
   async bootstrap(adminPassword: string): Promise<{ created: boolean; projectId: string }> {
     const now = this.clock.now();
     return this.catalog.transaction(async (c) => {
+      // Processes starting together on one catalog take turns: the second finds what the first made.
+      await c.lockKey(ProjectLock.identityBootstrap, DEFAULT_DOMAIN.id);
       let project = await c.identity.findProjectByName(DEFAULT_DOMAIN.id, 'admin');
       if (!project) {
         project = { id: newHexId(), name: 'admin', domainId: DEFAULT_DOMAIN.id, description: 'Bootstrap project', enabled: true, createdAt: now };

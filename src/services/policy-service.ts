@@ -64,7 +64,7 @@ export class PolicyService {
       scheduleAnchor: now, nextRunAt: null, createdAt: now, updatedAt: now,
     };
     await this.catalog.transaction(async (c) => {
-      await c.lockProject(ProjectLock.policies, projectId); // the count and the insert, as one step across processes
+      await c.lockKey(ProjectLock.policies, projectId); // the count and the insert, as one step across processes
       if ((await c.policies.countPolicies(projectId)) >= this.maxPolicies) throw new AppError(ErrorCode.QuotaPoliciesExceeded, `The number of backup policies has reached the upper limit (${this.maxPolicies}).`);
       await c.policies.insertPolicy(p);
       for (const t of tags) await c.policies.upsertTag(p.id, t.key, t.value);

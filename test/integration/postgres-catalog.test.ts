@@ -107,3 +107,31 @@ describe('PostgreSQL catalog', async () => {
     }
   });
 });
+
+describe('PostgreSQL catalog: processes starting together', async () => {
+  const db = await freshDatabase();
+  const skip = 'skip' in db ? db.skip : false;
+  const temp = new TempDirs('haven-pg-start-');
+  after(async () => {
+    if ('skip' in db) return;
+    await db.drop();
+    temp.cleanup();
+  });
+
+  it('three processes starting at once on a fresh catalog all come up, with one admin project and user', { skip }, async () => {
+    const configs = [0, 1, 2].map((i) => loadConfig({}, { dataDir: temp.make(`p${i}`), adminPassword: ADMIN_PASSWORD, catalogUrl: 'skip' in db ? '' : db.url }));
+    const started = await Promise.allSettled(configs.map((c) => composeApp(c, { runJobs: false, runScheduler: false, threads: 1 })));
+    const apps = started.filter((r): r is PromiseFulfilledResult<App> => r.status === 'fulfilled').map((r) => r.value);
+    try {
+      assert.deepEqual(started.map((r) => (r.status === 'fulfilled' ? 'up' : String((r.reason as Error).message))), ['up', 'up', 'up']);
+      const projects = await apps[0]!.catalog.db.all<{ n: number }>("SELECT COUNT(*) AS n FROM projects WHERE name = 'admin'");
+      const users = await apps[0]!.catalog.db.all<{ n: number }>("SELECT COUNT(*) AS n FROM users WHERE name = 'admin'");
+      assert.equal(Number(projects[0]!.n), 1);
+      assert.equal(Number(users[0]!.n), 1);
+      // Each of them signs the admin in.
+      for (const a of apps) assert.ok((await a.identity.findProject('admin')).id);
+    } finally {
+      for (const a of apps) await a.close();
+    }
+  });
+});
