@@ -3,10 +3,12 @@
  *
  * A lock is an object `locks/<kind>-<id>` holding who runs (host, pid), since when, and for backups
  * the backup id. Locks are refreshed while their holder works; a lock is stale when its holder is a
- * dead process on this host or it has not been refreshed for STALE_AFTER_MS. GC honours live backup
+ * dead process of this very system (same boot and PID namespace, not merely the same host name:
+ * containers often share one) or it has not been refreshed for STALE_AFTER_MS. GC honours live backup
  * locks (its grace rule) and removes stale ones; two GC runs never overlap.
  */
 import { randomBytes } from 'node:crypto';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { ObjectNotFoundError, type ObjectStore } from '../storage/object-store.ts';
@@ -21,7 +23,25 @@ export interface LockRecord {
   startedAtMs: number;
   refreshedAtMs: number;
   backupId?: string;
+  /**
+   * Which process table `pid` belongs to: the kernel's boot id and the PID namespace. Absent in
+   * locks written before it was recorded (then only the refresh time can make them stale).
+   */
+  pidSpace?: string;
 }
+
+/**
+ * This process's PID space, or '' where it cannot be told (not Linux). Two containers with one
+ * host name but their own PID namespaces differ here, so neither takes the other's live lock for
+ * a dead process of its own.
+ */
+export const PID_SPACE = ((): string => {
+  try {
+    return `${readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()}:${readlinkSync('/proc/self/ns/pid')}`;
+  } catch {
+    return '';
+  }
+})();
 
 export const LOCK_REFRESH_MS = 60_000;
 export const STALE_AFTER_MS = 10 * 60_000;
@@ -42,7 +62,7 @@ export class RepositoryLock {
 
   static async acquire(store: ObjectStore, kind: LockKind, extra: { backupId?: string } = {}): Promise<RepositoryLock> {
     const now = Date.now();
-    const record: LockRecord = { id: randomBytes(8).toString('hex'), kind, host: hostname(), pid: process.pid, startedAtMs: now, refreshedAtMs: now, ...extra };
+    const record: LockRecord = { id: randomBytes(8).toString('hex'), kind, host: hostname(), pid: process.pid, pidSpace: PID_SPACE, startedAtMs: now, refreshedAtMs: now, ...extra };
     const lock = new RepositoryLock(store, record);
     await lock.write();
     lock.timer = setInterval(() => {
@@ -76,7 +96,9 @@ function processAlive(pid: number): boolean {
 }
 
 export function isStale(l: LockRecord, nowMs: number): boolean {
-  if (l.host === hostname() && l.pid !== process.pid && !processAlive(l.pid)) return true;
+  // The pid says something only within the process table it came from.
+  const samePidSpace = PID_SPACE !== '' && l.pidSpace === PID_SPACE && l.host === hostname();
+  if (samePidSpace && l.pid !== process.pid && !processAlive(l.pid)) return true;
   return nowMs - l.refreshedAtMs > STALE_AFTER_MS;
 }
 
