@@ -112,6 +112,10 @@ export class Repository {
     if (!(await store.putIfAbsent('config', Buffer.from(`${JSON.stringify(config, null, 2)}\n`)))) {
       throw new AppError(ErrorCode.RepositoryExists, 'a repository already exists there');
     }
+    // Read back: what is there must be ours before anything is written under its keys (a store
+    // whose exclusive create failed to exclude would otherwise go unnoticed).
+    const stored = JSON.parse(Buffer.from(await store.get('config')).toString('utf8')) as { id?: unknown };
+    if (stored.id !== config.id) throw new AppError(ErrorCode.RepositoryExists, 'another process created a repository there at the same moment');
     return new Repository(store, config, keys);
   }
 

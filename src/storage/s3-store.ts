@@ -9,7 +9,9 @@
  *   MiB, far below the 5 GiB limit of a single PUT).
  * - putIfAbsent: PutObject with `If-None-Match: *` (conditional writes: AWS S3 since 2024, MinIO,
  *   Ceph RGW, Cloudflare R2); 412 means the key existed. The repository's config is created this way, so
- *   of two concurrent inits one fails. A server that ignores the header would let both win.
+ *   of two concurrent inits one fails. A server that ignores the header would let both win (and the
+ *   loser's backups be encrypted under a key no config holds), so before its first conditional
+ *   write the store checks on a probe key that the server refuses a second one, and stops if not.
  * - get: GetObject, with a Range for a part; a range starting at or past the end returns nothing.
  * - list: ListObjectsV2, paged; delete: DeleteObject (S3's delete is idempotent already).
  * Keys live under an optional prefix (`s3://bucket/prefix`), so one bucket can hold several
@@ -19,7 +21,8 @@
  * AWS_PROFILE, instance roles, ...); they are never logged. Checksums are sent only where the API
  * requires them, since many S3-compatible servers do not accept the SDK's newer default trailers.
  */
-import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
+import { randomBytes } from 'node:crypto';
+import { DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
 import { parseS3Url } from './s3-url.ts';
 import { assertValidKey, bodyParts, type Body, ObjectNotFoundError, type GetOptions, type ObjectInfo, type ObjectStore } from './object-store.ts';
 
@@ -28,7 +31,7 @@ export interface S3StoreOptions {
   url: string;
   /** The server's URL for S3-compatible stores (e.g. http://127.0.0.1:9000); AWS when absent. */
   endpoint?: string | undefined;
-  /** Region (default us-east-1, which most S3-compatible servers accept). */
+  /** Region (default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1, which S3-compatible servers accept). */
   region?: string | undefined;
   /** Path-style addressing (http://host/bucket/key), which most S3-compatible servers need; default: true when an endpoint is given. */
   forcePathStyle?: boolean | undefined;
@@ -36,33 +39,65 @@ export interface S3StoreOptions {
   credentials?: { accessKeyId: string; secretAccessKey: string } | undefined;
 }
 
+function isRepositoryKey(key: string): boolean {
+  try {
+    assertValidKey(key);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function statusOf(err: unknown): number | undefined {
   return err instanceof S3ServiceException ? err.$metadata.httpStatusCode : (err as { $metadata?: { httpStatusCode?: number } } | null)?.$metadata?.httpStatusCode;
 }
 
+/** The object is absent (not the bucket: NoSuchBucket is an error of the setup, never "absent"). */
 function isNotFound(err: unknown): boolean {
   const name = (err as { name?: string } | null)?.name;
+  if (name === 'NoSuchBucket') return false;
   return statusOf(err) === 404 || name === 'NoSuchKey' || name === 'NotFound';
 }
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export class S3ObjectStore implements ObjectStore {
   readonly bucket: string;
   readonly prefix: string;
   private readonly client: S3Client;
+  /** Set once the bucket is known to exist (a bare HEAD 404 cannot tell a missing bucket from a missing key). */
+  private bucketChecked = false;
+  private conditionalChecked: Promise<void> | null = null;
 
   constructor(opts: S3StoreOptions) {
     const { bucket, prefix } = parseS3Url(opts.url);
     this.bucket = bucket;
     this.prefix = prefix;
     this.client = new S3Client({
-      region: opts.region ?? 'us-east-1',
-      ...(opts.endpoint ? { endpoint: opts.endpoint } : {}),
+      region: opts.region || process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || 'us-east-1',
+      ...(opts.endpoint ? { endpoint: opts.endpoint } : { followRegionRedirects: true }),
       forcePathStyle: opts.forcePathStyle ?? opts.endpoint !== undefined,
       ...(opts.credentials ? { credentials: opts.credentials } : {}),
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: 5, // the SDK retries throttling and network errors with backoff
+      // A server that accepts a connection and then says nothing must not hang a backup forever
+      // (its lock would keep being refreshed, so it would never even go stale).
+      requestHandler: { connectionTimeout: 10_000, requestTimeout: 120_000 },
     });
+    // Every operation: a missing bucket is a setup error that names the bucket (SDK middleware,
+    // so each call site need not know).
+    this.client.middlewareStack.add(
+      (next) => async (args) => {
+        try {
+          return await next(args);
+        } catch (err) {
+          if ((err as { name?: string } | null)?.name === 'NoSuchBucket') throw new Error(`the S3 bucket ${this.bucket} does not exist`, { cause: err });
+          throw err;
+        }
+      },
+      { step: 'initialize', name: 'havenNoSuchBucket' },
+    );
   }
 
   /** Where this store keeps its objects, for messages (no credentials in it). */
@@ -86,13 +121,61 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async putIfAbsent(key: string, body: Body): Promise<boolean> {
-    const Key = this.objectKey(key);
+    await (this.conditionalChecked ??= this.checkConditionalWrites().catch((err: unknown) => {
+      this.conditionalChecked = null;
+      throw err;
+    }));
+    return this.conditionalPut(this.objectKey(key), S3ObjectStore.bodyOf(body));
+  }
+
+  private async conditionalPut(Key: string, Body: Uint8Array): Promise<boolean> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body, IfNoneMatch: '*' }));
+        return true;
+      } catch (err) {
+        const status = statusOf(err);
+        // The key exists. (Should the answer to our own write be lost and the SDK retry it, this
+        // says false too: a repository init then reports "already exists" for the one it made,
+        // which is there and usable; never the reverse.)
+        if (status === 412) return false;
+        // 409: a concurrent conditional write of the key is in flight; it may still fail, so try again.
+        if (status === 409 && attempt < 5) {
+          await sleep(100 * 2 ** attempt);
+          continue;
+        }
+        throw err;
+      }
+    }
+  }
+
+  /** Refuses a server that ignores If-None-Match on PUT, which would let two creators both win. */
+  private async checkConditionalWrites(): Promise<void> {
+    const Key = this.objectKey(`probes/conditional-write-${randomBytes(8).toString('hex')}`);
+    const Body = new Uint8Array(0);
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: S3ObjectStore.bodyOf(body), IfNoneMatch: '*' }));
-      return true;
+      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body, IfNoneMatch: '*' }));
+      let secondWon = true;
+      try {
+        await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body, IfNoneMatch: '*' }));
+      } catch (err) {
+        if (statusOf(err) !== 412) throw err;
+        secondWon = false;
+      }
+      if (secondWon) throw new Error(`the S3 server of ${this.location} ignores conditional writes (If-None-Match: *), which Haven needs to create a repository safely; use a server that supports them (AWS S3, MinIO, Ceph RGW, Cloudflare R2)`);
+    } finally {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key })).catch(() => undefined);
+    }
+  }
+
+  /** Throws a clear error when the bucket itself is missing; checked once, after a 404. */
+  private async assertBucket(): Promise<void> {
+    if (this.bucketChecked) return;
+    try {
+      await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }));
+      this.bucketChecked = true;
     } catch (err) {
-      // 412: the key exists; 409: a concurrent conditional write to it is in progress (it wins or fails, we lost).
-      if (statusOf(err) === 412 || statusOf(err) === 409) return false;
+      if (statusOf(err) === 404) throw new Error(`the S3 bucket ${this.bucket} does not exist`, { cause: err });
       throw err;
     }
   }
@@ -108,11 +191,16 @@ export class S3ObjectStore implements ObjectStore {
     const Range = offset > 0 || length !== undefined ? `bytes=${offset}-${length !== undefined ? offset + length - 1 : ''}` : undefined;
     try {
       const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key, ...(Range ? { Range } : {}) }), options?.signal ? { abortSignal: options.signal } : {});
-      const bytes = await r.Body!.transformToByteArray();
+      let bytes = await r.Body!.transformToByteArray();
+      // A server that ignored the Range sent the whole object: cut the range out here.
+      if (Range && !r.ContentRange) bytes = bytes.subarray(Math.min(offset, bytes.length), length === undefined ? bytes.length : Math.min(bytes.length, offset + length));
       // A fresh buffer the caller owns whole (restore moves it to a worker thread).
       return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : new Uint8Array(bytes);
     } catch (err) {
-      if (isNotFound(err)) throw new ObjectNotFoundError(key, { cause: err });
+      if (isNotFound(err)) {
+        await this.assertBucket();
+        throw new ObjectNotFoundError(key, { cause: err });
+      }
       if (statusOf(err) === 416) {
         // The range starts at or past the end: nothing there, if the object exists at all.
         if (!(await this.head(key))) throw new ObjectNotFoundError(key, { cause: err });
@@ -128,7 +216,10 @@ export class S3ObjectStore implements ObjectStore {
       const r = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key }));
       return { key, sizeBytes: Number(r.ContentLength ?? 0), modifiedAtMs: r.LastModified?.getTime() ?? 0 };
     } catch (err) {
-      if (isNotFound(err)) return null;
+      if (isNotFound(err)) {
+        await this.assertBucket();
+        return null;
+      }
       throw err;
     }
   }
@@ -138,9 +229,13 @@ export class S3ObjectStore implements ObjectStore {
     do {
       const r = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.prefix + prefix, ...(ContinuationToken ? { ContinuationToken } : {}) }));
       for (const o of r.Contents ?? []) {
-        if (!o.Key) continue;
-        yield { key: o.Key.slice(this.prefix.length), sizeBytes: Number(o.Size ?? 0), modifiedAtMs: o.LastModified?.getTime() ?? 0 };
+        if (!o.Key?.startsWith(this.prefix)) continue;
+        const key = o.Key.slice(this.prefix.length);
+        // Not Haven's: e.g. a "folder" marker (`packs/`) a web console made. Never handed to GC.
+        if (!isRepositoryKey(key)) continue;
+        yield { key, sizeBytes: Number(o.Size ?? 0), modifiedAtMs: o.LastModified?.getTime() ?? 0 };
       }
+      if (r.IsTruncated && !r.NextContinuationToken) throw new Error(`the S3 server cut the listing of ${this.location}${prefix} short without a continuation token`);
       ContinuationToken = r.IsTruncated ? r.NextContinuationToken : undefined;
     } while (ContinuationToken);
   }

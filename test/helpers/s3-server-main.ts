@@ -1,7 +1,7 @@
 /**
  * The S3 test server's process (see s3-server.ts): s3rver on a free loopback port, storing into the
  * folder given as argument, with the bucket given as second argument. Prints `{"port": N}` once it
- * listens. Started with --openssl-legacy-provider: s3rver makes ListObjectsV2 continuation tokens
+ * listens (a third argument `plain` leaves out the conditional PUT below). Started with --openssl-legacy-provider: s3rver makes ListObjectsV2 continuation tokens
  * with DES, which OpenSSL 3 keeps in its legacy provider.
  *
  * s3rver answers conditional reads but ignores `If-None-Match: *` on PUT, which S3 (since 2024),
@@ -22,8 +22,10 @@ interface KoaContext {
 }
 type Middleware = (ctx: KoaContext, next: () => Promise<void>) => Promise<void>;
 
-const [directory, bucket] = process.argv.slice(2);
-if (!directory || !bucket) throw new Error('usage: s3-server-main.ts DIR BUCKET');
+const [directory, bucket, mode] = process.argv.slice(2);
+if (!directory || !bucket) throw new Error('usage: s3-server-main.ts DIR BUCKET [plain]');
+/** `plain`: s3rver as it is, ignoring If-None-Match on PUT (a server Haven must refuse). */
+const conditionalWrites = mode !== 'plain';
 
 const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory, configureBuckets: [{ name: bucket, configs: [] }] });
 const held = new Map<string, Promise<void>>();
@@ -48,7 +50,7 @@ const conditionalPut: Middleware = async (ctx, next) => {
     release();
   }
 };
-(server as unknown as { middleware: Middleware[] }).middleware.unshift(conditionalPut);
+if (conditionalWrites) (server as unknown as { middleware: Middleware[] }).middleware.unshift(conditionalPut);
 const addr = await server.run();
 process.stdout.write(`${JSON.stringify({ port: addr.port })}\n`);
 process.on('SIGTERM', () => void server.close().finally(() => process.exit(0)));

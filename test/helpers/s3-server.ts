@@ -22,10 +22,11 @@ export interface TestS3 {
   close(): Promise<void>;
 }
 
-export async function startS3(temp: TempDirs): Promise<TestS3> {
+/** `conditionalWrites: false` runs s3rver as it is, ignoring If-None-Match on PUT. */
+export async function startS3(temp: TempDirs, opts: { conditionalWrites?: boolean } = {}): Promise<TestS3> {
   const main = new URL('./s3-server-main.ts', import.meta.url).pathname;
   // Its output is piped, not inherited: a server outliving a crashed test run must not hold CI's terminal.
-  const child = spawn(process.execPath, ['--openssl-legacy-provider', main, temp.make('s3'), S3_BUCKET], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--openssl-legacy-provider', main, temp.make('s3'), S3_BUCKET, ...(opts.conditionalWrites === false ? ['plain'] : [])], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const killOnExit = (): void => void child.kill('SIGKILL');

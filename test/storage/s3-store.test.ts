@@ -10,7 +10,9 @@ import { collectKeys } from '../../src/storage/object-store.ts';
 import { S3ObjectStore } from '../../src/storage/s3-store.ts';
 import { parseS3Url } from '../../src/storage/s3-url.ts';
 import { describeObjectStore } from '../../src/storage/store-conformance.ts';
-import { startS3, type TestS3 } from '../helpers/s3-server.ts';
+import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { Repository } from '../../src/engine/repository.ts';
+import { S3_BUCKET, S3_CREDENTIALS, startS3, type TestS3 } from '../helpers/s3-server.ts';
 import { TempDirs } from '../helpers/volumes.ts';
 
 const temp = new TempDirs('haven-s3-');
@@ -63,5 +65,48 @@ describe('S3ObjectStore specifics', () => {
     for (const bad of ['s3://', 's3://UPPER', 'http://x/y', 's3://b/../x', 's3://b/a//c', 's3:/b']) {
       assert.throws(() => parseS3Url(bad), /S3 repository URL|invalid object key/, bad);
     }
+  });
+
+  it('a missing bucket is an error saying so, never "no such object" (which would read as "no repository yet")', async () => {
+    const s = new S3ObjectStore({ url: 's3://no-such-bucket/x', endpoint: s3.endpoint, credentials: S3_CREDENTIALS });
+    try {
+      await assert.rejects(s.head('config'), /bucket no-such-bucket does not exist/);
+      await assert.rejects(s.get('config'), /bucket no-such-bucket does not exist/);
+    } finally {
+      s.close();
+    }
+  });
+
+  it('keys that are not Haven\'s (a console\'s folder marker, spaces) are left out of listings', async () => {
+    const s = s3.store('foreign');
+    await s.put('packs/ab/real', new Uint8Array([1]));
+    const raw = new S3Client({ region: 'us-east-1', endpoint: s3.endpoint, forcePathStyle: true, credentials: S3_CREDENTIALS });
+    try {
+      await raw.send(new PutObjectCommand({ Bucket: S3_BUCKET, Key: 'foreign/packs/ab/not ours', Body: 'x' }));
+      assert.deepEqual((await collectKeys(s, 'packs/')).map((o) => o.key), ['packs/ab/real']);
+    } finally {
+      raw.destroy();
+    }
+  });
+});
+
+describe('S3ObjectStore on a server that ignores conditional writes', () => {
+  const t = new TempDirs('haven-s3plain-');
+  let plain: TestS3;
+  before(async () => {
+    plain = await startS3(t, { conditionalWrites: false });
+  });
+  after(async () => {
+    await plain.close();
+    t.cleanup();
+  });
+
+  it('refuses to create a repository there, with the reason, and leaves nothing behind', async () => {
+    const store = plain.store('repo');
+    await assert.rejects(Repository.init(store, {}), /ignores conditional writes \(If-None-Match: \*\)/);
+    assert.deepEqual(await collectKeys(store, ''), []);
+    // The store itself still reads and writes; only the exclusive create is refused.
+    await store.put('x', new Uint8Array([1]));
+    assert.deepEqual([...(await store.get('x'))], [1]);
   });
 });
