@@ -63,6 +63,11 @@ export interface GcReport {
 export interface GcOptions {
   signal?: AbortSignal;
   nowMs?: () => number;
+  /**
+   * Progress of the two long phases: `mark` in index bytes read (every backup's chunk list), then
+   * `sweep` in pack bytes decided on (rewritten packs are read and written again).
+   */
+  onProgress?: (phase: 'mark' | 'sweep', p: { doneBytes: number; totalBytes: number }) => void;
 }
 
 async function readAllManifests(repo: Repository): Promise<Map<string, BackupManifest>> {
@@ -74,9 +79,10 @@ async function readAllManifests(repo: Repository): Promise<Map<string, BackupMan
   return new Map(manifests.map((m) => [m.id, m]));
 }
 
-async function markManifest(repo: Repository, map: ChunkMap, m: BackupManifest): Promise<void> {
+async function markManifest(repo: Repository, map: ChunkMap, m: BackupManifest, onSegment?: (bytes: number) => void): Promise<void> {
   for (const ref of m.indexSegments) {
     const seg = await repo.readIndexSegment(ref, `backup ${m.id}`); // a damaged index aborts GC: safe
+    onSegment?.(seg.length);
     for (let o = 0; o < seg.length; o += DIGEST_BYTES) {
       if (isZeroDigest(seg, o)) continue;
       const e = map.find(seg, o);
@@ -116,7 +122,15 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
     const indexObjects: ObjectInfo[] = [];
     for await (const o of repo.store.list('indexes/')) indexObjects.push(o);
     const manifests = await readAllManifests(repo);
-    for (const m of manifests.values()) await markManifest(repo, map, m);
+    const markTotal = [...manifests.values()].reduce((n, m) => n + m.chunkCount * DIGEST_BYTES, 0);
+    let markDone = 0;
+    opts.onProgress?.('mark', { doneBytes: 0, totalBytes: markTotal });
+    for (const m of manifests.values()) {
+      await markManifest(repo, map, m, (bytes) => {
+        markDone += bytes;
+        opts.onProgress?.('mark', { doneBytes: Math.min(markDone, markTotal), totalBytes: markTotal });
+      });
+    }
     opts.signal?.throwIfAborted();
 
     // B
@@ -164,8 +178,15 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
     const writer = new PackWriter(repo, opts.signal ? { signal: opts.signal } : {});
     const keep: PackEntries[] = [];
     const dropPacks: string[] = [];
+    const sweepTotal = [...packLists.keys()].reduce((n, id) => n + (packObjects.get(id)?.sizeBytes ?? 0), 0);
+    let sweepDone = 0;
+    opts.onProgress?.('sweep', { doneBytes: 0, totalBytes: sweepTotal });
     for (const [packId, p] of packLists) {
       const info = packObjects.get(packId);
+      if (info) {
+        sweepDone += info.sizeBytes;
+        opts.onProgress?.('sweep', { doneBytes: sweepDone, totalBytes: sweepTotal });
+      }
       const packNo = map.packNo(packId);
       const n = entryCount(p);
       const liveIdx: number[] = [];

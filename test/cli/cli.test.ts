@@ -239,7 +239,7 @@ const hasScript = ((): boolean => {
 })();
 
 describe('haven CLI: progress on a terminal', { skip: hasScript ? false : 'util-linux script is not installed' }, () => {
-  it('backup and restore without --json draw a bar with human sizes and throughput; with --json nothing but the JSON', async () => {
+  it('backup, restore and gc without --json draw bars with human sizes and throughput; with --json nothing but the JSON', async () => {
     const vol = path.join(dir, 'tty.img');
     await writeRandomFile(vol, 48 * MiB, 7);
     const shell = (args: string[]): string => [process.execPath, CLI_MAIN, ...args].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ');
@@ -259,5 +259,11 @@ describe('haven CLI: progress on a terminal', { skip: hasScript ? false : 'util-
     const json = await onTerminal(['backup', '--repo', repo, '--volume', vol, '--json']);
     assert.doesNotMatch(json, /\[#|%/);
     assert.equal((JSON.parse(json.trim()) as BackupJson).newBytes, 0);
+    // gc: one bar while it marks what the backups use, one while it sweeps the packs.
+    await onTerminal(['delete', '--repo', repo, '--backup', id]);
+    const gc = await onTerminal(['gc', '--repo', repo]);
+    assert.match(gc, /gc mark +\[#+\] 100% \|/);
+    assert.match(gc, /gc sweep +\[#+\] 100% \|/);
+    assert.match(gc, /^gc: \d+ backup\(s\)/m);
   });
 });

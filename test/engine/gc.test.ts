@@ -49,7 +49,13 @@ describe('garbage collection', () => {
     await deleteBackup(repo, a.id);
     assert.deepEqual(await repo.listBackupIds(), [b.id]);
     assert.equal(existsSync(path.join(repoDir, 'indexes', a.id)) && (await fs.readdir(path.join(repoDir, 'indexes', a.id))).length > 0, false);
-    const r = await collectGarbage(repo);
+    const seen: { phase: string; doneBytes: number; totalBytes: number }[] = [];
+    const r = await collectGarbage(repo, { onProgress: (phase, p) => seen.push({ phase, ...p }) });
+    // Progress: marking b's index (its chunk list), then sweeping every pack, each up to its total.
+    const last = (phase: string) => seen.filter((x) => x.phase === phase).at(-1);
+    assert.deepEqual(last('mark'), { phase: 'mark', doneBytes: b.chunkCount * 32, totalBytes: b.chunkCount * 32 });
+    assert.ok(last('sweep')!.totalBytes >= 32 * MiB && last('sweep')!.doneBytes === last('sweep')!.totalBytes);
+    assert.equal(seen.findIndex((x) => x.phase === 'sweep') > seen.findLastIndex((x) => x.phase === 'mark'), true, 'mark, then sweep');
     assert.equal(r.deferred, false);
     assert.equal(r.backups, 1);
     assert.equal(r.deletedChunks, a.chunkCount);

@@ -201,7 +201,21 @@ export function registerEngineCommands(program: Command): void {
   repoCommand(program, 'gc', 'reclaim the space of chunks no backup references')
     .action(async (o: RepoOptions & { json?: boolean }) => {
       const repo = await openRepository(o);
-      const r = await collectGarbage(repo);
+      // One bar per phase: marking what every backup uses, then sweeping the packs.
+      let bar: { phase: string; reporter: ReturnType<typeof progressReporter> } | null = null;
+      const onProgress = (phase: 'mark' | 'sweep', p: { doneBytes: number; totalBytes: number }): void => {
+        if (bar?.phase !== phase) {
+          bar?.reporter.stop();
+          bar = { phase, reporter: progressReporter(`gc ${phase.padEnd(5)}`, !o.json) };
+        }
+        bar.reporter.onProgress(p);
+      };
+      let r;
+      try {
+        r = await collectGarbage(repo, { onProgress });
+      } finally {
+        (bar as { reporter: { stop(): void } } | null)?.reporter.stop();
+      }
       out(o.json, r, [
         r.deferred ? `gc deferred: ${r.deferredReason}` : '',
         `gc: ${r.backups} backup(s), ${r.referencedChunks} chunks in use, ${r.deletedChunks} removed, ${r.pendingChunks} pending; ${r.deletedPacks} packs deleted, ${r.rewrittenPacks} rewritten; reclaimed ${formatBytes(r.reclaimedBytes)} (${formatBytes(r.repositoryBytesBefore)} -> ${formatBytes(r.repositoryBytesAfter)})`,
