@@ -3,6 +3,9 @@
  * of a volume in `creating`, whatever process inserts it; migrations by processes starting together.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { Catalog } from '../../src/catalog/catalog.ts';
@@ -67,6 +70,27 @@ describe('catalog constraints', async () => {
     } finally {
       for (const db of dbs) await db.close();
       await fresh.drop();
+    }
+  });
+  it('opening a new SQLite file while another process holds its lock waits for it instead of failing', async () => {
+    const file = path.join(temp.make('sqlite-busy'), 'c.sqlite');
+    // Another process takes the file's write lock for a moment (as one starting at the same time does).
+    const holder = spawn(process.execPath, ['-e', `
+      const { DatabaseSync } = require('node:sqlite');
+      const db = new DatabaseSync(${JSON.stringify(file)});
+      db.exec('BEGIN EXCLUSIVE; CREATE TABLE t (x INTEGER);');
+      process.stdout.write('locked\\n');
+      setTimeout(() => { db.exec('COMMIT'); db.close(); }, 400);
+    `], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const exited = once(holder, 'exit');
+    await once(createInterface({ input: holder.stdout! }), 'line');
+    const db = new SqliteDatabase(file);
+    try {
+      await migrate(db);
+      assert.ok((await db.all('SELECT version FROM schema_migrations')).length > 0);
+    } finally {
+      await db.close();
+      await exited;
     }
   });
 });
