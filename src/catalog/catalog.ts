@@ -27,9 +27,11 @@ export class CatalogQueries {
   readonly servers: ServerQueries;
   readonly checkpoints: CheckpointQueries;
   readonly csbsPolicies: CsbsPolicyQueries;
-  constructor(exec: SqlExecutor, dialect: SqlDatabase['dialect']) {
+  private readonly inTransaction: boolean;
+  constructor(exec: SqlExecutor, dialect: SqlDatabase['dialect'], inTransaction = true) {
     this.exec = exec;
     this.dialect = dialect;
+    this.inTransaction = inTransaction;
     this.identity = new IdentityQueries(exec);
     this.volumes = new VolumeQueries(exec);
     this.backups = new BackupQueries(exec);
@@ -48,6 +50,8 @@ export class CatalogQueries {
    * transactions begin with the write lock (BEGIN IMMEDIATE) and so never interleave.
    */
   async lockKey(scope: ProjectLockScope, key: string): Promise<void> {
+    // Outside a transaction the lock would end with its own statement: a silent no-op.
+    if (!this.inTransaction) throw new Error('lockKey needs a transaction (catalog.transaction(c => c.lockKey(...)))');
     if (this.dialect === 'postgres') await this.exec.get('SELECT pg_advisory_xact_lock(CAST(? AS INTEGER), hashtext(?))', [scope, key]);
   }
 }
@@ -55,7 +59,7 @@ export class CatalogQueries {
 export class Catalog extends CatalogQueries {
   readonly db: SqlDatabase;
   constructor(db: SqlDatabase) {
-    super(db, db.dialect);
+    super(db, db.dialect, false);
     this.db = db;
   }
 

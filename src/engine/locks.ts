@@ -7,7 +7,7 @@
  * containers often share one) or it has not been refreshed for STALE_AFTER_MS. GC honours live backup
  * locks (its grace rule) and removes stale ones; two GC runs never overlap.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, readlinkSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { AppError, ErrorCode } from '../domain/errors.ts';
@@ -43,6 +43,13 @@ export const PID_SPACE = ((): string => {
   }
 })();
 
+/**
+ * The `host` a lock records: the host name, plus a tag of the PID space. Builds from before
+ * pidSpace was recorded judge a lock by host name and pid alone; with the tag they never take a
+ * lock of this build for one of their own dead processes (they wait for its refresh time instead).
+ */
+export const LOCK_HOST = PID_SPACE ? `${hostname()}#${createHash('sha256').update(PID_SPACE).digest('hex').slice(0, 8)}` : hostname();
+
 export const LOCK_REFRESH_MS = 60_000;
 export const STALE_AFTER_MS = 10 * 60_000;
 
@@ -62,7 +69,7 @@ export class RepositoryLock {
 
   static async acquire(store: ObjectStore, kind: LockKind, extra: { backupId?: string } = {}): Promise<RepositoryLock> {
     const now = Date.now();
-    const record: LockRecord = { id: randomBytes(8).toString('hex'), kind, host: hostname(), pid: process.pid, pidSpace: PID_SPACE, startedAtMs: now, refreshedAtMs: now, ...extra };
+    const record: LockRecord = { id: randomBytes(8).toString('hex'), kind, host: LOCK_HOST, pid: process.pid, pidSpace: PID_SPACE, startedAtMs: now, refreshedAtMs: now, ...extra };
     const lock = new RepositoryLock(store, record);
     await lock.write();
     lock.timer = setInterval(() => {
@@ -97,7 +104,7 @@ function processAlive(pid: number): boolean {
 
 export function isStale(l: LockRecord, nowMs: number): boolean {
   // The pid says something only within the process table it came from.
-  const samePidSpace = PID_SPACE !== '' && l.pidSpace === PID_SPACE && l.host === hostname();
+  const samePidSpace = PID_SPACE !== '' && l.pidSpace === PID_SPACE && l.host === LOCK_HOST;
   if (samePidSpace && l.pid !== process.pid && !processAlive(l.pid)) return true;
   return nowMs - l.refreshedAtMs > STALE_AFTER_MS;
 }

@@ -8,7 +8,7 @@ import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { Catalog } from '../../src/catalog/catalog.ts';
+import { Catalog, ProjectLock } from '../../src/catalog/catalog.ts';
 import { migrate } from '../../src/catalog/migrate.ts';
 import { PostgresDatabase } from '../../src/catalog/postgres-database.ts';
 import type { SqlDatabase } from '../../src/catalog/sql.ts';
@@ -26,6 +26,9 @@ const backup = (id: string, status: Backup['status']): Backup => ({
 async function check(db: SqlDatabase): Promise<void> {
   await migrate(db);
   const c = new Catalog(db);
+  // The per-key lock only means something inside a transaction; outside one it is refused.
+  await assert.rejects(c.lockKey(ProjectLock.policies, 'p'), /needs a transaction/);
+  await c.transaction((tx) => tx.lockKey(ProjectLock.policies, 'p'));
   await c.backups.insertBackup(backup('a', 'creating'));
   await c.backups.insertBackup(backup('b', 'available'));
   await assert.rejects(c.backups.insertBackup(backup('c', 'creating')), (err: unknown) => isUniqueViolation(err));
