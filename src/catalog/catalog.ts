@@ -12,8 +12,8 @@ import { CsbsPolicyQueries } from './csbs-policy-queries.ts';
 import type { SqlDatabase, SqlExecutor } from './sql.ts';
 import { VolumeQueries } from './volume-queries.ts';
 
-/** What a transaction lock serialises, each per key (see CatalogQueries.lockKey): the first three per project. */
-export const ProjectLock = { policies: 1, csbsPolicies: 2, backupQuota: 3, identityBootstrap: 4 } as const;
+/** What a transaction lock serialises, each per key (see CatalogQueries.lockKey): all but the bootstrap per project. */
+export const ProjectLock = { policies: 1, csbsPolicies: 2, backupQuota: 3, identityBootstrap: 4, csbsQuota: 5 } as const;
 export type ProjectLockScope = (typeof ProjectLock)[keyof typeof ProjectLock];
 
 export class CatalogQueries {

@@ -112,6 +112,11 @@ export class BackupService {
     if (this.quotas.backupGigabytes >= 0 && used.gigabytes + volume.sizeGb > this.quotas.backupGigabytes) throw new AppError(ErrorCode.QuotaGigabytesExceeded, `Backup capacity quota exceeded: ${used.gigabytes} of ${this.quotas.backupGigabytes} GB used, the backup needs ${volume.sizeGb} GB.`);
   }
 
+  /** The per-project limits (-1: unlimited); server backups (CSBS) count against the same numbers. */
+  get quotaLimits(): Quotas {
+    return this.quotas;
+  }
+
   async usage(projectId: string): Promise<{ backups: number; gigabytes: number; quotas: Quotas }> {
     return { ...(await this.catalog.backups.usage(projectId)), quotas: this.quotas };
   }

@@ -12,7 +12,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
-import type { Catalog, CatalogQueries } from '../catalog/catalog.ts';
+import { ProjectLock, type Catalog, type CatalogQueries } from '../catalog/catalog.ts';
 import type { ItemFilter } from '../catalog/checkpoint-queries.ts';
 import type { Checkpoint, CheckpointItem } from '../domain/checkpoint.ts';
 import type { Clock } from '../domain/clock.ts';
@@ -111,6 +111,7 @@ export class ServerBackupService {
         });
       }
       if (!items.length) return { checkpoint, items };
+      await this.checkQuota(c, projectId, items.length);
       await c.checkpoints.insertCheckpoint(checkpoint);
       for (const item of items) {
         await c.checkpoints.insertItem(item);
@@ -219,6 +220,21 @@ export class ServerBackupService {
     if (!(await this.catalog.servers.attachments(serverId)).length) return new AppError(ErrorCode.ServerHasNoVolume, `No volume attached to the server (${serverId}) for protect.`);
     if (await this.catalog.csbsPolicies.policyOfServer(serverId)) return new AppError(ErrorCode.ServerInOtherPolicy, `Server (${serverId}) is already in service.`);
     return null;
+  }
+
+  /**
+   * The quotas Q1 reports (server backups, and their stored capacity): refused with CSBS.9006 when
+   * `adding` more backups would pass the count, or the capacity is used up. Under a per-project
+   * lock, so processes sharing a catalog cannot pass it together.
+   */
+  private async checkQuota(c: CatalogQueries, projectId: string, adding: number): Promise<void> {
+    const q = this.backups.quotaLimits;
+    if (q.backups < 0 && q.backupGigabytes < 0) return;
+    await c.lockKey(ProjectLock.csbsQuota, projectId);
+    const backups = await c.checkpoints.countItems(projectId, {});
+    if (q.backups >= 0 && backups + adding > q.backups) throw new AppError(ErrorCode.QuotaBackupsExceeded, `Quota exceeded for resources: backups (${backups} of ${q.backups} used).`);
+    const capacityGb = Math.ceil((await c.backups.storedBytesOf(projectId, 'csbs')) / 1024 ** 3);
+    if (q.backupGigabytes >= 0 && capacityGb >= q.backupGigabytes) throw new AppError(ErrorCode.QuotaGigabytesExceeded, `Quota exceeded for resources: backup_capacity (${capacityGb} of ${q.backupGigabytes} GB used).`);
   }
 
   /** Q1 usage: backups (items) and their stored capacity in GB. */

@@ -193,3 +193,44 @@ describe('CSBS server backup and restore', () => {
     assert.equal(q.quotas.resources.find((r) => r.type === 'backup_capacity')!.unit, 'GB');
   });
 });
+
+describe('CSBS quotas', () => {
+  const temp = new TempDirs('haven-csbs-quota-');
+  let svc: TestService;
+  before(async () => {
+    svc = await startService(temp, { quotaBackups: 2 });
+  });
+  after(async () => {
+    await svc.close();
+    temp.cleanup();
+  });
+
+  it('a server backup beyond the backups quota is refused with CSBS.9006 and creates nothing', async () => {
+    const { token, projectId: pid } = await svc.login('admin', ADMIN_PASSWORD, 'admin');
+    const vol = await svc.createVolume({ token, projectId: pid }, 'quota-vol', 1);
+    const srv = await svc.req({ method: 'POST', url: `/v2.1/${pid}/servers`, token, payload: { server: { name: 'qs', block_device_mapping_v2: [{ source_type: 'volume', uuid: vol.id, boot_index: 0 }] } } });
+    const serverId = (srv.json() as { server: { id: string } }).server.id;
+    const count = async () => ((await svc.req({ method: 'GET', url: `/v1/${pid}/checkpoint_items/count`, token })).json() as { count: number }).count;
+    const protect = () => svc.req({ method: 'POST', url: `/v1/${pid}/providers/${PROVIDER}/resources/${serverId}/action`, token, payload: { protect: { backup_name: 'qb' } } });
+    for (let i = 0; i < 2; i++) {
+      const r = await protect();
+      assert.equal(r.statusCode, 200, r.body);
+      const cp = (r.json() as { checkpoint: { id: string } }).checkpoint.id;
+      // One at a time: a server being backed up is refused (CSBS.6005), which is not what this tests.
+      for (let k = 0; k < 2400; k++) {
+        const items = ((await svc.req({ method: 'GET', url: `/v1/${pid}/checkpoint_items?checkpoint_id=${cp}`, token })).json() as { checkpoint_items: { status: string }[] }).checkpoint_items;
+        if (items.every((x) => x.status === 'available')) break;
+        await new Promise((res) => setTimeout(res, 25));
+      }
+    }
+    assert.equal(await count(), 2);
+    const refused = await protect();
+    assert.equal(refused.statusCode, 400, refused.body);
+    const err = refused.json() as { error_code: string; error_msg: string };
+    assert.equal(err.error_code, 'CSBS.9006');
+    assert.match(err.error_msg, /^Quota exceeded for resources: backups/);
+    assert.equal(await count(), 2, 'nothing was created');
+    const q = (await svc.req({ method: 'GET', url: `/v1/${pid}/quotas`, token })).json() as { quotas: { resources: { type: string; quota: number; used: number }[] } };
+    assert.deepEqual(q.quotas.resources.find((r) => r.type === 'backups'), { type: 'backups', quota: 2, used: 2 });
+  });
+});

@@ -18,6 +18,8 @@ const ERRORS: RouteErrorCodes = {
   [ErrorCode.ServerNotFound]: ['CSBS.6000', 400],
   [ErrorCode.ServerHasNoVolume]: ['CSBS.6007', 400],
   [ErrorCode.ServerBusy]: ['CSBS.6005', 400],
+  [ErrorCode.QuotaBackupsExceeded]: ['CSBS.9006', 400],
+  [ErrorCode.QuotaGigabytesExceeded]: ['CSBS.9006', 400],
   [ErrorCode.CheckpointItemNotFound]: ['CSBS.3001', 404],
   [ErrorCode.CheckpointItemBusy]: ['CSBS.2003', 400],
   [ErrorCode.CheckpointItemUnavailable]: ['CSBS.4000', 400],
