@@ -48,6 +48,8 @@ export interface App {
   scheduler: PolicyScheduler;
   /** Where the generated admin password was written (null when HAVEN_ADMIN_PASSWORD is set). */
   adminPasswordFile: string | null;
+  /** The admin was made by another process sharing the catalog: its password is in that one's data folder. */
+  adminPasswordShared: boolean;
   close(): Promise<void>;
 }
 
@@ -68,17 +70,17 @@ export interface ComposeOptions {
 const silentLogger: PinoLogger = pino({ level: 'silent' });
 
 /** The admin password: HAVEN_ADMIN_PASSWORD, else generated once into a 0600 file in the data folder. */
-async function adminPassword(config: Config): Promise<{ password: string; file: string | null }> {
-  if (config.adminPassword) return { password: config.adminPassword, file: null };
+async function adminPassword(config: Config): Promise<{ password: string; file: string | null; generated: boolean }> {
+  if (config.adminPassword) return { password: config.adminPassword, file: null, generated: false };
   const file = path.join(config.dataDir, 'admin-password');
   try {
-    return { password: (await fs.readFile(file, 'utf8')).trim(), file };
+    return { password: (await fs.readFile(file, 'utf8')).trim(), file, generated: false };
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
   const password = randomBytes(18).toString('base64url');
   await fs.writeFile(file, `${password}\n`, { mode: 0o600, flag: 'wx' });
-  return { password, file };
+  return { password, file, generated: true };
 }
 
 export async function composeApp(config: Config, opts: ComposeOptions = {}): Promise<App> {
@@ -96,8 +98,15 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
 
     const identity = new IdentityService(catalog, clock, config.tokenTtlSeconds);
     const admin = await adminPassword(config);
-    await identity.bootstrap(admin.password);
+    const boot = await identity.bootstrap(admin.password);
     if (config.adminPassword) await identity.resetPassword('admin', config.adminPassword);
+    let adminPasswordFile = admin.file;
+    if (admin.generated && !boot.created) {
+      // Another process sharing the catalog made the admin first, with its own password: the one
+      // generated here would not work, so it must not be offered.
+      if (admin.file) await fs.rm(admin.file, { force: true });
+      adminPasswordFile = null;
+    }
 
     const eng = engine;
     const log = opts.logger ?? silentLogger;
@@ -151,7 +160,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const purge = setInterval(() => identity.purgeExpiredTokens().catch((err: unknown) => log.warn({ err }, 'purging expired tokens failed')), 3600_000);
     purge.unref();
     return {
-      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, adminPasswordFile: admin.file,
+      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, adminPasswordFile, adminPasswordShared: admin.generated && !boot.created,
       async close() {
         clearInterval(purge);
         await scheduler.stop();

@@ -5,6 +5,8 @@
  * heartbeat rule (not by start-up, as other processes may be alive).
  */
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { composeApp, type App } from '../../src/app/compose.ts';
 import { loadConfig } from '../../src/config/config.ts';
@@ -132,6 +134,24 @@ describe('PostgreSQL catalog: processes starting together', async () => {
       for (const a of apps) assert.ok((await a.identity.findProject('admin')).id);
     } finally {
       for (const a of apps) await a.close();
+    }
+  });
+
+  it('without HAVEN_ADMIN_PASSWORD, a process joining a catalog whose admin exists leaves no password file of its own (it would not work)', { skip }, async () => {
+    const first = await composeApp(loadConfig({}, { dataDir: temp.make('gen1'), catalogUrl: 'skip' in db ? '' : db.url }), { runJobs: false, runScheduler: false, threads: 1 });
+    const second = await composeApp(loadConfig({}, { dataDir: temp.make('gen2'), catalogUrl: 'skip' in db ? '' : db.url }), { runJobs: false, runScheduler: false, threads: 1 });
+    try {
+      // (The admin already exists from the test before, made with ADMIN_PASSWORD.)
+      for (const a of [first, second]) {
+        assert.equal(a.adminPasswordFile, null);
+        assert.equal(a.adminPasswordShared, true);
+        assert.equal(existsSync(path.join(a.config.dataDir, 'admin-password')), false);
+      }
+      const login = await second.server.inject({ method: 'POST', url: '/v3/auth/tokens', payload: { auth: { identity: { methods: ['password'], password: { user: { name: 'admin', domain: { name: 'Default' }, password: ADMIN_PASSWORD } } } } } });
+      assert.equal(login.statusCode, 201, login.body);
+    } finally {
+      await first.close();
+      await second.close();
     }
   });
 });

@@ -61,7 +61,11 @@ export function registerServiceCommands(program: Command): void {
       const url = address.replace('[::1]', 'localhost');
       process.stderr.write(`Haven listening on ${url}\n`);
       process.stderr.write(`  identity (Keystone v3): ${url}/v3   user admin, project admin, domain Default\n`);
-      process.stderr.write(app.adminPasswordFile ? `  admin password: in ${app.adminPasswordFile}\n` : '  admin password: HAVEN_ADMIN_PASSWORD\n');
+      process.stderr.write(
+        app.adminPasswordFile ? `  admin password: in ${app.adminPasswordFile}\n`
+          : app.adminPasswordShared ? '  admin password: the one of the process that first started on this catalog (its data folder\'s admin-password), or set HAVEN_ADMIN_PASSWORD\n'
+          : '  admin password: HAVEN_ADMIN_PASSWORD\n',
+      );
       process.stderr.write(`  data: ${config.dataDir}\n`);
       process.stderr.write(`  repository: ${config.repositoryUrl}\n`);
       await new Promise<void>((resolve) => {
