@@ -94,7 +94,11 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     let store: ObjectStore = await openObjectStore(config.repositoryUrl, { endpoint: config.s3Endpoint, region: config.s3Region });
     if (opts.wrapStore) store = opts.wrapStore(store);
     const repoPassword = config.repoPasswordFile ? await readPasswordFile(config.repoPasswordFile) : undefined;
-    engine = await BackupEngine.open(store, { password: repoPassword, threads: opts.threads, nice: config.workerNice });
+    engine = await BackupEngine.open(store, { password: repoPassword, threads: opts.threads, nice: config.workerNice }).catch((err: unknown) => {
+      // Our own errors say what is wrong already; anything else (a network error) gets the where.
+      if (err instanceof AppError) throw err;
+      throw new Error(`cannot open the chunk repository at ${config.repositoryUrl}: ${(err as Error).message}`, { cause: err });
+    });
 
     const identity = new IdentityService(catalog, clock, config.tokenTtlSeconds);
     const admin = await adminPassword(config);

@@ -45,5 +45,10 @@ export function openStore(opts: RepoOptions): Promise<ObjectStore> {
 }
 
 export async function openRepository(opts: RepoOptions): Promise<Repository> {
-  return Repository.open(await openStore(opts), { password: readPassword(opts) });
+  const password = readPassword(opts);
+  return Repository.open(await openStore(opts), { password }).catch((err: unknown) => {
+    // Our own errors say what is wrong already; anything else (a network error) gets the where.
+    if (err instanceof AppError) throw err;
+    throw new Error(`cannot open the repository at ${repoLocation(opts)}: ${(err as Error).message}`, { cause: err });
+  });
 }

@@ -103,5 +103,8 @@ describe('a repository in S3', () => {
     // Nothing of it is visible from another prefix, and a malformed URL is refused in one line.
     assert.match(cliErrorMessage(await runCli(['list', '--repo', `s3://${S3_BUCKET}/cli/site-2`], { env })), /no Haven repository there/);
     assert.match(cliErrorMessage(await runCli(['list', '--repo', 's3://Bad_Bucket/x'], { env })), /not an S3 repository URL/);
+    // A server that cannot be reached: one line saying where, not a bare socket error.
+    const down = await runCli(['list', '--repo', url], { env: { ...env, HAVEN_S3_ENDPOINT: 'http://127.0.0.1:9' } });
+    assert.match(cliErrorMessage(down), new RegExp(`^cannot open the repository at ${url}: .*ECONNREFUSED`));
   });
 });
