@@ -1,6 +1,7 @@
 /**
  * Prometheus metrics (prom-client), served at /metrics: HTTP requests, jobs, bytes backed up, and
- * the repository's size (measured at most once a minute: listing a large store is not free).
+ * the repository's size (measured at most once a minute, or every 15 minutes in an object store
+ * that bills per listing request: listing a large repository is not free).
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
@@ -14,7 +15,7 @@ export class Metrics {
   private readonly bytesNew: Counter;
   private readonly bytesStored: Counter;
 
-  constructor(opts: { repositoryBytes?: () => Promise<number>; jobCounts?: () => Promise<Record<string, number>> } = {}) {
+  constructor(opts: { repositoryBytes?: () => Promise<number>; repositoryBytesTtlMs?: number; jobCounts?: () => Promise<Record<string, number>> } = {}) {
     collectDefaultMetrics({ register: this.registry, prefix: 'haven_process_' });
     this.requests = new Counter({ name: 'haven_http_requests_total', help: 'HTTP requests by method, route and status', labelNames: ['method', 'route', 'status'], registers: [this.registry] });
     this.requestSeconds = new Histogram({ name: 'haven_http_request_duration_seconds', help: 'HTTP request duration', labelNames: ['method', 'route'], buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5], registers: [this.registry] });
@@ -24,12 +25,13 @@ export class Metrics {
     this.bytesNew = new Counter({ name: 'haven_backup_new_bytes_total', help: 'Chunk bytes that were new to the repository', registers: [this.registry] });
     this.bytesStored = new Counter({ name: 'haven_backup_stored_bytes_total', help: 'Bytes written to the repository by backups (compressed, encrypted)', registers: [this.registry] });
     const repoBytes = opts.repositoryBytes;
+    const repoBytesTtl = opts.repositoryBytesTtlMs ?? 60_000;
     let cached: { at: number; value: number } | null = null;
     new Gauge({
       name: 'haven_repository_bytes', help: 'Bytes the chunk repository occupies', registers: [this.registry],
       async collect() {
         if (!repoBytes) return;
-        if (!cached || Date.now() - cached.at > 60_000) cached = { at: Date.now(), value: await repoBytes() };
+        if (!cached || Date.now() - cached.at > repoBytesTtl) cached = { at: Date.now(), value: await repoBytes() };
         this.set(cached.value);
       },
     });

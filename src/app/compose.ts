@@ -16,6 +16,7 @@ import type { SqlDatabase } from '../catalog/sql.ts';
 import type { Config } from '../config/config.ts';
 import { systemClock, type Clock } from '../domain/clock.ts';
 import { openObjectStore } from '../storage/open-store.ts';
+import { isS3Url } from '../storage/s3-url.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { BackupEngine, readPasswordFile } from '../services/backup-engine.ts';
 import { BackupService } from '../services/backup-service.ts';
@@ -114,7 +115,11 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
 
     const eng = engine;
     const log = opts.logger ?? silentLogger;
-    const metrics = new Metrics({ repositoryBytes: () => eng.storedBytes(), jobCounts: () => catalog.jobs.countByStatus() });
+    const metrics = new Metrics({
+      repositoryBytes: () => eng.storedBytes(),
+      repositoryBytesTtlMs: isS3Url(config.repositoryUrl) ? 15 * 60_000 : 60_000, // S3 bills each LIST request
+      jobCounts: () => catalog.jobs.countByStatus(),
+    });
     const volumes = new VolumeService(catalog, clock, { dataDir: config.dataDir, volumeRoots: config.volumeRoots, availabilityZone: config.availabilityZone });
     let runner: JobRunner | null = null;
     let policiesRef: PolicyService | null = null;
