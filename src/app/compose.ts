@@ -15,7 +15,7 @@ import { PostgresDatabase } from '../catalog/postgres-database.ts';
 import type { SqlDatabase } from '../catalog/sql.ts';
 import type { Config } from '../config/config.ts';
 import { systemClock, type Clock } from '../domain/clock.ts';
-import { openObjectStore } from '../storage/open-store.ts';
+import { openFailure, openObjectStore } from '../storage/open-store.ts';
 import { isS3Url } from '../storage/s3-url.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { BackupEngine, readPasswordFile } from '../services/backup-engine.ts';
@@ -95,20 +95,17 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     let store: ObjectStore = await openObjectStore(config.repositoryUrl, { endpoint: config.s3Endpoint, region: config.s3Region });
     if (opts.wrapStore) store = opts.wrapStore(store);
     const repoPassword = config.repoPasswordFile ? await readPasswordFile(config.repoPasswordFile) : undefined;
-    engine = await BackupEngine.open(store, { password: repoPassword, threads: opts.threads, nice: config.workerNice }).catch((err: unknown) => {
-      // Our own errors say what is wrong already; anything else (a network error) gets the where.
-      if (err instanceof AppError) throw err;
-      throw new Error(`cannot open the chunk repository at ${config.repositoryUrl}: ${(err as Error).message}`, { cause: err });
-    });
+    engine = await BackupEngine.open(store, { password: repoPassword, threads: opts.threads, nice: config.workerNice }).catch(openFailure(config.repositoryUrl));
 
     const identity = new IdentityService(catalog, clock, config.tokenTtlSeconds);
     const admin = await adminPassword(config);
     const boot = await identity.bootstrap(admin.password);
     if (config.adminPassword) await identity.resetPassword('admin', config.adminPassword);
+    // Another process sharing the catalog made the admin first, with its own password.
+    const adminPasswordShared = admin.generated && !boot.created;
     let adminPasswordFile = admin.file;
-    if (admin.generated && !boot.created) {
-      // Another process sharing the catalog made the admin first, with its own password: the one
-      // generated here would not work, so it must not be offered.
+    if (adminPasswordShared) {
+      // The password generated here would not work, so it must not be offered.
       if (admin.file) await fs.rm(admin.file, { force: true });
       adminPasswordFile = null;
     }
@@ -169,7 +166,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const purge = setInterval(() => identity.purgeExpiredTokens().catch((err: unknown) => log.warn({ err }, 'purging expired tokens failed')), 3600_000);
     purge.unref();
     return {
-      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, adminPasswordFile, adminPasswordShared: admin.generated && !boot.created,
+      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, adminPasswordFile, adminPasswordShared,
       async close() {
         clearInterval(purge);
         await scheduler.stop();

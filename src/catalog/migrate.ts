@@ -6,7 +6,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { AppError, ErrorCode } from '../domain/errors.ts';
-import type { SqlDatabase } from './sql.ts';
+import type { SqlDatabase, SqlExecutor } from './sql.ts';
 
 const MIGRATIONS_DIR = path.resolve(import.meta.dirname, '..', '..', 'migrations');
 
@@ -23,13 +23,18 @@ function loadMigrations(): Migration[] {
     .map((f) => ({ version: Number(f.slice(0, 4)), name: f, sql: readFileSync(path.join(MIGRATIONS_DIR, f), 'utf8') }));
 }
 
+/** Processes starting together take turns (PostgreSQL); SQLite's BEGIN IMMEDIATE already does. */
+async function lockMigrations(db: SqlDatabase, tx: SqlExecutor): Promise<void> {
+  if (db.dialect === 'postgres') await tx.get('SELECT pg_advisory_xact_lock(7262930)');
+}
+
 /** Applies pending migrations; returns the versions applied. */
 export async function migrate(db: SqlDatabase): Promise<number[]> {
   // CREATE TABLE IF NOT EXISTS is not safe against itself on PostgreSQL: two processes starting
   // together on a fresh database both try and one fails on pg_type's unique index. So it runs
   // under the migration lock too.
   await db.transaction(async (tx) => {
-    if (db.dialect === 'postgres') await tx.get('SELECT pg_advisory_xact_lock(7262930)');
+    await lockMigrations(db, tx);
     await tx.run('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)');
   });
   const migrations = loadMigrations();
@@ -42,8 +47,7 @@ export async function migrate(db: SqlDatabase): Promise<number[]> {
   for (const m of migrations) {
     if (done.has(m.version)) continue;
     await db.transaction(async (tx) => {
-      // Processes starting together take turns (PostgreSQL); SQLite's BEGIN IMMEDIATE already does.
-      if (db.dialect === 'postgres') await tx.get('SELECT pg_advisory_xact_lock(7262930)');
+      await lockMigrations(db, tx);
       // Another process may have applied it meanwhile.
       const again = await tx.get('SELECT version FROM schema_migrations WHERE version = ?', [m.version]);
       if (again) return;

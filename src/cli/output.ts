@@ -37,6 +37,7 @@ export function progressReporter(label: string, enabled: boolean): ProgressRepor
     fps: 5,
   });
   let begun = false;
+  let stopped = false;
   return {
     onProgress: (p) => {
       const payload = { done: formatBytes(p.doneBytes), size: formatBytes(p.totalBytes), rate: formatRate(p.doneBytes, performance.now() - started) };
@@ -46,7 +47,8 @@ export function progressReporter(label: string, enabled: boolean): ProgressRepor
       } else bar.update(p.doneBytes, payload);
     },
     stop: () => {
-      if (begun) bar.stop();
+      if (begun && !stopped) bar.stop();
+      stopped = true;
     },
   };
 }

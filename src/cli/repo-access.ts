@@ -6,10 +6,9 @@
 import { readFileSync } from 'node:fs';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { Repository } from '../engine/repository.ts';
-import * as path from 'node:path';
 import type { ObjectStore } from '../storage/object-store.ts';
-import { openObjectStore } from '../storage/open-store.ts';
-import { isS3Url, parseS3Url } from '../storage/s3-url.ts';
+import { openObjectStore, openFailure } from '../storage/open-store.ts';
+import { resolveLocation } from '../storage/s3-url.ts';
 
 export interface RepoOptions {
   repo: string;
@@ -31,13 +30,11 @@ export function readPassword(opts: RepoOptions): string | undefined {
 
 /** The repository's location as users write it: an absolute folder, or the S3 URL. */
 export function repoLocation(opts: RepoOptions): string {
-  if (!isS3Url(opts.repo)) return path.resolve(opts.repo);
   try {
-    parseS3Url(opts.repo);
+    return resolveLocation(opts.repo);
   } catch (err) {
     throw new AppError(ErrorCode.InvalidArgument, `--repo: ${(err as Error).message}`);
   }
-  return opts.repo;
 }
 
 export function openStore(opts: RepoOptions): Promise<ObjectStore> {
@@ -46,9 +43,5 @@ export function openStore(opts: RepoOptions): Promise<ObjectStore> {
 
 export async function openRepository(opts: RepoOptions): Promise<Repository> {
   const password = readPassword(opts);
-  return Repository.open(await openStore(opts), { password }).catch((err: unknown) => {
-    // Our own errors say what is wrong already; anything else (a network error) gets the where.
-    if (err instanceof AppError) throw err;
-    throw new Error(`cannot open the repository at ${repoLocation(opts)}: ${(err as Error).message}`, { cause: err });
-  });
+  return Repository.open(await openStore(opts), { password }).catch(openFailure(repoLocation(opts)));
 }

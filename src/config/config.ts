@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { AppError, ErrorCode } from '../domain/errors.ts';
-import { isS3Url, parseS3Url } from '../storage/s3-url.ts';
+import { resolveLocation } from '../storage/s3-url.ts';
 
 export interface Config {
   host: string;
@@ -138,14 +138,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   config.dataDir = path.resolve(config.dataDir);
   config.volumeRoots = config.volumeRoots.map((r) => path.resolve(r));
   if (config.publicUrl) config.publicUrl = config.publicUrl.replace(/\/+$/, '');
-  if (!config.repositoryUrl) config.repositoryUrl = path.join(config.dataDir, 'repository');
-  else if (isS3Url(config.repositoryUrl)) {
-    try {
-      parseS3Url(config.repositoryUrl);
-    } catch (err) {
-      throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_REPOSITORY_URL: ${(err as Error).message}`);
-    }
-  } else config.repositoryUrl = path.resolve(config.repositoryUrl);
+  try {
+    config.repositoryUrl = resolveLocation(config.repositoryUrl || path.join(config.dataDir, 'repository'));
+  } catch (err) {
+    throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_REPOSITORY_URL: ${(err as Error).message}`);
+  }
   if (config.s3Endpoint && !/^https?:\/\/[^/]+/.test(config.s3Endpoint)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_S3_ENDPOINT: expected http(s)://host[:port], got ${JSON.stringify(config.s3Endpoint)}`);
   return config;
 }

@@ -20,6 +20,7 @@
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import type { ObjectInfo } from '../storage/object-store.ts';
 import { DIGEST_BYTES, isZeroDigest } from './chunk-digest.ts';
+import type { Progress } from './backup-writer.ts';
 import type { ChunkMap } from './chunk-map.ts';
 import { readCondemned, writeCondemned } from './gc-state.ts';
 import { acquireGcLock, listLocks, removeLock, type LockRecord } from './locks.ts';
@@ -67,7 +68,7 @@ export interface GcOptions {
    * Progress of the two long phases: `mark` in index bytes read (every backup's chunk list), then
    * `sweep` in pack bytes decided on (rewritten packs are read and written again).
    */
-  onProgress?: (phase: 'mark' | 'sweep', p: { doneBytes: number; totalBytes: number }) => void;
+  onProgress?: (phase: 'mark' | 'sweep', p: Progress) => void;
 }
 
 async function readAllManifests(repo: Repository): Promise<Map<string, BackupManifest>> {

@@ -104,8 +104,7 @@ function processAlive(pid: number): boolean {
 
 export function isStale(l: LockRecord, nowMs: number): boolean {
   // The pid says something only within the process table it came from.
-  const samePidSpace = PID_SPACE !== '' && l.pidSpace === PID_SPACE && l.host === LOCK_HOST;
-  if (samePidSpace && l.pid !== process.pid && !processAlive(l.pid)) return true;
+  if (PID_SPACE !== '' && l.pidSpace === PID_SPACE && l.pid !== process.pid && !processAlive(l.pid)) return true;
   return nowMs - l.refreshedAtMs > STALE_AFTER_MS;
 }
 

@@ -25,6 +25,8 @@ export class PackWriter {
   readonly written: PackEntries[] = [];
   storedBytes = 0;
   private readonly signal: AbortSignal | undefined;
+  /** An add() is running (they must not overlap). */
+  private adding = false;
 
   constructor(repo: Repository, opts: { maxInFlight?: number; signal?: AbortSignal | undefined } = {}) {
     this.repo = repo;
@@ -48,8 +50,6 @@ export class PackWriter {
       this.adding = false;
     }
   }
-
-  private adding = false;
 
   private async addOne(blob: Uint8Array, digests: Uint8Array, dOff: number, rawLength: number): Promise<void> {
     if ((this.entryCount + 1) * ENTRY_BYTES > this.entries.length) {

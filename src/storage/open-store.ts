@@ -2,6 +2,7 @@
  * Opens the object store a repository location names: a local folder, or `s3://bucket/prefix`.
  * The S3 store (and with it the AWS SDK) is loaded only when asked for.
  */
+import { AppError } from '../domain/errors.ts';
 import { LocalObjectStore } from './local-store.ts';
 import type { ObjectStore } from './object-store.ts';
 import { isS3Url } from './s3-url.ts';
@@ -15,4 +16,15 @@ export async function openObjectStore(location: string, s3: S3Settings = {}): Pr
   if (!isS3Url(location)) return new LocalObjectStore(location);
   const { S3ObjectStore } = await import('./s3-store.ts');
   return new S3ObjectStore({ url: location, endpoint: s3.endpoint || undefined, region: s3.region || undefined });
+}
+
+/**
+ * For `.catch()` on opening a repository at `location`: Haven's own errors say what is wrong
+ * already; anything else (a network error) is rethrown with the where.
+ */
+export function openFailure(location: string): (err: unknown) => never {
+  return (err) => {
+    if (err instanceof AppError) throw err;
+    throw new Error(`cannot open the repository at ${location}: ${(err as Error).message}`, { cause: err });
+  };
 }

@@ -22,7 +22,7 @@
  * requires them, since many S3-compatible servers do not accept the SDK's newer default trailers.
  */
 import { randomBytes } from 'node:crypto';
-import { DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { parseS3Url } from './s3-url.ts';
 import { assertValidKey, bodyParts, type Body, ObjectNotFoundError, type GetOptions, type ObjectInfo, type ObjectStore } from './object-store.ts';
 
@@ -49,13 +49,12 @@ function isRepositoryKey(key: string): boolean {
 }
 
 function statusOf(err: unknown): number | undefined {
-  return err instanceof S3ServiceException ? err.$metadata.httpStatusCode : (err as { $metadata?: { httpStatusCode?: number } } | null)?.$metadata?.httpStatusCode;
+  return (err as { $metadata?: { httpStatusCode?: number } } | null)?.$metadata?.httpStatusCode;
 }
 
-/** The object is absent (not the bucket: NoSuchBucket is an error of the setup, never "absent"). */
+/** The object is absent. (NoSuchBucket never gets here: the client's middleware makes it a setup error.) */
 function isNotFound(err: unknown): boolean {
   const name = (err as { name?: string } | null)?.name;
-  if (name === 'NoSuchBucket') return false;
   return statusOf(err) === 404 || name === 'NoSuchKey' || name === 'NotFound';
 }
 
@@ -154,15 +153,8 @@ export class S3ObjectStore implements ObjectStore {
     const Key = this.objectKey(`probes/conditional-write-${randomBytes(8).toString('hex')}`);
     const Body = new Uint8Array(0);
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body, IfNoneMatch: '*' }));
-      let secondWon = true;
-      try {
-        await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body, IfNoneMatch: '*' }));
-      } catch (err) {
-        if (statusOf(err) !== 412) throw err;
-        secondWon = false;
-      }
-      if (secondWon) throw new Error(`the S3 server of ${this.location} ignores conditional writes (If-None-Match: *), which Haven needs to create a repository safely; use a server that supports them (AWS S3, MinIO, Ceph RGW, Cloudflare R2)`);
+      // The first create of a fresh key must win, the second must lose.
+      if ((await this.conditionalPut(Key, Body)) && (await this.conditionalPut(Key, Body))) throw new Error(`the S3 server of ${this.location} ignores conditional writes (If-None-Match: *), which Haven needs to create a repository safely; use a server that supports them (AWS S3, MinIO, Ceph RGW, Cloudflare R2)`);
     } finally {
       await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key })).catch(() => undefined);
     }

@@ -1,4 +1,8 @@
-/** `s3://bucket[/prefix]` repository URLs. Apart from s3-store.ts, so checking a URL does not load the AWS SDK. */
+/**
+ * Repository locations: a folder, or an `s3://bucket[/prefix]` URL. Apart from s3-store.ts, so
+ * checking a location does not load the AWS SDK.
+ */
+import * as path from 'node:path';
 import { assertValidKey } from './object-store.ts';
 
 export function isS3Url(s: string): boolean {
@@ -12,4 +16,11 @@ export function parseS3Url(url: string): { bucket: string; prefix: string } {
   const prefix = (m[2] ?? '').replace(/\/+$/, '');
   if (prefix) assertValidKey(prefix);
   return { bucket: m[1]!, prefix: prefix ? `${prefix}/` : '' };
+}
+
+/** A location as users write it, made canonical: a folder made absolute, an S3 URL checked. Throws a plain Error saying what is wrong. */
+export function resolveLocation(location: string): string {
+  if (!isS3Url(location)) return path.resolve(location);
+  parseS3Url(location);
+  return location;
 }

@@ -3,7 +3,7 @@ import { realpathSync } from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { AppError, ErrorCode } from '../../domain/errors.ts';
-import { writeBackup } from '../../engine/backup-writer.ts';
+import { writeBackup, type Progress } from '../../engine/backup-writer.ts';
 import { collectGarbage, deleteBackup } from '../../engine/garbage-collector.ts';
 import { BACKUP_ID_RE, type BackupManifest } from '../../engine/manifest.ts';
 import { DEFAULT_CHUNK_SIZE, Repository } from '../../engine/repository.ts';
@@ -11,7 +11,7 @@ import { restoreBackup } from '../../engine/restore-reader.ts';
 import { verifyRepository } from '../../engine/verifier.ts';
 import { FileVolumeSource } from '../../engine/volume-source.ts';
 import { ChunkWorkerPool, DEFAULT_WORKER_NICE } from '../../engine/worker-pool.ts';
-import { formatBytes, formatRate, progressReporter } from '../output.ts';
+import { formatBytes, formatRate, progressReporter, type ProgressReporter } from '../output.ts';
 import { openRepository, openStore, readPassword, repoLocation, type RepoOptions } from '../repo-access.ts';
 
 function out(json: boolean | undefined, obj: unknown, text: string): void {
@@ -83,10 +83,11 @@ export function registerEngineCommands(program: Command): void {
   repoCommand(program, 'init', 'create a repository (encrypted when a password file is given)', 'file holding the repository password (or HAVEN_PASSWORD_FILE)')
     .option('--chunk-size <size>', 'chunk size, a multiple of 4KiB', `${DEFAULT_CHUNK_SIZE / 1024}KiB`)
     .action(async (o: RepoOptions & { chunkSize: string; json?: boolean }) => {
+      const location = repoLocation(o);
       const repo = await Repository.init(await openStore(o), { password: readPassword(o), chunkSizeBytes: parseChunkSize(o.chunkSize) });
       const c = repo.config;
-      out(o.json, { id: c.id, repo: repoLocation(o), encrypted: c.encryption !== null, chunkSizeBytes: c.chunkSizeBytes },
-        `created ${c.encryption ? 'encrypted' : 'unencrypted'} repository ${c.id} at ${repoLocation(o)} (chunk size ${formatBytes(c.chunkSizeBytes)})`);
+      out(o.json, { id: c.id, repo: location, encrypted: c.encryption !== null, chunkSizeBytes: c.chunkSizeBytes },
+        `created ${c.encryption ? 'encrypted' : 'unencrypted'} repository ${c.id} at ${location} (chunk size ${formatBytes(c.chunkSizeBytes)})`);
     });
 
   repoCommand(program, 'backup', 'back up a volume (raw image file or block device); incremental against its last backup')
@@ -202,20 +203,18 @@ export function registerEngineCommands(program: Command): void {
     .action(async (o: RepoOptions & { json?: boolean }) => {
       const repo = await openRepository(o);
       // One bar per phase: marking what every backup uses, then sweeping the packs.
-      let bar: { phase: string; reporter: ReturnType<typeof progressReporter> } | null = null;
-      const onProgress = (phase: 'mark' | 'sweep', p: { doneBytes: number; totalBytes: number }): void => {
-        if (bar?.phase !== phase) {
-          bar?.reporter.stop();
-          bar = { phase, reporter: progressReporter(`gc ${phase.padEnd(5)}`, !o.json) };
+      const bars = new Map<string, ProgressReporter>();
+      const onProgress = (phase: 'mark' | 'sweep', p: Progress): void => {
+        let bar = bars.get(phase);
+        if (!bar) {
+          for (const earlier of bars.values()) earlier.stop();
+          bars.set(phase, (bar = progressReporter(`gc ${phase.padEnd(5)}`, !o.json)));
         }
-        bar.reporter.onProgress(p);
+        bar.onProgress(p);
       };
-      let r;
-      try {
-        r = await collectGarbage(repo, { onProgress });
-      } finally {
-        (bar as { reporter: { stop(): void } } | null)?.reporter.stop();
-      }
+      const r = await collectGarbage(repo, { onProgress }).finally(() => {
+        for (const bar of bars.values()) bar.stop();
+      });
       out(o.json, r, [
         r.deferred ? `gc deferred: ${r.deferredReason}` : '',
         `gc: ${r.backups} backup(s), ${r.referencedChunks} chunks in use, ${r.deletedChunks} removed, ${r.pendingChunks} pending; ${r.deletedPacks} packs deleted, ${r.rewrittenPacks} rewritten; reclaimed ${formatBytes(r.reclaimedBytes)} (${formatBytes(r.repositoryBytesBefore)} -> ${formatBytes(r.repositoryBytesAfter)})`,
