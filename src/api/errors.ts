@@ -10,7 +10,7 @@
  * domain code, the OTC code and status its reference prescribes (RouteErrorCodes); otherwise the
  * defaults below apply.
  */
-import { AppError, ErrorCode } from '../domain/errors.ts';
+import { AppError, ErrorCode, isNoSpaceError } from '../domain/errors.ts';
 
 export type Envelope = 'vbs' | 'cinder' | 'keystone' | 'csbs';
 
@@ -66,6 +66,7 @@ const DEFAULT_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.RestoreMappingInvalid]: 400,
   [ErrorCode.ServerInOtherPolicy]: 400,
   [ErrorCode.PolicyHasNoServer]: 500,
+  [ErrorCode.NoSpace]: 507,
 };
 
 /** Per route: domain code -> [OTC code, HTTP status]. */
@@ -83,13 +84,13 @@ export interface ValidationCodes {
 }
 
 const CINDER_FAULT: Record<number, string> = {
-  400: 'badRequest', 401: 'unauthorized', 403: 'forbidden', 404: 'itemNotFound', 405: 'badMethod', 409: 'conflictingRequest', 413: 'overLimit', 415: 'badMediaType', 500: 'computeFault', 503: 'serviceUnavailable',
+  400: 'badRequest', 401: 'unauthorized', 403: 'forbidden', 404: 'itemNotFound', 405: 'badMethod', 409: 'conflictingRequest', 413: 'overLimit', 414: 'badRequest', 415: 'badMediaType', 431: 'badRequest', 500: 'computeFault', 503: 'serviceUnavailable', 507: 'overLimit',
 };
 const TITLE: Record<number, string> = {
-  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 409: 'Conflict', 413: 'Request Entity Too Large', 415: 'Unsupported Media Type', 500: 'Internal Server Error', 503: 'Service Unavailable',
+  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 409: 'Conflict', 413: 'Request Entity Too Large', 414: 'URI Too Long', 415: 'Unsupported Media Type', 431: 'Request Header Fields Too Large', 500: 'Internal Server Error', 503: 'Service Unavailable', 507: 'Insufficient Storage',
 };
 /** VBS codes for failures the reference gives no per-endpoint code for. */
-const VBS_GENERIC: Record<number, string> = { 400: 'VolumeBackup.0002', 401: 'AutoBackup.0003', 403: 'VolumeBackup.0042', 404: 'common.0011', 405: 'VolumeBackup.0002', 409: 'VolumeBackup.0013', 413: 'VolumeBackup.0002', 415: 'VolumeBackup.0002', 500: 'VolumeBackup.0014', 503: 'VolumeBackup.0900' };
+const VBS_GENERIC: Record<number, string> = { 400: 'VolumeBackup.0002', 401: 'AutoBackup.0003', 403: 'VolumeBackup.0042', 404: 'common.0011', 405: 'VolumeBackup.0002', 409: 'VolumeBackup.0013', 413: 'VolumeBackup.0002', 414: 'VolumeBackup.0002', 415: 'VolumeBackup.0002', 431: 'VolumeBackup.0002', 500: 'VolumeBackup.0014', 503: 'VolumeBackup.0900', 507: 'VolumeBackup.0014' };
 
 export interface ErrorReply {
   statusCode: number;
@@ -116,6 +117,9 @@ export function envelope(kind: Envelope, statusCode: number, message: string, ot
  */
 export function replyForError(kind: Envelope, err: unknown, codes: RouteErrorCodes | undefined): ErrorReply {
   if (err instanceof ApiError) return envelope(kind, err.statusCode, err.message, err.otcCode);
+  // Lack of space, wherever it surfaced (a file write, the catalog, the repository), whatever wraps
+  // it: 507, saying so, never a 500. The operator frees space; nothing else is wrong.
+  if (isNoSpaceError(err)) return envelope(kind, 507, 'Insufficient storage: the service\'s disk is full. Retry once the operator has freed space.');
   if (err instanceof AppError) {
     // A service may name the reference's own code for a rule it checks (details.csbs).
     const named = typeof err.details?.csbs === 'string' ? err.details.csbs : undefined;

@@ -7,6 +7,8 @@
  * known route with the wrong method, 413 for oversized bodies. A client never sees a stack trace.
  */
 import { randomUUID } from 'node:crypto';
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { Ajv, type Options as AjvOptions } from 'ajv';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import fastifySwagger from '@fastify/swagger';
@@ -82,15 +84,47 @@ export function baseUrl(config: Config, req: FastifyRequest): string {
   return config.publicUrl || `${req.protocol}://${req.host}`;
 }
 
-export async function buildServer(services: ApiServices, opts: { logger?: PinoLogger } = {}): Promise<FastifyInstance> {
+const MAX_PARAM_LENGTH = 500;
+
+/**
+ * Errors Node's HTTP parser answers before fastify sees a request (oversized headers: 431, a
+ * malformed request: 400, a client too slow: 408), written raw in the envelope of the API family
+ * the request line names (the parser keeps the bytes it read in err.rawPacket).
+ */
+function clientErrorHandler(this: FastifyInstance, error: Error, socket: Duplex): void {
+  const err = error as Error & { code?: string; rawPacket?: unknown };
+  if (err.code === 'ECONNRESET' || socket.destroyed) return; // nothing left to answer
+  const [status, message] = err.code === 'HPE_HEADER_OVERFLOW' ? [431, 'The request\'s header fields are too large.']
+    : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'The request was not received in time.']
+    : [400, 'The request is not valid HTTP.'];
+  const raw = Buffer.isBuffer(err.rawPacket) ? err.rawPacket.subarray(0, 8192).toString('latin1') : '';
+  const target = /^[A-Z]+ (\/\S*) HTTP\//.exec(raw)?.[1] ?? '/';
+  const body = JSON.stringify(envelope(pathEnvelope(target), status, message).body);
+  this.log.debug({ err }, 'client error');
+  if (socket.writable) {
+    socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  }
+  socket.destroy();
+}
+
+export async function buildServer(services: ApiServices, opts: { logger?: PinoLogger; https?: { cert: Buffer; key: Buffer } } = {}): Promise<FastifyInstance> {
   const { config } = services;
   const app = Fastify({
     ...(opts.logger ? { loggerInstance: opts.logger as unknown as FastifyBaseLogger } : { logger: false }),
+    ...(opts.https ? { https: { cert: opts.https.cert, key: opts.https.key } } : {}),
     bodyLimit: config.bodyLimitBytes,
     genReqId: () => `req-${randomUUID()}`,
     return503OnClosing: true,
-    routerOptions: { ignoreTrailingSlash: true, ignoreDuplicateSlashes: true, maxParamLength: 500 },
-  });
+    routerOptions: { ignoreTrailingSlash: true, ignoreDuplicateSlashes: true, maxParamLength: MAX_PARAM_LENGTH },
+    clientErrorHandler,
+    // Errors the router raises before a route is found: a path parameter too long (414), a path
+    // that is not valid percent-encoding (400).
+    frameworkErrors: (err: FastifyError, req: FastifyRequest, reply: FastifyReply) => {
+      const tooLong = err.code === 'FST_ERR_MAX_PARAM_LENGTH';
+      const out = envelope(pathEnvelope(req.url), tooLong ? 414 : 400, tooLong ? `The request URI is too long: a path parameter is longer than ${MAX_PARAM_LENGTH} characters.` : 'The request path is not valid (bad percent-encoding).');
+      void reply.code(out.statusCode).type('application/json').send(out.body);
+    },
+  }) as unknown as FastifyInstance;
   // Bodies are validated as sent (a string is not an integer); query strings are coerced from text.
   const bodyAjv = new Ajv({ ...AJV_BASE, coerceTypes: false });
   const queryAjv = new Ajv({ ...AJV_BASE, coerceTypes: 'array' });

@@ -23,6 +23,8 @@ export const ErrorCode = {
   Cancelled: 'CANCELLED',
   StorageError: 'STORAGE_ERROR',
   CatalogError: 'CATALOG_ERROR',
+  /** The data folder, the catalog or the repository has no space left (ENOSPC, EDQUOT, SQLITE_FULL). */
+  NoSpace: 'NO_SPACE',
   // Identity
   AuthenticationFailed: 'AUTHENTICATION_FAILED',
   TokenInvalid: 'TOKEN_INVALID',
@@ -82,6 +84,21 @@ export class AppError extends Error {
 
 export function isAppError(err: unknown, code?: ErrorCode): err is AppError {
   return err instanceof AppError && (code === undefined || err.code === code);
+}
+
+/**
+ * Whether `err`, or an error it wraps (its `cause` chain), is a lack of space: a file system's
+ * ENOSPC or EDQUOT, SQLite's SQLITE_FULL ("database or disk is full"), PostgreSQL's 53100
+ * (disk_full), or an AppError NoSpace.
+ */
+export function isNoSpaceError(err: unknown): boolean {
+  for (let e = err, depth = 0; e && typeof e === 'object' && depth < 10; e = (e as { cause?: unknown }).cause, depth++) {
+    const x = e as { code?: unknown; errcode?: unknown; errstr?: unknown; message?: unknown };
+    if (x.code === 'ENOSPC' || x.code === 'EDQUOT' || x.code === ErrorCode.NoSpace || x.code === '53100') return true;
+    if (x.errcode === 13 || x.errstr === 'database or disk is full') return true; // SQLITE_FULL (node:sqlite)
+    if (typeof x.message === 'string' && /database or disk is full|no space left on device/i.test(x.message)) return true;
+  }
+  return false;
 }
 
 /** Turns an AbortSignal's reason into the Cancelled error the engine throws. */
