@@ -38,8 +38,14 @@ export class JobQueries {
     return r && toJob(r);
   }
 
-  async queuedJobIds(limit: number): Promise<string[]> {
-    return (await this.db.all<{ id: string }>("SELECT id FROM jobs WHERE status = 'INIT' ORDER BY created_at, id LIMIT ?", [limit])).map((r) => r.id);
+  /**
+   * The oldest queued jobs, skipping those of `skipProjects` (projects that already hold their share
+   * of the claiming runner's slots), so a long queue of one project never hides another's job.
+   */
+  async queuedJobs(limit: number, skipProjects: readonly string[] = []): Promise<{ id: string; projectId: string }[]> {
+    const skip = skipProjects.length ? ` AND project_id NOT IN (${skipProjects.map(() => '?').join(', ')})` : '';
+    const rows = await this.db.all<{ id: string; project_id: string }>(`SELECT id, project_id FROM jobs WHERE status = 'INIT'${skip} ORDER BY created_at, id LIMIT ?`, [...skipProjects, limit]);
+    return rows.map((r) => ({ id: r.id, projectId: r.project_id }));
   }
 
   /** Compare-and-set claim: INIT -> RUNNING for `owner`; false when another process won. */
@@ -51,13 +57,31 @@ export class JobQueries {
     return (await this.db.run("UPDATE jobs SET heartbeat_at = ?, progress_done = ?, progress_total = ? WHERE id = ? AND owner = ? AND status = 'RUNNING'", [nowMs, done, total, id, owner])).changes === 1;
   }
 
+  /**
+   * Asks for a queued or running job to stop: its owner sees the reason at its next heartbeat
+   * (cancelReason) and aborts it. False when the job has already ended.
+   */
+  async requestCancel(id: string, reason: string): Promise<boolean> {
+    return (await this.db.run("UPDATE jobs SET cancel_reason = ? WHERE id = ? AND status IN ('INIT', 'RUNNING')", [reason, id])).changes === 1;
+  }
+
+  /** The reason a cancel was asked for, or null (not cancelled, or no such job). */
+  async cancelReason(id: string): Promise<string | null> {
+    return (await this.db.get<{ cancel_reason: string | null }>('SELECT cancel_reason FROM jobs WHERE id = ?', [id]))?.cancel_reason ?? null;
+  }
+
+  /** Queued or running jobs of some types (few: the queue's working set), for finding a backup's job. */
+  async activeJobs(types: readonly JobType[]): Promise<Job[]> {
+    const marks = types.map(() => '?').join(', ');
+    return (await this.db.all<JobRow>(`SELECT * FROM jobs WHERE status IN ('INIT', 'RUNNING') AND job_type IN (${marks}) ORDER BY created_at, id`, [...types])).map(toJob);
+  }
+
   /** RUNNING -> SUCCESS | FAIL, only by the owner (or by recovery, owner null). */
   async finishJob(id: string, owner: string | null, r: { status: 'SUCCESS' | 'FAIL'; entities: Record<string, string>; errorCode: string | null; failReason: string | null }, nowMs: number): Promise<boolean> {
     const ownerCheck = owner === null ? '' : ' AND owner = ?';
     const params = [r.status, JSON.stringify(r.entities), r.errorCode, r.failReason, nowMs, id, ...(owner === null ? [] : [owner])];
     return (await this.db.run(`UPDATE jobs SET status = ?, entities = ?, error_code = ?, fail_reason = ?, end_time = ? WHERE id = ? AND status IN ('INIT', 'RUNNING')${ownerCheck}`, params)).changes === 1;
   }
-
 
   /** Running jobs whose owner stopped refreshing the heartbeat before `beforeMs` (or all, with Infinity). */
   async staleRunningJobs(beforeMs: number): Promise<Job[]> {

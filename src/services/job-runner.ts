@@ -7,11 +7,18 @@
  * finishes it as FAIL through its handler, which puts the backup and volume back into a defined
  * state (docs/state-machines.md). In the embedded mode one process owns the catalog, so every job
  * found RUNNING at start-up is such an orphan. No job stays RUNNING forever.
+ *
+ * Fairness: a project runs at most half of this process's slots (rounded up, at least one), so
+ * one tenant's long jobs never keep another's waiting; the claim query skips projects at their share.
+ *
+ * Cancelling: a job whose row carries a cancel request (JobQueries.requestCancel) is aborted
+ * through its AbortSignal, at once when this process is told (cancel()), otherwise at its owner's
+ * next heartbeat; it ends FAIL with the request's reason, and its slot is free again.
  */
 import { randomBytes } from 'node:crypto';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { Clock } from '../domain/clock.ts';
-import { AppError, ErrorCode } from '../domain/errors.ts';
+import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import type { Job, JobType } from '../domain/model.ts';
 
 export interface JobContext {
@@ -59,7 +66,7 @@ export class JobRunner {
   private readonly handlers: Record<JobType, JobHandler>;
   private readonly log: Logger;
   private readonly opts: Required<Omit<JobRunnerOptions, 'onJobFinished'>> & Pick<JobRunnerOptions, 'onJobFinished'>;
-  private readonly running = new Map<string, { ac: AbortController; done: Promise<void> }>();
+  private readonly running = new Map<string, { ac: AbortController; done: Promise<void>; projectId: string }>();
   private timer: NodeJS.Timeout | null = null;
   private claiming: Promise<void> | null = null;
   private claimAgain = false;
@@ -105,10 +112,11 @@ export class JobRunner {
       await this.recover(this.clock.now() - this.opts.staleAfterMs);
     }
     while (!this.stopped && this.running.size < this.opts.concurrency) {
-      const ids = await this.catalog.jobs.queuedJobIds(this.opts.concurrency * 2);
+      const queued = await this.catalog.jobs.queuedJobs(this.opts.concurrency * 2, this.projectsAtShare());
       let claimed = 0;
-      for (const id of ids) {
+      for (const { id, projectId } of queued) {
         if (this.stopped || this.running.size >= this.opts.concurrency) break;
+        if (this.projectsAtShare().includes(projectId)) continue; // took its share in this batch
         if (!(await this.catalog.jobs.claimJob(id, this.owner, this.clock.now()))) continue; // another runner won
         const job = await this.catalog.jobs.getJobById(id);
         if (!job) continue;
@@ -119,26 +127,60 @@ export class JobRunner {
     }
   }
 
+  /** The most slots one project may hold in this process: half, rounded up, at least one. */
+  get projectShare(): number {
+    return Math.max(1, Math.ceil(this.opts.concurrency / 2));
+  }
+
+  /** Projects holding their share of this process's slots: their queued jobs wait for a free one. */
+  private projectsAtShare(): string[] {
+    const counts = new Map<string, number>();
+    for (const r of this.running.values()) counts.set(r.projectId, (counts.get(r.projectId) ?? 0) + 1);
+    return [...counts].filter(([, n]) => n >= this.projectShare).map(([p]) => p);
+  }
+
+  /**
+   * Aborts a job if this process runs it (the catalog's cancel request reaches other processes at
+   * their next heartbeat). Returns whether it ran here.
+   */
+  cancel(jobId: string, reason: string): boolean {
+    const r = this.running.get(jobId);
+    if (!r) return false;
+    if (!r.ac.signal.aborted) r.ac.abort(new AppError(ErrorCode.Cancelled, `cancelled: ${reason}`));
+    return true;
+  }
+
   private execute(job: Job): void {
     const ac = new AbortController();
     const started = this.clock.now();
     let done = 0;
     let total = 0;
+    const cancelIfAsked = async (): Promise<void> => {
+      const reason = await this.catalog.jobs.cancelReason(job.id);
+      if (reason && !ac.signal.aborted) ac.abort(new AppError(ErrorCode.Cancelled, `cancelled: ${reason}`));
+    };
     const beat = setInterval(() => {
-      this.catalog.jobs.heartbeat(job.id, this.owner, this.clock.now(), done, total).catch((err: unknown) => this.log.warn({ err, jobId: job.id }, 'job heartbeat failed'));
+      this.catalog.jobs.heartbeat(job.id, this.owner, this.clock.now(), done, total)
+        .then(cancelIfAsked)
+        .catch((err: unknown) => this.log.warn({ err, jobId: job.id }, 'job heartbeat failed'));
     }, this.opts.heartbeatMs);
     beat.unref();
     const handler = this.handlers[job.type];
     const work = (async () => {
       this.log.info({ jobId: job.id, jobType: job.type, projectId: job.projectId }, 'job started');
       try {
+        // A cancel that landed between the claim and now (the request's process could not abort
+        // a job it did not yet know as running).
+        await cancelIfAsked();
+        if (ac.signal.aborted) throw ac.signal.reason;
         const entities = await handler.run(job, { signal: ac.signal, progress: (d, t) => ((done = d), (total = t)) });
         await this.catalog.jobs.heartbeat(job.id, this.owner, this.clock.now(), total, total);
         await this.catalog.jobs.finishJob(job.id, this.owner, { status: 'SUCCESS', entities, errorCode: null, failReason: null }, this.clock.now());
         this.log.info({ jobId: job.id, jobType: job.type, durationMs: this.clock.now() - started }, 'job succeeded');
         this.opts.onJobFinished?.(job, 'SUCCESS', this.clock.now() - started);
       } catch (err) {
-        await this.failJob(job, this.owner, err);
+        // A cancelled job fails with the cancel's reason, not with whatever error the abort surfaced as.
+        await this.failJob(job, this.owner, ac.signal.aborted && isAppError(ac.signal.reason, ErrorCode.Cancelled) ? ac.signal.reason : err);
         this.opts.onJobFinished?.(job, 'FAIL', this.clock.now() - started);
       }
     })().finally(() => {
@@ -146,7 +188,7 @@ export class JobRunner {
       this.running.delete(job.id);
       this.wake();
     });
-    this.running.set(job.id, { ac, done: work });
+    this.running.set(job.id, { ac, done: work, projectId: job.projectId });
   }
 
   private async failJob(job: Job, owner: string | null, err: unknown): Promise<void> {
@@ -199,7 +241,7 @@ export class JobRunner {
     for (;;) {
       await this.claiming;
       if (!this.running.size) {
-        const queued = await this.catalog.jobs.queuedJobIds(1);
+        const queued = await this.catalog.jobs.queuedJobs(1);
         if (!queued.length || this.stopped) return;
         this.wake();
         await this.claiming;
