@@ -1,11 +1,12 @@
 /**
  * The two kinds of scheduled policies, as ScheduleSources: VBS backup policies (start times, week
- * days or every N days, time zone) and CSBS policies (RRULE pattern, read in the retention time
- * zone). One scheduler, one slot model, one claim protocol for both.
+ * days or every N days, time zone) and CSBS policies (RRULE pattern, read in UTC unless it names
+ * its own TZID; the policy's `timezone` is for retention only). One scheduler, one slot model, one
+ * claim protocol for both.
  */
 import type { Catalog } from '../catalog/catalog.ts';
 import type { CsbsPolicy } from '../domain/csbs-policy.ts';
-import { parseTimeZone, type PolicyWithCount } from '../domain/policy.ts';
+import type { PolicyWithCount } from '../domain/policy.ts';
 import type { Logger } from '../services/job-runner.ts';
 import type { CsbsPolicyService } from '../services/csbs-policy-service.ts';
 import type { PolicyService } from '../services/policy-service.ts';
@@ -33,10 +34,12 @@ export function vbsPolicySource(catalog: Catalog, policies: PolicyService): Sche
   };
 }
 
-/** The schedule of a CSBS policy: its RRULE in the retention time zone (UTC without one). */
-export function csbsScheduleOf(p: Pick<CsbsPolicy, 'pattern' | 'retention' | 'scheduleAnchor'>) {
-  const offset = p.retention.timezone ? (parseTimeZone(p.retention.timezone) ?? 0) : 0;
-  return rruleSchedule(parsePattern(p.pattern), offset, p.scheduleAnchor);
+/**
+ * The schedule of a CSBS policy: its RRULE in UTC, or in the pattern's own TZID. Never in the
+ * retention `timezone` (csbs.md §3.5): clients written for OTC expect BYHOUR=14 to run at 14:00 UTC.
+ */
+export function csbsScheduleOf(p: Pick<CsbsPolicy, 'pattern' | 'scheduleAnchor'>) {
+  return rruleSchedule(parsePattern(p.pattern), p.scheduleAnchor);
 }
 
 export function csbsPolicySource(catalog: Catalog, policies: CsbsPolicyService, log: Logger): ScheduleSource<CsbsPolicy> {

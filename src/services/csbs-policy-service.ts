@@ -1,7 +1,9 @@
 /**
  * CSBS backup policies: servers, one scheduled operation (RRULE pattern + retention), run now (B1)
  * or by the scheduler, and retention after each scheduled backup — the same retention function as
- * VBS policies, with CSBS's rules (domain/retention.ts).
+ * VBS policies, with CSBS's rules (domain/retention.ts). The pattern is read in UTC unless it names
+ * its own TZID (scheduler/rrule.ts); the operation's `timezone` only places backups in the days,
+ * weeks, months and years of the long-term retention rules.
  */
 import { ProjectLock, type Catalog, type CatalogQueries } from '../catalog/catalog.ts';
 import type { Checkpoint, CheckpointItem } from '../domain/checkpoint.ts';
@@ -110,8 +112,10 @@ export class CsbsPolicyService {
         if (o.pattern !== undefined) next.pattern = o.pattern;
       }
       this.checkRetention(next.retention);
-      // A new pattern or time zone, or switching the schedule on, starts counting from now: no missed runs fire.
-      if (next.pattern !== p.pattern || next.retention.timezone !== p.retention.timezone || (next.enabled && !p.enabled)) {
+      // A new pattern, or switching the schedule on, starts counting from now: no missed runs fire.
+      // The retention timezone does not move the schedule (patterns are read in UTC or their own
+      // TZID, csbs.md §3.5), so changing it leaves the schedule alone.
+      if (next.pattern !== p.pattern || (next.enabled && !p.enabled)) {
         next.scheduleAnchor = next.updatedAt;
         next.nextRunAt = null;
       }

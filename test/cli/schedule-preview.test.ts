@@ -16,12 +16,23 @@ describe('haven schedule preview', () => {
     assert.deepEqual(r.stdout.trim().split('\n'), ['2026-11-28T02:00:00.000Z', '2026-12-01T02:00:00.000Z', '2026-12-04T02:00:00.000Z']);
   });
 
-  it('takes a CSBS RRULE pattern, wrapped or not, in a time zone', async () => {
+  it('takes a CSBS RRULE pattern, wrapped or not, in UTC unless the pattern names its TZID', async () => {
     const r = await runCli(['schedule', 'preview', '--pattern', 'BEGIN:VCALENDAR\\r\\nBEGIN:VEVENT\\r\\nRRULE:FREQ=WEEKLY;BYDAY=TH;BYHOUR=12;BYMINUTE=27\\r\\nEND:VEVENT\\r\\nEND:VCALENDAR\\r\\n', '--from', '2026-11-25T00:00:00Z', '--count', '2', '--json']);
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(JSON.parse(r.stdout), ['2026-11-26T12:27:00.000Z', '2026-12-03T12:27:00.000Z']);
-    const tz = await runCli(['schedule', 'preview', '--pattern', 'RRULE:FREQ=DAILY;BYHOUR=23;BYMINUTE=0', '--time-zone', 'UTC+01:00', '--from', '2026-11-25T00:00:00Z', '--count', '2', '--json']);
-    assert.deepEqual(JSON.parse(tz.stdout), ['2026-11-25T22:00:00.000Z', '2026-11-26T22:00:00.000Z']);
+    const utc = await runCli(['schedule', 'preview', '--pattern', 'RRULE:FREQ=DAILY;BYHOUR=14;BYMINUTE=0', '--from', '2026-11-25T00:00:00Z', '--count', '2', '--json']);
+    assert.deepEqual(JSON.parse(utc.stdout), ['2026-11-25T14:00:00.000Z', '2026-11-26T14:00:00.000Z']);
+    const shanghai = 'BEGIN:VCALENDAR\\nBEGIN:VEVENT\\nDTSTART;TZID=Asia/Shanghai:20260101T000000\\nRRULE:FREQ=DAILY;BYHOUR=14;BYMINUTE=0\\nEND:VEVENT\\nEND:VCALENDAR';
+    const tz = await runCli(['schedule', 'preview', '--pattern', shanghai, '--from', '2026-11-25T00:00:00Z', '--count', '2', '--json']);
+    assert.equal(tz.code, 0, tz.stderr);
+    assert.deepEqual(JSON.parse(tz.stdout), ['2026-11-25T06:00:00.000Z', '2026-11-26T06:00:00.000Z']);
+  });
+
+  it('refuses --time-zone with --pattern (a CSBS policy\'s timezone is for retention only), naming the TZID way', async () => {
+    const r = await runCli(['schedule', 'preview', '--pattern', 'RRULE:FREQ=DAILY;BYHOUR=23;BYMINUTE=0', '--time-zone', 'UTC+01:00', '--from', '2026-11-25T00:00:00Z']);
+    assert.notEqual(r.code, 0);
+    assert.equal(r.stdout, '');
+    assert.match(r.stderr, /^haven: error: --time-zone does not apply to --pattern: CSBS patterns are read in UTC.*DTSTART;TZID=Europe\/Berlin.*\n$/);
   });
 
   for (const [what, args] of [

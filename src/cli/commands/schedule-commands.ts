@@ -4,7 +4,7 @@
  */
 import type { Command } from 'commander';
 import { AppError, ErrorCode } from '../../domain/errors.ts';
-import { parseTimeZone, WEEK_DAYS, type WeekDay } from '../../domain/policy.ts';
+import { WEEK_DAYS, type WeekDay } from '../../domain/policy.ts';
 import { parsePattern, rruleSchedule } from '../../scheduler/rrule.ts';
 import { nextSlots, ScheduleError, vbsSchedule, type VbsSchedule } from '../../scheduler/schedule-spec.ts';
 
@@ -36,8 +36,8 @@ export function registerScheduleCommands(program: Command): void {
     .command('preview')
     .description('print the next run times (UTC, ISO 8601) of a VBS policy schedule or a CSBS RRULE pattern')
     .option('--start-time <times>', 'VBS: whole UTC hours, comma separated, e.g. "22:00,00:00,02:00"')
-    .option('--pattern <rrule>', 'CSBS: an RRULE pattern, e.g. "RRULE:FREQ=WEEKLY;BYDAY=MO,TH;BYHOUR=2;BYMINUTE=0" (times in --time-zone)')
-    .option('--time-zone <zone>', 'the policy\'s time zone, UTC+HH:mm or UTC-HH:mm')
+    .option('--pattern <rrule>', 'CSBS: an RRULE pattern, e.g. "RRULE:FREQ=WEEKLY;BYDAY=MO,TH;BYHOUR=2;BYMINUTE=0" (times in UTC, or in the pattern\'s own DTSTART;TZID=...)')
+    .option('--time-zone <zone>', 'VBS: the policy\'s time zone, UTC+HH:mm or UTC-HH:mm (not with --pattern: a CSBS policy\'s timezone is for retention only)')
     .option('--week-frequency <days>', 'local days of the week, e.g. MON,THU')
     .option('--frequency <days>', 'every N local days, counted from --created')
     .option('--created <iso>', 'when the policy was created or its schedule last changed (with --frequency)')
@@ -48,11 +48,11 @@ export function registerScheduleCommands(program: Command): void {
       if ((opts.startTime === undefined) === (opts.pattern === undefined)) throw new AppError(ErrorCode.InvalidArgument, 'give either --start-time (VBS) or --pattern (CSBS)');
       if (opts.pattern !== undefined) {
         if (opts.weekFrequency !== undefined || opts.frequency !== undefined) throw new AppError(ErrorCode.InvalidArgument, '--pattern carries its own days; leave out --week-frequency and --frequency');
+        // A CSBS pattern is read in UTC (or its own TZID); the policy's timezone never moves it.
+        if (opts.timeZone !== undefined) throw new AppError(ErrorCode.InvalidArgument, '--time-zone does not apply to --pattern: CSBS patterns are read in UTC (the policy\'s timezone serves only retention); to run in a zone, name it in the pattern: "BEGIN:VCALENDAR\\nBEGIN:VEVENT\\nDTSTART;TZID=Europe/Berlin:20260101T000000\\nRRULE:...\\nEND:VEVENT\\nEND:VCALENDAR"');
         return preview(opts, () => {
-          const offset = opts.timeZone === undefined ? 0 : parseTimeZone(opts.timeZone);
-          if (offset === null) throw new AppError(ErrorCode.InvalidArgument, `--time-zone ${opts.timeZone} is not UTC±HH:mm`);
           const from = parseIso(opts.from, '--from');
-          return { schedule: rruleSchedule(parsePattern(opts.pattern!.replace(/\\r\\n|\\n/g, '\n')), offset, opts.created !== undefined ? parseIso(opts.created, '--created') : from), from };
+          return { schedule: rruleSchedule(parsePattern(opts.pattern!.replace(/\\r\\n|\\n/g, '\n')), opts.created !== undefined ? parseIso(opts.created, '--created') : from), from };
         });
       }
       if ((opts.weekFrequency === undefined) === (opts.frequency === undefined)) throw new AppError(ErrorCode.InvalidArgument, 'give either --week-frequency or --frequency (with --created)');
