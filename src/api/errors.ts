@@ -36,6 +36,8 @@ const DEFAULT_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.UserNotFound]: 404,
   [ErrorCode.RoleNotFound]: 404,
   [ErrorCode.NameConflict]: 409,
+  [ErrorCode.TooManyRequests]: 429,
+  [ErrorCode.ServiceBusy]: 503,
   [ErrorCode.VolumeNotFound]: 404,
   [ErrorCode.SnapshotNotFound]: 404,
   [ErrorCode.BackupNotFound]: 404,
@@ -84,13 +86,13 @@ export interface ValidationCodes {
 }
 
 const CINDER_FAULT: Record<number, string> = {
-  400: 'badRequest', 401: 'unauthorized', 403: 'forbidden', 404: 'itemNotFound', 405: 'badMethod', 409: 'conflictingRequest', 413: 'overLimit', 414: 'badRequest', 415: 'badMediaType', 431: 'badRequest', 500: 'computeFault', 503: 'serviceUnavailable', 507: 'overLimit',
+  400: 'badRequest', 401: 'unauthorized', 403: 'forbidden', 404: 'itemNotFound', 405: 'badMethod', 409: 'conflictingRequest', 413: 'overLimit', 414: 'badRequest', 415: 'badMediaType', 429: 'overLimit', 431: 'badRequest', 500: 'computeFault', 503: 'serviceUnavailable', 507: 'overLimit',
 };
 const TITLE: Record<number, string> = {
-  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 409: 'Conflict', 413: 'Request Entity Too Large', 414: 'URI Too Long', 415: 'Unsupported Media Type', 431: 'Request Header Fields Too Large', 500: 'Internal Server Error', 503: 'Service Unavailable', 507: 'Insufficient Storage',
+  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 409: 'Conflict', 413: 'Request Entity Too Large', 414: 'URI Too Long', 415: 'Unsupported Media Type', 429: 'Too Many Requests', 431: 'Request Header Fields Too Large', 500: 'Internal Server Error', 503: 'Service Unavailable', 507: 'Insufficient Storage',
 };
 /** VBS codes for failures the reference gives no per-endpoint code for. */
-const VBS_GENERIC: Record<number, string> = { 400: 'VolumeBackup.0002', 401: 'AutoBackup.0003', 403: 'VolumeBackup.0042', 404: 'common.0011', 405: 'VolumeBackup.0002', 409: 'VolumeBackup.0013', 413: 'VolumeBackup.0002', 414: 'VolumeBackup.0002', 415: 'VolumeBackup.0002', 431: 'VolumeBackup.0002', 500: 'VolumeBackup.0014', 503: 'VolumeBackup.0900', 507: 'VolumeBackup.0014' };
+const VBS_GENERIC: Record<number, string> = { 400: 'VolumeBackup.0002', 401: 'AutoBackup.0003', 403: 'VolumeBackup.0042', 404: 'common.0011', 405: 'VolumeBackup.0002', 409: 'VolumeBackup.0013', 413: 'VolumeBackup.0002', 414: 'VolumeBackup.0002', 415: 'VolumeBackup.0002', 429: 'VolumeBackup.0002', 431: 'VolumeBackup.0002', 500: 'VolumeBackup.0014', 503: 'VolumeBackup.0900', 507: 'VolumeBackup.0014' };
 
 export interface ErrorReply {
   statusCode: number;

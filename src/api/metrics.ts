@@ -1,8 +1,11 @@
 /**
- * Prometheus metrics (prom-client), served at /metrics: HTTP requests, jobs, bytes backed up, and
- * the repository's size (measured at most once a minute, or every 15 minutes in an object store
- * that bills per listing request: listing a large repository is not free).
+ * Prometheus metrics (prom-client): HTTP requests, jobs, bytes backed up, and the repository's size
+ * (measured at most once a minute, or every 15 minutes in an object store that bills per listing
+ * request: listing a large repository is not free). Served at /metrics on the API to a cloud-admin
+ * token, and without a token only by buildMetricsServer, a listener of its own the operator opts
+ * into (HAVEN_METRICS_PORT, on HAVEN_METRICS_HOST: loopback by default).
  */
+import Fastify, { type FastifyInstance } from 'fastify';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export class Metrics {
@@ -74,4 +77,12 @@ export class Metrics {
     this.bytesNew.inc(b.newBytes);
     this.bytesStored.inc(b.storedBytes);
   }
+}
+
+/** The separate metrics listener: GET /metrics without a token, nothing else (no listen here). */
+export function buildMetricsServer(metrics: Metrics): FastifyInstance {
+  const app = Fastify({ logger: false });
+  app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
+  app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: { code: 404, title: 'Not Found', message: 'Only /metrics is served here.' } }));
+  return app;
 }

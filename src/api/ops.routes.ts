@@ -8,7 +8,9 @@ export function registerOpsRoutes(app: FastifyInstance, s: ApiServices): void {
     const ok = Object.values(parts).every((v) => v === 'ok');
     return reply.code(ok ? 200 : 503).send({ status: ok ? 'ok' : 'degraded', ...parts });
   });
-  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
+  // Metrics tell a lot about every tenant: on the API listener they need a cloud-admin token; for a
+  // scraper without one, the operator opts into a separate listener (HAVEN_METRICS_PORT, metrics.ts).
+  app.get('/metrics', { config: { auth: 'cloudAdmin' }, schema: { hide: true } }, async (_req, reply) => {
     const text = await s.metrics.registry.metrics();
     return reply.type(s.metrics.registry.contentType).send(text);
   });

@@ -14,7 +14,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstanc
 import fastifySwagger from '@fastify/swagger';
 import type { Logger as PinoLogger } from 'pino';
 import type { Config } from '../config/config.ts';
-import { AppError } from '../domain/errors.ts';
+import { AppError, ErrorCode } from '../domain/errors.ts';
 import type { AuthContext, IdentityService } from '../services/identity-service.ts';
 import type { BackupService } from '../services/backup-service.ts';
 import type { VolumeService } from '../services/volume-service.ts';
@@ -55,7 +55,13 @@ export interface ApiServices {
   health(): Promise<Record<string, string>>;
 }
 
-export type AuthMode = 'none' | 'token' | 'project' | 'admin';
+/**
+ * What a route requires of the caller's token. 'cloudAdmin': the admin role on the admin project
+ * (HAVEN_ADMIN_PROJECT) with a token scoped to it (identity management, cross-project powers);
+ * 'projectOrCloudAdmin': scoped to the path's project, or the cloud admin (e.g. another project's
+ * quotas). The admin role on any other project is a role on that project only.
+ */
+export type AuthMode = 'none' | 'token' | 'project' | 'projectOrCloudAdmin' | 'cloudAdmin';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -168,11 +174,11 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   // synchronous path for cached tokens: this runs on every request.
   const checkScope = (req: FastifyRequest, mode: AuthMode, ctx: AuthContext): void => {
     req.auth = ctx;
-    if (mode === 'project') {
+    if (mode === 'project' || (mode === 'projectOrCloudAdmin' && !ctx.isCloudAdmin)) {
       const pid = (req.params as { projectId?: string }).projectId;
       if (!ctx.project || ctx.project.id !== pid) throw new ApiError(403, `The token is not scoped to project ${pid ?? ''}.`, 'VolumeBackup.0042');
-    } else if (mode === 'admin') {
-      if (!ctx.isAdmin) throw new ApiError(403, 'You are not authorized to perform the requested action: admin role required.', 'VolumeBackup.0042');
+    } else if (mode === 'cloudAdmin') {
+      if (!ctx.isCloudAdmin) throw new ApiError(403, `You are not authorized to perform the requested action: the admin role on the admin project (${services.identity.adminProject}) is required.`, 'VolumeBackup.0042');
     }
   };
   app.addHook('onRequest', (req, _reply, done) => {
@@ -229,7 +235,11 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
     } else {
       out = replyForError(kind, err, cfg.errorCodes);
     }
-    if (out.statusCode >= 500) req.log.error({ err }, 'request failed');
+    // A login refused while password hashing is saturated is load, not a fault.
+    if (out.statusCode >= 500 && !((err as unknown) instanceof AppError && (err as unknown as AppError).code === ErrorCode.ServiceBusy)) req.log.error({ err }, 'request failed');
+    // Throttled (429) and busy (503) answers say when to come back.
+    const retryAfter = (err as unknown) instanceof AppError ? (err as unknown as AppError).details?.retryAfterSeconds : undefined;
+    if (typeof retryAfter === 'number') void reply.header('retry-after', String(retryAfter));
     void reply.code(out.statusCode).type('application/json').send(out.body);
   });
 

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import { buildServer } from '../api/server.ts';
-import { Metrics } from '../api/metrics.ts';
+import { buildMetricsServer, Metrics } from '../api/metrics.ts';
 import { Catalog } from '../catalog/catalog.ts';
 import { migrate } from '../catalog/migrate.ts';
 import { SqliteDatabase } from '../catalog/sqlite-database.ts';
@@ -51,6 +51,8 @@ export interface App {
   adminPasswordFile: string | null;
   /** The admin was made by another process sharing the catalog: its password is in that one's data folder. */
   adminPasswordShared: boolean;
+  /** The token-less /metrics listener (HAVEN_METRICS_PORT set), not yet listening; null otherwise. */
+  metricsServer: FastifyInstance | null;
   close(): Promise<void>;
 }
 
@@ -97,7 +99,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const repoPassword = config.repoPasswordFile ? await readPasswordFile(config.repoPasswordFile) : undefined;
     engine = await BackupEngine.open(store, { password: repoPassword, threads: opts.threads, nice: config.workerNice }).catch(openFailure(config.repositoryUrl));
 
-    const identity = new IdentityService(catalog, clock, config.tokenTtlSeconds);
+    const identity = new IdentityService(catalog, clock, config.tokenTtlSeconds, { adminProject: config.adminProject });
     const admin = await adminPassword(config);
     const boot = await identity.bootstrap(admin.password);
     if (config.adminPassword) await identity.resetPassword('admin', config.adminPassword);
@@ -165,12 +167,15 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const r = runner;
     const purge = setInterval(() => identity.purgeExpiredTokens().catch((err: unknown) => log.warn({ err }, 'purging expired tokens failed')), 3600_000);
     purge.unref();
+    const metricsServer = config.metricsPort ? buildMetricsServer(metrics) : null;
     return {
       config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, adminPasswordFile, adminPasswordShared,
+      metricsServer,
       async close() {
         clearInterval(purge);
         await scheduler.stop();
         await server.close();
+        await metricsServer?.close();
         await r.stop();
         await eng.close();
         await catalog.close();

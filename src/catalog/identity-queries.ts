@@ -4,7 +4,18 @@ import type { SqlExecutor } from './sql.ts';
 
 interface ProjectRow { id: string; name: string; domain_id: string; description: string; enabled: number; created_at: number }
 interface UserRow { id: string; name: string; domain_id: string; password_hash: string; enabled: number; default_project_id: string | null; created_at: number }
-interface TokenRow { user_id: string; project_id: string | null; roles: string; methods: string; audit_id: string; issued_at: number; expires_at: number }
+interface TokenRow { user_id: string; project_id: string | null; roles: string; methods: string; audit_id: string; parent_audit_id: string | null; audit_chain_id: string | null; issued_at: number; expires_at: number }
+
+/**
+ * A token as the catalog keeps it. `roles` are those held at issue time, kept for the token body of
+ * older builds only: authorization resolves roles from role_assignments on every validation.
+ * `parentAuditId` is the audit id of the token this one was obtained from (the `token` method),
+ * `auditChainId` the audit id of the first token of that chain (Keystone's audit_ids[1]).
+ */
+export interface StoredToken extends TokenInfo {
+  parentAuditId: string | null;
+  auditChainId: string | null;
+}
 
 const toProject = (r: ProjectRow): Project => ({ id: r.id, name: r.name, domainId: r.domain_id, description: r.description, enabled: !!r.enabled, createdAt: Number(r.created_at) });
 const toUser = (r: UserRow): User => ({ id: r.id, name: r.name, domainId: r.domain_id, passwordHash: r.password_hash, enabled: !!r.enabled, defaultProjectId: r.default_project_id, createdAt: Number(r.created_at) });
@@ -68,17 +79,37 @@ export class IdentityQueries {
     return rows.map((r) => r.role);
   }
 
-  async insertToken(hash: string, t: TokenInfo): Promise<void> {
-    await this.db.run('INSERT INTO tokens (token_hash, user_id, project_id, roles, methods, audit_id, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)', [hash, t.userId, t.projectId, JSON.stringify(t.roles), JSON.stringify(t.methods), t.auditId, t.issuedAt, t.expiresAt]);
+  async insertToken(hash: string, t: StoredToken): Promise<void> {
+    await this.db.run(
+      'INSERT INTO tokens (token_hash, user_id, project_id, roles, methods, audit_id, parent_audit_id, audit_chain_id, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      [hash, t.userId, t.projectId, JSON.stringify(t.roles), JSON.stringify(t.methods), t.auditId, t.parentAuditId, t.auditChainId, t.issuedAt, t.expiresAt],
+    );
   }
 
-  async getToken(hash: string): Promise<TokenInfo | undefined> {
-    const r = await this.db.get<TokenRow>('SELECT user_id, project_id, roles, methods, audit_id, issued_at, expires_at FROM tokens WHERE token_hash = ?', [hash]);
-    return r && { userId: r.user_id, projectId: r.project_id, roles: JSON.parse(r.roles) as Role[], methods: JSON.parse(r.methods) as string[], auditId: r.audit_id, issuedAt: Number(r.issued_at), expiresAt: Number(r.expires_at) };
+  async getToken(hash: string): Promise<StoredToken | undefined> {
+    const r = await this.db.get<TokenRow>('SELECT user_id, project_id, roles, methods, audit_id, parent_audit_id, audit_chain_id, issued_at, expires_at FROM tokens WHERE token_hash = ?', [hash]);
+    return r && {
+      userId: r.user_id, projectId: r.project_id, roles: JSON.parse(r.roles) as Role[], methods: JSON.parse(r.methods) as string[], auditId: r.audit_id,
+      parentAuditId: r.parent_audit_id, auditChainId: r.audit_chain_id, issuedAt: Number(r.issued_at), expiresAt: Number(r.expires_at),
+    };
   }
 
-  async deleteToken(hash: string): Promise<number> {
-    return (await this.db.run('DELETE FROM tokens WHERE token_hash = ?', [hash])).changes;
+  /**
+   * Deletes the token and every token derived from it, at any depth (children have
+   * parent_audit_id = the parent's audit_id), in one statement. Returns the audit ids deleted
+   * (empty: no such token).
+   */
+  async deleteTokenTree(hash: string): Promise<string[]> {
+    const rows = await this.db.all<{ audit_id: string }>(
+      `WITH RECURSIVE tree (audit_id) AS (
+         SELECT audit_id FROM tokens WHERE token_hash = ?
+         UNION
+         SELECT t.audit_id FROM tokens t JOIN tree ON t.parent_audit_id = tree.audit_id
+       )
+       DELETE FROM tokens WHERE audit_id IN (SELECT audit_id FROM tree) RETURNING audit_id`,
+      [hash],
+    );
+    return rows.map((r) => r.audit_id);
   }
 
   async deleteExpiredTokens(nowMs: number): Promise<number> {

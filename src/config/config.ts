@@ -21,6 +21,11 @@ export interface Config {
   region: string;
   availabilityZone: string;
   adminPassword: string;
+  /** The project whose admin role makes a cloud admin (Keystone's admin project). */
+  adminProject: string;
+  /** A separate listener serving /metrics without a token (0: none); HAVEN_METRICS_HOST its address. */
+  metricsPort: number;
+  metricsHost: string;
   /** Folders under which os-volume-manage may adopt images or devices. */
   volumeRoots: string[];
   tokenTtlSeconds: number;
@@ -77,6 +82,9 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'jobConcurrency', env: 'HAVEN_JOB_CONCURRENCY', kind: 'int', default: '2', min: 1, max: 64, help: 'backup/restore jobs this process runs at once' },
   { key: 'workerNice', env: 'HAVEN_WORKER_NICE', kind: 'int', default: '10', min: 0, max: 19, help: 'CPU priority (nice) of the engine\'s hashing/compression threads, so the ordered whole-volume hash sets the pace and VMs on the host come first (0: the process\'s own)' },
   { key: 'quotaBackups', env: 'HAVEN_QUOTA_BACKUPS', kind: 'int', default: '-1', min: -1, help: 'backups per project (-1: unlimited)' },
+  { key: 'adminProject', env: 'HAVEN_ADMIN_PROJECT', kind: 'string', default: 'admin', help: 'the admin project: the admin role on it makes a cloud admin (identity management, adopting host files, other projects\' quotas); created at first start with the user admin' },
+  { key: 'metricsPort', env: 'HAVEN_METRICS_PORT', kind: 'int', default: '0', min: 0, max: 65535, help: 'port of a separate listener serving /metrics without a token, for Prometheus (0: none; /metrics on the API then needs a cloud-admin token)' },
+  { key: 'metricsHost', env: 'HAVEN_METRICS_HOST', kind: 'string', default: '127.0.0.1', help: 'address of the HAVEN_METRICS_PORT listener' },
   { key: 'quotaBackupGigabytes', env: 'HAVEN_QUOTA_BACKUP_GIGABYTES', kind: 'int', default: '-1', min: -1, help: 'backup gigabytes per project (-1: unlimited)' },
   { key: 'maxPoliciesPerProject', env: 'HAVEN_MAX_POLICIES', kind: 'int', default: '10', min: 1, help: 'backup policies per project' },
   { key: 'scheduleGraceSeconds', env: 'HAVEN_SCHEDULE_GRACE', kind: 'int', default: '3600', min: 0, help: 'a policy slot missed while Haven was down fires once at start-up if it is younger than this (seconds); older ones are recorded as skipped' },

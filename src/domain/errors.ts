@@ -33,6 +33,10 @@ export const ErrorCode = {
   UserNotFound: 'USER_NOT_FOUND',
   RoleNotFound: 'ROLE_NOT_FOUND',
   NameConflict: 'NAME_CONFLICT',
+  /** Too many failed logins for a user or from an address; details.retryAfterSeconds says when to retry. */
+  TooManyRequests: 'TOO_MANY_REQUESTS',
+  /** Too many logins at once (password hashing is capped); details.retryAfterSeconds says when to retry. */
+  ServiceBusy: 'SERVICE_BUSY',
   // Volumes and snapshots
   VolumeNotFound: 'VOLUME_NOT_FOUND',
   VolumeInvalidState: 'VOLUME_INVALID_STATE',

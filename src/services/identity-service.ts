@@ -2,27 +2,55 @@
  * Identity: projects, users, role assignments and tokens (the Keystone v3 subset clients need).
  *
  * Tokens are 256 random bits; the catalog keeps only their SHA-256, so neither a catalog dump nor a
- * log line can be replayed. Validated tokens are cached in memory for a few seconds (the request
- * path must not hit the database on every call); a revoked token may thus stay usable on another
- * process for at most TOKEN_CACHE_MS.
+ * log line can be replayed. A token says who the user is and which project it is scoped to; what
+ * the user may do is resolved again on every validation: the user and the project must exist and
+ * be enabled, and the roles are those the user holds on the project now (a project-scoped token
+ * whose user holds no role there any more is invalid). The resolved context is cached in memory
+ * for at most TOKEN_CACHE_MS (the request path must not hit the database on every call), so a
+ * revoked token, a removed role, or a deleted or disabled user or project takes effect within that
+ * time on every process sharing the catalog (at once on the process that made the change).
+ *
+ * Cloud admin (Keystone's "admin role on the admin project"): a token scoped to the admin project
+ * (HAVEN_ADMIN_PROJECT) whose user holds the admin role there. Only it manages identity and holds
+ * cross-project powers; the admin role on any other project is a role on that project only.
+ *
+ * Audit chain: a token obtained with the `token` method records its parent's audit id; revoking a
+ * token revokes every token derived from it (Keystone's audit chain).
+ *
+ * Password logins are throttled (login-throttle.ts) and their hashing capped (passwords.ts).
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { availableParallelism } from 'node:os';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import type { Clock } from '../domain/clock.ts';
 import { newHexId } from '../domain/ids.ts';
-import { DEFAULT_DOMAIN, ROLES, type Project, type Role, type TokenInfo, type User } from '../domain/model.ts';
+import { DEFAULT_DOMAIN, ROLES, type Project, type Role, type User } from '../domain/model.ts';
 import { ProjectLock, type Catalog } from '../catalog/catalog.ts';
-import { hashPassword, verifyPassword } from './passwords.ts';
+import type { StoredToken } from '../catalog/identity-queries.ts';
+import { HashingGate, hashPassword, verifyPassword } from './passwords.ts';
+import { LOGIN_LIMITS, LoginThrottle, type LoginLimits } from './login-throttle.ts';
 
 export const TOKEN_CACHE_MS = 5_000;
 const TOKEN_CACHE_MAX = 10_000;
 
 /** Who is calling: a validated token with its user and project resolved. */
-export interface AuthContext extends TokenInfo {
+export interface AuthContext extends StoredToken {
   tokenHash: string;
   user: { id: string; name: string; domainId: string };
   project: { id: string; name: string; domainId: string } | null;
-  isAdmin: boolean;
+  /** The user's roles on the token's project, as of the last resolution (at most TOKEN_CACHE_MS ago). */
+  roles: Role[];
+  /** Admin role on the admin project, with a token scoped to it: identity management and cross-project powers. */
+  isCloudAdmin: boolean;
+}
+
+export interface IdentityOptions {
+  /** Name of the admin project (HAVEN_ADMIN_PROJECT), in the default domain. */
+  adminProject?: string;
+  loginLimits?: LoginLimits;
+  /** Password hashes computed at once (default: half the cores) and logins waiting for one. */
+  hashConcurrency?: number;
+  hashMaxWaiting?: number;
 }
 
 export type UserRef = { id: string } | { name: string; domain: { id?: string | undefined; name?: string | undefined } };
@@ -47,25 +75,37 @@ export class IdentityService {
   private readonly clock: Clock;
   private readonly tokenTtlMs: number;
   private readonly cache = new Map<string, { ctx: AuthContext; until: number }>();
+  readonly adminProject: string;
+  private readonly throttle: LoginThrottle;
+  private readonly hashing: HashingGate;
 
-  constructor(catalog: Catalog, clock: Clock, tokenTtlSeconds: number) {
+  constructor(catalog: Catalog, clock: Clock, tokenTtlSeconds: number, opts: IdentityOptions = {}) {
     this.catalog = catalog;
     this.clock = clock;
     this.tokenTtlMs = tokenTtlSeconds * 1000;
+    this.adminProject = opts.adminProject ?? 'admin';
+    this.throttle = new LoginThrottle(clock, opts.loginLimits ?? LOGIN_LIMITS);
+    const concurrency = opts.hashConcurrency ?? Math.max(1, Math.floor(availableParallelism() / 2));
+    this.hashing = new HashingGate({
+      concurrency,
+      maxWaiting: opts.hashMaxWaiting ?? concurrency * 4,
+      onBusy: () => new AppError(ErrorCode.ServiceBusy, 'Too many logins at once; retry shortly.', { details: { retryAfterSeconds: 1 } }),
+    });
   }
 
   /**
-   * First start: project `admin`, user `admin` with the admin role on it. Returns whether it created
-   * the user (the caller decides where the password goes; it is never logged).
+   * First start: the admin project (`admin` unless HAVEN_ADMIN_PROJECT names another), user `admin`
+   * with the admin role on it, which makes it the cloud admin. Returns whether it created the user
+   * (the caller decides where the password goes; it is never logged).
    */
   async bootstrap(adminPassword: string): Promise<{ created: boolean; projectId: string }> {
     const now = this.clock.now();
     return this.catalog.transaction(async (c) => {
       // Processes starting together on one catalog take turns: the second finds what the first made.
       await c.lockKey(ProjectLock.identityBootstrap, DEFAULT_DOMAIN.id);
-      let project = await c.identity.findProjectByName(DEFAULT_DOMAIN.id, 'admin');
+      let project = await c.identity.findProjectByName(DEFAULT_DOMAIN.id, this.adminProject);
       if (!project) {
-        project = { id: newHexId(), name: 'admin', domainId: DEFAULT_DOMAIN.id, description: 'Bootstrap project', enabled: true, createdAt: now };
+        project = { id: newHexId(), name: this.adminProject, domainId: DEFAULT_DOMAIN.id, description: 'Bootstrap project', enabled: true, createdAt: now };
         await c.identity.insertProject(project);
       }
       let user = await c.identity.findUserByName(DEFAULT_DOMAIN.id, 'admin');
@@ -99,23 +139,47 @@ export class IdentityService {
     return domainId === null ? undefined : this.catalog.identity.findProjectByName(domainId, ref.name);
   }
 
-  /** Issues a token (POST /v3/auth/tokens). Any failure is the same 401, revealing nothing. */
-  async issueToken(req: AuthRequest): Promise<{ token: string; ctx: AuthContext }> {
+  /**
+   * Checks a password login: throttled per user and source address (429 with a retry time), hashing
+   * capped (503 when too many wait), and any other failure the same 401, revealing nothing.
+   */
+  private async checkPassword(ref: UserRef, password: string, source: string): Promise<User> {
+    const user = await this.resolveUser(ref);
+    // Unknown names are counted too (by name), so that answers do not tell which names exist.
+    const who = user ? user.id : `unknown:${'id' in ref ? ref.id : `${domainIdOf(ref.domain) ?? '?'}/${ref.name.toLowerCase()}`}`;
+    const waitMs = this.throttle.retryAfterMs(who, source);
+    if (waitMs > 0) {
+      const retryAfterSeconds = Math.ceil(waitMs / 1000);
+      throw new AppError(ErrorCode.TooManyRequests, `Too many failed logins; retry in ${retryAfterSeconds} s.`, { details: { retryAfterSeconds } });
+    }
+    // Hash even for an unknown user, so timing does not tell which user names exist.
+    const ok = await this.hashing.run(() => verifyPassword(password, user?.passwordHash ?? DUMMY_HASH));
+    if (!user || !ok) {
+      this.throttle.recordFailure(who, source);
+      throw new AppError(ErrorCode.AuthenticationFailed, AUTH_FAILED);
+    }
+    this.throttle.recordSuccess(who, source);
+    if (!user.enabled) throw new AppError(ErrorCode.AuthenticationFailed, AUTH_FAILED);
+    return user;
+  }
+
+  /**
+   * Issues a token (POST /v3/auth/tokens). `source` is the client's address, for login throttling.
+   * Any failure is the same 401, revealing nothing (429/503 when throttled).
+   */
+  async issueToken(req: AuthRequest, source = 'local'): Promise<{ token: string; ctx: AuthContext }> {
     let userId: string;
     let methods: string[];
     let expiresAt = this.clock.now() + this.tokenTtlMs;
+    let parent: AuthContext | null = null;
     if (req.method === 'password') {
-      const user = await this.resolveUser(req.user);
-      // Hash even for an unknown user, so timing does not tell which user names exist.
-      const ok = await verifyPassword(req.password, user?.passwordHash ?? DUMMY_HASH);
-      if (!user || !ok || !user.enabled) throw new AppError(ErrorCode.AuthenticationFailed, AUTH_FAILED);
-      userId = user.id;
+      userId = (await this.checkPassword(req.user, req.password, source)).id;
       methods = ['password'];
     } else {
-      const from = await this.validateToken(req.token);
-      userId = from.userId;
-      methods = [...new Set([...from.methods, 'token'])];
-      expiresAt = from.expiresAt; // rescoping never extends a token's life (Keystone does the same)
+      parent = await this.validateToken(req.token);
+      userId = parent.userId;
+      methods = [...new Set([...parent.methods, 'token'])];
+      expiresAt = parent.expiresAt; // rescoping never extends a token's life (Keystone does the same)
     }
     let projectId: string | null = null;
     let roles: Role[] = [];
@@ -127,21 +191,39 @@ export class IdentityService {
       projectId = project.id;
     }
     const token = randomBytes(32).toString('base64url');
-    const info: TokenInfo = { userId, projectId, roles, methods, auditId: randomBytes(16).toString('base64url').slice(0, 22), issuedAt: this.clock.now(), expiresAt };
+    const info: StoredToken = {
+      userId, projectId, roles, methods, auditId: randomBytes(16).toString('base64url').slice(0, 22), issuedAt: this.clock.now(), expiresAt,
+      parentAuditId: parent?.auditId ?? null,
+      auditChainId: parent ? (parent.auditChainId ?? parent.auditId) : null,
+    };
     await this.catalog.identity.insertToken(sha256(token), info);
     return { token, ctx: await this.contextOf(sha256(token), info) };
   }
 
-  private async contextOf(tokenHash: string, info: TokenInfo): Promise<AuthContext> {
+  /**
+   * Resolves what a token may do now: its user and project must exist and be enabled, and its roles
+   * are the user's current ones on the project (none: the token is invalid).
+   */
+  private async contextOf(tokenHash: string, info: StoredToken): Promise<AuthContext> {
+    const invalid = () => new AppError(ErrorCode.TokenInvalid, 'The token is no longer valid.');
     const user = await this.catalog.identity.getUser(info.userId);
-    if (!user || !user.enabled) throw new AppError(ErrorCode.TokenInvalid, 'The token is no longer valid.');
+    if (!user || !user.enabled) throw invalid();
     let project: AuthContext['project'] = null;
+    let roles: Role[] = [];
     if (info.projectId) {
       const p = await this.catalog.identity.getProject(info.projectId);
-      if (!p || !p.enabled) throw new AppError(ErrorCode.TokenInvalid, 'The token is no longer valid.');
+      if (!p || !p.enabled) throw invalid();
+      roles = await this.catalog.identity.rolesOf(p.id, user.id);
+      if (!roles.length) throw invalid();
       project = { id: p.id, name: p.name, domainId: p.domainId };
     }
-    return { ...info, tokenHash, user: { id: user.id, name: user.name, domainId: user.domainId }, project, isAdmin: info.roles.includes('admin') };
+    const isCloudAdmin = project !== null && project.domainId === DEFAULT_DOMAIN.id && project.name === this.adminProject && roles.includes('admin');
+    return { ...info, roles, tokenHash, user: { id: user.id, name: user.name, domainId: user.domainId }, project, isCloudAdmin };
+  }
+
+  /** Forgets every cached context: the next validation of each token resolves it again. */
+  private invalidateCache(): void {
+    this.cache.clear();
   }
 
   /** The context of a token validated within the last few seconds, without I/O; null otherwise. */
@@ -169,10 +251,11 @@ export class IdentityService {
     return ctx;
   }
 
+  /** Revokes a token and every token derived from it, at any depth (Keystone's audit chain). */
   async revokeToken(token: string): Promise<void> {
-    const hash = sha256(token);
-    this.cache.delete(hash);
-    if (!(await this.catalog.identity.deleteToken(hash))) throw new AppError(ErrorCode.TokenInvalid, 'The token is not valid.');
+    const revoked = new Set(await this.catalog.identity.deleteTokenTree(sha256(token)));
+    if (!revoked.size) throw new AppError(ErrorCode.TokenInvalid, 'The token is not valid.');
+    for (const [hash, hit] of this.cache) if (revoked.has(hit.ctx.auditId)) this.cache.delete(hash);
   }
 
   async purgeExpiredTokens(): Promise<number> {
@@ -210,7 +293,7 @@ export class IdentityService {
     const domainId = input.domainId ?? DEFAULT_DOMAIN.id;
     if (domainId !== DEFAULT_DOMAIN.id) throw new AppError(ErrorCode.InvalidArgument, `domain ${domainId} does not exist (Haven has one domain, "${DEFAULT_DOMAIN.id}")`);
     if (input.defaultProjectId) await this.getProject(input.defaultProjectId);
-    const u: User = { id: newHexId(), name: input.name, domainId, passwordHash: await hashPassword(input.password), enabled: input.enabled ?? true, defaultProjectId: input.defaultProjectId ?? null, createdAt: this.clock.now() };
+    const u: User = { id: newHexId(), name: input.name, domainId, passwordHash: await this.hashing.run(() => hashPassword(input.password)), enabled: input.enabled ?? true, defaultProjectId: input.defaultProjectId ?? null, createdAt: this.clock.now() };
     return this.catalog.transaction(async (c) => {
       if (await c.identity.findUserByName(domainId, u.name)) throw new AppError(ErrorCode.NameConflict, `a user named ${u.name} already exists`);
       await c.identity.insertUser(u);
@@ -244,10 +327,14 @@ export class IdentityService {
     await this.getProject(projectId);
     await this.getUser(userId);
     await this.catalog.identity.grantRole(projectId, userId, role);
+    this.invalidateCache();
   }
 
+  /** Takes effect at once on this process, within TOKEN_CACHE_MS on the others. */
   async revokeRole(projectId: string, userId: string, role: Role): Promise<void> {
-    if (!(await this.catalog.identity.revokeRole(projectId, userId, role))) throw new AppError(ErrorCode.RoleNotFound, `user ${userId} has no role ${role} on project ${projectId}`);
+    const removed = await this.catalog.identity.revokeRole(projectId, userId, role);
+    this.invalidateCache();
+    if (!removed) throw new AppError(ErrorCode.RoleNotFound, `user ${userId} has no role ${role} on project ${projectId}`);
   }
 
   async hasRole(projectId: string, userId: string, role: Role): Promise<boolean> {

@@ -226,7 +226,7 @@ describe('HTTP errors and operational endpoints', () => {
     assert.ok(store, 'the store wrapper is in place');
     store.failLists = true;
     try {
-      const r = await req({ method: 'GET', url: '/metrics' });
+      const r = await req({ method: 'GET', url: '/metrics', token }); // a cloud-admin token
       assert.equal(r.statusCode, 500, r.body.slice(0, 300));
       assert.match(String(r.headers['content-type']), /^application\/json/);
       assertNoStack(r);
@@ -277,7 +277,7 @@ describe('HTTP errors and operational endpoints', () => {
   });
 
   it('GET /metrics is Prometheus text with haven_http_requests_total', async () => {
-    const r = await req({ method: 'GET', url: '/metrics' });
+    const r = await req({ method: 'GET', url: '/metrics', token }); // a cloud-admin token
     assert.equal(r.statusCode, 200, r.body.slice(0, 300));
     assert.match(String(r.headers['content-type']), /^text\/plain/);
     assert.match(r.body, /^# TYPE haven_http_requests_total counter$/m);

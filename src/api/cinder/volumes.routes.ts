@@ -89,8 +89,11 @@ export function registerVolumeRoutes(app: FastifyInstance, s: ApiServices): void
       await s.volumes.deleteVolume(pid(req), (req.params as { volumeId: string }).volumeId);
       return reply.code(202).send();
     });
-    app.post(`/${version}/:projectId/os-volume-manage`, { config: CFG, schema: { body: ManageVolume, tags, summary: 'Adopt an existing image file or block device (admin)' } }, async (req, reply) => {
-      if (!req.auth!.isAdmin) throw new ApiError(403, 'Policy does not allow volume_extension:volume_manage to be performed: admin role required.');
+    // Adopting a host file is a cloud-admin power (admin role on the admin project); the cloud admin
+    // may adopt into any existing project, named by the path.
+    app.post(`/${version}/:projectId/os-volume-manage`, { config: { ...CFG, auth: 'projectOrCloudAdmin' as const }, schema: { body: ManageVolume, tags, summary: 'Adopt an existing image file or block device (cloud admin)' } }, async (req, reply) => {
+      if (!req.auth!.isCloudAdmin) throw new ApiError(403, `Policy does not allow volume_extension:volume_manage to be performed: the admin role on the admin project (${s.identity.adminProject}) is required.`);
+      if (req.auth!.project?.id !== pid(req)) await s.identity.getProject(pid(req));
       const b = (req.body as { volume: { ref: { 'source-name': string }; name?: string | null; description?: string | null; metadata?: Record<string, string>; bootable?: boolean } }).volume;
       const v = await s.volumes.manageVolume(pid(req), { sourceName: b.ref['source-name'], name: b.name, description: b.description, metadata: b.metadata, bootable: b.bootable });
       return reply.code(202).send({ volume: volumeJson(base(req), version, v) });

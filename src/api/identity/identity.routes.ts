@@ -3,6 +3,9 @@
  * domain), and the admin calls operators need to manage tenants (projects, users, role
  * assignments). Response shapes follow Keystone, so keystoneauth, openstackclient, gophercloud and
  * the OTC SDKs authenticate unchanged.
+ *
+ * Identity management is the cloud admin's alone (the admin role on the admin project, as in
+ * Keystone's default policy); the admin role on another project grants nothing here.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
@@ -45,7 +48,9 @@ export function tokenBody(s: ApiServices, req: FastifyRequest, ctx: AuthContext)
   const token: Record<string, unknown> = {
     methods: ctx.methods,
     user: { domain, id: ctx.user.id, name: ctx.user.name, password_expires_at: null },
-    audit_ids: [ctx.auditId],
+    // Keystone: [this token's audit id, the audit id of the first token of its chain] for a token
+    // obtained with the token method.
+    audit_ids: ctx.auditChainId ? [ctx.auditId, ctx.auditChainId] : [ctx.auditId],
     expires_at: keystoneTime(ctx.expiresAt),
     issued_at: keystoneTime(ctx.issuedAt),
   };
@@ -85,7 +90,7 @@ export function registerIdentityRoutes(app: FastifyInstance, s: ApiServices): vo
     } else {
       throw new ApiError(401, `Unsupported authentication method: ${identity.methods.join(', ')} (password and token are supported).`);
     }
-    const { token, ctx } = await s.identity.issueToken(authReq);
+    const { token, ctx } = await s.identity.issueToken(authReq, req.ip);
     return reply.code(201).header('x-subject-token', token).send(tokenBody(s, req, ctx));
   });
 
@@ -95,8 +100,8 @@ export function registerIdentityRoutes(app: FastifyInstance, s: ApiServices): vo
     const ctx = await s.identity.validateToken(token).catch(() => {
       throw new ApiError(404, 'Could not find token.');
     });
-    // Only the token's own user or an admin may look at or revoke it.
-    if (!req.auth!.isAdmin && req.auth!.user.id !== ctx.user.id) throw new ApiError(403, 'You are not authorized to perform the requested action.');
+    // Only the token's own user or the cloud admin may look at or revoke it.
+    if (!req.auth!.isCloudAdmin && req.auth!.user.id !== ctx.user.id) throw new ApiError(403, 'You are not authorized to perform the requested action.');
     return { token, ctx };
   };
   app.head('/v3/auth/tokens', { config: { ...KS, auth: 'token' }, schema: { tags: ['identity'], summary: 'Check a token (X-Subject-Token)' } }, async (req, reply) => {
@@ -107,7 +112,7 @@ export function registerIdentityRoutes(app: FastifyInstance, s: ApiServices): vo
     const { token, ctx } = await subject(req);
     return reply.header('x-subject-token', token).send(tokenBody(s, req, ctx));
   });
-  app.delete('/v3/auth/tokens', { config: { ...KS, auth: 'token' }, schema: { tags: ['identity'], summary: 'Revoke a token (X-Subject-Token)' } }, async (req, reply) => {
+  app.delete('/v3/auth/tokens', { config: { ...KS, auth: 'token' }, schema: { tags: ['identity'], summary: 'Revoke a token (X-Subject-Token) and every token obtained from it' } }, async (req, reply) => {
     const { token } = await subject(req);
     await s.identity.revokeToken(token);
     return reply.code(204).send();
@@ -125,8 +130,8 @@ export function registerIdentityRoutes(app: FastifyInstance, s: ApiServices): vo
     return { projects: mine, links: { self: `${baseUrl(s.config, req)}/v3/auth/projects`, next: null, previous: null } };
   });
 
-  // Admin subset.
-  const ADMIN = { ...KS, auth: 'admin' as const };
+  // Identity management: the cloud admin only.
+  const ADMIN = { ...KS, auth: 'cloudAdmin' as const };
   const ProjectBody = Type.Object({ project: Type.Object({ name: Type.String({ minLength: 1, maxLength: 64 }), description: Type.Optional(Type.String({ maxLength: 255 })), enabled: Type.Optional(Type.Boolean()), domain_id: Type.Optional(Type.String()) }) });
   app.post('/v3/projects', { config: ADMIN, schema: { body: ProjectBody, tags: ['identity'], summary: 'Create a project' } }, async (req, reply) => {
     const b = (req.body as { project: { name: string; description?: string; enabled?: boolean; domain_id?: string } }).project;
@@ -140,7 +145,7 @@ export function registerIdentityRoutes(app: FastifyInstance, s: ApiServices): vo
   });
   app.get('/v3/projects/:projectId', { config: { ...KS, auth: 'token' }, schema: { tags: ['identity'], summary: 'Show a project' } }, async (req) => {
     const { projectId } = req.params as { projectId: string };
-    if (!req.auth!.isAdmin && req.auth!.project?.id !== projectId) throw new ApiError(403, 'You are not authorized to perform the requested action.');
+    if (!req.auth!.isCloudAdmin && req.auth!.project?.id !== projectId) throw new ApiError(403, 'You are not authorized to perform the requested action.');
     return { project: projectJson(req, s, await s.identity.getProject(projectId)) };
   });
 

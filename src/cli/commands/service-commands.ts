@@ -31,7 +31,7 @@ async function withIdentity<T>(config: Config, fn: (identity: IdentityService) =
   const db = new SqliteDatabase(path.join(config.dataDir, 'catalog.sqlite'));
   try {
     await migrate(db);
-    return await fn(new IdentityService(new Catalog(db), systemClock, config.tokenTtlSeconds));
+    return await fn(new IdentityService(new Catalog(db), systemClock, config.tokenTtlSeconds, { adminProject: config.adminProject }));
   } finally {
     await db.close();
   }
@@ -60,7 +60,10 @@ export function registerServiceCommands(program: Command): void {
       const address = await app.server.listen({ host: config.host, port: config.port });
       const url = address.replace('[::1]', 'localhost');
       process.stderr.write(`Haven listening on ${url}\n`);
-      process.stderr.write(`  identity (Keystone v3): ${url}/v3   user admin, project admin, domain Default\n`);
+      // Opted into (HAVEN_METRICS_PORT): /metrics without a token, on its own (loopback) address.
+      const metricsAddress = app.metricsServer ? await app.metricsServer.listen({ host: config.metricsHost, port: config.metricsPort }) : null;
+      process.stderr.write(`  identity (Keystone v3): ${url}/v3   user admin, project ${config.adminProject} (cloud admin), domain Default\n`);
+      if (metricsAddress) process.stderr.write(`  metrics (no token): ${metricsAddress}/metrics\n`);
       process.stderr.write(
         app.adminPasswordFile ? `  admin password: in ${app.adminPasswordFile}\n`
           : app.adminPasswordShared ? '  admin password: the one of the process that first started on this catalog (its data folder\'s admin-password), or set HAVEN_ADMIN_PASSWORD\n'
@@ -107,7 +110,7 @@ export function registerServiceCommands(program: Command): void {
     .option('--password-file <file>', 'file holding the password')
     .option('--password <password>', 'the password (visible in the process list; prefer --password-file)')
     .option('--project <project>', 'grant a role on this project (name or id) and make it the default')
-    .option('--role <role>', 'role on --project: member or admin', 'member')
+    .option('--role <role>', 'role on --project: member or admin (admin on the admin project, HAVEN_ADMIN_PROJECT: a cloud admin)', 'member')
     .option('--data-dir <dir>', 'data folder')
     .option('--json', 'print JSON')
     .action(async (name: string, opts: { password?: string; passwordFile?: string; project?: string; role: string; dataDir?: string; json?: boolean }) => {
@@ -135,7 +138,7 @@ export function registerServiceCommands(program: Command): void {
     .command('role')
     .description('manage role assignments')
     .command('add <role>')
-    .description('grant a role (member or admin) to a user on a project')
+    .description('grant a role (member or admin) to a user on a project; admin on the admin project (HAVEN_ADMIN_PROJECT, default admin) makes a cloud admin, admin on another project gives power over that project only')
     .requiredOption('--user <user>', 'user name or id')
     .requiredOption('--project <project>', 'project name or id')
     .option('--data-dir <dir>', 'data folder')
