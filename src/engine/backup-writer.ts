@@ -14,9 +14,11 @@
  */
 import { randomUUID } from 'node:crypto';
 import { AppError, asCancelledIfAborted, ErrorCode, throwIfAborted } from '../domain/errors.ts';
-import { DIGEST_BYTES } from './chunk-digest.ts';
+import { DIGEST_BYTES, digestHex } from './chunk-digest.ts';
 import { DEFAULT_ZSTD_LEVEL, maxEncodedBytes } from './blob-codec.ts';
-import { readCondemned } from './gc-state.ts';
+import { checkStoredChunks } from './chunk-check.ts';
+import { readCondemned, type CondemnedSet } from './gc-state.ts';
+import { loadQuarantine, quarantineQuietly, type Quarantine, type QuarantineFinding } from './quarantine.ts';
 import { RepositoryLock } from './locks.ts';
 import { indexSegmentKey, type BackupManifest, type BackupStats, type IndexSegmentRef } from './manifest.ts';
 import { PackWriter } from './pack-writer.ts';
@@ -41,6 +43,12 @@ export interface BackupOptions {
   previous?: BackupManifest | null | undefined;
   /** Record a full backup: no parent is used. Deduplication against the repository still applies. */
   full?: boolean;
+  /**
+   * Deduplicate only against stored chunks this backup has read and checked (decoded, digest
+   * compared), once per chunk; damaged or missing ones are quarantined and stored again (Q3). What
+   * the user's "full backup" asks for: a backup that is whole without a verify.
+   */
+  checkReused?: boolean;
   backupId?: string;
   pool?: ChunkWorkerPool;
   signal?: AbortSignal;
@@ -53,6 +61,9 @@ export interface BackupResult {
   manifest: BackupManifest;
   /** Stats including the manifest object itself. */
   stats: BackupStats;
+  /** With checkReused: stored chunks read and checked, and those found damaged or missing (stored again). */
+  checkedChunks: number;
+  damagedChunks: number;
 }
 
 const NEW_LOC = { packNo: 0xfffffffe, offset: 0, length: 0, rawLength: 0 };
@@ -77,7 +88,9 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
   const onAbort = (): void => internal.abort(signal?.reason);
   signal?.addEventListener('abort', onAbort, { once: true });
   try {
-    const [{ map }, condemned] = await Promise.all([repo.loadChunkMap(), readCondemned(repo)]);
+    // Q2: quarantined copies count as absent, like condemned ones.
+    const [{ map }, condemned, quarantine] = await Promise.all([repo.loadChunkMap(), readCondemned(repo), loadQuarantine(repo)]);
+    const checker = opts.checkReused ? new ReuseChecker(repo, map, pool, condemned, quarantine, internal.signal) : null;
     const parent = !opts.full && opts.previous && opts.previous.chunkSizeBytes === chunkSize ? opts.previous : null;
     const encKey = repo.keys?.encKey;
 
@@ -140,10 +153,14 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
       const n = Math.ceil(len / chunkSize);
       const hashP = pool.hash({ sab: slot, offset: 0, length: len, chunkSizeBytes: chunkSize, digest: repo.chunkDigest }, internal.signal);
       hashP.catch(() => undefined); // handled through decideP
+      // Full backups: check the stored copies this batch would reuse, alongside the ordered stages.
+      const checkP = checker ? hashP.then((d) => checker.checkBatch(d, n)) : null;
+      checkP?.catch(() => undefined); // handled through decideP
 
       // Decide, strictly in batch order: which chunks are holes, reused, or new.
       const decideP = lastDecide.then(async () => {
         const digests = await hashP;
+        if (checkP) await checkP;
         const ranges: number[] = [];
         const newAt: number[] = [];
         for (let i = 0; i < n; i++) {
@@ -154,8 +171,12 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
           if (hole) {
             stats.holeChunks++;
             stats.zeroBytes += cLen;
-          } else if ((map.has(digests, dOff) && !condemned.digests.has(digests, dOff)) || sessionNew.has(digests, dOff)) {
-            // Stored already (condemned chunks count as absent: GC may be about to remove them).
+          } else if (
+            sessionNew.has(digests, dOff) ||
+            (map.has(digests, dOff) && !condemned.digests.has(digests, dOff) && !quarantine.applies(map, digests, dOff) && (checker === null || checker.isSound(digests, dOff)))
+          ) {
+            // Stored already (condemned chunks count as absent: GC may be about to remove them;
+            // quarantined ones too, and, in a checked backup, any copy not checked sound).
             stats.reusedChunks++;
             stats.dedupBytes += cLen;
           } else {
@@ -240,11 +261,89 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
     stats.storedBytes += manifestBytes;
     stats.objectsWritten += 1;
     stats.durationMs = Math.round(performance.now() - started);
-    return { manifest, stats };
+    return { manifest, stats, checkedChunks: checker?.checkedChunks ?? 0, damagedChunks: checker?.damagedChunks ?? 0 };
   } finally {
     signal?.removeEventListener('abort', onAbort);
     if (ownPool) await pool.close();
     await hasher.close();
     await lock.release();
+  }
+}
+
+/**
+ * A checked backup's reuse decisions (Q3): each stored chunk it would deduplicate against is read
+ * and checked once; sound ones are reused, damaged or missing ones quarantined (so that other
+ * backups stop using them too) and stored again. Batches are checked concurrently, out of order;
+ * a chunk met again while its check runs waits for that check.
+ */
+class ReuseChecker {
+  private readonly sound = new ChunkMap();
+  private readonly bad = new ChunkMap();
+  private readonly inFlight = new Map<string, Promise<void>>();
+  checkedChunks = 0;
+  damagedChunks = 0;
+  private readonly repo: Repository;
+  private readonly map: ChunkMap;
+  private readonly pool: ChunkWorkerPool;
+  private readonly condemned: CondemnedSet;
+  private readonly quarantine: Quarantine;
+  private readonly signal: AbortSignal;
+
+  constructor(repo: Repository, map: ChunkMap, pool: ChunkWorkerPool, condemned: CondemnedSet, quarantine: Quarantine, signal: AbortSignal) {
+    this.repo = repo;
+    this.map = map;
+    this.pool = pool;
+    this.condemned = condemned;
+    this.quarantine = quarantine;
+    this.signal = signal;
+  }
+
+  isSound(digests: Uint8Array, off: number): boolean {
+    return this.sound.has(digests, off);
+  }
+
+  async checkBatch(digests: Uint8Array, n: number): Promise<void> {
+    const waits: Promise<void>[] = [];
+    const entries: number[] = [];
+    const hexes: string[] = [];
+    for (let i = 0; i < n; i++) {
+      const off = i * DIGEST_BYTES;
+      if (this.sound.has(digests, off) || this.bad.has(digests, off)) continue;
+      const e = this.map.find(digests, off);
+      if (e < 0 || this.condemned.digests.has(digests, off) || this.quarantine.applies(this.map, digests, off)) continue; // stored again anyway
+      const hex = digestHex(digests, off);
+      const running = this.inFlight.get(hex);
+      if (running) {
+        waits.push(running);
+        continue;
+      }
+      entries.push(e);
+      hexes.push(hex);
+    }
+    if (entries.length) {
+      const run = this.runChecks(entries).finally(() => {
+        for (const h of hexes) this.inFlight.delete(h);
+      });
+      for (const h of hexes) this.inFlight.set(h, run);
+      waits.push(run);
+    }
+    await Promise.all(waits);
+  }
+
+  private async runChecks(entries: number[]): Promise<void> {
+    const result = await checkStoredChunks(this.repo, this.map, entries, this.pool, this.signal);
+    const findings: QuarantineFinding[] = [];
+    for (const [e, cond] of result) {
+      const digest = this.map.digestOf(e);
+      this.checkedChunks++;
+      if (cond === 0) {
+        this.sound.set(digest, 0, NEW_LOC);
+        continue;
+      }
+      this.bad.set(digest, 0, NEW_LOC);
+      this.damagedChunks++;
+      findings.push({ digest: digestHex(digest), packId: this.map.packIds[this.map.locationOf(e).packNo]!, foundBy: 'backup', reason: cond === 1 ? 'damaged (a full backup\'s check)' : 'missing (a full backup\'s check)' });
+    }
+    if (findings.length) await quarantineQuietly(this.repo, findings);
   }
 }

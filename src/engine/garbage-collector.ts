@@ -13,9 +13,11 @@
  *   E  deletable = U if no backup is running, else only chunks condemned by an earlier run before
  *      every running backup started (those backups read that set and avoided them)
  *   F  sweep: drop deletable chunks from the chunk map; delete packs with nothing live, rewrite
- *      packs with much dead space, write one new chunk-map file, delete the old files, then the
- *      old packs; orphans of crashed backups (packs, index segments) go too
- *   G  rewrite the condemned set as what is still pending
+ *      packs with much dead space (a pack's size minus its live chunks, G4, so space that earlier
+ *      runs dropped from the chunk map still counts), write one new chunk-map file, delete the old
+ *      files, then the old packs; orphans of crashed backups (packs, index segments) go too
+ *   G  rewrite the condemned set as what is still pending; drop quarantine entries of copies no
+ *      chunk map names any more (Q5)
  */
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import type { ObjectInfo } from '../storage/object-store.ts';
@@ -25,7 +27,8 @@ import type { ChunkMap } from './chunk-map.ts';
 import { readCondemned, writeCondemned } from './gc-state.ts';
 import { acquireGcLock, listLocks, removeLock, type LockRecord } from './locks.ts';
 import { BACKUP_ID_RE, manifestKey, type BackupManifest } from './manifest.ts';
-import { entryCount, packKey, readEntry, writeEntry, ENTRY_BYTES, type PackEntries } from './pack-format.ts';
+import { entryCount, packKey, readEntry, writeEntry, ENTRY_BYTES, PACK_TRAILER_BYTES, type PackEntries } from './pack-format.ts';
+import { liftQuarantine, loadQuarantine, type QuarantineEntry } from './quarantine.ts';
 import { PackWriter } from './pack-writer.ts';
 import type { Repository } from './repository.ts';
 
@@ -33,6 +36,14 @@ import type { Repository } from './repository.ts';
 export const CLOCK_SKEW_MS = 2 * 60_000;
 /** A pack is rewritten when at least this share of it is dead. */
 export const REWRITE_DEAD_RATIO = 0.2;
+/**
+ * A pack's bytes that are neither chunk data nor dead (G4): its header (one entry per chunk, framed:
+ * at most 29 bytes of flags, nonce and tag) and trailer. Counted for the live chunks only, so a
+ * header's entries for dead chunks count as dead.
+ */
+function packOverheadBytes(liveChunks: number): number {
+  return liveChunks * ENTRY_BYTES + 29 + PACK_TRAILER_BYTES;
+}
 
 export async function deleteBackup(repo: Repository, backupId: string): Promise<void> {
   if (!BACKUP_ID_RE.test(backupId)) throw new AppError(ErrorCode.BackupNotFound, `backup ${backupId} not found`);
@@ -56,6 +67,14 @@ export interface GcReport {
   orphanIndexesDeleted: number;
   staleLocksRemoved: number;
   reclaimedBytes: number;
+  /**
+   * Dead bytes left in packs after the run (G4: each pack's size minus its referenced chunks and
+   * their header entries): packs below the rewrite threshold, chunks still pending, and packs kept
+   * because they hold a quarantined chunk.
+   */
+  deadBytes: number;
+  /** Quarantine entries removed because no chunk map names their copy any more (Q5). */
+  quarantineReleased: number;
   repositoryBytesBefore: number;
   repositoryBytesAfter: number;
   durationMs: number;
@@ -106,7 +125,7 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
   try {
     const report: GcReport = {
       deferred: false, backups: 0, referencedChunks: 0, unreferencedChunks: 0, deletedChunks: 0, pendingChunks: 0, deletedPacks: 0,
-      rewrittenPacks: 0, writtenPacks: 0, orphanPacksDeleted: 0, orphanIndexesDeleted: 0, staleLocksRemoved: 0, reclaimedBytes: 0,
+      rewrittenPacks: 0, writtenPacks: 0, orphanPacksDeleted: 0, orphanIndexesDeleted: 0, staleLocksRemoved: 0, reclaimedBytes: 0, deadBytes: 0, quarantineReleased: 0,
       repositoryBytesBefore: await sumBytes(repo), repositoryBytesAfter: 0, durationMs: 0,
     };
     const { stale } = await listLocks(repo.store, now());
@@ -118,6 +137,7 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
     // was written (W1), so the pack listing below contains it.
     const prevCondemned = await readCondemned(repo);
     const { map, files, packs: packLists } = await repo.loadChunkMap();
+    const quarantine = await loadQuarantine(repo);
     const packObjects = new Map<string, ObjectInfo>();
     for await (const o of repo.store.list('packs/')) packObjects.set(o.key.slice(o.key.lastIndexOf('/') + 1), o);
     const indexObjects: ObjectInfo[] = [];
@@ -167,6 +187,10 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
     for (const e of map.entries()) if (map.isMarked(e)) report.referencedChunks++;
 
     if (readers.length) {
+      for (const [packId, p] of packLists) {
+        const info = packObjects.get(packId);
+        if (info) report.deadBytes += packDeadBytes(map, info.sizeBytes, p, (e) => map.isMarked(e));
+      }
       report.deferred = true;
       report.deferredReason = `${readers.length} restore/verify run(s) in progress: packs are left in place`;
       await writeCondemned(repo, condemnedAtMs, [...pending, ...unreferenced.filter((e) => deletable[e]).map((e) => map.digestOf(e))]);
@@ -191,17 +215,17 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
       const packNo = map.packNo(packId);
       const n = entryCount(p);
       const liveIdx: number[] = [];
-      let deadBytes = 0;
+      let liveBytes = 0;
+      let holdsQuarantined = false;
       for (let i = 0; i < n; i++) {
         const en = readEntry(p.entries, i);
         const e = map.find(p.entries, en.digestOffset);
         const loc = e < 0 ? undefined : map.locationOf(e);
         // Dead: deletable, or a duplicate copy whose digest the chunk map locates elsewhere.
-        if (e < 0 || deletable[e] || loc!.packNo !== packNo || loc!.offset !== en.offset) {
-          deadBytes += en.length;
-          continue;
-        }
+        if (e < 0 || deletable[e] || loc!.packNo !== packNo || loc!.offset !== en.offset) continue;
         liveIdx.push(i);
+        liveBytes += en.length;
+        if (quarantine.has(p.entries, en.digestOffset, packId)) holdsQuarantined = true;
       }
       if (!info) {
         // Named by a chunk map but absent from the store: keep its entries so verify keeps
@@ -214,7 +238,11 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
         report.deletedPacks++;
         continue;
       }
-      if (deadBytes / info.sizeBytes >= REWRITE_DEAD_RATIO) {
+      // G4: dead space is the pack's size minus what is live in it, whatever earlier runs dropped
+      // from the chunk map. Q5: a pack holding a live quarantined copy is not rewritten (the damage
+      // would move into a new pack, out of the quarantine's sight).
+      const deadBytes = Math.max(0, info.sizeBytes - liveBytes - packOverheadBytes(liveIdx.length));
+      if (deadBytes / info.sizeBytes >= REWRITE_DEAD_RATIO && !holdsQuarantined) {
         const body = await repo.store.get(packKey(packId));
         for (const i of liveIdx) {
           const en = readEntry(p.entries, i);
@@ -224,6 +252,7 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
         report.rewrittenPacks++;
       } else if (liveIdx.length === n) {
         keep.push(p);
+        report.deadBytes += packDeadBytes(map, info.sizeBytes, p, (e) => map.isMarked(e));
       } else {
         const entries = new Uint8Array(liveIdx.length * ENTRY_BYTES);
         liveIdx.forEach((i, k) => {
@@ -231,11 +260,21 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
           writeEntry(entries, k, p.entries, en.digestOffset, en.offset, en.length, en.rawLength);
         });
         keep.push({ packId, entries });
+        report.deadBytes += packDeadBytes(map, info.sizeBytes, { packId, entries }, (e) => map.isMarked(e));
       }
     }
     for (let e = 0; e < map.size; e++) if (deletable[e]) report.deletedChunks++;
     const written = await writer.finish();
     report.writtenPacks = written.length;
+    // Chunks still pending, copied into new packs, are dead space there too.
+    for (const w of written) {
+      const n = entryCount(w);
+      for (let i = 0; i < n; i++) {
+        const en = readEntry(w.entries, i);
+        const e = map.find(w.entries, en.digestOffset);
+        if (e >= 0 && !map.isMarked(e)) report.deadBytes += en.length;
+      }
+    }
     // G3: the new chunk map is durable before any old file or pack goes.
     if (keep.length || written.length) await repo.writeChunkMapFile([...keep, ...written]);
     for (const f of files) await repo.store.delete(f);
@@ -264,6 +303,17 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
     // G
     await writeCondemned(repo, condemnedAtMs, pending);
     report.pendingChunks = pending.length;
+    // Q5: entries for copies no chunk map names any more (the pack went, or the copy was dropped as
+    // dead or as a duplicate of a fresh copy) no longer protect anything.
+    const named = new Set<string>();
+    for (const p of [...keep, ...written]) {
+      const n = entryCount(p);
+      for (let i = 0; i < n; i++) named.add(`${Buffer.from(p.entries.subarray(i * ENTRY_BYTES, i * ENTRY_BYTES + DIGEST_BYTES)).toString('hex')}-${p.packId}`);
+    }
+    const unnamed: QuarantineEntry[] = [];
+    for (const q of quarantine.entries()) if (!named.has(`${q.digest}-${q.packId}`) && !packsInNewFiles.has(q.packId)) unnamed.push(q);
+    await liftQuarantine(repo, unnamed);
+    report.quarantineReleased = unnamed.length;
     return finish();
 
     async function finish(): Promise<GcReport> {
@@ -275,4 +325,26 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
   } finally {
     await lock.release();
   }
+
+}
+
+/**
+ * G4: a pack's size minus its live chunks and their header entries. A copy is live when `isLive`
+ * says so of its chunk and the chunk map locates the digest in this very copy (not a duplicate).
+ */
+function packDeadBytes(map: ChunkMap, sizeBytes: number, p: PackEntries, isLive: (e: number) => boolean): number {
+  const packNo = map.packNo(p.packId);
+  let liveBytes = 0;
+  let live = 0;
+  const n = entryCount(p);
+  for (let i = 0; i < n; i++) {
+    const en = readEntry(p.entries, i);
+    const e = map.find(p.entries, en.digestOffset);
+    if (e < 0 || !isLive(e)) continue;
+    const loc = map.locationOf(e);
+    if (loc.packNo !== packNo || loc.offset !== en.offset) continue;
+    liveBytes += en.length;
+    live++;
+  }
+  return Math.max(0, sizeBytes - liveBytes - packOverheadBytes(live));
 }

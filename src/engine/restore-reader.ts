@@ -19,11 +19,13 @@ import type { BackupManifest } from './manifest.ts';
 import { packKey } from './pack-format.ts';
 import type { Repository } from './repository.ts';
 import { blockDeviceSize } from './volume-source.ts';
+import { openVolumeFile, reopenSame, type VolumeFileGuard } from './volume-file.ts';
 import { ChunkWorkerPool } from './worker-pool.ts';
 import type { Progress } from './backup-writer.ts';
 import { RepositoryLock } from './locks.ts';
 import { SlotPool } from './slot-pool.ts';
 import { StreamHasher } from './stream-hasher.ts';
+import { quarantineQuietly, type QuarantineEntry } from './quarantine.ts';
 
 export interface RestoreOptions {
   pool?: ChunkWorkerPool;
@@ -39,6 +41,14 @@ export interface RestoreOptions {
   fsync?: boolean;
   /** Read gap (bytes) under which two chunk reads from one pack are merged into one. */
   coalesceGapBytes?: number;
+  /**
+   * The target is a service volume: it must exist, be the very file Haven adopted, under its roots,
+   * and is never reached through a symbolic link (volume-file.ts). Without a guard (the operator's
+   * CLI), a missing file target is created and links are followed.
+   */
+  guard?: VolumeFileGuard;
+  /** Size a regular-file target to at least this (a volume larger than the backup); default: the backup's size. */
+  targetSizeBytes?: number;
 }
 
 export interface RestoreResult {
@@ -107,7 +117,30 @@ class AlignmentProbe {
   }
 }
 
-async function openTarget(path: string, sizeBytes: number): Promise<Target> {
+/**
+ * Opens a service volume as a restore target: the file Haven adopted (volume-file.ts), then, and
+ * only then, emptied and sized through its own descriptor (never through the path again).
+ */
+async function openGuardedTarget(path: string, sizeBytes: number, fileSizeBytes: number, guard: VolumeFileGuard): Promise<Target> {
+  const opened = await openVolumeFile(path, fsc.O_RDWR, guard);
+  const { fh, stat } = opened;
+  try {
+    if (stat.isBlockDevice()) {
+      const devSize = await blockDeviceSize(Number(stat.rdev));
+      if (devSize < sizeBytes) throw new AppError(ErrorCode.TargetUnwritable, `block device ${path} holds ${devSize} bytes, the backup needs ${sizeBytes}`);
+      return { fh, blockDevice: true, direct: sizeBytes >= DIRECT_ALIGN && fsc.O_DIRECT ? await reopenSame(fh, fsc.O_RDWR | fsc.O_DIRECT) : null, sparse: false };
+    }
+    await fh.truncate(0);
+    await fh.truncate(fileSizeBytes);
+    return { fh, blockDevice: false, direct: sizeBytes >= DIRECT_ALIGN && fsc.O_DIRECT ? await reopenSame(fh, fsc.O_RDWR | fsc.O_DIRECT) : null, sparse: true };
+  } catch (err) {
+    await fh.close().catch(() => undefined);
+    if (err instanceof AppError) throw err;
+    throw new AppError(ErrorCode.TargetUnwritable, `cannot write restore target ${path}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+async function openTarget(path: string, sizeBytes: number, fileSizeBytes: number = sizeBytes): Promise<Target> {
   const st = await fs.stat(path).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'ENOENT') return null;
     throw new AppError(ErrorCode.TargetUnwritable, `cannot use restore target ${path}: ${err.message}`, { cause: err });
@@ -121,7 +154,7 @@ async function openTarget(path: string, sizeBytes: number): Promise<Target> {
     }
     if (st && !st.isFile()) throw new AppError(ErrorCode.TargetUnwritable, `restore target ${path} is neither a file nor a block device`);
     const fh = await fs.open(path, 'w', 0o600);
-    await fh.truncate(sizeBytes);
+    await fh.truncate(fileSizeBytes);
     return { fh, blockDevice: false, direct: sizeBytes >= DIRECT_ALIGN ? await openDirect(path) : null, sparse: true };
   } catch (err) {
     if (err instanceof AppError) throw err;
@@ -149,6 +182,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   const started = performance.now();
   const signal = opts.signal;
   throwIfAborted(signal);
+  const what = `backup ${manifest.id}`;
   let map = opts.map ?? (await repo.loadChunkMap()).map;
   // A GC that ran meanwhile may have rewritten a pack: it writes the new chunk map before deleting
   // the old pack (G4), so a chunk not found is looked up once more in a freshly loaded chunk map.
@@ -165,11 +199,23 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   };
   const ownPool = opts.pool === undefined;
   const pool = opts.pool ?? new ChunkWorkerPool();
-  const target = await openTarget(targetPath, manifest.sizeBytes);
+  // Nothing touches the target before the backup is known to be whole: a restore that cannot
+  // finish must not have destroyed the volume's old contents first.
+  let preread: Awaited<ReturnType<typeof checkWhole>>;
+  try {
+    preread = await checkWhole(repo, map, manifest, what, signal);
+  } catch (err) {
+    // A GC that finished just before this restore's lock may have moved chunks: look once more.
+    if (!isAppError(err, ErrorCode.ChunkMissing)) throw err;
+    map = (await repo.loadChunkMap()).map;
+    mapGeneration++;
+    preread = await checkWhole(repo, map, manifest, what, signal);
+  }
+  const fileSize = Math.max(manifest.sizeBytes, opts.targetSizeBytes ?? 0);
+  const target = opts.guard ? await openGuardedTarget(targetPath, manifest.sizeBytes, fileSize, opts.guard) : await openTarget(targetPath, manifest.sizeBytes, fileSize);
   const chunkSize = manifest.chunkSizeBytes;
   const gap = opts.coalesceGapBytes ?? 256 * 1024;
   const hasher = new StreamHasher();
-  const what = `backup ${manifest.id}`;
   const internal = new AbortController();
   const onAbort = (): void => internal.abort(signal?.reason);
   signal?.addEventListener('abort', onAbort, { once: true });
@@ -197,7 +243,8 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     const probe = target.direct ? new AlignmentProbe(target.direct, target.blockDevice) : null;
     for (let i = 0; i < SlotPool.count(pool.threads); i++) slots.give(probe ? await probe.slot(batchBytes) : { sab: new SharedArrayBuffer(batchBytes), base: 0, aligned: false });
     segments: for (const ref of manifest.indexSegments) {
-      const seg = await repo.readIndexSegment(ref, what);
+      const seg = preread.get(ref) ?? (await repo.readIndexSegment(ref, what));
+      preread.delete(ref);
       if (failure !== undefined) break;
       for (let first = 0; first < ref.chunks; first += batchChunks) {
         const slot = await slots.take();
@@ -310,10 +357,21 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     try {
       return await fetchBatchFrom(map, digests, firstChunk, slot);
     } catch (err) {
-      if (!isAppError(err, ErrorCode.ChunkMissing)) throw err;
+      if (!isAppError(err, ErrorCode.ChunkMissing)) throw await quarantineFound(err);
       await refreshMap(gen);
-      return fetchBatchFrom(map, digests, firstChunk, slot);
+      try {
+        return await fetchBatchFrom(map, digests, firstChunk, slot);
+      } catch (again) {
+        throw await quarantineFound(again);
+      }
     }
+  }
+
+  /** Q1: the copies a failed read found damaged or lost are quarantined; returns the error. */
+  async function quarantineFound(err: unknown): Promise<unknown> {
+    const found = isAppError(err) ? (err.details?.chunks as QuarantineEntry[] | undefined) : undefined;
+    if (found?.length) await quarantineQuietly(repo, found.map((c) => ({ ...c, foundBy: 'restore' as const, reason: (err as Error).message })));
+    return err;
   }
 
   async function fetchBatchFrom(map: ChunkMap, digests: Uint8Array, firstChunk: number, slot: Slot): Promise<number[]> {
@@ -327,7 +385,10 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
       // A chunk holds chunkSize bytes, the volume's last one the rest: anything else would write
       // over its neighbour's place.
       const expect = Math.min(chunkSize, manifest.sizeBytes - (firstChunk + i) * chunkSize);
-      if (loc.rawLength !== expect) throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digestHex(digests, i * DIGEST_BYTES)} of ${what} holds ${loc.rawLength} bytes where ${expect} belong`);
+      if (loc.rawLength !== expect) {
+        const chunks = [{ digest: digestHex(digests, i * DIGEST_BYTES), packId: map.packIds[loc.packNo]! }];
+        throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digestHex(digests, i * DIGEST_BYTES)} of ${what} holds ${loc.rawLength} bytes where ${expect} belong`, { details: { chunks } });
+      }
       present.push(i);
       locs.push(loc);
     }
@@ -353,7 +414,10 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
         try {
           body = await repo.store.get(key, { offset: r.offset, length: r.length, signal: internal.signal });
         } catch (err) {
-          if (err instanceof ObjectNotFoundError) throw new AppError(ErrorCode.ChunkMissing, `pack ${key} needed by ${what} is missing`, { cause: err });
+          if (err instanceof ObjectNotFoundError) {
+            const chunks = present.filter((_, k) => locs[k]!.packNo === r.packNo).map((i) => ({ digest: digestHex(digests, i * DIGEST_BYTES), packId: map.packIds[r.packNo]! }));
+            throw new AppError(ErrorCode.ChunkMissing, `pack ${key} needed by ${what} is missing`, { cause: err, details: { chunks } });
+          }
           throw err;
         }
         if (body.length < r.length) throw new AppError(ErrorCode.ChunkCorrupt, `pack ${map.packIds[r.packNo]} is truncated`);
@@ -362,9 +426,64 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
       }),
     );
     const bad = await pool.decodeInto({ bodies, chunks, out: slot.sab, encKey: repo.keys?.encKey }, internal.signal);
-    if (bad >= 0) throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digestHex(digests, present[bad]! * DIGEST_BYTES)} of ${what} is damaged`);
+    if (bad >= 0) {
+      const chunks = [{ digest: digestHex(digests, present[bad]! * DIGEST_BYTES), packId: map.packIds[locs[bad]!.packNo]! }];
+      throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digestHex(digests, present[bad]! * DIGEST_BYTES)} of ${what} is damaged`, { details: { chunks } });
+    }
     return present;
   }
+}
+
+/** Index bytes the whole-backup check keeps for the restore itself (more is read again). */
+const PREREAD_KEEP_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Checks, before the first write, that a backup is whole: its index segments read and verify,
+ * every stored chunk is in the chunk map with the right size, and every pack it needs is present
+ * and long enough. (Chunk contents are checked as they are decoded; a damaged one still fails the
+ * restore midway, which only a verify beforehand can rule out.) Returns the index segments read,
+ * up to PREREAD_KEEP_BYTES, so small backups are not read twice.
+ */
+async function checkWhole(repo: Repository, map: ChunkMap, manifest: BackupManifest, what: string, signal: AbortSignal | undefined): Promise<Map<BackupManifest['indexSegments'][number], Buffer>> {
+  const kept = new Map<BackupManifest['indexSegments'][number], Buffer>();
+  let keptBytes = 0;
+  const packEnd = new Map<number, number>(); // pack number -> bytes it must hold
+  const chunkSize = manifest.chunkSizeBytes;
+  let chunkBase = 0;
+  for (const ref of manifest.indexSegments) {
+    throwIfAborted(signal);
+    const seg = await repo.readIndexSegment(ref, what);
+    for (let i = 0; i < ref.chunks; i++) {
+      const at = i * DIGEST_BYTES;
+      if (isZeroDigest(seg, at)) continue;
+      const loc = map.get(seg, at);
+      if (!loc) throw new AppError(ErrorCode.ChunkMissing, `chunk ${digestHex(seg, at)} of ${what} is missing from the repository; the restore target was not touched`);
+      const expect = Math.min(chunkSize, manifest.sizeBytes - (chunkBase + i) * chunkSize);
+      if (loc.rawLength !== expect) throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digestHex(seg, at)} of ${what} holds ${loc.rawLength} bytes where ${expect} belong; the restore target was not touched`);
+      const end = loc.offset + loc.length;
+      if ((packEnd.get(loc.packNo) ?? 0) < end) packEnd.set(loc.packNo, end);
+    }
+    chunkBase += ref.chunks;
+    if (keptBytes + seg.length <= PREREAD_KEEP_BYTES) {
+      kept.set(ref, seg);
+      keptBytes += seg.length;
+    }
+  }
+  if (chunkBase !== manifest.chunkCount) throw new AppError(ErrorCode.RepositoryCorrupt, `index of ${what} lists ${chunkBase} chunks, manifest says ${manifest.chunkCount}; the restore target was not touched`);
+  const packs = [...packEnd];
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < packs.length) {
+      const [packNo, end] = packs[next++]!;
+      throwIfAborted(signal);
+      const key = packKey(map.packIds[packNo]!);
+      const info = await repo.store.head(key);
+      if (!info) throw new AppError(ErrorCode.ChunkMissing, `pack ${key} needed by ${what} is missing; the restore target was not touched`);
+      if (info.sizeBytes < end) throw new AppError(ErrorCode.ChunkCorrupt, `pack ${key} needed by ${what} is truncated (${info.sizeBytes} bytes, needs ${end}); the restore target was not touched`);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(16, packs.length) }, worker));
+  return kept;
 }
 
 async function writeAll(fh: fs.FileHandle, data: Uint8Array, position: number): Promise<void> {

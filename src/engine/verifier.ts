@@ -1,11 +1,15 @@
 /**
- * verifyRepository: checks every manifest (or one), its index, and every chunk it references:
+ * verifyRepository: checks every manifest (or some), its index, and every chunk it references:
  * present in the chunk map, its pack present, decodable, and hashing to its digest. Reports exactly
- * which backups are damaged. Each pack is read once, whatever the number of backups using it.
+ * which backups are damaged, and for each damaged chunk which backups use it. Each pack is read once,
+ * whatever the number of backups using it.
+ *
+ * Damaged or missing copies are quarantined (Q1: no backup deduplicates against them again); a
+ * quarantined copy found intact again (its pack was put back) is released (Q4).
  */
 import { asCancelledIfAborted } from '../domain/errors.ts';
 import { ObjectNotFoundError } from '../storage/object-store.ts';
-import { DIGEST_BYTES, isZeroDigest } from './chunk-digest.ts';
+import { DIGEST_BYTES, digestHex, isZeroDigest } from './chunk-digest.ts';
 import type { ChunkMap } from './chunk-map.ts';
 import type { BackupManifest } from './manifest.ts';
 import { packKey } from './pack-format.ts';
@@ -13,6 +17,7 @@ import type { Repository } from './repository.ts';
 import { ChunkWorkerPool } from './worker-pool.ts';
 import type { Progress } from './backup-writer.ts';
 import { RepositoryLock } from './locks.ts';
+import { liftQuarantine, loadQuarantine, quarantineChunks, type QuarantineEntry, type QuarantineFinding } from './quarantine.ts';
 
 export interface BackupVerdict {
   id: string;
@@ -23,9 +28,22 @@ export interface BackupVerdict {
   problems: string[];
 }
 
+/** One damaged or missing stored chunk, and the backups verified here that use it. */
+export interface DamagedChunk {
+  digest: string;
+  packId: string;
+  problem: 'damaged' | 'missing';
+  backups: string[];
+}
+
 export interface VerifyReport {
   ok: boolean;
   backups: BackupVerdict[];
+  /** Every damaged or missing stored chunk (at most MAX_LISTED_CHUNKS of them), with the backups using it. */
+  chunks: DamagedChunk[];
+  /** Copies newly quarantined by this run, and quarantined copies found intact and released. */
+  quarantined: number;
+  released: number;
   checkedChunks: number;
   checkedBytes: number;
   checkedPacks: number;
@@ -34,8 +52,13 @@ export interface VerifyReport {
   durationMs: number;
 }
 
+/** The report names at most this many damaged chunks (each with its backups); counts stay exact. */
+export const MAX_LISTED_CHUNKS = 1000;
+
 export interface VerifyOptions {
   backupId?: string | undefined;
+  /** Verify only these backups (ids without a manifest are reported as damaged). */
+  backupIds?: string[] | undefined;
   pool?: ChunkWorkerPool;
   signal?: AbortSignal;
   onProgress?: (p: Progress) => void;
@@ -59,6 +82,14 @@ async function verifyLocked(repo: Repository, opts: VerifyOptions): Promise<Veri
   const manifests: BackupManifest[] = [];
   if (opts.backupId !== undefined) {
     manifests.push(await repo.readManifest(opts.backupId));
+  } else if (opts.backupIds !== undefined) {
+    for (const id of opts.backupIds) {
+      try {
+        manifests.push(await repo.readManifest(id));
+      } catch (err) {
+        verdicts.push({ id, volumeName: '?', ok: false, missingChunks: 0, damagedChunks: 0, problems: [err instanceof Error ? err.message : String(err)] });
+      }
+    }
   } else {
     const listed = await repo.listBackups();
     manifests.push(...listed.manifests);
@@ -99,6 +130,8 @@ async function verifyLocked(repo: Repository, opts: VerifyOptions): Promise<Veri
     totalBytes += map.locationOf(e).rawLength;
   }
   const damaged = new Uint8Array(map.size);
+  /** Where a chunk's checked copy lies, when a GC moved it meanwhile (its pack in the fresh map). */
+  const movedTo = new Map<number, string>();
   const ownPool = opts.pool === undefined;
   const pool = opts.pool ?? new ChunkWorkerPool();
   const progress = { checkedChunks: 0, checkedBytes: 0, checkedPacks: 0, totalBytes };
@@ -119,16 +152,20 @@ async function verifyLocked(repo: Repository, opts: VerifyOptions): Promise<Veri
           backRef.set(e2, e);
         }
       }
-      for (const [e2, r] of await checkChunks(repo, fresh, moved, pool, progress, opts)) damaged[backRef.get(e2)!] = r;
+      for (const [e2, r] of await checkChunks(repo, fresh, moved, pool, progress, opts)) {
+        damaged[backRef.get(e2)!] = r;
+        movedTo.set(backRef.get(e2)!, fresh.packIds[fresh.locationOf(e2).packNo]!);
+      }
     }
   } finally {
     if (ownPool) await pool.close();
   }
   const { checkedChunks, checkedBytes } = progress;
 
-  // Pass 3: name the backups that reference missing or damaged chunks.
+  // Pass 3: name the backups that reference missing or damaged chunks, and per such chunk its backups.
   let missingTotal = 0;
   let damagedTotal = 0;
+  const users = new Map<number, string[]>();
   for (const v of verdicts) {
     const m = manifests.find((x) => x.id === v.id);
     if (!m || !segmentsOk.get(m.id)) continue;
@@ -139,6 +176,11 @@ async function verifyLocked(repo: Repository, opts: VerifyOptions): Promise<Veri
         const e = map.find(seg, o);
         if (e < 0 || damaged[e] === 2) v.missingChunks++;
         else if (damaged[e] === 1) v.damagedChunks++;
+        if (e >= 0 && damaged[e]) {
+          let list = users.get(e);
+          if (!list && users.size < MAX_LISTED_CHUNKS) users.set(e, (list = []));
+          if (list && list[list.length - 1] !== m.id) list.push(m.id);
+        }
       }
     }
     if (v.missingChunks) v.problems.push(`${v.missingChunks} referenced chunk(s) missing`);
@@ -150,9 +192,32 @@ async function verifyLocked(repo: Repository, opts: VerifyOptions): Promise<Veri
     else if (damaged[e] === 2) missingTotal++;
   }
   for (const v of verdicts) if (!manifests.some((m) => m.id === v.id)) v.ok = false;
+
+  // Q1, Q4: quarantine the bad copies, release quarantined copies found intact.
+  const packOf = (e: number): string => movedTo.get(e) ?? map.packIds[map.locationOf(e).packNo]!;
+  const quarantine = await loadQuarantine(repo);
+  const findings: QuarantineFinding[] = [];
+  const release: QuarantineEntry[] = [];
+  const chunks: DamagedChunk[] = [];
+  for (const e of marked) {
+    const digest = map.digestOf(e);
+    const packId = packOf(e);
+    if (damaged[e]) {
+      const problem = damaged[e] === 1 ? 'damaged' : 'missing';
+      if (!quarantine.has(digest, 0, packId)) findings.push({ digest: digestHex(digest), packId, foundBy: 'verify', reason: `${problem} (verify)` });
+      if (chunks.length < MAX_LISTED_CHUNKS) chunks.push({ digest: digestHex(digest), packId, problem, backups: users.get(e) ?? [] });
+    } else if (quarantine.has(digest, 0, packId)) {
+      release.push({ digest: digestHex(digest), packId });
+    }
+  }
+  await quarantineChunks(repo, findings);
+  await liftQuarantine(repo, release);
   return {
     ok: verdicts.every((v) => v.ok),
     backups: verdicts,
+    chunks,
+    quarantined: findings.length,
+    released: release.length,
     checkedChunks,
     checkedBytes,
     checkedPacks: progress.checkedPacks,
