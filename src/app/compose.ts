@@ -124,6 +124,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     let policiesRef: PolicyService | null = null;
     const backups = new BackupService(catalog, clock, engine, { backups: config.quotaBackups, backupGigabytes: config.quotaBackupGigabytes }, {
       jobQueued: () => runner?.wake(),
+      jobCancelled: (jobId, reason) => runner?.cancel(jobId, reason),
       backupFinished: (b) => metrics.observeBackup(b),
       backupSucceeded: async (b) => policiesRef?.applyRetention(b),
     }, log);

@@ -4,15 +4,16 @@
  *   creating --succeed--> available --restore--> restoring --finishRestore--> available
  *   creating --fail-----> error                  restoring --failRestore----> available | error
  *   available|error --delete--> deleting --finishDelete--> (row removed)
+ *   creating|restoring --cancel--> deleting  (its job is stopped; the deletion waits for it to end)
  */
 import type { BackupStatus } from './model.ts';
 
-export type BackupEvent = 'succeed' | 'fail' | 'restore' | 'finishRestore' | 'failRestore' | 'delete' | 'failDelete';
+export type BackupEvent = 'succeed' | 'fail' | 'restore' | 'finishRestore' | 'failRestore' | 'delete' | 'failDelete' | 'cancel';
 
 export const backupTransitions = {
-  creating: { succeed: 'available', fail: 'error' },
+  creating: { succeed: 'available', fail: 'error', cancel: 'deleting' },
   available: { restore: 'restoring', delete: 'deleting' },
-  restoring: { finishRestore: 'available', failRestore: 'available' },
+  restoring: { finishRestore: 'available', failRestore: 'available', cancel: 'deleting' },
   deleting: { failDelete: 'error' },
   error: { delete: 'deleting' },
   error_restoring: { delete: 'deleting', restore: 'restoring' },

@@ -17,6 +17,7 @@ import { newHexId, newUuid } from '../domain/ids.ts';
 import { queuedJob, type Backup, type BackupOrigin, type Job, type JobType, type Tag, type Volume } from '../domain/model.ts';
 import type { BackupEngine } from './backup-engine.ts';
 import type { JobFailure, JobHandler } from './job-runner.ts';
+import { activeJobsOfBackup, waitForBackupJobs } from './backup-jobs.ts';
 
 export interface CreateBackupInput {
   volumeId: string;
@@ -42,6 +43,8 @@ export interface BackupServiceEvents {
   backupFinished?(b: { sizeBytes: number; newBytes: number; storedBytes: number }): void;
   /** A backup became available (policy retention runs here). */
   backupSucceeded?(b: Backup): Promise<unknown>;
+  /** A job was asked to stop (the local runner aborts it if it runs it). */
+  jobCancelled?(jobId: string, reason: string): void;
 }
 
 export class BackupService {
@@ -141,10 +144,12 @@ export class BackupService {
 
   /** Queues the deletion of a backup (available or error only). */
   async deleteBackup(projectId: string, id: string): Promise<Job> {
+    const cancelled: string[] = [];
     const job = await this.catalog.transaction(async (c) => {
       const b = await c.backups.getBackup(projectId, id);
       if (!b) throw new AppError(ErrorCode.BackupNotFound, `Backup ${id} could not be found.`);
       if (b.checkpointItemId) throw new AppError(ErrorCode.BackupNotOwned, `Backup ${id} is part of a server backup (CSBS checkpoint item ${b.checkpointItemId}); delete it through CSBS.`);
+      if (b.status === 'creating') return this.stopAndDelete(c, b, DELETED_WHILE_CREATING, cancelled);
       if (!(await c.backups.transitionBackup(id, statusesAllowing('delete'), 'deleting', this.clock.now()))) {
         throw new AppError(ErrorCode.BackupInvalidState, `Backup ${id} is ${b.status}; only available or error backups can be deleted.`);
       }
@@ -152,8 +157,67 @@ export class BackupService {
       await c.jobs.insertJob(j);
       return j;
     });
+    for (const jobId of cancelled) this.events.jobCancelled?.(jobId, DELETED_WHILE_CREATING);
     this.events.jobQueued();
     return job;
+  }
+
+  /**
+   * Cloud admin (Cinder's os-force_delete): deletes a backup of any project in any status. A job
+   * still working on it (create, restore) is stopped first; a backup already being deleted keeps
+   * its delete job (or gets a new one, if that job is gone).
+   */
+  async forceDeleteBackup(id: string): Promise<Job> {
+    const reason = 'force-deleted by the cloud admin';
+    const cancelled: string[] = [];
+    const job = await this.catalog.transaction(async (c) => {
+      const b = await c.backups.getBackupById(id);
+      if (!b) throw new AppError(ErrorCode.BackupNotFound, `Backup ${id} could not be found.`);
+      if (b.checkpointItemId) throw new AppError(ErrorCode.BackupNotOwned, `Backup ${id} is part of a server backup (CSBS checkpoint item ${b.checkpointItemId}); delete it through CSBS.`);
+      const deleting = b.status === 'deleting' && (await activeJobsOfBackup(c, id)).find((j) => j.type === 'bksDeleteBackup');
+      return deleting || this.stopAndDelete(c, b, reason, cancelled);
+    });
+    for (const jobId of cancelled) this.events.jobCancelled?.(jobId, reason);
+    this.events.jobQueued();
+    return job;
+  }
+
+  /**
+   * The row goes to `deleting`, each job working on the backup is asked to stop, and a delete job
+   * is queued; it waits for those jobs to end before removing what they wrote (deleteHandler).
+   * Inside the caller's transaction; the ids of the jobs asked to stop are added to `cancelled`.
+   */
+  private async stopAndDelete(c: CatalogQueries, b: Backup, reason: string, cancelled: string[]): Promise<Job> {
+    if (!(await c.backups.transitionBackup(b.id, [b.status], 'deleting', this.clock.now()))) {
+      throw new AppError(ErrorCode.BackupInvalidState, `Backup ${b.id} changed status while it was being deleted; try again.`);
+    }
+    for (const j of await activeJobsOfBackup(c, b.id)) {
+      if (j.type !== 'bksDeleteBackup' && (await c.jobs.requestCancel(j.id, reason))) cancelled.push(j.id);
+    }
+    const job = this.newJob(b.projectId, 'bksDeleteBackup', { backupId: b.id }, { backup_id: b.id, volume_id: b.volumeId });
+    await c.jobs.insertJob(job);
+    return job;
+  }
+
+  /**
+   * Cloud admin (Cinder's os-reset_status): sets a backup `available` or `error` whatever its
+   * status, to repair a record by hand. Refused while a job works on the backup (stop it with
+   * os-force_delete instead), and `available` needs the backup's manifest in the repository.
+   */
+  async resetBackupStatus(id: string, status: 'available' | 'error'): Promise<void> {
+    const b = await this.catalog.backups.getBackupById(id);
+    if (!b) throw new AppError(ErrorCode.BackupNotFound, `Backup ${id} could not be found.`);
+    if (status === 'available' && !(await this.engine.findManifest(id))) {
+      throw new AppError(ErrorCode.BackupInvalidState, `Backup ${id} has no manifest in the repository, so it cannot be made available.`);
+    }
+    await this.catalog.transaction(async (c) => {
+      const busy = await activeJobsOfBackup(c, id);
+      if (busy.length) throw new AppError(ErrorCode.BackupInvalidState, `Backup ${id} is ${b.status} and job ${busy[0]!.id} works on it; wait for it to end or force-delete the backup.`);
+      const reason = status === 'error' ? 'status reset to error by the cloud admin' : null;
+      if (!(await c.backups.transitionBackup(id, [b.status], status, this.clock.now(), reason))) {
+        throw new AppError(ErrorCode.BackupInvalidState, `Backup ${id} changed status meanwhile; try again.`);
+      }
+    });
   }
 
   /**
@@ -288,8 +352,10 @@ export class BackupService {
 
   private deleteHandler(): JobHandler {
     return {
-      run: async (job) => {
+      run: async (job, ctx) => {
         const p = job.payload as { backupId: string };
+        // A cancelled create (or restore) ends first: a manifest it still wrote is deleted here.
+        await waitForBackupJobs(this.catalog, p.backupId, job.id, ctx.signal);
         await this.engine.delete(p.backupId);
         await this.catalog.transaction(async (c) => {
           await c.policies.deleteSharingsOfBackup(p.backupId);
@@ -351,6 +417,8 @@ async function visibleBackup(c: CatalogQueries, projectId: string, id: string): 
   if (own) return own;
   return (await c.policies.findSharing(id, projectId)) ? c.backups.getBackupById(id) : undefined;
 }
+
+const DELETED_WHILE_CREATING = 'the backup was deleted while it was being created';
 
 function failureText(err: unknown): string {
   if (err instanceof AppError) return err.message;

@@ -1,7 +1,9 @@
 /**
  * Native (Cinder-compatible) backups, /v2 and /v3 (vbs.md §8): create, list, detail, show, delete,
  * restore. Create, delete and restore are accepted with 202 and run as jobs; clients poll the
- * backup's status.
+ * backup's status. Deleting a backup still being created stops its job. The cloud admin's actions
+ * (POST .../backups/{id}/action): os-force_delete (any status, any project; a running job is
+ * stopped) and os-reset_status (available or error).
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
@@ -63,6 +65,13 @@ const RestoreBody = Type.Object({
   }),
 });
 
+const ActionBody = Type.Object({
+  'os-force_delete': Type.Optional(Type.Union([Type.Object({}), Type.Null()])),
+  'os-reset_status': Type.Optional(Type.Object({ status: Type.Union([Type.Literal('available'), Type.Literal('error')]) })),
+});
+type ActionBody = { 'os-force_delete'?: Record<string, never> | null; 'os-reset_status'?: { status: 'available' | 'error' } };
+const ACTIONS = ['os-force_delete', 'os-reset_status'];
+
 function parseSort(q: ListQuery): { sortKey: BackupSortKey; sortDir: 'asc' | 'desc' } {
   let key = q.sort_key ?? 'created_at';
   let dir = q.sort_dir ?? 'desc';
@@ -122,6 +131,18 @@ export function registerNativeBackupRoutes(app: FastifyInstance, s: ApiServices)
     });
     app.delete(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { tags, summary: 'Delete a backup; 202, then it disappears' } }, async (req, reply) => {
       await s.backups.deleteBackup(pid(req), (req.params as { backupId: string }).backupId);
+      return reply.code(202).send();
+    });
+    app.post(`/${version}/:projectId/backups/:backupId/action`, { config: CFG, schema: { body: ActionBody, tags, summary: 'Cloud admin: os-force_delete (stops a running job) or os-reset_status; 202' } }, async (req, reply) => {
+      const body = (req.body ?? {}) as ActionBody & Record<string, unknown>;
+      const names = Object.keys(body);
+      if (names.length !== 1 || !ACTIONS.includes(names[0]!)) throw new ApiError(400, `Invalid input received: the body must name exactly one action of ${ACTIONS.join(', ')}.`);
+      const action = names[0]!;
+      // Cross-project powers belong to the cloud admin (admin role on the admin project) alone.
+      if (!req.auth!.isCloudAdmin) throw new ApiError(403, `Policy doesn't allow ${action === 'os-force_delete' ? 'backup:force_delete' : 'volume_extension:backup_admin_actions:reset_status'} to be performed.`);
+      const backupId = (req.params as { backupId: string }).backupId;
+      if (body['os-reset_status']) await s.backups.resetBackupStatus(backupId, body['os-reset_status'].status);
+      else await s.backups.forceDeleteBackup(backupId);
       return reply.code(202).send();
     });
     app.post(`/${version}/:projectId/backups/:backupId/restore`, { config: CFG, schema: { body: RestoreBody, tags, summary: 'Restore a backup onto a volume (or a new one)' } }, async (req, reply) => {
