@@ -2,7 +2,8 @@
  * The composition root: the only module that knows the concrete classes. Builds the catalog, the
  * object store and engine, the services, the job runner and the HTTP server from a Config.
  */
-import { mkdirSync, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
+import type { Server as HttpsServer } from 'node:https';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
@@ -35,6 +36,9 @@ import { PolicyService } from '../services/policy-service.ts';
 import { SharingService } from '../services/sharing-service.ts';
 import { ServerService } from '../services/server-service.ts';
 import { ServerBackupService } from '../services/server-backup-service.ts';
+import { secureDataFolder } from './data-folder.ts';
+import { CachedProbe, probeWritable } from './health.ts';
+import { loadTlsFiles } from './tls.ts';
 
 export interface App {
   config: Config;
@@ -51,6 +55,8 @@ export interface App {
   adminPasswordFile: string | null;
   /** The admin was made by another process sharing the catalog: its password is in that one's data folder. */
   adminPasswordShared: boolean;
+  /** HTTPS: re-reads HAVEN_TLS_CERT/KEY for new connections (open ones keep theirs); returns the new certificate's description. */
+  reloadTls(): string;
   /** The token-less /metrics listener (HAVEN_METRICS_PORT set), not yet listening; null otherwise. */
   metricsServer: FastifyInstance | null;
   close(): Promise<void>;
@@ -88,7 +94,9 @@ async function adminPassword(config: Config): Promise<{ password: string; file: 
 
 export async function composeApp(config: Config, opts: ComposeOptions = {}): Promise<App> {
   const clock = opts.clock ?? systemClock;
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  // A bad certificate or key fails the start before anything is created.
+  const tls = config.tlsCert ? loadTlsFiles(config.tlsCert, config.tlsKey) : null;
+  secureDataFolder(config.dataDir, { sqliteCatalog: !config.catalogUrl });
   const db: SqlDatabase = config.catalogUrl ? new PostgresDatabase(config.catalogUrl) : new SqliteDatabase(path.join(config.dataDir, 'catalog.sqlite'));
   const catalog = new Catalog(db);
   let engine: BackupEngine | null = null;
@@ -149,6 +157,10 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
       onJobFinished: (job, status, ms) => metrics.observeJob(job.type, status, ms / 1000),
     });
     const jobsStarted = opts.runJobs !== false;
+    const dataProbe = new CachedProbe(() => probeWritable(config.dataDir, '.healthz-'));
+    // A local repository is probed in its temp-file namespace (.tmp-*, which listings skip and the
+    // store's cleanup removes); an S3 repository is not: a write there costs a billed request.
+    const repositoryProbe = isS3Url(config.repositoryUrl) ? null : new CachedProbe(() => probeWritable(config.repositoryUrl, '.tmp-healthz-'));
     const server = await buildServer({
       config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), servers: new ServerService(catalog, clock, config.availabilityZone), serverBackups, csbsPolicies, csbsTags: new CsbsTagService(catalog), metrics,
       health: async () => {
@@ -159,10 +171,16 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
         } catch {
           parts.catalog = 'unavailable';
         }
+        // The SQLite catalog lives in the data folder: a folder that cannot be written is a catalog
+        // that cannot be written.
+        const data = await dataProbe.get();
+        parts.dataFolder = data;
+        if (parts.catalog === 'ok' && db.dialect === 'sqlite' && data !== 'ok') parts.catalog = data;
+        if (repositoryProbe) parts.repository = await repositoryProbe.get();
         parts.jobRunner = jobsStarted ? 'ok' : 'disabled';
         return parts;
       },
-    }, { logger: log });
+    }, { logger: log, ...(tls ? { https: tls } : {}) });
     if (jobsStarted) await runner.start();
     if (opts.runScheduler ?? jobsStarted) scheduler.start();
     const r = runner;
@@ -171,6 +189,12 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const metricsServer = config.metricsPort ? buildMetricsServer(metrics) : null;
     return {
       config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, adminPasswordFile, adminPasswordShared,
+      reloadTls() {
+        if (!config.tlsCert) throw new AppError(ErrorCode.InvalidArgument, 'TLS is not configured (HAVEN_TLS_CERT, HAVEN_TLS_KEY)');
+        const next = loadTlsFiles(config.tlsCert, config.tlsKey);
+        (server.server as unknown as HttpsServer).setSecureContext({ cert: next.cert, key: next.key });
+        return next.describe;
+      },
       metricsServer,
       async close() {
         clearInterval(purge);

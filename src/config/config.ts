@@ -50,9 +50,14 @@ export interface Config {
   thawCommand: string;
   /** Missed policy slots younger than this fire once at start-up; older ones are skipped. */
   scheduleGraceSeconds: number;
+  /** PEM certificate chain and private key: HTTPS only when set (both or neither). */
+  tlsCert: string;
+  tlsKey: string;
+  /** Listen on a non-loopback address without TLS (a TLS proxy in front). */
+  allowPlaintext: boolean;
 }
 
-type Kind = 'string' | 'int' | 'list';
+type Kind = 'string' | 'int' | 'list' | 'bool';
 interface Setting {
   key: keyof Config;
   env: string;
@@ -90,6 +95,9 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'scheduleGraceSeconds', env: 'HAVEN_SCHEDULE_GRACE', kind: 'int', default: '3600', min: 0, help: 'a policy slot missed while Haven was down fires once at start-up if it is younger than this (seconds); older ones are recorded as skipped' },
   { key: 'freezeCommand', env: 'HAVEN_FREEZE_COMMAND', kind: 'string', default: '', help: 'shell command run before a server backup snapshots its volumes (env: HAVEN_SERVER_ID, HAVEN_SERVER_NAME, HAVEN_VOLUME_PATHS); a failure fails the backup' },
   { key: 'thawCommand', env: 'HAVEN_THAW_COMMAND', kind: 'string', default: '', help: 'shell command run right after the snapshots (always, once the freeze command ran)' },
+  { key: 'tlsCert', env: 'HAVEN_TLS_CERT', kind: 'string', default: '', help: 'PEM file with the server certificate (and its chain): Haven then serves HTTPS only; re-read on SIGHUP' },
+  { key: 'tlsKey', env: 'HAVEN_TLS_KEY', kind: 'string', default: '', help: 'PEM file with the private key of HAVEN_TLS_CERT; re-read on SIGHUP' },
+  { key: 'allowPlaintext', env: 'HAVEN_ALLOW_PLAINTEXT', kind: 'bool', default: 'false', help: 'true: serve plain HTTP on a non-loopback HAVEN_HOST (behind a TLS proxy; set HAVEN_PUBLIC_URL to its https URL)' },
   { key: 'bodyLimitBytes', env: 'HAVEN_BODY_LIMIT', kind: 'int', default: '1048576', min: 1024, help: 'largest request body accepted (bytes; larger: 413)' },
 ];
 
@@ -103,6 +111,10 @@ function parseValue(s: Setting, raw: unknown, from: string): unknown {
     case 'string':
       if (typeof raw !== 'string') bad('expected a string');
       return raw;
+    case 'bool':
+      if (typeof raw === 'boolean') return raw;
+      if (raw === 'true' || raw === 'false') return raw === 'true';
+      return bad(`expected true or false, got ${JSON.stringify(raw)}`);
     case 'list':
       if (Array.isArray(raw)) return raw.map(String).filter(Boolean);
       if (typeof raw !== 'string') bad('expected a list of paths');
@@ -151,6 +163,26 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   } catch (err) {
     throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_REPOSITORY_URL: ${(err as Error).message}`);
   }
+  if (!config.tlsCert !== !config.tlsKey) throw new AppError(ErrorCode.InvalidArgument, `HAVEN_TLS_CERT and HAVEN_TLS_KEY go together: ${config.tlsCert ? 'HAVEN_TLS_KEY' : 'HAVEN_TLS_CERT'} is not set`);
+  if (config.tlsCert) {
+    config.tlsCert = path.resolve(config.tlsCert);
+    config.tlsKey = path.resolve(config.tlsKey);
+  }
   if (config.s3Endpoint && !/^https?:\/\/[^/]+/.test(config.s3Endpoint)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_S3_ENDPOINT: expected http(s)://host[:port], got ${JSON.stringify(config.s3Endpoint)}`);
   return config;
+}
+
+/** True for addresses only this host can reach (127.0.0.0/8, ::1, localhost). */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || /^::ffff:127\./.test(h);
+}
+
+/**
+ * Refuses to serve passwords and tokens in clear on a network: a non-loopback HAVEN_HOST needs TLS
+ * (HAVEN_TLS_CERT/KEY) or HAVEN_ALLOW_PLAINTEXT=true (a TLS proxy in front).
+ */
+export function checkListenSecurity(config: Config): void {
+  if (config.tlsCert || config.allowPlaintext || isLoopbackHost(config.host)) return;
+  throw new AppError(ErrorCode.InvalidArgument, `refusing to listen on ${config.host} without TLS: passwords and tokens would cross the network in clear. Set HAVEN_TLS_CERT and HAVEN_TLS_KEY, or HAVEN_ALLOW_PLAINTEXT=true when a TLS proxy is in front (and HAVEN_PUBLIC_URL to its https URL), or HAVEN_HOST=127.0.0.1`);
 }

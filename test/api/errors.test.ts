@@ -273,7 +273,7 @@ describe('HTTP errors and operational endpoints', () => {
   it('GET /healthz is 200 and reports its parts', async () => {
     const r = await req({ method: 'GET', url: '/healthz' });
     assert.equal(r.statusCode, 200, r.body);
-    assert.deepEqual(r.json(), { status: 'ok', catalog: 'ok', jobRunner: 'ok' });
+    assert.deepEqual(r.json(), { status: 'ok', catalog: 'ok', dataFolder: 'ok', repository: 'ok', jobRunner: 'ok' });
   });
 
   it('GET /metrics is Prometheus text with haven_http_requests_total', async () => {

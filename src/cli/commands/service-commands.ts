@@ -3,11 +3,11 @@
  * project create/list, user create/list, role add. They use the same services as the HTTP API.
  */
 import type { Command } from 'commander';
-import { loadConfig, type Config } from '../../config/config.ts';
+import { checkListenSecurity, loadConfig, type Config } from '../../config/config.ts';
 import { AppError, ErrorCode } from '../../domain/errors.ts';
 import { systemClock } from '../../domain/clock.ts';
 import type { IdentityService } from '../../services/identity-service.ts';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 
 // The service's modules (fastify, the catalog, pino) load only when a command here runs: every
@@ -21,7 +21,7 @@ function configFrom(opts: { dataDir?: string }): Config {
 
 /** Runs `fn` with the identity service on the local catalog (migrated first). */
 async function withIdentity<T>(config: Config, fn: (identity: IdentityService) => Promise<T>): Promise<T> {
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  (await import('../../app/data-folder.ts')).secureDataFolder(config.dataDir, { sqliteCatalog: true });
   const [{ SqliteDatabase }, { migrate }, { Catalog }, { IdentityService }] = await Promise.all([
     import('../../catalog/sqlite-database.ts'),
     import('../../catalog/migrate.ts'),
@@ -54,6 +54,7 @@ export function registerServiceCommands(program: Command): void {
     .option('--data-dir <dir>', 'data folder (default: HAVEN_DATA_DIR or ./data)')
     .action(async (opts: { dataDir?: string }) => {
       const config = configFrom(opts);
+      checkListenSecurity(config);
       const [{ pino }, { composeApp }] = await Promise.all([import('pino'), import('../../app/compose.ts')]);
       const logger = pino({ level: config.logLevel, redact: ['req.headers["x-auth-token"]', 'req.headers["x-subject-token"]', 'password'] });
       const app = await composeApp(config, { logger });
@@ -71,6 +72,17 @@ export function registerServiceCommands(program: Command): void {
       );
       process.stderr.write(`  data: ${config.dataDir}\n`);
       process.stderr.write(`  repository: ${config.repositoryUrl}\n`);
+      if (config.tlsCert) process.stderr.write(`  TLS: ${config.tlsCert} (kill -HUP ${process.pid} re-reads it and its key)\n`);
+      // SIGHUP re-reads the certificate and key (renewed by certbot & co.): new connections get
+      // them, open connections keep theirs. A bad pair is reported and the old one kept.
+      const reload = (): void => {
+        try {
+          process.stderr.write(`Haven TLS certificate reloaded: ${app.reloadTls()}\n`);
+        } catch (err) {
+          process.stderr.write(`Haven TLS certificate NOT reloaded, the previous one stays in use: ${(err as Error).message}\n`);
+        }
+      };
+      if (config.tlsCert) process.on('SIGHUP', reload);
       await new Promise<void>((resolve) => {
         const stop = (): void => {
           process.stderr.write('Haven stopping: running jobs are cancelled and marked failed\n');
@@ -79,6 +91,7 @@ export function registerServiceCommands(program: Command): void {
         process.once('SIGINT', stop);
         process.once('SIGTERM', stop);
       });
+      process.off('SIGHUP', reload);
       await app.close();
     });
 
