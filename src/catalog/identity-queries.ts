@@ -62,6 +62,19 @@ export class IdentityQueries {
     return (await this.db.all<UserRow>('SELECT * FROM users ORDER BY name')).map(toUser);
   }
 
+  async setUserEnabled(id: string, enabled: boolean): Promise<number> {
+    return (await this.db.run('UPDATE users SET enabled = ? WHERE id = ?', [enabled ? 1 : 0, id])).changes;
+  }
+
+  /** Its role assignments and tokens go with it (ON DELETE CASCADE). */
+  async deleteUser(id: string): Promise<number> {
+    return (await this.db.run('DELETE FROM users WHERE id = ?', [id])).changes;
+  }
+
+  async setProjectEnabled(id: string, enabled: boolean): Promise<number> {
+    return (await this.db.run('UPDATE projects SET enabled = ? WHERE id = ?', [enabled ? 1 : 0, id])).changes;
+  }
+
   async setUserPassword(id: string, passwordHash: string): Promise<void> {
     await this.db.run('UPDATE users SET password_hash = ? WHERE id = ?', [passwordHash, id]);
   }

@@ -317,6 +317,35 @@ export class IdentityService {
     return u;
   }
 
+  /** Enables or disables a user; takes effect at once on this process, within TOKEN_CACHE_MS on the others. */
+  async setUserEnabled(id: string, enabled: boolean): Promise<User> {
+    if (!enabled && (await this.isBootstrapAdmin(id))) throw new AppError(ErrorCode.Forbidden, 'The bootstrap admin cannot be disabled (it is the way back in).');
+    if (!(await this.catalog.identity.setUserEnabled(id, enabled))) throw new AppError(ErrorCode.UserNotFound, `Could not find user: ${id}.`);
+    this.invalidateCache();
+    return this.getUser(id);
+  }
+
+  /** Deletes a user, its role assignments and tokens; its tokens stop working as setUserEnabled's. */
+  async deleteUser(id: string): Promise<void> {
+    if (await this.isBootstrapAdmin(id)) throw new AppError(ErrorCode.Forbidden, 'The bootstrap admin cannot be deleted (it is the way back in).');
+    if (!(await this.catalog.identity.deleteUser(id))) throw new AppError(ErrorCode.UserNotFound, `Could not find user: ${id}.`);
+    this.invalidateCache();
+  }
+
+  /** Enables or disables a project; its tokens stop (or resume) working as setUserEnabled's. */
+  async setProjectEnabled(id: string, enabled: boolean): Promise<Project> {
+    const p = await this.getProject(id);
+    if (!enabled && p.name === this.adminProject && p.domainId === DEFAULT_DOMAIN.id) throw new AppError(ErrorCode.Forbidden, 'The admin project cannot be disabled (it is the way back in).');
+    await this.catalog.identity.setProjectEnabled(id, enabled);
+    this.invalidateCache();
+    return this.getProject(id);
+  }
+
+  private async isBootstrapAdmin(userId: string): Promise<boolean> {
+    const u = await this.catalog.identity.getUser(userId);
+    return u !== undefined && u.name === 'admin' && u.domainId === DEFAULT_DOMAIN.id;
+  }
+
   static parseRole(r: string): Role {
     const role = r.toLowerCase();
     if (!(ROLES as readonly string[]).includes(role)) throw new AppError(ErrorCode.RoleNotFound, `Could not find role: ${r}.`);

@@ -149,6 +149,14 @@ export function registerIdentityRoutes(app: FastifyInstance, s: ApiServices): vo
     return { project: projectJson(req, s, await s.identity.getProject(projectId)) };
   });
 
+  const EnabledOnly = (what: 'project' | 'user') => Type.Object({ [what]: Type.Object({ enabled: Type.Optional(Type.Boolean()) }) });
+  app.patch('/v3/projects/:projectId', { config: ADMIN, schema: { body: EnabledOnly('project'), tags: ['identity'], summary: 'Enable or disable a project' } }, async (req) => {
+    const { projectId } = req.params as { projectId: string };
+    const { enabled } = (req.body as { project: { enabled?: boolean } }).project;
+    const p = enabled === undefined ? await s.identity.getProject(projectId) : await s.identity.setProjectEnabled(projectId, enabled);
+    return { project: projectJson(req, s, p) };
+  });
+
   const UserBody = Type.Object({ user: Type.Object({ name: Type.String({ minLength: 1, maxLength: 255 }), password: Type.String({ minLength: 1 }), default_project_id: Type.Optional(Type.String()), enabled: Type.Optional(Type.Boolean()), domain_id: Type.Optional(Type.String()) }) });
   app.post('/v3/users', { config: ADMIN, schema: { body: UserBody, tags: ['identity'], summary: 'Create a user' } }, async (req, reply) => {
     const b = (req.body as { user: { name: string; password: string; default_project_id?: string; enabled?: boolean; domain_id?: string } }).user;
@@ -161,6 +169,16 @@ export function registerIdentityRoutes(app: FastifyInstance, s: ApiServices): vo
     return { users: all.map((u) => userJson(req, s, u)), links: { self: `${baseUrl(s.config, req)}/v3/users`, next: null, previous: null } };
   });
   app.get('/v3/users/:userId', { config: ADMIN, schema: { tags: ['identity'], summary: 'Show a user' } }, async (req) => ({ user: userJson(req, s, await s.identity.getUser((req.params as { userId: string }).userId)) }));
+  app.patch('/v3/users/:userId', { config: ADMIN, schema: { body: EnabledOnly('user'), tags: ['identity'], summary: 'Enable or disable a user' } }, async (req) => {
+    const { userId } = req.params as { userId: string };
+    const { enabled } = (req.body as { user: { enabled?: boolean } }).user;
+    const u = enabled === undefined ? await s.identity.getUser(userId) : await s.identity.setUserEnabled(userId, enabled);
+    return { user: userJson(req, s, u) };
+  });
+  app.delete('/v3/users/:userId', { config: ADMIN, schema: { tags: ['identity'], summary: 'Delete a user (its role assignments and tokens go with it)' } }, async (req, reply) => {
+    await s.identity.deleteUser((req.params as { userId: string }).userId);
+    return reply.code(204).send();
+  });
   app.get('/v3/roles', { config: { ...KS, auth: 'token' }, schema: { tags: ['identity'], summary: 'List roles' } }, async (req) => ({ roles: ROLES.map((r) => ({ id: roleId(r), name: r, domain_id: null, links: { self: `${baseUrl(s.config, req)}/v3/roles/${roleId(r)}` } })) }));
 
   const roleOf = (r: string) => IdentityService.parseRole(r.startsWith('role-') ? r.slice(5) : r);
