@@ -8,7 +8,8 @@ import { collectGarbage, deleteBackup } from '../../engine/garbage-collector.ts'
 import { BACKUP_ID_RE, type BackupManifest } from '../../engine/manifest.ts';
 import { DEFAULT_CHUNK_SIZE, Repository } from '../../engine/repository.ts';
 import { restoreBackup } from '../../engine/restore-reader.ts';
-import { verifyRepository } from '../../engine/verifier.ts';
+import { repairFromVolumes } from '../../engine/repair.ts';
+import { verifyRepository, type VerifyReport } from '../../engine/verifier.ts';
 import { FileVolumeSource } from '../../engine/volume-source.ts';
 import { ChunkWorkerPool, DEFAULT_WORKER_NICE } from '../../engine/worker-pool.ts';
 import { formatBytes, formatRate, progressReporter, type ProgressReporter } from '../output.ts';
@@ -94,7 +95,7 @@ export function registerEngineCommands(program: Command): void {
     .requiredOption('--volume <path>', 'image file or block device to back up')
     .option('--name <name>', 'volume name recorded in the backup (default: the name of its last backup, else the file name)')
     .option('--volume-id <id>', 'volume identity for incrementals (default: the volume\'s real path)')
-    .option('--full', 'record a full backup (no parent); deduplication still applies')
+    .option('--full', 'record a full backup (no parent): stored chunks are deduplicated against only once read and checked intact, the rest is stored again')
     .action(async (o: RepoOptions & { volume: string; name?: string; volumeId?: string; full?: boolean; json?: boolean }) => {
       await withPool(async (pool) => {
         const repo = await openRepository(o);
@@ -113,13 +114,14 @@ export function registerEngineCommands(program: Command): void {
         const progress = progressReporter('backup ', !o.json);
         const { signal, dispose } = cancelOnSigint();
         try {
-          const { manifest, stats } = await writeBackup(repo, source, { volume, previous, full: o.full ?? false, pool, signal, onProgress: progress.onProgress });
+          const { manifest, stats, checkedChunks, damagedChunks } = await writeBackup(repo, source, { volume, previous, full: o.full ?? false, checkReused: o.full ?? false, pool, signal, onProgress: progress.onProgress });
           progress.stop();
           out(o.json, {
             id: manifest.id, volumeId: volume.id, volumeName: volume.name, kind: manifest.kind, parentId: manifest.parentId,
             sizeBytes: manifest.sizeBytes, newBytes: stats.newBytes, storedBytes: stats.storedBytes, zeroBytes: stats.zeroBytes,
             dedupBytes: stats.dedupBytes, newChunks: stats.newChunks, reusedChunks: stats.reusedChunks, holeChunks: stats.holeChunks,
             objectsWritten: stats.objectsWritten, durationMs: stats.durationMs, volumeSha256: manifest.volumeSha256,
+            ...(o.full ? { checkedChunks, damagedChunks } : {}),
           },
           `backup ${manifest.id} (${manifest.kind}) of ${volume.name}: ${formatBytes(manifest.sizeBytes)} read, ${formatBytes(stats.newBytes)} new, ${formatBytes(stats.storedBytes)} stored, in ${(stats.durationMs / 1000).toFixed(1)} s (${formatRate(manifest.sizeBytes, stats.durationMs)})`);
         } finally {
@@ -170,22 +172,43 @@ export function registerEngineCommands(program: Command): void {
 
   repoCommand(program, 'verify', 'check manifests, indexes and every referenced chunk; exit 1 when anything is damaged')
     .option('--backup <id>', 'verify only this backup')
-    .action(async (o: RepoOptions & { backup?: string; json?: boolean }) => {
+    .option('--repair', 'store quarantined chunks again from the volumes given with --from, then verify again')
+    .option('--from <path>', 'a volume (image file or block device) that may still hold damaged chunks (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .action(async (o: RepoOptions & { backup?: string; repair?: boolean; from: string[]; json?: boolean }) => {
+      if (o.repair && o.from.length === 0) throw new AppError(ErrorCode.InvalidArgument, 'verify --repair needs at least one --from <volume> holding the damaged data');
+      if (!o.repair && o.from.length > 0) throw new AppError(ErrorCode.InvalidArgument, '--from is used with --repair');
       await withPool(async (pool) => {
         const repo = await openRepository(o);
-        const progress = progressReporter('verify ', !o.json);
         const { signal, dispose } = cancelOnSigint();
+        const backupId = o.backup === undefined ? undefined : checkBackupId(o.backup);
+        const verify = async (label: string): Promise<VerifyReport> => {
+          const progress = progressReporter(label, !o.json);
+          try {
+            return await verifyRepository(repo, { backupId, pool, signal, onProgress: progress.onProgress });
+          } finally {
+            progress.stop();
+          }
+        };
         try {
-          const r = await verifyRepository(repo, { backupId: o.backup === undefined ? undefined : checkBackupId(o.backup), pool, signal, onProgress: progress.onProgress });
-          progress.stop();
-          const bad = r.backups.filter((b) => !b.ok);
-          out(o.json, r, [
-            ...bad.map((b) => `DAMAGED backup ${b.id} (${b.volumeName}): ${b.problems.join('; ')}`),
-            `${r.ok ? 'OK' : 'DAMAGED'}: ${r.backups.length} backup(s) checked, ${bad.length} damaged; ${r.checkedChunks} chunks (${formatBytes(r.checkedBytes)}) in ${r.checkedPacks} packs read, ${r.damagedChunks} damaged, ${r.missingChunks} missing`,
-          ].join('\n'));
+          let r = await verify('verify ');
+          const lines: string[] = [];
+          let repair: Awaited<ReturnType<typeof repairFromVolumes>> | undefined;
+          if (o.repair) {
+            // The first verify quarantined every damaged copy; read the volumes for those chunks.
+            const sources: FileVolumeSource[] = [];
+            try {
+              for (const f of o.from) sources.push(await FileVolumeSource.open(f));
+              repair = await repairFromVolumes(repo, sources, { pool, signal });
+            } finally {
+              for (const s of sources) await s.close();
+            }
+            lines.push(...damageLines(r), `repair: ${repair.restoredChunks} of ${repair.wantedChunks} quarantined chunk(s) stored again (${formatBytes(repair.restoredBytes)}) from ${o.from.length} volume(s)${repair.stillWanted.length ? `; ${repair.stillWanted.length} not found in them` : ''}`);
+            r = await verify('verify ');
+          }
+          lines.push(...damageLines(r));
+          out(o.json, repair ? { ...r, repair } : r, lines.join('\n'));
           if (!r.ok) process.exitCode = 1;
         } finally {
-          progress.stop();
           dispose();
         }
       });
@@ -217,7 +240,18 @@ export function registerEngineCommands(program: Command): void {
       });
       out(o.json, r, [
         r.deferred ? `gc deferred: ${r.deferredReason}` : '',
-        `gc: ${r.backups} backup(s), ${r.referencedChunks} chunks in use, ${r.deletedChunks} removed, ${r.pendingChunks} pending; ${r.deletedPacks} packs deleted, ${r.rewrittenPacks} rewritten; reclaimed ${formatBytes(r.reclaimedBytes)} (${formatBytes(r.repositoryBytesBefore)} -> ${formatBytes(r.repositoryBytesAfter)})`,
+        `gc: ${r.backups} backup(s), ${r.referencedChunks} chunks in use, ${r.deletedChunks} removed, ${r.pendingChunks} pending; ${r.deletedPacks} packs deleted, ${r.rewrittenPacks} rewritten; reclaimed ${formatBytes(r.reclaimedBytes)} (${formatBytes(r.repositoryBytesBefore)} -> ${formatBytes(r.repositoryBytesAfter)}); ${formatBytes(r.deadBytes)} dead left in packs`,
       ].filter(Boolean).join('\n'));
     });
+}
+
+/** verify's text: damaged backups, damaged chunks with the backups they affect, the summary line. */
+function damageLines(r: VerifyReport): string[] {
+  const bad = r.backups.filter((b) => !b.ok);
+  return [
+    ...bad.map((b) => `DAMAGED backup ${b.id} (${b.volumeName}): ${b.problems.join('; ')}`),
+    ...r.chunks.map((c) => `${c.problem.toUpperCase()} chunk ${c.digest} (pack ${c.packId}), quarantined; used by backup(s) ${c.backups.join(', ') || '(none verified here)'}`),
+    `${r.ok ? 'OK' : 'DAMAGED'}: ${r.backups.length} backup(s) checked, ${bad.length} damaged; ${r.checkedChunks} chunks (${formatBytes(r.checkedBytes)}) in ${r.checkedPacks} packs read, ${r.damagedChunks} damaged, ${r.missingChunks} missing` +
+      (r.quarantined || r.released ? `; ${r.quarantined} newly quarantined, ${r.released} released (found intact)` : ''),
+  ];
 }
