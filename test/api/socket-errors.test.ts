@@ -92,6 +92,11 @@ describe('errors answered before a route runs, over a socket', () => {
     assert.deepEqual(Object.keys(JSON.parse(csbs.body) as object).sort(), ['error_code', 'error_msg']);
   });
 
+  it('a path parameter that is not valid percent-encoding is a 400 in the envelope', async () => {
+    const r = asResponse(await rawRequest(port, get('/v3/p1/volumes/%zz')));
+    assert.match(assertCinderError(r, 400), /bad percent-encoding/);
+  });
+
   it('a malformed request is a 400 in the envelope, and the server keeps serving', async () => {
     const bad = await rawRequest(port, 'GET /v3/p1/volumes HTTP/1.1\r\nHost: localhost\r\nBad Header Line\r\n\r\n');
     assertCinderError(asResponse(bad), 400);
