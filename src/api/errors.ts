@@ -51,6 +51,8 @@ const DEFAULT_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.BackupNotOwned]: 403,
   [ErrorCode.QuotaBackupsExceeded]: 413,
   [ErrorCode.QuotaGigabytesExceeded]: 413,
+  [ErrorCode.QuotaVolumesExceeded]: 413,
+  [ErrorCode.QuotaVolumeGigabytesExceeded]: 413,
   [ErrorCode.PolicyNotFound]: 404,
   [ErrorCode.PolicyBusy]: 409,
   [ErrorCode.QuotaPoliciesExceeded]: 400,

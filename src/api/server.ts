@@ -24,12 +24,14 @@ import type { ServerService } from '../services/server-service.ts';
 import type { ServerBackupService } from '../services/server-backup-service.ts';
 import type { CsbsPolicyService } from '../services/csbs-policy-service.ts';
 import type { CsbsTagService } from '../services/csbs-tag-service.ts';
+import type { QuotaService } from '../services/quota-service.ts';
 import { ApiError, envelope, isClientError, replyForError, type Envelope, type RouteErrorCodes, type ValidationCodes } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import { registerIdentityRoutes } from './identity/identity.routes.ts';
 import { registerVersionRoutes } from './versions.routes.ts';
 import { registerVolumeRoutes } from './cinder/volumes.routes.ts';
 import { registerNativeBackupRoutes } from './cinder/backups.routes.ts';
+import { registerQuotaRoutes } from './cinder/quotas.routes.ts';
 import { registerVbsBackupRoutes } from './vbs/cloudbackups.routes.ts';
 import { registerOpsRoutes } from './ops.routes.ts';
 import { registerPolicyRoutes } from './vbs/policies.routes.ts';
@@ -50,6 +52,7 @@ export interface ApiServices {
   serverBackups: ServerBackupService;
   csbsPolicies: CsbsPolicyService;
   csbsTags: CsbsTagService;
+  quotas: QuotaService;
   metrics: Metrics;
   /** Health of the parts /healthz reports on. */
   health(): Promise<Record<string, string>>;
@@ -271,6 +274,7 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   registerIdentityRoutes(app, services);
   registerVolumeRoutes(app, services);
   registerNativeBackupRoutes(app, services);
+  registerQuotaRoutes(app, services);
   registerVbsBackupRoutes(app, services);
   registerPolicyRoutes(app, services);
   registerSharingRoutes(app, services);

@@ -36,6 +36,7 @@ import { PolicyService } from '../services/policy-service.ts';
 import { SharingService } from '../services/sharing-service.ts';
 import { ServerService } from '../services/server-service.ts';
 import { ServerBackupService } from '../services/server-backup-service.ts';
+import { QuotaService } from '../services/quota-service.ts';
 import { secureDataFolder } from './data-folder.ts';
 import { CachedProbe, probeWritable } from './health.ts';
 import { loadTlsFiles } from './tls.ts';
@@ -129,6 +130,8 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     });
     const volumes = new VolumeService(catalog, clock, { dataDir: config.dataDir, volumeRoots: config.volumeRoots, availabilityZone: config.availabilityZone });
     let runner: JobRunner | null = null;
+    const quotas = new QuotaService(catalog, { volumes: config.quotaVolumes, gigabytes: config.quotaGigabytes, backups: config.quotaBackups, backup_gigabytes: config.quotaBackupGigabytes, per_volume_gigabytes: config.maxVolumeGb });
+    volumes.limits = { quotas, maxVolumeGb: config.maxVolumeGb };
     let policiesRef: PolicyService | null = null;
     const backups = new BackupService(catalog, clock, engine, { backups: config.quotaBackups, backupGigabytes: config.quotaBackupGigabytes }, {
       jobQueued: () => runner?.wake(),
@@ -163,6 +166,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const repositoryProbe = isS3Url(config.repositoryUrl) ? null : new CachedProbe(() => probeWritable(config.repositoryUrl, '.tmp-healthz-'));
     const server = await buildServer({
       config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), servers: new ServerService(catalog, clock, config.availabilityZone), serverBackups, csbsPolicies, csbsTags: new CsbsTagService(catalog), metrics,
+      quotas,
       health: async () => {
         const parts: Record<string, string> = {};
         try {

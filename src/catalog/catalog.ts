@@ -13,7 +13,7 @@ import type { SqlDatabase, SqlExecutor } from './sql.ts';
 import { VolumeQueries } from './volume-queries.ts';
 
 /** What a transaction lock serialises, each per key (see CatalogQueries.lockKey): all but the bootstrap per project. */
-export const ProjectLock = { policies: 1, csbsPolicies: 2, backupQuota: 3, identityBootstrap: 4, csbsQuota: 5 } as const;
+export const ProjectLock = { policies: 1, csbsPolicies: 2, backupQuota: 3, identityBootstrap: 4, csbsQuota: 5, volumeQuota: 11 } as const;
 export type ProjectLockScope = (typeof ProjectLock)[keyof typeof ProjectLock];
 
 export class CatalogQueries {

@@ -54,6 +54,27 @@ export class VolumeQueries {
     return r && toVolume(r);
   }
 
+  /** What a project's volumes count against its quotas: how many, and their gigabytes (created and adopted alike). */
+  async usage(projectId: string): Promise<{ volumes: number; gigabytes: number }> {
+    const r = await this.db.get<{ n: number; gb: number | null }>('SELECT COUNT(*) AS n, SUM(size_gb) AS gb FROM volumes WHERE project_id = ?', [projectId]);
+    return { volumes: Number(r!.n), gigabytes: Number(r!.gb ?? 0) };
+  }
+
+  /** The quota limits the cloud admin set for a project (resources without a row have the default). */
+  async quotaLimits(projectId: string): Promise<Record<string, number>> {
+    const rows = await this.db.all<{ resource: string; hard_limit: number }>('SELECT resource, hard_limit FROM project_quotas WHERE project_id = ?', [projectId]);
+    return Object.fromEntries(rows.map((r) => [r.resource, Number(r.hard_limit)]));
+  }
+
+  async setQuotaLimit(projectId: string, resource: string, limit: number): Promise<void> {
+    await this.db.run('INSERT INTO project_quotas (project_id, resource, hard_limit) VALUES (?, ?, ?) ON CONFLICT (project_id, resource) DO UPDATE SET hard_limit = excluded.hard_limit', [projectId, resource, limit]);
+  }
+
+  /** Back to the defaults for every resource. */
+  async deleteQuotaLimits(projectId: string): Promise<void> {
+    await this.db.run('DELETE FROM project_quotas WHERE project_id = ?', [projectId]);
+  }
+
   async countVolumes(projectId: string): Promise<number> {
     return Number((await this.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM volumes WHERE project_id = ?', [projectId]))!.n);
   }

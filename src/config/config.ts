@@ -43,6 +43,11 @@ export interface Config {
   /** Per-project quotas; -1 = unlimited. */
   quotaBackups: number;
   quotaBackupGigabytes: number;
+  /** Default volume quotas of a project (the cloud admin may set others per project); -1 = unlimited. */
+  quotaVolumes: number;
+  quotaGigabytes: number;
+  /** Largest volume Haven creates, in GB. */
+  maxVolumeGb: number;
   maxPoliciesPerProject: number;
   bodyLimitBytes: number;
   /** Shell commands run around the snapshot of a server backup (application-consistent backups). */
@@ -91,6 +96,9 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'metricsPort', env: 'HAVEN_METRICS_PORT', kind: 'int', default: '0', min: 0, max: 65535, help: 'port of a separate listener serving /metrics without a token, for Prometheus (0: none; /metrics on the API then needs a cloud-admin token)' },
   { key: 'metricsHost', env: 'HAVEN_METRICS_HOST', kind: 'string', default: '127.0.0.1', help: 'address of the HAVEN_METRICS_PORT listener' },
   { key: 'quotaBackupGigabytes', env: 'HAVEN_QUOTA_BACKUP_GIGABYTES', kind: 'int', default: '-1', min: -1, help: 'backup gigabytes per project (-1: unlimited)' },
+  { key: 'quotaVolumes', env: 'HAVEN_QUOTA_VOLUMES', kind: 'int', default: '-1', min: -1, help: 'default volumes per project (-1: unlimited); the cloud admin sets others per project (os-quota-sets)' },
+  { key: 'quotaGigabytes', env: 'HAVEN_QUOTA_GIGABYTES', kind: 'int', default: '-1', min: -1, help: 'default volume gigabytes per project, created and adopted volumes together (-1: unlimited)' },
+  { key: 'maxVolumeGb', env: 'HAVEN_MAX_VOLUME_GB', kind: 'int', default: '32768', min: 1, max: 32768, help: 'largest volume Haven creates (GB; larger: 400); the data folder\'s file system may allow less (ext4: 16383)' },
   { key: 'maxPoliciesPerProject', env: 'HAVEN_MAX_POLICIES', kind: 'int', default: '10', min: 1, help: 'backup policies per project' },
   { key: 'scheduleGraceSeconds', env: 'HAVEN_SCHEDULE_GRACE', kind: 'int', default: '3600', min: 0, help: 'a policy slot missed while Haven was down fires once at start-up if it is younger than this (seconds); older ones are recorded as skipped' },
   { key: 'freezeCommand', env: 'HAVEN_FREEZE_COMMAND', kind: 'string', default: '', help: 'shell command run before a server backup snapshots its volumes (env: HAVEN_SERVER_ID, HAVEN_SERVER_NAME, HAVEN_VOLUME_PATHS); a failure fails the backup' },

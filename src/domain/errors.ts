@@ -50,6 +50,8 @@ export const ErrorCode = {
   BackupNotOwned: 'BACKUP_NOT_OWNED',
   QuotaBackupsExceeded: 'QUOTA_BACKUPS_EXCEEDED',
   QuotaGigabytesExceeded: 'QUOTA_GIGABYTES_EXCEEDED',
+  QuotaVolumesExceeded: 'QUOTA_VOLUMES_EXCEEDED',
+  QuotaVolumeGigabytesExceeded: 'QUOTA_VOLUME_GIGABYTES_EXCEEDED',
   JobNotFound: 'JOB_NOT_FOUND',
   JobInterrupted: 'JOB_INTERRUPTED',
   // Policies and sharing

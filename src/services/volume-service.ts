@@ -13,6 +13,7 @@ import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { newUuid } from '../domain/ids.ts';
 import type { Snapshot, Volume } from '../domain/model.ts';
+import { checkFileSystemAllows, checkVolumeSize, type VolumeLimits } from './volume-limits.ts';
 import { blockDeviceSize } from '../engine/volume-source.ts';
 
 const run = promisify(execFile);
@@ -27,6 +28,8 @@ export interface VolumeServiceOptions {
 }
 
 export class VolumeService {
+  /** Size limit and quotas of new and adopted volumes (the composition root sets them). */
+  limits: VolumeLimits = { quotas: null, maxVolumeGb: MAX_VOLUME_GB };
   private readonly catalog: Catalog;
   private readonly clock: Clock;
   private readonly opts: VolumeServiceOptions;
@@ -49,6 +52,7 @@ export class VolumeService {
     const now = this.clock.now();
     const id = newUuid();
     let sizeGb = input.sizeGb;
+    await this.checkNewVolume(projectId, sizeGb);
     const file = path.join(this.volumesDir, `${id}.img`);
     await fs.mkdir(this.volumesDir, { recursive: true });
     if (input.snapshotId) {
@@ -70,7 +74,10 @@ export class VolumeService {
       status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
     };
     try {
-      await this.catalog.volumes.insertVolume(v);
+      await this.catalog.transaction(async (c) => {
+        await this.limits.quotas?.checkVolumeQuota(c, projectId, { volumes: 1, gigabytes: sizeGb });
+        await c.volumes.insertVolume(v);
+      });
     } catch (err) {
       await fs.rm(file, { force: true }); // best effort: the row is what makes the file a volume
       throw err;
@@ -110,9 +117,22 @@ export class VolumeService {
     };
     await this.catalog.transaction(async (c) => {
       if (await c.volumes.findVolumeByPath(normal)) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is already managed as a volume`);
+      await this.limits.quotas?.checkVolumeQuota(c, projectId, { volumes: 1, gigabytes: v.sizeGb });
       await c.volumes.insertVolume(v);
     });
     return v;
+  }
+
+  /**
+   * Before a volume's file is made: the size is within HAVEN_MAX_VOLUME_GB and what the file
+   * system holds (400 otherwise), and the project's quotas have room (checked again, under the
+   * project's lock, when the row is inserted). A refused request leaves no file.
+   */
+  private async checkNewVolume(projectId: string, sizeGb: number): Promise<void> {
+    checkVolumeSize(sizeGb, this.limits.maxVolumeGb);
+    await fs.mkdir(this.volumesDir, { recursive: true });
+    await checkFileSystemAllows(this.volumesDir, sizeGb);
+    if (this.limits.quotas) await this.catalog.transaction((c) => this.limits.quotas!.checkVolumeQuota(c, projectId, { volumes: 1, gigabytes: Math.max(sizeGb, 1) }));
   }
 
   async getVolume(projectId: string, id: string): Promise<Volume> {
