@@ -144,20 +144,26 @@ export class IdentityService {
    * capped (503 when too many wait), and any other failure the same 401, revealing nothing.
    */
   private async checkPassword(ref: UserRef, password: string, source: string): Promise<User> {
+    const throttled = (waitMs: number): AppError => {
+      const retryAfterSeconds = Math.ceil(waitMs / 1000);
+      return new AppError(ErrorCode.TooManyRequests, `Too many failed logins; retry in ${retryAfterSeconds} s.`, { details: { retryAfterSeconds } });
+    };
+    // A locked address is refused before any lookup: a flood from it costs next to nothing.
+    const addressWaitMs = this.throttle.addressRetryAfterMs(source);
+    if (addressWaitMs > 0) throw throttled(addressWaitMs);
     const user = await this.resolveUser(ref);
     // Unknown names are counted too (by name), so that answers do not tell which names exist.
     const who = user ? user.id : `unknown:${'id' in ref ? ref.id : `${domainIdOf(ref.domain) ?? '?'}/${ref.name.toLowerCase()}`}`;
     const waitMs = this.throttle.retryAfterMs(who, source);
-    if (waitMs > 0) {
-      const retryAfterSeconds = Math.ceil(waitMs / 1000);
-      throw new AppError(ErrorCode.TooManyRequests, `Too many failed logins; retry in ${retryAfterSeconds} s.`, { details: { retryAfterSeconds } });
-    }
+    if (waitMs > 0) throw throttled(waitMs);
+    // Counted as a failure from now on, so that attempts arriving while this hash runs see it.
+    this.throttle.recordAttempt(who, source);
     // Hash even for an unknown user, so timing does not tell which user names exist.
-    const ok = await this.hashing.run(() => verifyPassword(password, user?.passwordHash ?? DUMMY_HASH));
-    if (!user || !ok) {
-      this.throttle.recordFailure(who, source);
-      throw new AppError(ErrorCode.AuthenticationFailed, AUTH_FAILED);
-    }
+    const ok = await this.hashing.run(() => verifyPassword(password, user?.passwordHash ?? DUMMY_HASH)).catch((err: unknown) => {
+      if (err instanceof AppError && err.code === ErrorCode.ServiceBusy) this.throttle.recordAbandoned(who, source);
+      throw err;
+    });
+    if (!user || !ok) throw new AppError(ErrorCode.AuthenticationFailed, AUTH_FAILED);
     this.throttle.recordSuccess(who, source);
     if (!user.enabled) throw new AppError(ErrorCode.AuthenticationFailed, AUTH_FAILED);
     return user;

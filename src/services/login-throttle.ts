@@ -11,9 +11,11 @@
  *   - per user (any address): 30 free, then the same exponential lock, which does NOT apply to
  *     addresses this user logged in from successfully in the last 24 h. Stops guessing one password
  *     from many addresses, while the user's own known addresses keep working.
- * Locks are short and bounded (5 min at most), a failure is counted only when a password was
- * actually checked (attempts refused while locked cost nothing and extend nothing), a success clears
- * its (user, address) counter, and a counter is forgotten 15 min after its last failure.
+ * Locks are short and bounded (5 min at most); an attempt refused while locked costs no password
+ * check and extends nothing. An attempt that goes on to a password check counts as a failure from
+ * the moment it starts (so that many at once cannot all slip past the count while their hashes
+ * run); a success takes its count back, clears its (user, address) counter and remembers the
+ * address for the user. A counter is forgotten 15 min after its last failure.
  *
  * Worked example: 8 wrong passwords for `admin` from 10.0.0.9: tries 1-5 answer 401, try 6 answers
  * 401 and locks (admin, 10.0.0.9) for 1 s, a try within that second answers 429 with Retry-After: 1,
@@ -75,6 +77,14 @@ class Counters {
     return c && c.lockedUntil > now ? c.lockedUntil : 0;
   }
 
+  /** Takes back one failure (an attempt counted when it started turned out a success). */
+  forgive(key: string, now: number): void {
+    const c = this.live(key, now);
+    if (!c) return;
+    c.failures = Math.max(0, c.failures - 1);
+    if (c.failures <= this.rule.freeFailures) c.lockedUntil = 0;
+  }
+
   fail(key: string, now: number): void {
     const c = this.live(key, now) ?? { failures: 0, lastFailureAt: now, lockedUntil: 0 };
     c.failures++;
@@ -124,6 +134,13 @@ export class LoginThrottle {
     this.users = new Counters(limits.user, limits.forgetMs);
   }
 
+  /** Milliseconds until anyone may try a password from `address` again (no user lookup needed). */
+  addressRetryAfterMs(address: string): number {
+    const now = this.clock.now();
+    const until = this.addresses.lockedUntil(address, now);
+    return until > now ? until - now : 0;
+  }
+
   /**
    * Milliseconds until `user` may try a password from `address` again; 0 when it may now.
    * `user` is the user's id when it exists, else the name as given (unknown names are counted too,
@@ -136,16 +153,27 @@ export class LoginThrottle {
     return until > now ? until - now : 0;
   }
 
-  recordFailure(user: string, address: string): void {
+  /** Counts an attempt that goes on to a password check as a failure, until recordSuccess takes it back. */
+  recordAttempt(user: string, address: string): void {
     const now = this.clock.now();
     this.pairs.fail(pairKey(user, address), now);
     this.addresses.fail(address, now);
     this.users.fail(user, now);
   }
 
+  /** Takes back an attempt that never reached a password check (hashing was saturated). */
+  recordAbandoned(user: string, address: string): void {
+    const now = this.clock.now();
+    this.pairs.forgive(pairKey(user, address), now);
+    this.addresses.forgive(address, now);
+    this.users.forgive(user, now);
+  }
+
   recordSuccess(user: string, address: string): void {
     const now = this.clock.now();
     this.pairs.clear(pairKey(user, address));
+    this.addresses.forgive(address, now);
+    this.users.forgive(user, now);
     let mine = this.known.get(user);
     if (!mine) {
       if (this.known.size >= MAX_ENTRIES) this.known.delete(this.known.keys().next().value!);
