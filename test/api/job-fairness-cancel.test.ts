@@ -11,74 +11,11 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { Body, GetOptions, ObjectInfo, ObjectStore } from '../../src/storage/object-store.ts';
 import type { Job } from '../../src/domain/model.ts';
 import { ADMIN_PASSWORD, startService, type TestService } from '../helpers/service.ts';
 import { GiB, MiB, overwrite, randomBytesSeeded, sleep, TempDirs } from '../helpers/volumes.ts';
 import { assertCinderError, createVolume } from '../helpers/api.ts';
-
-/** Pack writes wait while the gate is closed, until it opens or their signal aborts. */
-class GateStore implements ObjectStore {
-  readonly inner: ObjectStore;
-  private closed = false;
-  private waiters: (() => void)[] = [];
-  /** Pack writes waiting at the gate now. */
-  waiting = 0;
-
-  constructor(inner: ObjectStore) {
-    this.inner = inner;
-  }
-
-  hold(): void {
-    this.closed = true;
-  }
-
-  release(): void {
-    this.closed = false;
-    for (const w of this.waiters.splice(0)) w();
-  }
-
-  private async pass(key: string, signal?: AbortSignal): Promise<void> {
-    if (!this.closed || !key.startsWith('packs/')) return;
-    this.waiting++;
-    try {
-      await new Promise<void>((resolve, reject) => {
-        if (signal?.aborted) return reject(signal.reason as Error);
-        const onAbort = () => reject(signal!.reason as Error);
-        signal?.addEventListener('abort', onAbort, { once: true });
-        this.waiters.push(() => (signal?.removeEventListener('abort', onAbort), resolve()));
-      });
-    } finally {
-      this.waiting--;
-    }
-  }
-
-  async put(key: string, body: Body, signal?: AbortSignal): Promise<void> {
-    await this.pass(key, signal);
-    return this.inner.put(key, body, signal);
-  }
-
-  async putIfAbsent(key: string, body: Body): Promise<boolean> {
-    await this.pass(key);
-    return this.inner.putIfAbsent(key, body);
-  }
-
-  get(key: string, options?: GetOptions): Promise<Uint8Array> {
-    return this.inner.get(key, options);
-  }
-
-  head(key: string): Promise<ObjectInfo | null> {
-    return this.inner.head(key);
-  }
-
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.inner.list(prefix);
-  }
-
-  delete(key: string): Promise<void> {
-    return this.inner.delete(key);
-  }
-}
+import { GateStore } from '../helpers/gate-store.ts';
 
 /** Polls until `fn` returns a value (not undefined); fails after a generous deadline. */
 async function until<T>(what: string, fn: () => Promise<T | undefined>): Promise<T> {
