@@ -175,6 +175,11 @@ describe('job runner fairness and cancelling backups', () => {
     assertCinderError(await action(done.backupId, { 'os-frobnicate': {} }), 400);
     assertCinderError(await action('00000000-0000-4000-8000-000000000000', { 'os-force_delete': {} }), 404);
     assert.equal(await status(done.backupId), 'available');
+    // Its manifest lost (deleted behind Haven's back): error is allowed, available is not.
+    await svc.app.engine.delete(done.backupId);
+    assert.equal((await action(done.backupId, { 'os-reset_status': { status: 'error' } })).statusCode, 202);
+    assert.match(assertCinderError(await action(done.backupId, { 'os-reset_status': { status: 'available' } }), 400), /no manifest/);
+    assert.equal(await status(done.backupId), 'error');
 
     gate.hold();
     const busy = await startBackup(b, await volumeWithData(b, 1, 41));
