@@ -186,6 +186,8 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
       },
     }, { logger: log, ...(tls ? { https: tls } : {}) });
     if (jobsStarted) await runner.start();
+    // Backups left `error` by damage that has since been mended come back (docs/state-machines.md).
+    if (jobsStarted) backups.reverifyErrorBackupsSoon();
     if (opts.runScheduler ?? jobsStarted) scheduler.start();
     const r = runner;
     const purge = setInterval(() => identity.purgeExpiredTokens().catch((err: unknown) => log.warn({ err }, 'purging expired tokens failed')), 3600_000);

@@ -143,6 +143,11 @@ export class BackupQueries {
     return r && toBackup(r);
   }
 
+  /** Ids of every project's backups in `status`, oldest first, at most `limit` (re-verifying error backups). */
+  async idsInStatus(status: BackupStatus, limit: number): Promise<string[]> {
+    return (await this.db.all<{ id: string }>(`SELECT id FROM backups WHERE status = ? ORDER BY created_at, id LIMIT ${Math.max(0, Math.trunc(limit))}`, [status])).map((r) => r.id);
+  }
+
   async countInStatus(volumeId: string, statuses: readonly BackupStatus[]): Promise<number> {
     const marks = statuses.map(() => '?').join(', ');
     return Number((await this.db.get<{ n: number }>(`SELECT COUNT(*) AS n FROM backups WHERE volume_id = ? AND status IN (${marks})`, [volumeId, ...statuses]))!.n);

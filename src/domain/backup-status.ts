@@ -5,17 +5,18 @@
  *   creating --fail-----> error                  restoring --failRestore----> available | error
  *   available|error --delete--> deleting --finishDelete--> (row removed)
  *   creating|restoring --cancel--> deleting  (its job is stopped; the deletion waits for it to end)
+ *   error --verified--> available  (a verify found its manifest, index and every chunk whole again)
  */
 import type { BackupStatus } from './model.ts';
 
-export type BackupEvent = 'succeed' | 'fail' | 'restore' | 'finishRestore' | 'failRestore' | 'delete' | 'failDelete' | 'cancel';
+export type BackupEvent = 'succeed' | 'fail' | 'restore' | 'finishRestore' | 'failRestore' | 'delete' | 'failDelete' | 'cancel' | 'verified';
 
 export const backupTransitions = {
   creating: { succeed: 'available', fail: 'error', cancel: 'deleting' },
   available: { restore: 'restoring', delete: 'deleting' },
   restoring: { finishRestore: 'available', failRestore: 'available', cancel: 'deleting' },
   deleting: { failDelete: 'error' },
-  error: { delete: 'deleting' },
+  error: { delete: 'deleting', verified: 'available' },
   error_restoring: { delete: 'deleting', restore: 'restoring' },
 } as const satisfies Record<BackupStatus, Partial<Record<BackupEvent, BackupStatus>>>;
 

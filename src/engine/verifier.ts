@@ -282,3 +282,28 @@ async function checkChunks(
   await Promise.all(workers);
   return result;
 }
+
+/**
+ * The backups whose index names any of `digests` (hex), oldest first: who a damaged chunk affects.
+ * Reads every backup's index (as GC's mark does); for error messages, not for hot paths.
+ */
+export async function backupsUsingChunks(repo: Repository, digests: string[]): Promise<string[]> {
+  if (!digests.length) return [];
+  const wanted = digests.map((d) => Buffer.from(d, 'hex'));
+  const users: string[] = [];
+  for (const m of (await repo.listBackups()).manifests) {
+    let uses = false;
+    for (const ref of m.indexSegments) {
+      let seg: Buffer;
+      try {
+        seg = await repo.readIndexSegment(ref, `backup ${m.id}`);
+      } catch {
+        break; // a damaged index is reported by verify; here it only cannot be searched
+      }
+      for (let o = 0; o < seg.length && !uses; o += DIGEST_BYTES) uses = wanted.some((w) => w.equals(seg.subarray(o, o + DIGEST_BYTES)));
+      if (uses) break;
+    }
+    if (uses) users.push(m.id);
+  }
+  return users;
+}

@@ -10,6 +10,7 @@ import { collectGarbage, deleteBackup, type GcReport } from '../engine/garbage-c
 import type { BackupManifest } from '../engine/manifest.ts';
 import { Repository } from '../engine/repository.ts';
 import { restoreBackup, type RestoreResult } from '../engine/restore-reader.ts';
+import { backupsUsingChunks, verifyRepository, type VerifyReport } from '../engine/verifier.ts';
 import { FileVolumeSource } from '../engine/volume-source.ts';
 import { ChunkWorkerPool } from '../engine/worker-pool.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
@@ -19,6 +20,7 @@ export class BackupEngine {
   private readonly pool: ChunkWorkerPool;
   private gcRunning: Promise<GcReport> | null = null;
   private gcAgain = false;
+  private readonly background = new Set<Promise<unknown>>();
 
   private constructor(repo: Repository, pool: ChunkWorkerPool) {
     this.repo = repo;
@@ -43,12 +45,12 @@ export class BackupEngine {
     return new BackupEngine(repo, new ChunkWorkerPool(opts.threads, opts.nice === undefined ? {} : { nice: opts.nice }));
   }
 
-  async backup(sourcePath: string, opts: { backupId: string; volume: { id: string; name: string }; previousId: string | null; full: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
+  async backup(sourcePath: string, opts: { backupId: string; volume: { id: string; name: string }; previousId: string | null; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
     let previous: BackupManifest | null = null;
     if (opts.previousId && !opts.full) previous = await this.manifest(opts.previousId).catch(() => null); // a missing parent only means: record as full
     const source = await FileVolumeSource.open(sourcePath);
     try {
-      return await writeBackup(this.repo, source, { backupId: opts.backupId, volume: opts.volume, previous, full: opts.full || !previous, pool: this.pool, signal: opts.signal, onProgress: opts.onProgress });
+      return await writeBackup(this.repo, source, { backupId: opts.backupId, volume: opts.volume, previous, full: opts.full || !previous, checkReused: opts.checkReused ?? false, pool: this.pool, signal: opts.signal, onProgress: opts.onProgress });
     } finally {
       await source.close();
     }
@@ -107,6 +109,28 @@ export class BackupEngine {
     return this.gcRunning;
   }
 
+  /** Background work of this process's services (verifying error backups): close() waits for it. */
+  track<T>(p: Promise<T>): Promise<T> {
+    this.background.add(p);
+    void p.finally(() => this.background.delete(p)).catch(() => undefined);
+    return p;
+  }
+
+  /** Resolves when no GC started by this process is running (tests, and callers that must see its result). */
+  async gcIdle(): Promise<void> {
+    while (this.gcRunning) await this.gcRunning.catch(() => undefined);
+  }
+
+  /** Verifies the given backups (quarantining damaged chunks, releasing those found intact). */
+  verify(backupIds: string[]): Promise<VerifyReport> {
+    return verifyRepository(this.repo, { backupIds, pool: this.pool });
+  }
+
+  /** The backups whose data uses any of these chunks (hex digests): who a damaged chunk affects. */
+  backupsUsingChunks(digests: string[]): Promise<string[]> {
+    return backupsUsingChunks(this.repo, digests);
+  }
+
   /** Bytes the repository occupies (for metrics). */
   async storedBytes(): Promise<number> {
     let total = 0;
@@ -116,6 +140,7 @@ export class BackupEngine {
 
   async close(): Promise<void> {
     await this.gcRunning?.catch(() => undefined); // its error was reported to whoever awaited it
+    await Promise.allSettled([...this.background]); // likewise
     await this.pool.close();
     await this.repo.store.close?.();
   }

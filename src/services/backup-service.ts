@@ -99,7 +99,7 @@ export class BackupService {
         if (isUniqueViolation(err)) throw new AppError(ErrorCode.BackupInProgress, `A backup of volume ${volume.id} is still being created; try again when it has finished.`, { cause: err });
         throw err;
       }
-      const job = this.newJob(projectId, 'bksCreateBackup', { backupId: backup.id, volumeId: volume.id, sourcePath, volumeName: volume.name ?? volume.id }, {
+      const job = this.newJob(projectId, 'bksCreateBackup', { backupId: backup.id, volumeId: volume.id, sourcePath, volumeName: volume.name ?? volume.id, checkReused: input.full === true }, {
         bks_create_volume_name: backup.name ?? '', backup_id: backup.id, volume_id: volume.id, snapshot_id: backup.snapshotId ?? '',
       });
       await c.jobs.insertJob(job);
@@ -266,12 +266,13 @@ export class BackupService {
       throw err;
     }
     try {
-      const r = await this.engine.backup(sourcePath, { backupId: backup.id, volume: { id: volume.id, name: volume.name ?? volume.id }, previousId: backup.parentId, full, signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
+      const r = await this.engine.backup(sourcePath, { backupId: backup.id, volume: { id: volume.id, name: volume.name ?? volume.id }, previousId: backup.parentId, full, checkReused: opts.full, signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
       this.events.backupFinished?.({ sizeBytes: r.manifest.sizeBytes, newBytes: r.stats.newBytes, storedBytes: r.stats.storedBytes });
       await this.catalog.backups.completeBackup(backup.id, { sizeBytes: r.manifest.sizeBytes, storedBytes: r.stats.storedBytes, newBytes: r.stats.newBytes, objectCount: r.stats.objectsWritten, parentId: r.manifest.parentId, dataTimestamp: now }, this.clock.now());
       return (await this.catalog.backups.getBackupById(backup.id))!;
     } catch (err) {
       await this.catalog.backups.transitionBackup(backup.id, ['creating'], 'error', this.clock.now(), failureText(err));
+      this.collectGarbageSoon(); // what the failed backup wrote is orphaned (G5)
       throw err;
     }
   }
@@ -290,6 +291,48 @@ export class BackupService {
       await c.policies.deleteSharingsOfBackup(backupId);
       await c.backups.deleteBackupRow(backupId);
     });
+  }
+
+  /**
+   * For a failure that names damaged chunks: which other backups use them (they are damaged too,
+   * until the chunks are stored again). Best effort: an empty note when the search itself fails.
+   */
+  private async damageNote(err: unknown, backupId: string): Promise<string> {
+    const chunks = isAppError(err) ? (err.details?.chunks as { digest: string }[] | undefined) : undefined;
+    if (!chunks?.length) return '';
+    try {
+      const others = (await this.engine.backupsUsingChunks(chunks.map((c) => c.digest))).filter((id) => id !== backupId);
+      const shown = others.slice(0, 20).join(', ') + (others.length > 20 ? ` and ${others.length - 20} more` : '');
+      return others.length ? `; the damaged chunk is also used by backup(s) ${shown}` : '; no other backup uses the damaged chunk';
+    } catch (e) {
+      this.log.warn({ err: e }, 'could not search the backups using a damaged chunk');
+      return '';
+    }
+  }
+
+  /**
+   * Verifies every `error` backup that has a manifest; those found whole again (the damaged pack
+   * was put back, or a later backup or `haven verify --repair` stored the chunks again) become
+   * `available` (event `verified`). Run in the background at start (app/compose.ts). Returns the
+   * ids brought back.
+   */
+  async reverifyErrorBackups(): Promise<string[]> {
+    const ids: string[] = [];
+    for (const id of await this.catalog.backups.idsInStatus('error', 10_000)) if (await this.engine.findManifest(id)) ids.push(id);
+    if (!ids.length) return [];
+    const report = await this.engine.verify(ids);
+    const back: string[] = [];
+    for (const v of report.backups) {
+      if (!v.ok) continue;
+      if (await this.catalog.backups.transitionBackup(v.id, statusesAllowing('verified'), 'available', this.clock.now(), null)) back.push(v.id);
+    }
+    if (back.length) this.log.warn({ backups: back }, 'backups verified whole again are available');
+    return back;
+  }
+
+  /** reverifyErrorBackups in the background; a failure is logged (the next start tries again). */
+  reverifyErrorBackupsSoon(): void {
+    this.engine.track(this.reverifyErrorBackups()).catch((err: unknown) => this.log.error({ err }, 'verifying error backups failed'));
   }
 
   /** Reclaims space in the background (after deletes). */
@@ -325,6 +368,8 @@ export class BackupService {
         if (!b || b.status !== 'creating') throw new AppError(ErrorCode.BackupInvalidState, `backup ${p.backupId} is no longer being created`);
         const result = await this.engine.backup(p.sourcePath, {
           backupId: b.id, volume: { id: p.volumeId, name: p.volumeName }, previousId: b.parentId, full: b.fullBackup, signal: ctx.signal,
+          // A full backup the user asked for reuses only stored chunks it has checked intact (Q3).
+          checkReused: (job.payload as { checkReused?: boolean }).checkReused === true,
           onProgress: (pr) => ctx.progress(pr.doneBytes, pr.totalBytes),
         });
         this.events.backupFinished?.({ sizeBytes: result.manifest.sizeBytes, newBytes: result.stats.newBytes, storedBytes: result.stats.storedBytes });
@@ -337,6 +382,8 @@ export class BackupService {
         const p = job.payload as { backupId: string };
         const reason = failureText(err);
         await this.catalog.backups.transitionBackup(p.backupId, ['creating'], 'error', this.clock.now(), reason);
+        // Failed, cancelled or found interrupted at recovery: the packs it wrote are orphans (G5).
+        this.collectGarbageSoon();
         return { errorCode: isAppError(err, ErrorCode.VolumeUnreadable) ? 'VolumeBackup.0027' : 'VolumeBackup.0064', failReason: `CreateBackup Task-fail: ${reason}` };
       },
       // The engine may have written the manifest just before the process died: then the backup is
@@ -390,7 +437,7 @@ export class BackupService {
       },
       fail: async (job, err) => {
         const p = job.payload as { backupId: string; volumeId: string };
-        const reason = failureText(err);
+        const reason = failureText(err) + (await this.damageNote(err, p.backupId));
         const now = this.clock.now();
         // A backup whose data proved damaged is marked error; otherwise it is intact and available again.
         const damaged = isAppError(err, ErrorCode.ChunkMissing) || isAppError(err, ErrorCode.ChunkCorrupt) || isAppError(err, ErrorCode.RestoreMismatch) || isAppError(err, ErrorCode.RepositoryCorrupt);
