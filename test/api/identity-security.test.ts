@@ -238,10 +238,7 @@ describe('identity security', () => {
       await svc.app.identity.revokeRole(other.projectId, admin.userId, 'admin');
     });
 
-    it('the cloud admin reads any project\'s quotas and adopts a file into any existing project', async () => {
-      assert.equal((await req({ method: 'GET', url: `/v2/${other.projectId}/cloudbackups/quota`, token: admin.token })).statusCode, 200);
-      const csbs = await req({ method: 'GET', url: `/v1/${other.projectId}/quotas`, token: admin.token });
-      assert.equal(csbs.statusCode, 200, csbs.body);
+    it('the cloud admin adopts a file into any existing project', async () => {
       const dir = path.join(root, 'y');
       if (!existsSync(dir)) mkdirSync(dir);
       const file = path.join(dir, 'for-y.img');

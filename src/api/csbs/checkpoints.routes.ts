@@ -252,8 +252,7 @@ export function registerCheckpointRoutes(app: FastifyInstance, s: ApiServices): 
     return { restorable: out };
   });
 
-  // The cloud admin may read any project's quotas; anyone else only their own.
-  app.get('/v1/:projectId/quotas', { config: { ...CFG, auth: 'projectOrCloudAdmin' }, schema: { tags, summary: 'Backup quotas and usage (Q1)' } }, async (req) => {
+  app.get('/v1/:projectId/quotas', { config: CFG, schema: { tags, summary: 'Backup quotas and usage (Q1)' } }, async (req) => {
     const u = await s.serverBackups.usage(pid(req));
     return { quotas: { resources: [{ type: 'backup_capacity', unit: 'GB', quota: s.config.quotaBackupGigabytes, used: u.capacityGb }, { type: 'backups', quota: s.config.quotaBackups, used: u.backups }] } };
   });

@@ -96,8 +96,7 @@ export function registerVbsBackupRoutes(app: FastifyInstance, s: ApiServices): v
     return { job_id: job.id };
   });
 
-  // The cloud admin may read any project's quotas; anyone else only their own.
-  app.get('/v2/:projectId/cloudbackups/quota', { config: { ...base, auth: 'projectOrCloudAdmin' }, schema: { tags, summary: 'Backup quotas (Q1)' } }, async (req) => {
+  app.get('/v2/:projectId/cloudbackups/quota', { config: base, schema: { tags, summary: 'Backup quotas (Q1)' } }, async (req) => {
     const u = await s.backups.usage(pid(req));
     return {
       quotas: {
