@@ -32,6 +32,7 @@ import { CsbsTagService } from '../services/csbs-tag-service.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { pino, type Logger as PinoLogger } from 'pino';
 import { VolumeService } from '../services/volume-service.ts';
+import { VolumeFiles } from '../services/volume-files.ts';
 import { PolicyService } from '../services/policy-service.ts';
 import { SharingService } from '../services/sharing-service.ts';
 import { ServerService } from '../services/server-service.ts';
@@ -128,7 +129,9 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
       repositoryBytesTtlMs: isS3Url(config.repositoryUrl) ? 15 * 60_000 : 60_000, // S3 bills each LIST request
       jobCounts: () => catalog.jobs.countByStatus(),
     });
-    const volumes = new VolumeService(catalog, clock, { dataDir: config.dataDir, volumeRoots: config.volumeRoots, availabilityZone: config.availabilityZone });
+    // Haven's own folders are never volumes, whatever HAVEN_VOLUME_ROOTS says.
+    const files = new VolumeFiles({ dataDir: config.dataDir, volumeRoots: config.volumeRoots, privateDirs: isS3Url(config.repositoryUrl) ? [] : [config.repositoryUrl] });
+    const volumes = new VolumeService(catalog, clock, files, { dataDir: config.dataDir, volumeRoots: config.volumeRoots, availabilityZone: config.availabilityZone });
     let runner: JobRunner | null = null;
     const quotas = new QuotaService(catalog, { volumes: config.quotaVolumes, gigabytes: config.quotaGigabytes, backups: config.quotaBackups, backup_gigabytes: config.quotaBackupGigabytes, per_volume_gigabytes: config.maxVolumeGb });
     volumes.limits = { quotas, maxVolumeGb: config.maxVolumeGb };
@@ -138,10 +141,10 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
       jobCancelled: (jobId, reason) => runner?.cancel(jobId, reason),
       backupFinished: (b) => metrics.observeBackup(b),
       backupSucceeded: async (b) => policiesRef?.applyRetention(b),
-    }, log);
+    }, log, files);
     const policies = new PolicyService(catalog, clock, backups, config.maxPoliciesPerProject);
     policiesRef = policies;
-    const serverBackups = new ServerBackupService(catalog, clock, backups, { dataDir: config.dataDir, freezeCommand: config.freezeCommand, thawCommand: config.thawCommand }, () => runner?.wake());
+    const serverBackups = new ServerBackupService(catalog, clock, backups, { dataDir: config.dataDir, files, freezeCommand: config.freezeCommand, thawCommand: config.thawCommand }, () => runner?.wake());
     const csbsPolicies = new CsbsPolicyService(catalog, clock, serverBackups, (pattern) => {
       try {
         parsePattern(pattern);

@@ -21,6 +21,8 @@ export interface Volume {
   path: string;
   /** Adopted from an existing image or device (os-volume-manage): Haven never deletes its file. */
   adopted: boolean;
+  /** "device:inode" of the file or device, recorded at adoption or creation (null: older volumes). */
+  fileId: string | null;
   status: VolumeStatus;
   bootable: boolean;
   availabilityZone: string;

@@ -2,8 +2,9 @@
  * Volume sources: what a backup reads. A raw image file or a block device, opened read-only (a
  * backup never modifies its volume).
  */
-import { promises as fs } from 'node:fs';
+import { constants as fsc, promises as fs } from 'node:fs';
 import { AppError, ErrorCode } from '../domain/errors.ts';
+import { openVolumeFile, type VolumeFileGuard } from './volume-file.ts';
 
 export interface VolumeSource {
   readonly sizeBytes: number;
@@ -21,12 +22,21 @@ export class FileVolumeSource implements VolumeSource {
     this.sizeBytes = sizeBytes;
   }
 
-  static async open(path: string): Promise<FileVolumeSource> {
+  /**
+   * Opens a volume read-only. With a guard (the service's volumes), the path must be the very file
+   * Haven adopted, under its roots, not through a symbolic link (volume-file.ts); without one (the
+   * operator's CLI), links are followed like any tool does.
+   */
+  static async open(path: string, guard?: VolumeFileGuard): Promise<FileVolumeSource> {
     let fh: fs.FileHandle;
-    try {
-      fh = await fs.open(path, 'r');
-    } catch (err) {
-      throw new AppError(ErrorCode.VolumeUnreadable, `cannot open volume ${path}: ${(err as Error).message}`, { cause: err });
+    if (guard) {
+      fh = (await openVolumeFile(path, fsc.O_RDONLY, guard)).fh;
+    } else {
+      try {
+        fh = await fs.open(path, 'r');
+      } catch (err) {
+        throw new AppError(ErrorCode.VolumeUnreadable, `cannot open volume ${path}: ${(err as Error).message}`, { cause: err });
+      }
     }
     try {
       const st = await fh.stat();

@@ -12,6 +12,7 @@ import { Repository } from '../engine/repository.ts';
 import { restoreBackup, type RestoreResult } from '../engine/restore-reader.ts';
 import { backupsUsingChunks, verifyRepository, type VerifyReport } from '../engine/verifier.ts';
 import { FileVolumeSource } from '../engine/volume-source.ts';
+import type { VolumeFileGuard } from '../engine/volume-file.ts';
 import { ChunkWorkerPool } from '../engine/worker-pool.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 
@@ -45,10 +46,10 @@ export class BackupEngine {
     return new BackupEngine(repo, new ChunkWorkerPool(opts.threads, opts.nice === undefined ? {} : { nice: opts.nice }));
   }
 
-  async backup(sourcePath: string, opts: { backupId: string; volume: { id: string; name: string }; previousId: string | null; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
+  async backup(sourcePath: string, opts: { guard?: VolumeFileGuard; backupId: string; volume: { id: string; name: string }; previousId: string | null; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
     let previous: BackupManifest | null = null;
     if (opts.previousId && !opts.full) previous = await this.manifest(opts.previousId).catch(() => null); // a missing parent only means: record as full
-    const source = await FileVolumeSource.open(sourcePath);
+    const source = await FileVolumeSource.open(sourcePath, opts.guard);
     try {
       return await writeBackup(this.repo, source, { backupId: opts.backupId, volume: opts.volume, previous, full: opts.full || !previous, checkReused: opts.checkReused ?? false, pool: this.pool, signal: opts.signal, onProgress: opts.onProgress });
     } finally {
@@ -56,10 +57,10 @@ export class BackupEngine {
     }
   }
 
-  async restore(backupId: string, targetPath: string, opts: { signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<RestoreResult> {
+  async restore(backupId: string, targetPath: string, opts: { guard?: VolumeFileGuard; targetSizeBytes?: number; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<RestoreResult> {
     const manifest = await this.manifest(backupId);
     // A VM disk must be on stable storage when the restore reports success.
-    return restoreBackup(this.repo, manifest, targetPath, { pool: this.pool, signal: opts.signal, onProgress: opts.onProgress, fsync: true });
+    return restoreBackup(this.repo, manifest, targetPath, { pool: this.pool, signal: opts.signal, onProgress: opts.onProgress, fsync: true, ...(opts.guard ? { guard: opts.guard } : {}), ...(opts.targetSizeBytes ? { targetSizeBytes: opts.targetSizeBytes } : {}) });
   }
 
   /** The manifest of a backup, or null when the engine never completed it. */

@@ -15,6 +15,8 @@ import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { newHexId, newUuid } from '../domain/ids.ts';
 import { queuedJob, type Backup, type BackupOrigin, type Job, type JobType, type Tag, type Volume } from '../domain/model.ts';
+import type { VolumeFileGuard } from '../engine/volume-file.ts';
+import type { VolumeFiles } from './volume-files.ts';
 import type { BackupEngine } from './backup-engine.ts';
 import type { JobFailure, JobHandler } from './job-runner.ts';
 import { activeJobsOfBackup, waitForBackupJobs } from './backup-jobs.ts';
@@ -48,6 +50,8 @@ export interface BackupServiceEvents {
 }
 
 export class BackupService {
+  /** How jobs reach volume files: guarded opens only (volume-files.ts). */
+  private readonly files: VolumeFiles;
   private readonly catalog: Catalog;
   private readonly clock: Clock;
   private readonly engine: BackupEngine;
@@ -55,7 +59,8 @@ export class BackupService {
   private readonly events: BackupServiceEvents;
   private readonly log: { warn(o: object, m?: string): void; error(o: object, m?: string): void };
 
-  constructor(catalog: Catalog, clock: Clock, engine: BackupEngine, quotas: Quotas, events: BackupServiceEvents, log: BackupService['log']) {
+  constructor(catalog: Catalog, clock: Clock, engine: BackupEngine, quotas: Quotas, events: BackupServiceEvents, log: BackupService['log'], files: VolumeFiles) {
+    this.files = files;
     this.catalog = catalog;
     this.clock = clock;
     this.engine = engine;
@@ -266,7 +271,7 @@ export class BackupService {
       throw err;
     }
     try {
-      const r = await this.engine.backup(sourcePath, { backupId: backup.id, volume: { id: volume.id, name: volume.name ?? volume.id }, previousId: backup.parentId, full, checkReused: opts.full, signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
+      const r = await this.engine.backup(sourcePath, { guard: this.files.snapshotGuard(), backupId: backup.id, volume: { id: volume.id, name: volume.name ?? volume.id }, previousId: backup.parentId, full, checkReused: opts.full, signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
       this.events.backupFinished?.({ sizeBytes: r.manifest.sizeBytes, newBytes: r.stats.newBytes, storedBytes: r.stats.storedBytes });
       await this.catalog.backups.completeBackup(backup.id, { sizeBytes: r.manifest.sizeBytes, storedBytes: r.stats.storedBytes, newBytes: r.stats.newBytes, objectCount: r.stats.objectsWritten, parentId: r.manifest.parentId, dataTimestamp: now }, this.clock.now());
       return (await this.catalog.backups.getBackupById(backup.id))!;
@@ -279,9 +284,9 @@ export class BackupService {
 
   /** Writes a backup onto a volume now, inside a caller's job (CSBS restores); keeps a larger volume's size. */
   async restoreVolumeNow(backupId: string, volume: Volume, opts: { signal: AbortSignal; onProgress: (done: number, total: number) => void }): Promise<void> {
-    await this.engine.restore(backupId, volume.path, { signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
-    const st = await fs.stat(volume.path);
-    if (st.isFile() && st.size < volume.sizeBytes) await fs.truncate(volume.path, volume.sizeBytes);
+    // The volume's own file, checked on open (never through a link or a swapped file); a file
+    // larger than the backup keeps the volume's size.
+    await this.engine.restore(backupId, volume.path, { guard: this.files.guardOf(volume), targetSizeBytes: volume.sizeBytes, signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
   }
 
   /** Deletes a volume backup of a server backup now (CSBS); its chunks go at the next GC. */
@@ -346,6 +351,18 @@ export class BackupService {
     return j;
   }
 
+  /** What a backup reads: its snapshot's file, or its volume's, with the guard to open it by. */
+  private async sourceOf(b: Backup): Promise<{ path: string; guard: VolumeFileGuard }> {
+    if (b.snapshotId) {
+      const snap = await this.catalog.volumes.getSnapshot(b.projectId, b.snapshotId);
+      if (!snap) throw new AppError(ErrorCode.SnapshotNotFound, `snapshot ${b.snapshotId} no longer exists`);
+      return { path: snap.path, guard: this.files.snapshotGuard() };
+    }
+    const v = await this.catalog.volumes.getVolumeById(b.volumeId);
+    if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${b.volumeId} no longer exists`);
+    return { path: v.path, guard: this.files.guardOf(v) };
+  }
+
   /** The job handlers the runner dispatches to. */
   handlers(): Record<'bksCreateBackup' | 'bksDeleteBackup' | 'bksRestoreBackup', JobHandler> {
     return { bksCreateBackup: this.createHandler(), bksDeleteBackup: this.deleteHandler(), bksRestoreBackup: this.restoreHandler() };
@@ -366,8 +383,11 @@ export class BackupService {
         const p = job.payload as { backupId: string; volumeId: string; sourcePath: string; volumeName: string };
         const b = await this.catalog.backups.getBackupById(p.backupId);
         if (!b || b.status !== 'creating') throw new AppError(ErrorCode.BackupInvalidState, `backup ${p.backupId} is no longer being created`);
-        const result = await this.engine.backup(p.sourcePath, {
-          backupId: b.id, volume: { id: p.volumeId, name: p.volumeName }, previousId: b.parentId, full: b.fullBackup, signal: ctx.signal,
+        // The source is looked up again, not taken from the payload: the job opens the volume (or
+        // snapshot) file the catalog knows, through its guard.
+        const source = await this.sourceOf(b);
+        const result = await this.engine.backup(source.path, {
+          guard: source.guard, backupId: b.id, volume: { id: p.volumeId, name: p.volumeName }, previousId: b.parentId, full: b.fullBackup, signal: ctx.signal,
           // A full backup the user asked for reuses only stored chunks it has checked intact (Q3).
           checkReused: (job.payload as { checkReused?: boolean }).checkReused === true,
           onProgress: (pr) => ctx.progress(pr.doneBytes, pr.totalBytes),

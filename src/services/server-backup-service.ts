@@ -21,13 +21,15 @@ import { newHexId, newUuid } from '../domain/ids.ts';
 import { queuedJob, type Backup, type Job, type JobType, type Volume } from '../domain/model.ts';
 import type { BackupService } from './backup-service.ts';
 import type { JobHandler } from './job-runner.ts';
-import { copySparse } from './volume-service.ts';
+import type { VolumeFiles } from './volume-files.ts';
 
 const run = promisify(execFile);
 const HOOK_TIMEOUT_MS = 120_000;
 
 export interface ServerBackupOptions {
   dataDir: string;
+  /** How volume files are opened (guarded: no links, the adopted file only). */
+  files: VolumeFiles;
   freezeCommand: string;
   thawCommand: string;
 }
@@ -297,7 +299,7 @@ export class ServerBackupService {
             // Thaw runs whenever freeze was tried, even if freeze itself failed half way.
             try {
               await this.hook(this.opts.freezeCommand, env);
-              for (const v of volumes) await copySparse(v.path, path.join(snapDir, `${v.id}.img`));
+              for (const v of volumes) await this.opts.files.copyOut(v.path, this.opts.files.guardOf(v), path.join(snapDir, `${v.id}.img`));
             } finally {
               await this.hook(this.opts.thawCommand, env);
             }

@@ -4,10 +4,8 @@
  * under the operator's HAVEN_VOLUME_ROOTS, and snapshots (point-in-time copies, reflinked when the
  * file system can).
  */
-import { execFile } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { promisify } from 'node:util';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
@@ -15,8 +13,9 @@ import { newUuid } from '../domain/ids.ts';
 import type { Snapshot, Volume } from '../domain/model.ts';
 import { checkFileSystemAllows, checkVolumeSize, type VolumeLimits } from './volume-limits.ts';
 import { blockDeviceSize } from '../engine/volume-source.ts';
+import { fileIdOf } from '../engine/volume-file.ts';
+import type { VolumeFiles } from './volume-files.ts';
 
-const run = promisify(execFile);
 export const GiB = 1024 ** 3;
 /** Largest volume Haven creates (Cinder's EVS limit is 32 TB; files are sparse anyway). */
 export const MAX_VOLUME_GB = 32 * 1024;
@@ -33,19 +32,21 @@ export class VolumeService {
   private readonly catalog: Catalog;
   private readonly clock: Clock;
   private readonly opts: VolumeServiceOptions;
+  private readonly files: VolumeFiles;
 
-  constructor(catalog: Catalog, clock: Clock, opts: VolumeServiceOptions) {
+  constructor(catalog: Catalog, clock: Clock, files: VolumeFiles, opts: VolumeServiceOptions) {
     this.catalog = catalog;
     this.clock = clock;
+    this.files = files;
     this.opts = opts;
   }
 
   get volumesDir(): string {
-    return path.join(this.opts.dataDir, 'volumes');
+    return this.files.volumesDir;
   }
 
   get snapshotsDir(): string {
-    return path.join(this.opts.dataDir, 'snapshots');
+    return this.files.snapshotsDir;
   }
 
   async createVolume(projectId: string, input: { sizeGb: number; name?: string | null | undefined; description?: string | null | undefined; metadata?: Record<string, string> | undefined; bootable?: boolean | undefined; snapshotId?: string | null | undefined }): Promise<Volume> {
@@ -60,17 +61,19 @@ export class VolumeService {
       const snap = await this.getSnapshot(projectId, input.snapshotId);
       if (snap.status !== 'available') throw new AppError(ErrorCode.SnapshotInvalidState, `snapshot ${snap.id} is ${snap.status}, not available`);
       if (sizeGb < snap.sizeGb) throw new AppError(ErrorCode.InvalidArgument, `size ${sizeGb} GB is smaller than the snapshot's ${snap.sizeGb} GB`);
-      await copySparse(snap.path, file);
+      await this.files.copyOut(snap.path, this.files.snapshotGuard(), file);
     }
     const fh = await fs.open(file, input.snapshotId ? 'r+' : 'wx', 0o600);
+    let fileId: string;
     try {
       await fh.truncate(sizeGb * GiB);
+      fileId = fileIdOf(await fh.stat({ bigint: true }));
     } finally {
       await fh.close();
     }
     sizeGb = Math.max(sizeGb, 1);
     const v: Volume = {
-      id, projectId, name: input.name ?? null, description: input.description ?? null, sizeGb, sizeBytes: sizeGb * GiB, path: file, adopted: false,
+      id, projectId, name: input.name ?? null, description: input.description ?? null, sizeGb, sizeBytes: sizeGb * GiB, path: file, adopted: false, fileId,
       status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
     };
     try {
@@ -87,8 +90,10 @@ export class VolumeService {
 
   /**
    * Adopts an existing image file or block device (os-volume-manage). Only paths inside one of the
-   * operator's volume roots are accepted; symlinks and `..` escapes are refused, and a path already
-   * known as a volume cannot be adopted twice.
+   * operator's volume roots are accepted; symlinks, `..` escapes, files with more than one hard
+   * link and anything in Haven's own data are refused (checked on the opened file, VolumeFiles), a
+   * path already known as a volume cannot be adopted twice, and the file's device and inode are
+   * recorded: every later job must find that same file there.
    */
   async manageVolume(projectId: string, input: { sourceName: string; name?: string | null | undefined; description?: string | null | undefined; bootable?: boolean | undefined; metadata?: Record<string, string> | undefined }): Promise<Volume> {
     const requested = input.sourceName;
@@ -97,23 +102,18 @@ export class VolumeService {
     const normal = path.normalize(requested);
     const root = this.opts.volumeRoots.find((r) => normal.startsWith(r.endsWith('/') ? r : `${r}/`));
     if (!root) throw new AppError(ErrorCode.VolumePathRefused, this.opts.volumeRoots.length ? `path ${requested} is not under a volume root (HAVEN_VOLUME_ROOTS: ${this.opts.volumeRoots.join(':')})` : 'no volume roots are configured (HAVEN_VOLUME_ROOTS), so no path can be adopted');
-    const st = await fs.lstat(normal).catch(() => null);
-    if (!st) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} does not exist`);
-    if (st.isSymbolicLink()) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is a symbolic link`);
-    // No symlinked folder on the way either: the real path must be the path asked for.
-    const real = await fs.realpath(normal);
-    if (real !== normal) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} resolves to ${real} through a symbolic link`);
+    const opened = await this.files.openForAdoption(normal);
     let sizeBytes: number;
-    if (st.isFile()) sizeBytes = st.size;
-    else if (st.isBlockDevice()) sizeBytes = await blockDeviceSize(st.rdev);
-    else throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is neither a regular file nor a block device`);
-    await fs.access(normal, fs.constants.R_OK | fs.constants.W_OK).catch(() => {
-      throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is not readable and writable by Haven`);
-    });
+    try {
+      const st = opened.stat;
+      sizeBytes = st.isFile() ? Number(st.size) : await blockDeviceSize(Number(st.rdev));
+    } finally {
+      await opened.fh.close();
+    }
     const now = this.clock.now();
     const v: Volume = {
       id: newUuid(), projectId, name: input.name ?? null, description: input.description ?? null, sizeGb: Math.max(1, Math.ceil(sizeBytes / GiB)), sizeBytes, path: normal,
-      adopted: true, status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
+      adopted: true, fileId: opened.fileId, status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
     };
     await this.catalog.transaction(async (c) => {
       if (await c.volumes.findVolumeByPath(normal)) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is already managed as a volume`);
@@ -159,7 +159,14 @@ export class VolumeService {
         throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${id} is ${v.status}; only available or error volumes can be deleted.`);
       }
     });
-    if (!v.adopted) await fs.rm(v.path, { force: true });
+    if (!v.adopted) {
+      try {
+        await this.files.removeCreated(v);
+      } catch (err) {
+        await this.catalog.volumes.transitionVolume(id, ['deleting'], 'error', this.clock.now());
+        throw err;
+      }
+    }
     await this.catalog.transaction(async (c) => {
       await c.policies.unbindVolumeEverywhere(id);
       await c.volumes.deleteVolume(id);
@@ -176,7 +183,7 @@ export class VolumeService {
     await this.catalog.volumes.insertSnapshot(s);
     try {
       await fs.mkdir(this.snapshotsDir, { recursive: true });
-      await copySparse(v.path, s.path);
+      await this.files.copyOut(v.path, this.files.guardOf(v), s.path);
       await this.catalog.volumes.transitionSnapshot(s.id, ['creating'], 'available', this.clock.now());
       s.status = 'available';
     } catch (err) {
@@ -205,21 +212,5 @@ export class VolumeService {
     }
     await fs.rm(s.path, { force: true });
     await this.catalog.volumes.deleteSnapshot(id);
-  }
-}
-
-/**
- * Copies an image keeping holes, as a reflink when the file system supports it. coreutils' cp does
- * exactly this (FICLONE, then SEEK_DATA/SEEK_HOLE); Node's copyFile would fill holes with zeros.
- * The copy goes to a temporary name and is renamed, so a crash never leaves a half copy in place.
- */
-export async function copySparse(from: string, to: string): Promise<void> {
-  const tmp = `${to}.tmp-${process.pid}`;
-  try {
-    await run('cp', ['--reflink=auto', '--sparse=always', '--', from, tmp]);
-    await fs.rename(tmp, to);
-  } catch (err) {
-    await fs.rm(tmp, { force: true }); // best effort cleanup of the partial copy
-    throw err;
   }
 }
