@@ -340,25 +340,32 @@ describe('native backups (Cinder API)', () => {
     assert.equal((await svc.app.catalog.backups.getBackupById(first.id))!.status, 'available');
   });
 
-  it('N5: delete is refused while the backup is being created', async () => {
+  it('N5: deleting a backup still being created stops its job and removes the backup', async () => {
     await overwrite(vol.path, 400 * MiB, randomBytesSeeded(MiB, 7));
-    const id = await withRunnerPaused(svc, async () => {
+    const { bid, jobId } = await withRunnerPaused(svc, async () => {
       const r = await create('v3', { volume_id: vol.id, name: 'busy' });
       assert.equal(r.statusCode, 202, r.body);
       const bid = (r.json() as { backup: { id: string } }).backup.id;
       const shown = (await svc.req({ method: 'GET', url: `/v3/${pid}/backups/${bid}`, token })).json() as { backup: { status: string } };
       assert.equal(shown.backup.status, 'creating');
-      for (const v of ['v2', 'v3']) {
-        const d = await svc.req({ method: 'DELETE', url: `/${v}/${pid}/backups/${bid}`, token });
-        assert.ok(d.statusCode === 400 || d.statusCode === 409, d.body);
-        assertCinderError(d, d.statusCode);
-      }
-      assert.equal((await svc.app.catalog.backups.getBackupById(bid))!.status, 'creating');
-      return bid;
+      const job = (await svc.app.catalog.jobs.activeJobs(['bksCreateBackup'])).find((j) => j.payload.backupId === bid)!;
+      const d = await svc.req({ method: 'DELETE', url: `/v3/${pid}/backups/${bid}`, token });
+      assert.equal(d.statusCode, 202, d.body);
+      assert.equal((await svc.app.catalog.backups.getBackupById(bid))!.status, 'deleting');
+      // A second delete while it is being deleted: 400, nothing changes.
+      assertCinderError(await svc.req({ method: 'DELETE', url: `/v2/${pid}/backups/${bid}`, token }), 400);
+      return { bid, jobId: job.id };
     });
-    // Once the runner is back, the backup completes normally.
-    assert.equal((await svc.waitBackup(token, pid, id))!.status, 'available');
-    busyId = id;
+    // Once the runner is back, the stopped job fails with the reason and the backup goes.
+    assert.equal(await svc.waitBackup(token, pid, bid), null);
+    const job = await svc.waitJob(token, pid, jobId);
+    assert.equal(job.status, 'FAIL');
+    assert.match(String(job.fail_reason), /cancelled: the backup was deleted while it was being created/);
+    // A backup of the same volume runs normally afterwards.
+    const r = await create('v3', { volume_id: vol.id, name: 'busy' });
+    assert.equal(r.statusCode, 202, r.body);
+    busyId = (r.json() as { backup: { id: string } }).backup.id;
+    assert.equal((await svc.waitBackup(token, pid, busyId))!.status, 'available');
   });
 
   it('a next link whose marker backup was deleted meanwhile does not start the listing over', async () => {
