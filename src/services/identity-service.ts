@@ -31,6 +31,8 @@ import { HashingGate, hashPassword, verifyPassword } from './passwords.ts';
 import { LOGIN_LIMITS, LoginThrottle, type LoginLimits } from './login-throttle.ts';
 
 export const TOKEN_CACHE_MS = 5_000;
+/** Password checks one source address may have running or queued at once (more: 429, Retry-After 1). */
+const HASHING_PER_ADDRESS = 2;
 const TOKEN_CACHE_MAX = 10_000;
 
 /** Who is calling: a validated token with its user and project resolved. */
@@ -78,6 +80,8 @@ export class IdentityService {
   readonly adminProject: string;
   private readonly throttle: LoginThrottle;
   private readonly hashing: HashingGate;
+  /** Password checks running or queued per source address: one address cannot fill the hashing queue. */
+  private readonly hashingBy = new Map<string, number>();
 
   constructor(catalog: Catalog, clock: Clock, tokenTtlSeconds: number, opts: IdentityOptions = {}) {
     this.catalog = catalog;
@@ -156,13 +160,23 @@ export class IdentityService {
     const who = user ? user.id : `unknown:${'id' in ref ? ref.id : `${domainIdOf(ref.domain) ?? '?'}/${ref.name.toLowerCase()}`}`;
     const waitMs = this.throttle.retryAfterMs(who, source);
     if (waitMs > 0) throw throttled(waitMs);
+    const mine = this.hashingBy.get(source) ?? 0;
+    if (mine >= HASHING_PER_ADDRESS) throw throttled(1000);
     // Counted as a failure from now on, so that attempts arriving while this hash runs see it.
     this.throttle.recordAttempt(who, source);
-    // Hash even for an unknown user, so timing does not tell which user names exist.
-    const ok = await this.hashing.run(() => verifyPassword(password, user?.passwordHash ?? DUMMY_HASH)).catch((err: unknown) => {
+    this.hashingBy.set(source, mine + 1);
+    let ok: boolean;
+    try {
+      // Hash even for an unknown user, so timing does not tell which user names exist.
+      ok = await this.hashing.run(() => verifyPassword(password, user?.passwordHash ?? DUMMY_HASH));
+    } catch (err) {
       if (err instanceof AppError && err.code === ErrorCode.ServiceBusy) this.throttle.recordAbandoned(who, source);
       throw err;
-    });
+    } finally {
+      const n = (this.hashingBy.get(source) ?? 1) - 1;
+      if (n > 0) this.hashingBy.set(source, n);
+      else this.hashingBy.delete(source);
+    }
     if (!user || !ok) throw new AppError(ErrorCode.AuthenticationFailed, AUTH_FAILED);
     this.throttle.recordSuccess(who, source);
     if (!user.enabled) throw new AppError(ErrorCode.AuthenticationFailed, AUTH_FAILED);
