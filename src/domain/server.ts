@@ -36,3 +36,16 @@ export function deviceName(n: number): string {
   } while (i >= 0);
   return `/dev/vd${s}`;
 }
+
+/**
+ * Why a server name cannot be used, or null. A name reaches the operator's freeze/thaw hooks
+ * (HAVEN_SERVER_NAME): one that starts with '-' reads as an option to the command it is passed to,
+ * and control characters (newlines, escapes) break scripts and logs. Quoting in the hook is still
+ * the operator's part; these are refused outright.
+ */
+export function unsafeServerName(name: string): string | null {
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f-\u009f]/.test(name)) return 'must not contain control characters';
+  if (name.startsWith('-')) return "must not start with '-'";
+  return null;
+}

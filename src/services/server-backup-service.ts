@@ -21,6 +21,7 @@ import { newHexId, newUuid } from '../domain/ids.ts';
 import { queuedJob, type Backup, type Job, type JobType, type Volume } from '../domain/model.ts';
 import type { BackupService } from './backup-service.ts';
 import type { JobHandler } from './job-runner.ts';
+import { unsafeServerName } from '../domain/server.ts';
 import type { VolumeFiles } from './volume-files.ts';
 
 const run = promisify(execFile);
@@ -266,7 +267,14 @@ export class ServerBackupService {
   }
 
   /** What the freeze and thaw hooks are told about the server. */
+  /**
+   * What the hooks get: HAVEN_SERVER_ID (Haven's id, never chosen by a tenant: the safe handle),
+   * HAVEN_SERVER_NAME (tenant-chosen, so hooks must quote it; names starting with '-' or holding
+   * control characters are refused when servers are created) and the volumes' paths.
+   */
   private hookEnv(item: CheckpointItem, volumePaths: string[]): Record<string, string> {
+    const why = unsafeServerName(item.serverName);
+    if (why) throw new AppError(ErrorCode.HookFailed, `server ${item.serverId}'s name ${why}; the hooks are not run with it`);
     return { HAVEN_SERVER_ID: item.serverId, HAVEN_SERVER_NAME: item.serverName, HAVEN_VOLUME_PATHS: volumePaths.join(' ') };
   }
 
@@ -333,7 +341,7 @@ export class ServerBackupService {
               const v = await this.catalog.volumes.getVolumeById(a.volumeId);
               if (v) paths.push(v.path);
             }
-            await this.hook(this.opts.thawCommand, this.hookEnv(item, paths)).catch(() => undefined); // best effort
+            await Promise.resolve().then(() => this.hook(this.opts.thawCommand, this.hookEnv(item, paths))).catch(() => undefined); // best effort
           }
           // Volume backups this run left half-made (process died mid-backup) become error, so they
           // never block the volume's next backup; the snapshots go.

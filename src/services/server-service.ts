@@ -6,7 +6,7 @@ import type { Catalog, CatalogQueries } from '../catalog/catalog.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { newUuid } from '../domain/ids.ts';
-import { deviceName, type Server, type ServerVolume } from '../domain/server.ts';
+import { deviceName, unsafeServerName, type Server, type ServerVolume } from '../domain/server.ts';
 
 export const MAX_VOLUMES_PER_SERVER = 24;
 
@@ -22,6 +22,8 @@ export class ServerService {
   }
 
   async createServer(projectId: string, input: { name: string; metadata?: Record<string, string> | undefined; volumes: { volumeId: string; bootIndex: number | null }[] }): Promise<Server> {
+    const why = unsafeServerName(input.name);
+    if (why) throw new AppError(ErrorCode.InvalidArgument, `Invalid input received: server name ${why}.`);
     if (input.volumes.length > MAX_VOLUMES_PER_SERVER) throw new AppError(ErrorCode.InvalidArgument, `A server holds at most ${MAX_VOLUMES_PER_SERVER} volumes.`);
     if (new Set(input.volumes.map((v) => v.volumeId)).size !== input.volumes.length) throw new AppError(ErrorCode.InvalidArgument, 'A volume is listed twice in block_device_mapping_v2.');
     if (input.volumes.filter((v) => v.bootIndex === 0).length > 1) throw new AppError(ErrorCode.InvalidArgument, 'Only one volume can have boot_index 0.');

@@ -8,7 +8,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { Clock } from '../domain/clock.ts';
-import { AppError, ErrorCode } from '../domain/errors.ts';
+import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { newUuid } from '../domain/ids.ts';
 import type { Snapshot, Volume } from '../domain/model.ts';
 import { checkFileSystemAllows, checkVolumeSize, type VolumeLimits } from './volume-limits.ts';
@@ -187,8 +187,13 @@ export class VolumeService {
       await this.catalog.volumes.transitionSnapshot(s.id, ['creating'], 'available', this.clock.now());
       s.status = 'available';
     } catch (err) {
-      await this.catalog.volumes.transitionSnapshot(s.id, ['creating'], 'error', this.clock.now());
       await fs.rm(s.path, { force: true }); // best effort; the snapshot row says error
+      if (isAppError(err, ErrorCode.VolumePathRefused)) {
+        // The volume's file is not the one Haven knows: refused, and nothing is left behind.
+        await this.catalog.volumes.deleteSnapshot(s.id);
+        throw err;
+      }
+      await this.catalog.volumes.transitionSnapshot(s.id, ['creating'], 'error', this.clock.now());
       throw new AppError(ErrorCode.VolumeUnreadable, `cannot snapshot volume ${v.id}: ${(err as Error).message}`, { cause: err });
     }
     return s;
