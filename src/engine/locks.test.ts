@@ -3,7 +3,8 @@ import { spawnSync } from 'node:child_process';
 import { hostname } from 'node:os';
 import { describe, it } from 'node:test';
 import { MemoryObjectStore } from '../storage/memory-store.ts';
-import { isStale, listLocks, LOCK_HOST, PID_SPACE, RepositoryLock, STALE_AFTER_MS, type LockRecord } from './locks.ts';
+import { isStale, listLocks, LOCK_HOST, PID_SPACE, RepositoryLock, STALE_AFTER_MS, type LockRecord } from './locks.ts';import { skipOutsideCi } from '../../test/helpers/skip.ts';
+
 
 /** The pid of a process that has certainly exited. */
 function deadPid(): number {
@@ -15,7 +16,7 @@ describe('repository locks', () => {
   const now = Date.now();
   const lock = (over: Partial<LockRecord>): LockRecord => ({ id: 'x', kind: 'backup', host: LOCK_HOST, pid: process.pid, pidSpace: PID_SPACE, startedAtMs: now, refreshedAtMs: now, ...over });
 
-  it('a fresh lock of a dead process of this system is stale at once; of a live one, not', { skip: PID_SPACE ? false : 'no /proc here' }, () => {
+  it('a fresh lock of a dead process of this system is stale at once; of a live one, not', { skip: skipOutsideCi(PID_SPACE ? false : 'no /proc here') }, () => {
     assert.equal(isStale(lock({ pid: deadPid() }), now), true);
     assert.equal(isStale(lock({}), now), false);
   });

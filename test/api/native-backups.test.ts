@@ -381,14 +381,9 @@ describe('native backups (Cinder API)', () => {
     const d = await svc.req({ method: 'DELETE', url: `/v3/${pid}/backups/${third}`, token });
     assert.equal(d.statusCode, 202, d.body);
     assert.equal(await svc.waitBackup(token, pid, third), null);
+    // The marker is gone: an error naming it (as Cinder answers an unknown marker), never page 1 again.
     const r = await svc.req({ method: 'GET', url: pathOf(next), token });
-    if (r.statusCode === 200) {
-      const dup = (r.json() as ListBody).backups.map((b) => String(b.id)).filter((id) => ids1.includes(id));
-      assert.deepEqual(dup, [], `the page after the deleted marker repeats page 1: ${r.body.slice(0, 300)}`);
-    } else {
-      assert.ok(r.statusCode === 400 || r.statusCode === 404, r.body);
-      assertCinderError(r, r.statusCode);
-    }
+    assert.match(assertCinderError(r, 400), new RegExp(`marker ${third} could not be found`));
   });
 
   it('N5: delete answers 202, the backup goes deleting -> gone (404), and a second delete is 404', async () => {

@@ -8,6 +8,8 @@ import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CLI_MAIN, cliErrorMessage, collectCli, MiB, REPO_ROOT, runCli, runCliJson, sha256File, TempDirs, writeRandomFile } from '../helpers/volumes.ts';
+import { skipOutsideCi } from '../helpers/skip.ts';
+
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const UNKNOWN_ID = '01234567-89ab-4def-8123-456789abcdef';
@@ -238,7 +240,7 @@ const hasScript = ((): boolean => {
   }
 })();
 
-describe('haven CLI: progress on a terminal', { skip: hasScript ? false : 'util-linux script is not installed' }, () => {
+describe('haven CLI: progress on a terminal', { skip: skipOutsideCi(hasScript ? false : 'util-linux script is not installed') }, () => {
   it('backup, restore and gc without --json draw bars with human sizes and throughput; with --json nothing but the JSON', async () => {
     const vol = path.join(dir, 'tty.img');
     await writeRandomFile(vol, 48 * MiB, 7);
