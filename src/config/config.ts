@@ -89,7 +89,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 's3Endpoint', env: 'HAVEN_S3_ENDPOINT', kind: 'string', default: '', help: 'URL of an S3-compatible server (MinIO, Ceph RGW, ...; path-style addressing); default: AWS S3' },
   { key: 's3Region', env: 'HAVEN_S3_REGION', kind: 'string', default: '', help: 'region of the S3 repository (default: AWS_REGION, else us-east-1)' },
   { key: 'repoPasswordFile', env: 'HAVEN_REPO_PASSWORD_FILE', kind: 'string', default: '', help: 'file holding the chunk repository password: encrypts the repository at creation' },
-  { key: 'jobConcurrency', env: 'HAVEN_JOB_CONCURRENCY', kind: 'int', default: '2', min: 1, max: 64, help: 'backup/restore jobs this process runs at once' },
+  { key: 'jobConcurrency', env: 'HAVEN_JOB_CONCURRENCY', kind: 'int', default: '2', min: 1, max: 64, help: 'backup/restore jobs this process runs at once; one project runs at most half of them (rounded up)' },
   { key: 'workerNice', env: 'HAVEN_WORKER_NICE', kind: 'int', default: '10', min: 0, max: 19, help: 'CPU priority (nice) of the engine\'s hashing/compression threads, so the ordered whole-volume hash sets the pace and VMs on the host come first (0: the process\'s own)' },
   { key: 'quotaBackups', env: 'HAVEN_QUOTA_BACKUPS', kind: 'int', default: '-1', min: -1, help: 'backups per project (-1: unlimited)' },
   { key: 'adminProject', env: 'HAVEN_ADMIN_PROJECT', kind: 'string', default: 'admin', help: 'the admin project: the admin role on it makes a cloud admin (identity management, adopting host files, other projects\' quotas); created at first start with the user admin' },
