@@ -3,12 +3,13 @@
  * and jobs (J1, under /v1 and, for otcextensions, /v2). Every validation rule of the reference maps
  * to its own error code (the `validation` tables below).
  */
-import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { Type } from 'typebox';
+import type { FastifyInstance } from 'fastify';
+import { Type, type Static } from 'typebox';
 import { ErrorCode } from '../../domain/errors.ts';
 import { UUID_RE } from '../../domain/ids.ts';
 import type { RouteErrorCodes, ValidationCodes } from '../errors.ts';
 import type { ApiServices } from '../server.ts';
+import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { jobJson } from '../wire/vbs-wire.ts';
 
 const UUID = UUID_RE.source;
@@ -67,36 +68,38 @@ const RESTORE_ERRORS: RouteErrorCodes = {
   [ErrorCode.BackupNotOwned]: ['VolumeBackup.0042', 403],
 };
 const JOB_ERRORS: RouteErrorCodes = { [ErrorCode.JobNotFound]: ['common.0011', 404] };
+const BackupParams = Type.Object({ projectId: PathParam, backupId: PathParam });
+const JobParams = Type.Object({ projectId: PathParam, jobId: PathParam });
 
-export function registerVbsBackupRoutes(app: FastifyInstance, s: ApiServices): void {
-  const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
+export function registerVbsBackupRoutes(root: FastifyInstance, s: ApiServices): void {
+  const app = typed(root);
+  const pid = (req: { params: { projectId: string } }) => req.params.projectId;
   const tags = ['vbs backups'];
   const base = { envelope: 'vbs' as const, auth: 'project' as const };
 
   app.post('/v2/:projectId/cloudbackups', {
     config: { ...base, validation: CREATE_VALIDATION, errorCodes: CREATE_ERRORS },
-    schema: { body: CreateBody, tags, summary: 'Create a backup (B1); returns a job' },
+    schema: { params: ProjectParams, body: CreateBody, tags, summary: 'Create a backup (B1); returns a job' },
   }, async (req) => {
-    const b = (req.body as { backup: { volume_id: string; snapshot_id?: string | null; name: string; description?: string | null; tags?: { key: string; value: string }[]; extend_param?: { FullBackup?: string | boolean } | null } }).backup;
+    const b = req.body.backup;
     const full = String(b.extend_param?.FullBackup ?? 'false') === 'true';
     const { job } = await s.backups.createBackup(pid(req), { volumeId: b.volume_id, snapshotId: b.snapshot_id, name: b.name, description: b.description, tags: b.tags, full, origin: 'vbs' });
     return { job_id: job.id };
   });
 
-  const del = async (req: FastifyRequest) => ({ job_id: (await s.backups.deleteBackup(pid(req), (req.params as { backupId: string }).backupId)).id });
-  app.post('/v2/:projectId/cloudbackups/:backupId', { config: { ...base, errorCodes: DELETE_ERRORS }, schema: { tags, summary: 'Delete a backup (B2, deprecated); returns a job' } }, del);
-  app.delete('/v2/:projectId/cloudbackups/:backupId', { config: { ...base, errorCodes: DELETE_ERRORS }, schema: { tags, summary: 'Delete a backup (B2, old clients); returns a job' } }, del);
+  const del = async (req: { params: Static<typeof BackupParams> }) => ({ job_id: (await s.backups.deleteBackup(pid(req), req.params.backupId)).id });
+  app.post('/v2/:projectId/cloudbackups/:backupId', { config: { ...base, errorCodes: DELETE_ERRORS }, schema: { params: BackupParams, tags, summary: 'Delete a backup (B2, deprecated); returns a job' } }, del);
+  app.delete('/v2/:projectId/cloudbackups/:backupId', { config: { ...base, errorCodes: DELETE_ERRORS }, schema: { params: BackupParams, tags, summary: 'Delete a backup (B2, old clients); returns a job' } }, del);
 
   app.post('/v2/:projectId/cloudbackups/:backupId/restore', {
     config: { ...base, validation: RESTORE_VALIDATION, errorCodes: RESTORE_ERRORS },
-    schema: { body: RestoreBody, tags, summary: 'Restore a disk from a backup (B3); returns a job' },
+    schema: { params: BackupParams, body: RestoreBody, tags, summary: 'Restore a disk from a backup (B3); returns a job' },
   }, async (req) => {
-    const r = (req.body as { restore: { volume_id: string } }).restore;
-    const { job } = await s.backups.restoreBackup(pid(req), (req.params as { backupId: string }).backupId, r.volume_id);
+    const { job } = await s.backups.restoreBackup(pid(req), req.params.backupId, req.body.restore.volume_id);
     return { job_id: job.id };
   });
 
-  app.get('/v2/:projectId/cloudbackups/quota', { config: base, schema: { tags, summary: 'Backup quotas (Q1)' } }, async (req) => {
+  app.get('/v2/:projectId/cloudbackups/quota', { config: base, schema: { params: ProjectParams, tags, summary: 'Backup quotas (Q1)' } }, async (req) => {
     const u = await s.backups.usage(pid(req));
     return {
       quotas: {
@@ -109,6 +112,6 @@ export function registerVbsBackupRoutes(app: FastifyInstance, s: ApiServices): v
   });
 
   for (const v of ['v1', 'v2']) {
-    app.get(`/${v}/:projectId/jobs/:jobId`, { config: { ...base, errorCodes: JOB_ERRORS }, schema: { tags: ['jobs'], summary: 'Query a job (J1)' } }, async (req) => jobJson(await s.backups.getJob(pid(req), (req.params as { jobId: string }).jobId)));
+    app.get(`/${v}/:projectId/jobs/:jobId`, { config: { ...base, errorCodes: JOB_ERRORS }, schema: { params: JobParams, tags: ['jobs'], summary: 'Query a job (J1)' } }, async (req) => jobJson(await s.backups.getJob(pid(req), req.params.jobId)));
   }
 }
