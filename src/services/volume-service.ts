@@ -56,20 +56,24 @@ export class VolumeService {
     await this.checkNewVolume(projectId, sizeGb);
     const file = path.join(this.volumesDir, `${id}.img`);
     await fs.mkdir(this.volumesDir, { recursive: true });
-    if (input.snapshotId) {
-      // A volume from a snapshot: a copy of the snapshot's bytes (reflink when possible).
-      const snap = await this.getSnapshot(projectId, input.snapshotId);
-      if (snap.status !== 'available') throw new AppError(ErrorCode.SnapshotInvalidState, `snapshot ${snap.id} is ${snap.status}, not available`);
-      if (sizeGb < snap.sizeGb) throw new AppError(ErrorCode.InvalidArgument, `size ${sizeGb} GB is smaller than the snapshot's ${snap.sizeGb} GB`);
-      await this.files.copyOut(snap.path, this.files.snapshotGuard(), file);
-    }
-    const fh = await fs.open(file, input.snapshotId ? 'r+' : 'wx', 0o600);
+    // A volume from a snapshot: a copy of the snapshot's bytes (reflink when possible).
+    const snap = input.snapshotId ? await this.getSnapshot(projectId, input.snapshotId) : null;
+    if (snap && snap.status !== 'available') throw new AppError(ErrorCode.SnapshotInvalidState, `snapshot ${snap.id} is ${snap.status}, not available`);
+    if (snap && sizeGb < snap.sizeGb) throw new AppError(ErrorCode.InvalidArgument, `size ${sizeGb} GB is smaller than the snapshot's ${snap.sizeGb} GB`);
     let fileId: string;
     try {
-      await fh.truncate(sizeGb * GiB);
-      fileId = fileIdOf(await fh.stat({ bigint: true }));
-    } finally {
-      await fh.close();
+      if (snap) await this.files.copyOut(snap.path, this.files.snapshotGuard(), file);
+      const fh = await fs.open(file, snap ? 'r+' : 'wx', 0o600);
+      try {
+        await fh.truncate(sizeGb * GiB);
+        fileId = fileIdOf(await fh.stat({ bigint: true }));
+      } finally {
+        await fh.close();
+      }
+    } catch (err) {
+      // No file without its row (a failed truncate once left a 0-byte image behind).
+      await fs.rm(file, { force: true });
+      throw err;
     }
     sizeGb = Math.max(sizeGb, 1);
     const v: Volume = {
