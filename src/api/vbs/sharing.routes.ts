@@ -1,11 +1,12 @@
 /** Backup sharing, os-vendor-backup-sharing (vbs.md §9): S1-S5. */
-import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { Type } from 'typebox';
+import type { FastifyInstance } from 'fastify';
+import { Type, type Static } from 'typebox';
 import { ErrorCode } from '../../domain/errors.ts';
 import type { Backup } from '../../domain/model.ts';
 import type { Sharing } from '../../domain/policy.ts';
 import type { RouteErrorCodes, ValidationCodes } from '../errors.ts';
 import type { ApiServices } from '../server.ts';
+import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { serviceMetadata } from '../wire/cinder-wire.ts';
 import { microsNoZone } from '../wire/time.ts';
 
@@ -45,20 +46,22 @@ const ListQuery = Type.Object({
   availability_zone: Type.Optional(Type.String()),
   avalilability_zone: Type.Optional(Type.String()),
   sort_dir: Type.Optional(Type.Union([Type.Literal('asc'), Type.Literal('desc')])),
-  sort_key: Type.Optional(Type.Union(['name', 'status', 'container_format', 'disk_format', 'size', 'id', 'created_at', 'updated_at'].map((k) => Type.Literal(k)))),
+  sort_key: Type.Optional(Type.Union([Type.Literal('name'), Type.Literal('status'), Type.Literal('container_format'), Type.Literal('disk_format'), Type.Literal('size'), Type.Literal('id'), Type.Literal('created_at'), Type.Literal('updated_at')])),
   limit: Type.Optional(Type.Integer({ minimum: 0 })),
   offset: Type.Optional(Type.Integer({ minimum: 0 })),
 });
-type ListQuery = { share_to_me?: boolean; volume_id?: string; name?: string; status?: string; backup_id?: string; from_project_id?: string; to_project_id?: string; availability_zone?: string; avalilability_zone?: string; sort_dir?: 'asc' | 'desc'; sort_key?: string; limit?: number; offset?: number };
+type ListQuery = Static<typeof ListQuery>;
+const SharingParams = Type.Object({ projectId: PathParam, id: PathParam });
 
-export function registerSharingRoutes(app: FastifyInstance, s: ApiServices): void {
-  const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
+export function registerSharingRoutes(root: FastifyInstance, s: ApiServices): void {
+  const app = typed(root);
+  const pid = (req: { params: { projectId: string } }) => req.params.projectId;
   const cfg = { envelope: 'vbs' as const, auth: 'project' as const, errorCodes: SHARE_ERRORS, validation: SHARE_VALIDATION };
   const tags = ['backup sharing'];
   const Share = Type.Object({ shared: Type.Object({ backup_id: Type.String({ minLength: 1 }), to_project_ids: Type.Array(Type.String({ minLength: 1, maxLength: 64 }), { minItems: 1, maxItems: 100 }) }) });
 
-  app.post('/v2/:projectId/os-vendor-backup-sharing', { config: cfg, schema: { body: Share, tags, summary: 'Share a backup with other projects (S1)' } }, async (req) => {
-    const b = (req.body as { shared: { backup_id: string; to_project_ids: string[] } }).shared;
+  app.post('/v2/:projectId/os-vendor-backup-sharing', { config: cfg, schema: { params: ProjectParams, body: Share, tags, summary: 'Share a backup with other projects (S1)' } }, async (req) => {
+    const b = req.body.shared;
     const list = await s.sharing.share(pid(req), b.backup_id, b.to_project_ids);
     return { shared: list.map(sharingJson) };
   });
@@ -85,22 +88,22 @@ export function registerSharingRoutes(app: FastifyInstance, s: ApiServices): voi
     const offset = q.offset ?? 0;
     return q.limit === undefined ? rows.slice(offset) : rows.slice(offset, offset + q.limit);
   };
-  app.get('/v2/:projectId/os-vendor-backup-sharing/detail', { config: cfg, schema: { querystring: ListQuery, tags, summary: 'List sharings, by this project or to it (S3)' } }, async (req) => ({
-    shared: (await list(pid(req), req.query as ListQuery)).map((r) => ({ ...sharingJson(r.sharing), backup: r.backup ? sharedBackupJson(r.backup) : null })),
+  app.get('/v2/:projectId/os-vendor-backup-sharing/detail', { config: cfg, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List sharings, by this project or to it (S3)' } }, async (req) => ({
+    shared: (await list(pid(req), req.query)).map((r) => ({ ...sharingJson(r.sharing), backup: r.backup ? sharedBackupJson(r.backup) : null })),
   }));
-  app.get('/v2/:projectId/os-vendor-backup-sharing/count', { config: cfg, schema: { querystring: ListQuery, tags, summary: 'Count sharings (S4)' } }, async (req) => {
-    const { limit: _l, offset: _o, ...filters } = req.query as ListQuery;
+  app.get('/v2/:projectId/os-vendor-backup-sharing/count', { config: cfg, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'Count sharings (S4)' } }, async (req) => {
+    const { limit: _l, offset: _o, ...filters } = req.query;
     return { count: (await list(pid(req), filters)).length };
   });
-  app.get('/v2/:projectId/os-vendor-backup-sharing/:id', { config: cfg, schema: { tags, summary: 'Show a sharing (S5)' } }, async (req) => {
-    const r = await s.sharing.get(pid(req), (req.params as { id: string }).id);
+  app.get('/v2/:projectId/os-vendor-backup-sharing/:id', { config: cfg, schema: { params: SharingParams, tags, summary: 'Show a sharing (S5)' } }, async (req) => {
+    const r = await s.sharing.get(pid(req), req.params.id);
     return { shared: { ...sharingJson(r.sharing), backup: r.backup ? sharedBackupJson(r.backup) : null } };
   });
   app.delete('/v2/:projectId/os-vendor-backup-sharing/:id', {
     config: cfg,
-    schema: { querystring: Type.Object({ is_backup_id: Type.Optional(Type.Boolean()) }), tags, summary: 'Cancel a sharing, or all sharings of a backup with is_backup_id=true (S2)' },
+    schema: { params: SharingParams, querystring: Type.Object({ is_backup_id: Type.Optional(Type.Boolean()) }), tags, summary: 'Cancel a sharing, or all sharings of a backup with is_backup_id=true (S2)' },
   }, async (req, reply) => {
-    await s.sharing.cancel(pid(req), (req.params as { id: string }).id, (req.query as { is_backup_id?: boolean }).is_backup_id === true);
+    await s.sharing.cancel(pid(req), req.params.id, req.query.is_backup_id === true);
     return reply.code(200).send();
   });
 }
