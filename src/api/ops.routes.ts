@@ -5,7 +5,7 @@ import type { ApiServices } from './server.ts';
 export function registerOpsRoutes(app: FastifyInstance, s: ApiServices): void {
   // 503 "degraded" with the reason when a part is not ok (the catalog or the repository cannot be
   // written, e.g. a full disk), so a load balancer or monitor takes the process out of rotation.
-  app.get('/healthz', { schema: { hide: true } }, async (_req, reply) => {
+  app.get('/healthz', { config: { auth: 'none' }, schema: { hide: true } }, async (_req, reply) => {
     const parts = await s.health();
     const bad = Object.entries(parts).filter(([, v]) => v !== 'ok');
     if (!bad.length) return reply.code(200).send({ status: 'ok', ...parts });
@@ -17,5 +17,5 @@ export function registerOpsRoutes(app: FastifyInstance, s: ApiServices): void {
     const text = await s.metrics.registry.metrics();
     return reply.type(s.metrics.registry.contentType).send(text);
   });
-  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  app.get('/openapi.json', { config: { auth: 'none' }, schema: { hide: true } }, async () => app.swagger());
 }

@@ -65,6 +65,7 @@ export interface ApiServices {
  * quotas). The admin role on any other project is a role on that project only.
  */
 export type AuthMode = 'none' | 'token' | 'project' | 'projectOrCloudAdmin' | 'cloudAdmin';
+const AUTH_MODES: readonly AuthMode[] = ['none', 'token', 'project', 'projectOrCloudAdmin', 'cloudAdmin'];
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -184,8 +185,16 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
       if (!ctx.isCloudAdmin) throw new ApiError(403, `You are not authorized to perform the requested action: the admin role on the admin project (${services.identity.adminProject}) is required.`, 'VolumeBackup.0042');
     }
   };
+  // Authentication is the default: every route states its mode (registration fails otherwise), and
+  // a request that matched no route (404/405) is the only one answered without a token.
+  app.addHook('onRoute', (r) => {
+    const mode = (r.config as { auth?: unknown } | undefined)?.auth;
+    if (!AUTH_MODES.includes(mode as AuthMode)) throw new Error(`Route ${[r.method].flat().join(',')} ${r.url} states no auth mode (config.auth: one of ${AUTH_MODES.join(', ')}); opting out is auth: 'none'.`);
+    // The OpenAPI document says it too: x-haven-auth per operation, no security for public ones.
+    r.schema = { ...r.schema, ...{ 'x-haven-auth': mode }, ...(mode === 'none' ? { security: [] } : {}) };
+  });
   app.addHook('onRequest', (req, _reply, done) => {
-    const mode = req.routeOptions.config.auth ?? 'none';
+    const mode = req.routeOptions.config.auth ?? (req.is404 ? 'none' : 'project');
     if (mode === 'none') return done();
     const token = req.headers['x-auth-token'];
     if (typeof token !== 'string' || !token) return done(new ApiError(401, 'The request you have made requires authentication.', 'AutoBackup.0002') as unknown as FastifyError);

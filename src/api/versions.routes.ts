@@ -20,12 +20,15 @@ function versionDoc(base: string, v: 'v2' | 'v3') {
     : { id: 'v3.0', status: 'CURRENT', version: MAX_MICROVERSION, min_version: '3.0', updated: '2023-02-08T12:20:21Z', links, 'media-types': mediaTypes };
 }
 
+/** Version discovery is public: clients read it before they have a token. */
+const PUBLIC = { envelope: 'cinder' as const, auth: 'none' as const };
+
 export function registerVersionRoutes(app: FastifyInstance, s: ApiServices): void {
   const base = (req: FastifyRequest) => baseUrl(s.config, req);
-  app.get('/', { config: { envelope: 'cinder' }, schema: { hide: true } }, async (req, reply) => reply.code(300).send({ versions: [versionDoc(base(req), 'v2'), versionDoc(base(req), 'v3')] }));
-  app.get('/v2', { config: { envelope: 'cinder' }, schema: { hide: true } }, async (req) => ({ versions: [versionDoc(base(req), 'v2')] }));
-  app.get('/v3', { config: { envelope: 'cinder' }, schema: { hide: true } }, async (req) => ({ versions: [versionDoc(base(req), 'v3')] }));
+  app.get('/', { config: PUBLIC, schema: { hide: true } }, async (req, reply) => reply.code(300).send({ versions: [versionDoc(base(req), 'v2'), versionDoc(base(req), 'v3')] }));
+  app.get('/v2', { config: PUBLIC, schema: { hide: true } }, async (req) => ({ versions: [versionDoc(base(req), 'v2')] }));
+  app.get('/v3', { config: PUBLIC, schema: { hide: true } }, async (req) => ({ versions: [versionDoc(base(req), 'v3')] }));
   // Haven has no images; the empty image service only lets clients that build an image client start.
-  app.get('/image', { config: { envelope: 'cinder' }, schema: { hide: true } }, async (req, reply) => reply.code(300).send({ versions: [{ id: 'v2.0', status: 'CURRENT', links: [{ rel: 'self', href: `${base(req)}/image/v2/` }] }] }));
+  app.get('/image', { config: PUBLIC, schema: { hide: true } }, async (req, reply) => reply.code(300).send({ versions: [{ id: 'v2.0', status: 'CURRENT', links: [{ rel: 'self', href: `${base(req)}/image/v2/` }] }] }));
   app.get('/image/v2/images', { config: { envelope: 'cinder', auth: 'token' }, schema: { hide: true } }, async () => ({ images: [], first: '/v2/images', schema: '/v2/schemas/images' }));
 }

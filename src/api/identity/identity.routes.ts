@@ -73,7 +73,7 @@ const userJson = (req: FastifyRequest, s: ApiServices, u: User) => ({
 });
 
 export function registerIdentityRoutes(app: FastifyInstance, s: ApiServices): void {
-  app.post('/v3/auth/tokens', { config: KS, schema: { body: AuthBody, tags: ['identity'], summary: 'Issue a token (password or token method)' } }, async (req, reply) => {
+  app.post('/v3/auth/tokens', { config: { ...KS, auth: 'none' }, schema: { body: AuthBody, tags: ['identity'], summary: 'Issue a token (password or token method)' } }, async (req, reply) => {
     const { identity, scope } = (req.body as { auth: { identity: { methods: string[]; password?: { user: { id?: string; name?: string; domain?: object; password: string } }; token?: { id: string } }; scope?: unknown } }).auth;
     let projectScope: ProjectRef | null = null;
     if (scope && typeof scope === 'object') {
