@@ -4,37 +4,39 @@
  * AutoBackup.0221 before anything else is looked at.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { Type } from 'typebox';
+import { Type, type Static } from 'typebox';
 import { ErrorCode } from '../../domain/errors.ts';
-import { parseTimeZone, WEEK_DAYS, type WeekDay } from '../../domain/policy.ts';
+import { parseTimeZone } from '../../domain/policy.ts';
 import { matchesTagQuery } from '../../domain/tag-filter.ts';
 import type { PolicyInput } from '../../services/policy-service.ts';
 import { ApiError, type RouteErrorCodes, type ValidationCodes } from '../errors.ts';
 import type { ApiServices } from '../server.ts';
+import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { policyJson, taskJson } from '../wire/policy-wire.ts';
 
 const START_TIME = '^([01][0-9]|2[0-3]):00(,([01][0-9]|2[0-3]):00)*$';
 const TAG_KEY_CHARS = '^[A-Za-z0-9_.-]+$';
 const TAG_VALUE_CHARS = '^[A-Za-z0-9_.-]*$';
 const PolicyTag = Type.Object({ key: Type.String({ minLength: 1, maxLength: 36, pattern: TAG_KEY_CHARS }), value: Type.String({ maxLength: 43, pattern: TAG_VALUE_CHARS }) });
-const WeekDaySchema = Type.Union(WEEK_DAYS.map((d) => Type.Literal(d)));
+/** WEEK_DAYS (domain/policy.ts), listed so that the schema's type is WeekDay. */
+const WeekDaySchema = Type.Union([Type.Literal('SUN'), Type.Literal('MON'), Type.Literal('TUE'), Type.Literal('WED'), Type.Literal('THU'), Type.Literal('FRI'), Type.Literal('SAT')]);
 
-const scheduledPolicy = (create: boolean) => {
-  const req = <T extends Parameters<typeof Type.Optional>[0]>(t: T) => (create ? t : Type.Optional(t));
-  return Type.Object({
-    start_time: req(Type.String({ pattern: START_TIME })),
-    frequency: Type.Optional(Type.Integer({ minimum: 1, maximum: 30 })),
-    week_frequency: Type.Optional(Type.Array(WeekDaySchema, { minItems: 1, maxItems: 7, uniqueItems: true })),
-    rentention_num: Type.Optional(Type.Integer({ minimum: 2, maximum: 99 })),
-    rentention_day: Type.Optional(Type.Number({ minimum: 2, maximum: 99999 })),
-    remain_first_backup_of_curMonth: Type.Optional(Type.Union([Type.Literal('Y'), Type.Literal('N'), Type.Literal(''), Type.Boolean()])),
-    status: req(Type.Union([Type.Literal('ON'), Type.Literal('OFF')])),
-  });
+/** scheduled_policy: start_time and status are required on create (P1), optional on update (P3). */
+const StartTime = Type.String({ pattern: START_TIME });
+const PolicyStatus = Type.Union([Type.Literal('ON'), Type.Literal('OFF')]);
+const SCHEDULE_FIELDS = {
+  frequency: Type.Optional(Type.Integer({ minimum: 1, maximum: 30 })),
+  week_frequency: Type.Optional(Type.Array(WeekDaySchema, { minItems: 1, maxItems: 7, uniqueItems: true })),
+  rentention_num: Type.Optional(Type.Integer({ minimum: 2, maximum: 99 })),
+  rentention_day: Type.Optional(Type.Number({ minimum: 2, maximum: 99999 })),
+  remain_first_backup_of_curMonth: Type.Optional(Type.Union([Type.Literal('Y'), Type.Literal('N'), Type.Literal(''), Type.Boolean()])),
 };
+const ScheduledCreate = Type.Object({ start_time: StartTime, ...SCHEDULE_FIELDS, status: PolicyStatus });
+const ScheduledUpdate = Type.Object({ start_time: Type.Optional(StartTime), ...SCHEDULE_FIELDS, status: Type.Optional(PolicyStatus) });
 const PolicyName = Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_.-]+$', not: { pattern: '^[Dd][Ee][Ff][Aa][Uu][Ll][Tt]' } });
 const TimeZone = Type.String({ pattern: '^UTC[+-][0-9]{2}:[0-9]{2}$' });
-const CreateBody = Type.Object({ backup_policy_name: PolicyName, scheduled_policy: scheduledPolicy(true), tags: Type.Optional(Type.Array(PolicyTag, { maxItems: 10 })), time_zone: Type.Optional(TimeZone) });
-const UpdateBody = Type.Object({ backup_policy_name: Type.Optional(PolicyName), scheduled_policy: Type.Optional(scheduledPolicy(false)), time_zone: Type.Optional(TimeZone) });
+const CreateBody = Type.Object({ backup_policy_name: PolicyName, scheduled_policy: ScheduledCreate, tags: Type.Optional(Type.Array(PolicyTag, { maxItems: 10 })), time_zone: Type.Optional(TimeZone) });
+const UpdateBody = Type.Object({ backup_policy_name: Type.Optional(PolicyName), scheduled_policy: Type.Optional(ScheduledUpdate), time_zone: Type.Optional(TimeZone) });
 
 const POLICY_VALIDATION: ValidationCodes = {
   fallback: 'AutoBackup.0008',
@@ -67,9 +69,11 @@ const POLICY_ERRORS: RouteErrorCodes = {
   [ErrorCode.RetentionInvalid]: ['AutoBackup.0107', 400],
 };
 
-type ScheduledWire = { start_time?: string; frequency?: number; week_frequency?: WeekDay[]; rentention_num?: number; rentention_day?: number; remain_first_backup_of_curMonth?: 'Y' | 'N' | '' | boolean; status?: 'ON' | 'OFF' };
+const PolicyParams = Type.Object({ projectId: PathParam, policyId: PathParam });
+const PolicyTagParams = Type.Object({ projectId: PathParam, policyId: PathParam, key: PathParam });
 
-function toInput(body: { backup_policy_name?: string; scheduled_policy?: ScheduledWire; time_zone?: string }): PolicyInput {
+/** A create body (P1) is also a valid update body (P3): both go through here. */
+function toInput(body: Static<typeof UpdateBody>): PolicyInput {
   const s = body.scheduled_policy ?? {};
   if (body.time_zone !== undefined && parseTimeZone(body.time_zone) === null) throw new ApiError(400, `Invalid input received: time_zone ${body.time_zone} is not a valid UTC offset.`, 'AutoBackup.0226');
   const rf = s.remain_first_backup_of_curMonth;
@@ -110,31 +114,30 @@ const BatchTags = Type.Object({
 });
 const TAG_VALIDATION: ValidationCodes = { fallback: 'AutoBackup.0214', paths: { '/action': { '*': ['AutoBackup.0222', 'must be create, update or delete'] }, '/tag': { required: 'AutoBackup.0001' } } };
 
-type Tagged = { key: string; values: string[] }[];
-
-export function registerPolicyRoutes(app: FastifyInstance, s: ApiServices): void {
-  const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
-  const policyId = (req: FastifyRequest) => (req.params as { policyId: string }).policyId;
+export function registerPolicyRoutes(root: FastifyInstance, s: ApiServices): void {
+  const app = typed(root);
+  const pid = (req: { params: { projectId: string } }) => req.params.projectId;
+  const policyId = (req: { params: { policyId: string } }) => req.params.policyId;
   const cfg = { envelope: 'vbs' as const, auth: 'project' as const, validation: POLICY_VALIDATION, errorCodes: POLICY_ERRORS };
   const tags = ['vbs policies'];
 
-  app.post('/v2/:projectId/backuppolicy', { config: cfg, preValidation: refuseAngleBrackets, schema: { body: CreateBody, tags, summary: 'Create a backup policy (P1)' } }, async (req) => {
-    const body = req.body as { backup_policy_name: string; scheduled_policy: ScheduledWire; tags?: { key: string; value: string }[]; time_zone?: string };
+  app.post('/v2/:projectId/backuppolicy', { config: cfg, preValidation: refuseAngleBrackets, schema: { params: ProjectParams, body: CreateBody, tags, summary: 'Create a backup policy (P1)' } }, async (req) => {
+    const body = req.body;
     const keys = new Set((body.tags ?? []).map((t) => t.key));
     if (keys.size !== (body.tags ?? []).length) throw new ApiError(400, 'Invalid input received: tag keys must be unique.', 'AutoBackup.0214');
     const input = toInput(body);
-    const p = await s.policies.createPolicy(pid(req), { ...input, name: body.backup_policy_name, startTime: body.scheduled_policy.start_time!, status: body.scheduled_policy.status! }, body.tags ?? []);
+    const p = await s.policies.createPolicy(pid(req), { ...input, name: body.backup_policy_name, startTime: body.scheduled_policy.start_time, status: body.scheduled_policy.status }, body.tags ?? []);
     return { backup_policy_id: p.id };
   });
-  app.get('/v2/:projectId/backuppolicy', { config: cfg, schema: { tags, summary: 'List backup policies (P2)' } }, async (req) => ({ backup_policies: (await s.policies.listPolicies(pid(req))).map(policyJson) }));
+  app.get('/v2/:projectId/backuppolicy', { config: cfg, schema: { params: ProjectParams, tags, summary: 'List backup policies (P2)' } }, async (req) => ({ backup_policies: (await s.policies.listPolicies(pid(req))).map(policyJson) }));
 
   // Literal segments before /:policyId.
-  app.get('/v2/:projectId/backuppolicy/tags', { config: cfg, schema: { tags, summary: 'All tags of the project\'s policies (T3)' } }, async (req) => ({ tags: await s.policies.projectTags(pid(req)) }));
+  app.get('/v2/:projectId/backuppolicy/tags', { config: cfg, schema: { params: ProjectParams, tags, summary: 'All tags of the project\'s policies (T3)' } }, async (req) => ({ tags: await s.policies.projectTags(pid(req)) }));
   app.post('/v2/:projectId/backuppolicy/resource_instances/action', {
     config: { ...cfg, validation: { fallback: 'AutoBackup.0214', paths: { '/action': { '*': ['AutoBackup.0222', 'must be filter or count'] } } } },
-    schema: { body: FilterBody, tags, summary: 'Filter or count policies by tag (T6)' },
+    schema: { params: ProjectParams, body: FilterBody, tags, summary: 'Filter or count policies by tag (T6)' },
   }, async (req) => {
-    const b = req.body as { action: 'filter' | 'count'; tags?: Tagged; tags_any?: Tagged; not_tags?: Tagged; not_tags_any?: Tagged; matches?: { key: string; value: string }[]; limit?: string | number; offset?: string | number };
+    const b = req.body;
     const limit = b.limit === undefined ? 1000 : Number(b.limit);
     const offset = b.offset === undefined ? 0 : Number(b.offset);
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new ApiError(400, 'Invalid input received: limit must be an integer from 1 to 1000.', 'AutoBackup.0214');
@@ -151,15 +154,15 @@ export function registerPolicyRoutes(app: FastifyInstance, s: ApiServices): void
     };
   });
 
-  app.put('/v2/:projectId/backuppolicy/:policyId', { config: cfg, preValidation: refuseAngleBrackets, schema: { body: UpdateBody, tags, summary: 'Modify a policy, also enable/disable (P3, P8)' } }, async (req) => {
-    const p = await s.policies.updatePolicy(pid(req), policyId(req), toInput((req.body ?? {}) as Parameters<typeof toInput>[0]));
+  app.put('/v2/:projectId/backuppolicy/:policyId', { config: cfg, preValidation: refuseAngleBrackets, schema: { params: PolicyParams, body: UpdateBody, tags, summary: 'Modify a policy, also enable/disable (P3, P8)' } }, async (req) => {
+    const p = await s.policies.updatePolicy(pid(req), policyId(req), toInput(req.body));
     return { backup_policy_id: p.id };
   });
-  app.delete('/v2/:projectId/backuppolicy/:policyId', { config: cfg, schema: { tags, summary: 'Delete a policy (P4); its backups are kept' } }, async (req, reply) => {
+  app.delete('/v2/:projectId/backuppolicy/:policyId', { config: cfg, schema: { params: PolicyParams, tags, summary: 'Delete a policy (P4); its backups are kept' } }, async (req, reply) => {
     await s.policies.deletePolicy(pid(req), policyId(req));
     return reply.code(204).send();
   });
-  app.post('/v2/:projectId/backuppolicy/:policyId/action', { config: cfg, schema: { tags, summary: 'Execute a policy now (P7)' } }, async (req, reply) => {
+  app.post('/v2/:projectId/backuppolicy/:policyId/action', { config: cfg, schema: { params: PolicyParams, tags, summary: 'Execute a policy now (P7)' } }, async (req, reply) => {
     await s.policies.execute(pid(req), policyId(req));
     return reply.code(204).send();
   });
@@ -170,10 +173,10 @@ export function registerPolicyRoutes(app: FastifyInstance, s: ApiServices): void
     offset: Type.Optional(Type.Integer({ minimum: 0 })),
     marker: Type.Optional(Type.String()),
     job_id: Type.Optional(Type.String()),
-    status: Type.Optional(Type.Union(['RUNNING', 'EXECUTE_TIMEOUT', 'WAITING', 'EXECUTE_FAIL', 'EXECUTE_SUCCESS', 'SKIP'].map((x) => Type.Literal(x)))),
+    status: Type.Optional(Type.Union([Type.Literal('RUNNING'), Type.Literal('EXECUTE_TIMEOUT'), Type.Literal('WAITING'), Type.Literal('EXECUTE_FAIL'), Type.Literal('EXECUTE_SUCCESS'), Type.Literal('SKIP')])),
   });
-  app.get('/v2/:projectId/backuppolicy/:policyId/backuptasks', { config: { ...cfg, validation: { fallback: 'AutoBackup.0008' } }, schema: { querystring: TaskQuery, tags, summary: 'Backup tasks a policy ran (P9)' } }, async (req) => {
-    const q = req.query as { sort_dir?: 'asc' | 'desc'; limit?: number; offset?: number; marker?: string; job_id?: string; status?: string };
+  app.get('/v2/:projectId/backuppolicy/:policyId/backuptasks', { config: { ...cfg, validation: { fallback: 'AutoBackup.0008' } }, schema: { params: PolicyParams, querystring: TaskQuery, tags, summary: 'Backup tasks a policy ran (P9)' } }, async (req) => {
+    const q = req.query;
     const r = await s.policies.listTasks(pid(req), policyId(req), { status: q.status, jobId: q.job_id, sortDir: q.sort_dir ?? 'desc', limit: q.limit ?? 20, offset: q.offset ?? 0, marker: q.marker });
     return { tasks: r.tasks.map(taskJson), count: r.count };
   });
@@ -181,18 +184,18 @@ export function registerPolicyRoutes(app: FastifyInstance, s: ApiServices): void
   app.post('/v2/:projectId/backuppolicy/:policyId/tags', {
     config: { ...cfg, validation: { ...TAG_VALIDATION, paths: { ...TAG_VALIDATION.paths, '/tag/key': { '*': 'AutoBackup.0214' }, '/tag/value': { '*': 'AutoBackup.0214' } } } },
     preValidation: refuseAngleBrackets,
-    schema: { body: Type.Object({ tag: PolicyTag }), tags, summary: 'Add a tag to a policy (T1)' },
+    schema: { params: PolicyParams, body: Type.Object({ tag: PolicyTag }), tags, summary: 'Add a tag to a policy (T1)' },
   }, async (req, reply) => {
-    await s.policies.setTags(pid(req), policyId(req), [(req.body as { tag: { key: string; value: string } }).tag]);
+    await s.policies.setTags(pid(req), policyId(req), [req.body.tag]);
     return reply.code(204).send();
   });
-  app.get('/v2/:projectId/backuppolicy/:policyId/tags', { config: cfg, schema: { tags, summary: 'Tags of a policy (T4)' } }, async (req) => ({ tags: await s.policies.tags(pid(req), policyId(req)) }));
-  app.delete('/v2/:projectId/backuppolicy/:policyId/tags/:key', { config: cfg, schema: { tags, summary: 'Remove a tag (T2)' } }, async (req, reply) => {
-    await s.policies.deleteTags(pid(req), policyId(req), [(req.params as { key: string }).key], true);
+  app.get('/v2/:projectId/backuppolicy/:policyId/tags', { config: cfg, schema: { params: PolicyParams, tags, summary: 'Tags of a policy (T4)' } }, async (req) => ({ tags: await s.policies.tags(pid(req), policyId(req)) }));
+  app.delete('/v2/:projectId/backuppolicy/:policyId/tags/:key', { config: cfg, schema: { params: PolicyTagParams, tags, summary: 'Remove a tag (T2)' } }, async (req, reply) => {
+    await s.policies.deleteTags(pid(req), policyId(req), [req.params.key], true);
     return reply.code(204).send();
   });
-  app.post('/v2/:projectId/backuppolicy/:policyId/tags/action', { config: { ...cfg, validation: TAG_VALIDATION }, preValidation: refuseAngleBrackets, schema: { body: BatchTags, tags, summary: 'Create, update or delete tags in a batch (T5)' } }, async (req, reply) => {
-    const b = req.body as { action: 'create' | 'update' | 'delete'; tags?: { key: string; value?: string }[] };
+  app.post('/v2/:projectId/backuppolicy/:policyId/tags/action', { config: { ...cfg, validation: TAG_VALIDATION }, preValidation: refuseAngleBrackets, schema: { params: PolicyParams, body: BatchTags, tags, summary: 'Create, update or delete tags in a batch (T5)' } }, async (req, reply) => {
+    const b = req.body;
     const list = b.tags ?? [];
     if (b.action === 'delete') {
       await s.policies.deleteTags(pid(req), policyId(req), list.map((t) => t.key), false);
@@ -209,8 +212,8 @@ export function registerPolicyRoutes(app: FastifyInstance, s: ApiServices): void
   // Association (P5, P6).
   const Associate = Type.Object({ backup_policy_id: Type.String({ minLength: 1 }), resources: Type.Array(Type.Object({ resource_id: Type.String({ minLength: 1 }), resource_type: Type.String() }), { minItems: 1 }) });
   const ASSOC_VALIDATION: ValidationCodes = { fallback: 'AutoBackup.0008', paths: { '/backup_policy_id': { '*': 'AutoBackup.0006' }, '/resources': { '*': 'AutoBackup.0207' }, '/resources/*/resource_id': { '*': 'AutoBackup.0209' }, '/resources/*/resource_type': { '*': 'AutoBackup.0211' } } };
-  app.post('/v2/:projectId/backuppolicyresources', { config: { ...cfg, validation: ASSOC_VALIDATION }, schema: { body: Associate, tags, summary: 'Associate volumes with a policy (P5)' } }, async (req) => {
-    const b = req.body as { backup_policy_id: string; resources: { resource_id: string; resource_type: string }[] };
+  app.post('/v2/:projectId/backuppolicyresources', { config: { ...cfg, validation: ASSOC_VALIDATION }, schema: { params: ProjectParams, body: Associate, tags, summary: 'Associate volumes with a policy (P5)' } }, async (req) => {
+    const b = req.body;
     const r = await s.policies.associate(pid(req), b.backup_policy_id, b.resources.map((x) => ({ resourceId: x.resource_id, resourceType: x.resource_type })));
     const item = (x: (typeof r.success)[number]) => ({
       resource_id: x.resourceId, resource_type: x.resourceType, availability_zone: x.availabilityZone, os_vol_host_attr: `haven.${x.availabilityZone ?? s.config.availabilityZone}`,
@@ -219,8 +222,8 @@ export function registerPolicyRoutes(app: FastifyInstance, s: ApiServices): void
     return { success_resources: r.success.map(item), fail_resources: r.fail.map(item) };
   });
   const Disassociate = Type.Object({ resources: Type.Array(Type.Object({ resource_id: Type.String({ minLength: 1 }) }), { minItems: 1 }) });
-  app.post('/v2/:projectId/backuppolicyresources/:policyId/deleted_resources', { config: { ...cfg, validation: ASSOC_VALIDATION }, schema: { body: Disassociate, tags, summary: 'Disassociate volumes from a policy (P6)' } }, async (req) => {
-    const b = req.body as { resources: { resource_id: string }[] };
+  app.post('/v2/:projectId/backuppolicyresources/:policyId/deleted_resources', { config: { ...cfg, validation: ASSOC_VALIDATION }, schema: { params: PolicyParams, body: Disassociate, tags, summary: 'Disassociate volumes from a policy (P6)' } }, async (req) => {
+    const b = req.body;
     const r = await s.policies.disassociate(pid(req), policyId(req), b.resources.map((x) => x.resource_id));
     return { success_resources: r.success.map((id) => ({ resource_id: id })), fail_resources: r.fail.map((f) => ({ resource_id: f.resourceId, code: f.code, message: f.message })) };
   });
