@@ -4,10 +4,11 @@
  * CSBS clients and for operators to describe which disks make up a VM.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { Type } from 'typebox';
+import { Type, type Static } from 'typebox';
 import type { Server, ServerVolume } from '../../domain/server.ts';
 import { ApiError } from '../errors.ts';
 import { baseUrl, type ApiServices } from '../server.ts';
+import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 
 const CFG = { envelope: 'cinder' as const, auth: 'project' as const };
 const novaTime = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
@@ -62,15 +63,18 @@ const CreateBody = Type.Object({
   }),
 });
 const ListQuery = Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000 })), offset: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })), name: Type.Optional(Type.String()) });
+const ServerParams = Type.Object({ projectId: PathParam, serverId: PathParam });
+const AttachmentParams = Type.Object({ projectId: PathParam, serverId: PathParam, volumeId: PathParam });
 
-export function registerServerRoutes(app: FastifyInstance, s: ApiServices): void {
+export function registerServerRoutes(root: FastifyInstance, s: ApiServices): void {
+  const app = typed(root);
   const base = (req: FastifyRequest) => baseUrl(s.config, req);
-  const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
-  const sid = (req: FastifyRequest) => (req.params as { serverId: string }).serverId;
+  const pid = (req: { params: { projectId: string } }) => req.params.projectId;
+  const sid = (req: { params: { serverId: string } }) => req.params.serverId;
   const tags = ['servers'];
 
-  app.post('/v2.1/:projectId/servers', { config: CFG, schema: { body: CreateBody, tags, summary: 'Create a server from existing volumes' } }, async (req, reply) => {
-    const b = (req.body as { server: { name: string; metadata?: Record<string, string>; block_device_mapping_v2?: { uuid: string; boot_index?: number | string | null }[] } }).server;
+  app.post('/v2.1/:projectId/servers', { config: CFG, schema: { params: ProjectParams, body: CreateBody, tags, summary: 'Create a server from existing volumes' } }, async (req, reply) => {
+    const b = req.body.server;
     const volumes = (b.block_device_mapping_v2 ?? []).map((m) => {
       const bi = m.boot_index === undefined || m.boot_index === null || m.boot_index === '' ? null : Number(m.boot_index);
       if (bi !== null && !Number.isInteger(bi)) throw new ApiError(400, `Invalid input received: boot_index ${String(m.boot_index)} is not an integer.`);
@@ -79,35 +83,35 @@ export function registerServerRoutes(app: FastifyInstance, s: ApiServices): void
     const server = await s.servers.createServer(pid(req), { name: b.name, metadata: b.metadata, volumes });
     return reply.code(202).send({ server: { id: server.id, links: serverLinks(base(req), server), 'OS-DCF:diskConfig': 'MANUAL', security_groups: [] } });
   });
-  const list = async (req: FastifyRequest, detail: boolean) => {
-    const q = req.query as { limit?: number; offset?: number; name?: string };
+  const list = async (req: FastifyRequest & { params: { projectId: string }; query: Static<typeof ListQuery> }, detail: boolean) => {
+    const q = req.query;
     const rows = await s.servers.listServers(pid(req), { name: q.name, limit: q.limit ?? 1000, offset: q.offset ?? 0 });
     const out = [];
     for (const r of rows) out.push(detail ? serverJson(base(req), r, await s.servers.attachments(r.id)) : { id: r.id, name: r.name, links: serverLinks(base(req), r) });
     return { servers: out };
   };
-  app.get('/v2.1/:projectId/servers', { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List servers' } }, async (req) => list(req, false));
-  app.get('/v2.1/:projectId/servers/detail', { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List servers with details' } }, async (req) => list(req, true));
-  app.get('/v2.1/:projectId/servers/:serverId', { config: CFG, schema: { tags, summary: 'Show a server' } }, async (req) => {
+  app.get('/v2.1/:projectId/servers', { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List servers' } }, async (req) => list(req, false));
+  app.get('/v2.1/:projectId/servers/detail', { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List servers with details' } }, async (req) => list(req, true));
+  app.get('/v2.1/:projectId/servers/:serverId', { config: CFG, schema: { params: ServerParams, tags, summary: 'Show a server' } }, async (req) => {
     const server = await s.servers.getServer(pid(req), sid(req));
     return { server: serverJson(base(req), server, await s.servers.attachments(server.id)) };
   });
-  app.delete('/v2.1/:projectId/servers/:serverId', { config: CFG, schema: { tags, summary: 'Delete a server (its volumes are detached, not deleted)' } }, async (req, reply) => {
+  app.delete('/v2.1/:projectId/servers/:serverId', { config: CFG, schema: { params: ServerParams, tags, summary: 'Delete a server (its volumes are detached, not deleted)' } }, async (req, reply) => {
     await s.servers.deleteServer(pid(req), sid(req));
     return reply.code(204).send();
   });
 
-  app.get('/v2.1/:projectId/servers/:serverId/os-volume_attachments', { config: CFG, schema: { tags, summary: 'List volume attachments' } }, async (req) => {
+  app.get('/v2.1/:projectId/servers/:serverId/os-volume_attachments', { config: CFG, schema: { params: ServerParams, tags, summary: 'List volume attachments' } }, async (req) => {
     const server = await s.servers.getServer(pid(req), sid(req));
     return { volumeAttachments: (await s.servers.attachments(server.id)).map(attachmentJson) };
   });
   const AttachBody = Type.Object({ volumeAttachment: Type.Object({ volumeId: Type.String({ minLength: 1 }), device: Type.Optional(Type.Union([Type.String({ pattern: '^/dev/[a-z]+$' }), Type.Null()])) }) });
-  app.post('/v2.1/:projectId/servers/:serverId/os-volume_attachments', { config: CFG, schema: { body: AttachBody, tags, summary: 'Attach a volume' } }, async (req) => {
-    const b = (req.body as { volumeAttachment: { volumeId: string; device?: string | null } }).volumeAttachment;
+  app.post('/v2.1/:projectId/servers/:serverId/os-volume_attachments', { config: CFG, schema: { params: ServerParams, body: AttachBody, tags, summary: 'Attach a volume' } }, async (req) => {
+    const b = req.body.volumeAttachment;
     return { volumeAttachment: attachmentJson(await s.servers.attachVolume(pid(req), sid(req), b.volumeId, b.device ?? undefined)) };
   });
-  app.delete('/v2.1/:projectId/servers/:serverId/os-volume_attachments/:volumeId', { config: CFG, schema: { tags, summary: 'Detach a volume' } }, async (req, reply) => {
-    await s.servers.detachVolume(pid(req), sid(req), (req.params as { volumeId: string }).volumeId);
+  app.delete('/v2.1/:projectId/servers/:serverId/os-volume_attachments/:volumeId', { config: CFG, schema: { params: AttachmentParams, tags, summary: 'Detach a volume' } }, async (req, reply) => {
+    await s.servers.detachVolume(pid(req), sid(req), req.params.volumeId);
     return reply.code(202).send();
   });
 }
