@@ -5,12 +5,13 @@
  * (POST .../backups/{id}/action): os-force_delete (any status, any project; a running job is
  * stopped) and os-reset_status (available or error).
  */
-import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { Type } from 'typebox';
+import type { FastifyInstance } from 'fastify';
+import { Type, type Static } from 'typebox';
 import { BACKUP_SORT_KEYS, type BackupFilter, type BackupSortKey } from '../../catalog/backup-queries.ts';
 import type { Backup } from '../../domain/model.ts';
 import { ApiError } from '../errors.ts';
 import { baseUrl, type ApiServices } from '../server.ts';
+import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { backupJson, links, type ApiVersion } from '../wire/cinder-wire.ts';
 import { nextLink } from '../wire/paging.ts';
 
@@ -36,7 +37,8 @@ const ListQuery = Type.Object({
   with_count: Type.Optional(Type.Boolean()),
   all_tenants: Type.Optional(Type.String()),
 });
-type ListQuery = { limit?: number; offset?: number; marker?: string; name?: string; status?: string; volume_id?: string; 'name~'?: string; 'status~'?: string; 'volume_id~'?: string; sort_key?: string; sort_dir?: string; sort?: string; with_count?: boolean };
+type ListQuery = Static<typeof ListQuery>;
+const BackupParams = Type.Object({ projectId: PathParam, backupId: PathParam });
 
 const Link = Type.Object({ href: Type.String(), rel: Type.String() });
 /** Response schema of the summary list: also lets fastify serialize it with a compiled stringifier. */
@@ -69,7 +71,6 @@ const ActionBody = Type.Object({
   'os-force_delete': Type.Optional(Type.Union([Type.Object({}), Type.Null()])),
   'os-reset_status': Type.Optional(Type.Object({ status: Type.Union([Type.Literal('available'), Type.Literal('error')]) })),
 });
-type ActionBody = { 'os-force_delete'?: Record<string, never> | null; 'os-reset_status'?: { status: 'available' | 'error' } };
 const ACTIONS = ['os-force_delete', 'os-reset_status'];
 
 function parseSort(q: ListQuery): { sortKey: BackupSortKey; sortDir: 'asc' | 'desc' } {
@@ -85,17 +86,21 @@ function parseSort(q: ListQuery): { sortKey: BackupSortKey; sortDir: 'asc' | 'de
   return { sortKey: key as BackupSortKey, sortDir: dir };
 }
 
-export function registerNativeBackupRoutes(app: FastifyInstance, s: ApiServices): void {
+/** What the handlers read of a request (typed routes' requests all have it). */
+type Req = Parameters<typeof baseUrl>[1] & { params: { projectId: string } };
+
+export function registerNativeBackupRoutes(root: FastifyInstance, s: ApiServices): void {
+  const app = typed(root);
   for (const version of ['v2', 'v3'] as ApiVersion[]) {
-    const base = (req: FastifyRequest) => baseUrl(s.config, req);
-    const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
+    const base = (req: Req) => baseUrl(s.config, req);
+    const pid = (req: Req) => req.params.projectId;
     const tags = ['native backups'];
 
     app.post(`/${version}/:projectId/backups`, {
       config: CFG,
-      schema: { body: CreateBody, tags, summary: 'Create a backup (Cinder API); 202, then poll its status' },
+      schema: { params: ProjectParams, body: CreateBody, tags, summary: 'Create a backup (Cinder API); 202, then poll its status' },
     }, async (req, reply) => {
-      const b = (req.body as { backup: { volume_id: string; snapshot_id?: string | null; name?: string | null; description?: string | null; force?: boolean } }).backup;
+      const b = req.body.backup;
       if (b.name && /^auto/i.test(b.name)) throw new ApiError(400, 'Invalid input received: backup names must not start with "auto" (reserved for policy backups).');
       const volume = await s.volumes.getVolume(pid(req), b.volume_id);
       if (volume.status === 'in-use' && !b.force && !b.snapshot_id) throw new ApiError(400, `Invalid volume: volume ${volume.id} is in-use; pass force=true to back it up while attached.`);
@@ -103,8 +108,9 @@ export function registerNativeBackupRoutes(app: FastifyInstance, s: ApiServices)
       return reply.code(202).send({ backup: { id: backup.id, links: links(base(req), version, backup.projectId, 'backups', backup.id), name: backup.name } });
     });
 
-    const list = async (req: FastifyRequest, detail: boolean) => {
-      const q = req.query as ListQuery;
+    /** A page of backups, each shown by `item` (detail rows are whole Backups). */
+    const list = async <T>(req: Req & { query: ListQuery }, detail: boolean, item: (row: { id: string; name: string | null }, b0: string) => T) => {
+      const q = req.query;
       const filter: BackupFilter = { name: q.name, status: q.status, volumeId: q.volume_id, nameLike: q['name~'], statusLike: q['status~'], volumeIdLike: q['volume_id~'] };
       const limit = Math.min(q.limit ?? MAX_LIMIT, MAX_LIMIT);
       const sort = parseSort(q);
@@ -113,9 +119,7 @@ export function registerNativeBackupRoutes(app: FastifyInstance, s: ApiServices)
       const rows: { id: string; name: string | null }[] = detail ? await s.backups.listBackups(projectId, filter, pageOpts) : await s.backups.listBackupSummaries(projectId, filter, pageOpts);
       const page = rows.slice(0, limit);
       const b0 = base(req);
-      const body: Record<string, unknown> = {
-        backups: detail ? (page as Backup[]).map((b) => backupJson(b0, version, b)) : page.map((b) => ({ id: b.id, links: links(b0, version, projectId, 'backups', b.id), name: b.name })),
-      };
+      const body: { backups: T[]; backups_links?: { href: string; rel: string }[]; count?: number } = { backups: page.map((b) => item(b, b0)) };
       if (rows.length > limit && page.length) {
         // An absolute next link that keeps the filters (vbs.md §12 #27).
         body.backups_links = nextLink(`${b0}/${version}/${projectId}/backups${detail ? '/detail' : ''}`, q, limit, page.at(-1)!.id);
@@ -123,31 +127,31 @@ export function registerNativeBackupRoutes(app: FastifyInstance, s: ApiServices)
       if (q.with_count) body.count = await s.backups.countBackups(pid(req), filter);
       return body;
     };
-    app.get(`/${version}/:projectId/backups`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backups (id, name, links)', response: { 200: SummaryList } }, serializerCompiler: () => (data: unknown) => JSON.stringify(data) }, async (req) => list(req, false));
-    app.get(`/${version}/:projectId/backups/detail`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backups with details' } }, async (req) => list(req, true));
-    app.get(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { tags, summary: 'Show a backup' } }, async (req) => {
-      const b = await s.backups.getBackup(pid(req), (req.params as { backupId: string }).backupId, { includeShared: true });
+    app.get(`/${version}/:projectId/backups`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List backups (id, name, links)', response: { 200: SummaryList } }, serializerCompiler: () => (data: unknown) => JSON.stringify(data) }, async (req) => list(req, false, (b, b0) => ({ id: b.id, links: links(b0, version, pid(req), 'backups', b.id), name: b.name })));
+    app.get(`/${version}/:projectId/backups/detail`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List backups with details' } }, async (req) => list(req, true, (b, b0) => backupJson(b0, version, b as Backup)));
+    app.get(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { params: BackupParams, tags, summary: 'Show a backup' } }, async (req) => {
+      const b = await s.backups.getBackup(pid(req), req.params.backupId, { includeShared: true });
       return { backup: backupJson(base(req), version, b) };
     });
-    app.delete(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { tags, summary: 'Delete a backup; 202, then it disappears' } }, async (req, reply) => {
-      await s.backups.deleteBackup(pid(req), (req.params as { backupId: string }).backupId);
+    app.delete(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { params: BackupParams, tags, summary: 'Delete a backup (one still being created: its job is stopped); 202, then it disappears' } }, async (req, reply) => {
+      await s.backups.deleteBackup(pid(req), req.params.backupId);
       return reply.code(202).send();
     });
-    app.post(`/${version}/:projectId/backups/:backupId/action`, { config: CFG, schema: { body: ActionBody, tags, summary: 'Cloud admin: os-force_delete (stops a running job) or os-reset_status; 202' } }, async (req, reply) => {
-      const body = (req.body ?? {}) as ActionBody & Record<string, unknown>;
-      const names = Object.keys(body);
+    app.post(`/${version}/:projectId/backups/:backupId/action`, { config: CFG, schema: { params: BackupParams, body: ActionBody, tags, summary: 'Cloud admin: os-force_delete (stops a running job) or os-reset_status; 202' } }, async (req, reply) => {
+      const body = req.body;
+      const names = Object.keys(body ?? {});
       if (names.length !== 1 || !ACTIONS.includes(names[0]!)) throw new ApiError(400, `Invalid input received: the body must name exactly one action of ${ACTIONS.join(', ')}.`);
       const action = names[0]!;
       // Cross-project powers belong to the cloud admin (admin role on the admin project) alone.
       if (!req.auth!.isCloudAdmin) throw new ApiError(403, `Policy doesn't allow ${action === 'os-force_delete' ? 'backup:force_delete' : 'volume_extension:backup_admin_actions:reset_status'} to be performed.`);
-      const backupId = (req.params as { backupId: string }).backupId;
+      const backupId = req.params.backupId;
       if (body['os-reset_status']) await s.backups.resetBackupStatus(backupId, body['os-reset_status'].status);
       else await s.backups.forceDeleteBackup(backupId);
       return reply.code(202).send();
     });
-    app.post(`/${version}/:projectId/backups/:backupId/restore`, { config: CFG, schema: { body: RestoreBody, tags, summary: 'Restore a backup onto a volume (or a new one)' } }, async (req, reply) => {
-      const r = (req.body as { restore: { volume_id?: string | null; name?: string | null } }).restore;
-      const backupId = (req.params as { backupId: string }).backupId;
+    app.post(`/${version}/:projectId/backups/:backupId/restore`, { config: CFG, schema: { params: BackupParams, body: RestoreBody, tags, summary: 'Restore a backup onto a volume (or a new one)' } }, async (req, reply) => {
+      const r = req.body.restore;
+      const backupId = req.params.backupId;
       let volumeId = r.volume_id;
       if (!volumeId) {
         // Cinder semantics: without a volume, restore into a new one of the backup's size.
