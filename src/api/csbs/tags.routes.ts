@@ -4,13 +4,14 @@
  * create/delete (204), list one resource's tags, all tags of the project by key, and filter/count
  * resources by tag.
  */
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import { ErrorCode } from '../../domain/errors.ts';
 import { matchesTagQuery } from '../../domain/tag-filter.ts';
 import type { TagKind } from '../../services/csbs-tag-service.ts';
 import { ApiError, type RouteErrorCodes } from '../errors.ts';
 import type { ApiServices } from '../server.ts';
+import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 
 const ERRORS: RouteErrorCodes = {
   [ErrorCode.CheckpointItemNotFound]: ['CSBS.3001', 404],
@@ -34,20 +35,23 @@ const FilterBody = Type.Object({
 });
 
 const trim = (t: { key: string; value: string }) => ({ key: t.key.trim(), value: t.value.trim() });
+const ResourceParams = Type.Object({ projectId: PathParam, resourceId: PathParam });
+const TagKeyParams = Type.Object({ projectId: PathParam, resourceId: PathParam, key: PathParam });
 
-export function registerCsbsTagRoutes(app: FastifyInstance, s: ApiServices): void {
-  const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
-  const rid = (req: FastifyRequest) => (req.params as { resourceId: string }).resourceId;
+export function registerCsbsTagRoutes(root: FastifyInstance, s: ApiServices): void {
+  const app = typed(root);
+  const pid = (req: { params: { projectId: string } }) => req.params.projectId;
+  const rid = (req: { params: { resourceId: string } }) => req.params.resourceId;
   for (const [segment, kind] of [['csbs_backup', 'backup'], ['csbs_backup_policy', 'policy']] as [string, TagKind][]) {
     const tags = [`csbs ${kind} tags`];
     // Literal segments before /:resourceId.
-    app.get(`/v1/:projectId/${segment}/tags`, { config: CFG, schema: { tags, summary: `All ${kind} tags of the project, by key (T6/T12)` } }, async (req) => {
+    app.get(`/v1/:projectId/${segment}/tags`, { config: CFG, schema: { params: ProjectParams, tags, summary: `All ${kind} tags of the project, by key (T6/T12)` } }, async (req) => {
       const byKey = new Map<string, Set<string>>();
       for (const r of await s.csbsTags.resources(pid(req), kind)) for (const t of r.tags) (byKey.get(t.key) ?? byKey.set(t.key, new Set()).get(t.key)!).add(t.value);
       return { tags: [...byKey].map(([key, values]) => ({ key, values: [...values] })) };
     });
-    app.post(`/v1/:projectId/${segment}/resource_instances/action`, { config: CFG, schema: { body: FilterBody, tags, summary: `Filter or count ${kind}s by tag (T1/T7)` } }, async (req) => {
-      const b = req.body as { action: 'filter' | 'count'; tags?: { key: string; values: string[] }[]; tags_any?: { key: string; values: string[] }[]; not_tags?: { key: string; values: string[] }[]; not_tags_any?: { key: string; values: string[] }[]; matches?: { value: string }[]; limit?: string | number; offset?: string | number };
+    app.post(`/v1/:projectId/${segment}/resource_instances/action`, { config: CFG, schema: { params: ProjectParams, body: FilterBody, tags, summary: `Filter or count ${kind}s by tag (T1/T7)` } }, async (req) => {
+      const b = req.body;
       const limit = b.limit === undefined ? 1000 : Number(b.limit);
       const offset = b.offset === undefined ? 0 : Number(b.offset);
       if (limit < 1 || limit > 1000) throw new ApiError(400, 'limit must be 1-1000', 'CSBS.9001');
@@ -63,12 +67,12 @@ export function registerCsbsTagRoutes(app: FastifyInstance, s: ApiServices): voi
       }
       return { resources, total_count: hits.length };
     });
-    app.post(`/v1/:projectId/${segment}/:resourceId/tags`, { config: CFG, schema: { body: Type.Object({ tag: WriteTag }), tags, summary: `Add one tag to a ${kind} (T3/T9)` } }, async (req, reply) => {
-      await s.csbsTags.add(pid(req), kind, rid(req), [trim((req.body as { tag: { key: string; value: string } }).tag)]);
+    app.post(`/v1/:projectId/${segment}/:resourceId/tags`, { config: CFG, schema: { params: ResourceParams, body: Type.Object({ tag: WriteTag }), tags, summary: `Add one tag to a ${kind} (T3/T9)` } }, async (req, reply) => {
+      await s.csbsTags.add(pid(req), kind, rid(req), [trim(req.body.tag)]);
       return reply.code(204).send();
     });
-    app.delete(`/v1/:projectId/${segment}/:resourceId/tags/:key`, { config: CFG, schema: { tags, summary: `Remove one tag of a ${kind} (T4/T10)` } }, async (req, reply) => {
-      const key = (req.params as { key: string }).key.trim();
+    app.delete(`/v1/:projectId/${segment}/:resourceId/tags/:key`, { config: CFG, schema: { params: TagKeyParams, tags, summary: `Remove one tag of a ${kind} (T4/T10)` } }, async (req, reply) => {
+      const key = req.params.key.trim();
       if (!key || key.length > 127) throw new ApiError(400, 'tag key must be 1-127 characters', 'CSBS.9001');
       await s.csbsTags.remove(pid(req), kind, rid(req), [{ key }], true);
       return reply.code(204).send();
@@ -77,8 +81,8 @@ export function registerCsbsTagRoutes(app: FastifyInstance, s: ApiServices): voi
       action: Type.Union([Type.Literal('create'), Type.Literal('delete')]),
       tags: Type.Array(Type.Object({ key: Type.String({ minLength: 1, maxLength: 127 }), value: Type.Optional(Type.String({ maxLength: 255 })) }), { minItems: 1, maxItems: 10 }),
     });
-    app.post(`/v1/:projectId/${segment}/:resourceId/tags/action`, { config: CFG, schema: { body: Batch, tags, summary: `Create or delete tags of a ${kind} in a batch (T2/T8)` } }, async (req, reply) => {
-      const b = req.body as { action: 'create' | 'delete'; tags: { key: string; value?: string }[] };
+    app.post(`/v1/:projectId/${segment}/:resourceId/tags/action`, { config: CFG, schema: { params: ResourceParams, body: Batch, tags, summary: `Create or delete tags of a ${kind} in a batch (T2/T8)` } }, async (req, reply) => {
+      const b = req.body;
       if (b.action === 'delete') {
         await s.csbsTags.remove(pid(req), kind, rid(req), b.tags.map((t) => ({ key: t.key.trim(), value: t.value?.trim() })), false);
       } else {
@@ -93,6 +97,6 @@ export function registerCsbsTagRoutes(app: FastifyInstance, s: ApiServices): voi
       }
       return reply.code(204).send();
     });
-    app.get(`/v1/:projectId/${segment}/:resourceId/tags`, { config: CFG, schema: { tags, summary: `Tags of one ${kind} (T5/T11)` } }, async (req) => ({ tags: await s.csbsTags.tags(pid(req), kind, rid(req)) }));
+    app.get(`/v1/:projectId/${segment}/:resourceId/tags`, { config: CFG, schema: { params: ResourceParams, tags, summary: `Tags of one ${kind} (T5/T11)` } }, async (req) => ({ tags: await s.csbsTags.tags(pid(req), kind, rid(req)) }));
   }
 }
