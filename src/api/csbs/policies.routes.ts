@@ -4,13 +4,14 @@
  * answers `suspended` (Terraform waits for exactly that); whether it runs by itself is
  * `scheduled_operations[0].enabled`.
  */
-import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { Type } from 'typebox';
+import type { FastifyInstance } from 'fastify';
+import { Type, type Static } from 'typebox';
 import { CSBS_PROVIDER_ID } from '../../domain/checkpoint.ts';
 import type { CsbsPolicy, CsbsPolicyResource, CsbsRetention } from '../../domain/csbs-policy.ts';
 import { ErrorCode } from '../../domain/errors.ts';
 import { ApiError, type RouteErrorCodes, type ValidationCodes } from '../errors.ts';
 import { baseUrl, type ApiServices } from '../server.ts';
+import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { microsNoZone } from '../wire/time.ts';
 import { nextLink, parseSortParam } from '../wire/paging.ts';
 
@@ -45,14 +46,14 @@ const Definition = Type.Object({
   timezone: Type.Optional(Type.String()),
 });
 const Trigger = Type.Object({ properties: Type.Object({ pattern: Type.String({ minLength: 1, maxLength: 10240 }) }) });
-const Resource = Type.Object({ id: Type.String({ minLength: 1 }), type: Type.String(), name: Type.String({ maxLength: 255 }), extra_info: Type.Optional(Type.Any()) });
+const Resource = Type.Object({ id: Type.String({ minLength: 1 }), type: Type.String(), name: Type.String({ maxLength: 255 }), extra_info: Type.Optional(Type.Unknown()) });
 const Tag = Type.Object({ key: Type.String({ minLength: 1, maxLength: 36, pattern: '^\\s*[A-Za-z0-9_-]+\\s*$' }), value: Type.String({ maxLength: 43, pattern: '^\\s*[A-Za-z0-9_-]*\\s*$' }) });
 const CreateBody = Type.Object({
   policy: Type.Object({
     name: Type.String(NAME),
     description: Type.Optional(Type.String(DESC)),
     provider_id: Type.String(),
-    parameters: Type.Object({ common: Type.Optional(Type.Record(Type.String(), Type.Any())) }),
+    parameters: Type.Object({ common: Type.Optional(Type.Record(Type.String(), Type.Unknown())) }),
     resources: Type.Array(Resource, { maxItems: 64 }),
     scheduled_operations: Type.Array(Type.Object({
       name: Type.Optional(Type.String(NAME)),
@@ -69,7 +70,7 @@ const UpdateBody = Type.Object({
   policy: Type.Object({
     name: Type.Optional(Type.String(NAME)),
     description: Type.Optional(Type.String(DESC)),
-    parameters: Type.Optional(Type.Object({ common: Type.Optional(Type.Record(Type.String(), Type.Any())) })),
+    parameters: Type.Optional(Type.Object({ common: Type.Optional(Type.Record(Type.String(), Type.Unknown())) })),
     resources: Type.Optional(Type.Array(Resource, { maxItems: 64 })),
     scheduled_operations: Type.Optional(Type.Array(Type.Object({
       id: Type.String({ minLength: 1 }),
@@ -82,8 +83,10 @@ const UpdateBody = Type.Object({
   }),
 });
 
-type DefinitionWire = Partial<Record<'max_backups' | 'retention_duration_days' | 'day_backups' | 'week_backups' | 'month_backups' | 'year_backups', number | string>> & { permanent?: boolean | string; timezone?: string };
-type ResourceWire = { id: string; type: string; name: string };
+type DefinitionWire = Static<typeof Definition>;
+type ResourceWire = Static<typeof Resource>;
+const PolicyParams = Type.Object({ projectId: PathParam, policyId: PathParam });
+const ProviderParams = Type.Object({ projectId: PathParam, providerId: PathParam });
 
 function toRetention(d: DefinitionWire): CsbsRetention {
   const num = (v: number | string | undefined, what: string, min: number): number | undefined => {
@@ -155,14 +158,15 @@ export function policyJson(p: CsbsPolicy, resources: CsbsPolicyResource[]) {
   };
 }
 
-export function registerCsbsPolicyRoutes(app: FastifyInstance, s: ApiServices): void {
-  const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
-  const policyId = (req: FastifyRequest) => (req.params as { policyId: string }).policyId;
+export function registerCsbsPolicyRoutes(root: FastifyInstance, s: ApiServices): void {
+  const app = typed(root);
+  const pid = (req: { params: { projectId: string } }) => req.params.projectId;
+  const policyId = (req: { params: { policyId: string } }) => req.params.policyId;
   const tags = ['csbs policies'];
   const view = async (p: CsbsPolicy) => policyJson(p, await s.csbsPolicies.resources(p.id));
 
-  app.post('/v1/:projectId/policies', { config: CFG, schema: { body: CreateBody, tags, summary: 'Create a backup policy (P1)' } }, async (req) => {
-    const b = (req.body as { policy: { name: string; description?: string; provider_id: string; parameters: { common?: Record<string, unknown> }; resources: ResourceWire[]; scheduled_operations: { name?: string; description?: string; enabled: boolean; operation_definition: DefinitionWire; trigger: { properties: { pattern: string } } }[]; tags?: { key: string; value: string }[] } }).policy;
+  app.post('/v1/:projectId/policies', { config: CFG, schema: { params: ProjectParams, body: CreateBody, tags, summary: 'Create a backup policy (P1)' } }, async (req) => {
+    const b = req.body.policy;
     if (b.provider_id !== CSBS_PROVIDER_ID) throw new ApiError(400, `provider invalid: ${b.provider_id}`, 'CSBS.9001');
     const op = b.scheduled_operations[0]!;
     const p = await s.csbsPolicies.createPolicy(pid(req), {
@@ -180,8 +184,8 @@ export function registerCsbsPolicyRoutes(app: FastifyInstance, s: ApiServices): 
     name: Type.Optional(Type.String()),
     all_tenants: Type.Optional(Type.String()),
   });
-  app.get('/v1/:projectId/policies', { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backup policies (P2)' } }, async (req) => {
-    const q = req.query as { limit?: number; marker?: string; offset?: number; sort?: string; name?: string };
+  app.get('/v1/:projectId/policies', { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List backup policies (P2)' } }, async (req) => {
+    const q = req.query;
     let sortKey: 'created_at' | 'name' | 'id' | 'updated_at' = 'created_at';
     let sortDir: 'asc' | 'desc' = 'desc';
     if (q.sort) {
@@ -198,9 +202,9 @@ export function registerCsbsPolicyRoutes(app: FastifyInstance, s: ApiServices): 
     }
     return body;
   });
-  app.get('/v1/:projectId/policies/:policyId', { config: CFG, schema: { tags, summary: 'Show a backup policy (P3)' } }, async (req) => ({ policy: await view(await s.csbsPolicies.getPolicy(pid(req), policyId(req))) }));
-  app.put('/v1/:projectId/policies/:policyId', { config: CFG, schema: { body: UpdateBody, tags, summary: 'Update a policy: name, servers, schedule, enabled (P4)' } }, async (req) => {
-    const b = (req.body as { policy: { name?: string; description?: string; parameters?: { common?: Record<string, unknown> }; resources?: ResourceWire[]; scheduled_operations?: { id: string; name?: string; description?: string; enabled?: boolean; operation_definition?: DefinitionWire; trigger?: { properties: { pattern: string } } }[] } }).policy;
+  app.get('/v1/:projectId/policies/:policyId', { config: CFG, schema: { params: PolicyParams, tags, summary: 'Show a backup policy (P3)' } }, async (req) => ({ policy: await view(await s.csbsPolicies.getPolicy(pid(req), policyId(req))) }));
+  app.put('/v1/:projectId/policies/:policyId', { config: CFG, schema: { params: PolicyParams, body: UpdateBody, tags, summary: 'Update a policy: name, servers, schedule, enabled (P4)' } }, async (req) => {
+    const b = req.body.policy;
     const op = b.scheduled_operations?.[0];
     const operation = op ? {
       id: op.id,
@@ -219,15 +223,15 @@ export function registerCsbsPolicyRoutes(app: FastifyInstance, s: ApiServices): 
     });
     return { policy: await view(p) };
   });
-  app.delete('/v1/:projectId/policies/:policyId', { config: CFG, schema: { tags, summary: 'Delete a policy (P5); its backups are kept' } }, async (req) => {
+  app.delete('/v1/:projectId/policies/:policyId', { config: CFG, schema: { params: PolicyParams, tags, summary: 'Delete a policy (P5); its backups are kept' } }, async (req) => {
     await s.csbsPolicies.deletePolicy(pid(req), policyId(req));
     return {};
   });
 
   const Execute = Type.Object({ checkpoint: Type.Object({ plan_id: Type.String({ minLength: 1 }), parameters: Type.Object({ auto_trigger: Type.Optional(Type.Boolean()), resources: Type.Optional(Type.Array(Type.String({ minLength: 1 }))) }) }) });
-  app.post('/v1/:projectId/providers/:providerId/checkpoints', { config: CFG, schema: { body: Execute, tags, summary: 'Execute a backup policy now (B1)' } }, async (req) => {
-    if ((req.params as { providerId: string }).providerId !== CSBS_PROVIDER_ID) throw new ApiError(400, `provider invalid: ${(req.params as { providerId: string }).providerId}`, 'CSBS.9001');
-    const b = (req.body as { checkpoint: { plan_id: string; parameters: { auto_trigger?: boolean; resources?: string[] } } }).checkpoint;
+  app.post('/v1/:projectId/providers/:providerId/checkpoints', { config: CFG, schema: { params: ProviderParams, body: Execute, tags, summary: 'Execute a backup policy now (B1)' } }, async (req) => {
+    if (req.params.providerId !== CSBS_PROVIDER_ID) throw new ApiError(400, `provider invalid: ${req.params.providerId}`, 'CSBS.9001');
+    const b = req.body.checkpoint;
     const { checkpoint, items, policy } = await s.csbsPolicies.execute(pid(req), b.plan_id, { autoTrigger: false, resources: b.parameters.resources });
     const names = new Map((await s.csbsPolicies.resources(policy.id)).map((r) => [r.serverId, r.name]));
     return {
