@@ -1,0 +1,334 @@
+/**
+ * The world the attack suites work in, and what they read from the OpenAPI document.
+ *
+ * - `buildWorld`: one Haven (inject(), no sockets) with projects that each hold one of every kind
+ *   of resource (volume with data, snapshot, backup and its job, VBS policy with a tag and the
+ *   volume associated, a sharing, a server with the volume attached, a CSBS checkpoint and its
+ *   item with a tag, a CSBS policy with a tag), a member and a project admin (the admin role on
+ *   that project only, not the cloud admin).
+ * - `fingerprint`: everything a project can see of itself (lists and shows, as its own member and
+ *   as the cloud admin), to compare before and after an attack.
+ * - `operations`: every operation of GET /openapi.json, with its auth mode, body and query schemas.
+ * - `exampleOf`: a schema-valid instance of a body schema, id-like fields filled by a callback.
+ * - `familyOf` / `assertEnvelope`: the error envelope each API family answers in.
+ */
+import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
+import * as path from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import type { LightMyRequestResponse } from 'fastify';
+import { ADMIN_PASSWORD, type TestService } from '../helpers/service.ts';
+import { assertCinderError, assertKeystoneError, assertNoStack, assertVbsError } from '../helpers/api.ts';
+import { listFilesRecursive, MiB, overwrite, randomBytesSeeded } from '../helpers/volumes.ts';
+
+export const PROVIDER = 'fc4d5750-22e7-4798-8a46-f48f62c4c1da';
+export const NIL_UUID = '00000000-0000-4000-8000-000000000000';
+
+export interface Who {
+  token: string;
+  projectId: string;
+  userId: string;
+}
+
+/** A project with one resource of every kind; names start with `secret-<tag>` so a leak is visible. */
+export interface Project {
+  tag: string;
+  name: string;
+  member: Who;
+  admin: Who;
+  volume: string;
+  volumePath: string;
+  snapshot: string;
+  backup: string;
+  job: string;
+  vbsPolicy: string;
+  vbsTagKey: string;
+  share: string;
+  server: string;
+  checkpoint: string;
+  item: string;
+  itemTagKey: string;
+  csbsPolicy: string;
+  csbsTagKey: string;
+}
+
+export interface World {
+  svc: TestService;
+  cloudAdmin: Who;
+  projects: Project[];
+  /** A third project, the one the sharings go to (so neither A nor B sees the other's backup). */
+  third: Who;
+}
+
+type Json = Record<string, unknown>;
+
+async function ok(svc: TestService, who: Who, method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, payload?: unknown, status = 200): Promise<Json> {
+  const r = await svc.req({ method, url, token: who.token, ...(payload === undefined ? {} : { payload: payload as Json }) });
+  assert.equal(r.statusCode, status, `${method} ${url}: ${r.body}`);
+  return r.body ? (r.json() as Json) : {};
+}
+
+async function makeProject(svc: TestService, tag: string, seed: number, third: Who): Promise<Project> {
+  const name = `secret-${tag}`;
+  const member = await svc.tenant(name);
+  // A project admin: the admin role on this project only.
+  const u = await svc.app.identity.createUser({ name: `${name}-padmin`, password: 'tenant-password', defaultProjectId: member.projectId });
+  await svc.app.identity.grantRole(member.projectId, u.id, 'admin');
+  const admin = await svc.login(`${name}-padmin`, 'tenant-password', name);
+  const P = member.projectId;
+  const vol = (await ok(svc, member, 'POST', `/v3/${P}/volumes`, { volume: { size: 1, name: `${name}-volume` } }, 202)).volume as { id: string };
+  const volumePath = await svc.volumePath(vol.id);
+  await overwrite(volumePath, 0, randomBytesSeeded(1 * MiB, seed));
+  const snap = (await ok(svc, member, 'POST', `/v3/${P}/snapshots`, { snapshot: { volume_id: vol.id, name: `${name}-snapshot` } }, 202)).snapshot as { id: string };
+  const job = (await ok(svc, member, 'POST', `/v2/${P}/cloudbackups`, { backup: { volume_id: vol.id, name: `${name}-backup` } })).job_id as string;
+  const done = await svc.waitJob(member.token, P, job);
+  assert.equal(done.status, 'SUCCESS', JSON.stringify(done));
+  const backup = (done.entities as { backup_id: string }).backup_id;
+  const vbsPolicy = (await ok(svc, member, 'POST', `/v2/${P}/backuppolicy`, { backup_policy_name: `${name}-policy`, scheduled_policy: { start_time: '02:00', frequency: 1, rentention_num: 2, status: 'OFF' } })).backup_policy_id as string;
+  const vbsTagKey = `${name}-vtag`;
+  await ok(svc, member, 'POST', `/v2/${P}/backuppolicy/${vbsPolicy}/tags`, { tag: { key: vbsTagKey, value: 'v' } }, 204);
+  await ok(svc, member, 'POST', `/v2/${P}/backuppolicyresources`, { backup_policy_id: vbsPolicy, resources: [{ resource_id: vol.id, resource_type: 'volume' }] });
+  const shared = (await ok(svc, member, 'POST', `/v2/${P}/os-vendor-backup-sharing`, { shared: { backup_id: backup, to_project_ids: [third.projectId] } })).shared as { id: string }[];
+  const server = (await ok(svc, member, 'POST', `/v2.1/${P}/servers`, { server: { name: `${name}-server`, block_device_mapping_v2: [{ source_type: 'volume', uuid: vol.id, boot_index: 0 }] } }, 202)).server as { id: string };
+  const cp = (await ok(svc, member, 'POST', `/v1/${P}/providers/${PROVIDER}/resources/${server.id}/action`, { protect: { backup_name: `${name}-checkpoint` } })).checkpoint as { id: string };
+  await svc.app.runner.idle();
+  const items = (await ok(svc, member, 'GET', `/v1/${P}/checkpoint_items?checkpoint_id=${cp.id}`)).checkpoint_items as { id: string; status: string }[];
+  assert.equal(items.length, 1);
+  assert.equal(items[0]!.status, 'available', JSON.stringify(items));
+  const itemTagKey = `${name}-itag`;
+  await ok(svc, member, 'POST', `/v1/${P}/csbs_backup/${items[0]!.id}/tags`, { tag: { key: itemTagKey, value: 'v' } }, 204);
+  const csbsPolicy = (await ok(svc, member, 'POST', `/v1/${P}/policies`, {
+    policy: {
+      name: `${name}-csbs`, provider_id: PROVIDER, parameters: { common: {} }, resources: [{ id: server.id, type: 'OS::Nova::Server', name: `${name}-server` }],
+      scheduled_operations: [{ enabled: false, operation_type: 'backup', operation_definition: { max_backups: 3 }, trigger: { properties: { pattern: 'RRULE:FREQ=DAILY;BYHOUR=3;BYMINUTE=0' } } }],
+    },
+  })).policy as { id: string };
+  const csbsTagKey = `${name}-ctag`;
+  await ok(svc, member, 'POST', `/v1/${P}/csbs_backup_policy/${csbsPolicy.id}/tags`, { tag: { key: csbsTagKey, value: 'v' } }, 204);
+  return {
+    tag, name, member, admin, volume: vol.id, volumePath, snapshot: snap.id, backup, job, vbsPolicy, vbsTagKey, share: shared[0]!.id, server: server.id,
+    checkpoint: cp.id, item: items[0]!.id, itemTagKey, csbsPolicy: csbsPolicy.id, csbsTagKey,
+  };
+}
+
+export async function buildWorld(svc: TestService, tags: string[]): Promise<World> {
+  const cloudAdmin = await svc.login('admin', ADMIN_PASSWORD, 'admin');
+  const third = await svc.tenant('charlie');
+  const projects: Project[] = [];
+  for (const [i, tag] of tags.entries()) projects.push(await makeProject(svc, tag, 100 + i, third));
+  await svc.app.runner.idle();
+  return { svc, cloudAdmin, projects, third };
+}
+
+/** What project `p` sees of itself (and what the cloud admin sees of it), as one comparable value. */
+export async function fingerprint(w: World, p: Project): Promise<Json> {
+  const { svc } = w;
+  await svc.app.runner.idle();
+  const P = p.member.projectId;
+  const as = (who: Who) => async (url: string): Promise<unknown> => {
+    const r = await svc.req({ method: 'GET', url, token: who.token });
+    return { status: r.statusCode, body: r.body ? r.json() : null };
+  };
+  const get = as(p.member);
+  const admin = as(w.cloudAdmin);
+  const urls = [
+    `/v3/${P}/volumes/detail`, `/v3/${P}/snapshots/detail`, `/v3/${P}/backups/detail`, `/v2/${P}/backuppolicy`, `/v2/${P}/backuppolicy/${p.vbsPolicy}/tags`,
+    `/v2/${P}/backuppolicy/${p.vbsPolicy}/backuptasks`, `/v2/${P}/os-vendor-backup-sharing/detail`, `/v2/${P}/cloudbackups/quota`, `/v1/${P}/jobs/${p.job}`,
+    `/v2.1/${P}/servers/detail`, `/v2.1/${P}/servers/${p.server}/os-volume_attachments`, `/v1/${P}/checkpoint_items`, `/v1/${P}/policies`, `/v1/${P}/quotas`,
+    `/v1/${P}/csbs_backup/${p.item}/tags`, `/v1/${P}/csbs_backup_policy/${p.csbsPolicy}/tags`, `/v3/${P}/os-quota-sets/${P}?usage=true`, `/v3/auth/projects`,
+  ];
+  const out: Json = {};
+  for (const u of urls) out[u] = await get(u);
+  out.admin = await as(p.admin)(`/v3/${P}/volumes/detail`);
+  for (const u of [`/v3/projects/${P}`, `/v3/users/${p.member.userId}`, `/v3/users/${p.admin.userId}`, `/v3/projects/${P}/users/${p.member.userId}/roles`, `/v3/projects/${P}/users/${p.admin.userId}/roles`]) out[u] = await admin(u);
+  const st = statSync(p.volumePath);
+  out.volumeFile = { size: st.size, mtimeMs: st.mtimeMs };
+  return out;
+}
+
+/**
+ * Strings that belong to project `p` and to no other: every id and name in its fingerprint that
+ * the other projects' fingerprints do not hold (so shared constants such as the provider id are
+ * not counted), and its tokens.
+ */
+export function secretsOf(fp: Json, others: Json[], p: Project): Set<string> {
+  const collect = (v: unknown, into: Set<string>, key = ''): void => {
+    if (typeof v === 'string') {
+      if ((key === 'id' || key.endsWith('_id') || key === 'name' || key === 'key') && v.length >= 8) into.add(v);
+    } else if (Array.isArray(v)) for (const x of v) collect(x, into, key);
+    else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) collect(x, into, k);
+  };
+  const mine = new Set<string>();
+  collect(fp, mine);
+  const theirs = new Set<string>();
+  for (const o of others) collect(o, theirs);
+  const out = new Set([...mine].filter((s) => !theirs.has(s)));
+  for (const s of [p.member.token, p.admin.token, p.member.projectId, p.name, `${p.name}-user`, `${p.name}-padmin`, p.member.userId, p.admin.userId]) out.add(s);
+  return out;
+}
+
+// ---- the OpenAPI document ----
+
+export interface Schema {
+  type?: string;
+  properties?: Record<string, Schema>;
+  required?: string[];
+  items?: Schema;
+  additionalProperties?: Schema | boolean;
+  anyOf?: Schema[];
+  oneOf?: Schema[];
+  allOf?: Schema[];
+  enum?: unknown[];
+  const?: unknown;
+  nullable?: boolean;
+  minLength?: number;
+  maxLength?: number;
+  pattern?: string;
+  not?: Schema;
+  minimum?: number;
+  maximum?: number;
+  minItems?: number;
+  maxItems?: number;
+  uniqueItems?: boolean;
+}
+
+export interface Operation {
+  method: string;
+  path: string;
+  auth: string;
+  pathParams: string[];
+  query: { name: string; schema: Schema; required: boolean }[];
+  body: Schema | null;
+}
+
+export async function operations(svc: TestService): Promise<Operation[]> {
+  const r = await svc.req({ method: 'GET', url: '/openapi.json' });
+  assert.equal(r.statusCode, 200);
+  const doc = r.json() as { paths: Record<string, Record<string, { 'x-haven-auth'?: string; parameters?: { in: string; name: string; schema: Schema; required?: boolean }[]; requestBody?: { content: Record<string, { schema: Schema }> } }>> };
+  const out: Operation[] = [];
+  for (const [p, ops] of Object.entries(doc.paths)) {
+    for (const [m, op] of Object.entries(ops)) {
+      assert.ok(op['x-haven-auth'], `${m} ${p} does not state its auth mode`);
+      out.push({
+        method: m.toUpperCase(), path: p, auth: op['x-haven-auth'],
+        pathParams: [...p.matchAll(/\{([^}]+)\}/g)].map((x) => x[1]!),
+        query: (op.parameters ?? []).filter((x) => x.in === 'query').map((x) => ({ name: x.name, schema: x.schema, required: x.required === true })),
+        body: op.requestBody?.content['application/json']?.schema ?? null,
+      });
+    }
+  }
+  return out;
+}
+
+/** Strings tried, in order, for a string schema with a pattern. */
+const CANDIDATES = ['k1', 'x', '02:00', '/dev/vdb', '5', NIL_UUID, 'RRULE:FREQ=DAILY;BYHOUR=3;BYMINUTE=0'];
+
+function stringFor(s: Schema): string {
+  const fits = (v: string) => (!s.pattern || new RegExp(s.pattern, 'u').test(v)) && !(s.not?.pattern && new RegExp(s.not.pattern, 'u').test(v)) && v.length >= (s.minLength ?? 0) && v.length <= (s.maxLength ?? Infinity);
+  const found = CANDIDATES.find(fits);
+  if (found) return found;
+  return 'x'.repeat(Math.max(1, s.minLength ?? 1));
+}
+
+/** The schema a union stands for when a value is needed: the first branch that is not null only. */
+export function branch(s: Schema): Schema {
+  const alts = s.anyOf ?? s.oneOf;
+  if (alts) return branch(alts.find((a) => !(a.enum?.length === 1 && a.enum[0] === null)) ?? alts[0]!);
+  if (s.allOf) return s.allOf.reduce<Schema>((acc, x) => ({ ...acc, ...x, properties: { ...acc.properties, ...x.properties }, required: [...(acc.required ?? []), ...(x.required ?? [])] }), {});
+  return s;
+}
+
+/**
+ * A schema-valid value of `s`. `idFor(name, path)` may give the value of a string property (an id
+ * of the victim, say); properties it gives values for are included even when optional.
+ */
+export function exampleOf(s: Schema, idFor: (name: string, at: string[]) => unknown, at: string[] = []): unknown {
+  const b = branch(s);
+  if (b.const !== undefined) return b.const;
+  if (b.enum?.length) return b.enum[0];
+  const type = b.type ?? (b.properties ? 'object' : 'string');
+  switch (type) {
+    case 'object': {
+      const o: Json = {};
+      for (const [k, ps] of Object.entries(b.properties ?? {})) {
+        const given = idFor(k, at);
+        if (given !== undefined) o[k] = given;
+        else if (b.required?.includes(k) || wantsIds(ps, idFor, [...at, k])) o[k] = exampleOf(ps, idFor, [...at, k]);
+      }
+      return o;
+    }
+    case 'array': {
+      const n = Math.max(b.minItems ?? 0, b.items && wantsIds(b.items, idFor, at) ? 1 : 0);
+      return Array.from({ length: n }, () => exampleOf(b.items ?? {}, idFor, at));
+    }
+    case 'integer':
+    case 'number':
+      return Math.max(b.minimum ?? 1, Math.min(1, b.maximum ?? 1));
+    case 'boolean':
+      return false;
+    default:
+      return stringFor(b);
+  }
+}
+
+/** Whether a sub-schema holds a property `idFor` fills in (so an optional part is worth sending). */
+function wantsIds(s: Schema, idFor: (name: string, at: string[]) => unknown, at: string[], depth = 0): boolean {
+  if (depth > 6) return false;
+  const b = branch(s);
+  if (b.properties) return Object.entries(b.properties).some(([k, ps]) => idFor(k, at) !== undefined || wantsIds(ps, idFor, [...at, k], depth + 1));
+  if (b.items) return wantsIds(b.items, idFor, at, depth + 1);
+  return false;
+}
+
+// ---- envelopes ----
+
+export type Family = 'cinder' | 'vbs' | 'keystone' | 'csbs';
+
+/** The API family a path belongs to (what its errors look like), from the references. */
+export function familyOf(p: string): Family {
+  if (/^\/v3\/(auth|projects|users|roles)(\/|$)/.test(p)) return 'keystone';
+  if (/^\/v1\/[^/]+\/(policies|providers|checkpoint_items|restores|quotas|csbs_backup|csbs_backup_policy)(\/|$)/.test(p)) return 'csbs';
+  if (/^\/v1\//.test(p) || /^\/v2\/[^/]+\/(backuppolicy|backuppolicyresources|cloudbackups|os-vendor-backup-sharing|jobs)(\/|$)/.test(p)) return 'vbs';
+  return 'cinder';
+}
+
+/** An error answer in the family's own envelope, with its own status; returns the message. */
+export function assertEnvelope(family: Family, r: LightMyRequestResponse): string {
+  assert.ok(r.statusCode >= 400 && r.statusCode < 600, `not an error: ${r.statusCode} ${r.body}`);
+  if (family === 'cinder') return assertCinderError(r, r.statusCode);
+  if (family === 'vbs') return assertVbsError(r, r.statusCode);
+  if (family === 'keystone') return assertKeystoneError(r, r.statusCode);
+  assert.equal(r.statusCode, r.statusCode);
+  assert.match(String(r.headers['content-type']), /^application\/json/, r.body);
+  const body = r.json() as { error_code?: unknown; error_msg?: unknown };
+  assert.deepEqual(Object.keys(body).sort(), ['error_code', 'error_msg'], r.body);
+  assert.match(String(body.error_code), /^[A-Za-z]+\.\d{4}$/, r.body);
+  assert.equal(typeof body.error_msg, 'string');
+  assertNoStack(r);
+  return body.error_msg as string;
+}
+
+// ---- catalog and repository state ----
+
+/** Row counts of every catalog table (read through a second, read-only connection). */
+export function rowCounts(dataDir: string, skip: readonly string[] = []): Record<string, number> {
+  const db = new DatabaseSync(path.join(dataDir, 'catalog.sqlite'), { readOnly: true });
+  try {
+    const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as { name: string }[]).map((t) => t.name).filter((t) => !skip.includes(t));
+    const out: Record<string, number> = {};
+    for (const t of tables) out[t] = (db.prepare(`SELECT count(*) AS n FROM "${t}"`).get() as { n: number }).n;
+    return out;
+  } finally {
+    db.close();
+  }
+}
+
+/** Every file of a folder with its size and modification time. */
+export async function filesState(dir: string): Promise<string> {
+  const out: string[] = [];
+  for (const rel of await listFilesRecursive(dir)) {
+    const st = statSync(path.join(dir, rel));
+    out.push(`${rel} ${st.size} ${st.mtimeMs}`);
+  }
+  return out.join('\n');
+}
