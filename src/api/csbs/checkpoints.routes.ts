@@ -3,14 +3,15 @@
  * delete (B6), restore (S1), and the Karbor-native provider list/show. Every success is 200
  * (gophertelekomcloud and Terraform insist); errors are {"error_code": "CSBS.xxxx", "error_msg"}.
  */
-import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { Type } from 'typebox';
+import type { FastifyInstance } from 'fastify';
+import { Type, type Static } from 'typebox';
 import { ITEM_SORT_KEYS, type ItemFilter } from '../../catalog/checkpoint-queries.ts';
 import { CSBS_PROVIDER_ID, type Checkpoint, type CheckpointItem } from '../../domain/checkpoint.ts';
 import { AppError, ErrorCode } from '../../domain/errors.ts';
 import type { Backup } from '../../domain/model.ts';
 import { ApiError, type RouteErrorCodes, type ValidationCodes } from '../errors.ts';
 import { baseUrl, type ApiServices } from '../server.ts';
+import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { microsNoZone } from '../wire/time.ts';
 import { nextLink, parseSortParam } from '../wire/paging.ts';
 
@@ -27,9 +28,14 @@ const ERRORS: RouteErrorCodes = {
 const VALIDATION: ValidationCodes = { fallback: 'CSBS.9001' };
 const CFG = { envelope: 'csbs' as const, auth: 'project' as const, errorCodes: ERRORS, validation: VALIDATION };
 
-function checkProvider(req: FastifyRequest): void {
-  const p = (req.params as { providerId?: string }).providerId;
-  if (p !== undefined && p !== CSBS_PROVIDER_ID) throw new ApiError(400, `provider invalid: ${p} (CSBS has the one provider ${CSBS_PROVIDER_ID})`, 'CSBS.9001');
+const ProviderParams = Type.Object({ projectId: PathParam, providerId: PathParam });
+const ResourceParams = Type.Object({ projectId: PathParam, providerId: PathParam, resourceId: PathParam });
+const CheckpointParams = Type.Object({ projectId: PathParam, providerId: PathParam, checkpointId: PathParam });
+const ItemParams = Type.Object({ projectId: PathParam, itemId: PathParam });
+
+function checkProvider(req: { params: { providerId: string } }): void {
+  const p = req.params.providerId;
+  if (p !== CSBS_PROVIDER_ID) throw new ApiError(400, `provider invalid: ${p} (CSBS has the one provider ${CSBS_PROVIDER_ID})`, 'CSBS.9001');
 }
 
 function checkpointJson(c: Checkpoint, resources: { id: string; name: string }[]) {
@@ -99,7 +105,7 @@ const ProtectBody = Type.Object({
     incremental: Type.Optional(Type.Boolean()),
     resource_type: Type.Optional(Type.String()),
     tags: Type.Optional(Type.Array(Type.Object({ key: Type.String({ minLength: 1, maxLength: 36 }), value: Type.String({ maxLength: 43 }) }), { minItems: 1, maxItems: 10 })),
-    extra_info: Type.Optional(Type.Any()),
+    extra_info: Type.Optional(Type.Unknown()),
   }),
 });
 const ListQuery = Type.Object({
@@ -121,7 +127,7 @@ const ListQuery = Type.Object({
   resource_type: Type.Optional(Type.String()),
   ip: Type.Optional(Type.String()),
 });
-type ListQuery = { status?: string; limit?: number; marker?: string; offset?: number; sort?: string; name?: string; az?: string; resource_id?: string; resource_name?: string; start_time?: string; end_time?: string; policy_id?: string; checkpoint_id?: string };
+type ListQuery = Static<typeof ListQuery>;
 
 function parseTime(s: string | undefined, what: string): number | undefined {
   if (s === undefined) return undefined;
@@ -146,8 +152,9 @@ const RestoreBody = Type.Object({
   }),
 });
 
-export function registerCheckpointRoutes(app: FastifyInstance, s: ApiServices): void {
-  const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
+export function registerCheckpointRoutes(root: FastifyInstance, s: ApiServices): void {
+  const app = typed(root);
+  const pid = (req: { params: { projectId: string } }) => req.params.projectId;
   const tags = ['csbs backups'];
 
   const itemView = async (i: CheckpointItem) => {
@@ -161,12 +168,12 @@ export function registerCheckpointRoutes(app: FastifyInstance, s: ApiServices): 
     return itemJson(i, vbs, names, progress);
   };
 
-  app.post('/v1/:projectId/providers/:providerId/resources/:resourceId/action', { config: CFG, schema: { body: ProtectBody, tags, summary: 'Back up one server (B2): all its volumes at one moment' } }, async (req) => {
+  app.post('/v1/:projectId/providers/:providerId/resources/:resourceId/action', { config: CFG, schema: { params: ResourceParams, body: ProtectBody, tags, summary: 'Back up one server (B2): all its volumes at one moment' } }, async (req) => {
     checkProvider(req);
-    const b = (req.body as { protect: { backup_name?: string; description?: string; incremental?: boolean; resource_type?: string; tags?: { key: string; value: string }[] } }).protect;
-    if (b.resource_type !== undefined && b.resource_type !== 'OS::Nova::Server') throw new ApiError(400, `Resource (${(req.params as { resourceId: string }).resourceId}) type (${b.resource_type}) is not support protection.`, 'CSBS.6003');
+    const b = req.body.protect;
+    if (b.resource_type !== undefined && b.resource_type !== 'OS::Nova::Server') throw new ApiError(400, `Resource (${req.params.resourceId}) type (${b.resource_type}) is not support protection.`, 'CSBS.6003');
     if (b.tags && new Set(b.tags.map((t) => t.key)).size !== b.tags.length) throw new ApiError(400, 'Tag keys must be unique.', 'CSBS.9001');
-    const serverId = (req.params as { resourceId: string }).resourceId;
+    const serverId = req.params.resourceId;
     const { checkpoint } = await s.serverBackups.protect(pid(req), serverId, { name: b.backup_name, description: b.description, incremental: b.incremental, tags: b.tags });
     const server = await s.servers.getServer(pid(req), serverId);
     return { checkpoint: checkpointJson(checkpoint, [{ id: server.id, name: server.name }]) };
@@ -176,9 +183,9 @@ export function registerCheckpointRoutes(app: FastifyInstance, s: ApiServices): 
     checkpointId: q.checkpoint_id, serverId: q.resource_id, status: q.status, nameLike: q.name, serverNameLike: q.resource_name, policyId: q.policy_id, az: q.az,
     createdFrom: parseTime(q.start_time, 'start_time'), createdTo: parseTime(q.end_time, 'end_time'),
   });
-  app.get('/v1/:projectId/checkpoint_items/count', { config: CFG, schema: { querystring: ListQuery, tags, summary: 'Count backups (B5)' } }, async (req) => ({ count: await s.serverBackups.countItems(pid(req), filterOf(req.query as ListQuery)) }));
-  app.get('/v1/:projectId/checkpoint_items', { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List backups (B4)' } }, async (req) => {
-    const q = req.query as ListQuery;
+  app.get('/v1/:projectId/checkpoint_items/count', { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'Count backups (B5)' } }, async (req) => ({ count: await s.serverBackups.countItems(pid(req), filterOf(req.query)) }));
+  app.get('/v1/:projectId/checkpoint_items', { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List backups (B4)' } }, async (req) => {
+    const q = req.query;
     let sortKey: keyof typeof ITEM_SORT_KEYS = 'created_at';
     let sortDir: 'asc' | 'desc' = 'desc';
     if (q.sort) {
@@ -196,20 +203,20 @@ export function registerCheckpointRoutes(app: FastifyInstance, s: ApiServices): 
     }
     return body;
   });
-  app.get('/v1/:projectId/checkpoint_items/:itemId', { config: CFG, schema: { tags, summary: 'Show a backup (B3)' } }, async (req) => ({ checkpoint_item: await itemView(await s.serverBackups.getItemOrCheckpointItem(pid(req), (req.params as { itemId: string }).itemId)) }));
+  app.get('/v1/:projectId/checkpoint_items/:itemId', { config: CFG, schema: { params: ItemParams, tags, summary: 'Show a backup (B3)' } }, async (req) => ({ checkpoint_item: await itemView(await s.serverBackups.getItemOrCheckpointItem(pid(req), req.params.itemId)) }));
 
   app.delete('/v1/:projectId/providers/:providerId/checkpoints/:checkpointId', {
     config: CFG,
-    schema: { querystring: Type.Object({ checkpoint_items: Type.Optional(Type.String()) }), tags, summary: 'Delete a backup record, or some of its backups (B6)' },
+    schema: { params: CheckpointParams, querystring: Type.Object({ checkpoint_items: Type.Optional(Type.String()) }), tags, summary: 'Delete a backup record, or some of its backups (B6)' },
   }, async (req) => {
     checkProvider(req);
-    const items = (req.query as { checkpoint_items?: string }).checkpoint_items?.split(',').map((x) => x.trim()).filter(Boolean);
-    await s.serverBackups.deleteCheckpoint(pid(req), (req.params as { checkpointId: string }).checkpointId, items);
+    const items = req.query.checkpoint_items?.split(',').map((x) => x.trim()).filter(Boolean);
+    await s.serverBackups.deleteCheckpoint(pid(req), req.params.checkpointId, items);
     return {};
   });
 
-  app.post('/v1/:projectId/restores', { config: CFG, schema: { body: RestoreBody, tags: ['csbs restore'], summary: 'Restore a server from a backup (S1)' } }, async (req) => {
-    const r = (req.body as { restore: { provider_id: string; checkpoint_id: string; restore_target?: string | null; parameters: { checkpoint_item_id: string; power_on: boolean; targets: { server_id: string; volumes: { backup_id: string; volume_id: string }[] } } } }).restore;
+  app.post('/v1/:projectId/restores', { config: CFG, schema: { params: ProjectParams, body: RestoreBody, tags: ['csbs restore'], summary: 'Restore a server from a backup (S1)' } }, async (req) => {
+    const r = req.body.restore;
     if (r.provider_id !== CSBS_PROVIDER_ID) throw new ApiError(400, `provider invalid: ${r.provider_id}`, 'CSBS.9001');
     const t = r.parameters.targets;
     const { restoreId } = await s.serverBackups.restore(pid(req), { checkpointId: r.checkpoint_id, itemId: r.parameters.checkpoint_item_id, serverId: t.server_id, mapping: t.volumes.map((v) => ({ backupId: v.backup_id, volumeId: v.volume_id })), powerOn: r.parameters.power_on });
@@ -230,9 +237,9 @@ export function registerCheckpointRoutes(app: FastifyInstance, s: ApiServices): 
       target: Type.Object({ resource_id: Type.String({ minLength: 1 }), resource_type: Type.String(), volumes: Type.Array(Type.Object({ backup_id: Type.String({ minLength: 1 }), volume_id: Type.String({ minLength: 1 }) })) }),
     }), { minItems: 1, maxItems: 256 })),
   });
-  app.post('/v1/:projectId/providers/:providerId/resources/action', { config: CFG, schema: { body: Check, tags, summary: 'Can these servers be backed up (R1), can this backup be restored there (R2)?' } }, async (req) => {
+  app.post('/v1/:projectId/providers/:providerId/resources/action', { config: CFG, schema: { params: ProviderParams, body: Check, tags, summary: 'Can these servers be backed up (R1), can this backup be restored there (R2)?' } }, async (req) => {
     checkProvider(req);
-    const b = req.body as { check_protectable?: { resource_id: string; resource_type: string }[]; check_restorable?: { checkpoint_item_id: string; target: { resource_id: string; resource_type: string; volumes: { backup_id: string; volume_id: string }[] } }[] };
+    const b = req.body;
     if ((b.check_protectable === undefined) === (b.check_restorable === undefined)) throw new ApiError(400, 'give check_protectable or check_restorable', 'CSBS.9001');
     if (b.check_protectable) {
       const out = [];
@@ -252,15 +259,15 @@ export function registerCheckpointRoutes(app: FastifyInstance, s: ApiServices): 
     return { restorable: out };
   });
 
-  app.get('/v1/:projectId/quotas', { config: CFG, schema: { tags, summary: 'Backup quotas and usage (Q1)' } }, async (req) => {
+  app.get('/v1/:projectId/quotas', { config: CFG, schema: { params: ProjectParams, tags, summary: 'Backup quotas and usage (Q1)' } }, async (req) => {
     const u = await s.serverBackups.usage(pid(req));
     return { quotas: { resources: [{ type: 'backup_capacity', unit: 'GB', quota: s.config.quotaBackupGigabytes, used: u.capacityGb }, { type: 'backups', quota: s.config.quotaBackups, used: u.backups }] } };
   });
 
   const provider = { id: CSBS_PROVIDER_ID, name: 'OS Infra Provider', description: 'This provider uses OpenStack\'s own services (Haven\'s engine) as storage', extended_info_schema: {}, saved_info_schema: {}, restore_schema: {} };
-  app.get('/v1/:projectId/providers', { config: CFG, schema: { tags, summary: 'List providers (Karbor)' } }, async () => ({ providers: [provider] }));
-  app.get('/v1/:projectId/providers/:providerId', { config: CFG, schema: { tags, summary: 'Show the provider (Karbor)' } }, async (req) => {
-    if ((req.params as { providerId: string }).providerId !== CSBS_PROVIDER_ID) throw new ApiError(404, 'Provider not found.', 'CSBS.9001');
+  app.get('/v1/:projectId/providers', { config: CFG, schema: { params: ProjectParams, tags, summary: 'List providers (Karbor)' } }, async () => ({ providers: [provider] }));
+  app.get('/v1/:projectId/providers/:providerId', { config: CFG, schema: { params: ProviderParams, tags, summary: 'Show the provider (Karbor)' } }, async (req) => {
+    if (req.params.providerId !== CSBS_PROVIDER_ID) throw new ApiError(404, 'Provider not found.', 'CSBS.9001');
     return { provider };
   });
 }
