@@ -7,12 +7,13 @@
  * Identity management is the cloud admin's alone (the admin role on the admin project, as in
  * Keystone's default policy); the admin role on another project grants nothing here.
  */
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { Type } from 'typebox';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { Type, type Static } from 'typebox';
 import { DEFAULT_DOMAIN, ROLES, type Project, type User } from '../../domain/model.ts';
 import { IdentityService, type AuthContext, type AuthRequest, type ProjectRef, type UserRef } from '../../services/identity-service.ts';
 import { ApiError } from '../errors.ts';
 import { baseUrl, type ApiServices } from '../server.ts';
+import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { keystoneTime } from '../wire/time.ts';
 import { serviceCatalog } from './service-catalog.ts';
 
@@ -27,9 +28,13 @@ const AuthBody = Type.Object({
       password: Type.Optional(Type.Object({ user: Type.Intersect([NamedOrId, Type.Object({ password: Type.String() })]) })),
       token: Type.Optional(Type.Object({ id: Type.String({ minLength: 1 }) })),
     }),
-    scope: Type.Optional(Type.Union([Type.Object({ project: NamedOrId }), Type.Object({ domain: Domain }), Type.Literal('unscoped'), Type.Object({ system: Type.Any() })])),
+    scope: Type.Optional(Type.Union([Type.Object({ project: NamedOrId }), Type.Object({ domain: Domain }), Type.Literal('unscoped'), Type.Object({ system: Type.Unknown() })])),
   }),
 });
+
+const UserParams = Type.Object({ userId: PathParam });
+const ProjectUserParams = Type.Object({ projectId: PathParam, userId: PathParam });
+const AssignmentParams = Type.Object({ projectId: PathParam, userId: PathParam, roleId: PathParam });
 
 const roleId = (r: string) => `role-${r}`;
 const roleRefs = (roles: readonly string[]) => roles.map((r) => ({ id: roleId(r), name: r }));
@@ -72,18 +77,19 @@ const userJson = (req: FastifyRequest, s: ApiServices, u: User) => ({
   links: { self: `${baseUrl(s.config, req)}/v3/users/${u.id}` },
 });
 
-export function registerIdentityRoutes(app: FastifyInstance, s: ApiServices): void {
+export function registerIdentityRoutes(root: FastifyInstance, s: ApiServices): void {
+  const app = typed(root);
   app.post('/v3/auth/tokens', { config: { ...KS, auth: 'none' }, schema: { body: AuthBody, tags: ['identity'], summary: 'Issue a token (password or token method)' } }, async (req, reply) => {
-    const { identity, scope } = (req.body as { auth: { identity: { methods: string[]; password?: { user: { id?: string; name?: string; domain?: object; password: string } }; token?: { id: string } }; scope?: unknown } }).auth;
+    const { identity, scope } = req.body.auth;
     let projectScope: ProjectRef | null = null;
     if (scope && typeof scope === 'object') {
-      if ('project' in scope) projectScope = ref((scope as { project: Parameters<typeof ref>[0] }).project, 'scope.project');
+      if ('project' in scope) projectScope = ref(scope.project, 'scope.project');
       else throw new ApiError(400, 'Only project scope is supported (Haven has no domain or system scope).');
     }
     let authReq: AuthRequest;
     if (identity.methods.includes('password')) {
       if (!identity.password) throw new ApiError(400, 'Expecting to find password in identity.');
-      authReq = { method: 'password', user: ref(identity.password.user as Parameters<typeof ref>[0], 'identity.password.user'), password: identity.password.user.password, scope: projectScope };
+      authReq = { method: 'password', user: ref(identity.password.user, 'identity.password.user'), password: identity.password.user.password, scope: projectScope };
     } else if (identity.methods.includes('token')) {
       if (!identity.token) throw new ApiError(400, 'Expecting to find token in identity.');
       authReq = { method: 'token', token: identity.token.id, scope: projectScope };
@@ -134,75 +140,75 @@ export function registerIdentityRoutes(app: FastifyInstance, s: ApiServices): vo
   const ADMIN = { ...KS, auth: 'cloudAdmin' as const };
   const ProjectBody = Type.Object({ project: Type.Object({ name: Type.String({ minLength: 1, maxLength: 64 }), description: Type.Optional(Type.String({ maxLength: 255 })), enabled: Type.Optional(Type.Boolean()), domain_id: Type.Optional(Type.String()) }) });
   app.post('/v3/projects', { config: ADMIN, schema: { body: ProjectBody, tags: ['identity'], summary: 'Create a project' } }, async (req, reply) => {
-    const b = (req.body as { project: { name: string; description?: string; enabled?: boolean; domain_id?: string } }).project;
+    const b = req.body.project;
     const p = await s.identity.createProject({ name: b.name, description: b.description, enabled: b.enabled, domainId: b.domain_id });
     return reply.code(201).send({ project: projectJson(req, s, p) });
   });
   app.get('/v3/projects', { config: ADMIN, schema: { querystring: Type.Object({ name: Type.Optional(Type.String()) }), tags: ['identity'], summary: 'List projects' } }, async (req) => {
-    const { name } = req.query as { name?: string };
+    const { name } = req.query;
     const all = (await s.identity.listProjects()).filter((p) => name === undefined || p.name === name);
     return { projects: all.map((p) => projectJson(req, s, p)), links: { self: `${baseUrl(s.config, req)}/v3/projects`, next: null, previous: null } };
   });
-  app.get('/v3/projects/:projectId', { config: { ...KS, auth: 'token' }, schema: { tags: ['identity'], summary: 'Show a project' } }, async (req) => {
-    const { projectId } = req.params as { projectId: string };
+  app.get('/v3/projects/:projectId', { config: { ...KS, auth: 'token' }, schema: { params: ProjectParams, tags: ['identity'], summary: 'Show a project' } }, async (req) => {
+    const { projectId } = req.params;
     if (!req.auth!.isCloudAdmin && req.auth!.project?.id !== projectId) throw new ApiError(403, 'You are not authorized to perform the requested action.');
     return { project: projectJson(req, s, await s.identity.getProject(projectId)) };
   });
 
-  const EnabledOnly = (what: 'project' | 'user') => Type.Object({ [what]: Type.Object({ enabled: Type.Optional(Type.Boolean()) }) });
-  app.patch('/v3/projects/:projectId', { config: ADMIN, schema: { body: EnabledOnly('project'), tags: ['identity'], summary: 'Enable or disable a project' } }, async (req) => {
-    const { projectId } = req.params as { projectId: string };
-    const { enabled } = (req.body as { project: { enabled?: boolean } }).project;
+  const Enabled = Type.Object({ enabled: Type.Optional(Type.Boolean()) });
+  app.patch('/v3/projects/:projectId', { config: ADMIN, schema: { params: ProjectParams, body: Type.Object({ project: Enabled }), tags: ['identity'], summary: 'Enable or disable a project' } }, async (req) => {
+    const { projectId } = req.params;
+    const { enabled } = req.body.project;
     const p = enabled === undefined ? await s.identity.getProject(projectId) : await s.identity.setProjectEnabled(projectId, enabled);
     return { project: projectJson(req, s, p) };
   });
 
   const UserBody = Type.Object({ user: Type.Object({ name: Type.String({ minLength: 1, maxLength: 255 }), password: Type.String({ minLength: 1 }), default_project_id: Type.Optional(Type.String()), enabled: Type.Optional(Type.Boolean()), domain_id: Type.Optional(Type.String()) }) });
   app.post('/v3/users', { config: ADMIN, schema: { body: UserBody, tags: ['identity'], summary: 'Create a user' } }, async (req, reply) => {
-    const b = (req.body as { user: { name: string; password: string; default_project_id?: string; enabled?: boolean; domain_id?: string } }).user;
+    const b = req.body.user;
     const u = await s.identity.createUser({ name: b.name, password: b.password, defaultProjectId: b.default_project_id, enabled: b.enabled, domainId: b.domain_id });
     return reply.code(201).send({ user: userJson(req, s, u) });
   });
   app.get('/v3/users', { config: ADMIN, schema: { querystring: Type.Object({ name: Type.Optional(Type.String()) }), tags: ['identity'], summary: 'List users' } }, async (req) => {
-    const { name } = req.query as { name?: string };
+    const { name } = req.query;
     const all = (await s.identity.listUsers()).filter((u) => name === undefined || u.name === name);
     return { users: all.map((u) => userJson(req, s, u)), links: { self: `${baseUrl(s.config, req)}/v3/users`, next: null, previous: null } };
   });
-  app.get('/v3/users/:userId', { config: ADMIN, schema: { tags: ['identity'], summary: 'Show a user' } }, async (req) => ({ user: userJson(req, s, await s.identity.getUser((req.params as { userId: string }).userId)) }));
-  app.patch('/v3/users/:userId', { config: ADMIN, schema: { body: EnabledOnly('user'), tags: ['identity'], summary: 'Enable or disable a user' } }, async (req) => {
-    const { userId } = req.params as { userId: string };
-    const { enabled } = (req.body as { user: { enabled?: boolean } }).user;
+  app.get('/v3/users/:userId', { config: ADMIN, schema: { params: UserParams, tags: ['identity'], summary: 'Show a user' } }, async (req) => ({ user: userJson(req, s, await s.identity.getUser(req.params.userId)) }));
+  app.patch('/v3/users/:userId', { config: ADMIN, schema: { params: UserParams, body: Type.Object({ user: Enabled }), tags: ['identity'], summary: 'Enable or disable a user' } }, async (req) => {
+    const { userId } = req.params;
+    const { enabled } = req.body.user;
     const u = enabled === undefined ? await s.identity.getUser(userId) : await s.identity.setUserEnabled(userId, enabled);
     return { user: userJson(req, s, u) };
   });
-  app.delete('/v3/users/:userId', { config: ADMIN, schema: { tags: ['identity'], summary: 'Delete a user (its role assignments and tokens go with it)' } }, async (req, reply) => {
-    await s.identity.deleteUser((req.params as { userId: string }).userId);
+  app.delete('/v3/users/:userId', { config: ADMIN, schema: { params: UserParams, tags: ['identity'], summary: 'Delete a user (its role assignments and tokens go with it)' } }, async (req, reply) => {
+    await s.identity.deleteUser(req.params.userId);
     return reply.code(204).send();
   });
   app.get('/v3/roles', { config: { ...KS, auth: 'token' }, schema: { tags: ['identity'], summary: 'List roles' } }, async (req) => ({ roles: ROLES.map((r) => ({ id: roleId(r), name: r, domain_id: null, links: { self: `${baseUrl(s.config, req)}/v3/roles/${roleId(r)}` } })) }));
 
   const roleOf = (r: string) => IdentityService.parseRole(r.startsWith('role-') ? r.slice(5) : r);
-  const assignment = async (req: FastifyRequest) => {
-    const { projectId, userId, roleId: r } = req.params as { projectId: string; userId: string; roleId: string };
+  const assignment = async (req: { params: Static<typeof AssignmentParams> }) => {
+    const { projectId, userId, roleId: r } = req.params;
     return { projectId, userId, role: roleOf(r) };
   };
-  app.put('/v3/projects/:projectId/users/:userId/roles/:roleId', { config: ADMIN, schema: { tags: ['identity'], summary: 'Grant a role on a project' } }, async (req, reply: FastifyReply) => {
+  app.put('/v3/projects/:projectId/users/:userId/roles/:roleId', { config: ADMIN, schema: { params: AssignmentParams, tags: ['identity'], summary: 'Grant a role on a project' } }, async (req, reply) => {
     const a = await assignment(req);
     await s.identity.grantRole(a.projectId, a.userId, a.role);
     return reply.code(204).send();
   });
-  app.head('/v3/projects/:projectId/users/:userId/roles/:roleId', { config: ADMIN, schema: { tags: ['identity'], summary: 'Check a role assignment' } }, async (req, reply) => {
+  app.head('/v3/projects/:projectId/users/:userId/roles/:roleId', { config: ADMIN, schema: { params: AssignmentParams, tags: ['identity'], summary: 'Check a role assignment' } }, async (req, reply) => {
     const a = await assignment(req);
     if (!(await s.identity.hasRole(a.projectId, a.userId, a.role))) throw new ApiError(404, 'Could not find role assignment.');
     return reply.code(204).send();
   });
-  app.delete('/v3/projects/:projectId/users/:userId/roles/:roleId', { config: ADMIN, schema: { tags: ['identity'], summary: 'Revoke a role' } }, async (req, reply) => {
+  app.delete('/v3/projects/:projectId/users/:userId/roles/:roleId', { config: ADMIN, schema: { params: AssignmentParams, tags: ['identity'], summary: 'Revoke a role' } }, async (req, reply) => {
     const a = await assignment(req);
     await s.identity.revokeRole(a.projectId, a.userId, a.role);
     return reply.code(204).send();
   });
-  app.get('/v3/projects/:projectId/users/:userId/roles', { config: ADMIN, schema: { tags: ['identity'], summary: 'List roles of a user on a project' } }, async (req) => {
-    const { projectId, userId } = req.params as { projectId: string; userId: string };
+  app.get('/v3/projects/:projectId/users/:userId/roles', { config: ADMIN, schema: { params: ProjectUserParams, tags: ['identity'], summary: 'List roles of a user on a project' } }, async (req) => {
+    const { projectId, userId } = req.params;
     const roles = ROLES.filter(() => true);
     const have = [];
     for (const r of roles) if (await s.identity.hasRole(projectId, userId, r)) have.push({ id: roleId(r), name: r });
