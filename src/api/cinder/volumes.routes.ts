@@ -4,10 +4,11 @@
  * backs up.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { Type } from 'typebox';
+import { Type, type Static } from 'typebox';
 import { MAX_VOLUME_GB } from '../../services/volume-service.ts';
 import { ApiError } from '../errors.ts';
 import { baseUrl, type ApiServices } from '../server.ts';
+import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { links, snapshotJson, volumeJson, type ApiVersion } from '../wire/cinder-wire.ts';
 
 const CFG = { envelope: 'cinder' as const, auth: 'project' as const };
@@ -23,7 +24,9 @@ const ListQuery = Type.Object({
   all_tenants: Type.Optional(Type.String()),
   volume_id: Type.Optional(Type.String()),
 });
-type ListQuery = { limit?: number; offset?: number; name?: string; status?: string; volume_id?: string };
+type ListQuery = Static<typeof ListQuery>;
+const VolumeParams = Type.Object({ projectId: PathParam, volumeId: PathParam });
+const SnapshotParams = Type.Object({ projectId: PathParam, snapshotId: PathParam });
 
 const CreateVolume = Type.Object({
   volume: Type.Object({
@@ -59,62 +62,63 @@ const CreateSnapshot = Type.Object({
   }),
 });
 
-export function registerVolumeRoutes(app: FastifyInstance, s: ApiServices): void {
+export function registerVolumeRoutes(root: FastifyInstance, s: ApiServices): void {
+  const app = typed(root);
   for (const version of ['v2', 'v3'] as ApiVersion[]) {
     const base = (req: FastifyRequest) => baseUrl(s.config, req);
-    const pid = (req: FastifyRequest) => (req.params as { projectId: string }).projectId;
+    const pid = (req: { params: { projectId: string } }) => req.params.projectId;
     const tags = ['volumes'];
     const page = (q: ListQuery) => ({ limit: q.limit ?? 1000, offset: q.offset ?? 0 });
 
-    app.post(`/${version}/:projectId/volumes`, { config: CFG, schema: { body: CreateVolume, tags, summary: 'Create a volume (a sparse raw file)' } }, async (req, reply) => {
-      const b = (req.body as { volume: { size: number; name?: string | null; description?: string | null; metadata?: Record<string, string>; snapshot_id?: string | null; bootable?: boolean } }).volume;
+    app.post(`/${version}/:projectId/volumes`, { config: CFG, schema: { params: ProjectParams, body: CreateVolume, tags, summary: 'Create a volume (a sparse raw file)' } }, async (req, reply) => {
+      const b = req.body.volume;
       const v = await s.volumes.createVolume(pid(req), { sizeGb: b.size, name: b.name, description: b.description, metadata: b.metadata, snapshotId: b.snapshot_id, bootable: b.bootable });
       return reply.code(202).send({ volume: volumeJson(base(req), version, v) });
     });
-    app.get(`/${version}/:projectId/volumes`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List volumes' } }, async (req) => {
-      const q = req.query as ListQuery;
+    app.get(`/${version}/:projectId/volumes`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List volumes' } }, async (req) => {
+      const q = req.query;
       const vols = await s.volumes.listVolumes(pid(req), { name: q.name, status: q.status, ...page(q) });
       return { volumes: vols.map((v) => ({ id: v.id, name: v.name, links: links(base(req), version, v.projectId, 'volumes', v.id) })) };
     });
-    app.get(`/${version}/:projectId/volumes/detail`, { config: CFG, schema: { querystring: ListQuery, tags, summary: 'List volumes with details' } }, async (req) => {
-      const q = req.query as ListQuery;
+    app.get(`/${version}/:projectId/volumes/detail`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List volumes with details' } }, async (req) => {
+      const q = req.query;
       const vols = await s.volumes.listVolumes(pid(req), { name: q.name, status: q.status, ...page(q) });
       return { volumes: vols.map((v) => volumeJson(base(req), version, v)) };
     });
-    app.get(`/${version}/:projectId/volumes/:volumeId`, { config: CFG, schema: { tags, summary: 'Show a volume' } }, async (req) => {
-      const v = await s.volumes.getVolume(pid(req), (req.params as { volumeId: string }).volumeId);
+    app.get(`/${version}/:projectId/volumes/:volumeId`, { config: CFG, schema: { params: VolumeParams, tags, summary: 'Show a volume' } }, async (req) => {
+      const v = await s.volumes.getVolume(pid(req), req.params.volumeId);
       return { volume: volumeJson(base(req), version, v) };
     });
-    app.delete(`/${version}/:projectId/volumes/:volumeId`, { config: CFG, schema: { tags, summary: 'Delete a volume (an adopted file is only forgotten)' } }, async (req, reply) => {
-      await s.volumes.deleteVolume(pid(req), (req.params as { volumeId: string }).volumeId);
+    app.delete(`/${version}/:projectId/volumes/:volumeId`, { config: CFG, schema: { params: VolumeParams, tags, summary: 'Delete a volume (an adopted file is only forgotten)' } }, async (req, reply) => {
+      await s.volumes.deleteVolume(pid(req), req.params.volumeId);
       return reply.code(202).send();
     });
     // Adopting a host file is a cloud-admin power (admin role on the admin project); the cloud admin
     // may adopt into any existing project, named by the path.
-    app.post(`/${version}/:projectId/os-volume-manage`, { config: { ...CFG, auth: 'projectOrCloudAdmin' as const }, schema: { body: ManageVolume, tags, summary: 'Adopt an existing image file or block device (cloud admin)' } }, async (req, reply) => {
+    app.post(`/${version}/:projectId/os-volume-manage`, { config: { ...CFG, auth: 'projectOrCloudAdmin' as const }, schema: { params: ProjectParams, body: ManageVolume, tags, summary: 'Adopt an existing image file or block device (cloud admin)' } }, async (req, reply) => {
       if (!req.auth!.isCloudAdmin) throw new ApiError(403, `Policy does not allow volume_extension:volume_manage to be performed: the admin role on the admin project (${s.identity.adminProject}) is required.`);
       if (req.auth!.project?.id !== pid(req)) await s.identity.getProject(pid(req));
-      const b = (req.body as { volume: { ref: { 'source-name': string }; name?: string | null; description?: string | null; metadata?: Record<string, string>; bootable?: boolean } }).volume;
+      const b = req.body.volume;
       const v = await s.volumes.manageVolume(pid(req), { sourceName: b.ref['source-name'], name: b.name, description: b.description, metadata: b.metadata, bootable: b.bootable });
       return reply.code(202).send({ volume: volumeJson(base(req), version, v) });
     });
 
     const stags = ['snapshots'];
-    app.post(`/${version}/:projectId/snapshots`, { config: CFG, schema: { body: CreateSnapshot, tags: stags, summary: 'Snapshot a volume' } }, async (req, reply) => {
-      const b = (req.body as { snapshot: { volume_id: string; name?: string | null; description?: string | null; force?: boolean | string } }).snapshot;
+    app.post(`/${version}/:projectId/snapshots`, { config: CFG, schema: { params: ProjectParams, body: CreateSnapshot, tags: stags, summary: 'Snapshot a volume' } }, async (req, reply) => {
+      const b = req.body.snapshot;
       const force = b.force === true || (typeof b.force === 'string' && b.force.toLowerCase() === 'true');
       const snap = await s.volumes.createSnapshot(pid(req), { volumeId: b.volume_id, name: b.name, description: b.description, force });
       return reply.code(202).send({ snapshot: snapshotJson(snap) });
     });
-    const listSnaps = async (req: FastifyRequest) => {
-      const q = req.query as ListQuery;
+    const listSnaps = async (req: { params: { projectId: string }; query: ListQuery }) => {
+      const q = req.query;
       return s.volumes.listSnapshots(pid(req), { volumeId: q.volume_id, ...page(q) });
     };
-    app.get(`/${version}/:projectId/snapshots`, { config: CFG, schema: { querystring: ListQuery, tags: stags, summary: 'List snapshots' } }, async (req) => ({ snapshots: (await listSnaps(req)).map(snapshotJson) }));
-    app.get(`/${version}/:projectId/snapshots/detail`, { config: CFG, schema: { querystring: ListQuery, tags: stags, summary: 'List snapshots with details' } }, async (req) => ({ snapshots: (await listSnaps(req)).map(snapshotJson) }));
-    app.get(`/${version}/:projectId/snapshots/:snapshotId`, { config: CFG, schema: { tags: stags, summary: 'Show a snapshot' } }, async (req) => ({ snapshot: snapshotJson(await s.volumes.getSnapshot(pid(req), (req.params as { snapshotId: string }).snapshotId)) }));
-    app.delete(`/${version}/:projectId/snapshots/:snapshotId`, { config: CFG, schema: { tags: stags, summary: 'Delete a snapshot' } }, async (req, reply) => {
-      await s.volumes.deleteSnapshot(pid(req), (req.params as { snapshotId: string }).snapshotId);
+    app.get(`/${version}/:projectId/snapshots`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags: stags, summary: 'List snapshots' } }, async (req) => ({ snapshots: (await listSnaps(req)).map(snapshotJson) }));
+    app.get(`/${version}/:projectId/snapshots/detail`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags: stags, summary: 'List snapshots with details' } }, async (req) => ({ snapshots: (await listSnaps(req)).map(snapshotJson) }));
+    app.get(`/${version}/:projectId/snapshots/:snapshotId`, { config: CFG, schema: { params: SnapshotParams, tags: stags, summary: 'Show a snapshot' } }, async (req) => ({ snapshot: snapshotJson(await s.volumes.getSnapshot(pid(req), req.params.snapshotId)) }));
+    app.delete(`/${version}/:projectId/snapshots/:snapshotId`, { config: CFG, schema: { params: SnapshotParams, tags: stags, summary: 'Delete a snapshot' } }, async (req, reply) => {
+      await s.volumes.deleteSnapshot(pid(req), req.params.snapshotId);
       return reply.code(202).send();
     });
   }
