@@ -21,7 +21,7 @@ import { randomUUID } from 'node:crypto';
 import { after, describe, it } from 'node:test';
 import { startService } from '../helpers/service.ts';
 import { TempDirs } from '../helpers/volumes.ts';
-import { assertEnvelope, buildWorld, exampleOf, familyOf, fingerprint, operations, PROVIDER, secretsOf, type Operation, type Project, type Who } from './world.ts';
+import { assertEnvelope, BODIES, bodyIds, buildWorld, exampleOf, familyOf, fingerprint, operations, pathValue, secretsOf, type Operation, type Project, type Who } from './world.ts';
 
 const temp = new TempDirs('haven-attack-xp-');
 const svc = await startService(temp);
@@ -53,64 +53,6 @@ interface Case {
   question?: boolean;
 }
 
-/** The value of a path parameter for project `p`; public values (the provider, a role) are marked. */
-function pathValue(op: Operation, name: string, p: Project): { value: string; owned: boolean } {
-  const at = op.path;
-  switch (name) {
-    case 'projectId': return { value: p.member.projectId, owned: true };
-    // The defaults are the service's, the same whatever the id (an id is echoed, never looked up).
-    case 'targetId': return { value: p.member.projectId, owned: !at.endsWith('/defaults') };
-    case 'volumeId': return { value: p.volume, owned: true };
-    case 'snapshotId': return { value: p.snapshot, owned: true };
-    case 'backupId': return { value: p.backup, owned: true };
-    case 'jobId': return { value: p.job, owned: true };
-    case 'serverId': return { value: p.server, owned: true };
-    case 'checkpointId': return { value: p.checkpoint, owned: true };
-    case 'itemId': return { value: p.item, owned: true };
-    case 'userId': return { value: p.member.userId, owned: true };
-    case 'policyId': return { value: at.startsWith('/v1/') ? p.csbsPolicy : p.vbsPolicy, owned: true };
-    case 'providerId': return { value: PROVIDER, owned: false };
-    case 'roleId': return { value: 'role-member', owned: false };
-  }
-  if (name === 'resourceId') {
-    if (at.includes('/csbs_backup_policy/')) return { value: p.csbsPolicy, owned: true };
-    if (at.includes('/csbs_backup/')) return { value: p.item, owned: true };
-    if (at.includes('/resources/')) return { value: p.server, owned: true };
-  }
-  if (name === 'key') {
-    if (at.includes('/csbs_backup_policy/')) return { value: p.csbsTagKey, owned: true };
-    if (at.includes('/csbs_backup/')) return { value: p.itemTagKey, owned: true };
-    if (at.includes('/backuppolicy/')) return { value: p.vbsTagKey, owned: true };
-  }
-  if (name === 'id' && at.includes('/os-vendor-backup-sharing/')) return { value: p.share, owned: true };
-  throw new Error(`${op.method} ${op.path}: no resource is known for the path parameter {${name}}; map it in cross-project.test.ts (pathValue) to the victim's real id`);
-}
-
-/** Body fields that name a resource, filled with project `p`'s ids. */
-function bodyIds(op: Operation, p: Project) {
-  const csbs = op.path.startsWith('/v1/');
-  return (name: string, at: string[]): unknown => {
-    switch (name) {
-      case 'volume_id': case 'volumeId': case 'uuid': return p.volume;
-      case 'snapshot_id': return p.snapshot;
-      case 'backup_id': return p.backup;
-      case 'backup_policy_id': case 'plan_id': case 'policy_id': return csbs ? p.csbsPolicy : p.vbsPolicy;
-      case 'server_id': return p.server;
-      case 'checkpoint_id': return p.checkpoint;
-      case 'checkpoint_item_id': return p.item;
-      case 'resource_id': return csbs ? p.server : p.volume;
-      case 'project_id': return p.member.projectId;
-      case 'provider_id': return PROVIDER;
-      case 'id': return at[at.length - 1] === 'resources' ? p.server : undefined;
-      case 'pattern': return 'RRULE:FREQ=DAILY;BYHOUR=3;BYMINUTE=0';
-      // Not ids, but a value the handler checks before it looks the ids up.
-      case 'resource_type': case 'type': return csbs ? 'OS::Nova::Server' : 'volume';
-      case 'value': return 'v1';
-      default: return undefined;
-    }
-  };
-}
-
 const ID_QUERY = new Set(['volume_id', 'backup_id', 'policy_id', 'checkpoint_id', 'resource_id', 'marker', 'from_project_id', 'to_project_id', 'job_id', 'project_id', 'all_tenants']);
 
 function queryValue(name: string, p: Project): string {
@@ -124,16 +66,6 @@ function queryValue(name: string, p: Project): string {
     default: return p.member.projectId;
   }
 }
-
-/** Bodies the schema alone cannot give (exactly one of several actions): every one of them is sent. */
-const BODIES: Record<string, (p: Project) => unknown[]> = {
-  'POST /v1/{projectId}/providers/{providerId}/resources/action': (p) => [
-    { check_protectable: [{ resource_id: p.server, resource_type: 'OS::Nova::Server' }] },
-    { check_restorable: [{ checkpoint_item_id: p.item, target: { resource_id: p.server, resource_type: 'OS::Nova::Server', volumes: [{ backup_id: p.backup, volume_id: p.volume }] } }] },
-  ],
-  'POST /v2/{projectId}/backups/{backupId}/action': () => [{ 'os-reset_status': { status: 'error' } }, { 'os-force_delete': {} }],
-  'POST /v3/{projectId}/backups/{backupId}/action': () => [{ 'os-reset_status': { status: 'error' } }, { 'os-force_delete': {} }],
-};
 
 /** Every attack on `op` by `attacker` (of project `x`) against project `v`. */
 function casesFor(op: Operation, x: Project, v: Project, attacker: Who): Case[] {

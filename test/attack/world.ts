@@ -280,13 +280,84 @@ function wantsIds(s: Schema, idFor: (name: string, at: string[]) => unknown, at:
   return false;
 }
 
+// ---- the values a project's requests carry ----
+
+/** The value of a path parameter for project `p`; public values (the provider, a role) are marked. */
+export function pathValue(op: Operation, name: string, p: Project): { value: string; owned: boolean } {
+  const at = op.path;
+  switch (name) {
+    case 'projectId': return { value: p.member.projectId, owned: true };
+    // The defaults are the service's, the same whatever the id (an id is echoed, never looked up).
+    case 'targetId': return { value: p.member.projectId, owned: !at.endsWith('/defaults') };
+    case 'volumeId': return { value: p.volume, owned: true };
+    case 'snapshotId': return { value: p.snapshot, owned: true };
+    case 'backupId': return { value: p.backup, owned: true };
+    case 'jobId': return { value: p.job, owned: true };
+    case 'serverId': return { value: p.server, owned: true };
+    case 'checkpointId': return { value: p.checkpoint, owned: true };
+    case 'itemId': return { value: p.item, owned: true };
+    case 'userId': return { value: p.member.userId, owned: true };
+    case 'policyId': return { value: at.startsWith('/v1/') ? p.csbsPolicy : p.vbsPolicy, owned: true };
+    case 'providerId': return { value: PROVIDER, owned: false };
+    case 'roleId': return { value: 'role-member', owned: false };
+  }
+  if (name === 'resourceId') {
+    if (at.includes('/csbs_backup_policy/')) return { value: p.csbsPolicy, owned: true };
+    if (at.includes('/csbs_backup/')) return { value: p.item, owned: true };
+    if (at.includes('/resources/')) return { value: p.server, owned: true };
+  }
+  if (name === 'key') {
+    if (at.includes('/csbs_backup_policy/')) return { value: p.csbsTagKey, owned: true };
+    if (at.includes('/csbs_backup/')) return { value: p.itemTagKey, owned: true };
+    if (at.includes('/backuppolicy/')) return { value: p.vbsTagKey, owned: true };
+  }
+  if (name === 'id' && at.includes('/os-vendor-backup-sharing/')) return { value: p.share, owned: true };
+  throw new Error(`${op.method} ${op.path}: no resource is known for the path parameter {${name}}; map it in test/attack/world.ts (pathValue) to the victim's real id`);
+}
+
+/** Body fields that name a resource, filled with project `p`'s ids. */
+export function bodyIds(op: Operation, p: Project) {
+  const csbs = op.path.startsWith('/v1/');
+  return (name: string, at: string[]): unknown => {
+    switch (name) {
+      case 'volume_id': case 'volumeId': case 'uuid': return p.volume;
+      case 'snapshot_id': return p.snapshot;
+      case 'backup_id': return p.backup;
+      case 'backup_policy_id': case 'plan_id': case 'policy_id': return csbs ? p.csbsPolicy : p.vbsPolicy;
+      case 'server_id': return p.server;
+      case 'checkpoint_id': return p.checkpoint;
+      case 'checkpoint_item_id': return p.item;
+      case 'resource_id': return csbs ? p.server : p.volume;
+      case 'project_id': return p.member.projectId;
+      case 'provider_id': return PROVIDER;
+      case 'id': return at[at.length - 1] === 'resources' ? p.server : undefined;
+      case 'pattern': return 'RRULE:FREQ=DAILY;BYHOUR=3;BYMINUTE=0';
+      // Not ids, but a value the handler checks before it looks the ids up.
+      case 'resource_type': case 'type': return csbs ? 'OS::Nova::Server' : 'volume';
+      case 'value': return 'v1';
+      default: return undefined;
+    }
+  };
+}
+
+/** Bodies the schema alone cannot give (exactly one of several actions): every one of them is sent. */
+export const BODIES: Record<string, (p: Project) => unknown[]> = {
+  'POST /v1/{projectId}/providers/{providerId}/resources/action': (p) => [
+    { check_protectable: [{ resource_id: p.server, resource_type: 'OS::Nova::Server' }] },
+    { check_restorable: [{ checkpoint_item_id: p.item, target: { resource_id: p.server, resource_type: 'OS::Nova::Server', volumes: [{ backup_id: p.backup, volume_id: p.volume }] } }] },
+  ],
+  'POST /v2/{projectId}/backups/{backupId}/action': () => [{ 'os-reset_status': { status: 'error' } }, { 'os-force_delete': {} }],
+  'POST /v3/{projectId}/backups/{backupId}/action': () => [{ 'os-reset_status': { status: 'error' } }, { 'os-force_delete': {} }],
+};
+
 // ---- envelopes ----
 
 export type Family = 'cinder' | 'vbs' | 'keystone' | 'csbs';
 
 /** The API family a path belongs to (what its errors look like), from the references. */
 export function familyOf(p: string): Family {
-  if (/^\/v3\/(auth|projects|users|roles)(\/|$)/.test(p)) return 'keystone';
+  // '/v3/' too: keystoneauth discovers identity there (the server answers it in Keystone's envelope).
+  if (/^\/v3\/(auth|projects|users|roles)(\/|$)/.test(p) || p === '/v3/') return 'keystone';
   if (/^\/v1\/[^/]+\/(policies|providers|checkpoint_items|restores|quotas|csbs_backup|csbs_backup_policy)(\/|$)/.test(p)) return 'csbs';
   if (/^\/v1\//.test(p) || /^\/v2\/[^/]+\/(backuppolicy|backuppolicyresources|cloudbackups|os-vendor-backup-sharing|jobs)(\/|$)/.test(p)) return 'vbs';
   return 'cinder';
@@ -310,17 +381,16 @@ export function assertEnvelope(family: Family, r: LightMyRequestResponse): strin
 
 // ---- catalog and repository state ----
 
-/** Row counts of every catalog table (read through a second, read-only connection). */
-export function rowCounts(dataDir: string, skip: readonly string[] = []): Record<string, number> {
+/** Row counts of every catalog table, read through a second, read-only connection (close it after). */
+export function rowCounter(dataDir: string): { counts(): Record<string, number>; close(): void } {
   const db = new DatabaseSync(path.join(dataDir, 'catalog.sqlite'), { readOnly: true });
-  try {
-    const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as { name: string }[]).map((t) => t.name).filter((t) => !skip.includes(t));
-    const out: Record<string, number> = {};
-    for (const t of tables) out[t] = (db.prepare(`SELECT count(*) AS n FROM "${t}"`).get() as { n: number }).n;
-    return out;
-  } finally {
-    db.close();
-  }
+  const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as { name: string }[]).map((t) => t.name);
+  assert.ok(tables.length >= 20, `only ${tables.length} catalog tables`);
+  const count = db.prepare(tables.map((t) => `SELECT '${t}' AS t, count(*) AS n FROM "${t}"`).join(' UNION ALL '));
+  return {
+    counts: () => Object.fromEntries((count.all() as { t: string; n: number }[]).map((r) => [r.t, r.n])),
+    close: () => db.close(),
+  };
 }
 
 /** Every file of a folder with its size and modification time. */
