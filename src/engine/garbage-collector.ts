@@ -244,6 +244,11 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
       const deadBytes = Math.max(0, info.sizeBytes - liveBytes - packOverheadBytes(liveIdx.length));
       if (deadBytes / info.sizeBytes >= REWRITE_DEAD_RATIO && !holdsQuarantined) {
         const body = await repo.store.get(packKey(packId));
+        // The old pack is deleted once its live chunks are copied: a short read (a dropped
+        // connection) copied as it is would lose them. Nothing has been deleted yet at this point.
+        if (body.length !== info.sizeBytes) {
+          throw new AppError(ErrorCode.StorageError, `pack ${packId} read back ${body.length} of its ${info.sizeBytes} bytes; garbage collection stopped before deleting anything`);
+        }
         for (const i of liveIdx) {
           const en = readEntry(p.entries, i);
           await writer.add(body.subarray(en.offset, en.offset + en.length), p.entries, en.digestOffset, en.rawLength);

@@ -86,10 +86,15 @@ export class RepositoryLock {
     await this.store.put(lockKey(this.record.kind, this.record.id), Buffer.from(JSON.stringify(this.record)));
   }
 
+  /**
+   * Removes the lock. Best effort: a lock the store fails to remove is no longer refreshed, so it
+   * goes stale (STALE_AFTER_MS) and GC removes it; the holder's own outcome (a backup whose
+   * manifest is written, or the error that ended it) stands instead of a release error.
+   */
   async release(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
-    await this.store.delete(lockKey(this.record.kind, this.record.id));
+    await this.store.delete(lockKey(this.record.kind, this.record.id)).catch(() => undefined);
   }
 }
 

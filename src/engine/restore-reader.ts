@@ -420,7 +420,13 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
           }
           throw err;
         }
-        if (body.length < r.length) throw new AppError(ErrorCode.ChunkCorrupt, `pack ${map.packIds[r.packNo]} is truncated`);
+        if (body.length < r.length) {
+          // A short read is damage only when the pack itself is short; otherwise the store (or the
+          // connection) failed, and the backup is as whole as it was.
+          const info = await repo.store.head(key);
+          if (info && info.sizeBytes >= r.offset + r.length) throw new AppError(ErrorCode.StorageError, `reading pack ${map.packIds[r.packNo]} returned ${body.length} of ${r.length} bytes (the pack is whole: a storage or network failure)`);
+          throw new AppError(ErrorCode.ChunkCorrupt, `pack ${map.packIds[r.packNo]} is truncated`);
+        }
         // The body moves to a worker: it must own its whole ArrayBuffer (ObjectStore.get promises a fresh one).
         return body.byteOffset === 0 && body.byteLength === body.buffer.byteLength && !(body.buffer instanceof SharedArrayBuffer) ? body : new Uint8Array(body);
       }),
