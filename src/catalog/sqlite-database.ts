@@ -77,7 +77,9 @@ export class SqliteDatabase implements SqlDatabase {
         this.db.exec('COMMIT');
         return result;
       } catch (err) {
-        this.db.exec('ROLLBACK');
+        // SQLite may have rolled the transaction back itself (SQLITE_FULL, SQLITE_IOERR, ...): a
+        // ROLLBACK then fails with "no transaction is active" and would hide the real error.
+        if (this.db.isTransaction) this.db.exec('ROLLBACK');
         throw err;
       }
     } finally {
