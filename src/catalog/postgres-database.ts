@@ -5,6 +5,7 @@
  * 2^53).
  */
 import pg from 'pg';
+import { AppError, ErrorCode } from '../domain/errors.ts';
 import type { SqlDatabase, SqlExecutor, SqlValue } from './sql.ts';
 
 pg.types.setTypeParser(20, (v) => Number(v)); // int8
@@ -27,6 +28,21 @@ function translate(sql: string): string {
   return t;
 }
 
+/**
+ * A lost connection (the server restarted, an administrator terminated the backend, the network
+ * dropped): SQLSTATE class 08 or 57P01-57P03, or the client's own socket errors.
+ */
+export function isConnectionLoss(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  if (typeof e?.code === 'string' && (/^08/.test(e.code) || ['57P01', '57P02', '57P03', 'ECONNRESET', 'ECONNREFUSED', 'EPIPE'].includes(e.code))) return true;
+  return typeof e?.message === 'string' && /Connection terminated|terminating connection|Client has encountered a connection error|Client was closed/i.test(e.message);
+}
+
+/** A lost connection becomes a 503 (retry), not a 500; the pool opens a new one for the next statement. */
+function classify(err: unknown): unknown {
+  return isConnectionLoss(err) ? new AppError(ErrorCode.ServiceBusy, 'the catalog database connection was lost; retry the request', { cause: err }) : err;
+}
+
 function executor(q: (text: string, values: readonly SqlValue[]) => Promise<pg.QueryResult>): SqlExecutor {
   return {
     all: async <T>(sql: string, params: readonly SqlValue[] = []) => (await q(translate(sql), params)).rows as T[],
@@ -44,7 +60,16 @@ export class PostgresDatabase implements SqlDatabase {
     this.pool = new pg.Pool({ connectionString, max: opts.max ?? 10 });
     // An idle client's error (the server restarted) must not crash the process; the next query reconnects.
     this.pool.on('error', () => undefined);
-    this.direct = executor((text, values) => this.pool.query(text, values as unknown[]));
+    this.direct = executor(async (text, values) => {
+      try {
+        return await this.pool.query(text, values as unknown[]);
+      } catch (err) {
+        // A read met a connection that was just lost: once more, on a new connection. (Writes are
+        // not repeated: whether a lost one committed is unknown.)
+        if (!isConnectionLoss(err) || !/^\s*SELECT\b/i.test(text)) throw classify(err);
+        return this.pool.query(text, values as unknown[]).catch((e: unknown) => Promise.reject(classify(e)));
+      }
+    });
   }
 
   all<T>(sql: string, params?: readonly SqlValue[]): Promise<T[]> {
@@ -60,17 +85,26 @@ export class PostgresDatabase implements SqlDatabase {
   }
 
   async transaction<T>(fn: (tx: SqlExecutor) => Promise<T>): Promise<T> {
-    const client = await this.pool.connect();
+    const client = await this.pool.connect().catch((err: unknown) => Promise.reject(classify(err)));
+    // A checked-out client whose connection is lost between statements emits 'error': without a
+    // listener that is an uncaught exception (the process dies). The client is then discarded.
+    let lost: Error | undefined;
+    const onError = (err: Error): void => {
+      lost = err;
+    };
+    client.on('error', onError);
     try {
       await client.query('BEGIN');
       const result = await fn(executor((text, values) => client.query(text, values as unknown[])));
       await client.query('COMMIT');
       return result;
     } catch (err) {
-      await client.query('ROLLBACK').catch(() => undefined); // the original error is what matters
-      throw err;
+      if (isConnectionLoss(err)) lost ??= err as Error;
+      else await client.query('ROLLBACK').catch(() => undefined); // the original error is what matters
+      throw classify(err);
     } finally {
-      client.release();
+      client.off('error', onError);
+      client.release(lost);
     }
   }
 

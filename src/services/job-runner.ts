@@ -174,8 +174,8 @@ export class JobRunner {
         await cancelIfAsked();
         if (ac.signal.aborted) throw ac.signal.reason;
         const entities = await handler.run(job, { signal: ac.signal, progress: (d, t) => ((done = d), (total = t)) });
-        await this.catalog.jobs.heartbeat(job.id, this.owner, this.clock.now(), total, total);
-        await this.catalog.jobs.finishJob(job.id, this.owner, { status: 'SUCCESS', entities, errorCode: null, failReason: null }, this.clock.now());
+        await retryWhileBusy(() => this.catalog.jobs.heartbeat(job.id, this.owner, this.clock.now(), total, total));
+        await retryWhileBusy(() => this.catalog.jobs.finishJob(job.id, this.owner, { status: 'SUCCESS', entities, errorCode: null, failReason: null }, this.clock.now()));
         this.log.info({ jobId: job.id, jobType: job.type, durationMs: this.clock.now() - started }, 'job succeeded');
         this.opts.onJobFinished?.(job, 'SUCCESS', this.clock.now() - started);
       } catch (err) {
@@ -194,14 +194,15 @@ export class JobRunner {
   private async failJob(job: Job, owner: string | null, err: unknown): Promise<void> {
     let failure: JobFailure;
     try {
-      failure = await this.handlers[job.type].fail(job, err);
+      // The failed state of the job's backup and volume must be written, or they stay busy forever.
+      failure = await retryWhileBusy(() => this.handlers[job.type].fail(job, err));
     } catch (e) {
       this.log.error({ err: e, jobId: job.id }, 'job failure handling failed');
       failure = { errorCode: 'VolumeBackup.0014', failReason: (err as Error)?.message ?? String(err) };
     }
-    const latest = await this.catalog.jobs.getJobById(job.id);
+    const latest = await retryWhileBusy(() => this.catalog.jobs.getJobById(job.id));
     const entities = { ...(latest?.entities ?? job.entities) };
-    await this.catalog.jobs.finishJob(job.id, owner, { status: 'FAIL', entities, errorCode: failure.errorCode, failReason: failure.failReason }, this.clock.now());
+    await retryWhileBusy(() => this.catalog.jobs.finishJob(job.id, owner, { status: 'FAIL', entities, errorCode: failure.errorCode, failReason: failure.failReason }, this.clock.now()));
     this.log.warn({ jobId: job.id, jobType: job.type, errorCode: failure.errorCode, reason: failure.failReason }, 'job failed');
   }
 
@@ -253,5 +254,21 @@ export class JobRunner {
 
   get runningCount(): number {
     return this.running.size;
+  }
+}
+
+/**
+ * Runs a catalog step again while it fails with ServiceBusy (the catalog's connection was lost:
+ * the next attempt gets a new one), up to 6 attempts over about 2 s. A job's final writes go through
+ * this, so a connection lost at that moment does not leave the job or its backup busy forever.
+ */
+async function retryWhileBusy<T>(step: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await step();
+    } catch (err) {
+      if (!isAppError(err, ErrorCode.ServiceBusy) || attempt >= 6) throw err;
+      await new Promise((r) => setTimeout(r, 100 * attempt));
+    }
   }
 }
