@@ -253,3 +253,52 @@ describe('the engine on a faulty object store', () => {
     t.diagnostic(`faults injected in this file so far: ${tally.injected}; stray worker errors: ${strayPoolErrors.length}`);
   });
 });
+
+describe('jobs through the API on a faulty object store', () => {
+  it('a backup job meeting failing puts fails with the reason; a restore job meeting short reads fails without calling the backup damaged; healed, both succeed bit-identical', { timeout: 120_000 }, async (t) => {
+    const { startService, ADMIN_PASSWORD } = await import('../helpers/service.ts');
+    let faulty: FaultyStore | undefined;
+    const svc = await startService(temp, {}, { wrapStore: (s) => (faulty = new FaultyStore(s, { seed: SEED })) });
+    try {
+      faulty!.heal();
+      const who = await svc.login('admin', ADMIN_PASSWORD, 'admin');
+      const vol = await svc.createVolume(who, 'disk', 1);
+      const file = await svc.volumePath(vol.id);
+      await overwrite(file, 0, new Rng(SEED).bytes(8 * MiB));
+      const target = await svc.createVolume(who, 'target', 1);
+      const job = async (url: string, payload: Record<string, unknown>): Promise<Record<string, unknown>> => {
+        const r = await svc.req({ method: 'POST', url, token: who.token, payload });
+        assert.equal(r.statusCode, 200, r.body);
+        return svc.waitJob(who.token, who.projectId, (r.json() as { job_id: string }).job_id);
+      };
+      faulty!.sicken({ seed: SEED + 9, failPut: 1, only: (_op, key) => key.startsWith('packs/') });
+      const failed = await job(`/v2/${who.projectId}/cloudbackups`, { backup: { volume_id: vol.id, name: 'fails' } });
+      assert.equal(failed.status, 'FAIL');
+      assert.match(String(failed.fail_reason), /connection reset by peer/);
+      const failedId = (failed.entities as { backup_id: string }).backup_id;
+      assert.equal((await svc.app.catalog.backups.getBackupById(failedId))!.status, 'error');
+      faulty!.heal();
+      await svc.app.engine.gcIdle();
+      const ok = await job(`/v2/${who.projectId}/cloudbackups`, { backup: { volume_id: vol.id, name: 'works' } });
+      assert.equal(ok.status, 'SUCCESS', JSON.stringify(ok));
+      const okId = (ok.entities as { backup_id: string }).backup_id;
+
+      faulty!.sicken({ seed: SEED + 10, truncateGet: 1, only: (op, key) => op === 'get' && key.startsWith('packs/') });
+      const short = await job(`/v2/${who.projectId}/cloudbackups/${okId}/restore`, { restore: { volume_id: target.id } });
+      assert.equal(short.status, 'FAIL');
+      t.diagnostic(`restore on short reads: ${String(short.fail_reason)}`);
+      assert.match(String(short.fail_reason), /storage or network failure/);
+      assert.equal((await svc.app.catalog.backups.getBackupById(okId))!.status, 'available', 'a flaky store does not make a whole backup error');
+      assert.equal((await svc.app.catalog.volumes.getVolumeById(target.id))!.status, 'error_restoring');
+      faulty!.heal();
+      const again = await job(`/v2/${who.projectId}/cloudbackups/${okId}/restore`, { restore: { volume_id: target.id } });
+      assert.equal(again.status, 'SUCCESS', JSON.stringify(again));
+      assert.equal(await sha256File(await svc.volumePath(target.id)), await sha256File(file));
+      assert.equal((await svc.app.engine.verify([okId])).ok, true);
+      tally.injected += faulty!.counts.failed + faulty!.counts.truncated;
+      t.diagnostic(`faults injected in this file: ${tally.injected}`);
+    } finally {
+      await svc.close();
+    }
+  });
+});
