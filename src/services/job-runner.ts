@@ -118,7 +118,8 @@ export class JobRunner {
         if (this.stopped || this.running.size >= this.opts.concurrency) break;
         if (this.projectsAtShare().includes(projectId)) continue; // took its share in this batch
         if (!(await this.catalog.jobs.claimJob(id, this.owner, this.clock.now()))) continue; // another runner won
-        const job = await this.catalog.jobs.getJobById(id);
+        // Claimed: from here the job is this process's to run (a lost read would orphan it RUNNING).
+        const job = await retryWhileBusy(() => this.catalog.jobs.getJobById(id));
         if (!job) continue;
         claimed++;
         this.execute(job);

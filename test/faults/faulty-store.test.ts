@@ -258,14 +258,17 @@ describe('jobs through the API on a faulty object store', () => {
   it('a backup job meeting failing puts fails with the reason; a restore job meeting short reads fails without calling the backup damaged; healed, both succeed bit-identical', { timeout: 120_000 }, async (t) => {
     const { startService, ADMIN_PASSWORD } = await import('../helpers/service.ts');
     let faulty: FaultyStore | undefined;
-    const svc = await startService(temp, {}, { wrapStore: (s) => (faulty = new FaultyStore(s, { seed: SEED })) });
+    const roots = temp.make('api-roots');
+    const svc = await startService(temp, { volumeRoots: [roots] }, { wrapStore: (s) => (faulty = new FaultyStore(s, { seed: SEED })) });
     try {
       faulty!.heal();
       const who = await svc.login('admin', ADMIN_PASSWORD, 'admin');
-      const vol = await svc.createVolume(who, 'disk', 1);
-      const file = await svc.volumePath(vol.id);
-      await overwrite(file, 0, new Rng(SEED).bytes(8 * MiB));
-      const target = await svc.createVolume(who, 'target', 1);
+      const file = path.join(roots, 'disk.img');
+      await writeRandomFile(file, 8 * MiB, SEED);
+      const vol = await svc.adopt(who, file, 'disk');
+      const targetFile = path.join(roots, 'target.img');
+      await writeRandomFile(targetFile, 8 * MiB, SEED + 1);
+      const target = await svc.adopt(who, targetFile, 'target');
       const job = async (url: string, payload: Record<string, unknown>): Promise<Record<string, unknown>> => {
         const r = await svc.req({ method: 'POST', url, token: who.token, payload });
         assert.equal(r.statusCode, 200, r.body);
@@ -293,7 +296,7 @@ describe('jobs through the API on a faulty object store', () => {
       faulty!.heal();
       const again = await job(`/v2/${who.projectId}/cloudbackups/${okId}/restore`, { restore: { volume_id: target.id } });
       assert.equal(again.status, 'SUCCESS', JSON.stringify(again));
-      assert.equal(await sha256File(await svc.volumePath(target.id)), await sha256File(file));
+      assert.equal(await sha256File(targetFile), await sha256File(file));
       assert.equal((await svc.app.engine.verify([okId])).ok, true);
       tally.injected += faulty!.counts.failed + faulty!.counts.truncated;
       t.diagnostic(`faults injected in this file: ${tally.injected}`);
