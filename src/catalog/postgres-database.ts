@@ -60,6 +60,11 @@ export class PostgresDatabase implements SqlDatabase {
     this.pool = new pg.Pool({ connectionString, max: opts.max ?? 10 });
     // An idle client's error (the server restarted) must not crash the process; the next query reconnects.
     this.pool.on('error', () => undefined);
+    // Every client, checked out or not, has an error listener from its first moment: a backend
+    // terminated right after it connected sends its FATAL message before a promise-style checkout
+    // has attached one, and an 'error' event without a listener would end the process. (Queries in
+    // flight still get the error through their own callbacks, and the pool discards the client.)
+    this.pool.on('connect', (client) => client.on('error', () => undefined));
     this.direct = executor(async (text, values) => {
       try {
         return await this.pool.query(text, values as unknown[]);
