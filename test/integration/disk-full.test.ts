@@ -84,9 +84,15 @@ describe('a full disk under the data folder', () => {
     const filler = await fill(mountPoint);
     const volumesBefore = (await s.req({ method: 'GET', url: `/v3/${projectId}/volumes`, token })).json() as { volumes: unknown[] };
 
-    // Probes are cached for a few seconds: wait until one runs on the full disk.
+    // Probes are cached for a few seconds, each on its own clock: wait until both have run on the
+    // full disk (one may still say ok for a moment after the other saw it full).
+    const bothFull = (r: { statusCode: number; body: string }): boolean => {
+      if (r.statusCode !== 503) return false;
+      const parts = JSON.parse(r.body) as Record<string, string>;
+      return /no space left/.test(parts.catalog ?? '') && /no space left/.test(parts.repository ?? '');
+    };
     let health = await s.req({ method: 'GET', url: '/healthz' });
-    for (let i = 0; i < 200 && health.statusCode === 200; i++) {
+    for (let i = 0; i < 200 && !bothFull(health); i++) {
       await new Promise((r) => setTimeout(r, 50));
       health = await s.req({ method: 'GET', url: '/healthz' });
     }

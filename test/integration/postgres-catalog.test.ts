@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { pino } from 'pino';
 import { composeApp, type App } from '../../src/app/compose.ts';
 import { loadConfig } from '../../src/config/config.ts';
 import { ErrorCode } from '../../src/domain/errors.ts';
@@ -66,7 +67,10 @@ describe('PostgreSQL catalog', async () => {
   it('two instances on one catalog fire each slot once', { skip }, async () => {
     const clock = { t: Date.parse('2026-11-25T00:30:00Z'), now() { return this.t; } };
     const apps: App[] = [];
-    for (let i = 0; i < 2; i++) apps.push(await composeApp(loadConfig({}, { dataDir: temp.make(`inst${i}`), adminPassword: ADMIN_PASSWORD, catalogUrl: 'skip' in db ? '' : db.url }), { clock, runJobs: false, runScheduler: false, threads: 1 }));
+    // What the scheduler logs at warn and above, so a failure below says why a slot did not fire.
+    const logged: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (line: string) => void logged.push(line.trim()) });
+    for (let i = 0; i < 2; i++) apps.push(await composeApp(loadConfig({}, { dataDir: temp.make(`inst${i}`), adminPassword: ADMIN_PASSWORD, catalogUrl: 'skip' in db ? '' : db.url }), { clock, runJobs: false, runScheduler: false, threads: 1, logger }));
     try {
       const project = await apps[0]!.identity.findProject('admin');
       const p = await apps[0]!.policies.createPolicy(project.id, { name: 'twice', startTime: '00:00,06:00,12:00,18:00', frequency: 1, retentionNum: 3, status: 'ON' }, []);
@@ -78,7 +82,7 @@ describe('PostgreSQL catalog', async () => {
         const rs = await Promise.all(apps.map((a) => a.scheduler.tick()));
         fired += rs.reduce((n, r) => n + r.fired, 0);
       }
-      assert.equal(fired, 4);
+      assert.equal(fired, 4, `fired ${fired} of 4 slots; logged:\n${logged.join('\n')}`);
       const tasks = (await apps[1]!.policies.listTasks(project.id, p.id, { sortDir: 'asc', limit: 100, offset: 0 })).tasks;
       assert.equal(new Set(tasks.map((t) => t.slotAt)).size, 4);
     } finally {
