@@ -13,48 +13,19 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { constants as fsc, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import type { InjectOptions, LightMyRequestResponse } from 'fastify';
 import { ADMIN_PASSWORD, startService, type TestService } from '../helpers/service.ts';
 import { listFilesRecursive, makeSparseFile, MiB, sha256File, TempDirs, writeRandomFile } from '../helpers/volumes.ts';
+import { fill, mountTmpfs } from '../helpers/tmpfs.ts';
 import { verifyRepo } from './serve-process.ts';
 
 const run = promisify(execFile);
 const VOLUME_BYTES = 40 * MiB;
 
-async function mountTmpfs(dir: string, size: string): Promise<string | null> {
-  try {
-    await run('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'tmpfs', dir]);
-    return null;
-  } catch (err) {
-    return `cannot mount a tmpfs (${(err as Error).message.split('\n')[0]})`;
-  }
-}
-
-/** Fills the file system holding `dir` to the last byte; returns the filler file. */
-async function fill(dir: string): Promise<string> {
-  const file = path.join(dir, 'filler');
-  const fh = await fs.open(file, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_APPEND, 0o600);
-  try {
-    for (let block = 1 << 20; block >= 1; block >>= 2) {
-      const buf = Buffer.alloc(block, 0x5a);
-      for (;;) {
-        try {
-          await fh.write(buf);
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code === 'ENOSPC') break;
-          throw err;
-        }
-      }
-    }
-  } finally {
-    await fh.close();
-  }
-  return file;
-}
 
 async function packBytes(repoDir: string): Promise<number> {
   let n = 0;

@@ -6,47 +6,17 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { constants as fsc, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { assertCinderError, assertKeystoneError } from '../helpers/api.ts';
 import { ADMIN_PASSWORD, startService, type TestService } from '../helpers/service.ts';
 import { TempDirs } from '../helpers/volumes.ts';
+import { fill, mountTmpfs } from '../helpers/tmpfs.ts';
 
 const run = promisify(execFile);
 
-async function mountTmpfs(dir: string, size: string): Promise<string | null> {
-  try {
-    await run('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'tmpfs', dir]);
-    return null;
-  } catch (err) {
-    return `cannot mount a tmpfs (${(err as Error).message.split('\n')[0]})`;
-  }
-}
-
-/** Fills the file system holding `dir` to the last byte; returns the filler file. */
-async function fill(dir: string): Promise<string> {
-  const file = path.join(dir, 'filler');
-  const fh = await fs.open(file, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_APPEND, 0o600);
-  try {
-    for (let block = 1 << 20; block >= 1; block >>= 2) {
-      const buf = Buffer.alloc(block, 0x5a);
-      for (;;) {
-        try {
-          await fh.write(buf);
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code === 'ENOSPC') break;
-          throw err;
-        }
-      }
-    }
-    await fh.sync().catch(() => {}); // tmpfs: nothing to flush; the data is already in pages
-  } finally {
-    await fh.close();
-  }
-  return file;
-}
 
 const loginPayload = { auth: { identity: { methods: ['password'], password: { user: { name: 'admin', domain: { name: 'Default' }, password: ADMIN_PASSWORD } } }, scope: { project: { name: 'admin', domain: { name: 'Default' } } } } };
 
