@@ -67,15 +67,6 @@ interface Target {
   sparse: boolean;
 }
 
-async function openDirect(path: string): Promise<fs.FileHandle | null> {
-  if (!fsc.O_DIRECT) return null; // not Linux
-  try {
-    return await fs.open(path, fsc.O_RDWR | fsc.O_DIRECT);
-  } catch {
-    return null; // e.g. a file system without direct I/O: buffered writes only
-  }
-}
-
 /**
  * Finds block-aligned starts for direct-I/O buffers. JavaScript cannot see addresses, so the
  * kernel's own check decides: a direct transfer of one block succeeds only with an aligned buffer.
@@ -118,21 +109,47 @@ class AlignmentProbe {
 }
 
 /**
- * Opens a service volume as a restore target: the file Haven adopted (volume-file.ts), then, and
- * only then, emptied and sized through its own descriptor (never through the path again).
+ * Opens and sizes a restore target. A service volume (`guard`) must be the very file Haven adopted,
+ * under its roots, never reached through a link (volume-file.ts); the operator's CLI target (no
+ * guard) is created when missing and links are followed. Either way the target is emptied and
+ * sized through its own descriptor. Its O_DIRECT twin (null where the file system refuses direct
+ * I/O: buffered writes only) is, for a service volume, that same inode reopened through
+ * /proc/self/fd.
  */
-async function openGuardedTarget(path: string, sizeBytes: number, fileSizeBytes: number, guard: VolumeFileGuard): Promise<Target> {
-  const opened = await openVolumeFile(path, fsc.O_RDWR, guard);
-  const { fh, stat } = opened;
-  try {
-    if (stat.isBlockDevice()) {
-      const devSize = await blockDeviceSize(Number(stat.rdev));
-      if (devSize < sizeBytes) throw new AppError(ErrorCode.TargetUnwritable, `block device ${path} holds ${devSize} bytes, the backup needs ${sizeBytes}`);
-      return { fh, blockDevice: true, direct: sizeBytes >= DIRECT_ALIGN && fsc.O_DIRECT ? await reopenSame(fh, fsc.O_RDWR | fsc.O_DIRECT) : null, sparse: false };
+async function openTarget(path: string, sizeBytes: number, fileSizeBytes: number, guard: VolumeFileGuard | undefined): Promise<Target> {
+  let fh: fs.FileHandle;
+  let blockDevice: boolean;
+  let rdev: number;
+  if (guard) {
+    const opened = await openVolumeFile(path, fsc.O_RDWR, guard);
+    fh = opened.fh;
+    blockDevice = opened.stat.isBlockDevice();
+    rdev = Number(opened.stat.rdev);
+  } else {
+    const st = await fs.stat(path).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return null;
+      throw new AppError(ErrorCode.TargetUnwritable, `cannot use restore target ${path}: ${err.message}`, { cause: err });
+    });
+    if (st && !st.isFile() && !st.isBlockDevice()) throw new AppError(ErrorCode.TargetUnwritable, `restore target ${path} is neither a file nor a block device`);
+    try {
+      fh = await fs.open(path, fsc.O_RDWR | fsc.O_CREAT, 0o600);
+    } catch (err) {
+      throw new AppError(ErrorCode.TargetUnwritable, `cannot write restore target ${path}: ${(err as Error).message}`, { cause: err });
     }
-    await fh.truncate(0);
-    await fh.truncate(fileSizeBytes);
-    return { fh, blockDevice: false, direct: sizeBytes >= DIRECT_ALIGN && fsc.O_DIRECT ? await reopenSame(fh, fsc.O_RDWR | fsc.O_DIRECT) : null, sparse: true };
+    blockDevice = st?.isBlockDevice() ?? false;
+    rdev = st?.rdev ?? 0;
+  }
+  try {
+    if (blockDevice) {
+      const devSize = await blockDeviceSize(rdev);
+      if (devSize < sizeBytes) throw new AppError(ErrorCode.TargetUnwritable, `block device ${path} holds ${devSize} bytes, the backup needs ${sizeBytes}`);
+    } else {
+      await fh.truncate(0);
+      await fh.truncate(fileSizeBytes);
+    }
+    // A service volume's twin is the checked inode itself; the CLI's target is its path again.
+    const direct = sizeBytes < DIRECT_ALIGN || !fsc.O_DIRECT ? null : guard ? await reopenSame(fh, fsc.O_RDWR | fsc.O_DIRECT) : await openDirect(path);
+    return { fh, blockDevice, direct, sparse: !blockDevice };
   } catch (err) {
     await fh.close().catch(() => undefined);
     if (err instanceof AppError) throw err;
@@ -140,25 +157,11 @@ async function openGuardedTarget(path: string, sizeBytes: number, fileSizeBytes:
   }
 }
 
-async function openTarget(path: string, sizeBytes: number, fileSizeBytes: number = sizeBytes): Promise<Target> {
-  const st = await fs.stat(path).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return null;
-    throw new AppError(ErrorCode.TargetUnwritable, `cannot use restore target ${path}: ${err.message}`, { cause: err });
-  });
+async function openDirect(path: string): Promise<fs.FileHandle | null> {
   try {
-    if (st?.isBlockDevice()) {
-      const devSize = await blockDeviceSize(st.rdev);
-      if (devSize < sizeBytes) throw new AppError(ErrorCode.TargetUnwritable, `block device ${path} holds ${devSize} bytes, the backup needs ${sizeBytes}`);
-      const fh = await fs.open(path, 'r+');
-      return { fh, blockDevice: true, direct: sizeBytes >= DIRECT_ALIGN ? await openDirect(path) : null, sparse: false };
-    }
-    if (st && !st.isFile()) throw new AppError(ErrorCode.TargetUnwritable, `restore target ${path} is neither a file nor a block device`);
-    const fh = await fs.open(path, 'w', 0o600);
-    await fh.truncate(fileSizeBytes);
-    return { fh, blockDevice: false, direct: sizeBytes >= DIRECT_ALIGN ? await openDirect(path) : null, sparse: true };
-  } catch (err) {
-    if (err instanceof AppError) throw err;
-    throw new AppError(ErrorCode.TargetUnwritable, `cannot write restore target ${path}: ${(err as Error).message}`, { cause: err });
+    return await fs.open(path, fsc.O_RDWR | fsc.O_DIRECT);
+  } catch {
+    return null; // e.g. a file system without direct I/O: buffered writes only
   }
 }
 
@@ -212,7 +215,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     preread = await checkWhole(repo, map, manifest, what, signal);
   }
   const fileSize = Math.max(manifest.sizeBytes, opts.targetSizeBytes ?? 0);
-  const target = opts.guard ? await openGuardedTarget(targetPath, manifest.sizeBytes, fileSize, opts.guard) : await openTarget(targetPath, manifest.sizeBytes, fileSize);
+  const target = await openTarget(targetPath, manifest.sizeBytes, fileSize, opts.guard);
   const chunkSize = manifest.chunkSizeBytes;
   const gap = opts.coalesceGapBytes ?? 256 * 1024;
   const hasher = new StreamHasher();

@@ -7,7 +7,6 @@
  * catalog row become `available`. Delete order is the reverse: the row goes to `deleting`, the
  * manifest is deleted, then the row; the chunks go at the next GC.
  */
-import { promises as fs } from 'node:fs';
 import { ProjectLock, type Catalog, type CatalogQueries } from '../catalog/catalog.ts';
 import type { BackupFilter, BackupPage } from '../catalog/backup-queries.ts';
 import { statusesAllowing } from '../domain/backup-status.ts';
@@ -80,12 +79,11 @@ export class BackupService {
       const volume = await c.volumes.getVolume(projectId, input.volumeId);
       if (!volume) throw new AppError(ErrorCode.VolumeNotFound, `Volume ${input.volumeId} could not be found.`);
       if (volume.status !== 'available' && volume.status !== 'in-use') throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${volume.id} is ${volume.status}; backups need an available or in-use volume.`);
-      let sourcePath = volume.path;
+      // The job opens the volume's (or snapshot's) file itself, from the catalog (sourceOf).
       if (input.snapshotId) {
         const snap = await c.volumes.getSnapshot(projectId, input.snapshotId);
         if (!snap || snap.volumeId !== volume.id) throw new AppError(ErrorCode.SnapshotNotFound, `Snapshot ${input.snapshotId} of volume ${volume.id} could not be found.`);
         if (snap.status !== 'available') throw new AppError(ErrorCode.SnapshotInvalidState, `Snapshot ${snap.id} is ${snap.status}, not available.`);
-        sourcePath = snap.path;
       }
       if (await c.backups.countInStatus(volume.id, ['creating'])) throw new AppError(ErrorCode.BackupInProgress, `A backup of volume ${volume.id} is still being created; try again when it has finished.`);
       await this.checkQuota(c, projectId, volume);
@@ -104,7 +102,7 @@ export class BackupService {
         if (isUniqueViolation(err)) throw new AppError(ErrorCode.BackupInProgress, `A backup of volume ${volume.id} is still being created; try again when it has finished.`, { cause: err });
         throw err;
       }
-      const job = this.newJob(projectId, 'bksCreateBackup', { backupId: backup.id, volumeId: volume.id, sourcePath, volumeName: volume.name ?? volume.id, checkReused: input.full === true }, {
+      const job = this.newJob(projectId, 'bksCreateBackup', { backupId: backup.id, volumeId: volume.id, volumeName: volume.name ?? volume.id, checkReused: input.full === true }, {
         bks_create_volume_name: backup.name ?? '', backup_id: backup.id, volume_id: volume.id, snapshot_id: backup.snapshotId ?? '',
       });
       await c.jobs.insertJob(job);
@@ -380,7 +378,7 @@ export class BackupService {
     };
     return {
       run: async (job, ctx) => {
-        const p = job.payload as { backupId: string; volumeId: string; sourcePath: string; volumeName: string };
+        const p = job.payload as { backupId: string; volumeId: string; volumeName: string; checkReused?: boolean };
         const b = await this.catalog.backups.getBackupById(p.backupId);
         if (!b || b.status !== 'creating') throw new AppError(ErrorCode.BackupInvalidState, `backup ${p.backupId} is no longer being created`);
         // The source is looked up again, not taken from the payload: the job opens the volume (or
@@ -389,7 +387,7 @@ export class BackupService {
         const result = await this.engine.backup(source.path, {
           guard: source.guard, backupId: b.id, volume: { id: p.volumeId, name: p.volumeName }, previousId: b.parentId, full: b.fullBackup, signal: ctx.signal,
           // A full backup the user asked for reuses only stored chunks it has checked intact (Q3).
-          checkReused: (job.payload as { checkReused?: boolean }).checkReused === true,
+          checkReused: p.checkReused === true,
           onProgress: (pr) => ctx.progress(pr.doneBytes, pr.totalBytes),
         });
         this.events.backupFinished?.({ sizeBytes: result.manifest.sizeBytes, newBytes: result.stats.newBytes, storedBytes: result.stats.storedBytes });
