@@ -131,7 +131,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     });
     // Haven's own folders are never volumes, whatever HAVEN_VOLUME_ROOTS says.
     const files = new VolumeFiles({ dataDir: config.dataDir, volumeRoots: config.volumeRoots, privateDirs: isS3Url(config.repositoryUrl) ? [] : [config.repositoryUrl] });
-    const volumes = new VolumeService(catalog, clock, files, { dataDir: config.dataDir, volumeRoots: config.volumeRoots, availabilityZone: config.availabilityZone });
+    const volumes = new VolumeService(catalog, clock, files, { availabilityZone: config.availabilityZone });
     let runner: JobRunner | null = null;
     const quotas = new QuotaService(catalog, { volumes: config.quotaVolumes, gigabytes: config.quotaGigabytes, backups: config.quotaBackups, backup_gigabytes: config.quotaBackupGigabytes, per_volume_gigabytes: config.maxVolumeGb });
     volumes.limits = { quotas, maxVolumeGb: config.maxVolumeGb };

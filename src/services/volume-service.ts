@@ -13,7 +13,7 @@ import { newUuid } from '../domain/ids.ts';
 import type { Snapshot, Volume } from '../domain/model.ts';
 import { checkFileSystemAllows, checkVolumeSize, type VolumeLimits } from './volume-limits.ts';
 import { blockDeviceSize } from '../engine/volume-source.ts';
-import { fileIdOf } from '../engine/volume-file.ts';
+import { fileIdOf, isUnder } from '../engine/volume-file.ts';
 import type { VolumeFiles } from './volume-files.ts';
 
 export const GiB = 1024 ** 3;
@@ -21,8 +21,6 @@ export const GiB = 1024 ** 3;
 export const MAX_VOLUME_GB = 32 * 1024;
 
 export interface VolumeServiceOptions {
-  dataDir: string;
-  volumeRoots: string[];
   availabilityZone: string;
 }
 
@@ -104,8 +102,9 @@ export class VolumeService {
     if (!path.isAbsolute(requested)) throw new AppError(ErrorCode.VolumePathRefused, `ref.source-name must be an absolute path, got ${requested}`);
     if (requested.split('/').includes('..')) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} contains ".."`);
     const normal = path.normalize(requested);
-    const root = this.opts.volumeRoots.find((r) => normal.startsWith(r.endsWith('/') ? r : `${r}/`));
-    if (!root) throw new AppError(ErrorCode.VolumePathRefused, this.opts.volumeRoots.length ? `path ${requested} is not under a volume root (HAVEN_VOLUME_ROOTS: ${this.opts.volumeRoots.join(':')})` : 'no volume roots are configured (HAVEN_VOLUME_ROOTS), so no path can be adopted');
+    const roots = this.files.volumeRoots;
+    const root = roots.find((r) => normal !== r && isUnder(normal, r));
+    if (!root) throw new AppError(ErrorCode.VolumePathRefused, roots.length ? `path ${requested} is not under a volume root (HAVEN_VOLUME_ROOTS: ${roots.join(':')})` : 'no volume roots are configured (HAVEN_VOLUME_ROOTS), so no path can be adopted');
     const opened = await this.files.openForAdoption(normal);
     let sizeBytes: number;
     try {
