@@ -8,9 +8,11 @@
  *
  * Pipeline, per batch of chunks held in a slot (a SharedArrayBuffer for the volume's bytes and one
  * for their encoded form, so no bytes are copied between threads):
- *   read (in order) -> whole-volume SHA-256 (own thread, in order) -> digest (workers, parallel)
- *   -> decide new/reused/hole (in order) -> encode new chunks (workers, parallel) -> pack (in order)
- * At most `slots` batches are in flight, which bounds memory whatever the volume size.
+ *   read (in order) -> digest (workers, parallel) -> decide new/reused/hole and feed the volume
+ *   digest (in order) -> encode new chunks (workers, parallel) -> pack (in order)
+ * At most `slots` batches are in flight, which bounds memory whatever the volume size. The volume
+ * digest (volume-digest.ts) takes the chunk digests the decide stage has anyway, 32 bytes per chunk:
+ * no stage reads every byte in order.
  */
 import { randomUUID } from 'node:crypto';
 import { AppError, asCancelledIfAborted, ErrorCode, throwIfAborted } from '../domain/errors.ts';
@@ -20,13 +22,13 @@ import { checkStoredChunks } from './chunk-check.ts';
 import { readCondemned, type CondemnedSet } from './gc-state.ts';
 import { loadQuarantine, quarantineQuietly, type Quarantine, type QuarantineFinding } from './quarantine.ts';
 import { RepositoryLock } from './locks.ts';
-import { indexSegmentKey, type BackupManifest, type BackupStats, type IndexSegmentRef } from './manifest.ts';
+import { indexSegmentKey, type BackupManifest, type BackupManifestV2, type BackupStats, type IndexSegmentRef } from './manifest.ts';
 import { PackWriter } from './pack-writer.ts';
 import { INDEX_SEGMENT_CHUNKS, type Repository } from './repository.ts';
 import type { VolumeSource } from './volume-source.ts';
 import { ChunkMap } from './chunk-map.ts';
 import { SlotPool } from './slot-pool.ts';
-import { StreamHasher } from './stream-hasher.ts';
+import { VolumeDigest } from './volume-digest.ts';
 import { ChunkWorkerPool } from './worker-pool.ts';
 
 export interface Progress {
@@ -58,7 +60,7 @@ export interface BackupOptions {
 }
 
 export interface BackupResult {
-  manifest: BackupManifest;
+  manifest: BackupManifestV2;
   /** Stats including the manifest object itself. */
   stats: BackupStats;
   /** With checkReused: stored chunks read and checked, and those found damaged or missing (stored again). */
@@ -83,11 +85,13 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
   // read below (docs/design.md "Garbage collection", rule G2).
   const lock = await RepositoryLock.acquire(repo.store, 'backup', { backupId });
   const packs = new PackWriter(repo, { signal });
-  const hasher = new StreamHasher();
   const internal = new AbortController();
   const onAbort = (): void => internal.abort(signal?.reason);
   signal?.addEventListener('abort', onAbort, { once: true });
   try {
+    // A format-2 manifest needs a repository of version 3: raised before anything is written.
+    await repo.raiseToVolumeDigest();
+    const root = new VolumeDigest({ sizeBytes, chunkSizeBytes: chunkSize, alg: repo.chunkDigest.alg });
     // Q2: quarantined copies count as absent, like condemned ones.
     const [{ map }, condemned, quarantine] = await Promise.all([repo.loadChunkMap(), readCondemned(repo), loadQuarantine(repo)]);
     const checker = opts.checkReused ? new ReuseChecker(repo, map, pool, condemned, quarantine, internal.signal) : null;
@@ -147,8 +151,6 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
         fail(new AppError(ErrorCode.VolumeChanged, `the volume shrank while it was being backed up (short read at byte ${pos + got})`));
         break;
       }
-      const hashed = hasher.updateShared(slot, 0, len);
-      hashed.catch(() => undefined); // handled through appendP
       const firstChunk = pos / chunkSize;
       const n = Math.ceil(len / chunkSize);
       const hashP = pool.hash({ sab: slot, offset: 0, length: len, chunkSizeBytes: chunkSize, digest: repo.chunkDigest }, internal.signal);
@@ -161,6 +163,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
       const decideP = lastDecide.then(async () => {
         const digests = await hashP;
         if (checkP) await checkP;
+        root.update(digests.subarray(0, n * DIGEST_BYTES));
         const ranges: number[] = [];
         const newAt: number[] = [];
         for (let i = 0; i < n; i++) {
@@ -212,7 +215,6 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
             off += l;
           }
         }
-        await hashed; // the whole-volume hash has read the slot too
         slots.give(batchSlot);
         doneBytes += len;
         opts.onProgress?.({ doneBytes, totalBytes: sizeBytes });
@@ -236,20 +238,20 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
     if (segFill > 0 || segments.length === 0) await flushSegment();
     throwIfAborted(signal);
 
-    const volumeSha256 = await hasher.digestHex();
+    const volumeDigest = root.digestHex();
     stats.packsWritten = written.length;
     stats.storedBytes = packs.storedBytes + chunkMapBytes + indexStoredBytes;
     stats.objectsWritten = written.length + (written.length ? 1 : 0) + segments.length;
     stats.durationMs = Math.round(performance.now() - started);
-    const manifest: BackupManifest = {
-      formatVersion: 1,
+    const manifest: BackupManifestV2 = {
+      formatVersion: 2,
       id: backupId,
       volume: opts.volume,
       sizeBytes,
       chunkSizeBytes: chunkSize,
       chunkCount,
       indexSegments: segments,
-      volumeSha256,
+      volumeDigest,
       parentId: parent?.id ?? null,
       kind: parent ? 'incremental' : 'full',
       createdAt,
@@ -265,7 +267,6 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
   } finally {
     signal?.removeEventListener('abort', onAbort);
     if (ownPool) await pool.close();
-    await hasher.close();
     await lock.release();
   }
 }

@@ -53,7 +53,9 @@ export interface CheckTask {
 
 /**
  * Restore's decode: stored blobs (fetched pack ranges, transferred here) decoded straight into a
- * shared output slot, so no decoded bytes travel between threads or need collecting.
+ * shared output slot, so no decoded bytes travel between threads or need collecting. With `check`,
+ * each decoded chunk's digest is computed over the bytes in the slot (the very bytes that will be
+ * written) and compared with the digest it was restored under.
  */
 export interface DecodeIntoTask {
   kind: 'decodeInto';
@@ -62,15 +64,20 @@ export interface DecodeIntoTask {
   chunks: number[];
   out: SharedArrayBuffer;
   encKey?: Uint8Array | undefined;
+  check?: {
+    /** the chunks' expected digests, DIGEST_BYTES each, in task order */
+    digests: Uint8Array;
+    digest: ChunkDigest;
+  } | undefined;
 }
 
 export type ChunkTask = HashTask | EncodeTask | CheckTask | DecodeIntoTask;
 
 /**
  * Chunk workers run at a lower CPU priority (nice, default +10; HAVEN_WORKER_NICE, 0 to keep the
- * process's). Their work has slack, while the whole-volume SHA-256 (backup) or the ordered hash and
- * write (restore) run on one thread each and set the pace: on 2 cores this took an incremental
- * backup of 4 GiB from 4.2 s to 3.9 s. It also keeps a backup's bulk work behind a host's other
+ * process's). Their work has slack, while the ordered stages (reading and deciding in a backup,
+ * writing in a restore) run on one thread each and set the pace: on 2 cores, when the whole-volume
+ * SHA-256 was one of those stages, this took an incremental backup of 4 GiB from 4.2 s to 3.9 s. It also keeps a backup's bulk work behind a host's other
  * processes (virtual machines). Linux only: a thread's id from /proc/thread-self, then
  * setpriority on it, which only lowers priority and needs no privilege.
  */
@@ -161,9 +168,11 @@ function check(t: CheckTask): number[] {
   return damaged;
 }
 
-/** Returns the position (in task order) of the first chunk that failed to decode, or -1. */
+/** Returns the position (in task order) of the first chunk that failed to decode or to match its digest, or -1. */
 function decodeInto(t: DecodeIntoTask): number {
   const out = new Uint8Array(t.out);
+  const digestOf = t.check ? hasherFor(t.check.digest) : null;
+  const got = new Uint8Array(DIGEST_BYTES);
   for (let k = 0; k * 5 < t.chunks.length; k++) {
     const c = k * 5;
     const body = t.bodies[t.chunks[c]!]!;
@@ -175,6 +184,11 @@ function decodeInto(t: DecodeIntoTask): number {
       decodeBlobInto(body.subarray(at, at + len), { encKey: t.encKey }, out, t.chunks[c + 4]!, rawLen);
     } catch {
       return k; // the caller names the chunk
+    }
+    if (digestOf) {
+      digestOf(out.subarray(t.chunks[c + 4]!, t.chunks[c + 4]! + rawLen), got, 0);
+      const want = t.check!.digests;
+      if (!Buffer.from(got).equals(Buffer.from(want.buffer, want.byteOffset + k * DIGEST_BYTES, DIGEST_BYTES))) return k;
     }
   }
   return -1;

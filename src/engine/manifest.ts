@@ -27,22 +27,38 @@ export interface BackupStats {
   durationMs: number;
 }
 
-export interface BackupManifest {
-  formatVersion: 1;
+interface ManifestCommon {
   id: string;
   volume: { id: string; name: string; path?: string };
   sizeBytes: number;
   chunkSizeBytes: number;
   chunkCount: number;
   indexSegments: IndexSegmentRef[];
-  /** SHA-256 of the whole volume as read. */
-  volumeSha256: string;
   parentId: string | null;
   kind: 'full' | 'incremental';
   createdAt: string;
   completedAt: string;
   stats: BackupStats;
 }
+
+/** Manifests written before the volume digest: restore proves them by re-hashing every byte. */
+export interface BackupManifestV1 extends ManifestCommon {
+  formatVersion: 1;
+  /** SHA-256 of the whole volume as read. */
+  volumeSha256: string;
+}
+
+/**
+ * Manifests since repository format 3: restore checks every chunk against its digest and the
+ * digests against this root (volume-digest.ts, docs/design.md "Volume digest").
+ */
+export interface BackupManifestV2 extends ManifestCommon {
+  formatVersion: 2;
+  /** The volume digest (integrity root v1) over the size, chunk size, digest algorithm and index. */
+  volumeDigest: string;
+}
+
+export type BackupManifest = BackupManifestV1 | BackupManifestV2;
 
 export function manifestKey(backupId: string): string {
   return `manifests/${backupId}`;

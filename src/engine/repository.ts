@@ -13,6 +13,7 @@
  *   gc/condemned                chunks a GC run has condemned but not yet removed
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { isDeepStrictEqual } from 'node:util';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { ObjectNotFoundError, type ObjectStore } from '../storage/object-store.ts';
 import { BlobDecodeError, decodeBlob, encodeBlob, type BlobKeys } from './blob-codec.ts';
@@ -37,12 +38,16 @@ export const INDEX_SEGMENT_CHUNKS = 1 << 20;
  * repository and name its chunks with HMAC: dedup between the two namings would silently stop and
  * each build's verify would call the other's chunks damaged. So such builds must refuse it, and
  * the version says what a reader needs to understand, not when the repository was made.
+ * 3: backups may have format-2 manifests, proved by a volume digest (volume-digest.ts) instead of
+ * a whole-volume SHA-256; a build that knows only versions 1 and 2 cannot restore them, so it must
+ * refuse the repository on open rather than fail on such a manifest later. A repository is created
+ * at 1 or 2 (the lowest that reads it) and raised to 3 by its first backup (`raiseToVolumeDigest`).
  */
-export const REPOSITORY_VERSION = 2;
+export const REPOSITORY_VERSION = 3;
 
 export interface RepositoryConfig {
   format: 'haven-repository';
-  version: 1 | 2;
+  version: 1 | 2 | 3;
   id: string;
   chunkSizeBytes: number;
   packTargetBytes: number;
@@ -137,13 +142,42 @@ export class Repository {
     if (typeof config.version === 'number' && Number.isInteger(config.version) && config.version > REPOSITORY_VERSION) {
       throw new AppError(ErrorCode.RepositoryCorrupt, `the repository has format version ${config.version}, newer than this Haven reads (up to ${REPOSITORY_VERSION}): upgrade Haven`);
     }
-    if (config.version !== 1 && config.version !== 2) throw new AppError(ErrorCode.RepositoryCorrupt, `unsupported repository format version ${String(config.version)}`);
+    if (config.version !== 1 && config.version !== 2 && config.version !== 3) throw new AppError(ErrorCode.RepositoryCorrupt, `unsupported repository format version ${String(config.version)}`);
     let keys: RepositoryKeys | null = null;
     if (config.encryption) {
       if (opts.password === undefined) throw new AppError(ErrorCode.PasswordRequired, 'the repository is encrypted: give --password-file or HAVEN_PASSWORD_FILE');
       keys = await unwrapKey(opts.password, config.encryption);
     }
     return new Repository(store, config, keys);
+  }
+
+  /**
+   * Raises a version-1 or -2 repository to version 3, before the first backup that writes a
+   * format-2 manifest (one with a volume digest). Older backups stay as they are and restore their
+   * old way; nothing else changes. The config is rewritten with only the version's digit changed:
+   * every other byte stays as it was (checked by parsing both). Two processes doing this at once
+   * write the same bytes, so either order leaves the same config; a build that knows only versions
+   * 1 and 2 refuses the repository from its next open ("newer than this Haven reads"). A process of
+   * such a build that opened it before keeps writing format-1 manifests, which this build reads;
+   * a format-2 manifest it meets it refuses as inconsistent, never restores wrongly.
+   */
+  async raiseToVolumeDigest(): Promise<void> {
+    if (this.config.version >= 3) return;
+    const raw = Buffer.from(await this.store.get('config')).toString('utf8');
+    const stored = JSON.parse(raw) as RepositoryConfig;
+    if (stored.id !== this.config.id) throw new AppError(ErrorCode.RepositoryCorrupt, `the repository config changed under this process (id ${String(stored.id)}, opened as ${this.config.id})`);
+    if (stored.version !== 3) {
+      const found = [...raw.matchAll(/"version"\s*:\s*([12])(?=\s*[,}])/g)];
+      const upgraded = found.length === 1 ? raw.slice(0, found[0]!.index + found[0]![0].length - 1) + '3' + raw.slice(found[0]!.index + found[0]![0].length) : null;
+      if (upgraded === null || !isDeepStrictEqual(JSON.parse(upgraded), { ...stored, version: 3 })) {
+        throw new AppError(ErrorCode.RepositoryCorrupt, 'cannot raise the repository config to format version 3: its version field is not where it belongs (the config was edited by hand?)');
+      }
+      await this.store.put('config', Buffer.from(upgraded));
+      // Read back: a backup with a format-2 manifest must never land in a repository of version 1 or 2.
+      const again = JSON.parse(Buffer.from(await this.store.get('config')).toString('utf8')) as RepositoryConfig;
+      if (again.id !== this.config.id || again.version !== 3) throw new AppError(ErrorCode.RepositoryCorrupt, `raising the repository config to format version 3 did not hold (it reads version ${String(again.version)})`);
+    }
+    this.config.version = 3;
   }
 
   get blobKeys(): BlobKeys {
@@ -231,7 +265,8 @@ export class Repository {
       throw err;
     }
     const m = JSON.parse(this.decode(blob, `manifest of backup ${backupId}`).toString('utf8')) as BackupManifest;
-    if (m.formatVersion !== 1 || m.id !== backupId) throw new AppError(ErrorCode.RepositoryCorrupt, `manifest of backup ${backupId} is inconsistent`);
+    const proof = m.formatVersion === 1 ? m.volumeSha256 : m.formatVersion === 2 ? m.volumeDigest : undefined;
+    if (typeof proof !== 'string' || !/^[0-9a-f]{64}$/.test(proof) || m.id !== backupId) throw new AppError(ErrorCode.RepositoryCorrupt, `manifest of backup ${backupId} is inconsistent`);
     return m;
   }
 

@@ -1,6 +1,11 @@
 /**
- * restoreBackup: writes a backup back to a file or block device, bit-identical, and proves it by
- * recomputing the whole-volume SHA-256 before reporting success.
+ * restoreBackup: writes a backup back to a file or block device, bit-identical, and proves it before
+ * reporting success. A backup with a volume digest (manifest format 2): every decoded chunk is
+ * hashed in the workers, over the very bytes about to be written, and must have the digest it was
+ * restored under; the volume digest recomputed from those digests, in volume order with the holes,
+ * must equal the manifest's (docs/design.md "Volume digest"). An older backup (format 1): the
+ * whole-volume SHA-256 of the bytes written, computed in a thread of its own, must equal the
+ * manifest's.
  *
  * A regular-file target is created (or truncated) and sized first, so holes stay holes (sparse); a
  * block device gets zeros written over holes, since it may hold old data. Data is written with
@@ -20,11 +25,13 @@ import { packKey } from './pack-format.ts';
 import type { Repository } from './repository.ts';
 import { blockDeviceSize } from './volume-source.ts';
 import { openVolumeFile, reopenSame, type VolumeFileGuard } from './volume-file.ts';
+import type { DecodeIntoTask } from './chunk-worker.ts';
 import { ChunkWorkerPool } from './worker-pool.ts';
 import type { Progress } from './backup-writer.ts';
 import { RepositoryLock } from './locks.ts';
 import { SlotPool } from './slot-pool.ts';
 import { StreamHasher } from './stream-hasher.ts';
+import { VolumeDigest } from './volume-digest.ts';
 import { quarantineQuietly, type QuarantineEntry } from './quarantine.ts';
 
 export interface RestoreOptions {
@@ -51,13 +58,17 @@ export interface RestoreOptions {
   targetSizeBytes?: number;
 }
 
-export interface RestoreResult {
+/** What a restore proved: the volume digest (format-2 manifests) or the whole-volume SHA-256 (format 1). */
+export type RestoreProof = { volumeDigest: string } | { volumeSha256: string };
+
+export type RestoreResult = RestoreProof & {
   backupId: string;
   sizeBytes: number;
-  volumeSha256: string;
+  /** Always true: a restore that cannot prove its bytes throws instead of returning. */
+  verified: true;
   writtenBytes: number;
   durationMs: number;
-}
+};
 
 interface Target {
   fh: fs.FileHandle;
@@ -218,14 +229,17 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   const target = await openTarget(targetPath, manifest.sizeBytes, fileSize, opts.guard);
   const chunkSize = manifest.chunkSizeBytes;
   const gap = opts.coalesceGapBytes ?? 256 * 1024;
-  const hasher = new StreamHasher();
+  // Format 1: the whole-volume SHA-256 of what is written; format 2: the volume digest of the
+  // digests each chunk was checked against (in the workers, see fetchBatchFrom).
+  const hasher = manifest.formatVersion === 1 ? new StreamHasher() : null;
+  const root = manifest.formatVersion === 2 ? new VolumeDigest({ sizeBytes: manifest.sizeBytes, chunkSizeBytes: chunkSize, alg: repo.chunkDigest.alg }) : null;
   const internal = new AbortController();
   const onAbort = (): void => internal.abort(signal?.reason);
   signal?.addEventListener('abort', onAbort, { once: true });
 
   // Pipeline, per batch of chunks decoded into a SharedArrayBuffer slot (no copies between threads):
-  //   fetch pack ranges -> decode (workers, parallel) -> in volume order: hash (own thread) and write
-  //   (concurrently) -> free the slot. At most `slots` batches are in flight: memory is bounded.
+  //   fetch pack ranges -> decode and check digests (workers, parallel) -> in volume order: feed the
+  //   volume digest (or, format 1, hash on its own thread) and write (concurrently) -> free the slot. At most `slots` batches are in flight: memory is bounded.
   const batchChunks = Math.max(1, Math.floor((8 * 1024 * 1024) / chunkSize));
   const batchBytes = batchChunks * chunkSize;
   type Slot = Awaited<ReturnType<AlignmentProbe['slot']>>;
@@ -265,6 +279,8 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
         // In volume order: hash the batch (the hashing thread keeps the order of posts) and write it.
         const commit = lastCommit.then(async () => {
           const present = await decoded;
+          // Every stored chunk of the batch now matches its digest; holes are written as zeros.
+          root?.update(digests);
           const pieces: number[] = []; // (offset in slot, length); offset -1: that many zero bytes
           const writes: Promise<void>[] = [];
           const batchStart = firstChunk * chunkSize;
@@ -293,7 +309,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
               }
             }
           }
-          const done = Promise.all([hasher.updateSharedPieces(slot.sab, pieces), ...writes]).then(() => {
+          const done = Promise.all([hasher?.updateSharedPieces(slot.sab, pieces), ...writes]).then(() => {
             slots.give(slot);
             doneBytes += batchLen;
             opts.onProgress?.({ doneBytes, totalBytes: manifest.sizeBytes });
@@ -321,19 +337,37 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     await target.fh.close().catch(() => undefined); // the error below is what matters
     await target.direct?.close().catch(() => undefined);
     if (ownPool) await pool.close();
-    await hasher.close();
+    await hasher?.close();
     throw asCancelledIfAborted(err, signal, 'restore');
   }
   signal?.removeEventListener('abort', onAbort);
   await target.fh.close();
   await target.direct?.close();
   if (ownPool) await pool.close();
-  const sha = await hasher.digestHex().finally(() => hasher.close());
-  if (sha !== manifest.volumeSha256) {
-    throw new AppError(ErrorCode.RestoreMismatch, `restored data of backup ${manifest.id} does not match its SHA-256 (${sha} != ${manifest.volumeSha256})`);
+  let proof: RestoreProof;
+  if (hasher) {
+    const sha = await hasher.digestHex().finally(() => hasher.close());
+    if (manifest.formatVersion !== 1 || sha !== manifest.volumeSha256) {
+      throw new AppError(ErrorCode.RestoreMismatch, `restored data of backup ${manifest.id} does not match its SHA-256 (${sha} != ${manifest.formatVersion === 1 ? manifest.volumeSha256 : '?'})`);
+    }
+    proof = { volumeSha256: sha };
+  } else {
+    const digest = root!.digestHex();
+    if (manifest.formatVersion !== 2 || digest !== manifest.volumeDigest) {
+      throw new AppError(ErrorCode.RestoreMismatch, `restored data of backup ${manifest.id} does not match its volume digest (${digest} != ${manifest.formatVersion === 2 ? manifest.volumeDigest : '?'}): its index differs from what the backup recorded; run haven verify`);
+    }
+    proof = { volumeDigest: digest };
   }
   opts.onProgress?.({ doneBytes: manifest.sizeBytes, totalBytes: manifest.sizeBytes });
-  return { backupId: manifest.id, sizeBytes: manifest.sizeBytes, volumeSha256: sha, writtenBytes, durationMs: Math.round(performance.now() - started) };
+  return { ...proof, backupId: manifest.id, sizeBytes: manifest.sizeBytes, verified: true, writtenBytes, durationMs: Math.round(performance.now() - started) };
+
+  /** The digest check for a batch's decode (format 2): the present chunks' digests, in task order. */
+  function digestCheck(digests: Uint8Array, present: number[]): DecodeIntoTask['check'] {
+    if (!root) return undefined;
+    const expected = new Uint8Array(present.length * DIGEST_BYTES); // a small copy: the segment stays here
+    present.forEach((i, k) => expected.set(digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), k * DIGEST_BYTES));
+    return { digests: expected, digest: repo.chunkDigest };
+  }
 
   /**
    * Writes one run of decoded chunks: directly when the slot and the range are block-aligned (all
@@ -434,7 +468,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
         return body.byteOffset === 0 && body.byteLength === body.buffer.byteLength && !(body.buffer instanceof SharedArrayBuffer) ? body : new Uint8Array(body);
       }),
     );
-    const bad = await pool.decodeInto({ bodies, chunks, out: slot.sab, encKey: repo.keys?.encKey }, internal.signal);
+    const bad = await pool.decodeInto({ bodies, chunks, out: slot.sab, encKey: repo.keys?.encKey, check: digestCheck(digests, present) }, internal.signal);
     if (bad >= 0) {
       const chunks = [{ digest: digestHex(digests, present[bad]! * DIGEST_BYTES), packId: map.packIds[locs[bad]!.packNo]! }];
       throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digestHex(digests, present[bad]! * DIGEST_BYTES)} of ${what} is damaged`, { details: { chunks } });

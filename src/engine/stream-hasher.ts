@@ -1,10 +1,11 @@
 /**
- * StreamHasher: the whole-volume SHA-256, computed in a thread of its own.
+ * StreamHasher: the whole-volume SHA-256, computed in a thread of its own. Only restores of backups
+ * from before the volume digest (manifest format 1) use it: new backups record a volume digest
+ * (volume-digest.ts) and need no pass over every byte.
  *
  * SHA-256 is sequential, and at ~1.6 GB/s it was the main thread's largest cost, stalling the
  * pipeline that feeds the chunk workers. Here the main thread only posts the bytes (shared slots
- * without a copy, or transferred buffers) in volume order; each update resolves once hashed, so a
- * slot can be reused safely.
+ * without a copy) in volume order; each update resolves once hashed, so a slot can be reused safely.
  */
 import { Worker } from 'node:worker_threads';
 
@@ -44,11 +45,6 @@ export class StreamHasher {
     const p = new Promise<void>((resolve, reject) => this.pending.set(seq, { resolve, reject }));
     this.worker.postMessage({ ...msg, seq });
     return p;
-  }
-
-  /** Hashes bytes of a SharedArrayBuffer in place; resolves when they may be overwritten. */
-  updateShared(sab: SharedArrayBuffer, offset: number, length: number): Promise<void> {
-    return this.post({ sab, offset, length });
   }
 
   /**

@@ -47,7 +47,8 @@ export class ChunkWorkerPool {
 
   /**
    * Decodes stored chunks into `out`; the bodies' ArrayBuffers move to the worker (callers pass only
-   * buffers they own whole). Resolves to the task-order position of the first damaged chunk, or -1.
+   * buffers they own whole). With `check`, each decoded chunk must also have its expected digest.
+   * Resolves to the task-order position of the first damaged chunk, or -1.
    */
   decodeInto(t: Omit<DecodeIntoTask, 'kind'>, signal?: AbortSignal): Promise<number> {
     const transferList = [...new Set(t.bodies.map((b) => b.buffer as ArrayBuffer))];

@@ -63,6 +63,11 @@ function latestOfVolume(manifests: BackupManifest[], volumeId: string): BackupMa
   return best;
 }
 
+/** A manifest's proof for listings: the volume digest, and for backups from before it the SHA-256 (volumeDigest null). */
+function manifestProof(m: BackupManifest): { volumeDigest: string | null; volumeSha256?: string } {
+  return m.formatVersion === 2 ? { volumeDigest: m.volumeDigest } : { volumeDigest: null, volumeSha256: m.volumeSha256 };
+}
+
 function parseChunkSize(v: string): number {
   const m = /^(\d+)\s*([kKmM]i?[bB]?)?$/.exec(v.trim());
   if (!m) throw new AppError(ErrorCode.InvalidArgument, `invalid chunk size ${JSON.stringify(v)} (e.g. 64KiB)`);
@@ -120,7 +125,7 @@ export function registerEngineCommands(program: Command): void {
             id: manifest.id, volumeId: volume.id, volumeName: volume.name, kind: manifest.kind, parentId: manifest.parentId,
             sizeBytes: manifest.sizeBytes, newBytes: stats.newBytes, storedBytes: stats.storedBytes, zeroBytes: stats.zeroBytes,
             dedupBytes: stats.dedupBytes, newChunks: stats.newChunks, reusedChunks: stats.reusedChunks, holeChunks: stats.holeChunks,
-            objectsWritten: stats.objectsWritten, durationMs: stats.durationMs, volumeSha256: manifest.volumeSha256,
+            objectsWritten: stats.objectsWritten, durationMs: stats.durationMs, volumeDigest: manifest.volumeDigest,
             ...(o.full ? { checkedChunks, damagedChunks } : {}),
           },
           `backup ${manifest.id} (${manifest.kind}) of ${volume.name}: ${formatBytes(manifest.sizeBytes)} read, ${formatBytes(stats.newBytes)} new, ${formatBytes(stats.storedBytes)} stored, in ${(stats.durationMs / 1000).toFixed(1)} s (${formatRate(manifest.sizeBytes, stats.durationMs)})`);
@@ -132,7 +137,7 @@ export function registerEngineCommands(program: Command): void {
       });
     });
 
-  repoCommand(program, 'restore', 'restore a backup to a file or block device, verified against its SHA-256')
+  repoCommand(program, 'restore', 'restore a backup to a file or block device, verified against its volume digest (older backups: their SHA-256)')
     .requiredOption('--backup <id>', 'backup id')
     .requiredOption('--target <path>', 'file (created or overwritten, sparse) or block device')
     .option('--fsync', 'flush a file target to disk before reporting success (always done for block devices)')
@@ -145,8 +150,11 @@ export function registerEngineCommands(program: Command): void {
         try {
           const r = await restoreBackup(repo, manifest, o.target, { pool, signal, fsync: o.fsync ?? false, onProgress: progress.onProgress });
           progress.stop();
-          out(o.json, { id: r.backupId, target: path.resolve(o.target), sizeBytes: r.sizeBytes, writtenBytes: r.writtenBytes, volumeSha256: r.volumeSha256, verified: true, durationMs: r.durationMs },
-            `restored backup ${r.backupId} to ${o.target}: ${formatBytes(r.sizeBytes)}, SHA-256 verified, in ${(r.durationMs / 1000).toFixed(1)} s (${formatRate(r.sizeBytes, r.durationMs)})`);
+          // What was proved: every chunk against its digest and the digests against the volume
+          // digest, or (older backups) every byte against the whole-volume SHA-256.
+          const proof = 'volumeDigest' in r ? { volumeDigest: r.volumeDigest } : { volumeSha256: r.volumeSha256 };
+          out(o.json, { id: r.backupId, target: path.resolve(o.target), sizeBytes: r.sizeBytes, writtenBytes: r.writtenBytes, ...proof, verified: r.verified, durationMs: r.durationMs },
+            `restored backup ${r.backupId} to ${o.target}: ${formatBytes(r.sizeBytes)}, ${'volumeDigest' in proof ? 'volume digest' : 'SHA-256'} verified, in ${(r.durationMs / 1000).toFixed(1)} s (${formatRate(r.sizeBytes, r.durationMs)})`);
         } finally {
           progress.stop();
           dispose();
@@ -159,7 +167,7 @@ export function registerEngineCommands(program: Command): void {
       const repo = await openRepository(o);
       const { manifests, damaged } = await repo.listBackups();
       if (o.json) {
-        out(true, manifests.map((m) => ({ id: m.id, volumeId: m.volume.id, volumeName: m.volume.name, kind: m.kind, parentId: m.parentId, sizeBytes: m.sizeBytes, createdAt: m.createdAt, completedAt: m.completedAt, volumeSha256: m.volumeSha256, newBytes: m.stats.newBytes, storedBytes: m.stats.storedBytes })), '');
+        out(true, manifests.map((m) => ({ id: m.id, volumeId: m.volume.id, volumeName: m.volume.name, kind: m.kind, parentId: m.parentId, sizeBytes: m.sizeBytes, createdAt: m.createdAt, completedAt: m.completedAt, ...manifestProof(m), newBytes: m.stats.newBytes, storedBytes: m.stats.storedBytes })), '');
       } else {
         const rows = manifests.map((m) => [m.id, m.createdAt.replace('T', ' ').slice(0, 19), m.kind, formatBytes(m.sizeBytes), formatBytes(m.stats.newBytes), m.volume.name]);
         const head = ['ID', 'CREATED (UTC)', 'KIND', 'SIZE', 'NEW', 'VOLUME'];
