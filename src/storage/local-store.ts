@@ -6,24 +6,25 @@
  * new one or none, never a torn one. Temp files are named `.tmp-*`; list() never shows them and
  * sweepTempFiles() removes those a crashed writer left behind.
  *
- * Buffers from allocBuffer() (pack buffers) are written with direct I/O where the file system
- * allows it (see direct-io.ts): their block-aligned bulk goes straight to the device, the
- * unaligned rest of the object through the page cache, and fsync makes both durable.
+ * Buffers from allocBuffer() (pack buffers) are page-aligned memory from the process's pool
+ * (aligned-memory.ts) where the file system takes direct I/O (see direct-io.ts): their aligned bulk
+ * goes straight to the device, the unaligned rest of the object through the page cache, and fsync
+ * makes both durable. Their owner gives them back with releaseBuffer().
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsc, promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { DIRECT_ALIGN, DIRECT_IO_AVAILABLE, findAlignedStart, probeTransfer } from './direct-io.ts';
+import { alignedMemory } from './aligned-memory.ts';
+import { acceptsDirectIo, DIRECT_ALIGN, DIRECT_IO_AVAILABLE } from './direct-io.ts';
 import { assertValidKey, bodyParts, type Body, ObjectNotFoundError, type GetOptions, type ObjectInfo, type ObjectStore } from './object-store.ts';
 
 export class LocalObjectStore implements ObjectStore {
   readonly root: string;
   /** Directories already known to exist, so hot paths skip mkdir. */
   private readonly knownDirs = new Set<string>();
-  /** Aligned start of each buffer allocBuffer() handed out, by its ArrayBuffer. */
-  private readonly alignedStart = new WeakMap<ArrayBufferLike, number>();
   private direct: 'untried' | 'usable' | 'unusable' = DIRECT_IO_AVAILABLE ? 'untried' : 'unusable';
-  private alignHint = 0;
+  /** The one probe of whether this directory's file system takes direct I/O, while it runs. */
+  private probing: Promise<void> | null = null;
   /** Bytes written with direct I/O so far (diagnostics and tests). */
   directBytesWritten = 0;
 
@@ -32,39 +33,40 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   async allocBuffer(length: number): Promise<Uint8Array> {
-    if (this.direct === 'unusable' || length < MIN_DIRECT_BYTES) return new Uint8Array(length);
-    const ab = new ArrayBuffer(length + DIRECT_ALIGN);
-    const start = await this.findAligned(ab);
-    if (start === null) return new Uint8Array(ab, 0, length);
-    this.alignedStart.set(ab, start);
-    return new Uint8Array(ab, start, length);
+    if (length < MIN_DIRECT_BYTES) return new Uint8Array(length);
+    if (this.direct === 'untried') {
+      this.probing ??= this.probeDirect().then((ok) => {
+        if (this.direct === 'untried') this.direct = ok ? 'usable' : 'unusable';
+      });
+      await this.probing;
+    }
+    if (this.direct !== 'usable') return new Uint8Array(length);
+    // Without aligned memory (the pool at its limit), an ordinary buffer, written buffered.
+    return alignedMemory.acquire(length)?.bytes ?? new Uint8Array(length);
   }
 
-  /** Probes `ab` for an aligned start with one-block direct writes into a scratch temp file. */
-  private async findAligned(ab: ArrayBuffer): Promise<number | null> {
+  /**
+   * Gives back a buffer allocBuffer() returned (the buffer itself, not a view into it), exactly once,
+   * when nothing uses it any more: aligned memory returns to the pool for the next pack buffer.
+   */
+  releaseBuffer(buf: Uint8Array): void {
+    if (buf.byteOffset === 0 && alignedMemory.owns(buf.buffer)) alignedMemory.release(buf.buffer as SharedArrayBuffer);
+  }
+
+  /** Whether this directory's file system takes direct writes: one block into a scratch temp file. */
+  private async probeDirect(): Promise<boolean> {
     await this.ensureDir(this.root);
-    const scratch = path.join(this.root, `.tmp-align-${randomBytes(6).toString('hex')}`);
-    let fh: fs.FileHandle;
+    const scratch = path.join(this.root, `.tmp-direct-${randomBytes(6).toString('hex')}`);
     try {
-      fh = await fs.open(scratch, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL | fsc.O_DIRECT, 0o600);
-    } catch {
-      await fs.rm(scratch, { force: true });
-      this.direct = 'unusable'; // a file system without direct I/O
-      return null;
-    }
-    try {
-      const r = await findAlignedStart(ab, (view) => probeTransfer(() => fh.write(view, 0, view.length, 0)), this.alignHint);
-      // No aligned start at all (a file system that accepts O_DIRECT but refuses every probe):
-      // buffered from now on, rather than probing again for every buffer.
-      if (typeof r !== 'number') {
-        this.direct = 'unusable';
-        return null;
+      const fh = await fs.open(scratch, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL | fsc.O_DIRECT, 0o600);
+      try {
+        return await acceptsDirectIo(fh, false);
+      } finally {
+        await fh.close();
       }
-      this.alignHint = r;
-      this.direct = 'usable';
-      return r;
+    } catch {
+      return false; // a file system without direct I/O
     } finally {
-      await fh.close();
       await fs.rm(scratch, { force: true });
     }
   }
@@ -72,8 +74,8 @@ export class LocalObjectStore implements ObjectStore {
   /** How many leading bytes of `part`, to be written at `pos`, can go with direct I/O. */
   private directLength(part: Uint8Array, pos: number): number {
     if (this.direct !== 'usable' || pos % DIRECT_ALIGN !== 0 || part.length < MIN_DIRECT_BYTES) return 0;
-    const start = this.alignedStart.get(part.buffer);
-    if (start === undefined || (part.byteOffset - start) % DIRECT_ALIGN !== 0) return 0;
+    // Pool memory starts page-aligned, so a page-multiple offset into it is page-aligned too.
+    if (!alignedMemory.owns(part.buffer) || part.byteOffset % DIRECT_ALIGN !== 0) return 0;
     return part.length - (part.length % DIRECT_ALIGN);
   }
 
