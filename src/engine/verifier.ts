@@ -1,6 +1,9 @@
 /**
  * verifyRepository: checks every manifest (or some), its index, and every chunk it references:
- * present in the chunk map, its pack present, decodable, and hashing to its digest. Reports exactly
+ * present in the chunk map, its pack present, decodable, and hashing to its digest. A backup with
+ * a volume digest (manifest format 2) must also have an index whose root is that digest (cheap: 32
+ * bytes per chunk); together with the chunk checks this proves what a restore would prove, without
+ * writing anything. Reports exactly
  * which backups are damaged, and for each damaged chunk which backups use it. Each pack is read once,
  * whatever the number of backups using it.
  *
@@ -14,6 +17,7 @@ import type { ChunkMap } from './chunk-map.ts';
 import type { BackupManifest } from './manifest.ts';
 import { packKey } from './pack-format.ts';
 import type { Repository } from './repository.ts';
+import { VolumeDigest } from './volume-digest.ts';
 import { ChunkWorkerPool } from './worker-pool.ts';
 import type { Progress } from './backup-writer.ts';
 import { RepositoryLock } from './locks.ts';
@@ -102,6 +106,8 @@ async function verifyLocked(repo: Repository, opts: VerifyOptions): Promise<Veri
   for (const m of manifests) {
     const v: BackupVerdict = { id: m.id, volumeName: m.volume.name, ok: true, missingChunks: 0, damagedChunks: 0, problems: [] };
     verdicts.push(v);
+    const root = m.formatVersion === 2 ? new VolumeDigest({ sizeBytes: m.sizeBytes, chunkSizeBytes: m.chunkSizeBytes, alg: repo.chunkDigest.alg }) : null;
+    let rootProblem: string | null = null;
     for (const ref of m.indexSegments) {
       let seg: Buffer;
       try {
@@ -111,6 +117,11 @@ async function verifyLocked(repo: Repository, opts: VerifyOptions): Promise<Veri
         v.problems.push(err instanceof Error ? err.message : String(err));
         continue;
       }
+      try {
+        root?.update(seg);
+      } catch (err) {
+        rootProblem ??= err instanceof Error ? err.message : String(err);
+      }
       for (let o = 0; o < seg.length; o += DIGEST_BYTES) {
         if (isZeroDigest(seg, o)) continue;
         const e = map.find(seg, o);
@@ -119,6 +130,20 @@ async function verifyLocked(repo: Repository, opts: VerifyOptions): Promise<Veri
       }
     }
     segmentsOk.set(m.id, v.ok);
+    if (root && v.ok && m.formatVersion === 2) {
+      if (rootProblem === null) {
+        try {
+          const got = root.digestHex();
+          if (got !== m.volumeDigest) rootProblem = `its index has volume digest ${got}, the manifest records ${m.volumeDigest}`;
+        } catch (err) {
+          rootProblem = err instanceof Error ? err.message : String(err);
+        }
+      }
+      if (rootProblem !== null) {
+        v.ok = false;
+        v.problems.push(`the index does not match the backup's volume digest: ${rootProblem}`);
+      }
+    }
   }
 
   // Pass 2: read each pack holding marked chunks once and check those chunks.

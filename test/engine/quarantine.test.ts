@@ -20,7 +20,8 @@ import { restoreBackup } from '../../src/engine/restore-reader.ts';
 import { verifyRepository, type VerifyReport } from '../../src/engine/verifier.ts';
 import { FileVolumeSource } from '../../src/engine/volume-source.ts';
 import { backupFile, engineTestContext, initRepo, reopenRepo, TEST_PASSWORD } from '../helpers/repo.ts';
-import { listFilesRecursive, listPacks, MiB, randomBytesSeeded, runCli, sha256File, writeRandomFile, writeVolume } from '../helpers/volumes.ts';
+import { listFilesRecursive, listPacks, MiB, randomBytesSeeded, runCli, writeRandomFile, writeVolume } from '../helpers/volumes.ts';
+import { digestOfManifest, volumeDigestOfFile } from '../helpers/volume-digest.ts';
 
 const { temp, pool } = engineTestContext('haven-quarantine-');
 
@@ -72,7 +73,7 @@ function badIds(r: VerifyReport): string[] {
 async function assertRestores(repo: Repository, m: BackupManifest, dir: string): Promise<void> {
   const target = path.join(dir, `r-${m.id}.img`);
   await restoreBackup(repo, m, target, { pool });
-  assert.equal(await sha256File(target), m.volumeSha256);
+  assert.equal(await volumeDigestOfFile(repo, target), digestOfManifest(m));
   await fs.rm(target);
 }
 

@@ -15,7 +15,8 @@ import type { Repository } from '../../src/engine/repository.ts';
 import { restoreBackup } from '../../src/engine/restore-reader.ts';
 import { verifyRepository, type VerifyReport } from '../../src/engine/verifier.ts';
 import { backupFile, initRepo, reopenRepo, TEST_PASSWORD, engineTestContext } from '../helpers/repo.ts';
-import { cliErrorMessage, listPacks, MiB, overwrite, randomBytesSeeded, runCli, sha256File, writeRandomFile } from '../helpers/volumes.ts';
+import { cliErrorMessage, listPacks, MiB, overwrite, randomBytesSeeded, runCli, writeRandomFile } from '../helpers/volumes.ts';
+import { digestOfManifest, volumeDigestOfFile } from '../helpers/volume-digest.ts';
 
 const { temp, pool } = engineTestContext('haven-verify-');
 
@@ -161,7 +162,7 @@ for (const encrypted of [false, true]) {
       }
       const ok = await runCli(['restore', ...cliRepoArgs(f), '--backup', f.z.id, '--target', path.join(f.dir, 'z.img'), '--json']);
       assert.equal(ok.code, 0, ok.stderr);
-      assert.equal(await sha256File(path.join(f.dir, 'z.img')), f.z.volumeSha256);
+      assert.equal(await volumeDigestOfFile(f.repo, path.join(f.dir, 'z.img')), digestOfManifest(f.z));
     });
 
     it('a deleted pack shows as missing chunks of exactly the backups that used it', async () => {
