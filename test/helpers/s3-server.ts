@@ -13,8 +13,12 @@ export const S3_BUCKET = 'haven-test';
 /** s3rver's fixed test keys. */
 export const S3_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
 
+/** An S3 server for tests: s3rver here (startS3), or OpenStack Swift's s3api (swift.ts's startSwift). */
 export interface TestS3 {
   endpoint: string;
+  /** The bucket the server was started with; store(prefix) and env point into it. */
+  bucket: string;
+  credentials: { accessKeyId: string; secretAccessKey: string };
   /** A store on a prefix of its own in the test bucket. */
   store(prefix: string): S3ObjectStore;
   /** What a Haven process needs in its environment to reach this server. */
@@ -42,6 +46,8 @@ export async function startS3(temp: TempDirs, opts: { conditionalWrites?: boolea
   const stores: S3ObjectStore[] = [];
   return {
     endpoint,
+    bucket: S3_BUCKET,
+    credentials: S3_CREDENTIALS,
     env: { HAVEN_S3_ENDPOINT: endpoint, AWS_ACCESS_KEY_ID: S3_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: S3_CREDENTIALS.secretAccessKey },
     store(prefix) {
       const s = new S3ObjectStore({ url: `s3://${S3_BUCKET}/${prefix}`, endpoint, credentials: S3_CREDENTIALS });
