@@ -9,7 +9,9 @@
  * such a disk: both are accepted. So the alignment must come from how the memory is made. A
  * WebAssembly.Memory's buffer is reserved by V8 through the operating system's page allocator: it
  * starts at a page-aligned address, on every platform. A shared one is a SharedArrayBuffer, so chunk
- * workers can decode straight into it (restore slots). No npm package offers aligned allocation (or
+ * workers can decode straight into it (restore slots); pack buffers, which only this thread fills,
+ * are unshared (an ordinary ArrayBuffer: copying and filling shared memory is slower, since V8
+ * must treat every store as one other threads may see). No npm package offers aligned allocation (or
  * O_DIRECT) to Node; the native add-ons that touch fs (fs-ext, posix) have neither.
  *
  * Cost: each memory reserves address space far beyond its size (guard regions, about 8 GiB on x64;
@@ -25,7 +27,7 @@
 
 // The one piece of the WebAssembly API used here (the project's TypeScript libs do not include the DOM's).
 declare const WebAssembly: {
-  Memory: new (descriptor: { initial: number; maximum: number; shared: true }) => { readonly buffer: SharedArrayBuffer };
+  Memory: new (descriptor: { initial: number; maximum: number; shared: boolean }) => { readonly buffer: ArrayBuffer | SharedArrayBuffer };
 };
 
 /** Linux's page size on the platforms Haven runs on; also the largest logical block size in use. */
@@ -34,10 +36,10 @@ const WASM_PAGE_BYTES = 65536;
 /** Sizes are rounded up to a whole MiB, so buffers of nearly equal length share a class. */
 const CLASS_BYTES = 1 << 20;
 
-export interface AlignedBuffer {
-  /** The whole memory: `bytes` is its start, which is page-aligned. */
-  readonly sab: SharedArrayBuffer;
-  /** `length` zeroed bytes from the start of `sab`. */
+export interface AlignedBuffer<M extends ArrayBuffer | SharedArrayBuffer> {
+  /** The whole memory: `bytes` is its start, which is page-aligned. Release this. */
+  readonly memory: M;
+  /** `length` zeroed bytes from the start of `memory`. */
   readonly bytes: Uint8Array;
 }
 
@@ -54,12 +56,12 @@ export interface AlignedPoolStats {
 export class AlignedMemoryPool {
   private readonly maxMemories: number;
   private readonly maxFreeBytes: number;
-  /** Released memories by size class (bytes), ready for reuse. */
-  private readonly free = new Map<number, SharedArrayBuffer[]>();
+  /** Released memories by kind and size class, ready for reuse. */
+  private readonly free = new Map<string, (ArrayBuffer | SharedArrayBuffer)[]>();
   private freeBytes = 0;
   private freeCount = 0;
   /** Memories handed out and not released; weak, so an unreleased one can still be collected. */
-  private readonly out = new WeakSet<SharedArrayBuffer>();
+  private readonly out = new WeakSet<ArrayBuffer | SharedArrayBuffer>();
   private live = 0;
   private dropped = 0;
   /** Counts down a memory that was collected while handed out (never released) or after being dropped. */
@@ -74,63 +76,79 @@ export class AlignedMemoryPool {
   }
 
   /**
-   * `length` zeroed bytes at a page-aligned start, or null when the pool is at its limit or V8
-   * refuses the reservation (the caller then uses ordinary memory and buffered writes).
+   * `length` zeroed bytes at a page-aligned start, in memory of this thread's own, or null when the
+   * pool is at its limit or V8 refuses the reservation (the caller then uses ordinary memory and
+   * buffered writes).
    */
-  acquire(length: number): AlignedBuffer | null {
+  acquire(length: number): AlignedBuffer<ArrayBuffer> | null {
+    return this.take(length, false) as AlignedBuffer<ArrayBuffer> | null;
+  }
+
+  /** The same as acquire(), in a SharedArrayBuffer that worker threads can write into. */
+  acquireShared(length: number): AlignedBuffer<SharedArrayBuffer> | null {
+    return this.take(length, true) as AlignedBuffer<SharedArrayBuffer> | null;
+  }
+
+  private take(length: number, shared: boolean): AlignedBuffer<ArrayBuffer | SharedArrayBuffer> | null {
     if (!Number.isSafeInteger(length) || length <= 0) throw new RangeError(`aligned buffer length must be a positive integer, got ${length}`);
     const size = Math.ceil(length / CLASS_BYTES) * CLASS_BYTES;
-    let sab = this.free.get(size)?.pop();
-    if (sab) {
+    let memory = this.free.get(classKey(shared, size))?.pop();
+    if (memory) {
       this.freeBytes -= size;
       this.freeCount--;
-      new Uint8Array(sab).fill(0); // its last owner's bytes
+      // Its last owner's bytes; 8 at a time, since byte stores into shared memory are 10x slower.
+      new Float64Array(memory).fill(0);
     } else {
       if (this.live + this.freeCount + this.dropped >= this.maxMemories) return null;
       try {
         const pages = size / WASM_PAGE_BYTES;
-        sab = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true }).buffer;
+        memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared }).buffer;
       } catch {
         return null; // address space or memory exhausted: ordinary memory will do, buffered
       }
     }
-    this.out.add(sab);
+    this.out.add(memory);
     this.live++;
-    this.collected.register(sab, 'live', sab);
-    return { sab, bytes: new Uint8Array(sab, 0, length) };
+    this.collected.register(memory, 'live', memory);
+    return { memory, bytes: new Uint8Array(memory, 0, length) };
   }
 
   /**
-   * Gives a buffer back: the caller must not touch it (or any view of it) afterwards. Releasing
-   * a buffer twice, or one this pool did not hand out, is a programming error and throws.
+   * Gives a memory back (`memory` of what acquire() returned): the caller must not touch it (or any
+   * view of it) afterwards. Releasing one twice, or one this pool did not hand out, is a
+   * programming error and throws.
    */
-  release(buf: AlignedBuffer | SharedArrayBuffer): void {
-    const sab = buf instanceof SharedArrayBuffer ? buf : buf.sab;
-    if (!this.out.has(sab)) throw new Error('aligned buffer released twice, or not from this pool');
-    this.out.delete(sab);
-    this.collected.unregister(sab);
+  release(memory: ArrayBufferLike): void {
+    if (!this.owns(memory)) throw new Error('aligned buffer released twice, or not from this pool');
+    this.out.delete(memory);
+    this.collected.unregister(memory);
     this.live--;
-    const size = sab.byteLength;
+    const size = memory.byteLength;
     if (this.freeBytes + size > this.maxFreeBytes) {
       this.dropped++;
-      this.collected.register(sab, 'dropped');
+      this.collected.register(memory, 'dropped');
       return;
     }
-    const list = this.free.get(size) ?? [];
-    list.push(sab);
-    this.free.set(size, list);
+    const key = classKey(memory instanceof SharedArrayBuffer, size);
+    const list = this.free.get(key) ?? [];
+    list.push(memory);
+    this.free.set(key, list);
     this.freeBytes += size;
     this.freeCount++;
   }
 
-  /** Whether `sab` is a memory this pool handed out and that is not released yet. */
-  owns(sab: ArrayBufferLike): boolean {
-    return sab instanceof SharedArrayBuffer && this.out.has(sab);
+  /** Whether `memory` is one this pool handed out and that is not released yet. */
+  owns(memory: ArrayBufferLike): memory is ArrayBuffer | SharedArrayBuffer {
+    return this.out.has(memory);
   }
 
   stats(): AlignedPoolStats {
     return { live: this.live, free: this.freeCount, freeBytes: this.freeBytes, dropped: this.dropped };
   }
+}
+
+function classKey(shared: boolean, size: number): string {
+  return `${shared ? 's' : 'u'}${size}`;
 }
 
 /** The process's pool: pack buffers and restore slots of every repository share it. */

@@ -77,7 +77,7 @@ export async function acceptsDirectIo(direct: FileHandle, blockDevice: boolean):
   } catch {
     return false;
   } finally {
-    alignedMemory.release(block);
+    alignedMemory.release(block.memory);
   }
 }
 
@@ -94,8 +94,8 @@ export interface DirectSlot {
  * releaseDirectSlot() once nothing (no worker, no write) uses it any more.
  */
 export function directSlot(length: number, direct: boolean): DirectSlot {
-  const mem = direct ? alignedMemory.acquire(length) : null;
-  return mem ? { sab: mem.sab, base: 0, aligned: true } : { sab: new SharedArrayBuffer(length), base: 0, aligned: false };
+  const mem = direct ? alignedMemory.acquireShared(length) : null;
+  return mem ? { sab: mem.memory, base: 0, aligned: true } : { sab: new SharedArrayBuffer(length), base: 0, aligned: false };
 }
 
 export function releaseDirectSlot(slot: DirectSlot): void {

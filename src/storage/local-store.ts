@@ -50,7 +50,7 @@ export class LocalObjectStore implements ObjectStore {
    * when nothing uses it any more: aligned memory returns to the pool for the next pack buffer.
    */
   releaseBuffer(buf: Uint8Array): void {
-    if (buf.byteOffset === 0 && alignedMemory.owns(buf.buffer)) alignedMemory.release(buf.buffer as SharedArrayBuffer);
+    if (buf.byteOffset === 0 && alignedMemory.owns(buf.buffer)) alignedMemory.release(buf.buffer);
   }
 
   /** Whether this directory's file system takes direct writes: one block into a scratch temp file. */
