@@ -4,12 +4,22 @@
  */
 import { constants as fsc, promises as fs } from 'node:fs';
 import { AppError, ErrorCode } from '../domain/errors.ts';
+import { qemuImgDataExtents, type Extent } from './volume-extents.ts';
 import { openVolumeFile, type VolumeFileGuard } from './volume-file.ts';
 
 export interface VolumeSource {
   readonly sizeBytes: number;
   /** Reads up to `length` bytes at `position` into `into`; returns bytes read (short only at the end). */
   read(into: Uint8Array, length: number, position: number): Promise<number>;
+  /**
+   * The byte ranges that may hold data, sorted and disjoint; every byte outside them reads as
+   * zeros, so a backup records those chunks as holes without reading them (isHole in
+   * volume-extents.ts). Null (or no method): not known, read everything. Taken once, before the
+   * reading starts: data written into a hole after that is missed, as a write behind the reader
+   * would be; a volume written to during its backup is copied as of no single moment either way
+   * (a snapshot is).
+   */
+  dataExtents?(signal?: AbortSignal): Promise<Extent[] | null>;
   close(): Promise<void>;
 }
 
@@ -59,6 +69,20 @@ export class FileVolumeSource implements VolumeSource {
       got += bytesRead;
     }
     return got;
+  }
+
+  /**
+   * A regular file's data extents, from qemu-img (volume-extents.ts), on this very descriptor.
+   * Null for a block device: SEEK_DATA there reports the whole device as data (a thin volume's
+   * unprovisioned blocks are not visible through it). Null without running anything for a file
+   * with no holes (as many 512-byte blocks allocated as it is long: st_blocks counts 512-byte units
+   * whatever the file system's block size; blocks preallocated past the end count too, which only
+   * costs the map), and for a file whose size changed since it was opened (the read loop reports that).
+   */
+  async dataExtents(signal?: AbortSignal): Promise<Extent[] | null> {
+    const st = await this.fh.stat();
+    if (!st.isFile() || st.size !== this.sizeBytes || st.blocks * 512 >= st.size) return null;
+    return qemuImgDataExtents(this.fh.fd, this.sizeBytes, signal ? { signal } : {});
   }
 
   async close(): Promise<void> {
