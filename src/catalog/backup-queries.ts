@@ -44,6 +44,17 @@ function likeEscape(s: string): string {
   return `%${s.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
 }
 
+/** What a finished backup records in its row (completeBackup). */
+export interface BackupCompletion {
+  sizeBytes: number;
+  storedBytes: number;
+  newBytes: number;
+  objectCount: number;
+  parentId: string | null;
+  dataTimestamp: number;
+  volumeDigest: string | null;
+}
+
 export class BackupQueries {
   private readonly db: SqlExecutor;
   constructor(db: SqlExecutor) {
@@ -163,12 +174,15 @@ export class BackupQueries {
     return (await this.db.run(`UPDATE backups SET status = ?, updated_at = ?${setFail} WHERE id = ? AND status IN (${marks})`, [...params, id, ...from])).changes === 1;
   }
 
-  /** Records a finished backup's results and makes it available (creating -> available). */
-  async completeBackup(id: string, r: { sizeBytes: number; storedBytes: number; newBytes: number; objectCount: number; parentId: string | null; dataTimestamp: number }, nowMs: number): Promise<boolean> {
+  /**
+   * Records a finished backup's results and makes it available (creating -> available). The volume
+   * digest is its manifest's (null for a manifest from before it, found again by recovery).
+   */
+  async completeBackup(id: string, r: BackupCompletion, nowMs: number): Promise<boolean> {
     return (
       await this.db.run(
-        "UPDATE backups SET status = 'available', size_bytes = ?, stored_bytes = ?, new_bytes = ?, object_count = ?, parent_id = ?, data_timestamp = ?, updated_at = ? WHERE id = ? AND status = 'creating'",
-        [r.sizeBytes, r.storedBytes, r.newBytes, r.objectCount, r.parentId, r.dataTimestamp, nowMs, id],
+        "UPDATE backups SET status = 'available', size_bytes = ?, stored_bytes = ?, new_bytes = ?, object_count = ?, parent_id = ?, data_timestamp = ?, volume_digest = ?, updated_at = ? WHERE id = ? AND status = 'creating'",
+        [r.sizeBytes, r.storedBytes, r.newBytes, r.objectCount, r.parentId, r.dataTimestamp, r.volumeDigest, nowMs, id],
       )
     ).changes === 1;
   }

@@ -8,7 +8,7 @@
  * manifest is deleted, then the row; the chunks go at the next GC.
  */
 import { ProjectLock, type Catalog, type CatalogQueries } from '../catalog/catalog.ts';
-import type { BackupFilter, BackupPage } from '../catalog/backup-queries.ts';
+import type { BackupCompletion, BackupFilter, BackupPage } from '../catalog/backup-queries.ts';
 import { statusesAllowing } from '../domain/backup-status.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
@@ -271,7 +271,7 @@ export class BackupService {
     try {
       const r = await this.engine.backup(sourcePath, { guard: this.files.snapshotGuard(), backupId: backup.id, volume: { id: volume.id, name: volume.name ?? volume.id }, previousId: backup.parentId, full, checkReused: opts.full, signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
       this.events.backupFinished?.({ sizeBytes: r.manifest.sizeBytes, newBytes: r.stats.newBytes, storedBytes: r.stats.storedBytes });
-      await this.catalog.backups.completeBackup(backup.id, { sizeBytes: r.manifest.sizeBytes, storedBytes: r.stats.storedBytes, newBytes: r.stats.newBytes, objectCount: r.stats.objectsWritten, parentId: r.manifest.parentId, dataTimestamp: now }, this.clock.now());
+      await this.catalog.backups.completeBackup(backup.id, { sizeBytes: r.manifest.sizeBytes, storedBytes: r.stats.storedBytes, newBytes: r.stats.newBytes, objectCount: r.stats.objectsWritten, parentId: r.manifest.parentId, dataTimestamp: now, volumeDigest: r.manifest.volumeDigest }, this.clock.now());
       return (await this.catalog.backups.getBackupById(backup.id))!;
     } catch (err) {
       await this.catalog.backups.transitionBackup(backup.id, ['creating'], 'error', this.clock.now(), failureText(err));
@@ -367,7 +367,7 @@ export class BackupService {
   }
 
   private createHandler(): JobHandler {
-    const finish = async (job: Job, backupId: string, r: { sizeBytes: number; storedBytes: number; newBytes: number; objectCount: number; parentId: string | null; dataTimestamp: number }): Promise<Record<string, string>> => {
+    const finish = async (job: Job, backupId: string, r: BackupCompletion): Promise<Record<string, string>> => {
       if (!(await this.catalog.backups.completeBackup(backupId, r, this.clock.now()))) throw new AppError(ErrorCode.BackupInvalidState, `backup ${backupId} left the creating state while it was written`);
       const done = await this.catalog.backups.getBackupById(backupId);
       if (done && this.events.backupSucceeded) {
@@ -393,7 +393,7 @@ export class BackupService {
         this.events.backupFinished?.({ sizeBytes: result.manifest.sizeBytes, newBytes: result.stats.newBytes, storedBytes: result.stats.storedBytes });
         return finish(job, b.id, {
           sizeBytes: result.manifest.sizeBytes, storedBytes: result.stats.storedBytes, newBytes: result.stats.newBytes, objectCount: result.stats.objectsWritten,
-          parentId: result.manifest.parentId, dataTimestamp: Date.parse(result.manifest.createdAt),
+          parentId: result.manifest.parentId, dataTimestamp: Date.parse(result.manifest.createdAt), volumeDigest: result.manifest.volumeDigest,
         });
       },
       fail: async (job, err) => {
@@ -410,7 +410,10 @@ export class BackupService {
         const p = job.payload as { backupId: string };
         const m = await this.engine.findManifest(p.backupId);
         if (!m) return null;
-        return finish(job, p.backupId, { sizeBytes: m.sizeBytes, storedBytes: m.stats.storedBytes, newBytes: m.stats.newBytes, objectCount: m.stats.objectsWritten, parentId: m.parentId, dataTimestamp: Date.parse(m.createdAt) });
+        return finish(job, p.backupId, {
+          sizeBytes: m.sizeBytes, storedBytes: m.stats.storedBytes, newBytes: m.stats.newBytes, objectCount: m.stats.objectsWritten, parentId: m.parentId, dataTimestamp: Date.parse(m.createdAt),
+          volumeDigest: m.formatVersion === 2 ? m.volumeDigest : null, // a manifest written by a build from before the volume digest
+        });
       },
     };
   }
