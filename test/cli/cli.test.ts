@@ -26,7 +26,7 @@ interface BackupJson {
   zeroBytes: number;
   dedupBytes: number;
   durationMs: number;
-  volumeSha256: string;
+  volumeDigest: string;
 }
 
 interface ListJson {
@@ -36,7 +36,7 @@ interface ListJson {
   parentId: string | null;
   sizeBytes: number;
   createdAt: string;
-  volumeSha256: string;
+  volumeDigest: string;
   newBytes: number;
   storedBytes: number;
 }
@@ -48,7 +48,6 @@ let dir: string;
 let repo: string;
 let volA: string;
 let volB: string;
-let shaA: string;
 let shaB: string;
 
 before(async () => {
@@ -56,7 +55,7 @@ before(async () => {
   repo = path.join(dir, 'repo');
   volA = path.join(dir, 'a.img');
   volB = path.join(dir, 'b.img');
-  shaA = await writeRandomFile(volA, 3 * MiB + 5, 1);
+  await writeRandomFile(volA, 3 * MiB + 5, 1);
   shaB = await writeRandomFile(volB, 2 * MiB, 2);
   const init = await runCli(['init', '--repo', repo, '--json']);
   assert.equal(init.code, 0, init.stderr);
@@ -83,7 +82,10 @@ describe('haven CLI: results', () => {
     assert.equal(b.sizeBytes, 3 * MiB + 5);
     assert.equal(b.newBytes, 3 * MiB + 5);
     assert.ok(b.storedBytes >= b.newBytes);
-    assert.equal(b.volumeSha256, shaA);
+    // The backup's volume digest is the volume's, as haven digest computes it from the file alone.
+    const d = await runCliJson<{ path: string; sizeBytes: number; volumeDigest: string }>(['digest', volA, '--repo', repo, '--json']);
+    assert.deepEqual(d, { path: volA, sizeBytes: 3 * MiB + 5, volumeDigest: b.volumeDigest });
+    assert.match(b.volumeDigest, /^[0-9a-f]{64}$/);
     assert.equal(b.volumeName, 'a.img');
     assert.equal(b.kind, 'full');
     assert.equal(b.parentId, null);
@@ -102,7 +104,8 @@ describe('haven CLI: results', () => {
     const b = await runCliJson<BackupJson>(['backup', '--repo', repo, '--volume', volB, '--name', 'disk-b', '--json']);
     assert.equal(b.volumeName, 'disk-b');
     assert.equal(b.kind, 'full');
-    assert.equal(b.volumeSha256, shaB);
+    assert.equal(b.volumeDigest, (await runCliJson<{ volumeDigest: string }>(['digest', volB, '--repo', repo, '--json'])).volumeDigest);
+    assert.notEqual(b.volumeDigest, made[0]!.volumeDigest);
     made.push(inc, full, b);
   });
 
@@ -114,7 +117,7 @@ describe('haven CLI: results', () => {
     assert.deepEqual(list.map((l) => l.id), made.map((m) => m.id));
     for (const [i, l] of list.entries()) {
       assert.equal(l.sizeBytes, made[i]!.sizeBytes);
-      assert.equal(l.volumeSha256, made[i]!.volumeSha256);
+      assert.equal(l.volumeDigest, made[i]!.volumeDigest);
       assert.equal(l.kind, made[i]!.kind);
       assert.equal(l.parentId, made[i]!.parentId);
       assert.equal(typeof l.newBytes, 'number');
@@ -128,11 +131,11 @@ describe('haven CLI: results', () => {
 
   it('restore --json restores bit-identical and reports it', async () => {
     const target = path.join(dir, 'restored-b.img');
-    const r = await runCliJson<{ id: string; sizeBytes: number; volumeSha256: string; verified: boolean; durationMs: number }>(['restore', '--repo', repo, '--backup', made[3]!.id, '--target', target, '--json']);
+    const r = await runCliJson<{ id: string; sizeBytes: number; volumeDigest: string; verified: boolean; durationMs: number }>(['restore', '--repo', repo, '--backup', made[3]!.id, '--target', target, '--json']);
     assert.equal(r.id, made[3]!.id);
     assert.equal(r.verified, true);
     assert.equal(r.sizeBytes, 2 * MiB);
-    assert.equal(r.volumeSha256, shaB);
+    assert.equal(r.volumeDigest, made[3]!.volumeDigest);
     assert.equal(typeof r.durationMs, 'number');
     assert.equal(await sha256File(target), shaB);
   });

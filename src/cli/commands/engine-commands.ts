@@ -1,9 +1,10 @@
-/** init, backup, restore, list, verify, delete, gc: the engine's command-line contract. */
+/** init, backup, restore, digest, list, verify, delete, gc: the engine's command-line contract. */
 import { realpathSync } from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { AppError, ErrorCode } from '../../domain/errors.ts';
 import { writeBackup, type Progress } from '../../engine/backup-writer.ts';
+import { digestVolume } from '../../engine/digest-volume.ts';
 import { collectGarbage, deleteBackup } from '../../engine/garbage-collector.ts';
 import { BACKUP_ID_RE, type BackupManifest } from '../../engine/manifest.ts';
 import { DEFAULT_CHUNK_SIZE, Repository } from '../../engine/repository.ts';
@@ -158,6 +159,23 @@ export function registerEngineCommands(program: Command): void {
         } finally {
           progress.stop();
           dispose();
+        }
+      });
+    });
+
+  repoCommand(program, 'digest', 'print the volume digest of an image file or block device as a backup into the repository would record it (compare a disk with a backup without restoring)')
+    .argument('<path>', 'image file or block device')
+    .action(async (file: string, o: RepoOptions & { json?: boolean }) => {
+      await withPool(async (pool) => {
+        const repo = await openRepository(o);
+        const source = await FileVolumeSource.open(file);
+        const { signal, dispose } = cancelOnSigint();
+        try {
+          const volumeDigest = await digestVolume(repo, source, { pool, signal });
+          out(o.json, { path: path.resolve(file), sizeBytes: source.sizeBytes, volumeDigest }, `${volumeDigest}  ${file}`);
+        } finally {
+          dispose();
+          await source.close();
         }
       });
     });
