@@ -4,6 +4,7 @@ import { constants as fsc, mkdtempSync, openSync, closeSync, readdirSync, readFi
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
+import { alignedMemory } from './aligned-memory.ts';
 import { LocalObjectStore } from './local-store.ts';
 import { collectKeys } from './object-store.ts';
 import { describeObjectStore } from './store-conformance.ts';
@@ -67,5 +68,19 @@ describe('LocalObjectStore specifics', () => {
     // No scratch or temp file is left behind, and list() shows exactly the two objects.
     assert.deepEqual(readdirSync(root).filter((n) => n.startsWith('.tmp-')), []);
     assert.deepEqual((await collectKeys(s, '')).map((i) => i.key).sort(), ['packs/aa/one', 'packs/aa/two']);
+  });
+
+  it('takes pack buffers back with releaseBuffer(): the next one of that size is the same memory, zeroed', async (t) => {
+    const s = new LocalObjectStore(tempDir());
+    const first = await s.allocBuffer(2 * 1024 * 1024);
+    if (!alignedMemory.owns(first.buffer)) return t.skip('this file system takes no direct I/O: ordinary buffers');
+    first.fill(0xcd);
+    s.releaseBuffer(first);
+    assert.equal(alignedMemory.owns(first.buffer), false);
+    const second = await s.allocBuffer(2 * 1024 * 1024);
+    assert.equal(second.buffer, first.buffer);
+    assert.ok(second.every((b) => b === 0));
+    s.releaseBuffer(new Uint8Array(10)); // an ordinary buffer: nothing to give back
+    s.releaseBuffer(second);
   });
 });
