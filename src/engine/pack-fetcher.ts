@@ -16,8 +16,11 @@
  * waits for is always next in line and the fetcher cannot wedge. Up to `concurrency` requests run at
  * once, ahead of decoding, which hides the store's latency.
  *
- * Each span is copied once into a SharedArrayBuffer: one span serves several batches, so it cannot
- * move to one worker; a shared body reaches every decode without a copy.
+ * A span read by one batch only is handed over as the store returned it (decodeInto moves it to a
+ * worker, no copy). A span several batches read cannot move to one worker: it is copied once into a
+ * SharedArrayBuffer, which every decode then reads in place. Those buffers are pooled within the budget:
+ * fresh memory costs a page fault per 4 KiB on first touch, which on a small VM costs several times
+ * the copy itself.
  */
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { ObjectNotFoundError, type ObjectStore } from '../storage/object-store.ts';
@@ -79,7 +82,7 @@ export interface PackFetcherOptions {
 export interface PackFetcherStats {
   requests: number;
   bytesFetched: number;
-  /** Most fetched-and-unconsumed bytes held at once. */
+  /** Most bytes held at once: spans fetched and not yet consumed, and shared buffers pooled for reuse. */
   highWaterBytes: number;
   heldBytes: number;
   /** Distinct packs read. */
@@ -102,6 +105,10 @@ interface Span {
   window: Window;
   refs: number;
   data: Uint8Array | null;
+  /** Bytes charged to the budget while fetching or fetched. */
+  cost: number;
+  /** Its pooled shared buffer, if several batches read it. */
+  buffer: SharedArrayBuffer | null;
   /** Resolves once fetched (or failed); `failure` then tells which. */
   ready: Promise<void>;
   settle: () => void;
@@ -118,6 +125,12 @@ interface Batch<T> {
 }
 
 const DEFAULT_BUDGET = 128 * 1024 * 1024;
+
+/** Bytes a span of `len` may hold: its shared buffer's size, rounded up so freed buffers fit later spans. */
+export function spanCapacity(len: number): number {
+  const grain = len > 1024 * 1024 ? 1024 * 1024 : 64 * 1024;
+  return Math.ceil(len / grain) * grain;
+}
 
 export class PackFetcher<T> {
   private readonly store: ObjectStore;
@@ -142,6 +155,9 @@ export class PackFetcher<T> {
   private inFlight = 0;
   private held = 0;
   private highWater = 0;
+  /** Freed shared buffers by size, for reuse; they count against the budget too, and go first when it is short. */
+  private readonly pool = new Map<number, SharedArrayBuffer[]>();
+  private pooled = 0;
   private requests = 0;
   private bytesFetched = 0;
   private sourceDone = false;
@@ -167,6 +183,11 @@ export class PackFetcher<T> {
 
   get stats(): PackFetcherStats {
     return { requests: this.requests, bytesFetched: this.bytesFetched, highWaterBytes: this.highWater, heldBytes: this.held, packs: this.packsRead.size };
+  }
+
+  /** Shared buffers kept for reuse (freed by close()). */
+  get pooledBytes(): number {
+    return this.pooled;
   }
 
   /** The next batch in volume order, or null after the last; its spans are already on their way. */
@@ -210,7 +231,7 @@ export class PackFetcher<T> {
     const bodies = await Promise.all(
       runs.map(async (run) => {
         try {
-          return await this.read(run.packId, run.start, run.end);
+          return await this.read(run.packId, run.start, run.end, null);
         } catch (err) {
           throw this.batchError(err, batch, run.packId);
         }
@@ -231,6 +252,8 @@ export class PackFetcher<T> {
     for (const b of this.ready.splice(0)) for (const s of b.spans) spans.add(s);
     for (const s of spans) if (s.state === 'planned') this.fail(s, reason);
     for (const s of this.live) this.free(s);
+    this.pool.clear();
+    this.pooled = 0;
     void (this.source as AsyncIterator<unknown>).return?.();
   }
 
@@ -330,8 +353,8 @@ export class PackFetcher<T> {
       }
       // How much longer spans keep more bytes alive, over their lives.
       const deltas: [number, number, number][] = []; // from, to (inclusive), bytes
-      for (const [s, old] of before) deltas.push([s.first, old.last, s.end - s.start - (old.end - old.start)], [old.last + 1, c, s.end - s.start]);
-      for (const s of created) deltas.push([c, c, s.end - s.start]);
+      for (const [s, old] of before) deltas.push([s.first, old.last, spanCapacity(s.end - s.start) - spanCapacity(old.end - old.start)], [old.last + 1, c, spanCapacity(s.end - s.start)]);
+      for (const s of created) deltas.push([c, c, spanCapacity(s.end - s.start)]);
       let newPeak = peak;
       for (const [from, to, d] of deltas) for (let i = from; i <= to; i++) newPeak = Math.max(newPeak, (live[i]! += d));
       if (newPeak > this.budget && c > 0) {
@@ -363,7 +386,7 @@ export class PackFetcher<T> {
   private newSpan(packId: string, offset: number, first: number, window: Window): Span {
     let settle!: () => void;
     const ready = new Promise<void>((r) => (settle = r));
-    return { packId, start: offset, end: offset, first, last: first, window, refs: 0, data: null, ready, settle, failure: undefined, state: 'planned' };
+    return { packId, start: offset, end: offset, first, last: first, window, refs: 0, data: null, cost: 0, buffer: null, ready, settle, failure: undefined, state: 'planned' };
   }
 
   /** Starts queued spans in order while requests and budget allow. */
@@ -375,16 +398,20 @@ export class PackFetcher<T> {
         continue;
       }
       const len = s.end - s.start;
-      const fits = this.held + len <= this.budget || (s.window.oversize && this.held === s.window.held);
+      // One batch reads it: the store's own buffer will do. Several: a shared buffer of the span's capacity.
+      const cost = s.refs > 1 ? spanCapacity(len) : len;
+      const fits = this.held + cost <= this.budget || (s.window.oversize && this.held === s.window.held);
       if (!fits) return;
       this.queue.shift();
-      this.held += len;
-      s.window.held += len;
-      this.highWater = Math.max(this.highWater, this.held);
+      s.cost = cost;
+      if (s.refs > 1) s.buffer = this.sharedBuffer(cost);
+      this.held += cost;
+      s.window.held += cost;
+      this.highWater = Math.max(this.highWater, this.held + this.pooled);
       s.state = 'fetching';
       this.live.add(s);
       this.inFlight++;
-      this.read(s.packId, s.start, s.end).then(
+      this.read(s.packId, s.start, s.end, s.buffer).then(
         (data) => {
           this.inFlight--;
           if (s.state === 'fetching') {
@@ -411,19 +438,45 @@ export class PackFetcher<T> {
 
   private free(s: Span): void {
     if (s.state === 'fetching' || s.state === 'done') {
-      const len = s.end - s.start;
-      this.held -= len;
-      s.window.held -= len;
+      this.held -= s.cost;
+      s.window.held -= s.cost;
       this.live.delete(s);
+      // A buffer goes back to the pool only once no read can still be writing it.
+      if (s.buffer && s.state === 'done' && this.closed === undefined) {
+        const same = this.pool.get(s.buffer.byteLength);
+        if (same) same.push(s.buffer);
+        else this.pool.set(s.buffer.byteLength, [s.buffer]);
+        this.pooled += s.buffer.byteLength;
+      }
     }
     if (s.state === 'planned') s.settle();
     s.state = 'freed';
     s.data = null;
+    s.buffer = null;
     this.pump();
   }
 
-  /** One ranged GET of [start, end) of a pack, copied into shared memory; a short body is checked against the pack's size. */
-  private async read(packId: string, start: number, end: number): Promise<Uint8Array> {
+  /** A shared buffer of `capacity` bytes: a pooled one, else a new one once pooled buffers make room. */
+  private sharedBuffer(capacity: number): SharedArrayBuffer {
+    const reuse = this.pool.get(capacity)?.pop();
+    if (reuse) {
+      this.pooled -= capacity;
+      return reuse;
+    }
+    for (const [size, list] of this.pool) {
+      while (list.length && this.held + this.pooled + capacity > this.budget) {
+        list.pop();
+        this.pooled -= size;
+      }
+    }
+    return new SharedArrayBuffer(capacity);
+  }
+
+  /**
+   * One ranged GET of [start, end) of a pack, copied into `into` when given (a span several batches
+   * read); a short body is checked against the pack's size.
+   */
+  private async read(packId: string, start: number, end: number, into: SharedArrayBuffer | null): Promise<Uint8Array> {
     const key = packKey(packId);
     this.requests++;
     this.packsRead.add(packId);
@@ -436,9 +489,13 @@ export class PackFetcher<T> {
       if (info && info.sizeBytes >= end) throw new AppError(ErrorCode.StorageError, `reading pack ${packId} returned ${body.length} of ${end - start} bytes (the pack is whole: a storage or network failure)`);
       throw new AppError(ErrorCode.ChunkCorrupt, `pack ${packId} is truncated`);
     }
-    const shared = new Uint8Array(new SharedArrayBuffer(body.length));
-    shared.set(body);
-    return shared;
+    if (into) {
+      const shared = new Uint8Array(into, 0, body.length);
+      shared.set(body);
+      return shared;
+    }
+    // It moves to a worker: it must own its whole ArrayBuffer (ObjectStore.get promises a fresh one).
+    return body.byteOffset === 0 && body.byteLength === body.buffer.byteLength && !(body.buffer instanceof SharedArrayBuffer) ? body : new Uint8Array(body);
   }
 
   /** A read's failure as the batch sees it: a missing pack names the batch's chunks in it (quarantine). */

@@ -132,6 +132,7 @@ function servedBytes(f: FetchedBodies, k: number): Uint8Array {
 /** Runs a fetcher to the end the way a restore does (a few batches in flight), checking every chunk's bytes. */
 async function drain(fetcher: PackFetcher<number>, batches: BatchReads<number>[], packs: Map<string, Buffer>, inFlight = 4): Promise<void> {
   let seen = 0;
+  const sharedBy = new Map<SharedArrayBuffer, Set<number>>();
   const pending = new Set<Promise<void>>();
   for (;;) {
     const b = await fetcher.next();
@@ -139,8 +140,12 @@ async function drain(fetcher: PackFetcher<number>, batches: BatchReads<number>[]
     assert.equal(b.meta, seen++, 'batches come in volume order');
     const p = b.data().then((f) => {
       const src = batches[b.meta]!;
+      for (const x of f.bodies) {
+        // A body is either shared in place, or owned whole by this batch (decodeInto moves it to a worker).
+        if (x.buffer instanceof SharedArrayBuffer) sharedBy.set(x.buffer, (sharedBy.get(x.buffer) ?? new Set()).add(b.meta));
+        else assert.ok(x.byteOffset === 0 && x.byteLength === x.buffer.byteLength, 'an unshared body owns its buffer');
+      }
       for (const [k, r] of src.reads.entries()) {
-        assert.ok(f.bodies.every((x) => x.buffer instanceof SharedArrayBuffer), 'bodies are shared, not copied per batch');
         assert.deepEqual(Buffer.from(servedBytes(f, k)), packs.get(r.packId)!.subarray(r.offset, r.offset + r.length), `batch ${b.meta} read ${k}`);
       }
       b.release();
@@ -151,6 +156,8 @@ async function drain(fetcher: PackFetcher<number>, batches: BatchReads<number>[]
   }
   await Promise.all(pending);
   assert.equal(seen, batches.length);
+  // One span copied once serves several batches (buffers are reused, so a buffer may serve several spans).
+  assert.ok([...sharedBy.values()].every((users) => users.size >= 2), 'a shared copy is made only for spans several batches read');
 }
 
 function distinctPacks(reads: ChunkRead[]): number {
@@ -191,6 +198,9 @@ describe('PackFetcher', () => {
     assert.ok(s.highWaterBytes <= budget, `high water ${s.highWaterBytes} > budget ${budget}`);
     assert.ok(s.highWaterBytes > budget / 2, `high water ${s.highWaterBytes}: the budget was used for read-ahead`);
     assert.equal(s.heldBytes, 0);
+    assert.ok(fetcher.pooledBytes > 0, 'freed shared buffers are kept for reuse');
+    fetcher.close();
+    assert.equal(fetcher.pooledBytes, 0, 'close() lets the pooled buffers go');
     // Pack 0 alone is 12 MiB: it takes at least 12 / 4 spans. Packs 1 and 2 (2 MiB each) are needed
     // all along the volume, so each window reads its stretch of them: about 4 windows of 3 packs.
     const perPack = [...store.gets.values()];
