@@ -1,6 +1,6 @@
 /**
  * The CPU-heavy per-chunk work, run in worker threads (piscina): digesting, encoding (zstd +
- * AES-GCM), decoding (restore) and checking (verify). Backup and restore tasks read and write
+ * AES-GCM), decoding and checking digests (restore) and checking stored chunks (verify). Backup and restore tasks read and write
  * SharedArrayBuffer slots, so no volume bytes are copied between threads.
  */
 import { chunkHasher, DIGEST_BYTES, type ChunkDigest, type ChunkHasher } from './chunk-digest.ts';
