@@ -239,7 +239,8 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
 
   // Pipeline, per batch of chunks decoded into a SharedArrayBuffer slot (no copies between threads):
   //   fetch pack ranges -> decode and check digests (workers, parallel) -> in volume order: feed the
-  //   volume digest (or, format 1, hash on its own thread) and write (concurrently) -> free the slot. At most `slots` batches are in flight: memory is bounded.
+  //   volume digest (format 1: hash on its own thread) and write (concurrently) -> free the slot.
+  // At most `slots` batches are in flight: memory is bounded.
   const batchChunks = Math.max(1, Math.floor((8 * 1024 * 1024) / chunkSize));
   const batchBytes = batchChunks * chunkSize;
   type Slot = Awaited<ReturnType<AlignmentProbe['slot']>>;
@@ -276,7 +277,8 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
         const decoded = fetchBatch(digests, firstChunk, slot);
         decoded.catch(() => undefined); // surfaces through the commit below
 
-        // In volume order: hash the batch (the hashing thread keeps the order of posts) and write it.
+        // In volume order: feed the batch's digests to the root (format 1: hash its bytes, the
+        // hashing thread keeps the order of posts) and write it.
         const commit = lastCommit.then(async () => {
           const present = await decoded;
           // Every stored chunk of the batch now matches its digest; holes are written as zeros.
