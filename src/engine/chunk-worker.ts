@@ -77,8 +77,8 @@ export type ChunkTask = HashTask | EncodeTask | CheckTask | DecodeIntoTask;
  * Chunk workers run at a lower CPU priority (nice, default +10; HAVEN_WORKER_NICE, 0 to keep the
  * process's). Their work has slack, while the ordered stages (reading and deciding in a backup,
  * writing in a restore) run on one thread each and set the pace: on 2 cores, when the whole-volume
- * SHA-256 was one of those stages, this took an incremental backup of 4 GiB from 4.2 s to 3.9 s. It also keeps a backup's bulk work behind a host's other
- * processes (virtual machines). Linux only: a thread's id from /proc/thread-self, then
+ * SHA-256 was one of those stages, this took an incremental backup of 4 GiB from 4.2 s to 3.9 s.
+ * It also keeps a backup's bulk work behind a host's other processes (virtual machines). Linux only: a thread's id from /proc/thread-self, then
  * setpriority on it, which only lowers priority and needs no privilege.
  */
 if (!isMainThread) {
