@@ -14,7 +14,7 @@ import { migrate } from '../catalog/migrate.ts';
 import { SqliteDatabase } from '../catalog/sqlite-database.ts';
 import { PostgresDatabase } from '../catalog/postgres-database.ts';
 import type { SqlDatabase } from '../catalog/sql.ts';
-import type { Config } from '../config/config.ts';
+import { s3Settings, type Config } from '../config/config.ts';
 import { systemClock, type Clock } from '../domain/clock.ts';
 import { openFailure, openObjectStore } from '../storage/open-store.ts';
 import { isS3Url } from '../storage/s3-url.ts';
@@ -104,7 +104,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
   let engine: BackupEngine | null = null;
   try {
     await migrate(db);
-    let store: ObjectStore = await openObjectStore(config.repositoryUrl, { endpoint: config.s3Endpoint, region: config.s3Region });
+    let store: ObjectStore = await openObjectStore(config.repositoryUrl, s3Settings(config));
     if (opts.wrapStore) store = opts.wrapStore(store);
     const repoPassword = config.repoPasswordFile ? await readPasswordFile(config.repoPasswordFile) : undefined;
     engine = await BackupEngine.open(store, { password: repoPassword, threads: opts.threads, nice: config.workerNice }).catch(openFailure(config.repositoryUrl));

@@ -1,9 +1,10 @@
 /**
  * Opening a repository from CLI options: the directory (or s3://bucket/prefix, with the S3 server
- * from HAVEN_S3_ENDPOINT and HAVEN_S3_REGION, credentials from the AWS SDK's usual sources), and
+ * from the HAVEN_S3_* settings as the service reads them, credentials from the AWS SDK's usual sources), and
  * the password file when encrypted.
  */
 import { readFileSync } from 'node:fs';
+import { s3SettingsFromEnv } from '../config/config.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { Repository } from '../engine/repository.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
@@ -38,7 +39,7 @@ export function repoLocation(opts: RepoOptions): string {
 }
 
 export function openStore(opts: RepoOptions): Promise<ObjectStore> {
-  return openObjectStore(repoLocation(opts), { endpoint: process.env.HAVEN_S3_ENDPOINT, region: process.env.HAVEN_S3_REGION });
+  return openObjectStore(repoLocation(opts), s3SettingsFromEnv());
 }
 
 export async function openRepository(opts: RepoOptions): Promise<Repository> {

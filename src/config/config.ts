@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { AppError, ErrorCode } from '../domain/errors.ts';
+import type { S3Settings } from '../storage/open-store.ts';
 import { resolveLocation } from '../storage/s3-url.ts';
 
 export interface Config {
@@ -35,6 +36,8 @@ export interface Config {
   /** S3 endpoint for S3-compatible stores (empty: AWS) and region. */
   s3Endpoint: string;
   s3Region: string;
+  /** false: the S3 server lacks conditional writes; the repository is created with a claim (S3ObjectStore.claimedPut). */
+  s3ConditionalWrites: boolean;
   /** Password file of an encrypted chunk repository (empty: unencrypted). */
   repoPasswordFile: string;
   /** Jobs this process runs at once. */
@@ -88,6 +91,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'repositoryUrl', env: 'HAVEN_REPOSITORY_URL', kind: 'string', default: '', help: 'the chunk repository: a folder, or s3://bucket/prefix in an S3-compatible object store shared by several Haven processes (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the AWS SDK\'s other sources); default: <data>/repository' },
   { key: 's3Endpoint', env: 'HAVEN_S3_ENDPOINT', kind: 'string', default: '', help: 'URL of an S3-compatible server (MinIO, Ceph RGW, ...; path-style addressing); default: AWS S3' },
   { key: 's3Region', env: 'HAVEN_S3_REGION', kind: 'string', default: '', help: 'region of the S3 repository (default: AWS_REGION, else us-east-1)' },
+  { key: 's3ConditionalWrites', env: 'HAVEN_S3_CONDITIONAL_WRITES', kind: 'bool', default: 'true', help: 'false for an S3 server without conditional writes (If-None-Match: * on PUT, e.g. OpenStack Swift\'s s3api): the repository is then created with a create claim checked by listing, which is safe only when the server\'s listings show a finished PUT within a second (read-after-write), as one Swift cluster\'s do' },
   { key: 'repoPasswordFile', env: 'HAVEN_REPO_PASSWORD_FILE', kind: 'string', default: '', help: 'file holding the chunk repository password: encrypts the repository at creation' },
   { key: 'jobConcurrency', env: 'HAVEN_JOB_CONCURRENCY', kind: 'int', default: '2', min: 1, max: 64, help: 'backup/restore jobs this process runs at once; one project runs at most half of them (rounded up)' },
   { key: 'workerNice', env: 'HAVEN_WORKER_NICE', kind: 'int', default: '10', min: 0, max: 19, help: 'CPU priority (nice) of the engine\'s hashing/compression threads, so the ordered whole-volume hash sets the pace and VMs on the host come first (0: the process\'s own)' },
@@ -178,6 +182,26 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   }
   if (config.s3Endpoint && !/^https?:\/\/[^/]+/.test(config.s3Endpoint)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_S3_ENDPOINT: expected http(s)://host[:port], got ${JSON.stringify(config.s3Endpoint)}`);
   return config;
+}
+
+/**
+ * The S3 settings alone, from the environment, validated as loadConfig validates them: for the CLI,
+ * which reads HAVEN_S3_* but no service configuration.
+ */
+export function s3SettingsFromEnv(env: NodeJS.ProcessEnv = process.env): S3Settings {
+  const value = (key: keyof Config): unknown => {
+    const s = SETTINGS.find((x) => x.key === key)!;
+    const raw = env[s.env];
+    return parseValue(s, raw !== undefined && raw !== '' ? raw : s.default, s.env);
+  };
+  const endpoint = value('s3Endpoint') as string;
+  if (endpoint && !/^https?:\/\/[^/]+/.test(endpoint)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_S3_ENDPOINT: expected http(s)://host[:port], got ${JSON.stringify(endpoint)}`);
+  return { endpoint, region: value('s3Region') as string, conditionalWrites: value('s3ConditionalWrites') as boolean };
+}
+
+/** The S3 settings of a loaded configuration, for openObjectStore. */
+export function s3Settings(config: Config): S3Settings {
+  return { endpoint: config.s3Endpoint, region: config.s3Region, conditionalWrites: config.s3ConditionalWrites };
 }
 
 /** True for addresses only this host can reach (127.0.0.0/8, ::1, localhost). */

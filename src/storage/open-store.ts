@@ -7,15 +7,18 @@ import { LocalObjectStore } from './local-store.ts';
 import type { ObjectStore } from './object-store.ts';
 import { isS3Url } from './s3-url.ts';
 
+/** What an S3 location needs besides its URL (HAVEN_S3_* settings; config.ts reads them for the service and the CLI). */
 export interface S3Settings {
   endpoint?: string | undefined;
   region?: string | undefined;
+  /** false: the server has no `If-None-Match: *` on PUT; create the config with a claim (S3ObjectStore.claimedPut). */
+  conditionalWrites?: boolean | undefined;
 }
 
 export async function openObjectStore(location: string, s3: S3Settings = {}): Promise<ObjectStore> {
   if (!isS3Url(location)) return new LocalObjectStore(location);
   const { S3ObjectStore } = await import('./s3-store.ts');
-  return new S3ObjectStore({ url: location, endpoint: s3.endpoint || undefined, region: s3.region || undefined });
+  return new S3ObjectStore({ url: location, endpoint: s3.endpoint || undefined, region: s3.region || undefined, conditionalWrites: s3.conditionalWrites });
 }
 
 /**

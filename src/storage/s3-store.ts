@@ -12,6 +12,9 @@
  *   of two concurrent inits one fails. A server that ignores the header would let both win (and the
  *   loser's backups be encrypted under a key no config holds), so before its first conditional
  *   write the store checks on a probe key that the server refuses a second one, and stops if not.
+ *   A server that refuses the header (OpenStack Swift's s3api: 501) is named in an error that offers
+ *   the way out: `conditionalWrites: false` (HAVEN_S3_CONDITIONAL_WRITES=false), a create claim
+ *   checked by listing (claimedPut below, where what it gives up is written).
  * - get: GetObject, with a Range for a part; a range starting at or past the end returns nothing.
  * - list: ListObjectsV2, paged; delete: DeleteObject (S3's delete is idempotent already).
  * Keys live under an optional prefix (`s3://bucket/prefix`), so one bucket can hold several
@@ -22,6 +25,8 @@
  * requires them, since many S3-compatible servers do not accept the SDK's newer default trailers.
  */
 import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { AppError, ErrorCode } from '../domain/errors.ts';
 import { DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { parseS3Url } from './s3-url.ts';
 import { assertValidKey, bodyParts, type Body, ObjectNotFoundError, type GetOptions, type ObjectInfo, type ObjectStore } from './object-store.ts';
@@ -37,7 +42,23 @@ export interface S3StoreOptions {
   forcePathStyle?: boolean | undefined;
   /** Explicit credentials (tests); otherwise the SDK's default chain. */
   credentials?: { accessKeyId: string; secretAccessKey: string } | undefined;
+  /**
+   * false: the server has no conditional writes (`If-None-Match: *`), so putIfAbsent uses a create
+   * claim instead (claimedPut). Default true. Chosen explicitly, never by detection: the claim's
+   * safety rests on the server's listings, which only the operator can vouch for.
+   */
+  conditionalWrites?: boolean | undefined;
+  /** How long a create claim waits for the listing to show concurrent claims (default 1 s; tests shorten it). */
+  claimSettleMs?: number | undefined;
 }
+
+/**
+ * A create claim's rules (claimedPut). A claim older than CLAIM_STALE_MS than one's own (both times
+ * from the server's clock) is a crashed creator's and ignored; a creator that could not put its
+ * object within half of that since its claim gives up, so it is never ignored while it can still write.
+ */
+const CLAIM_STALE_MS = 10 * 60_000;
+const CLAIM_ATTEMPTS = 8;
 
 function isRepositoryKey(key: string): boolean {
   try {
@@ -67,11 +88,15 @@ export class S3ObjectStore implements ObjectStore {
   /** Set once the bucket is known to exist (a bare HEAD 404 cannot tell a missing bucket from a missing key). */
   private bucketChecked = false;
   private conditionalChecked: Promise<void> | null = null;
+  private readonly conditionalWrites: boolean;
+  private readonly claimSettleMs: number;
 
   constructor(opts: S3StoreOptions) {
     const { bucket, prefix } = parseS3Url(opts.url);
     this.bucket = bucket;
     this.prefix = prefix;
+    this.conditionalWrites = opts.conditionalWrites ?? true;
+    this.claimSettleMs = opts.claimSettleMs ?? 1_000;
     this.client = new S3Client({
       region: opts.region || process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || 'us-east-1',
       ...(opts.endpoint ? { endpoint: opts.endpoint } : { followRegionRedirects: true }),
@@ -120,6 +145,7 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async putIfAbsent(key: string, body: Body): Promise<boolean> {
+    if (!this.conditionalWrites) return this.claimedPut(key, S3ObjectStore.bodyOf(body));
     await (this.conditionalChecked ??= this.checkConditionalWrites().catch((err: unknown) => {
       this.conditionalChecked = null;
       throw err;
@@ -143,6 +169,9 @@ export class S3ObjectStore implements ObjectStore {
           await sleep(100 * 2 ** attempt);
           continue;
         }
+        if (status === 501 || (err as { name?: string } | null)?.name === 'NotImplemented') {
+          throw new AppError(ErrorCode.StorageError, `the S3 server of ${this.location} does not support conditional writes (PUT with If-None-Match: *; it answered ${status ?? ''} ${(err as Error).message}), which Haven uses to create the repository's config exclusively. Set HAVEN_S3_CONDITIONAL_WRITES=false to create it with a create claim checked by listing instead (safe when the server's listings show a finished PUT within a second, as Swift's do; see the README)`, { cause: err });
+        }
         throw err;
       }
     }
@@ -154,10 +183,75 @@ export class S3ObjectStore implements ObjectStore {
     const Body = new Uint8Array(0);
     try {
       // The first create of a fresh key must win, the second must lose.
-      if ((await this.conditionalPut(Key, Body)) && (await this.conditionalPut(Key, Body))) throw new Error(`the S3 server of ${this.location} ignores conditional writes (If-None-Match: *), which Haven needs to create a repository safely; use a server that supports them (AWS S3, MinIO, Ceph RGW, Cloudflare R2)`);
+      if ((await this.conditionalPut(Key, Body)) && (await this.conditionalPut(Key, Body))) throw new AppError(ErrorCode.StorageError, `the S3 server of ${this.location} ignores conditional writes (If-None-Match: *), which Haven needs to create a repository safely; use a server that supports them (AWS S3, MinIO, Ceph RGW, Cloudflare R2), or set HAVEN_S3_CONDITIONAL_WRITES=false to create it with a create claim checked by listing instead (see the README)`);
     } finally {
       await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key })).catch(() => undefined);
     }
+  }
+
+  /**
+   * putIfAbsent for a server without conditional writes: a create claim, then the put.
+   *
+   * 1. If the key exists, false. 2. Put a claim `create-claims/<key>/<random>`. 3. Wait the settle
+   * time, list `create-claims/<key>/`. 4. Alone (only one's own claim listed): check the key is still
+   * absent, put it, true. Not alone: the claim first in key order is kept and listed again after
+   * another settle time; the others are deleted, and their creators start over after a random
+   * while, from step 1: so once one creator has put the key the others say false (as with
+   * conditional writes), and a repository's two first processes end up on the same config. A
+   * creator deletes its claim when it is done, whatever the outcome.
+   *
+   * Why at most one creator puts: a creator puts only on a listing, taken at least the settle time
+   * after its claim was written, that shows no other claim; its claim stays until after its put.
+   * Of two creators, take the one whose (deciding) claim was written second: its listing came after
+   * the other's claim had been there for the settle time, so it showed that claim, unless the other
+   * had already deleted it, which it does only after its put: then the second's check in step 4 sees
+   * the key. This holds if the server's listings show a finished PUT within the settle time and a
+   * read after a finished write sees it.
+   *
+   * What it gives up, against If-None-Match: it rests on those two properties of the server (true
+   * of a single Swift cluster, whose object PUT updates the container listing before it answers,
+   * except while a container server is down, and of strongly consistent stores); a create takes a
+   * second or more and a few more requests; and a creator that crashed between claim and delete
+   * leaves a claim that holds back other creators at that location for CLAIM_STALE_MS (the error
+   * names it). Repository.init's read-back of the config's id stays as the last check. A listing
+   * that does not show one's own claim yet says the settle time is too short: it is doubled.
+   */
+  private async claimedPut(key: string, body: Uint8Array): Promise<boolean> {
+    const claims = `create-claims/${key}/`;
+    let settleMs = this.claimSettleMs;
+    let seen: string[] = [];
+    for (let attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
+      if (await this.head(key)) return false;
+      const mine = `${claims}${randomBytes(8).toString('hex')}`;
+      const claimedAt = performance.now();
+      await this.put(mine, Buffer.from(JSON.stringify({ host: hostname(), pid: process.pid, at: new Date().toISOString() })));
+      try {
+        for (let look = 0; look < CLAIM_ATTEMPTS; look++) {
+          await sleep(settleMs);
+          const listed: ObjectInfo[] = [];
+          for await (const o of this.list(claims)) listed.push(o);
+          const own = listed.find((o) => o.key === mine);
+          if (!own) {
+            settleMs *= 2;
+            break;
+          }
+          const others = listed.filter((o) => o.key !== mine && own.modifiedAtMs - o.modifiedAtMs < CLAIM_STALE_MS).map((o) => o.key);
+          if (others.length === 0) {
+            if (await this.head(key)) return false;
+            const left = CLAIM_STALE_MS / 2 - (performance.now() - claimedAt);
+            if (left <= 0) throw new AppError(ErrorCode.StorageError, `creating ${this.location}${key} took longer than its claim may live; nothing was written, try again`);
+            await this.put(key, body, AbortSignal.timeout(Math.ceil(left)));
+            return true;
+          }
+          seen = others;
+          if (others.some((k) => k < mine)) break; // not first: give way
+        }
+      } finally {
+        await this.delete(mine).catch(() => undefined); // best effort: a claim left behind goes stale
+      }
+      await sleep(settleMs * (1 + Math.random()));
+    }
+    throw new AppError(ErrorCode.RepositoryLocked, `another process is creating ${this.location}${key} (create claims ${seen.map((k) => this.location + k).join(', ') || 'not listed in time'}); try again, or if no other process is creating it, delete those claims (they are ignored once ${CLAIM_STALE_MS / 60_000} minutes old)`);
   }
 
   /** Throws a clear error when the bucket itself is missing; checked once, after a 404. */

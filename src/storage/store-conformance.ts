@@ -38,6 +38,10 @@ export function describeObjectStore(name: string, makeStore: () => Promise<Objec
       assert.deepEqual([...(await s.get('r', { offset: 2, length: 3 }))], [2, 3, 4]);
       assert.deepEqual([...(await s.get('r', { offset: 6, length: 10 }))], [6, 7]);
       assert.deepEqual([...(await s.get('r', { offset: 5 }))], [5, 6, 7]);
+      // At or past the end: nothing (S3 answers such a range 416), but the object is there.
+      assert.equal((await s.get('r', { offset: 8, length: 4 })).length, 0);
+      assert.equal((await s.get('r', { offset: 20 })).length, 0);
+      await assert.rejects(s.get('nope/r', { offset: 8, length: 4 }), ObjectNotFoundError);
     });
 
     it('throws ObjectNotFoundError for an absent key', async () => {

@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
-import { S3ObjectStore } from '../../src/storage/s3-store.ts';
+import { S3ObjectStore, type S3StoreOptions } from '../../src/storage/s3-store.ts';
 import type { TempDirs } from './volumes.ts';
 
 export const S3_BUCKET = 'haven-test';
@@ -19,8 +19,10 @@ export interface TestS3 {
   /** The bucket the server was started with; store(prefix) and env point into it. */
   bucket: string;
   credentials: { accessKeyId: string; secretAccessKey: string };
-  /** A store on a prefix of its own in the test bucket. */
-  store(prefix: string): S3ObjectStore;
+  /** Keys in one page of the server's listing (a test of paging puts more than that). */
+  listPageKeys: number;
+  /** A store on a prefix of its own in the test bucket, set up as Haven must be for this server (`opts` overrides). */
+  store(prefix: string, opts?: Partial<S3StoreOptions>): S3ObjectStore;
   /** What a Haven process needs in its environment to reach this server. */
   env: Record<string, string>;
   close(): Promise<void>;
@@ -48,9 +50,10 @@ export async function startS3(temp: TempDirs, opts: { conditionalWrites?: boolea
     endpoint,
     bucket: S3_BUCKET,
     credentials: S3_CREDENTIALS,
+    listPageKeys: 1000,
     env: { HAVEN_S3_ENDPOINT: endpoint, AWS_ACCESS_KEY_ID: S3_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: S3_CREDENTIALS.secretAccessKey },
-    store(prefix) {
-      const s = new S3ObjectStore({ url: `s3://${S3_BUCKET}/${prefix}`, endpoint, credentials: S3_CREDENTIALS });
+    store(prefix, opts) {
+      const s = new S3ObjectStore({ url: `s3://${S3_BUCKET}/${prefix}`, endpoint, credentials: S3_CREDENTIALS, ...opts });
       stores.push(s);
       return s;
     },

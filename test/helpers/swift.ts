@@ -10,7 +10,8 @@
  *   them (ext4, xfs, btrfs, tmpfs; checked first, with a message naming the folder);
  * - the four servers on free loopback ports, each one process (workers = 0), mount_check off,
  *   fallocate off (a test machine's disk is small), logging to `logs/<server>.log` in that folder;
- * - s3api with path-style addressing, region us-east-1, and a tempauth user whose access key and
+ * - s3api with path-style addressing, region us-east-1, listings paged at 100 keys (TestS3.listPageKeys),
+ *   and a tempauth user whose access key and
  *   secret are the S3 credentials (TestS3.credentials), then the bucket (TestS3.bucket).
  * It is ready in a second or two. Startup failures throw with the tail of every server's log.
  * close() stops the servers; they are also killed when this process exits, and (PR_SET_PDEATHSIG
@@ -39,6 +40,8 @@ export const SWIFT_BUCKET = 'haven-test';
 export const SWIFT_CREDENTIALS = { accessKeyId: 'test:tester', secretAccessKey: 'testing' };
 /** Debian's interpreter, which has Swift's modules (a python3 earlier in PATH, such as pyenv's, may not). */
 const PYTHON = '/usr/bin/python3';
+/** s3api's listing page, smaller than S3's 1,000 so that a test of paging needs few PUTs. */
+const LIST_PAGE_KEYS = 100;
 const SERVERS = ['account', 'container', 'object', 'proxy'] as const;
 type Server = (typeof SERVERS)[number];
 
@@ -183,6 +186,7 @@ account_autocreate = true
 [filter:s3api]
 use = egg:swift#s3api
 location = us-east-1
+max_bucket_listing = ${LIST_PAGE_KEYS}
 
 [filter:tempauth]
 use = egg:swift#tempauth
@@ -293,9 +297,11 @@ export async function startSwift(temp: TempDirs): Promise<TestS3> {
     endpoint,
     bucket: SWIFT_BUCKET,
     credentials: SWIFT_CREDENTIALS,
-    env: { HAVEN_S3_ENDPOINT: endpoint, HAVEN_S3_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: SWIFT_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: SWIFT_CREDENTIALS.secretAccessKey },
-    store(prefix) {
-      const s = new S3ObjectStore({ url: `s3://${SWIFT_BUCKET}/${prefix}`, endpoint, region: 'us-east-1', credentials: SWIFT_CREDENTIALS });
+    listPageKeys: LIST_PAGE_KEYS,
+    // Swift's s3api refuses If-None-Match: * on PUT, so Haven runs with HAVEN_S3_CONDITIONAL_WRITES=false here.
+    env: { HAVEN_S3_ENDPOINT: endpoint, HAVEN_S3_REGION: 'us-east-1', HAVEN_S3_CONDITIONAL_WRITES: 'false', AWS_ACCESS_KEY_ID: SWIFT_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: SWIFT_CREDENTIALS.secretAccessKey },
+    store(prefix, opts) {
+      const s = new S3ObjectStore({ url: `s3://${SWIFT_BUCKET}/${prefix}`, endpoint, region: 'us-east-1', credentials: SWIFT_CREDENTIALS, conditionalWrites: false, ...opts });
       stores.push(s);
       return s;
     },
