@@ -1,7 +1,8 @@
 /**
  * The CPU-heavy per-chunk work, run in worker threads (piscina): digesting, encoding (zstd +
- * AES-GCM), decoding and checking digests (restore) and checking stored chunks (verify). Backup and restore tasks read and write
- * SharedArrayBuffer slots, so no volume bytes are copied between threads.
+ * AES-GCM), decoding and checking digests (restore) and checking stored chunks (verify). Backup
+ * and restore tasks read and write SharedArrayBuffer slots, so no volume bytes are copied between
+ * threads.
  */
 import { chunkHasher, DIGEST_BYTES, type ChunkDigest, type ChunkHasher } from './chunk-digest.ts';
 import { randomBytes } from 'node:crypto';
@@ -78,8 +79,9 @@ export type ChunkTask = HashTask | EncodeTask | CheckTask | DecodeIntoTask;
  * process's). Their work has slack, while the ordered stages (reading and deciding in a backup,
  * writing in a restore) run on one thread each and set the pace: on 2 cores, when the whole-volume
  * SHA-256 was one of those stages, this took an incremental backup of 4 GiB from 4.2 s to 3.9 s.
- * It also keeps a backup's bulk work behind a host's other processes (virtual machines). Linux only: a thread's id from /proc/thread-self, then
- * setpriority on it, which only lowers priority and needs no privilege.
+ * It also keeps a backup's bulk work behind a host's other processes (virtual machines). Linux
+ * only: a thread's id from /proc/thread-self, then setpriority on it, which only lowers priority
+ * and needs no privilege.
  */
 if (!isMainThread) {
   const nice = Number((workerData as { nice?: number } | undefined)?.nice ?? 0);
@@ -168,7 +170,7 @@ function check(t: CheckTask): number[] {
   return damaged;
 }
 
-/** Returns the position (in task order) of the first chunk that failed to decode or to match its digest, or -1. */
+/** The position (in task order) of the first chunk that failed to decode or to match its digest, or -1. */
 function decodeInto(t: DecodeIntoTask): number {
   const out = new Uint8Array(t.out);
   const digestOf = t.check ? hasherFor(t.check.digest) : null;
