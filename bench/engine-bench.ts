@@ -1,20 +1,38 @@
 /**
- * `npm run bench`: Haven's engine against restic and borg on the same data, in one run.
+ * `npm run bench`: Haven's engine against restic and borg on the same data, in one run, measuring
+ * every goal of issue 12 side by side with its peers. Encryption is on for every tool; each CLI is
+ * started directly (Haven as Node 24 from node_modules/node running bin/haven.js).
  *
- * A 4 GiB raw volume (40% zeros, 30% log-like text, 30% random; HAVEN_BENCH_SIZE to change), backed
- * up in full, then after 1% of 4 KiB blocks changed at random ("scattered"), then after 1% changed in
- * 256 KiB runs ("clustered"); then the latest backup is restored and checked by SHA-256. Encryption is
- * on for every tool. Prints a table with ratios to each peer and the machine's physical limits.
- * Work files go to HAVEN_BENCH_DIR (default bench/work) and are removed at the end;
- * HAVEN_BENCH_PEERS=restic (or none) limits the peers measured.
+ * - Local part, on every disk: a 4 GiB raw volume (40% zeros, 30% log-like text, 30% random;
+ *   HAVEN_BENCH_SIZE to change) backed up in full, after 1% of 4 KiB blocks changed at random
+ *   ("scattered"), after 1% changed in 256 KiB runs ("clustered"), then the latest backup restored
+ *   and checked by SHA-256 (lib/local-suite.ts). It runs in the work folder, and again (as root with
+ *   losetup) on a loop device with the other logical block size: 4096 when the work folder's disk has
+ *   512-byte logical blocks, 512 when it is 4K-native (lib/loop-disk.ts). HAVEN_BENCH_DISKS=main skips
+ *   the second disk; HAVEN_BENCH_LOOP_PEERS (default restic,borg) names the peers measured there.
+ * - S3 part: Haven and restic's s3 backend against OpenStack Swift with s3api on loopback, through a
+ *   counting proxy: full backup, incremental, restore of each, request counts, packs touched
+ *   (lib/s3-suite.ts).
+ * - Sparse part: a volume 16 times the size holding the same data with holes between, against the
+ *   volume itself (lib/sparse-suite.ts).
+ * The header says what it ran on (cores, memory, Node, each disk's file system and block sizes); the
+ * end prints one table per part and every goal as met, NOT met or not measured, with its figures.
+ * Work files go to HAVEN_BENCH_DIR (default bench/work) and are removed at the end unless
+ * HAVEN_BENCH_KEEP is set; HAVEN_BENCH_PEERS=restic (or none) limits the peers measured;
+ * HAVEN_BENCH_PARTS (default local,s3,sparse) the parts run.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
-import { borgTool, dirStats, ensurePeers, havenTool, resticTool, type Tool } from './lib/peers.ts';
-import { generateVolume, modifyVolume, randomStream, sha256File } from './lib/volume-gen.ts';
+import { oneLine, runLocal, type LocalResult, type LocalRow, type RssRecord } from './lib/local-suite.ts';
+import { loopDiskMissing, makeLoopDisk, type LoopDisk } from './lib/loop-disk.ts';
+import { describeDisk, describeMachine, diskOf, type DiskInfo } from './lib/machine.ts';
+import { borgTool, ensurePeers, havenTool, resticTool, type Tool } from './lib/peers.ts';
+import { runS3, type S3Result, type S3Row, type S3Step } from './lib/s3-suite.ts';
+import { runSparse, SPARSE_FACTOR, type SparseResult } from './lib/sparse-suite.ts';
+import { generateVolume, randomStream } from './lib/volume-gen.ts';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -26,32 +44,13 @@ function parseSize(s: string): number {
   return Math.round(Number(m[1]) * (m[2]!.toUpperCase() === 'G' ? GiB : MiB));
 }
 
-interface Row {
-  fullMs: number;
-  fullAdded: number;
-  scatMs: number;
-  scatAdded: number;
-  clusMs: number;
-  clusAdded: number;
-  restoreMs: number;
-  restoreOk: boolean;
-  repoBytes: number;
-  peakRssKiB: number;
-  objects: number;
+interface Limits {
+  readMBs: number;
+  shaMBs: number;
+  zstdMBs: number;
 }
 
-/**
- * Evens out the page cache before each measured step: flushes dirty pages left by the previous step
- * (so no tool pays for another's write-back) and reads the step's input once (the volume, or for a
- * restore the tool's repository), since this machine reclaims cold page cache on its own and the
- * first tool to read after a pause would otherwise pay for disk reads the next ones are spared.
- */
-function settle(...inputs: string[]): void {
-  execFileSync('sync');
-  for (const p of inputs) execFileSync('sh', ['-c', 'find "$1" -type f -exec cat {} + > /dev/null', 'sh', p]);
-}
-
-async function physicalLimits(volume: string): Promise<{ readMBs: number; shaMBs: number; zstdMBs: number }> {
+async function physicalLimits(volume: string): Promise<Limits> {
   const fh = await fs.open(volume, 'r');
   const buf = Buffer.allocUnsafe(8 * MiB);
   let t = performance.now();
@@ -74,77 +73,162 @@ async function physicalLimits(volume: string): Promise<{ readMBs: number; shaMBs
   return { readMBs, shaMBs, zstdMBs };
 }
 
+interface DiskRun {
+  label: string;
+  disk: DiskInfo;
+  result?: LocalResult;
+  error?: string;
+}
+
 async function main(): Promise<void> {
+  const started = performance.now();
   const size = parseSize(process.env.HAVEN_BENCH_SIZE ?? '4GiB');
   const work = path.resolve(process.env.HAVEN_BENCH_DIR ?? path.join(root, 'bench', 'work'));
+  const parts = (process.env.HAVEN_BENCH_PARTS ?? 'local,s3,sparse').split(',');
+  const wanted = (process.env.HAVEN_BENCH_PEERS ?? 'restic,borg').split(',');
+  const loopWanted = (process.env.HAVEN_BENCH_LOOP_PEERS ?? 'restic,borg').split(',').filter((p) => wanted.includes(p));
   await fs.rm(work, { recursive: true, force: true });
   await fs.mkdir(work, { recursive: true });
   const missing = ensurePeers();
-  const tools: Tool[] = [havenTool(work, process.execPath, path.join(root, 'bin', 'haven.js'))];
-  const wanted = (process.env.HAVEN_BENCH_PEERS ?? 'restic,borg').split(',');
-  if (wanted.includes('restic') && !missing.includes('restic')) tools.push(resticTool(work));
-  if (wanted.includes('borg') && !missing.includes('borgbackup')) tools.push(borgTool(work));
   if (missing.includes('time')) throw new Error('/usr/bin/time is needed (Debian package time)');
   if (missing.length) console.log(`peers not available: ${missing.join(', ')}`);
-
-  const volume = path.join(work, 'volume.img');
-  let t = performance.now();
-  const gen = await generateVolume(volume, size, 1);
-  console.log(`generated ${(size / GiB).toFixed(2)} GiB volume in ${((performance.now() - t) / 1000).toFixed(1)} s (zeros ${(gen.zeroBytes / size * 100).toFixed(0)}%, text ${(gen.textBytes / size * 100).toFixed(0)}%, random ${(gen.randomBytes / size * 100).toFixed(0)}%)`);
-  const limits = await physicalLimits(volume);
-
-  const rows = new Map<string, Row>();
-  for (const tool of tools) {
-    await tool.init();
-    rows.set(tool.name, { fullMs: 0, fullAdded: 0, scatMs: 0, scatAdded: 0, clusMs: 0, clusAdded: 0, restoreMs: 0, restoreOk: false, repoBytes: 0, peakRssKiB: 0, objects: 0 });
-  }
-  const step = async (label: string, set: (r: Row, ms: number, added: number) => void): Promise<void> => {
-    for (const tool of tools) {
-      settle(volume);
-      const before = await dirStats(tool.repo);
-      const r = await tool.backup(volume, label);
-      const after = await dirStats(tool.repo);
-      const row = rows.get(tool.name)!;
-      set(row, r.ms, after.bytes - before.bytes);
-      row.peakRssKiB = Math.max(row.peakRssKiB, r.rssKiB);
-      console.log(`  ${label.padEnd(10)} ${tool.name.padEnd(7)} ${(r.ms / 1000).toFixed(2)} s, +${((after.bytes - before.bytes) / MiB).toFixed(1)} MiB`);
-    }
+  const have = (peer: string): boolean => wanted.includes(peer) && !missing.includes(peer === 'borg' ? 'borgbackup' : peer);
+  // Node 24 from the project's node package, started directly: npx would add its start-up to every timing.
+  const localNode = path.join(root, 'node_modules', 'node', 'bin', 'node');
+  const node = existsSync(localNode) ? localNode : process.execPath;
+  const cli = path.join(root, 'bin', 'haven.js');
+  const toolsFor = (dir: string, peers: string[]): Tool[] => {
+    const tools: Tool[] = [havenTool(dir, node, cli)];
+    if (peers.includes('restic') && have('restic')) tools.push(resticTool(dir));
+    if (peers.includes('borg') && have('borg')) tools.push(borgTool(dir));
+    return tools;
   };
-  await step('full', (r, ms, a) => { r.fullMs = ms; r.fullAdded = a; });
-  const scat = await modifyVolume(volume, size, 4096, 2);
-  await step('scattered', (r, ms, a) => { r.scatMs = ms; r.scatAdded = a; });
-  await modifyVolume(volume, size, 256 * 1024, 3);
-  await step('clustered', (r, ms, a) => { r.clusMs = ms; r.clusAdded = a; });
-  const expected = await sha256File(volume);
-  for (const tool of tools) {
-    settle(tool.repo);
-    const dir = path.join(work, `restore-${tool.name}`);
-    await fs.mkdir(dir, { recursive: true });
-    const r = await tool.restore(volume, dir);
-    const row = rows.get(tool.name)!;
-    row.restoreMs = r.ms;
-    row.restoreOk = (await sha256File(r.file)) === expected;
-    row.peakRssKiB = Math.max(row.peakRssKiB, r.rssKiB);
-    const st = await dirStats(tool.repo);
-    row.repoBytes = st.bytes;
-    row.objects = st.files;
-    console.log(`  restore    ${tool.name.padEnd(7)} ${(r.ms / 1000).toFixed(2)} s, sha256 ${row.restoreOk ? 'ok' : 'MISMATCH'}`);
-    await fs.rm(dir, { recursive: true, force: true });
+
+  const header = [...describeMachine(), `Haven run as ${node} (${execFileSync(node, ['--version'], { encoding: 'utf8' }).trim()}) ${path.relative(root, cli)}; ${peerVersions(have)}`];
+  for (const l of header) console.log(l);
+  const rss: RssRecord[] = [];
+  const disks: DiskRun[] = [];
+  let limits: Limits | undefined;
+  let s3: S3Result | undefined;
+  let sparse: SparseResult | { error: string } | undefined;
+  let mainVolume = '';
+  // How long each part took, so a user can tell what a smaller HAVEN_BENCH_SIZE or fewer parts buys.
+  const took: string[] = [];
+  let partStart = performance.now();
+  const partDone = (name: string): void => {
+    took.push(`${name} ${((performance.now() - partStart) / 60000).toFixed(1)} min`);
+    partStart = performance.now();
+  };
+
+  const mainWork = path.join(work, 'main');
+  await fs.mkdir(mainWork, { recursive: true });
+  const mainDisk = diskOf(mainWork);
+  if (parts.includes('local')) {
+    const run: DiskRun = { label: diskLabel(mainDisk), disk: mainDisk };
+    disks.push(run);
+    console.log(`\nlocal part on ${describeDisk(mainDisk)}`);
+    try {
+      run.result = await runLocal(run.label, mainWork, size, toolsFor(mainWork, wanted), rss);
+      mainVolume = run.result.volume;
+      limits = await physicalLimits(mainVolume);
+    } catch (err) {
+      run.error = (err as Error).message;
+      console.log(`  local part on ${run.label} failed: ${run.error}`);
+    }
+    partDone(`local on ${run.label}`);
+    const why = process.env.HAVEN_BENCH_DISKS === 'main' ? 'HAVEN_BENCH_DISKS=main' : loopDiskMissing();
+    if (why) console.log(`\nno second disk (${why}): the goals are measured on ${mainDisk.logicalBlockSize ?? '?'}-byte logical blocks only`);
+    else {
+      const sector = mainDisk.logicalBlockSize === 4096 ? 512 : 4096;
+      let loop: LoopDisk | undefined;
+      try {
+        // Room for the volume, three repositories and a restore, with some to spare.
+        loop = await makeLoopDisk(work, 3 * size + GiB, sector);
+        const loopWork = path.join(loop.mountPoint, 'work');
+        await fs.mkdir(loopWork);
+        const disk = diskOf(loopWork);
+        const run: DiskRun = { label: diskLabel(disk), disk };
+        disks.push(run);
+        console.log(`\nlocal part on ${describeDisk(disk)} (loop device over a file in ${work}, sector size ${sector})`);
+        try {
+          run.result = await runLocal(run.label, loopWork, size, toolsFor(loopWork, loopWanted), rss);
+        } catch (err) {
+          run.error = (err as Error).message;
+          console.log(`  local part on ${run.label} failed: ${run.error}`);
+        }
+      } catch (err) {
+        console.log(`  the ${sector}-byte-sector loop disk could not be made: ${(err as Error).message}`);
+      } finally {
+        loop?.dispose();
+      }
+      partDone('local on the loop disk');
+    }
+  }
+  if (!mainVolume && parts.includes('sparse')) {
+    mainVolume = path.join(mainWork, 'volume.img');
+    await generateVolume(mainVolume, size, 1);
+  }
+  if (parts.includes('s3')) {
+    // A quarter of the size by default (1 GiB, the issue's S3 figures' size): one S3 server process
+    // on the same two cores moves some tens of MB/s, and the part makes six passes over the volume.
+    const s3Size = process.env.HAVEN_BENCH_S3_SIZE ? parseSize(process.env.HAVEN_BENCH_S3_SIZE) : Math.max(16 * MiB, Math.round(size / 4 / MiB) * MiB);
+    console.log(`\nS3 part (OpenStack Swift with s3api on loopback, through a counting proxy; ${mib(s3Size)} volume)`);
+    const s3Work = path.join(work, 's3');
+    await fs.mkdir(s3Work, { recursive: true });
+    const s3Volume = path.join(s3Work, 'volume.img');
+    await generateVolume(s3Volume, s3Size, 1);
+    s3 = await runS3(s3Work, s3Volume, s3Size, node, cli, rss, wanted.filter(have)).catch((err: unknown) => ({ size: s3Size, rows: new Map(), error: (err as Error).message }));
+    await fs.rm(s3Volume, { force: true });
+    if (s3.skipped) console.log(`  not run: ${s3.skipped}`);
+    if (s3.error) console.log(`  failed: ${oneLine(s3.error, 2000)}`);
+    partDone('S3');
+  }
+  if (parts.includes('sparse')) {
+    console.log(`\nsparse part (${SPARSE_FACTOR}x the volume's size, same data, holes between)`);
+    try {
+      sparse = await runSparse(path.join(work, 'sparse'), mainVolume, size, node, cli, rss);
+    } catch (err) {
+      sparse = { error: (err as Error).message };
+      console.log(`  failed: ${sparse.error}`);
+    }
+    partDone('sparse');
   }
 
-  printTable(size, scat.changedBytes, rows, limits);
+  console.log(`\n## Results (${(size / GiB).toFixed(2)} GiB volume; encryption on for every tool; ratios read "times better": >1x means Haven is better)\n`);
+  for (const l of header) console.log(l);
+  for (const d of disks) console.log(`disk ${d.label}: ${describeDisk(d.disk)}`);
+  for (const d of disks) if (d.result) printLocalTable(d.label, d.result);
+  if (limits) console.log(`\nphysical limits on this machine: volume read ${limits.readMBs.toFixed(0)} MB/s (page cache), sha256 ${limits.shaMBs.toFixed(0)} MB/s/core, zstd-1 ${limits.zstdMBs.toFixed(0)} MB/s/core on text`);
+  if (s3?.rows.size) printS3Table(s3);
+  if (sparse && !('error' in sparse)) console.log(`\nsparse: full backup of the ${mib(sparse.size)} volume ${sec(sparse.volumeMs)}, of the ${mib(sparse.sparseSize)} sparse volume with the same data ${sec(sparse.sparseMs)} (${(sparse.sparseMs / sparse.volumeMs).toFixed(2)}x)`);
+  printGoals(size, disks, s3, sparse, rss);
+  console.log(`\nbenchmark took ${((performance.now() - started) / 60000).toFixed(1)} min (${took.join(', ')})`);
   if (!process.env.HAVEN_BENCH_KEEP) await fs.rm(work, { recursive: true, force: true });
 }
 
-function printTable(size: number, changed: number, rows: Map<string, Row>, limits: { readMBs: number; shaMBs: number; zstdMBs: number }): void {
+function peerVersions(have: (peer: string) => boolean): string {
+  const v: string[] = [];
+  if (have('restic')) v.push(execFileSync('restic', ['version'], { encoding: 'utf8' }).trim().split(' compiled')[0]!);
+  if (have('borg')) v.push(execFileSync('borg', ['--version'], { encoding: 'utf8' }).trim());
+  return v.length ? `peers: ${v.join(', ')}` : 'no peers';
+}
+
+function diskLabel(d: DiskInfo): string {
+  return d.device ? `${d.device} (${d.logicalBlockSize ?? '?'}/${d.physicalBlockSize ?? '?'})` : d.fsType;
+}
+
+const sec = (ms: number): string => `${(ms / 1000).toFixed(2)} s`;
+const mib = (b: number): string => (b >= GiB ? `${(b / GiB).toFixed(1)} GiB` : `${(b / MiB).toFixed(1)} MiB`);
+const md = (r: string[]): string => `| ${r.join(' | ')} |`;
+
+function printLocalTable(label: string, res: LocalResult): void {
+  const { size, rows } = res;
   const names = [...rows.keys()];
   const peers = names.filter((n) => n !== 'Haven');
   const h = rows.get('Haven')!;
   const mbs = (ms: number): string => `${(size / 1e6 / (ms / 1000)).toFixed(0)} MB/s`;
-  const sec = (ms: number): string => `${(ms / 1000).toFixed(2)} s`;
-  const mib = (b: number): string => `${(b / MiB).toFixed(1)} MiB`;
   const pct = (b: number): string => `${((b / size) * 100).toFixed(1)}%`;
-  type Metric = [string, (r: Row) => string, (r: Row) => number, 'higher' | 'lower'];
+  type Metric = [string, (r: LocalRow) => string, (r: LocalRow) => number, 'higher' | 'lower'];
   const metrics: Metric[] = [
     ['full backup time', (r) => `${sec(r.fullMs)} (${mbs(r.fullMs)})`, (r) => r.fullMs, 'lower'],
     ['full backup added', (r) => mib(r.fullAdded), (r) => r.fullAdded, 'lower'],
@@ -159,39 +243,143 @@ function printTable(size: number, changed: number, rows: Map<string, Row>, limit
     ['MiB per object', (r) => (r.repoBytes / MiB / Math.max(1, r.objects)).toFixed(1), (r) => r.repoBytes / Math.max(1, r.objects), 'higher'],
   ];
   const head = ['metric', ...names, ...peers.map((p) => `Haven vs ${p}`)];
-  const lines = metrics.map(([label, fmt, val, better]) => [
-    label,
-    ...names.map((n) => fmt(rows.get(n)!)),
-    ...peers.map((p) => {
-      const a = val(h);
-      const b = val(rows.get(p)!);
-      if (!a || !b) return '-';
-      // Ratios read "times better": >1 means Haven is better, whichever direction is good.
-      return `${(better === 'lower' ? b / a : a / b).toFixed(2)}x`;
-    }),
-  ]);
-  const md = (r: string[]): string => `| ${r.join(' | ')} |`;
-  console.log(`\nvolume ${(size / GiB).toFixed(2)} GiB, ${mib(changed)} changed per incremental; encryption on for all tools; ratios: >1x means Haven is better`);
+  console.log(`\n### Local disk ${label}: ${mib(res.changedBytes)} changed per incremental\n`);
   console.log(md(head));
   console.log(md(head.map(() => '---')));
-  for (const l of lines) console.log(md(l));
-  console.log(`\nphysical limits on this machine: volume read ${limits.readMBs.toFixed(0)} MB/s (page cache), sha256 ${limits.shaMBs.toFixed(0)} MB/s/core, zstd-1 ${limits.zstdMBs.toFixed(0)} MB/s/core on text`);
-  const restic = rows.get('restic');
-  const borg = rows.get('borg');
-  const goals: [string, boolean | null][] = [
-    ['full backup >= 3x restic throughput', restic ? restic.fullMs / h.fullMs >= 3 : null],
-    ['full backup >= 1.5x borg (fixed 4 MiB)', borg ? borg.fullMs / h.fullMs >= 1.5 : null],
-    ['incremental time >= 2x restic', restic ? restic.scatMs / h.scatMs >= 2 && restic.clusMs / h.clusMs >= 2 : null],
-    ['clustered added <= 50% of restic', restic ? h.clusAdded <= restic.clusAdded * 0.5 : null],
-    ['scattered added <= 25% of volume', h.scatAdded <= size * 0.25],
-    ['restore >= 1.5x restic', restic ? restic.restoreMs / h.restoreMs >= 1.5 : null],
-    ['repository <= restic', restic ? h.repoBytes <= restic.repoBytes : null],
-    ['peak RSS < 512 MiB', h.peakRssKiB < 512 * 1024],
-    ['>= 16 MiB per object', h.repoBytes / h.objects >= 16 * MiB],
-    ['restore bit-identical', h.restoreOk],
+  for (const [name, fmt, val, better] of metrics) {
+    const ratios = peers.map((p) => {
+      const a = val(h);
+      const b = val(rows.get(p)!);
+      return a && b ? `${(better === 'lower' ? b / a : a / b).toFixed(2)}x` : '-';
+    });
+    console.log(md([name, ...names.map((n) => fmt(rows.get(n)!)), ...ratios]));
+  }
+  for (const n of names) if (rows.get(n)!.error) console.log(`\n${n} failed at ${rows.get(n)!.error}; its figures from there on are missing`);
+}
+
+function printS3Table(s3: S3Result): void {
+  const names = [...s3.rows.keys()];
+  const mbs = (ms: number): string => `${(s3.size / 1e6 / (ms / 1000)).toFixed(0)} MB/s`;
+  const req = (st: S3Step | undefined): string => (st ? `${st.requests.total} (${Object.entries(st.requests.byMethod).map(([m, n]) => `${m} ${n}`).join(', ')}; ranged GET ${st.requests.rangeGets})` : '-');
+  const time = (st: S3Step | undefined): string => (st ? `${sec(st.ms)} (${mbs(st.ms)})${st.ok === false ? ' MISMATCH' : ''}` : '-');
+  const ratio = (f: (r: S3Row) => S3Step | undefined): string => {
+    const a = f(s3.rows.get('Haven')!);
+    const b = s3.rows.get('restic') && f(s3.rows.get('restic')!);
+    return a && b ? `${(b.ms / a.ms).toFixed(2)}x` : '-';
+  };
+  const head = ['S3 (Swift s3api, loopback)', ...names, ...(names.includes('restic') ? ['Haven vs restic'] : [])];
+  const withRatio = names.includes('restic');
+  const line = (label: string, cells: string[], r: string): void => console.log(md([label, ...cells, ...(withRatio ? [r] : [])]));
+  console.log(`\n### S3 (${mib(s3.size)} volume)\n`);
+  console.log(md(head));
+  console.log(md(head.map(() => '---')));
+  const steps: [string, (r: S3Row) => S3Step | undefined][] = [
+    ['full backup', (r) => r.full],
+    ['incremental backup (scattered)', (r) => r.incr],
+    ['restore of the full backup', (r) => r.restoreFull],
+    ['restore of the incremental', (r) => r.restoreIncr],
   ];
-  console.log('\ngoals:');
-  for (const [g, ok] of goals) console.log(`  ${ok === null ? 'n/a ' : ok ? 'met ' : 'MISS'}  ${g}`);
+  for (const [label, f] of steps) {
+    line(`${label}: time`, names.map((n) => time(f(s3.rows.get(n)!))), ratio(f));
+    line(`${label}: requests`, names.map((n) => req(f(s3.rows.get(n)!))), '-');
+  }
+  line('repository size', names.map((n) => { const b = s3.rows.get(n)!.repoBytes; return b === undefined ? '-' : mib(b); }), '-');
+  const h = s3.rows.get('Haven')!;
+  line('packs touched (full / incremental)', names.map((n) => (n === 'Haven' ? `${h.packsFull ?? '?'} / ${h.packsIncr ?? '?'}` : '-')), '-');
+}
+
+type Status = 'met' | 'NOT met' | 'not measured';
+interface Goal {
+  goal: string;
+  status: Status;
+  figures: string;
+}
+
+function printGoals(size: number, disks: DiskRun[], s3: S3Result | undefined, sparse: SparseResult | { error: string } | undefined, rss: RssRecord[]): void {
+  const goals: Goal[] = [];
+  const add = (goal: string, ok: boolean | null, figures: string): void => void goals.push({ goal, status: ok === null ? 'not measured' : ok ? 'met' : 'NOT met', figures });
+  const x = (a: number, b: number): string => `${(b / a).toFixed(2)}x`;
+  const mbs = (ms: number): string => `${(size / 1e6 / (ms / 1000)).toFixed(0)} MB/s`;
+  if (!disks.length) add('local goals', null, 'local part not run (HAVEN_BENCH_PARTS)');
+  for (const d of disks) {
+    const where = `on ${d.label}`;
+    const res = d.result;
+    if (!res) {
+      add(`local goals ${where}`, null, oneLine(d.error ?? 'not run'));
+      continue;
+    }
+    const h = res.rows.get('Haven')!;
+    const restic = res.rows.get('restic');
+    const borg = res.rows.get('borg');
+    const vs = (peer: LocalRow | undefined, name: string, goal: string, min: number, ms: (r: LocalRow) => number): void => {
+      if (!peer) return add(`${goal} ${where}`, null, `${name} not run`);
+      if (h.error || peer.error) return add(`${goal} ${where}`, null, h.error ? `Haven failed at ${h.error}` : `${name} failed at ${peer.error}`);
+      add(`${goal} ${where}`, ms(peer) / ms(h) >= min, `Haven ${sec(ms(h))} (${mbs(ms(h))}), ${name} ${sec(ms(peer))} (${mbs(ms(peer))}): ${x(ms(h), ms(peer))}`);
+    };
+    vs(restic, 'restic', 'full backup >= 3x restic', 3, (r) => r.fullMs);
+    vs(borg, 'borg', 'full backup >= 1.5x borg (fixed 4 MiB)', 1.5, (r) => r.fullMs);
+    vs(restic, 'restic', 'scattered incremental >= 2x restic', 2, (r) => r.scatMs);
+    vs(restic, 'restic', 'clustered incremental >= 2x restic', 2, (r) => r.clusMs);
+    vs(restic, 'restic', 'restore >= 1.5x restic', 1.5, (r) => r.restoreMs);
+    add(`repository no larger than restic's ${where}`, restic && !h.error && !restic.error ? h.repoBytes <= restic.repoBytes : null, restic ? `Haven ${mib(h.repoBytes)}, restic ${mib(restic.repoBytes)}` : 'restic not run');
+    add(`restore bit-identical ${where}`, h.error ? null : h.restoreOk, h.error ? `Haven failed at ${h.error}` : `sha256 ${h.restoreOk ? 'equal' : 'DIFFERS'}`);
+  }
+  if (!s3) add('S3 goals', null, 'S3 part not run (HAVEN_BENCH_PARTS)');
+  else if (s3.skipped) add('S3 goals', null, s3.skipped);
+  else {
+    const h = s3.rows.get('Haven');
+    const r = s3.rows.get('restic');
+    const why = (otherwise: string): string => oneLine(h?.error ? `Haven failed at ${h.error}` : r?.error ? `restic failed at ${r.error}` : s3.error ?? otherwise);
+    const vs = (goal: string, f: (row: S3Row) => S3Step | undefined): void => {
+      const a = h && f(h);
+      const b = r && f(r);
+      if (!a || !b) return add(goal, null, why(!r ? 'restic not run' : 'not reached'));
+      const s3mbs = (ms: number): string => `${(s3.size / 1e6 / (ms / 1000)).toFixed(0)} MB/s`;
+      add(goal, b.ms / a.ms >= 2 && a.ok !== false, `Haven ${sec(a.ms)} (${s3mbs(a.ms)}, ${a.requests.total} requests), restic ${sec(b.ms)} (${s3mbs(b.ms)}, ${b.requests.total} requests): ${x(a.ms, b.ms)}${a.ok === false ? '; Haven restore MISMATCH' : ''}`);
+    };
+    vs('S3 full backup throughput >= 2x restic', (row) => row.full);
+    vs('S3 restore throughput >= 2x restic (full backup)', (row) => row.restoreFull);
+    vs('S3 restore throughput >= 2x restic (incremental)', (row) => row.restoreIncr);
+    const reqs = (goal: string, st: S3Step | undefined, packs: number | undefined): void => {
+      if (!st || packs === undefined) return add(goal, null, why('not reached'));
+      // Judged on the reads of packs, which read planning governs and which grow with the backup;
+      // the rest (manifest, index segments, chunk maps, lock) is a few requests per restore, printed.
+      const packPaths = [...st.requests.gotPaths].filter(([p]) => p.includes('/packs/'));
+      const packReads = packPaths.reduce((n, [, k]) => n + k, 0);
+      add(goal, packReads <= 2 * packs, `${packReads} reads of ${packPaths.length} distinct packs, ${packs} packs touched: limit ${2 * packs}; all requests ${st.requests.total} (${st.requests.total - packReads} not for packs)`);
+    };
+    reqs('S3 restore requests <= 2 x packs touched (full backup)', h?.restoreFull, h?.packsFull);
+    reqs('S3 restore requests <= 2 x packs touched (incremental)', h?.restoreIncr, h?.packsIncr);
+    add("S3 repository no larger than restic's", h?.repoBytes !== undefined && r?.repoBytes !== undefined ? h.repoBytes <= r.repoBytes : null, h?.repoBytes !== undefined && r?.repoBytes !== undefined ? `Haven ${mib(h.repoBytes)}, restic ${mib(r.repoBytes)}` : 'not measured');
+  }
+  const haven = rss.filter((r) => r.tool === 'Haven');
+  const worst = haven.reduce<RssRecord | undefined>((m, r) => (!m || r.rssKiB > m.rssKiB ? r : m), undefined);
+  add('peak RSS < 512 MiB in every Haven step', worst ? worst.rssKiB < 512 * 1024 : null, worst ? `${haven.length} steps, highest ${(worst.rssKiB / 1024).toFixed(0)} MiB (${worst.step})` : 'no Haven step ran');
+  if (!sparse) add('sparse volume: full backup within 1.3x of the volume\'s', null, 'sparse part not run (HAVEN_BENCH_PARTS)');
+  else if ('error' in sparse) add("sparse volume: full backup within 1.3x of the volume's", null, oneLine(sparse.error));
+  else add(`${mib(sparse.sparseSize)} sparse volume with the ${mib(sparse.size)} volume's data: full backup within 1.3x of the volume's`, sparse.sparseMs <= 1.3 * sparse.volumeMs && sparse.sparseReported === sparse.sparseSize, `${sec(sparse.sparseMs)} vs ${sec(sparse.volumeMs)}: ${(sparse.sparseMs / sparse.volumeMs).toFixed(2)}x${sparse.sparseReported === sparse.sparseSize ? '' : `; backup reported ${sparse.sparseReported} bytes`}`);
+
+  // Checks kept from earlier issues' goals.
+  const other: Goal[] = [];
+  const main = disks.find((d) => d.result)?.result;
+  if (main) {
+    const h = main.rows.get('Haven')!;
+    const restic = main.rows.get('restic');
+    other.push({ goal: 'clustered incremental adds <= 50% of restic', status: restic ? (h.clusAdded <= restic.clusAdded * 0.5 ? 'met' : 'NOT met') : 'not measured', figures: restic ? `${mib(h.clusAdded)} vs ${mib(restic.clusAdded)}` : '' });
+    other.push({ goal: 'scattered incremental adds <= 25% of the volume', status: h.scatAdded <= size * 0.25 ? 'met' : 'NOT met', figures: mib(h.scatAdded) });
+    other.push({ goal: '>= 16 MiB per repository object', status: h.repoBytes / h.objects >= 16 * MiB ? 'met' : 'NOT met', figures: `${(h.repoBytes / MiB / h.objects).toFixed(1)} MiB` });
+  }
+  console.log('\n### Goals (issue 12)\n');
+  console.log(md(['goal', 'status', 'figures']));
+  console.log(md(['---', '---', '---']));
+  for (const g of goals) console.log(md([g.goal, g.status, g.figures]));
+  if (other.length) {
+    console.log('\nother checks (earlier issues), on the first disk:');
+    for (const g of other) console.log(`  ${g.status.padEnd(12)} ${g.goal}: ${g.figures}`);
+  }
+  const counts = { met: 0, 'NOT met': 0, 'not measured': 0 };
+  for (const g of goals) counts[g.status]++;
+  console.log(`\ngoals: ${counts.met} met, ${counts['NOT met']} NOT met, ${counts['not measured']} not measured`);
 }
 
 await main();

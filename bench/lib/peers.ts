@@ -45,11 +45,14 @@ export function ensurePeers(): string[] {
   const want: [string, string][] = [['restic', 'restic'], ['borg', 'borgbackup'], ['/usr/bin/time', 'time']];
   const missing = want.filter(([b]) => (b.startsWith('/') ? !existsSync(b) : !which(b)));
   if (missing.length && process.getuid?.() === 0) {
+    const packages = missing.map(([, p]) => p);
+    console.log(`installing ${packages.join(', ')} (Debian packages)`);
     try {
       execFileSync('apt-get', ['update', '-qq'], { stdio: 'ignore' });
-      execFileSync('apt-get', ['install', '-y', '-qq', ...missing.map(([, p]) => p)], { stdio: 'ignore', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
-    } catch {
-      // Reported below as missing peers; the benchmark still measures what it can.
+      execFileSync('apt-get', ['install', '-y', '-qq', ...packages], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+    } catch (err) {
+      // Reported as missing peers; the benchmark still measures what it can.
+      console.log(`apt-get install ${packages.join(' ')} failed: ${String((err as { stderr?: Buffer }).stderr ?? (err as Error).message).trim().slice(-500)}`);
     }
   }
   return want.filter(([b]) => (b.startsWith('/') ? !existsSync(b) : !which(b))).map(([, p]) => p);
@@ -57,20 +60,31 @@ export function ensurePeers(): string[] {
 
 export interface Tool {
   name: string;
+  /** The repository: a folder, or for S3 the URL the tool is given. */
   repo: string;
   init(): Promise<RunResult>;
-  backup(volume: string, label: string): Promise<RunResult>;
-  /** Restores the latest backup into `dir`; returns the restored file's path. */
-  restore(volume: string, dir: string): Promise<RunResult & { file: string }>;
+  /** Backs up `volume`; `id` names the backup for restore. */
+  backup(volume: string): Promise<RunResult & { id: string }>;
+  /** Restores backup `id` of `volume` into `dir`; returns the restored file's path. */
+  restore(id: string, volume: string, dir: string): Promise<RunResult & { file: string }>;
+}
+
+export interface ToolOptions {
+  /** Repository location (default: a folder in `work`). */
+  repo?: string;
+  /** Extra environment (S3 endpoint and credentials). */
+  env?: Record<string, string>;
+  /** Extra arguments for every command (restic's --cacert). */
+  args?: string[];
 }
 
 const PASSWORD = 'haven-bench-password';
 
-export function havenTool(work: string, nodeBin: string, cli: string): Tool {
-  const repo = path.join(work, 'repo-haven');
+/** Haven's CLI, started as `<node 24> bin/haven.js` (not through npx, whose start-up would be timed too). */
+export function havenTool(work: string, nodeBin: string, cli: string, opts: ToolOptions = {}): Tool {
+  const repo = opts.repo ?? path.join(work, 'repo-haven');
   const pwFile = path.join(work, 'haven-password');
-  let lastId = '';
-  const h = (args: string[]): Promise<RunResult> => run(nodeBin, [cli, ...args, '--repo', repo, '--password-file', pwFile]);
+  const h = (args: string[]): Promise<RunResult> => run(nodeBin, [cli, ...args, '--repo', repo, '--password-file', pwFile], { env: opts.env ?? {} });
   return {
     name: 'Haven',
     repo,
@@ -80,43 +94,63 @@ export function havenTool(work: string, nodeBin: string, cli: string): Tool {
     },
     async backup(volume) {
       const r = await h(['backup', '--volume', volume, '--json']);
-      lastId = (JSON.parse(r.stdout) as { id: string }).id;
-      return r;
+      return { ...r, id: (JSON.parse(r.stdout) as { id: string }).id };
     },
-    async restore(_volume, dir) {
+    async restore(id, _volume, dir) {
       const file = path.join(dir, 'haven-restored.img');
-      const r = await h(['restore', '--backup', lastId, '--target', file, '--json']);
+      const r = await h(['restore', '--backup', id, '--target', file, '--json']);
       return { ...r, file };
     },
   };
 }
 
-export function resticTool(work: string): Tool {
-  const repo = path.join(work, 'repo-restic');
-  const env = { RESTIC_PASSWORD: PASSWORD, RESTIC_REPOSITORY: repo, RESTIC_CACHE_DIR: path.join(work, 'restic-cache') };
+/** The snapshot id from `restic backup --json` (its last line is the summary). */
+function resticSnapshotId(stdout: string): string {
+  for (const line of stdout.trim().split('\n').reverse()) {
+    try {
+      const m = JSON.parse(line) as { message_type?: string; snapshot_id?: string };
+      if (m.message_type === 'summary' && m.snapshot_id) return m.snapshot_id;
+    } catch {
+      // a status line cut short; the summary comes last
+    }
+  }
+  throw new Error(`restic backup printed no snapshot id: ${stdout.slice(-500)}`);
+}
+
+export function resticTool(work: string, opts: ToolOptions = {}): Tool {
+  const repo = opts.repo ?? path.join(work, 'repo-restic');
+  const env = { RESTIC_PASSWORD: PASSWORD, RESTIC_REPOSITORY: repo, RESTIC_CACHE_DIR: path.join(work, 'restic-cache'), ...opts.env };
+  const restic = (args: string[]): Promise<RunResult> => run('restic', [...args, ...(opts.args ?? [])], { env });
   return {
     name: 'restic',
     repo,
-    init: () => run('restic', ['init', '--repository-version', '2'], { env }),
-    backup: (volume) => run('restic', ['backup', '--quiet', volume], { env }),
-    async restore(volume, dir) {
-      const r = await run('restic', ['restore', 'latest', '--target', dir], { env });
+    init: () => restic(['init', '--repository-version', '2']),
+    async backup(volume) {
+      const r = await restic(['backup', '--json', volume]);
+      return { ...r, id: resticSnapshotId(r.stdout) };
+    },
+    async restore(id, volume, dir) {
+      const r = await restic(['restore', id, '--target', dir]);
       return { ...r, file: path.join(dir, volume) };
     },
   };
 }
 
-export function borgTool(work: string): Tool {
-  const repo = path.join(work, 'repo-borg');
-  const env = { BORG_PASSPHRASE: PASSWORD, BORG_BASE_DIR: path.join(work, 'borg-base'), BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes' };
+export function borgTool(work: string, opts: ToolOptions = {}): Tool {
+  const repo = opts.repo ?? path.join(work, 'repo-borg');
+  const env = { BORG_PASSPHRASE: PASSWORD, BORG_BASE_DIR: path.join(work, 'borg-base'), BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', ...opts.env };
   let n = 0;
   return {
     name: 'borg',
     repo,
     init: () => run('borg', ['init', '--encryption=repokey-blake2', repo], { env }),
-    backup: (volume) => run('borg', ['create', '--chunker-params', 'fixed,4194304', `${repo}::b${n++}`, volume], { env }),
-    async restore(volume, dir) {
-      const r = await run('borg', ['extract', '--sparse', `${repo}::b${n - 1}`], { env, cwd: dir });
+    async backup(volume) {
+      const id = `b${n++}`;
+      const r = await run('borg', ['create', '--chunker-params', 'fixed,4194304', `${repo}::${id}`, volume], { env });
+      return { ...r, id };
+    },
+    async restore(id, volume, dir) {
+      const r = await run('borg', ['extract', '--sparse', `${repo}::${id}`], { env, cwd: dir });
       return { ...r, file: path.join(dir, volume.replace(/^\//, '')) };
     },
   };
