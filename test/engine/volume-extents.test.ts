@@ -7,28 +7,20 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { ErrorCode, isAppError } from '../../src/domain/errors.ts';
 import { isHole, parseQemuImgMap, qemuImgDataExtents, type Extent } from '../../src/engine/volume-extents.ts';
 import { FileVolumeSource } from '../../src/engine/volume-source.ts';
+import { backupFile, engineTestContext, initRepo, restoreTo } from '../helpers/repo.ts';
 import { skipOutsideCi } from '../helpers/skip.ts';
-import { Rng, TempDirs } from '../helpers/volumes.ts';
+import { GiB, makeSparseFile, MiB, Rng, sha256File } from '../helpers/volumes.ts';
 
-const temp = new TempDirs('haven-extents-');
-after(() => temp.cleanup());
-
-const GiB = 1024 * 1024 * 1024;
+const { temp, pool } = engineTestContext('haven-extents-');
 const noQemuImg = skipOutsideCi(spawnSync('qemu-img', ['--version']).status === 0 ? false : 'qemu-img (Debian qemu-utils) is not installed');
 
-/** Writes each [offset, bytes] into a sparse file of `size` bytes. */
+/** A sparse file of `size` bytes with each [offset, bytes] written. */
 async function sparseFile(file: string, size: number, writes: Array<[number, Buffer]>): Promise<void> {
-  const fh = await fs.open(file, 'w');
-  try {
-    await fh.truncate(size);
-    for (const [at, bytes] of writes) await fh.write(bytes, 0, bytes.length, at);
-  } finally {
-    await fh.close();
-  }
+  await makeSparseFile(file, size, writes.map(([offset, data]) => ({ offset, data })));
 }
 
 function assertWellFormed(extents: readonly Extent[], size: number): void {
@@ -264,5 +256,29 @@ describe('qemuImgDataExtents', () => {
     } finally {
       await fh.close();
     }
+  });
+});
+
+describe('a sparse volume through a backup', () => {
+  it('restores byte for byte, each chunk without data recorded as a hole', async () => {
+    const dir = temp.make();
+    const file = path.join(dir, 'vol.img');
+    const chunk = 64 * 1024;
+    const size = 40 * MiB + 100; // a partial last chunk
+    const writes: Array<[number, Buffer]> = [
+      [1000, Buffer.alloc(3000, 1)], // unaligned, inside the first chunk
+      [9 * MiB - 7, Buffer.alloc(20, 2)], // across a chunk boundary in the second batch
+      [33 * MiB + 5 * chunk, Buffer.alloc(3 * chunk, 3)], // whole chunks, after two batches of holes
+      [size - 50, Buffer.alloc(50, 4)],
+    ];
+    await sparseFile(file, size, writes);
+    const dataChunks = new Set<number>();
+    for (const [at, bytes] of writes) for (let c = Math.floor(at / chunk); c * chunk < at + bytes.length; c++) dataChunks.add(c);
+    const repo = await initRepo(path.join(dir, 'repo'), { encrypted: true, chunkSizeBytes: chunk });
+    const { manifest, stats } = await backupFile(repo, file, 'vol', { pool });
+    assert.equal(stats.holeChunks, Math.ceil(size / chunk) - dataChunks.size);
+    const out = path.join(dir, 'restored.img');
+    await restoreTo(repo, manifest.id, out, pool);
+    assert.equal(await sha256File(out), await sha256File(file));
   });
 });
