@@ -72,7 +72,12 @@ export interface PackFetcherOptions {
   gapBytes?: number;
   /** Longest span (default a third of the budget, so a whole pack of the default 32 MiB is one span): a decode waits for its whole span. */
   maxSpanBytes?: number;
-  /** Batches one window plans at most (bounds the plan's own memory; default 1024). */
+  /**
+   * Batches one window plans at most (bounds the plan's own memory; default 1024). 1 plans each batch
+   * alone: no span outlives its batch, so nothing is copied and only requests within a batch are
+   * merged, the better choice for a local store, where a request costs little but a copy does (a
+   * 512 MiB restore of a full and 2 incrementals: 0.6 s of CPU against 1.0 s planned over windows).
+   */
   maxWindowBatches?: number;
   signal?: AbortSignal;
   /** Names the restore in messages, e.g. "backup <id>". */
