@@ -129,8 +129,8 @@ function servedBytes(f: FetchedBodies, k: number): Uint8Array {
   return f.bodies[body]!.subarray(at, at + len);
 }
 
-/** Runs a fetcher to the end the way a restore does (a few batches in flight), checking every chunk's bytes. */
-async function drain(fetcher: PackFetcher<number>, batches: BatchReads<number>[], packs: Map<string, Buffer>, inFlight = 4): Promise<void> {
+/** Runs a fetcher to the end the way a restore does (a few batches in flight), checking every chunk's bytes; returns how many shared buffers served the batches. */
+async function drain(fetcher: PackFetcher<number>, batches: BatchReads<number>[], packs: Map<string, Buffer>, inFlight = 4): Promise<number> {
   let seen = 0;
   const sharedBy = new Map<SharedArrayBuffer, Set<number>>();
   const pending = new Set<Promise<void>>();
@@ -158,6 +158,7 @@ async function drain(fetcher: PackFetcher<number>, batches: BatchReads<number>[]
   assert.equal(seen, batches.length);
   // One span copied once serves several batches (buffers are reused, so a buffer may serve several spans).
   assert.ok([...sharedBy.values()].every((users) => users.size >= 2), 'a shared copy is made only for spans several batches read');
+  return sharedBy.size;
 }
 
 function distinctPacks(reads: ChunkRead[]): number {
@@ -207,6 +208,19 @@ describe('PackFetcher', () => {
     assert.ok(store.requests <= 4 * 3, `requests per pack: ${perPack.join(', ')}`);
     assert.ok(store.requests < previousOnlyRequests(batches, 256 * KiB) / 10);
     assert.ok(store.maxInFlight > 1, 'requests run in parallel');
+  });
+
+  it('planned one batch at a time (a local store), merges a pack\'s reads within each batch and copies nothing', async () => {
+    const store = new CountingStore(new LocalObjectStore(temp.make()));
+    const { packs, reads } = await interleaved(store, 600, 16 * KiB);
+    const batches = batchesOf(reads, 16);
+    const fetcher = new PackFetcher(store, batches, { what: 'test', maxWindowBatches: 1 });
+    assert.equal(await drain(fetcher, batches, packs), 0, 'no shared buffers');
+    let perBatchPacks = 0;
+    for (const b of batches) perBatchPacks += distinctPacks(b.reads);
+    assert.equal(store.requests, perBatchPacks, 'one request per pack of each batch');
+    assert.equal(fetcher.pooledBytes, 0);
+    assert.equal(fetcher.stats.heldBytes, 0);
   });
 
   it('a direct fetch (fresh locations after a chunk-map reload) serves the same bytes', async () => {
