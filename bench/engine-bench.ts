@@ -111,7 +111,6 @@ async function main(): Promise<void> {
   let limits: Limits | undefined;
   let s3: S3Result | undefined;
   let sparse: SparseResult | { error: string } | undefined;
-  let mainVolume = '';
   // How long each part took, so a user can tell what a smaller HAVEN_BENCH_SIZE or fewer parts buys.
   const took: string[] = [];
   let partStart = performance.now();
@@ -123,14 +122,20 @@ async function main(): Promise<void> {
   const mainWork = path.join(work, 'main');
   await fs.mkdir(mainWork, { recursive: true });
   const mainDisk = diskOf(mainWork);
+  // Generated once; each disk's local part works on a copy, the sparse part reads it.
+  const pristine = path.join(work, 'volume.img');
+  const genStart = performance.now();
+  const gen = await generateVolume(pristine, size, 1);
+  console.log(`\ngenerated the ${mib(size)} volume in ${((performance.now() - genStart) / 1000).toFixed(1)} s (zeros ${(gen.zeroBytes / size * 100).toFixed(0)}%, text ${(gen.textBytes / size * 100).toFixed(0)}%, random ${(gen.randomBytes / size * 100).toFixed(0)}%)`);
+  partDone('generation');
   if (parts.includes('local')) {
     const run: DiskRun = { label: diskLabel(mainDisk), disk: mainDisk };
     disks.push(run);
     console.log(`\nlocal part on ${describeDisk(mainDisk)}`);
     try {
-      run.result = await runLocal(run.label, mainWork, size, toolsFor(mainWork, wanted), rss);
-      mainVolume = run.result.volume;
-      limits = await physicalLimits(mainVolume);
+      run.result = await runLocal(run.label, mainWork, pristine, size, toolsFor(mainWork, wanted), rss);
+      limits = await physicalLimits(run.result.volume);
+      await fs.rm(run.result.volume, { force: true });
     } catch (err) {
       run.error = (err as Error).message;
       console.log(`  local part on ${run.label} failed: ${run.error}`);
@@ -151,7 +156,7 @@ async function main(): Promise<void> {
         disks.push(run);
         console.log(`\nlocal part on ${describeDisk(disk)} (loop device over a file in ${work}, sector size ${sector})`);
         try {
-          run.result = await runLocal(run.label, loopWork, size, toolsFor(loopWork, loopWanted), rss);
+          run.result = await runLocal(run.label, loopWork, pristine, size, toolsFor(loopWork, loopWanted), rss);
         } catch (err) {
           run.error = (err as Error).message;
           console.log(`  local part on ${run.label} failed: ${run.error}`);
@@ -163,10 +168,6 @@ async function main(): Promise<void> {
       }
       partDone('local on the loop disk');
     }
-  }
-  if (!mainVolume && parts.includes('sparse')) {
-    mainVolume = path.join(mainWork, 'volume.img');
-    await generateVolume(mainVolume, size, 1);
   }
   if (parts.includes('s3')) {
     // A quarter of the size by default (1 GiB, the issue's S3 figures' size): one S3 server process
@@ -186,7 +187,7 @@ async function main(): Promise<void> {
   if (parts.includes('sparse')) {
     console.log(`\nsparse part (${SPARSE_FACTOR}x the volume's size, same data, holes between)`);
     try {
-      sparse = await runSparse(path.join(work, 'sparse'), mainVolume, size, node, cli, rss);
+      sparse = await runSparse(path.join(work, 'sparse'), pristine, size, node, cli, rss);
     } catch (err) {
       sparse = { error: (err as Error).message };
       console.log(`  failed: ${sparse.error}`);

@@ -1,6 +1,6 @@
 /**
- * The local part of the benchmark, run once per disk: a generated volume in the disk's work folder,
- * backed up by every tool in full, after 1% of 4 KiB blocks changed at random ("scattered"), and
+ * The local part of the benchmark, run once per disk: the generated volume, copied into the disk's
+ * work folder, backed up by every tool in full, after 1% of 4 KiB blocks changed at random ("scattered"), and
  * after 1% changed in 256 KiB runs ("clustered"); then the latest backup restored and checked by
  * SHA-256. Each step runs the tools one after the other on the same bytes.
  */
@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { dirStats, type RunResult, type Tool } from './peers.ts';
-import { generateVolume, modifyVolume, sha256File } from './volume-gen.ts';
+import { modifyVolume, sha256File } from './volume-gen.ts';
 
 const MiB = 1024 ** 2;
 
@@ -64,11 +64,11 @@ export function log(line: string): void {
   console.log(`  ${line}`);
 }
 
-export async function runLocal(label: string, work: string, size: number, tools: Tool[], rss: RssRecord[]): Promise<LocalResult> {
+/** Runs the part on a copy of `pristine` (the generated volume) in `work`, which the part modifies. */
+export async function runLocal(label: string, work: string, pristine: string, size: number, tools: Tool[], rss: RssRecord[]): Promise<LocalResult> {
   const volume = path.join(work, 'volume.img');
-  const t = performance.now();
-  const gen = await generateVolume(volume, size, 1);
-  log(`[${label}] generated volume in ${((performance.now() - t) / 1000).toFixed(1)} s (zeros ${(gen.zeroBytes / size * 100).toFixed(0)}%, text ${(gen.textBytes / size * 100).toFixed(0)}%, random ${(gen.randomBytes / size * 100).toFixed(0)}%)`);
+  // cp keeps the zero regions holes, as generateVolume left them.
+  execFileSync('cp', ['--sparse=always', pristine, volume]);
   const rows = new Map<string, LocalRow>();
   for (const tool of tools) rows.set(tool.name, { fullMs: 0, fullAdded: 0, scatMs: 0, scatAdded: 0, clusMs: 0, clusAdded: 0, restoreMs: 0, restoreOk: false, repoBytes: 0, objects: 0, peakRssKiB: 0 });
   const note = (tool: Tool, step: string, r: RunResult): void => {

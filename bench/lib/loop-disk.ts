@@ -35,23 +35,31 @@ export async function makeLoopDisk(backingDir: string, sizeBytes: number, sector
   let device = '';
   let mountPoint = '';
   let mounted = false;
+  // Each step is tried even when one before it failed, and a failure is said, not thrown: dispose
+  // runs in finally blocks and signal handlers, where a throw would hide the benchmark's own outcome.
+  const attempt = (what: string, fn: () => void): boolean => {
+    try {
+      fn();
+      return true;
+    } catch (err) {
+      console.log(`  loop disk: ${what} failed (${(err as Error).message.split('\n')[0]}); clean up by hand`);
+      return false;
+    }
+  };
   const dispose = (): void => {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     if (mounted) {
-      try {
-        execFileSync('umount', [mountPoint], { stdio: 'ignore' });
-      } catch {
-        execFileSync('umount', ['-l', mountPoint], { stdio: 'ignore' });
-      }
+      // A lazy unmount as a last resort: the mount goes once nothing uses it, and detach follows then.
+      if (!attempt(`umount ${mountPoint}`, () => execFileSync('umount', [mountPoint], { stdio: 'pipe' }))) attempt(`umount -l ${mountPoint}`, () => execFileSync('umount', ['-l', mountPoint], { stdio: 'pipe' }));
       mounted = false;
     }
     if (device) {
-      execFileSync('losetup', ['-d', device], { stdio: 'ignore' });
+      attempt(`losetup -d ${device}`, () => execFileSync('losetup', ['-d', device], { stdio: 'pipe' }));
       device = '';
     }
-    if (mountPoint) rmSync(mountPoint, { recursive: true, force: true });
-    rmSync(backing, { force: true });
+    if (mountPoint) attempt(`removing ${mountPoint}`, () => rmSync(mountPoint, { recursive: true, force: true }));
+    attempt(`removing ${backing}`, () => rmSync(backing, { force: true }));
   };
   function onSignal(sig: NodeJS.Signals): void {
     dispose();
