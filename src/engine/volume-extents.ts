@@ -27,12 +27,14 @@ export interface QemuImgMapOptions {
 
 const DEFAULT_TIMEOUT_MS = 60_000;
 /**
- * qemu-img prints about 125 bytes per entry (data or hole). Past this (some 270,000 entries) the map
- * is dropped and the volume read whole, so the map's text and its parsed form stay within tens of
- * MiB of the backup's memory bound whatever the file (a 64 GiB file written in 64 KiB pieces at
- * random places prints 15 MB).
+ * The map is parsed as qemu-img prints it, so only its extents are held (some 50 bytes each), never
+ * its text (about 125 bytes per entry, data or hole: 15 MB for a 64 GiB file written in 64 KiB
+ * pieces at random places, 61,504 extents). Past this many the map is dropped and the volume read
+ * whole, which keeps the map within about 25 MiB of the backup's memory bound whatever the file.
  */
-const MAX_OUTPUT_BYTES = 32 * 1024 * 1024;
+const MAX_EXTENTS = 500_000;
+/** One entry's text is some 120 characters; far longer is not qemu-img's map. */
+const MAX_ENTRY_CHARS = 4096;
 const SECTOR = 512;
 
 const warned = new Set<string>();
@@ -57,28 +59,27 @@ function warnOnce(key: string, message: string): void {
 export async function qemuImgDataExtents(fd: number, sizeBytes: number, opts: QemuImgMapOptions = {}): Promise<Extent[] | null> {
   const command = opts.command ?? 'qemu-img';
   throwIfAborted(opts.signal);
-  const out = await new Promise<{ ok: true; text: string } | { ok: false; why: string; missing?: boolean }>((resolve) => {
+  const parser = new QemuImgMapParser(sizeBytes);
+  const out = await new Promise<{ ok: true } | { ok: false; why: string; missing?: boolean }>((resolve) => {
     const child = spawn(command, ['map', '-U', '--output=json', '-f', 'raw', '/proc/self/fd/3'], { stdio: ['ignore', 'pipe', 'pipe', fd] });
-    const chunks: Buffer[] = [];
-    let bytes = 0;
     let stderr = '';
     let stop: string | null = null;
     const kill = (why: string): void => {
       stop ??= why;
       child.kill('SIGKILL');
     };
-    const timer = setTimeout(() => kill(`it took longer than ${opts.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms`), opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const timer = setTimeout(() => kill(`it took longer than ${timeoutMs} ms`), timeoutMs);
     const onAbort = (): void => kill('cancelled');
     opts.signal?.addEventListener('abort', onAbort, { once: true });
-    child.stdout!.on('data', (d: Buffer) => {
-      bytes += d.length;
-      if (bytes > MAX_OUTPUT_BYTES) kill(`its map is longer than ${MAX_OUTPUT_BYTES} bytes`);
-      else chunks.push(d);
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (text: string) => {
+      if (!parser.push(text)) kill(parser.tooMany ? `its map has more than ${MAX_EXTENTS} extents` : 'it printed a map Haven does not understand');
     });
     child.stderr!.on('data', (d: Buffer) => {
       if (stderr.length < 2000) stderr += d.toString();
     });
-    const done = (r: { ok: true; text: string } | { ok: false; why: string; missing?: boolean }): void => {
+    const done = (r: { ok: true } | { ok: false; why: string; missing?: boolean }): void => {
       clearTimeout(timer);
       opts.signal?.removeEventListener('abort', onAbort);
       resolve(r);
@@ -87,17 +88,14 @@ export async function qemuImgDataExtents(fd: number, sizeBytes: number, opts: Qe
     child.on('close', (code, sig) => {
       if (stop !== null) done({ ok: false, why: stop });
       else if (code !== 0) done({ ok: false, why: stderr.trim() || `it exited with ${code ?? sig}` });
-      else done({ ok: true, text: Buffer.concat(chunks).toString('utf8') });
+      else done({ ok: true });
     });
   });
   throwIfAborted(opts.signal);
-  if (!out.ok) {
-    if (out.missing) warnOnce(`missing:${command}`, `${command} was not found, so sparse volumes are read whole, holes included; install qemu-utils (Debian) to skip their holes`);
-    else warnOnce(`failed:${command}`, `${command} map could not list a volume's holes (${out.why}); the volume is read whole`);
-    return null;
-  }
-  const extents = parseQemuImgMap(out.text, sizeBytes);
-  if (extents === null) warnOnce(`output:${command}`, `${command} map printed a map Haven does not understand or that does not cover the volume; volumes are read whole`);
+  const extents = out.ok ? parser.end() : null;
+  if (!out.ok && out.missing) warnOnce(`missing:${command}`, `${command} was not found, so sparse volumes are read whole, holes included; install qemu-utils (Debian) to skip their holes`);
+  else if (!out.ok) warnOnce(`failed:${command}`, `${command} map could not list a volume's holes (${out.why}); the volume is read whole`);
+  else if (extents === null) warnOnce(`output:${command}`, `${command} map printed a map Haven does not understand or that does not cover the volume; volumes are read whole`);
   return extents;
 }
 
@@ -114,29 +112,90 @@ export async function qemuImgDataExtents(fd: number, sizeBytes: number, opts: Qe
  * cut there.
  */
 export function parseQemuImgMap(text: string, sizeBytes: number): Extent[] | null {
-  let entries: unknown;
-  try {
-    entries = JSON.parse(text);
-  } catch {
-    return null;
+  const parser = new QemuImgMapParser(sizeBytes);
+  return parser.push(text) ? parser.end() : null;
+}
+
+/**
+ * parseQemuImgMap on text that arrives in pieces: the JSON array is split into its entries (each a
+ * flat object: from '{' to the next '}'), and each entry is parsed with JSON.parse and checked as it
+ * comes. Whitespace and line breaks may fall anywhere between tokens.
+ */
+export class QemuImgMapParser {
+  private readonly sizeBytes: number;
+  private readonly extents: Extent[] = [];
+  /** Where the next entry must start. */
+  private at = 0;
+  private state: 'before' | 'inside' | 'after' | 'bad' = 'before';
+  /** Inside the array: an entry must come next (after '[' or ','), else ',' or ']'. */
+  private wantEntry = true;
+  private entries = 0;
+  /** The text of an entry begun but not yet closed; null between entries. */
+  private entry: string | null = null;
+  /** Whether push failed for having more than MAX_EXTENTS extents. */
+  tooMany = false;
+
+  constructor(sizeBytes: number) {
+    this.sizeBytes = sizeBytes;
   }
-  if (!Array.isArray(entries)) return null;
-  const extents: Extent[] = [];
-  let at = 0;
-  for (const e of entries as unknown[]) {
-    if (typeof e !== 'object' || e === null) return null;
+
+  /** Takes the next piece of text; false once the map cannot be vouched for (then it stays false). */
+  push(text: string): boolean {
+    for (let i = 0; i < text.length && this.state !== 'bad'; i++) {
+      if (this.entry !== null) {
+        const close = text.indexOf('}', i);
+        const piece = text.slice(i, close < 0 ? text.length : close + 1);
+        this.entry += piece;
+        if (this.entry.length > MAX_ENTRY_CHARS) this.state = 'bad';
+        else if (close >= 0) {
+          const ok = this.take(this.entry);
+          this.entry = null;
+          if (!ok) this.state = 'bad';
+        }
+        i += piece.length - 1;
+        continue;
+      }
+      const c = text[i]!;
+      if (c === ' ' || c === '\n' || c === '\r' || c === '\t') continue;
+      if (this.state === 'before' && c === '[') this.state = 'inside';
+      else if (this.state === 'inside' && this.wantEntry && c === '{') this.entry = c;
+      else if (this.state === 'inside' && !this.wantEntry && c === ',') this.wantEntry = true;
+      else if (this.state === 'inside' && (!this.wantEntry || this.entries === 0) && c === ']') this.state = 'after';
+      else this.state = 'bad';
+    }
+    return this.state !== 'bad';
+  }
+
+  /** The extents, or null unless the array was closed and covers the file exactly. */
+  end(): Extent[] | null {
+    if (this.state !== 'after' || this.at < this.sizeBytes || this.at > Math.ceil(this.sizeBytes / SECTOR) * SECTOR) return null;
+    return this.extents;
+  }
+
+  private take(text: string): boolean {
+    let e: unknown;
+    try {
+      e = JSON.parse(text);
+    } catch {
+      return false;
+    }
+    this.entries++;
+    this.wantEntry = false;
     const { start, length, zero } = e as { start?: unknown; length?: unknown; zero?: unknown };
-    if (typeof start !== 'number' || typeof length !== 'number' || typeof zero !== 'boolean') return null;
-    if (!Number.isSafeInteger(length) || length < 0 || start !== at) return null;
-    at += length;
-    if (zero || length === 0 || start >= sizeBytes) continue;
-    const end = Math.min(at, sizeBytes);
-    const last = extents[extents.length - 1];
+    if (typeof start !== 'number' || typeof length !== 'number' || typeof zero !== 'boolean') return false;
+    if (!Number.isSafeInteger(length) || length < 0 || start !== this.at) return false;
+    this.at += length;
+    if (zero || length === 0 || start >= this.sizeBytes) return true;
+    const end = Math.min(this.at, this.sizeBytes);
+    const last = this.extents[this.extents.length - 1];
     if (last && last.start + last.length === start) last.length = end - last.start;
-    else extents.push({ start, length: end - start });
+    else if (this.extents.length < MAX_EXTENTS) this.extents.push({ start, length: end - start });
+    else {
+      this.tooMany = true;
+      return false;
+    }
+    return true;
   }
-  if (at < sizeBytes || at > Math.ceil(sizeBytes / SECTOR) * SECTOR) return null;
-  return extents;
 }
 
 /**

@@ -9,7 +9,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { ErrorCode, isAppError } from '../../src/domain/errors.ts';
-import { isHole, parseQemuImgMap, qemuImgDataExtents, type Extent } from '../../src/engine/volume-extents.ts';
+import { isHole, parseQemuImgMap, QemuImgMapParser, qemuImgDataExtents, type Extent } from '../../src/engine/volume-extents.ts';
 import { FileVolumeSource } from '../../src/engine/volume-source.ts';
 import { backupFile, engineTestContext, initRepo, restoreTo } from '../helpers/repo.ts';
 import { skipOutsideCi } from '../helpers/skip.ts';
@@ -123,6 +123,7 @@ describe('parseQemuImgMap', () => {
       ['cut short', map(entry(0, 4096, true), entry(4096, 4096, false)).slice(0, -10), 8192],
       ['a gap', map(entry(0, 4096, true), entry(8192, 4096, false)), 12288],
       ['an overlap', map(entry(0, 8192, true), entry(4096, 8192, false)), 12288],
+      ['entries out of order, covering the file in total', map(entry(0, 4096, true), entry(8192, 4096, false), entry(4096, 4096, true)), 12288],
       ['not from 0', map(entry(4096, 4096, false)), 8192],
       ['short of the end', map(entry(0, 4096, false)), 8192],
       ['past the end by more than a sector', map(entry(0, 8192 + 512, true)), 8192],
@@ -131,8 +132,31 @@ describe('parseQemuImgMap', () => {
       ['a negative length', map(entry(0, 8192, true), entry(8192, -1, true)), 8191],
       ['a fractional start', map(entry(0, 4096.5, true), entry(4096.5, 4095.5, true)), 8192],
       ['an empty map of a file with bytes', '[]', 8192],
+      ['a comma before the end', `[${entry(0, 8192, true)},]`, 8192],
+      ['two commas', `[${entry(0, 4096, true)},,${entry(4096, 4096, true)}]`, 8192],
+      ['no comma', `[${entry(0, 4096, true)} ${entry(4096, 4096, true)}]`, 8192],
+      ['text after the end', `${map(entry(0, 8192, true))} x`, 8192],
+      ['a second array', `${map(entry(0, 8192, true))}[]`, 8192],
+      ['no end', `[${entry(0, 8192, true)}`, 8192],
+      ['a nested object', '[{ "start": 0, "length": 8192, "zero": true, "x": { "y": 1 } }]', 8192],
+      ['an entry far too long', `[{ "start": 0, "length": 8192, "zero": true, "pad": "${'x'.repeat(5000)}" }]`, 8192],
     ];
     for (const [what, text, size] of refused) assert.equal(parseQemuImgMap(text, size), null, what);
+  });
+
+  it('reads the same map however its text is split into pieces, whitespace anywhere between tokens', () => {
+    const text = map(entry(0, 12288, true), entry(12288, 4096, false), entry(16384, 8192, false), entry(24576, 4096, true));
+    const want = [{ start: 12288, length: 12288 }];
+    for (let cut = 0; cut <= text.length; cut++) {
+      const p = new QemuImgMapParser(28672);
+      assert.ok(p.push(text.slice(0, cut)) && p.push(text.slice(cut)), `cut at ${cut}`);
+      assert.deepEqual(p.end(), want, `cut at ${cut}`);
+    }
+    const bytewise = new QemuImgMapParser(28672);
+    for (const c of text) assert.ok(bytewise.push(c));
+    assert.deepEqual(bytewise.end(), want);
+    assert.deepEqual(parseQemuImgMap(`\n [ \n${entry(0, 4096, false)}\n ,\n${entry(4096, 4096, true)} ] \n`, 8192), [{ start: 0, length: 4096 }]);
+    assert.deepEqual(parseQemuImgMap('[]', 0), []);
   });
 });
 
