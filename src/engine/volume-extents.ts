@@ -20,7 +20,7 @@ export interface Extent {
 export interface QemuImgMapOptions {
   /** The qemu-img to run (default: `qemu-img` on PATH). */
   command?: string;
-  /** Give up (null) after this long; a map of a 64 GiB file in 64 Ki pieces takes under a second. */
+  /** Give up (null) after this long; a map of a 64 GiB file in 64 KiB pieces takes under a second. */
   timeoutMs?: number;
   signal?: AbortSignal;
 }
