@@ -17,7 +17,7 @@
 import { constants as fsc, promises as fs } from 'node:fs';
 import { AppError, asCancelledIfAborted, ErrorCode, isAppError, throwIfAborted } from '../domain/errors.ts';
 import { ObjectNotFoundError } from '../storage/object-store.ts';
-import { DIRECT_ALIGN, findAlignedStart, probeTransfer, type ProbeResult } from '../storage/direct-io.ts';
+import { acceptsDirectIo, DIRECT_ALIGN, directSlot, releaseDirectSlot, type DirectSlot } from '../storage/direct-io.ts';
 import { DIGEST_BYTES, digestHex, isZeroDigest } from './chunk-digest.ts';
 import type { ChunkMap } from './chunk-map.ts';
 import type { BackupManifest } from './manifest.ts';
@@ -76,47 +76,6 @@ interface Target {
   /** The same target opened with O_DIRECT, or null when the file system or device refuses it. */
   direct: fs.FileHandle | null;
   sparse: boolean;
-}
-
-/**
- * Finds block-aligned starts for direct-I/O buffers. JavaScript cannot see addresses, so the
- * kernel's own check decides: a direct transfer of one block succeeds only with an aligned buffer.
- * A block device is probed by reading its first block (no side effect, and devices have no holes,
- * for which the kernel skips the check). A file target has just been truncated and sized, so it
- * reads as zeros: it is probed by writing one block of zeros (a fresh buffer) at its start, which
- * changes nothing in its content (that block is then rewritten with the volume's data, or stays a
- * block of zeros). No scratch file is needed, so a restore killed at any point leaves nothing
- * beside its target. Any error but EINVAL turns direct I/O off.
- */
-class AlignmentProbe {
-  private usable = true;
-  private lastBase = 0;
-  private readonly direct: fs.FileHandle;
-  private readonly blockDevice: boolean;
-
-  constructor(direct: fs.FileHandle, blockDevice: boolean) {
-    this.direct = direct;
-    this.blockDevice = blockDevice;
-  }
-
-  /** A fresh SharedArrayBuffer with `length` usable bytes from `base`; `aligned` when that start suits direct I/O. */
-  async slot(length: number): Promise<{ sab: SharedArrayBuffer; base: number; aligned: boolean }> {
-    const sab = new SharedArrayBuffer(length + DIRECT_ALIGN);
-    if (this.usable) {
-      const r = await findAlignedStart(sab, (view) => this.try(view), this.lastBase);
-      if (r === 'unusable') this.usable = false;
-      else if (r !== null) {
-        this.lastBase = r;
-        return { sab, base: r, aligned: true };
-      }
-    }
-    return { sab, base: 0, aligned: false };
-  }
-
-  private try(view: Uint8Array): Promise<ProbeResult> {
-    // `view` lies in a SharedArrayBuffer no one has written yet: all zeros.
-    return probeTransfer(() => (this.blockDevice ? this.direct.read(view, 0, view.length, 0) : this.direct.write(view, 0, view.length, 0)));
-  }
 }
 
 /**
@@ -243,8 +202,9 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   // At most `slots` batches are in flight: memory is bounded.
   const batchChunks = Math.max(1, Math.floor((8 * 1024 * 1024) / chunkSize));
   const batchBytes = batchChunks * chunkSize;
-  type Slot = Awaited<ReturnType<AlignmentProbe['slot']>>;
-  const slots = new SlotPool<Slot>([]); // filled below, once aligned starts are known
+  type Slot = DirectSlot;
+  const slots = new SlotPool<Slot>([]); // filled below, once it is known whether the target takes direct I/O
+  const allSlots: Slot[] = []; // released once every batch has settled
   let zeros: Uint8Array | undefined; // for block devices, whose holes must be written
   let failure: unknown;
   const fail = (err: unknown): void => {
@@ -258,8 +218,14 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   const settling = new Set<Promise<unknown>>();
   let chunkBase = 0;
   try {
-    const probe = target.direct ? new AlignmentProbe(target.direct, target.blockDevice) : null;
-    for (let i = 0; i < SlotPool.count(pool.threads); i++) slots.give(probe ? await probe.slot(batchBytes) : { sab: new SharedArrayBuffer(batchBytes), base: 0, aligned: false });
+    // Slots are page-aligned memory when the target takes direct I/O, asked once with one block
+    // (a file target has just been sized, so it reads as zeros there: see acceptsDirectIo).
+    const direct = target.direct !== null && (await acceptsDirectIo(target.direct, target.blockDevice));
+    for (let i = 0; i < SlotPool.count(pool.threads); i++) {
+      const slot = directSlot(batchBytes, direct);
+      allSlots.push(slot);
+      slots.give(slot);
+    }
     segments: for (const ref of manifest.indexSegments) {
       const seg = preread.get(ref) ?? (await repo.readIndexSegment(ref, what));
       preread.delete(ref);
@@ -343,6 +309,10 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     throw asCancelledIfAborted(err, signal, 'restore');
   }
   signal?.removeEventListener('abort', onAbort);
+  // Every batch has settled (each commit awaited its decode): nothing uses a slot any more. After a
+  // failure the slots are not given back (an aborted decode may still be writing into one): the
+  // garbage collector takes them, and they are never reused.
+  allSlots.forEach(releaseDirectSlot);
   await target.fh.close();
   await target.direct?.close();
   if (ownPool) await pool.close();

@@ -117,11 +117,11 @@ describe('chunk names', () => {
     const store = new LocalObjectStore(dir);
     await Repository.init(store, { password: TEST_PASSWORD, kdf: TEST_KDF });
     const config = JSON.parse(Buffer.from(await store.get('config')).toString('utf8')) as Record<string, unknown>;
-    for (const version of [3, 0, '2', null]) {
+    for (const version of [4, 0, '2', null]) {
       config.version = version;
       const text = Buffer.from(JSON.stringify(config));
       await store.put('config', text);
-      await assert.rejects(reopenRepo(dir, true), (err: Error) => (version === 3 ? /format version 3, newer than this Haven reads \(up to 2\): upgrade Haven/ : /unsupported repository format version/).test(err.message), String(version));
+      await assert.rejects(reopenRepo(dir, true), (err: Error) => (version === 4 ? /format version 4, newer than this Haven reads \(up to 3\): upgrade Haven/ : /unsupported repository format version/).test(err.message), String(version));
       assert.deepEqual(Buffer.from(await store.get('config')), text);
     }
   });
