@@ -38,6 +38,8 @@ export interface Config {
   s3Region: string;
   /** false: the S3 server lacks conditional writes; the repository is created with a claim (S3ObjectStore.claimedPut). */
   s3ConditionalWrites: boolean;
+  /** Pack uploads to S3 in flight per backup. */
+  s3Concurrency: number;
   /** Password file of an encrypted chunk repository (empty: unencrypted). */
   repoPasswordFile: string;
   /** Jobs this process runs at once. */
@@ -92,6 +94,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 's3Endpoint', env: 'HAVEN_S3_ENDPOINT', kind: 'string', default: '', help: 'URL of an S3-compatible server (MinIO, Ceph RGW, ...; path-style addressing); default: AWS S3' },
   { key: 's3Region', env: 'HAVEN_S3_REGION', kind: 'string', default: '', help: 'region of the S3 repository (default: AWS_REGION, else us-east-1)' },
   { key: 's3ConditionalWrites', env: 'HAVEN_S3_CONDITIONAL_WRITES', kind: 'bool', default: 'true', help: 'false for an S3 server without conditional writes (If-None-Match: * on PUT, e.g. OpenStack Swift\'s s3api): the repository is then created with a create claim checked by listing, which is safe only when the server\'s listings show a finished PUT within a second (read-after-write), as one Swift cluster\'s do' },
+  { key: 's3Concurrency', env: 'HAVEN_S3_CONCURRENCY', kind: 'int', default: '4', min: 1, max: 16, help: 'pack uploads to the S3 repository a backup keeps in flight at once; each holds a pack buffer (the repository\'s pack size, 32 MiB by default, plus 1 MiB), so a backup holds this many plus one: 165 MiB at 4, 561 MiB at 16' },
   { key: 'repoPasswordFile', env: 'HAVEN_REPO_PASSWORD_FILE', kind: 'string', default: '', help: 'file holding the chunk repository password: encrypts the repository at creation' },
   { key: 'jobConcurrency', env: 'HAVEN_JOB_CONCURRENCY', kind: 'int', default: '2', min: 1, max: 64, help: 'backup/restore jobs this process runs at once; one project runs at most half of them (rounded up)' },
   { key: 'workerNice', env: 'HAVEN_WORKER_NICE', kind: 'int', default: '10', min: 0, max: 19, help: 'CPU priority (nice) of the engine\'s hashing/compression threads, so the ordered whole-volume hash sets the pace and VMs on the host come first (0: the process\'s own)' },
@@ -196,12 +199,12 @@ export function s3SettingsFromEnv(env: NodeJS.ProcessEnv = process.env): S3Setti
   };
   const endpoint = value('s3Endpoint') as string;
   if (endpoint && !/^https?:\/\/[^/]+/.test(endpoint)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_S3_ENDPOINT: expected http(s)://host[:port], got ${JSON.stringify(endpoint)}`);
-  return { endpoint, region: value('s3Region') as string, conditionalWrites: value('s3ConditionalWrites') as boolean };
+  return { endpoint, region: value('s3Region') as string, conditionalWrites: value('s3ConditionalWrites') as boolean, concurrency: value('s3Concurrency') as number };
 }
 
 /** The S3 settings of a loaded configuration, for openObjectStore. */
 export function s3Settings(config: Config): S3Settings {
-  return { endpoint: config.s3Endpoint, region: config.s3Region, conditionalWrites: config.s3ConditionalWrites };
+  return { endpoint: config.s3Endpoint, region: config.s3Region, conditionalWrites: config.s3ConditionalWrites, concurrency: config.s3Concurrency };
 }
 
 /** True for addresses only this host can reach (127.0.0.0/8, ::1, localhost). */

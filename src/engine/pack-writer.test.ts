@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { MemoryObjectStore } from '../storage/memory-store.ts';
+import type { Body } from '../storage/object-store.ts';
 import { DIGEST_BYTES } from './chunk-digest.ts';
 import { entryCount, packKey, readEntry } from './pack-format.ts';
 import { PackWriter } from './pack-writer.ts';
@@ -29,6 +30,33 @@ describe('PackWriter', () => {
     assert.equal(seen, blobs.length);
   });
 
+  it('keeps as many pack puts in flight as the store asks for (writeConcurrency), never more, and 1 by default', { timeout: 20_000 }, async () => {
+    for (const concurrency of [3, undefined]) {
+      const store = new HeldPuts(concurrency);
+      const repo = await Repository.init(store, { packTargetBytes: 64 * 1024 });
+      const w = new PackWriter(repo);
+      const digests = new Uint8Array(8 * DIGEST_BYTES).map((_, i) => i & 0xff);
+      // Eight chunks of 70,000 bytes, each over the 64 KiB target: a pack each.
+      const adding = (async () => {
+        for (let i = 0; i < 8; i++) await w.add(new Uint8Array(70_000).fill(i + 1), digests, i * DIGEST_BYTES, 70_000);
+      })();
+      let done = false;
+      void adding.then(() => (done = true));
+      const want = concurrency ?? 1;
+      await store.whenHeld(want);
+      await new Promise((r) => setImmediate(r));
+      assert.equal(store.held.length, want, 'puts in flight');
+      assert.equal(done, false, 'the next add waits for a free slot');
+      store.holding = false;
+      store.releaseAll();
+      await adding;
+      const packs = await w.finish();
+      assert.equal(packs.length, 8);
+      assert.equal(store.maxInFlight, want);
+      for (const p of packs) assert.ok(await store.head(packKey(p.packId)));
+    }
+  });
+
   it('refuses an add that overlaps a running one, so no chunk lands in a buffer about to be replaced', async () => {
     const repo = await Repository.init(new MemoryObjectStore(), { packTargetBytes: 64 * 1024 });
     const w = new PackWriter(repo);
@@ -41,3 +69,45 @@ describe('PackWriter', () => {
     assert.equal(packs.reduce((n, p) => n + entryCount(p), 0), 2);
   });
 });
+
+/** A memory store whose pack puts wait until released, counting how many are in flight at once. */
+class HeldPuts extends MemoryObjectStore {
+  readonly writeConcurrency?: number;
+  holding = true;
+  held: (() => void)[] = [];
+  maxInFlight = 0;
+  private inFlight = 0;
+  private onHeld: (() => void) | null = null;
+
+  constructor(writeConcurrency: number | undefined) {
+    super();
+    if (writeConcurrency !== undefined) this.writeConcurrency = writeConcurrency;
+  }
+
+  override async put(key: string, body: Body): Promise<void> {
+    if (!key.startsWith('packs/')) return super.put(key, body);
+    this.maxInFlight = Math.max(this.maxInFlight, ++this.inFlight);
+    if (this.holding) {
+      await new Promise<void>((resolve) => {
+        this.held.push(resolve);
+        this.onHeld?.();
+      });
+    }
+    await super.put(key, body);
+    this.inFlight--;
+  }
+
+  whenHeld(n: number): Promise<void> {
+    return new Promise((resolve) => {
+      const check = (): void => {
+        if (this.held.length >= n) resolve();
+      };
+      this.onHeld = check;
+      check();
+    });
+  }
+
+  releaseAll(): void {
+    for (const r of this.held.splice(0)) r();
+  }
+}

@@ -5,11 +5,14 @@
  * Chunks are copied into pack buffers that are reused once their pack is stored (one filling, at
  * most `maxInFlight` being written): a backup allocates no per-pack memory, so there is no garbage
  * for V8 to collect (collecting tens of MiB of transferred buffers per pack cost seconds per 4 GiB).
+ * `maxInFlight` comes from the store (ObjectStore.writeConcurrency: 1 on a local disk, several to
+ * S3), so a writer holds at most 1 + maxInFlight pack buffers of the target size plus 1 MiB.
  */
 import { randomBytes } from 'node:crypto';
 import { DIGEST_BYTES } from './chunk-digest.ts';
 import { ENTRY_BYTES, PACK_TRAILER_BYTES, packKey, packTrailer, writeEntry, type PackEntries } from './pack-format.ts';
 import type { Repository } from './repository.ts';
+import type { Body } from '../storage/object-store.ts';
 
 export class PackWriter {
   private readonly repo: Repository;
@@ -31,7 +34,8 @@ export class PackWriter {
   constructor(repo: Repository, opts: { maxInFlight?: number; signal?: AbortSignal | undefined } = {}) {
     this.repo = repo;
     this.targetBytes = repo.config.packTargetBytes;
-    this.maxInFlight = opts.maxInFlight ?? 1;
+    // The store knows how many puts it takes at once to best effect (S3: HAVEN_S3_CONCURRENCY).
+    this.maxInFlight = Math.max(1, opts.maxInFlight ?? repo.store.writeConcurrency ?? 1);
     this.entries = new Uint8Array(256 * ENTRY_BYTES);
     this.signal = opts.signal;
   }
@@ -89,8 +93,15 @@ export class PackWriter {
     const entries = this.entries.slice(0, this.entryCount * ENTRY_BYTES);
     const header = this.repo.encode(entries);
     const buf = this.buf!;
-    const body = [buf.subarray(0, this.size), header, packTrailer(header.length)];
     const bodyBytes = this.size + header.length + PACK_TRAILER_BYTES;
+    let body: Body;
+    if (bodyBytes <= buf.length) {
+      // Header and trailer in the buffer's slack: one part, which an S3 PUT sends as it is instead
+      // of concatenating the parts into a copy (a second pack-sized buffer per upload in flight).
+      buf.set(header, this.size);
+      buf.set(packTrailer(header.length), this.size + header.length);
+      body = buf.subarray(0, bodyBytes);
+    } else body = [buf.subarray(0, this.size), header, packTrailer(header.length)];
     this.buf = null;
     this.size = 0;
     this.entryCount = 0;

@@ -58,6 +58,12 @@ export interface ObjectStore {
    * such as pack buffers; any other buffer works with put() too.
    */
   allocBuffer?(length: number): Promise<Uint8Array>;
+  /**
+   * Optional: how many large puts (packs) a writer should keep in flight for best throughput. Each
+   * one holds a pack buffer, so this is a memory bound too. Absent: 1 (a local disk is written
+   * fastest by one stream; an object store over HTTP needs several requests at once to fill the pipe).
+   */
+  readonly writeConcurrency?: number;
   /** Optional: releases connections (the S3 store); the store is not used afterwards. */
   close?(): void | Promise<void>;
 }

@@ -13,12 +13,14 @@ export interface S3Settings {
   region?: string | undefined;
   /** false: the server has no `If-None-Match: *` on PUT; create the config with a claim (S3ObjectStore.claimedPut). */
   conditionalWrites?: boolean | undefined;
+  /** Pack uploads in flight per backup (HAVEN_S3_CONCURRENCY); each holds a pack buffer. */
+  concurrency?: number | undefined;
 }
 
 export async function openObjectStore(location: string, s3: S3Settings = {}): Promise<ObjectStore> {
   if (!isS3Url(location)) return new LocalObjectStore(location);
   const { S3ObjectStore } = await import('./s3-store.ts');
-  return new S3ObjectStore({ url: location, endpoint: s3.endpoint || undefined, region: s3.region || undefined, conditionalWrites: s3.conditionalWrites });
+  return new S3ObjectStore({ url: location, endpoint: s3.endpoint || undefined, region: s3.region || undefined, conditionalWrites: s3.conditionalWrites, writeConcurrency: s3.concurrency });
 }
 
 /**

@@ -50,7 +50,27 @@ export interface S3StoreOptions {
   conditionalWrites?: boolean | undefined;
   /** How long a create claim waits for the listing to show concurrent claims (default 1 s; tests shorten it). */
   claimSettleMs?: number | undefined;
+  /** Pack uploads a backup keeps in flight (ObjectStore.writeConcurrency; HAVEN_S3_CONCURRENCY), default 4. */
+  writeConcurrency?: number | undefined;
 }
+
+/** HTTP requests this store sent, by kind (retries counted too: each is a request the server saw). */
+export interface S3RequestCounts {
+  getWhole: number;
+  getRange: number;
+  put: number;
+  head: number;
+  list: number;
+  delete: number;
+}
+
+export const DEFAULT_S3_WRITE_CONCURRENCY = 4;
+/**
+ * Sockets the client keeps: enough for every job of a process (HAVEN_JOB_CONCURRENCY, 2 by default)
+ * uploading at the highest HAVEN_S3_CONCURRENCY (16) or reading with a restore's parallel range
+ * requests (8), plus lock refreshes; more requests wait for a socket.
+ */
+const MAX_SOCKETS = 64;
 
 /**
  * A create claim's rules (claimedPut). A claim older than CLAIM_STALE_MS than one's own (both times
@@ -90,6 +110,8 @@ export class S3ObjectStore implements ObjectStore {
   private conditionalChecked: Promise<void> | null = null;
   private readonly conditionalWrites: boolean;
   private readonly claimSettleMs: number;
+  readonly writeConcurrency: number;
+  private readonly counts: S3RequestCounts = { getWhole: 0, getRange: 0, put: 0, head: 0, list: 0, delete: 0 };
 
   constructor(opts: S3StoreOptions) {
     const { bucket, prefix } = parseS3Url(opts.url);
@@ -97,6 +119,7 @@ export class S3ObjectStore implements ObjectStore {
     this.prefix = prefix;
     this.conditionalWrites = opts.conditionalWrites ?? true;
     this.claimSettleMs = opts.claimSettleMs ?? 1_000;
+    this.writeConcurrency = opts.writeConcurrency ?? DEFAULT_S3_WRITE_CONCURRENCY;
     this.client = new S3Client({
       region: opts.region || process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || 'us-east-1',
       ...(opts.endpoint ? { endpoint: opts.endpoint } : { followRegionRedirects: true }),
@@ -106,9 +129,20 @@ export class S3ObjectStore implements ObjectStore {
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: 5, // the SDK retries throttling and network errors with backoff
       // A server that accepts a connection and then says nothing must not hang a backup forever
-      // (its lock would keep being refreshed, so it would never even go stale).
-      requestHandler: { connectionTimeout: 10_000, requestTimeout: 120_000 },
+      // (its lock would keep being refreshed, so it would never even go stale): a socket idle for
+      // two minutes fails the request (the SDK's requestTimeout only logs a warning).
+      requestHandler: { connectionTimeout: 10_000, socketTimeout: 120_000, httpAgent: { keepAlive: true, maxSockets: MAX_SOCKETS }, httpsAgent: { keepAlive: true, maxSockets: MAX_SOCKETS } },
     });
+    // Each HTTP request, counted where it goes on the wire (inside the SDK's retries).
+    this.client.middlewareStack.add(
+      (next) => async (args) => {
+        const req = args.request as { method?: string; headers?: Record<string, string>; query?: Record<string, unknown> };
+        const kind: keyof S3RequestCounts | undefined = req.method === 'GET' ? (req.query?.['list-type'] !== undefined ? 'list' : req.headers?.range !== undefined || req.headers?.Range !== undefined ? 'getRange' : 'getWhole') : req.method === 'PUT' ? 'put' : req.method === 'HEAD' ? 'head' : req.method === 'DELETE' ? 'delete' : undefined;
+        if (kind) this.counts[kind]++;
+        return next(args);
+      },
+      { step: 'deserialize', name: 'havenRequestCounts' },
+    );
     // Every operation: a missing bucket is a setup error that names the bucket (SDK middleware,
     // so each call site need not know).
     this.client.middlewareStack.add(
@@ -122,6 +156,11 @@ export class S3ObjectStore implements ObjectStore {
       },
       { step: 'initialize', name: 'havenNoSuchBucket' },
     );
+  }
+
+  /** The requests sent so far, by kind (live counts; benchmarks print them, tests assert with them). */
+  get stats(): Readonly<S3RequestCounts> {
+    return this.counts;
   }
 
   /** Where this store keeps its objects, for messages (no credentials in it). */

@@ -8,7 +8,9 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import { s3SettingsFromEnv } from '../../src/config/config.ts';
 import { collectKeys } from '../../src/storage/object-store.ts';
+import { openObjectStore } from '../../src/storage/open-store.ts';
 import { S3ObjectStore } from '../../src/storage/s3-store.ts';
 import { parseS3Url } from '../../src/storage/s3-url.ts';
 import { describeObjectStore } from '../../src/storage/store-conformance.ts';
@@ -47,6 +49,17 @@ function describeS3Specifics(server: () => TestS3): void {
     let s3: TestS3;
     before(() => {
       s3 = server();
+    });
+
+    it('counts its requests by kind, one for each call here', async () => {
+      const s = s3.store('counted');
+      await s.put('a', new Uint8Array(10));
+      await s.get('a');
+      await s.get('a', { offset: 2, length: 3 });
+      await s.head('a');
+      await collectKeys(s, '');
+      await s.delete('a');
+      assert.deepEqual(s.stats, { getWhole: 1, getRange: 1, put: 1, head: 1, list: 1, delete: 1 });
     });
 
     it('keeps repositories under different prefixes of one bucket apart', async () => {
@@ -138,6 +151,26 @@ describe('S3ObjectStore on a server that ignores conditional writes', () => {
     await assert.rejects(Repository.init(plain.store('claimed', { conditionalWrites: false, claimSettleMs: 100 }), {}), /already exists/);
     assert.equal((await Repository.open(store)).config.id, repo.config.id);
     assert.deepEqual((await collectKeys(store, '')).map((o) => o.key), ['config'], 'no claim is left behind');
+  });
+});
+
+describe('S3 settings', () => {
+  it('HAVEN_S3_CONCURRENCY sets the pack uploads in flight (default 4), HAVEN_S3_CONDITIONAL_WRITES the create; bad values are refused naming the setting', async () => {
+    assert.deepEqual(s3SettingsFromEnv({}), { endpoint: '', region: '', conditionalWrites: true, concurrency: 4 });
+    const settings = s3SettingsFromEnv({ HAVEN_S3_CONCURRENCY: '6', HAVEN_S3_CONDITIONAL_WRITES: 'false', HAVEN_S3_ENDPOINT: 'http://127.0.0.1:9' });
+    assert.equal(settings.concurrency, 6);
+    assert.equal(settings.conditionalWrites, false);
+    const store = await openObjectStore('s3://bucket/p', settings);
+    try {
+      assert.equal(store.writeConcurrency, 6);
+    } finally {
+      await store.close?.();
+    }
+    assert.throws(() => s3SettingsFromEnv({ HAVEN_S3_CONCURRENCY: '0' }), /invalid HAVEN_S3_CONCURRENCY: must be at least 1/);
+    assert.throws(() => s3SettingsFromEnv({ HAVEN_S3_CONCURRENCY: '17' }), /invalid HAVEN_S3_CONCURRENCY: must be at most 16/);
+    assert.throws(() => s3SettingsFromEnv({ HAVEN_S3_CONDITIONAL_WRITES: 'no' }), /invalid HAVEN_S3_CONDITIONAL_WRITES: expected true or false/);
+    // The local store keeps one pack write at a time.
+    assert.equal((await openObjectStore(temp.make('local'), settings)).writeConcurrency, undefined);
   });
 });
 
