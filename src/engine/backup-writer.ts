@@ -26,6 +26,7 @@ import { indexSegmentKey, type BackupManifest, type BackupManifestV2, type Backu
 import { PackWriter } from './pack-writer.ts';
 import { INDEX_SEGMENT_CHUNKS, type Repository } from './repository.ts';
 import type { VolumeSource } from './volume-source.ts';
+import { isHole } from './volume-extents.ts';
 import { ChunkMap } from './chunk-map.ts';
 import { SlotPool } from './slot-pool.ts';
 import { VolumeDigest } from './volume-digest.ts';
@@ -131,6 +132,8 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
     let lastAppend: Promise<unknown> = Promise.resolve();
     const sessionNew = new ChunkMap();
 
+    // Bytes outside these read as zeros: chunks wholly outside are holes, never read or hashed.
+    const extents = (await source.dataExtents?.(internal.signal)) ?? null;
     for (let pos = 0; pos < sizeBytes && failure === undefined; pos += batchBytes) {
       const batchSlot = await slots.take();
       if (failure !== undefined || batchSlot === null) break;
@@ -140,20 +143,47 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
         break;
       }
       const len = Math.min(batchBytes, sizeBytes - pos);
-      let got: number;
-      try {
-        got = await source.read(new Uint8Array(slot, 0, len), len, pos);
-      } catch (err) {
-        fail(new AppError(ErrorCode.VolumeUnreadable, `reading the volume at byte ${pos} failed: ${(err as Error).message}`, { cause: err }));
-        break;
-      }
-      if (got !== len) {
-        fail(new AppError(ErrorCode.VolumeChanged, `the volume shrank while it was being backed up (short read at byte ${pos + got})`));
-        break;
-      }
-      const firstChunk = pos / chunkSize;
       const n = Math.ceil(len / chunkSize);
-      const hashP = pool.hash({ sab: slot, offset: 0, length: len, chunkSizeBytes: chunkSize, digest: repo.chunkDigest }, internal.signal);
+      const firstChunk = pos / chunkSize;
+      // Runs of chunks that may hold data ([first, count]); the others are holes, never read or hashed.
+      const runs: Array<[number, number]> = [];
+      for (let i = 0; i < n; i++) {
+        if (extents !== null && isHole(extents, pos + i * chunkSize, Math.min(chunkSize, len - i * chunkSize))) continue;
+        const last = runs[runs.length - 1];
+        if (last && last[0] + last[1] === i) last[1]++;
+        else runs.push([i, 1]);
+      }
+      let readFailed = false;
+      for (const [i, c] of runs) {
+        const off = i * chunkSize;
+        const rl = Math.min((i + c) * chunkSize, len) - off;
+        let got: number;
+        try {
+          got = await source.read(new Uint8Array(slot, off, rl), rl, pos + off);
+        } catch (err) {
+          fail(new AppError(ErrorCode.VolumeUnreadable, `reading the volume at byte ${pos + off} failed: ${(err as Error).message}`, { cause: err }));
+          readFailed = true;
+          break;
+        }
+        if (got !== rl) {
+          fail(new AppError(ErrorCode.VolumeChanged, `the volume shrank while it was being backed up (short read at byte ${pos + off + got})`));
+          readFailed = true;
+          break;
+        }
+      }
+      if (readFailed) break;
+      const hashP: Promise<Uint8Array> =
+        runs.length === 1 && runs[0]![1] === n
+          ? pool.hash({ sab: slot, offset: 0, length: len, chunkSizeBytes: chunkSize, digest: repo.chunkDigest }, internal.signal)
+          : Promise.all(
+              runs.map(([i, c]) =>
+                pool.hash({ sab: slot, offset: i * chunkSize, length: Math.min((i + c) * chunkSize, len) - i * chunkSize, chunkSizeBytes: chunkSize, digest: repo.chunkDigest }, internal.signal),
+              ),
+            ).then((parts) => {
+              const all = new Uint8Array(n * DIGEST_BYTES); // holes: the all-zero digest
+              parts.forEach((d, k) => all.set(d.subarray(0, runs[k]![1] * DIGEST_BYTES), runs[k]![0] * DIGEST_BYTES));
+              return all;
+            });
       hashP.catch(() => undefined); // handled through decideP
       // Full backups: check the stored copies this batch would reuse, alongside the ordered stages.
       const checkP = checker ? hashP.then((d) => checker.checkBatch(d, n)) : null;

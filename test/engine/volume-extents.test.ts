@@ -10,7 +10,8 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { ErrorCode, isAppError } from '../../src/domain/errors.ts';
 import { isHole, parseQemuImgMap, QemuImgMapParser, qemuImgDataExtents, type Extent } from '../../src/engine/volume-extents.ts';
-import { FileVolumeSource } from '../../src/engine/volume-source.ts';
+import { FileVolumeSource, type VolumeSource } from '../../src/engine/volume-source.ts';
+import { writeBackup } from '../../src/engine/backup-writer.ts';
 import { backupFile, engineTestContext, initRepo, restoreTo } from '../helpers/repo.ts';
 import { skipOutsideCi } from '../helpers/skip.ts';
 import { GiB, makeSparseFile, MiB, Rng, sha256File } from '../helpers/volumes.ts';
@@ -303,6 +304,48 @@ describe('a sparse volume through a backup', () => {
     assert.equal(stats.holeChunks, Math.ceil(size / chunk) - dataChunks.size);
     const out = path.join(dir, 'restored.img');
     await restoreTo(repo, manifest.id, out, pool);
+    assert.equal(await sha256File(out), await sha256File(file));
+  });
+
+  it('reads only the chunks that may hold data, and records the same volume digest as a backup that reads every byte', { skip: noQemuImg }, async () => {
+    const dir = temp.make();
+    const file = path.join(dir, 'vol.img');
+    const chunk = 64 * 1024;
+    const size = 256 * MiB;
+    const rng = new Rng(1207);
+    const writes: Array<[number, Buffer]> = [
+      [3 * chunk + 17, rng.bytes(2 * chunk)], // three chunks, unaligned
+      [100 * MiB, rng.bytes(chunk)], // one chunk, alone in its batch
+      [size - 4096, rng.bytes(4096)], // the last chunk
+    ];
+    await sparseFile(file, size, writes);
+    const repo = await initRepo(path.join(dir, 'repo'), { encrypted: true, chunkSizeBytes: chunk });
+    /** The file, counting the bytes read; `map: false` hides its extents, so every byte is read. */
+    const counted = async (map: boolean): Promise<{ source: VolumeSource; read: () => number }> => {
+      const inner = await FileVolumeSource.open(file);
+      let read = 0;
+      const source: VolumeSource = {
+        sizeBytes: inner.sizeBytes,
+        read: async (into, length, position) => {
+          const got = await inner.read(into, length, position);
+          read += got;
+          return got;
+        },
+        close: () => inner.close(),
+      };
+      if (map) source.dataExtents = (signal) => inner.dataExtents(signal);
+      return { source, read: () => read };
+    };
+    const sparse = await counted(true);
+    const a = await writeBackup(repo, sparse.source, { volume: { id: 'v', name: 'v' }, pool }).finally(() => sparse.source.close());
+    const dense = await counted(false);
+    const b = await writeBackup(repo, dense.source, { volume: { id: 'v', name: 'v' }, pool, full: true }).finally(() => dense.source.close());
+    assert.equal(dense.read(), size);
+    assert.ok(sparse.read() <= 5 * chunk, `read ${sparse.read()} bytes of a volume with 5 chunks of data`);
+    assert.equal(a.manifest.stats.holeChunks, b.manifest.stats.holeChunks);
+    assert.ok(a.manifest.volumeDigest && a.manifest.volumeDigest === b.manifest.volumeDigest);
+    const out = path.join(dir, 'restored.img');
+    await restoreTo(repo, a.manifest.id, out, pool);
     assert.equal(await sha256File(out), await sha256File(file));
   });
 });
