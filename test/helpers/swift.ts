@@ -8,7 +8,9 @@
  * - one-replica rings (account, container, object) whose one device is a folder (`srv/d0`); the
  *   object server keeps metadata in user xattrs, so that folder must be on a file system that has
  *   them (ext4, xfs, btrfs, tmpfs; checked first, with a message naming the folder);
- * - the four servers on free loopback ports, each one process (workers = 0), mount_check off,
+ * - the four servers on free loopback ports, each one process (workers = 0; `workers` gives the proxy
+ *   and the object server that many worker processes, for benchmarks on several cores), running as
+ *   the user that started them (Swift's default, `swift`, could not read the temp folder), mount_check off,
  *   fallocate off (a test machine's disk is small), logging to `logs/<server>.log` in that folder;
  * - s3api with path-style addressing, region us-east-1, listings paged at 100 keys (TestS3.listPageKeys),
  *   and a tempauth user whose access key and
@@ -29,6 +31,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdirSync, openSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { constants as osConstants, userInfo } from 'node:os';
 import * as path from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { S3ObjectStore } from '../../src/storage/s3-store.ts';
@@ -88,8 +91,8 @@ for name, port in zip(('account', 'container', 'object'), ports):
 
 /**
  * The proxy's cache filter: what Swift's memcache filter puts in `swift.cache`, backed by a dict
- * (values JSON-copied as memcached's serialisation would, expiry honoured). One proxy process
- * (workers = 0), so one dict is the whole cache.
+ * (values JSON-copied as memcached's serialisation would, expiry honoured). One dict per proxy
+ * process; with several workers each caches on its own, as with a memcached per worker.
  */
 const CACHE_MODULE = `
 import json, time
@@ -144,11 +147,12 @@ def filter_factory(global_conf, **local_conf):
     return cache_filter
 `;
 
-function backendConf(server: Exclude<Server, 'proxy'>, dir: string, port: number): string {
+function backendConf(server: Exclude<Server, 'proxy'>, dir: string, port: number, workers: number): string {
   return `[DEFAULT]
 bind_ip = 127.0.0.1
 bind_port = ${port}
-workers = 0
+workers = ${workers}
+user = ${userInfo().username}
 devices = ${path.join(dir, 'srv')}
 mount_check = false
 disable_fallocate = true
@@ -167,11 +171,12 @@ use = egg:swift#${server}
 `;
 }
 
-function proxyConf(dir: string, port: number): string {
+function proxyConf(dir: string, port: number, workers: number): string {
   return `[DEFAULT]
 bind_ip = 127.0.0.1
 bind_port = ${port}
-workers = 0
+workers = ${workers}
+user = ${userInfo().username}
 swift_dir = ${dir}
 log_name = proxy-server
 log_level = INFO
@@ -215,14 +220,23 @@ use = egg:swift#dlo
 }
 
 /**
- * Runs `argv` with PR_SET_PDEATHSIG = SIGKILL, then execs it: the server dies with the process that
- * started it, even one killed without a chance to clean up (a test runner's timeout).
+ * Runs `argv[2:]` with PR_SET_PDEATHSIG = signal `argv[1]`, then execs it: the server dies with the
+ * process that started it, even one killed without a chance to clean up (a test runner's timeout).
+ * A server with workers gets SIGTERM, on which it SIGTERMs its process group (its own: it is started
+ * detached), workers included; a single-process server gets SIGKILL.
  */
-const PDEATHSIG = "import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGKILL); os.execvp(sys.argv[1], sys.argv[1:])";
+const PDEATHSIG = 'import ctypes, os, sys; ctypes.CDLL(None).prctl(1, int(sys.argv[1])); os.execvp(sys.argv[2], sys.argv[2:])';
+
+export interface SwiftOptions {
+  /** Worker processes of the proxy and the object server (default 0: the server's one process serves). */
+  workers?: number;
+}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-export async function startSwift(temp: TempDirs): Promise<TestS3> {
+export async function startSwift(temp: TempDirs, opts: SwiftOptions = {}): Promise<TestS3> {
+  const workers = opts.workers ?? 0;
+  const workersOf = (s: Server): number => (s === 'proxy' || s === 'object' ? workers : 0);
   const why = swiftMissing();
   if (why) throw new Error(why);
   const dir = temp.make('swift');
@@ -230,12 +244,20 @@ export async function startSwift(temp: TempDirs): Promise<TestS3> {
   mkdirSync(path.join(dir, 'srv', 'd0'), { recursive: true });
   mkdirSync(logs);
   const ports = { account: await freePort(), container: await freePort(), object: await freePort(), proxy: await freePort() };
-  for (const s of ['account', 'container', 'object'] as const) writeFileSync(path.join(dir, `${s}-server.conf`), backendConf(s, dir, ports[s]));
-  writeFileSync(path.join(dir, 'proxy-server.conf'), proxyConf(dir, ports.proxy));
+  for (const s of ['account', 'container', 'object'] as const) writeFileSync(path.join(dir, `${s}-server.conf`), backendConf(s, dir, ports[s], workersOf(s)));
+  writeFileSync(path.join(dir, 'proxy-server.conf'), proxyConf(dir, ports.proxy, workers));
   writeFileSync(path.join(dir, 'haven_test_cache.py'), CACHE_MODULE);
   const children = new Map<Server, ChildProcess>();
+  // Each server leads a process group of its own (its workers with it), killed as a whole.
+  const killGroup = (c: ChildProcess, signal: NodeJS.Signals): void => {
+    try {
+      process.kill(-c.pid!, signal);
+    } catch {
+      // ESRCH: the group is gone already.
+    }
+  };
   const killAll = (): void => {
-    for (const c of children.values()) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    for (const c of children.values()) killGroup(c, 'SIGKILL');
   };
   process.once('exit', killAll);
   const logTails = (): string =>
@@ -256,7 +278,8 @@ export async function startSwift(temp: TempDirs): Promise<TestS3> {
   const launch = (s: Server): void => {
     const log = openSync(path.join(logs, `${s}.log`), 'a');
     // -v: log to stderr too, which goes to the log file (without /dev/log, syslog output is lost).
-    const child = spawn(PYTHON, ['-c', PDEATHSIG, `/usr/bin/swift-${s}-server`, path.join(dir, `${s}-server.conf`), '-v'], { stdio: ['ignore', log, log], cwd: dir, env });
+    const deathSignal = workersOf(s) > 0 ? osConstants.signals.SIGTERM : osConstants.signals.SIGKILL;
+    const child = spawn(PYTHON, ['-c', PDEATHSIG, String(deathSignal), `/usr/bin/swift-${s}-server`, path.join(dir, `${s}-server.conf`), '-v'], { stdio: ['ignore', log, log], cwd: dir, env, detached: true });
     closeSync(log);
     children.set(s, child);
   };
@@ -310,13 +333,15 @@ export async function startSwift(temp: TempDirs): Promise<TestS3> {
       process.off('exit', killAll);
       await Promise.all(
         [...children.values()].map(async (c) => {
-          if (c.exitCode !== null || c.signalCode !== null) return;
-          const exited = once(c, 'exit');
-          c.kill('SIGTERM');
-          // A server stuck in a request gets a moment, then SIGKILL.
-          const timer = setTimeout(() => c.kill('SIGKILL'), 3_000);
-          await exited;
-          clearTimeout(timer);
+          if (c.exitCode === null && c.signalCode === null) {
+            const exited = once(c, 'exit');
+            killGroup(c, 'SIGTERM');
+            // A server stuck in a request gets a moment, then SIGKILL.
+            const timer = setTimeout(() => killGroup(c, 'SIGKILL'), 3_000);
+            await exited;
+            clearTimeout(timer);
+          }
+          killGroup(c, 'SIGKILL'); // workers that outlived their parent
         }),
       );
     },
