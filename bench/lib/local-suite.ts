@@ -26,6 +26,8 @@ export interface LocalRow {
   peakRssKiB: number;
   /** The first step this tool failed; it took no part in the steps after. */
   error?: string;
+  /** The tool ran the full backup only (a peer on the second disk, to save time). */
+  fullOnly?: boolean;
 }
 
 export interface LocalResult {
@@ -64,13 +66,16 @@ export function log(line: string): void {
   console.log(`  ${line}`);
 }
 
-/** Runs the part on a copy of `pristine` (the generated volume) in `work`, which the part modifies. */
-export async function runLocal(label: string, work: string, pristine: string, size: number, tools: Tool[], rss: RssRecord[]): Promise<LocalResult> {
+/**
+ * Runs the part on a copy of `pristine` (the generated volume) in `work`, which the part modifies.
+ * Tools named in `fullOnly` take part in the full backup only.
+ */
+export async function runLocal(label: string, work: string, pristine: string, size: number, tools: Tool[], rss: RssRecord[], fullOnly: string[] = []): Promise<LocalResult> {
   const volume = path.join(work, 'volume.img');
   // cp keeps the zero regions holes, as generateVolume left them.
   execFileSync('cp', ['--sparse=always', pristine, volume]);
   const rows = new Map<string, LocalRow>();
-  for (const tool of tools) rows.set(tool.name, { fullMs: 0, fullAdded: 0, scatMs: 0, scatAdded: 0, clusMs: 0, clusAdded: 0, restoreMs: 0, restoreOk: false, repoBytes: 0, objects: 0, peakRssKiB: 0 });
+  for (const tool of tools) rows.set(tool.name, { fullMs: 0, fullAdded: 0, scatMs: 0, scatAdded: 0, clusMs: 0, clusAdded: 0, restoreMs: 0, restoreOk: false, repoBytes: 0, objects: 0, peakRssKiB: 0, ...(fullOnly.includes(tool.name) ? { fullOnly: true } : {}) });
   const note = (tool: Tool, step: string, r: RunResult): void => {
     rss.push({ tool: tool.name, step: `${label} ${step}`, rssKiB: r.rssKiB });
     const row = rows.get(tool.name)!;
@@ -81,7 +86,7 @@ export async function runLocal(label: string, work: string, pristine: string, si
   const each = async (name: string, fn: (tool: Tool, row: LocalRow) => Promise<void>): Promise<void> => {
     for (const tool of tools) {
       const row = rows.get(tool.name)!;
-      if (row.error) continue;
+      if (row.error || (row.fullOnly && name !== 'init' && name !== 'full')) continue;
       try {
         await fn(tool, row);
       } catch (err) {
