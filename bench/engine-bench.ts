@@ -367,7 +367,12 @@ function printGoals(size: number, disks: DiskRun[], s3: S3Result | undefined, sp
   add('peak RSS < 512 MiB in every Haven step', worst ? worst.rssKiB < 512 * 1024 : null, worst ? `${haven.length} steps, highest ${(worst.rssKiB / 1024).toFixed(0)} MiB (${worst.step})` : 'no Haven step ran');
   if (!sparse) add('sparse volume: full backup within 1.3x of the volume\'s', null, 'sparse part not run (HAVEN_BENCH_PARTS)');
   else if ('error' in sparse) add("sparse volume: full backup within 1.3x of the volume's", null, oneLine(sparse.error));
-  else add(`${mib(sparse.sparseSize)} sparse volume with the ${mib(sparse.size)} volume's data: full backup within 1.3x of the volume's`, sparse.sparseMs <= 1.3 * sparse.volumeMs && sparse.sparseReported === sparse.sparseSize, `${sec(sparse.sparseMs)} vs ${sec(sparse.volumeMs)}: ${(sparse.sparseMs / sparse.volumeMs).toFixed(2)}x${sparse.sparseReported === sparse.sparseSize ? '' : `; backup reported ${sparse.sparseReported} bytes`}`);
+  else {
+    // The same data must have been stored: a hole found where there is data would make it fast and wrong.
+    const same = sparse.sparseReported === sparse.sparseSize && sparse.sparseNewBytes === sparse.volumeNewBytes;
+    const detail = same ? `; both stored ${mib(sparse.sparseNewBytes)} of new data` : `; WRONG: the sparse backup reported ${sparse.sparseReported} bytes of ${sparse.sparseSize} and ${sparse.sparseNewBytes} new bytes against the volume's ${sparse.volumeNewBytes}`;
+    add(`${mib(sparse.sparseSize)} sparse volume with the ${mib(sparse.size)} volume's data: full backup within 1.3x of the volume's`, sparse.sparseMs <= 1.3 * sparse.volumeMs && same, `${sec(sparse.sparseMs)} vs ${sec(sparse.volumeMs)}: ${(sparse.sparseMs / sparse.volumeMs).toFixed(2)}x${detail}`);
+  }
 
   // Checks kept from earlier issues' goals.
   const other: Goal[] = [];

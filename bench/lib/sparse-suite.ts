@@ -20,6 +20,9 @@ export interface SparseResult {
   sparseMs: number;
   /** Bytes Haven's backup reported for the sparse volume (must be its whole size). */
   sparseReported: number;
+  /** New (non-zero, unique) bytes each backup stored: equal when the holes hid no data. */
+  volumeNewBytes: number;
+  sparseNewBytes: number;
 }
 
 /** Copies `volume` in pieces across a file SPARSE_FACTOR times its size, leaving zero regions unwritten. */
@@ -65,8 +68,9 @@ export async function runSparse(work: string, volume: string, size: number, node
   settle();
   const b = await holey.backup(sparse);
   rss.push({ tool: 'Haven', step: 'sparse part: full backup of the sparse volume', rssKiB: b.rssKiB });
-  const reported = (JSON.parse(b.stdout) as { sizeBytes: number }).sizeBytes;
+  const ra = JSON.parse(a.stdout) as { newBytes: number };
+  const rb = JSON.parse(b.stdout) as { sizeBytes: number; newBytes: number };
   log(`[sparse] full backup of the ${(size * SPARSE_FACTOR / MiB).toFixed(0)} MiB sparse volume ${(b.ms / 1000).toFixed(2)} s (${(b.ms / a.ms).toFixed(2)}x)`);
   await fs.rm(sparse, { force: true });
-  return { size, sparseSize: size * SPARSE_FACTOR, volumeMs: a.ms, sparseMs: b.ms, sparseReported: reported };
+  return { size, sparseSize: size * SPARSE_FACTOR, volumeMs: a.ms, sparseMs: b.ms, sparseReported: rb.sizeBytes, volumeNewBytes: ra.newBytes, sparseNewBytes: rb.newBytes };
 }
