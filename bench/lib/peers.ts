@@ -78,7 +78,7 @@ export interface ToolOptions {
   args?: string[];
 }
 
-const PASSWORD = 'haven-bench-password';
+export const BENCH_PASSWORD = 'haven-bench-password';
 
 /** Haven's CLI, started as `<node 24> bin/haven.js` (not through npx, whose start-up would be timed too). */
 export function havenTool(work: string, nodeBin: string, cli: string, opts: ToolOptions = {}): Tool {
@@ -89,7 +89,7 @@ export function havenTool(work: string, nodeBin: string, cli: string, opts: Tool
     name: 'Haven',
     repo,
     async init() {
-      await fs.writeFile(pwFile, PASSWORD, { mode: 0o600 });
+      await fs.writeFile(pwFile, BENCH_PASSWORD, { mode: 0o600 });
       return h(['init']);
     },
     async backup(volume) {
@@ -119,7 +119,7 @@ function resticSnapshotId(stdout: string): string {
 
 export function resticTool(work: string, opts: ToolOptions = {}): Tool {
   const repo = opts.repo ?? path.join(work, 'repo-restic');
-  const env = { RESTIC_PASSWORD: PASSWORD, RESTIC_REPOSITORY: repo, RESTIC_CACHE_DIR: path.join(work, 'restic-cache'), ...opts.env };
+  const env = { RESTIC_PASSWORD: BENCH_PASSWORD, RESTIC_REPOSITORY: repo, RESTIC_CACHE_DIR: path.join(work, 'restic-cache'), ...opts.env };
   const restic = (args: string[]): Promise<RunResult> => run('restic', [...args, ...(opts.args ?? [])], { env });
   return {
     name: 'restic',
@@ -138,7 +138,7 @@ export function resticTool(work: string, opts: ToolOptions = {}): Tool {
 
 export function borgTool(work: string, opts: ToolOptions = {}): Tool {
   const repo = opts.repo ?? path.join(work, 'repo-borg');
-  const env = { BORG_PASSPHRASE: PASSWORD, BORG_BASE_DIR: path.join(work, 'borg-base'), BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', ...opts.env };
+  const env = { BORG_PASSPHRASE: BENCH_PASSWORD, BORG_BASE_DIR: path.join(work, 'borg-base'), BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', ...opts.env };
   let n = 0;
   return {
     name: 'borg',

@@ -6,11 +6,16 @@
  * its chunks live in) is read from the repository itself, directly from Swift so it is not counted.
  */
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { mkdtempSync, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { describeCounts, makeLoopbackCert, startCountingProxy, type RequestCounts } from './counting-proxy.ts';
 import { log, oneLine, settle, type RssRecord } from './local-suite.ts';
-import { havenTool, resticTool, type RunResult, type Tool } from './peers.ts';
+import { Repository } from '../../src/engine/repository.ts';
+import { S3ObjectStore } from '../../src/storage/s3-store.ts';
+import { startSwift, swiftMissing } from '../../test/helpers/swift.ts';
+import type { TestS3 } from '../../test/helpers/s3-server.ts';
+import { TempDirs } from '../../test/helpers/volumes.ts';
+import { BENCH_PASSWORD, havenTool, resticTool, type RunResult, type Tool } from './peers.ts';
 import { modifyVolume, sha256File } from './volume-gen.ts';
 
 export interface S3Step {
@@ -40,28 +45,6 @@ export interface S3Result {
   error?: string;
 }
 
-interface Swift {
-  endpoint: string;
-  bucket: string;
-  credentials: { accessKeyId: string; secretAccessKey: string };
-  env: Record<string, string>;
-  close(): Promise<void>;
-}
-
-const PASSWORD = 'haven-bench-password';
-
-/** test/helpers/swift.ts is loaded only here, and only when present, so the rest of the benchmark runs without it. */
-async function loadSwift(): Promise<{ start: (temp: { make(name?: string): string; cleanup(): void }) => Promise<Swift>; missing: () => string | false } | string> {
-  const file = path.resolve(import.meta.dirname, '../../test/helpers/swift.ts');
-  try {
-    await fs.access(file);
-  } catch {
-    return 'test/helpers/swift.ts is not there';
-  }
-  const m = (await import(file)) as { startSwift: (t: unknown) => Promise<Swift>; swiftMissing: () => string | false };
-  return { start: m.startSwift, missing: m.swiftMissing };
-}
-
 async function bucketBytes(client: S3Client, bucket: string, prefix: string): Promise<number> {
   let bytes = 0;
   let token: string | undefined;
@@ -74,12 +57,10 @@ async function bucketBytes(client: S3Client, bucket: string, prefix: string): Pr
 }
 
 /** Distinct packs holding a backup's chunks, from its index segments and the repository's chunk map. */
-async function packsTouched(url: string, endpoint: string, credentials: Swift['credentials'], backupId: string): Promise<number> {
-  const { S3ObjectStore } = await import('../../src/storage/s3-store.ts');
-  const { Repository } = await import('../../src/engine/repository.ts');
+async function packsTouched(url: string, endpoint: string, credentials: TestS3['credentials'], backupId: string): Promise<number> {
   const store = new S3ObjectStore({ url, endpoint, region: 'us-east-1', credentials });
   try {
-    const repo = await Repository.open(store, { password: PASSWORD });
+    const repo = await Repository.open(store, { password: BENCH_PASSWORD });
     const { map } = await repo.loadChunkMap();
     const manifest = await repo.readManifest(backupId);
     const packs = new Set<number>();
@@ -99,26 +80,23 @@ async function packsTouched(url: string, endpoint: string, credentials: Swift['c
 
 export async function runS3(work: string, volume: string, size: number, node: string, cli: string, rss: RssRecord[], wanted: string[]): Promise<S3Result> {
   const rows = new Map<string, S3Row>();
-  const swiftLib = await loadSwift();
-  if (typeof swiftLib === 'string') return { size, rows, skipped: swiftLib };
-  const why = swiftLib.missing();
+  const why = swiftMissing();
   if (why) return { size, rows, skipped: why };
-  // What the helper asks of a TempDirs: a fresh folder per make(), here inside the work folder.
-  const dirs: string[] = [];
   await fs.mkdir(work, { recursive: true });
-  const temp = {
-    make(name = ''): string {
-      const d = mkdtempSync(path.join(work, `${name || 'tmp'}-`));
-      dirs.push(d);
-      return d;
-    },
-    cleanup(): void {},
-  };
-  const swift = await swiftLib.start(temp);
-  const tls = makeLoopbackCert(work);
-  const proxy = await startCountingProxy(swift.endpoint, tls);
-  const client = new S3Client({ region: 'us-east-1', endpoint: swift.endpoint, forcePathStyle: true, credentials: swift.credentials });
+  const temp = new TempDirs('haven-bench-');
+  let swift: TestS3;
   try {
+    swift = await startSwift(temp);
+  } catch (err) {
+    temp.cleanup();
+    throw err;
+  }
+  const client = new S3Client({ region: 'us-east-1', endpoint: swift.endpoint, forcePathStyle: true, credentials: swift.credentials });
+  let closeProxy = async (): Promise<void> => {};
+  try {
+    const tls = makeLoopbackCert(work);
+    const proxy = await startCountingProxy(swift.endpoint, tls);
+    closeProxy = () => proxy.close();
     const creds = { AWS_ACCESS_KEY_ID: swift.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: swift.credentials.secretAccessKey, AWS_DEFAULT_REGION: 'us-east-1' };
     const havenUrl = `s3://${swift.bucket}/haven`;
     const tools: Tool[] = [
@@ -211,8 +189,8 @@ export async function runS3(work: string, volume: string, size: number, node: st
     return { size, rows, error: (err as Error).message.slice(0, 2000) };
   } finally {
     client.destroy();
-    await proxy.close();
+    await closeProxy();
     await swift.close();
-    for (const d of dirs) await fs.rm(d, { recursive: true, force: true });
+    temp.cleanup();
   }
 }
