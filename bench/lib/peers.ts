@@ -40,9 +40,14 @@ export function which(bin: string): string | null {
   }
 }
 
-/** Installs the Debian packages of missing peers when running as root; returns what is missing after. */
-export function ensurePeers(): string[] {
+/**
+ * Installs the Debian packages of missing peers (and with `s3`, what the S3 part runs: OpenStack
+ * Swift and openssl for the proxy's certificate) when running as root; returns the packages still
+ * missing after.
+ */
+export function ensurePeers(s3 = false): string[] {
   const want: [string, string][] = [['restic', 'restic'], ['borg', 'borgbackup'], ['/usr/bin/time', 'time']];
+  if (s3) want.push(['openssl', 'openssl'], ...['proxy', 'object', 'container', 'account'].map((s): [string, string] => [`/usr/bin/swift-${s}-server`, `swift-${s}`]));
   const missing = want.filter(([b]) => (b.startsWith('/') ? !existsSync(b) : !which(b)));
   if (missing.length && process.getuid?.() === 0) {
     const packages = missing.map(([, p]) => p);
