@@ -16,12 +16,13 @@
  */
 import { constants as fsc, promises as fs } from 'node:fs';
 import { AppError, asCancelledIfAborted, ErrorCode, isAppError, throwIfAborted } from '../domain/errors.ts';
-import { ObjectNotFoundError } from '../storage/object-store.ts';
+import { LocalObjectStore } from '../storage/local-store.ts';
 import { acceptsDirectIo, DIRECT_ALIGN, directSlot, releaseDirectSlot, type DirectSlot } from '../storage/direct-io.ts';
 import { DIGEST_BYTES, digestHex, isZeroDigest } from './chunk-digest.ts';
 import type { ChunkMap } from './chunk-map.ts';
 import type { BackupManifest } from './manifest.ts';
 import { packKey } from './pack-format.ts';
+import { PackFetcher, type BatchReads, type ChunkRead, type FetchedBodies, type PlannedBatch } from './pack-fetcher.ts';
 import type { Repository } from './repository.ts';
 import { blockDeviceSize } from './volume-source.ts';
 import { openVolumeFile, reopenSame, type VolumeFileGuard } from './volume-file.ts';
@@ -48,6 +49,8 @@ export interface RestoreOptions {
   fsync?: boolean;
   /** Read gap (bytes) under which two chunk reads from one pack are merged into one. */
   coalesceGapBytes?: number;
+  /** Bytes fetched from packs and not yet decoded, at most (default 128 MiB; pack-fetcher.ts). */
+  fetchBudgetBytes?: number;
   /**
    * The target is a service volume: it must exist, be the very file Haven adopted, under its roots,
    * and is never reached through a symbolic link (volume-file.ts). Without a guard (the operator's
@@ -135,10 +138,13 @@ async function openDirect(path: string): Promise<fs.FileHandle | null> {
   }
 }
 
-interface ReadRun {
-  packNo: number;
-  offset: number;
-  length: number;
+/** A batch of the restore: `n` chunks from `firstChunk`, of which those at `present` are stored (the rest are holes). */
+interface BatchMeta {
+  firstChunk: number;
+  n: number;
+  digests: Uint8Array;
+  present: number[];
+  reads: ChunkRead[];
 }
 
 export async function restoreBackup(repo: Repository, manifest: BackupManifest, targetPath: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
@@ -216,7 +222,38 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   let doneBytes = 0;
   let lastCommit: Promise<unknown> = Promise.resolve();
   const settling = new Set<Promise<unknown>>();
-  let chunkBase = 0;
+  // Every batch's reads, in volume order, planned ahead per pack (pack-fetcher.ts): requests grow
+  // with the packs touched, not with the chunks, and run ahead of decoding.
+  async function* batchSource(): AsyncGenerator<BatchReads<BatchMeta>> {
+    let chunkBase = 0;
+    for (const ref of manifest.indexSegments) {
+      const seg = preread.get(ref) ?? (await repo.readIndexSegment(ref, what));
+      preread.delete(ref);
+      for (let first = 0; first < ref.chunks; first += batchChunks) {
+        const n = Math.min(batchChunks, ref.chunks - first);
+        const digests = seg.subarray(first * DIGEST_BYTES, (first + n) * DIGEST_BYTES);
+        const meta: BatchMeta = { firstChunk: chunkBase + first, n, digests, present: [], reads: [] };
+        try {
+          Object.assign(meta, locate(map, digests, meta.firstChunk));
+        } catch (err) {
+          // delivered when the restore reaches this batch, which then looks again in a fresh chunk map
+          yield { meta, reads: [], digestOf: () => '', error: err };
+          continue;
+        }
+        yield { meta, reads: meta.reads, digestOf: (k) => digestHex(digests, meta.present[k]! * DIGEST_BYTES) };
+      }
+      chunkBase += ref.chunks;
+    }
+    if (chunkBase !== manifest.chunkCount) throw new AppError(ErrorCode.RepositoryCorrupt, `index of ${what} lists ${chunkBase} chunks, manifest says ${manifest.chunkCount}`);
+  }
+  const fetcher = new PackFetcher(repo.store, batchSource(), {
+    what,
+    signal: internal.signal,
+    gapBytes: gap,
+    // A local read costs little and a copy does: plan each batch alone there (nothing shared, no copies).
+    ...(repo.store instanceof LocalObjectStore ? { maxWindowBatches: 1 } : {}),
+    ...(opts.fetchBudgetBytes !== undefined ? { budgetBytes: opts.fetchBudgetBytes } : {}),
+  });
   try {
     // Slots are page-aligned memory when the target takes direct I/O, asked once with one block
     // (a file target has just been sized, so it reads as zeros there: see acceptsDirectIo).
@@ -226,21 +263,18 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
       allSlots.push(slot);
       slots.give(slot);
     }
-    segments: for (const ref of manifest.indexSegments) {
-      const seg = preread.get(ref) ?? (await repo.readIndexSegment(ref, what));
-      preread.delete(ref);
-      if (failure !== undefined) break;
-      for (let first = 0; first < ref.chunks; first += batchChunks) {
-        const slot = await slots.take();
-        if (failure !== undefined || slot === null) break segments;
-        if (signal?.aborted) {
-          fail(new AppError(ErrorCode.Cancelled, 'restore cancelled', { cause: signal.reason }));
-          break segments;
-        }
-        const n = Math.min(batchChunks, ref.chunks - first);
-        const firstChunk = chunkBase + first;
-        const digests = seg.subarray(first * DIGEST_BYTES, (first + n) * DIGEST_BYTES);
-        const decoded = fetchBatch(digests, firstChunk, slot);
+    for (;;) {
+      const slot = await slots.take();
+      if (failure !== undefined || slot === null) break;
+      if (signal?.aborted) {
+        fail(new AppError(ErrorCode.Cancelled, 'restore cancelled', { cause: signal.reason }));
+        break;
+      }
+      const batch = await fetcher.next();
+      if (batch === null) break;
+      {
+        const { firstChunk, n, digests } = batch.meta;
+        const decoded = fetchBatch(batch, slot);
         decoded.catch(() => undefined); // surfaces through the commit below
 
         // In volume order: feed the batch's digests to the root (format 1: hash its bytes, the
@@ -289,16 +323,16 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
         commit.catch(fail);
         lastCommit = commit;
       }
-      chunkBase += ref.chunks;
     }
     await lastCommit.catch(() => undefined);
     while (settling.size) await Promise.allSettled([...settling]);
     if (signal?.aborted) failure = asCancelledIfAborted(failure, signal, 'restore');
     if (failure !== undefined) throw failure;
-    if (chunkBase !== manifest.chunkCount) throw new AppError(ErrorCode.RepositoryCorrupt, `index of ${what} lists ${chunkBase} chunks, manifest says ${manifest.chunkCount}`);
+    fetcher.close(); // lets its pooled buffers go
     if (!target.sparse || opts.fsync) await Promise.all([target.fh.sync(), target.direct?.sync()]);
   } catch (err) {
     fail(err);
+    fetcher.close(err);
     await lastCommit.catch(() => undefined);
     while (settling.size) await Promise.allSettled([...settling]);
     signal?.removeEventListener('abort', onAbort);
@@ -360,16 +394,27 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     await writeAll(target.fh, data, position);
   }
 
-  /** Fetches and decodes one batch into `slot` (chunk i at base + i * chunkSize); resolves to the stored chunks' positions. */
-  async function fetchBatch(digests: Uint8Array, firstChunk: number, slot: Slot): Promise<number[]> {
+  /**
+   * Fetches and decodes one batch into `slot` (chunk i at base + i * chunkSize); resolves to the
+   * stored chunks' positions. A chunk not found (in the chunk map or its pack) is looked up once more
+   * in a freshly loaded chunk map and read directly, outside the plan.
+   */
+  async function fetchBatch(batch: PlannedBatch<BatchMeta>, slot: Slot): Promise<number[]> {
     const gen = mapGeneration;
+    const { digests, firstChunk } = batch.meta;
     try {
-      return await fetchBatchFrom(map, digests, firstChunk, slot);
+      try {
+        return await decodeBatch(await batch.data(), batch.meta, slot);
+      } finally {
+        batch.release(); // after the decode: the spans' buffers may be reused from now on
+      }
     } catch (err) {
       if (!isAppError(err, ErrorCode.ChunkMissing)) throw await quarantineFound(err);
       await refreshMap(gen);
       try {
-        return await fetchBatchFrom(map, digests, firstChunk, slot);
+        const fresh = locate(map, digests, firstChunk);
+        const fetched = await fetcher.fetchDirect({ reads: fresh.reads, digestOf: (k) => digestHex(digests, fresh.present[k]! * DIGEST_BYTES) });
+        return await decodeBatch(fetched, { digests, ...fresh }, slot);
       } catch (again) {
         throw await quarantineFound(again);
       }
@@ -383,10 +428,11 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     return err;
   }
 
-  async function fetchBatchFrom(map: ChunkMap, digests: Uint8Array, firstChunk: number, slot: Slot): Promise<number[]> {
+  /** The stored chunks of a batch and where they lie, checked against the volume's layout. */
+  function locate(map: ChunkMap, digests: Uint8Array, firstChunk: number): { present: number[]; reads: ChunkRead[] } {
     const n = digests.length / DIGEST_BYTES;
     const present: number[] = [];
-    const locs: { packNo: number; offset: number; length: number; rawLength: number }[] = [];
+    const reads: ChunkRead[] = [];
     for (let i = 0; i < n; i++) {
       if (isZeroDigest(digests, i * DIGEST_BYTES)) continue;
       const loc = map.get(digests, i * DIGEST_BYTES);
@@ -399,53 +445,25 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
         throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digestHex(digests, i * DIGEST_BYTES)} of ${what} holds ${loc.rawLength} bytes where ${expect} belong`, { details: { chunks } });
       }
       present.push(i);
-      locs.push(loc);
+      reads.push({ packId: map.packIds[loc.packNo]!, offset: loc.offset, length: loc.length, rawLength: loc.rawLength });
     }
-    if (!present.length) return present;
-    // Coalesce reads: chunks of one pack that lie close together come in one request.
-    const runs: ReadRun[] = [];
+    return { present, reads };
+  }
+
+  /** Decodes (and, format 2, checks) a batch's fetched chunks into its slot; a chunk that fails is named (quarantine). */
+  async function decodeBatch(fetched: FetchedBodies, b: Pick<BatchMeta, 'digests' | 'present' | 'reads'>, slot: Slot): Promise<number[]> {
+    if (!b.present.length) return b.present;
     const chunks: number[] = [];
-    for (let k = 0; k < locs.length; k++) {
-      const l = locs[k]!;
-      const r = runs[runs.length - 1];
-      if (r && r.packNo === l.packNo && l.offset >= r.offset + r.length && l.offset - (r.offset + r.length) <= gap) {
-        r.length = l.offset + l.length - r.offset;
-      } else {
-        runs.push({ packNo: l.packNo, offset: l.offset, length: l.length });
-      }
-      const run = runs[runs.length - 1]!;
-      chunks.push(runs.length - 1, l.offset - run.offset, l.length, l.rawLength, slot.base + present[k]! * chunkSize);
+    for (let k = 0; k < b.present.length; k++) {
+      const c = k * 4;
+      chunks.push(fetched.chunks[c]!, fetched.chunks[c + 1]!, fetched.chunks[c + 2]!, fetched.chunks[c + 3]!, slot.base + b.present[k]! * chunkSize);
     }
-    const bodies = await Promise.all(
-      runs.map(async (r) => {
-        const key = packKey(map.packIds[r.packNo]!);
-        let body: Uint8Array;
-        try {
-          body = await repo.store.get(key, { offset: r.offset, length: r.length, signal: internal.signal });
-        } catch (err) {
-          if (err instanceof ObjectNotFoundError) {
-            const chunks = present.filter((_, k) => locs[k]!.packNo === r.packNo).map((i) => ({ digest: digestHex(digests, i * DIGEST_BYTES), packId: map.packIds[r.packNo]! }));
-            throw new AppError(ErrorCode.ChunkMissing, `pack ${key} needed by ${what} is missing`, { cause: err, details: { chunks } });
-          }
-          throw err;
-        }
-        if (body.length < r.length) {
-          // A short read is damage only when the pack itself is short; otherwise the store (or the
-          // connection) failed, and the backup is as whole as it was.
-          const info = await repo.store.head(key);
-          if (info && info.sizeBytes >= r.offset + r.length) throw new AppError(ErrorCode.StorageError, `reading pack ${map.packIds[r.packNo]} returned ${body.length} of ${r.length} bytes (the pack is whole: a storage or network failure)`);
-          throw new AppError(ErrorCode.ChunkCorrupt, `pack ${map.packIds[r.packNo]} is truncated`);
-        }
-        // The body moves to a worker: it must own its whole ArrayBuffer (ObjectStore.get promises a fresh one).
-        return body.byteOffset === 0 && body.byteLength === body.buffer.byteLength && !(body.buffer instanceof SharedArrayBuffer) ? body : new Uint8Array(body);
-      }),
-    );
-    const bad = await pool.decodeInto({ bodies, chunks, out: slot.sab, encKey: repo.keys?.encKey, check: digestCheck(digests, present) }, internal.signal);
+    const bad = await pool.decodeInto({ bodies: fetched.bodies, chunks, out: slot.sab, encKey: repo.keys?.encKey, check: digestCheck(b.digests, b.present) }, internal.signal);
     if (bad >= 0) {
-      const chunks = [{ digest: digestHex(digests, present[bad]! * DIGEST_BYTES), packId: map.packIds[locs[bad]!.packNo]! }];
-      throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digestHex(digests, present[bad]! * DIGEST_BYTES)} of ${what} is damaged`, { details: { chunks } });
+      const digest = digestHex(b.digests, b.present[bad]! * DIGEST_BYTES);
+      throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digest} of ${what} is damaged`, { details: { chunks: [{ digest, packId: b.reads[bad]!.packId }] } });
     }
-    return present;
+    return b.present;
   }
 }
 

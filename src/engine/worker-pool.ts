@@ -51,7 +51,8 @@ export class ChunkWorkerPool {
    * Resolves to the task-order position of the first damaged chunk, or -1.
    */
   decodeInto(t: Omit<DecodeIntoTask, 'kind'>, signal?: AbortSignal): Promise<number> {
-    const transferList = [...new Set(t.bodies.map((b) => b.buffer as ArrayBuffer))];
+    // A body in a SharedArrayBuffer (a span several batches read, pack-fetcher.ts) is read in place: it cannot be transferred.
+    const transferList = [...new Set(t.bodies.map((b) => b.buffer).filter((b): b is ArrayBuffer => !(b instanceof SharedArrayBuffer)))];
     return this.pool.run({ kind: 'decodeInto', ...t }, { ...(signal ? { signal } : {}), transferList });
   }
 
