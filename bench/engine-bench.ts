@@ -211,7 +211,7 @@ async function main(): Promise<void> {
   for (const d of disks) if (d.result) printLocalTable(d.label, d.result);
   if (limits) console.log(`\nphysical limits on this machine: volume read ${limits.readMBs.toFixed(0)} MB/s (page cache), sha256 ${limits.shaMBs.toFixed(0)} MB/s/core, zstd-1 ${limits.zstdMBs.toFixed(0)} MB/s/core on text`);
   if (s3?.rows.size) printS3Table(s3);
-  if (sparse && !('error' in sparse)) console.log(`\nsparse: full backup of the ${mib(sparse.size)} volume ${sec(sparse.volumeMs)}, of the ${mib(sparse.sparseSize)} sparse volume with the same data ${sec(sparse.sparseMs)} (${(sparse.sparseMs / sparse.volumeMs).toFixed(2)}x)`);
+  if (sparse && !('error' in sparse)) console.log(`\nsparse: full backup (mean of two) of the ${mib(sparse.size)} volume ${sec(sparse.volumeMs)}, of the ${mib(sparse.sparseSize)} sparse volume with the same data ${sec(sparse.sparseMs)} (${(sparse.sparseMs / sparse.volumeMs).toFixed(2)}x)`);
   printGoals(size, disks, s3, sparse, rss);
   console.log(`\nbenchmark took ${((performance.now() - started) / 60000).toFixed(1)} min (${took.join(', ')})`);
   if (!process.env.HAVEN_BENCH_KEEP) await fs.rm(work, { recursive: true, force: true });
