@@ -4,6 +4,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 
 export interface RunResult {
@@ -13,7 +14,8 @@ export interface RunResult {
 }
 
 export async function run(cmd: string, args: string[], opts: { env?: Record<string, string>; cwd?: string } = {}): Promise<RunResult> {
-  const rssFile = path.join(opts.cwd ?? process.cwd(), `.rss-${process.pid}-${Date.now()}`);
+  // Outside the tool's folders (borg extracts into its cwd) and the project (an interrupted run leaves it).
+  const rssFile = path.join(tmpdir(), `haven-bench-rss-${process.pid}-${Date.now()}`);
   const started = performance.now();
   const child = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, cmd, ...args], {
     cwd: opts.cwd,
