@@ -381,7 +381,7 @@ function printGoals(size: number, disks: DiskRun[], s3: S3Result | undefined, sp
 
   // Checks kept from earlier issues' goals.
   const other: Goal[] = [];
-  const main = disks.find((d) => d.result)?.result;
+  const main = disks.find((d) => d.result && !d.result.rows.get('Haven')!.error)?.result;
   if (main) {
     const h = main.rows.get('Haven')!;
     const restic = main.rows.get('restic');
