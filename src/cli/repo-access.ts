@@ -9,7 +9,7 @@ import { AppError, ErrorCode } from '../domain/errors.ts';
 import { Repository } from '../engine/repository.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { openObjectStore, openFailure } from '../storage/open-store.ts';
-import { resolveLocation } from '../storage/s3-url.ts';
+import { isS3Url, resolveLocation } from '../storage/s3-url.ts';
 
 export interface RepoOptions {
   repo: string;
@@ -39,7 +39,9 @@ export function repoLocation(opts: RepoOptions): string {
 }
 
 export function openStore(opts: RepoOptions): Promise<ObjectStore> {
-  return openObjectStore(repoLocation(opts), s3SettingsFromEnv());
+  const location = repoLocation(opts);
+  // Read (and checked) only for an S3 location: a stray HAVEN_S3_* must not stop a local repository.
+  return openObjectStore(location, isS3Url(location) ? s3SettingsFromEnv() : {});
 }
 
 export async function openRepository(opts: RepoOptions): Promise<Repository> {

@@ -245,7 +245,9 @@ export class S3ObjectStore implements ObjectStore {
    * the other's claim had been there for the settle time, so it showed that claim, unless the other
    * had already deleted it, which it does only after its put: then the second's check in step 4 sees
    * the key. This holds if the server's listings show a finished PUT within the settle time and a
-   * read after a finished write sees it.
+   * read after a finished write sees it: the assumption the repository's locks make already (a
+   * backup or GC run writes its lock, then lists the others: engine/locks.ts), so a server on which
+   * the claim is unsafe would break GC's protection of running backups too.
    *
    * What it gives up, against If-None-Match: it rests on those two properties of the server (true
    * of a single Swift cluster, whose object PUT updates the container listing before it answers,
