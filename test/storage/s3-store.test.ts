@@ -192,6 +192,17 @@ function describeRefusedConditionalWrites(server: () => TestS3): void {
       assert.deepEqual(await collectKeys(store, ''), []);
     });
 
+    it('with it, a claim left by a crashed creator holds creation back with an error naming it, and nothing is written', async () => {
+      const store = swift.store('left', { claimSettleMs: 20 });
+      await store.put('create-claims/config/0000000000000000', new Uint8Array(0));
+      await assert.rejects(Repository.init(store, {}), (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'REPOSITORY_LOCKED');
+        assert.match(err.message, /another process is creating s3:\/\/haven-test\/left\/config \(create claims s3:\/\/haven-test\/left\/create-claims\/config\/0000000000000000\).*delete those claims/);
+        return true;
+      });
+      assert.deepEqual((await collectKeys(store, '')).map((o) => o.key), ['create-claims/config/0000000000000000']);
+    });
+
     it('with it: of four concurrent creators (own clients, as separate processes) exactly one creates, the others are told it exists, and all open the same config', async () => {
       const stores = [1, 2, 3, 4].map(() => swift.store('race', { claimSettleMs: 250 }));
       const results = await Promise.allSettled(stores.map((s) => Repository.init(s, {})));
