@@ -79,6 +79,8 @@ const MAX_SOCKETS = 64;
  */
 const CLAIM_STALE_MS = 10 * 60_000;
 const CLAIM_ATTEMPTS = 8;
+/** A settle time doubled for a slow listing stops growing here. */
+const CLAIM_SETTLE_MAX_MS = 30_000;
 
 function isRepositoryKey(key: string): boolean {
   try {
@@ -255,7 +257,8 @@ export class S3ObjectStore implements ObjectStore {
    * second or more and a few more requests; and a creator that crashed between claim and delete
    * leaves a claim that holds back other creators at that location for CLAIM_STALE_MS (the error
    * names it). Repository.init's read-back of the config's id stays as the last check. A listing
-   * that does not show one's own claim yet says the settle time is too short: it is doubled.
+   * that does not show one's own claim yet says the settle time is too short: it is doubled (up to
+   * CLAIM_SETTLE_MAX_MS).
    */
   private async claimedPut(key: string, body: Uint8Array): Promise<boolean> {
     const claims = `create-claims/${key}/`;
@@ -273,7 +276,7 @@ export class S3ObjectStore implements ObjectStore {
           for await (const o of this.list(claims)) listed.push(o);
           const own = listed.find((o) => o.key === mine);
           if (!own) {
-            settleMs *= 2;
+            settleMs = Math.min(settleMs * 2, CLAIM_SETTLE_MAX_MS);
             break;
           }
           const others = listed.filter((o) => o.key !== mine && own.modifiedAtMs - o.modifiedAtMs < CLAIM_STALE_MS).map((o) => o.key);
