@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { collectGarbage, deleteBackup } from '../../src/engine/garbage-collector.ts';
 import { Repository } from '../../src/engine/repository.ts';
+import { BackupEngine } from '../../src/services/backup-engine.ts';
 import { verifyRepository } from '../../src/engine/verifier.ts';
 import { collectKeys, type ObjectStore } from '../../src/storage/object-store.ts';
 import { backupFile, engineTestContext, restoreTo, TEST_PASSWORD } from '../helpers/repo.ts';
@@ -122,6 +123,17 @@ for (const server of SERVERS) {
   
 
   if (server.name === 'swift') {
+    it('two services starting at once on an empty location (BackupEngine.open, with a store each, as two haven serve processes) end up on one repository', async () => {
+      // BackupEngine.open is what `haven serve` runs at start: open, else create, else open the one another process created.
+      const engines = await Promise.all([1, 2].map(() => BackupEngine.open(s3.store('serve', { claimSettleMs: 250 }), { threads: 1 })));
+      try {
+        assert.equal(engines[0]!.repo.config.id, engines[1]!.repo.config.id);
+        assert.deepEqual((await collectKeys(s3.store('serve'), '')).map((o) => o.key), ['config']);
+      } finally {
+        await Promise.all(engines.map((e) => e.close()));
+      }
+    });
+
     it('creating with the CLI needs HAVEN_S3_CONDITIONAL_WRITES=false, named in the error; with it, of two concurrent inits one creates and the other is told it exists', async () => {
       const url = `s3://${s3.bucket}/cli/race`;
       const strict = await runCli(['init', '--repo', url], { env: { ...s3.env, HAVEN_S3_CONDITIONAL_WRITES: 'true' } });
