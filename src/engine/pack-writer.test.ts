@@ -57,6 +57,21 @@ describe('PackWriter', () => {
     }
   });
 
+  it('gives every buffer it took from the store back exactly once, when finished or drained', async () => {
+    for (const end of ['finish', 'drain'] as const) {
+      const store = new LendingStore();
+      const repo = await Repository.init(store, { packTargetBytes: 64 * 1024 });
+      const w = new PackWriter(repo, { maxInFlight: 2 });
+      const digests = new Uint8Array(6 * DIGEST_BYTES).fill(5);
+      for (let i = 0; i < 5; i++) await w.add(new Uint8Array(50_000).fill(i), digests, i * DIGEST_BYTES, 50_000);
+      await w.add(new Uint8Array(2 << 20).fill(9), digests, 5 * DIGEST_BYTES, 2 << 20); // more than a buffer holds: it grows
+      if (end === 'finish') await w.finish();
+      else await w.drain();
+      assert.ok(store.lent.size >= 2, `${store.lent.size} buffers lent`);
+      assert.deepEqual([...store.lent.values()], [...store.lent.values()].map(() => 1), `${end}: each returned once`);
+    }
+  });
+
   it('refuses an add that overlaps a running one, so no chunk lands in a buffer about to be replaced', async () => {
     const repo = await Repository.init(new MemoryObjectStore(), { packTargetBytes: 64 * 1024 });
     const w = new PackWriter(repo);
@@ -109,5 +124,27 @@ class HeldPuts extends MemoryObjectStore {
 
   releaseAll(): void {
     for (const r of this.held.splice(0)) r();
+  }
+}
+
+/** A memory store that lends pack buffers and counts how often each came back. */
+class LendingStore extends MemoryObjectStore {
+  readonly lent = new Map<Uint8Array, number>();
+
+  async allocBuffer(length: number): Promise<Uint8Array> {
+    const b = new Uint8Array(length);
+    this.lent.set(b, 0);
+    return b;
+  }
+
+  releaseBuffer(buf: Uint8Array): void {
+    const n = this.lent.get(buf);
+    if (n !== undefined) this.lent.set(buf, n + 1);
+  }
+
+  // Puts that take a moment, so that a second pack is filled while the first is being stored.
+  override async put(key: string, body: Body): Promise<void> {
+    await new Promise((r) => setTimeout(r, 5));
+    await super.put(key, body);
   }
 }

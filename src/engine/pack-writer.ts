@@ -65,6 +65,7 @@ export class PackWriter {
       // Only a chunk larger than the room left over the target gets here: keep what was gathered.
       const bigger = new Uint8Array(this.size + blob.length);
       bigger.set(this.buf.subarray(0, this.size));
+      this.repo.store.releaseBuffer?.(this.buf);
       this.buf = bigger;
     }
     if (!this.buf) {
@@ -125,8 +126,12 @@ export class PackWriter {
 
   /** Flushes the last partial pack and waits until every pack is durable. */
   async finish(): Promise<PackEntries[]> {
-    await this.flush();
-    await Promise.all(this.inFlight);
+    try {
+      await this.flush();
+    } finally {
+      await Promise.allSettled(this.inFlight);
+      this.releaseBuffers();
+    }
     if (this.failure) throw this.failure;
     return this.written;
   }
@@ -134,6 +139,16 @@ export class PackWriter {
   /** Waits for in-flight writes without flushing (used when aborting). */
   async drain(): Promise<void> {
     await Promise.allSettled(this.inFlight);
+    this.releaseBuffers();
+  }
+
+  /** Gives the pack buffers back to the store (ObjectStore.releaseBuffer): nothing uses them any more. */
+  private releaseBuffers(): void {
+    if (this.buf) this.freeBufs.push(this.buf);
+    this.buf = null;
+    this.size = 0;
+    this.entryCount = 0;
+    for (const b of this.freeBufs.splice(0)) this.repo.store.releaseBuffer?.(b);
   }
 }
 

@@ -59,6 +59,12 @@ export interface ObjectStore {
    */
   allocBuffer?(length: number): Promise<Uint8Array>;
   /**
+   * Optional, with allocBuffer: takes back a buffer allocBuffer returned (the buffer itself, not a
+   * view into it), exactly once, when nothing uses it any more (the local store pools its aligned
+   * memory). Any other buffer is ignored.
+   */
+  releaseBuffer?(buf: Uint8Array): void;
+  /**
    * Optional: how many large puts (packs) a writer should keep in flight for best throughput. Each
    * one holds a pack buffer, so this is a memory bound too. Absent: 1 (a local disk is written
    * fastest by one stream; an object store over HTTP needs several requests at once to fill the pipe).
