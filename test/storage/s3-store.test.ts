@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { s3SettingsFromEnv } from '../../src/config/config.ts';
+import { loadConfig, s3Settings, s3SettingsFromEnv } from '../../src/config/config.ts';
 import { collectKeys } from '../../src/storage/object-store.ts';
 import { openObjectStore } from '../../src/storage/open-store.ts';
 import { S3ObjectStore } from '../../src/storage/s3-store.ts';
@@ -169,6 +169,8 @@ describe('S3 settings', () => {
     assert.throws(() => s3SettingsFromEnv({ HAVEN_S3_CONCURRENCY: '0' }), /invalid HAVEN_S3_CONCURRENCY: must be at least 1/);
     assert.throws(() => s3SettingsFromEnv({ HAVEN_S3_CONCURRENCY: '17' }), /invalid HAVEN_S3_CONCURRENCY: must be at most 16/);
     assert.throws(() => s3SettingsFromEnv({ HAVEN_S3_CONDITIONAL_WRITES: 'no' }), /invalid HAVEN_S3_CONDITIONAL_WRITES: expected true or false/);
+    // The service reads the same settings through its configuration.
+    assert.deepEqual(s3Settings(loadConfig({ HAVEN_DATA_DIR: temp.make('data'), HAVEN_S3_CONCURRENCY: '8', HAVEN_S3_CONDITIONAL_WRITES: 'false' })), { endpoint: '', region: '', conditionalWrites: false, concurrency: 8 });
     // The local store keeps one pack write at a time.
     assert.equal((await openObjectStore(temp.make('local'), settings)).writeConcurrency, undefined);
   });
