@@ -91,6 +91,26 @@ function isRepositoryKey(key: string): boolean {
   }
 }
 
+/**
+ * A response body as one fresh Uint8Array. With a known length the bytes go straight into a buffer
+ * of that size as the socket delivers them: the SDK's transformToByteArray keeps every piece and then
+ * concatenates, twice the body's size at its peak, which for a restore's parallel pack reads (tens of
+ * MiB each) was most of its memory. A body longer than announced is an error; a shorter one is
+ * returned as it is (the caller tells a short read from a short object).
+ */
+async function readBody(body: { transformToByteArray(): Promise<Uint8Array> }, contentLength: number | undefined): Promise<Uint8Array> {
+  const stream = body as unknown as AsyncIterable<Uint8Array>;
+  if (contentLength === undefined || !Number.isSafeInteger(contentLength) || typeof stream[Symbol.asyncIterator] !== 'function') return body.transformToByteArray();
+  const out = new Uint8Array(contentLength);
+  let at = 0;
+  for await (const piece of stream) {
+    if (at + piece.length > contentLength) throw new Error(`the S3 server sent more than the ${contentLength} bytes it announced`);
+    out.set(piece, at);
+    at += piece.length;
+  }
+  return at === contentLength ? out : out.slice(0, at);
+}
+
 function statusOf(err: unknown): number | undefined {
   return (err as { $metadata?: { httpStatusCode?: number } } | null)?.$metadata?.httpStatusCode;
 }
@@ -321,7 +341,7 @@ export class S3ObjectStore implements ObjectStore {
     const Range = offset > 0 || length !== undefined ? `bytes=${offset}-${length !== undefined ? offset + length - 1 : ''}` : undefined;
     try {
       const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key, ...(Range ? { Range } : {}) }), options?.signal ? { abortSignal: options.signal } : {});
-      let bytes = await r.Body!.transformToByteArray();
+      let bytes = await readBody(r.Body!, r.ContentLength);
       // A server that ignored the Range sent the whole object: cut the range out here.
       if (Range && !r.ContentRange) bytes = bytes.subarray(Math.min(offset, bytes.length), length === undefined ? bytes.length : Math.min(bytes.length, offset + length));
       // A fresh buffer the caller owns whole (restore moves it to a worker thread).
