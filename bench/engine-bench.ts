@@ -361,7 +361,7 @@ function printGoals(size: number, disks: DiskRun[], s3: S3Result | undefined, sp
       // the rest (manifest, index segments, chunk maps, lock) is a few requests per restore, printed.
       const packPaths = [...st.requests.gotPaths].filter(([p]) => p.includes('/packs/'));
       const packReads = packPaths.reduce((n, [, k]) => n + k, 0);
-      add(goal, packReads <= 2 * packs, `${packReads} reads of ${packPaths.length} distinct packs, ${packs} packs touched: limit ${2 * packs}; all requests ${st.requests.total} (${st.requests.total - packReads} not for packs)`);
+      add(goal, packReads <= 2 * packs, `pack GETs ${packReads} (${packPaths.length} distinct), packs touched ${packs}: limit ${2 * packs}; all requests ${st.requests.total} (${st.requests.total - packReads} not for packs)`);
     };
     reqs('S3 restore requests <= 2 x packs touched (full backup)', h?.restoreFull, h?.packsFull);
     reqs('S3 restore requests <= 2 x packs touched (incremental)', h?.restoreIncr, h?.packsIncr);
