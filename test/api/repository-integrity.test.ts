@@ -10,7 +10,8 @@ import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import type { Body, GetOptions, ObjectInfo, ObjectStore } from '../../src/storage/object-store.ts';
+import type { Body } from '../../src/storage/object-store.ts';
+import { DelegatingStore } from '../helpers/delegating-store.ts';
 import { forgeFirstChunk } from '../helpers/forge.ts';
 import { ADMIN_PASSWORD, startService, type TestService } from '../helpers/service.ts';
 import { listPacks, MiB, overwrite, randomBytesSeeded, sha256File, TempDirs } from '../helpers/volumes.ts';
@@ -190,52 +191,15 @@ describe('repository integrity over the API', () => {
 });
 
 /** Fails every pack put after the first `failPacksAfter` (counted from when it is set). */
-class FailPacksStore implements ObjectStore {
-  readonly inner: ObjectStore;
+class FailPacksStore extends DelegatingStore {
   failPacksAfter: number | undefined;
   packsStored = 0;
 
-  constructor(inner: ObjectStore) {
-    this.inner = inner;
-  }
-
-  async put(key: string, body: Body, signal?: AbortSignal): Promise<void> {
+  override async put(key: string, body: Body, signal?: AbortSignal): Promise<void> {
     if (key.startsWith('packs/') && this.failPacksAfter !== undefined) {
       if (this.packsStored >= this.failPacksAfter) throw new Error(`injected failure writing ${key}`);
       this.packsStored++;
     }
     return this.inner.put(key, body, signal);
-  }
-
-  putIfAbsent(key: string, body: Body): Promise<boolean> {
-    return this.inner.putIfAbsent(key, body);
-  }
-
-  get(key: string, options?: GetOptions): Promise<Uint8Array> {
-    return this.inner.get(key, options);
-  }
-
-  head(key: string): Promise<ObjectInfo | null> {
-    return this.inner.head(key);
-  }
-
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.inner.list(prefix);
-  }
-
-  delete(key: string): Promise<void> {
-    return this.inner.delete(key);
-  }
-
-  releaseBuffer(buf: Uint8Array): void {
-    this.inner.releaseBuffer?.(buf);
-  }
-
-  allocBuffer(length: number): Promise<Uint8Array> {
-    return this.inner.allocBuffer ? this.inner.allocBuffer(length) : Promise.resolve(new Uint8Array(length));
-  }
-
-  cleanupIncomplete(olderThanMs: number): Promise<number> {
-    return this.inner.cleanupIncomplete ? this.inner.cleanupIncomplete(olderThanMs) : Promise.resolve(0);
   }
 }

@@ -15,7 +15,8 @@ import { PackFetcher, type BatchReads, type ChunkRead, type FetchedBodies } from
 import { packKey } from '../../src/engine/pack-format.ts';
 import { Repository } from '../../src/engine/repository.ts';
 import { LocalObjectStore } from '../../src/storage/local-store.ts';
-import type { Body, GetOptions, ObjectInfo, ObjectStore } from '../../src/storage/object-store.ts';
+import type { GetOptions, ObjectStore } from '../../src/storage/object-store.ts';
+import { DelegatingStore } from '../helpers/delegating-store.ts';
 import { startS3 } from '../helpers/s3-server.ts';
 import { backupFile, engineTestContext } from '../helpers/repo.ts';
 import { KiB, MiB, overwrite, randomBytesSeeded, TEST_KDF, writeRandomFile } from '../helpers/volumes.ts';
@@ -23,8 +24,7 @@ import { KiB, MiB, overwrite, randomBytesSeeded, TEST_KDF, writeRandomFile } fro
 const { temp, pool } = engineTestContext('pack-fetcher');
 
 /** Counts reads per key and the bytes served; `shorten` cuts bodies short; `hold` keeps gets waiting until their signal aborts. */
-class CountingStore implements ObjectStore {
-  readonly inner: ObjectStore;
+class CountingStore extends DelegatingStore {
   readonly gets = new Map<string, number>();
   bytes = 0;
   inFlight = 0;
@@ -33,17 +33,13 @@ class CountingStore implements ObjectStore {
   shorten = 0;
   hold = false;
 
-  constructor(inner: ObjectStore) {
-    this.inner = inner;
-  }
-
   get requests(): number {
     let n = 0;
     for (const c of this.gets.values()) n += c;
     return n;
   }
 
-  async get(key: string, options?: GetOptions): Promise<Uint8Array> {
+  override async get(key: string, options?: GetOptions): Promise<Uint8Array> {
     this.gets.set(key, (this.gets.get(key) ?? 0) + 1);
     this.maxInFlight = Math.max(this.maxInFlight, ++this.inFlight);
     try {
@@ -59,21 +55,6 @@ class CountingStore implements ObjectStore {
     } finally {
       this.inFlight--;
     }
-  }
-  put(key: string, body: Body, signal?: AbortSignal): Promise<void> {
-    return this.inner.put(key, body, signal);
-  }
-  putIfAbsent(key: string, body: Body): Promise<boolean> {
-    return this.inner.putIfAbsent(key, body);
-  }
-  head(key: string): Promise<ObjectInfo | null> {
-    return this.inner.head(key);
-  }
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.inner.list(prefix);
-  }
-  delete(key: string): Promise<void> {
-    return this.inner.delete(key);
   }
 }
 

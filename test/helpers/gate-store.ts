@@ -4,19 +4,15 @@
  * So a test decides when jobs may finish, and a job that ends while the gate is held can only
  * have ended by being cancelled.
  */
-import type { Body, GetOptions, ObjectInfo, ObjectStore } from '../../src/storage/object-store.ts';
+import type { Body } from '../../src/storage/object-store.ts';
+import { DelegatingStore } from './delegating-store.ts';
 
 /** Pack writes wait while the gate is closed, until it opens or their signal aborts. */
-export class GateStore implements ObjectStore {
-  readonly inner: ObjectStore;
+export class GateStore extends DelegatingStore {
   private closed = false;
   private waiters: (() => void)[] = [];
   /** Pack writes waiting at the gate now. */
   waiting = 0;
-
-  constructor(inner: ObjectStore) {
-    this.inner = inner;
-  }
 
   hold(): void {
     this.closed = true;
@@ -42,29 +38,14 @@ export class GateStore implements ObjectStore {
     }
   }
 
-  async put(key: string, body: Body, signal?: AbortSignal): Promise<void> {
+  override async put(key: string, body: Body, signal?: AbortSignal): Promise<void> {
     await this.pass(key, signal);
     return this.inner.put(key, body, signal);
   }
 
-  async putIfAbsent(key: string, body: Body): Promise<boolean> {
+  override async putIfAbsent(key: string, body: Body): Promise<boolean> {
     await this.pass(key);
     return this.inner.putIfAbsent(key, body);
   }
 
-  get(key: string, options?: GetOptions): Promise<Uint8Array> {
-    return this.inner.get(key, options);
-  }
-
-  head(key: string): Promise<ObjectInfo | null> {
-    return this.inner.head(key);
-  }
-
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.inner.list(prefix);
-  }
-
-  delete(key: string): Promise<void> {
-    return this.inner.delete(key);
-  }
 }
