@@ -206,67 +206,72 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
     const sweepTotal = [...packLists.keys()].reduce((n, id) => n + (packObjects.get(id)?.sizeBytes ?? 0), 0);
     let sweepDone = 0;
     opts.onProgress?.('sweep', { doneBytes: 0, totalBytes: sweepTotal });
-    for (const [packId, p] of packLists) {
-      const info = packObjects.get(packId);
-      if (info) {
-        sweepDone += info.sizeBytes;
-        opts.onProgress?.('sweep', { doneBytes: sweepDone, totalBytes: sweepTotal });
-      }
-      const packNo = map.packNo(packId);
-      const n = entryCount(p);
-      const liveIdx: number[] = [];
-      let liveBytes = 0;
-      let holdsQuarantined = false;
-      for (let i = 0; i < n; i++) {
-        const en = readEntry(p.entries, i);
-        const e = map.find(p.entries, en.digestOffset);
-        const loc = e < 0 ? undefined : map.locationOf(e);
-        // Dead: deletable, or a duplicate copy whose digest the chunk map locates elsewhere.
-        if (e < 0 || deletable[e] || loc!.packNo !== packNo || loc!.offset !== en.offset) continue;
-        liveIdx.push(i);
-        liveBytes += en.length;
-        if (quarantine.has(p.entries, en.digestOffset, packId)) holdsQuarantined = true;
-      }
-      if (!info) {
-        // Named by a chunk map but absent from the store: keep its entries so verify keeps
-        // reporting the loss precisely; there is nothing to reclaim.
-        keep.push(p);
-        continue;
-      }
-      if (liveIdx.length === 0) {
-        dropPacks.push(packId);
-        report.deletedPacks++;
-        continue;
-      }
-      // G4: dead space is the pack's size minus what is live in it, whatever earlier runs dropped
-      // from the chunk map. Q5: a pack holding a live quarantined copy is not rewritten (the damage
-      // would move into a new pack, out of the quarantine's sight).
-      const deadBytes = Math.max(0, info.sizeBytes - liveBytes - packOverheadBytes(liveIdx.length));
-      if (deadBytes / info.sizeBytes >= REWRITE_DEAD_RATIO && !holdsQuarantined) {
-        const body = await repo.store.get(packKey(packId));
-        // The old pack is deleted once its live chunks are copied: a short read (a dropped
-        // connection) copied as it is would lose them. Nothing has been deleted yet at this point.
-        if (body.length !== info.sizeBytes) {
-          throw new AppError(ErrorCode.StorageError, `pack ${packId} read back ${body.length} of its ${info.sizeBytes} bytes; garbage collection stopped before deleting anything`);
+    try {
+      for (const [packId, p] of packLists) {
+        const info = packObjects.get(packId);
+        if (info) {
+          sweepDone += info.sizeBytes;
+          opts.onProgress?.('sweep', { doneBytes: sweepDone, totalBytes: sweepTotal });
         }
-        for (const i of liveIdx) {
+        const packNo = map.packNo(packId);
+        const n = entryCount(p);
+        const liveIdx: number[] = [];
+        let liveBytes = 0;
+        let holdsQuarantined = false;
+        for (let i = 0; i < n; i++) {
           const en = readEntry(p.entries, i);
-          await writer.add(body.subarray(en.offset, en.offset + en.length), p.entries, en.digestOffset, en.rawLength);
+          const e = map.find(p.entries, en.digestOffset);
+          const loc = e < 0 ? undefined : map.locationOf(e);
+          // Dead: deletable, or a duplicate copy whose digest the chunk map locates elsewhere.
+          if (e < 0 || deletable[e] || loc!.packNo !== packNo || loc!.offset !== en.offset) continue;
+          liveIdx.push(i);
+          liveBytes += en.length;
+          if (quarantine.has(p.entries, en.digestOffset, packId)) holdsQuarantined = true;
         }
-        dropPacks.push(packId);
-        report.rewrittenPacks++;
-      } else if (liveIdx.length === n) {
-        keep.push(p);
-        report.deadBytes += packDeadBytes(map, info.sizeBytes, p, (e) => map.isMarked(e));
-      } else {
-        const entries = new Uint8Array(liveIdx.length * ENTRY_BYTES);
-        liveIdx.forEach((i, k) => {
-          const en = readEntry(p.entries, i);
-          writeEntry(entries, k, p.entries, en.digestOffset, en.offset, en.length, en.rawLength);
-        });
-        keep.push({ packId, entries });
-        report.deadBytes += packDeadBytes(map, info.sizeBytes, { packId, entries }, (e) => map.isMarked(e));
+        if (!info) {
+          // Named by a chunk map but absent from the store: keep its entries so verify keeps
+          // reporting the loss precisely; there is nothing to reclaim.
+          keep.push(p);
+          continue;
+        }
+        if (liveIdx.length === 0) {
+          dropPacks.push(packId);
+          report.deletedPacks++;
+          continue;
+        }
+        // G4: dead space is the pack's size minus what is live in it, whatever earlier runs dropped
+        // from the chunk map. Q5: a pack holding a live quarantined copy is not rewritten (the damage
+        // would move into a new pack, out of the quarantine's sight).
+        const deadBytes = Math.max(0, info.sizeBytes - liveBytes - packOverheadBytes(liveIdx.length));
+        if (deadBytes / info.sizeBytes >= REWRITE_DEAD_RATIO && !holdsQuarantined) {
+          const body = await repo.store.get(packKey(packId));
+          // The old pack is deleted once its live chunks are copied: a short read (a dropped
+          // connection) copied as it is would lose them. Nothing has been deleted yet at this point.
+          if (body.length !== info.sizeBytes) {
+            throw new AppError(ErrorCode.StorageError, `pack ${packId} read back ${body.length} of its ${info.sizeBytes} bytes; garbage collection stopped before deleting anything`);
+          }
+          for (const i of liveIdx) {
+            const en = readEntry(p.entries, i);
+            await writer.add(body.subarray(en.offset, en.offset + en.length), p.entries, en.digestOffset, en.rawLength);
+          }
+          dropPacks.push(packId);
+          report.rewrittenPacks++;
+        } else if (liveIdx.length === n) {
+          keep.push(p);
+          report.deadBytes += packDeadBytes(map, info.sizeBytes, p, (e) => map.isMarked(e));
+        } else {
+          const entries = new Uint8Array(liveIdx.length * ENTRY_BYTES);
+          liveIdx.forEach((i, k) => {
+            const en = readEntry(p.entries, i);
+            writeEntry(entries, k, p.entries, en.digestOffset, en.offset, en.length, en.rawLength);
+          });
+          keep.push({ packId, entries });
+          report.deadBytes += packDeadBytes(map, info.sizeBytes, { packId, entries }, (e) => map.isMarked(e));
+        }
       }
+    } catch (err) {
+      await writer.drain(); // its uploads settle and its buffers go back to the store
+      throw err;
     }
     for (let e = 0; e < map.size; e++) if (deletable[e]) report.deletedChunks++;
     const written = await writer.finish();

@@ -72,6 +72,7 @@ export class PackWriter {
       const free = this.freeBufs.pop();
       if (free && free.length >= blob.length) this.buf = free;
       else {
+        if (free) this.repo.store.releaseBuffer?.(free); // too small for this chunk: back to the store's pool
         // From the store when it has a preferred kind (the local store: aligned for direct I/O).
         const n = Math.max(this.targetBytes + (1 << 20), blob.length);
         this.buf = (await this.repo.store.allocBuffer?.(n)) ?? new Uint8Array(n);

@@ -53,23 +53,28 @@ export async function repairFromVolumes(repo: Repository, sources: VolumeSource[
     const batchBytes = Math.max(1, Math.floor((8 * 1024 * 1024) / chunkSize)) * chunkSize;
     const sab = new SharedArrayBuffer(batchBytes);
     const packs = new PackWriter(repo, { signal: opts.signal });
-    for (const source of sources) {
-      for (let pos = 0; pos < source.sizeBytes && found.size < wanted.size; pos += batchBytes) {
-        throwIfAborted(opts.signal);
-        const len = Math.min(batchBytes, source.sizeBytes - pos);
-        const got = await source.read(new Uint8Array(sab, 0, len), len, pos);
-        if (got !== len) throw new AppError(ErrorCode.VolumeUnreadable, `short read at byte ${pos + got} of a repair volume`);
-        const digests = await opts.pool.hash({ sab, offset: 0, length: len, chunkSizeBytes: chunkSize, digest: repo.chunkDigest }, opts.signal);
-        for (let i = 0; i * chunkSize < len; i++) {
-          const off = i * DIGEST_BYTES;
-          if (!wanted.has(digests, off) || found.has(digests, off)) continue;
-          const raw = new Uint8Array(sab, i * chunkSize, Math.min(chunkSize, len - i * chunkSize));
-          await packs.add(repo.encode(Buffer.from(raw)), digests, off, raw.length); // a copy: encoders take no shared memory
-          found.set(digests, off, NO_LOC);
-          result.restoredChunks++;
-          result.restoredBytes += raw.length;
+    try {
+      for (const source of sources) {
+        for (let pos = 0; pos < source.sizeBytes && found.size < wanted.size; pos += batchBytes) {
+          throwIfAborted(opts.signal);
+          const len = Math.min(batchBytes, source.sizeBytes - pos);
+          const got = await source.read(new Uint8Array(sab, 0, len), len, pos);
+          if (got !== len) throw new AppError(ErrorCode.VolumeUnreadable, `short read at byte ${pos + got} of a repair volume`);
+          const digests = await opts.pool.hash({ sab, offset: 0, length: len, chunkSizeBytes: chunkSize, digest: repo.chunkDigest }, opts.signal);
+          for (let i = 0; i * chunkSize < len; i++) {
+            const off = i * DIGEST_BYTES;
+            if (!wanted.has(digests, off) || found.has(digests, off)) continue;
+            const raw = new Uint8Array(sab, i * chunkSize, Math.min(chunkSize, len - i * chunkSize));
+            await packs.add(repo.encode(Buffer.from(raw)), digests, off, raw.length); // a copy: encoders take no shared memory
+            found.set(digests, off, NO_LOC);
+            result.restoredChunks++;
+            result.restoredBytes += raw.length;
+          }
         }
       }
+    } catch (err) {
+      await packs.drain(); // its uploads settle and its buffers go back to the store
+      throw err;
     }
     // W1 then W2: the packs are durable before the chunk-map file that makes them the chosen copies.
     const written = await packs.finish();

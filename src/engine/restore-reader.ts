@@ -16,7 +16,6 @@
  */
 import { constants as fsc, promises as fs } from 'node:fs';
 import { AppError, asCancelledIfAborted, ErrorCode, isAppError, throwIfAborted } from '../domain/errors.ts';
-import { LocalObjectStore } from '../storage/local-store.ts';
 import { acceptsDirectIo, DIRECT_ALIGN, directSlot, releaseDirectSlot, type DirectSlot } from '../storage/direct-io.ts';
 import { DIGEST_BYTES, digestHex, isZeroDigest } from './chunk-digest.ts';
 import type { ChunkMap } from './chunk-map.ts';
@@ -251,7 +250,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     signal: internal.signal,
     gapBytes: gap,
     // A local read costs little and a copy does: plan each batch alone there (nothing shared, no copies).
-    ...(repo.store instanceof LocalObjectStore ? { maxWindowBatches: 1 } : {}),
+    ...(repo.store.cheapRangeReads ? { maxWindowBatches: 1 } : {}),
     ...(opts.fetchBudgetBytes !== undefined ? { budgetBytes: opts.fetchBudgetBytes } : {}),
   });
   try {

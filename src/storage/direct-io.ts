@@ -24,42 +24,6 @@ export const DIRECT_ALIGN = PAGE_BYTES;
 /** Whether this platform has O_DIRECT at all (Linux). */
 export const DIRECT_IO_AVAILABLE = Boolean(fsc.O_DIRECT);
 
-// probeTransfer and findAlignedStart remain only for restore-reader.ts's AlignmentProbe until it
-// moves to directSlot() and acceptsDirectIo(); delete them then. They find a start the kernel
-// accepts, which on a 512e disk need not be page-aligned: use them for nothing new.
-export type ProbeResult = 'ok' | 'misaligned' | 'unusable';
-
-/** Runs one probe transfer; EINVAL means misaligned, any other error means direct I/O is unusable there. */
-export async function probeTransfer(transfer: () => Promise<unknown>): Promise<ProbeResult> {
-  try {
-    await transfer();
-    return 'ok';
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EINVAL' ? 'misaligned' : 'unusable';
-  }
-}
-
-/**
- * Finds the first block-aligned start within `buffer` (which must have DIRECT_ALIGN spare bytes):
- * tries `hint` first (allocations of one size tend to share their offset within a page), then every
- * 16-byte step. Returns the start, null when none worked, or 'unusable' when direct I/O failed for
- * another reason than alignment.
- */
-export async function findAlignedStart(
-  buffer: ArrayBufferLike,
-  attempt: (view: Uint8Array) => Promise<ProbeResult>,
-  hint = 0,
-): Promise<number | null | 'unusable'> {
-  const candidates = [hint];
-  for (let b = 0; b < DIRECT_ALIGN; b += 16) if (b !== hint) candidates.push(b);
-  for (const base of candidates) {
-    const r = await attempt(new Uint8Array(buffer, base, DIRECT_ALIGN));
-    if (r === 'ok') return base;
-    if (r === 'unusable') return 'unusable';
-  }
-  return null;
-}
-
 /**
  * Whether `direct` (a handle opened with O_DIRECT) takes direct transfers, asked with one block
  * from a page-aligned buffer. A block device is asked by reading its first block (no side effect).

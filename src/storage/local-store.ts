@@ -20,6 +20,8 @@ import { assertValidKey, bodyParts, type Body, ObjectNotFoundError, type GetOpti
 
 export class LocalObjectStore implements ObjectStore {
   readonly root: string;
+  /** A pread: restores read each batch on its own (ObjectStore.cheapRangeReads). */
+  readonly cheapRangeReads = true;
   /** Directories already known to exist, so hot paths skip mkdir. */
   private readonly knownDirs = new Set<string>();
   private direct: 'untried' | 'usable' | 'unusable' = DIRECT_IO_AVAILABLE ? 'untried' : 'unusable';

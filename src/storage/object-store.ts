@@ -70,6 +70,12 @@ export interface ObjectStore {
    * fastest by one stream; an object store over HTTP needs several requests at once to fill the pipe).
    */
   readonly writeConcurrency?: number;
+  /**
+   * Optional: ranged reads cost little more than the bytes themselves (a local disk), so a restore
+   * reads each batch's chunks on their own instead of planning large shared spans over a window,
+   * which an object store over HTTP needs (pack-fetcher.ts) and which costs copies.
+   */
+  readonly cheapRangeReads?: boolean;
   /** Optional: releases connections (the S3 store); the store is not used afterwards. */
   close?(): void | Promise<void>;
 }

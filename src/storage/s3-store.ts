@@ -104,7 +104,7 @@ async function readBody(body: { transformToByteArray(): Promise<Uint8Array> }, c
   const out = new Uint8Array(contentLength);
   let at = 0;
   for await (const piece of stream) {
-    if (at + piece.length > contentLength) throw new Error(`the S3 server sent more than the ${contentLength} bytes it announced`);
+    if (at + piece.length > contentLength) throw new AppError(ErrorCode.StorageError, `the S3 server sent more than the ${contentLength} bytes it announced`);
     out.set(piece, at);
     at += piece.length;
   }
@@ -289,6 +289,9 @@ export class S3ObjectStore implements ObjectStore {
       const mine = `${claims}${randomBytes(8).toString('hex')}`;
       const claimedAt = performance.now();
       await this.put(mine, Buffer.from(JSON.stringify({ host: hostname(), pid: process.pid, at: new Date().toISOString() })));
+      // A config put that failed or timed out may still be applied by the server later: its claim
+      // then stays until it goes stale, so no other creator writes a config it could overwrite.
+      let keepClaim = false;
       try {
         for (let look = 0; look < CLAIM_ATTEMPTS; look++) {
           await sleep(settleMs);
@@ -304,14 +307,19 @@ export class S3ObjectStore implements ObjectStore {
             if (await this.head(key)) return false;
             const left = CLAIM_STALE_MS / 2 - (performance.now() - claimedAt);
             if (left <= 0) throw new AppError(ErrorCode.StorageError, `creating ${this.location}${key} took longer than its claim may live; nothing was written, try again`);
-            await this.put(key, body, AbortSignal.timeout(Math.ceil(left)));
+            try {
+              await this.put(key, body, AbortSignal.timeout(Math.ceil(left)));
+            } catch (err) {
+              keepClaim = true;
+              throw err;
+            }
             return true;
           }
           seen = others;
           if (others.some((k) => k < mine)) break; // not first: give way
         }
       } finally {
-        await this.delete(mine).catch(() => undefined); // best effort: a claim left behind goes stale
+        if (!keepClaim) await this.delete(mine).catch(() => undefined); // best effort: a claim left behind goes stale
       }
       await sleep(settleMs * (1 + Math.random()));
     }

@@ -6,9 +6,11 @@ import type { Body, GetOptions, ObjectInfo, ObjectStore } from '../../src/storag
 
 export class DelegatingStore implements ObjectStore {
   readonly inner: ObjectStore;
+  readonly cheapRangeReads?: boolean;
 
   constructor(inner: ObjectStore) {
     this.inner = inner;
+    if (inner.cheapRangeReads !== undefined) this.cheapRangeReads = inner.cheapRangeReads;
   }
 
   put(key: string, body: Body, signal?: AbortSignal): Promise<void> {
