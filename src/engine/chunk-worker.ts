@@ -72,7 +72,12 @@ export interface DecodeIntoTask {
   } | undefined;
 }
 
-export type ChunkTask = HashTask | EncodeTask | CheckTask | DecodeIntoTask;
+/** Does nothing: answered once the worker has loaded this module (ChunkWorkerPool.close). */
+export interface ReadyTask {
+  kind: 'ready';
+}
+
+export type ChunkTask = HashTask | EncodeTask | CheckTask | DecodeIntoTask | ReadyTask;
 
 /**
  * Chunk workers run at a lower CPU priority (nice, default +10; HAVEN_WORKER_NICE, 0 to keep the
@@ -217,5 +222,7 @@ export default function runChunkTask(task: ChunkTask): Uint8Array | number | num
       releaseGarbage(task.data.length * 2); // the blobs (a structured-clone copy) and their plaintexts
       return r;
     }
+    case 'ready':
+      return 0;
   }
 }

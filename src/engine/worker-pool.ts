@@ -1,7 +1,7 @@
 /** The pool of chunk workers (piscina), one thread per core by default. */
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
-import type { CheckTask, DecodeIntoTask, EncodeResult, EncodeTask, HashTask } from './chunk-worker.ts';
+import type { CheckTask, DecodeIntoTask, EncodeResult, EncodeTask, HashTask, ReadyTask } from './chunk-worker.ts';
 
 /** How much lower than the process's the workers' CPU priority is, by default (see chunk-worker.ts). */
 export const DEFAULT_WORKER_NICE = 10;
@@ -57,6 +57,12 @@ export class ChunkWorkerPool {
   }
 
   async close(): Promise<void> {
+    // Terminating a worker while it still loads its module (Node 24 requires the ES module) aborts
+    // the whole process (an assertion in node::loader::ModuleWrap::CreateRequiredModuleFacade; seen
+    // when a command failed right after it started its pool, and when an aborted task's worker was
+    // being replaced). One no-op task per thread is answered only by a worker that has loaded it.
+    const ready: ReadyTask = { kind: 'ready' };
+    await Promise.allSettled(Array.from({ length: this.threads }, () => this.pool.run(ready)));
     await this.pool.destroy();
   }
 }
