@@ -8,7 +8,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { HTTPMethods, InjectOptions, LightMyRequestResponse } from 'fastify';
-import type { Body, GetOptions, ObjectInfo, ObjectStore } from '../../src/storage/object-store.ts';
+import type { ObjectInfo } from '../../src/storage/object-store.ts';
+import { DelegatingStore } from '../helpers/delegating-store.ts';
 import { ADMIN_PASSWORD, startService, type TestService } from '../helpers/service.ts';
 import { TempDirs } from '../helpers/volumes.ts';
 import { assertCinderError, assertKeystoneError, assertNoStack, assertVbsError, createVolume, jobCount } from '../helpers/api.ts';
@@ -16,28 +17,9 @@ import { assertCinderError, assertKeystoneError, assertNoStack, assertVbsError, 
 const BODY_LIMIT = 2048;
 
 /** Delegates to a store; listing fails while `failLists` is set (a broken repository). */
-class FlakyListStore implements ObjectStore {
-  readonly inner: ObjectStore;
+class FlakyListStore extends DelegatingStore {
   failLists = false;
-  constructor(inner: ObjectStore) {
-    this.inner = inner;
-  }
-  put(key: string, body: Body, signal?: AbortSignal): Promise<void> {
-    return this.inner.put(key, body, signal);
-  }
-  putIfAbsent(key: string, body: Body): Promise<boolean> {
-    return this.inner.putIfAbsent(key, body);
-  }
-  get(key: string, options?: GetOptions): Promise<Uint8Array> {
-    return this.inner.get(key, options);
-  }
-  head(key: string): Promise<ObjectInfo | null> {
-    return this.inner.head(key);
-  }
-  delete(key: string): Promise<void> {
-    return this.inner.delete(key);
-  }
-  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+  override async *list(prefix: string): AsyncIterable<ObjectInfo> {
     if (this.failLists) throw new Error('simulated storage failure: /secret/internal/path is unreadable');
     yield* this.inner.list(prefix);
   }
