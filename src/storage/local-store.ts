@@ -186,7 +186,9 @@ export class LocalObjectStore implements ObjectStore {
       const offset = options?.offset ?? 0;
       let length = options?.length;
       if (length === undefined) length = Math.max(0, (await fh.stat()).size - offset);
-      const buf = Buffer.allocUnsafeSlow(length); // never a slice of Node's shared pool (see ObjectStore.get)
+      const into = options?.into;
+      // never a slice of Node's shared pool (see ObjectStore.get)
+      const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafeSlow(length);
       let got = 0;
       while (got < length) {
         const { bytesRead } = await fh.read(buf, got, length - got, offset + got);

@@ -24,6 +24,20 @@ export interface GetOptions {
   offset?: number;
   length?: number;
   signal?: AbortSignal;
+  /**
+   * A buffer the caller lends for the bytes, at least as long as the bytes asked for (`length`). A
+   * store may read into it and return a view of it from its start instead of a fresh buffer; the
+   * caller tells which by the returned view's buffer, and copies when it is not `into`'s. Large reads
+   * into reused memory save a page fault per 4 KiB, which on a small VM costs more than the copy
+   * (restore's pack fetcher pools these buffers). A store that cannot simply ignores it.
+   */
+  into?: Uint8Array;
+  /**
+   * With `into`: called as the bytes land there, with how many from its start are in so far (growing;
+   * at most every MiB or so), so that a caller can use the first bytes of a long read before its
+   * end. A store that reads all at once, or that did not use `into`, need not call it.
+   */
+  onProgress?: (bytes: number) => void;
 }
 
 export interface ObjectStore {
@@ -41,7 +55,8 @@ export interface ObjectStore {
   putIfAbsent(key: string, body: Body): Promise<boolean>;
   /**
    * Returns the object's bytes (or a range of them) in a buffer the caller owns: fresh, shared with
-   * nobody (restore moves it to a worker thread). Throws ObjectNotFoundError when absent.
+   * nobody (restore moves it to a worker thread), or a view of `options.into`. Throws
+   * ObjectNotFoundError when absent.
    */
   get(key: string, options?: GetOptions): Promise<Uint8Array>;
   /** Size and time of an object, or null when absent. */

@@ -52,6 +52,8 @@ export interface S3StoreOptions {
   claimSettleMs?: number | undefined;
   /** Pack uploads a backup keeps in flight (ObjectStore.writeConcurrency; HAVEN_S3_CONCURRENCY), default 4. */
   writeConcurrency?: number | undefined;
+  /** Certificates (PEM) an https endpoint is trusted by, instead of the system's (tests; users add theirs with NODE_EXTRA_CA_CERTS). */
+  ca?: string | Buffer | undefined;
 }
 
 /** HTTP requests this store sent, by kind (retries counted too: each is a request the server saw). */
@@ -92,24 +94,31 @@ function isRepositoryKey(key: string): boolean {
 }
 
 /**
- * A response body as one fresh Uint8Array. With a known length the bytes go straight into a buffer
- * of that size as the socket delivers them: the SDK's transformToByteArray keeps every piece and then
- * concatenates, twice the body's size at its peak, which for a restore's parallel pack reads (tens of
- * MiB each) was most of its memory. A body longer than announced is an error; a shorter one is
- * returned as it is (the caller tells a short read from a short object).
+ * A response body as one Uint8Array: `into`'s start when the body fits there, else a fresh buffer.
+ * With a known length the bytes go straight into that buffer as the socket delivers them: the SDK's
+ * transformToByteArray keeps every piece and then concatenates, twice the body's size at its peak,
+ * which for a restore's parallel pack reads (tens of MiB each) was most of its memory. A body longer
+ * than announced is an error; a shorter one is returned as it is (the caller tells a short read from
+ * a short object).
  */
-async function readBody(body: { transformToByteArray(): Promise<Uint8Array> }, contentLength: number | undefined): Promise<Uint8Array> {
+async function readBody(body: { transformToByteArray(): Promise<Uint8Array> }, contentLength: number | undefined, into?: Uint8Array, onProgress?: (bytes: number) => void): Promise<Uint8Array> {
   const stream = body as unknown as AsyncIterable<Uint8Array>;
   if (contentLength === undefined || !Number.isSafeInteger(contentLength) || typeof stream[Symbol.asyncIterator] !== 'function') return body.transformToByteArray();
-  const out = new Uint8Array(contentLength);
+  const lent = into !== undefined && into.length >= contentLength;
+  const out = lent ? into.subarray(0, contentLength) : new Uint8Array(contentLength);
   let at = 0;
+  let told = 0;
   for await (const piece of stream) {
     if (at + piece.length > contentLength) throw new AppError(ErrorCode.StorageError, `the S3 server sent more than the ${contentLength} bytes it announced`);
     out.set(piece, at);
     at += piece.length;
+    if (lent && onProgress && at - told >= PROGRESS_STEP) onProgress((told = at));
   }
-  return at === contentLength ? out : out.slice(0, at);
+  return at === contentLength ? out : out.subarray(0, at);
 }
+
+/** Bytes between two progress reports of a body read into a lent buffer. */
+const PROGRESS_STEP = 1024 * 1024;
 
 function statusOf(err: unknown): number | undefined {
   return (err as { $metadata?: { httpStatusCode?: number } } | null)?.$metadata?.httpStatusCode;
@@ -153,7 +162,7 @@ export class S3ObjectStore implements ObjectStore {
       // A server that accepts a connection and then says nothing must not hang a backup forever
       // (its lock would keep being refreshed, so it would never even go stale): a socket idle for
       // two minutes fails the request (the SDK's requestTimeout only logs a warning).
-      requestHandler: { connectionTimeout: 10_000, socketTimeout: 120_000, httpAgent: { keepAlive: true, maxSockets: MAX_SOCKETS }, httpsAgent: { keepAlive: true, maxSockets: MAX_SOCKETS } },
+      requestHandler: { connectionTimeout: 10_000, socketTimeout: 120_000, httpAgent: { keepAlive: true, maxSockets: MAX_SOCKETS }, httpsAgent: { keepAlive: true, maxSockets: MAX_SOCKETS, ...(opts.ca ? { ca: opts.ca } : {}) } },
     });
     // Each HTTP request, counted where it goes on the wire (inside the SDK's retries).
     this.client.middlewareStack.add(
@@ -349,11 +358,13 @@ export class S3ObjectStore implements ObjectStore {
     const Range = offset > 0 || length !== undefined ? `bytes=${offset}-${length !== undefined ? offset + length - 1 : ''}` : undefined;
     try {
       const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key, ...(Range ? { Range } : {}) }), options?.signal ? { abortSignal: options.signal } : {});
-      let bytes = await readBody(r.Body!, r.ContentLength);
+      const into = options?.into;
+      let bytes = await readBody(r.Body!, r.ContentLength, into, Range && !r.ContentRange ? undefined : options?.onProgress);
       // A server that ignored the Range sent the whole object: cut the range out here.
       if (Range && !r.ContentRange) bytes = bytes.subarray(Math.min(offset, bytes.length), length === undefined ? bytes.length : Math.min(bytes.length, offset + length));
-      // A fresh buffer the caller owns whole (restore moves it to a worker thread).
-      return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : new Uint8Array(bytes);
+      // The start of `into`, or a fresh buffer the caller owns whole (restore moves it to a worker thread).
+      if (into && bytes.buffer === into.buffer && bytes.byteOffset === into.byteOffset) return bytes;
+      return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer !== into?.buffer ? bytes : new Uint8Array(bytes);
     } catch (err) {
       if (isNotFound(err)) {
         await this.assertBucket();

@@ -44,6 +44,32 @@ export function describeObjectStore(name: string, makeStore: () => Promise<Objec
       await assert.rejects(s.get('nope/r', { offset: 8, length: 4 }), ObjectNotFoundError);
     });
 
+    it('reads a range into a lent buffer, or into a fresh one, with the same bytes either way', async () => {
+      const s = await makeStore();
+      const body = new Uint8Array(3 * 1024 * 1024 + 5).map((_, i) => (i * 7 + (i >> 12)) & 0xff);
+      await s.put('lent', body);
+      const into = new Uint8Array(new SharedArrayBuffer(4 * 1024 * 1024)).fill(0xee);
+      const reported: number[] = [];
+      const got = await s.get('lent', { offset: 100, length: body.length - 100, into, onProgress: (n) => reported.push(n) });
+      assert.deepEqual(Buffer.from(got), Buffer.from(body.subarray(100)));
+      if (got.buffer === into.buffer) {
+        assert.equal(got.byteOffset, into.byteOffset, 'a view of the lent buffer starts at its start');
+        assert.equal(into[body.length - 100], 0xee, 'nothing written past the bytes asked for');
+      } else {
+        assert.ok(got.byteOffset === 0 && got.byteLength === got.buffer.byteLength, 'otherwise a fresh buffer of its own');
+      }
+      // Progress, where reported, grows and never claims more than the lent buffer holds.
+      for (let i = 0; i < reported.length; i++) {
+        assert.ok(reported[i]! <= got.length && (i === 0 || reported[i]! > reported[i - 1]!), `progress ${reported.join(', ')}`);
+        assert.deepEqual(Buffer.from(into.subarray(0, 16)), Buffer.from(body.subarray(100, 116)));
+      }
+      // A lent buffer too small for the range is not used.
+      const small = new Uint8Array(10);
+      const whole = await s.get('lent', { offset: 0, length: 1000, into: small });
+      assert.deepEqual(Buffer.from(whole), Buffer.from(body.subarray(0, 1000)));
+      assert.notEqual(whole.buffer, small.buffer);
+    });
+
     it('throws ObjectNotFoundError for an absent key', async () => {
       const s = await makeStore();
       await assert.rejects(s.get('nope/x'), ObjectNotFoundError);
