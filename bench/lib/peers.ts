@@ -10,6 +10,8 @@ import * as path from 'node:path';
 export interface RunResult {
   ms: number;
   rssKiB: number;
+  /** CPU time (user + system) of the tool and its children. */
+  cpuMs: number;
   stdout: string;
 }
 
@@ -17,7 +19,7 @@ export async function run(cmd: string, args: string[], opts: { env?: Record<stri
   // Outside the tool's folders (borg extracts into its cwd) and the project (an interrupted run leaves it).
   const rssFile = path.join(tmpdir(), `haven-bench-rss-${process.pid}-${Date.now()}`);
   const started = performance.now();
-  const child = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, cmd, ...args], {
+  const child = spawn('/usr/bin/time', ['-f', '%M %U %S', '-o', rssFile, cmd, ...args], {
     cwd: opts.cwd,
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -28,10 +30,10 @@ export async function run(cmd: string, args: string[], opts: { env?: Record<stri
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   const code = await new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? 1)));
   const ms = performance.now() - started;
-  const rssKiB = Number((await fs.readFile(rssFile, 'utf8').catch(() => '0')).trim().split('\n').pop());
+  const [rss = 0, user = 0, sys = 0] = (await fs.readFile(rssFile, 'utf8').catch(() => '0 0 0')).trim().split('\n').pop()!.split(' ').map(Number);
   await fs.rm(rssFile, { force: true });
   if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${code}): ${stderr.slice(-2000)}`);
-  return { ms, rssKiB, stdout };
+  return { ms, rssKiB: rss, cpuMs: Math.round((user + sys) * 1000), stdout };
 }
 
 export function which(bin: string): string | null {

@@ -1,25 +1,27 @@
 /**
  * The S3 part: Haven and restic's s3 backend against one real S3 implementation (OpenStack Swift
- * with s3api on loopback, test/helpers/swift.ts), both through one counting proxy speaking HTTPS
- * (counting-proxy.ts says why), on the same volume: a full backup, an incremental after scattered changes,
+ * with s3api on loopback, test/helpers/swift.ts), which serves HTTPS itself and counts their requests
+ * in its access log (request-log.ts says why), on the same volume: a full backup, an incremental after scattered changes,
  * then a restore of each, checked by SHA-256. Haven's "packs touched" by a backup (the distinct packs
  * its chunks live in) is read from the repository itself, directly from Swift so it is not counted.
  */
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { promises as fs } from 'node:fs';
+import { promises as fs, readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { describeCounts, makeLoopbackCert, startCountingProxy, type RequestCounts } from './counting-proxy.ts';
+import { describeCounts, makeLoopbackCert, RequestLog, type RequestCounts } from './request-log.ts';
 import { log, oneLine, settle, type RssRecord } from './local-suite.ts';
 import { Repository } from '../../src/engine/repository.ts';
 import { S3ObjectStore } from '../../src/storage/s3-store.ts';
-import { startSwift, swiftMissing } from '../../test/helpers/swift.ts';
-import type { TestS3 } from '../../test/helpers/s3-server.ts';
+import { startSwift, swiftMissing, type SwiftS3 } from '../../test/helpers/swift.ts';
 import { TempDirs } from '../../test/helpers/volumes.ts';
 import { BENCH_PASSWORD, havenTool, resticTool, type RunResult, type Tool } from './peers.ts';
 import { modifyVolume, sha256File } from './volume-gen.ts';
 
 export interface S3Step {
   ms: number;
+  /** CPU time of the tool, and of the S3 server (Swift's processes) while the tool ran. */
+  cpuMs: number;
+  serverCpuMs: number;
   requests: RequestCounts;
   ok?: boolean;
 }
@@ -57,8 +59,8 @@ async function bucketBytes(client: S3Client, bucket: string, prefix: string): Pr
 }
 
 /** Distinct packs holding a backup's chunks, from its index segments and the repository's chunk map. */
-async function packsTouched(url: string, endpoint: string, credentials: TestS3['credentials'], backupId: string): Promise<number> {
-  const store = new S3ObjectStore({ url, endpoint, region: 'us-east-1', credentials });
+async function packsTouched(url: string, swift: SwiftS3, ca: Buffer, backupId: string): Promise<number> {
+  const store = new S3ObjectStore({ url, endpoint: swift.endpoint, region: 'us-east-1', credentials: swift.credentials, ca });
   try {
     const repo = await Repository.open(store, { password: BENCH_PASSWORD });
     const { map } = await repo.loadChunkMap();
@@ -84,28 +86,27 @@ export async function runS3(work: string, volume: string, size: number, node: st
   if (why) return { size, rows, skipped: why };
   await fs.mkdir(work, { recursive: true });
   const temp = new TempDirs('haven-bench-');
-  let swift: TestS3;
+  let swift: SwiftS3;
+  const tls = makeLoopbackCert(work);
+  const ca = readFileSync(tls.certFile);
   try {
-    swift = await startSwift(temp);
+    swift = await startSwift(temp, { tls });
   } catch (err) {
     temp.cleanup();
     throw err;
   }
-  const client = new S3Client({ region: 'us-east-1', endpoint: swift.endpoint, forcePathStyle: true, credentials: swift.credentials });
-  let closeProxy = async (): Promise<void> => {};
+  const client = new S3Client({ region: 'us-east-1', endpoint: swift.endpoint, forcePathStyle: true, credentials: swift.credentials, requestHandler: { httpsAgent: { ca } } });
   try {
-    const tls = makeLoopbackCert(work);
-    const proxy = await startCountingProxy(swift.endpoint, tls);
-    closeProxy = () => proxy.close();
+    const requestLog = new RequestLog(swift.proxyLog);
     const creds = { AWS_ACCESS_KEY_ID: swift.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: swift.credentials.secretAccessKey, AWS_DEFAULT_REGION: 'us-east-1' };
     const havenUrl = `s3://${swift.bucket}/haven`;
     const tools: Tool[] = [
       havenTool(work, node, cli, {
         repo: havenUrl,
-        env: { ...creds, HAVEN_S3_ENDPOINT: proxy.endpoint, HAVEN_S3_REGION: 'us-east-1', HAVEN_S3_CONDITIONAL_WRITES: 'false', NODE_EXTRA_CA_CERTS: tls.certFile },
+        env: { ...creds, HAVEN_S3_ENDPOINT: swift.endpoint, HAVEN_S3_REGION: 'us-east-1', HAVEN_S3_CONDITIONAL_WRITES: 'false', NODE_EXTRA_CA_CERTS: tls.certFile },
       }),
     ];
-    if (wanted.includes('restic')) tools.push(resticTool(path.join(work, 'restic-s3'), { repo: `s3:${proxy.endpoint}/${swift.bucket}/restic`, env: creds, args: ['--cacert', tls.certFile] }));
+    if (wanted.includes('restic')) tools.push(resticTool(path.join(work, 'restic-s3'), { repo: `s3:${swift.endpoint}/${swift.bucket}/restic`, env: creds, args: ['--cacert', tls.certFile] }));
     await fs.mkdir(path.join(work, 'restic-s3'), { recursive: true });
     const ids = new Map<string, { full: string; incr: string }>();
     for (const tool of tools) {
@@ -126,12 +127,15 @@ export async function runS3(work: string, volume: string, size: number, node: st
       }
     };
     const measure = async (tool: Tool, step: string, fn: () => Promise<RunResult>): Promise<S3Step> => {
-      proxy.reset();
+      await requestLog.reset();
+      const cpu0 = swift.cpuMs();
       const r = await fn();
+      const serverCpuMs = swift.cpuMs() - cpu0;
       rss.push({ tool: tool.name, step: `S3 ${step}`, rssKiB: r.rssKiB });
-      return { ms: r.ms, requests: proxy.counts() };
+      return { ms: r.ms, cpuMs: r.cpuMs, serverCpuMs, requests: await requestLog.counts() };
     };
     const mbs = (ms: number): string => `${(size / 1e6 / (ms / 1000)).toFixed(0)} MB/s`;
+    const cpu = (st: S3Step): string => `CPU ${(st.cpuMs / 1000).toFixed(2)} s + server ${(st.serverCpuMs / 1000).toFixed(2)} s`;
     await each('init', async (tool) => void (await tool.init()));
     await each('full backup', async (tool, row) => {
       settle(volume);
@@ -140,7 +144,7 @@ export async function runS3(work: string, volume: string, size: number, node: st
         ids.get(tool.name)!.full = r.id;
         return r;
       });
-      log(`[S3] full backup ${tool.name.padEnd(7)} ${(row.full.ms / 1000).toFixed(2)} s (${mbs(row.full.ms)}), ${describeCounts(row.full.requests)}`);
+      log(`[S3] full backup ${tool.name.padEnd(7)} ${(row.full.ms / 1000).toFixed(2)} s (${mbs(row.full.ms)}), ${describeCounts(row.full.requests)}, ${cpu(row.full)}`);
     });
     const fullSha = await sha256File(volume);
     await modifyVolume(volume, size, 4096, 4);
@@ -152,7 +156,7 @@ export async function runS3(work: string, volume: string, size: number, node: st
         ids.get(tool.name)!.incr = r.id;
         return r;
       });
-      log(`[S3] incremental ${tool.name.padEnd(7)} ${(row.incr.ms / 1000).toFixed(2)} s, ${describeCounts(row.incr.requests)}`);
+      log(`[S3] incremental ${tool.name.padEnd(7)} ${(row.incr.ms / 1000).toFixed(2)} s, ${describeCounts(row.incr.requests)}, ${cpu(row.incr)}`);
     });
     for (const [which, sha] of [['full', fullSha], ['incr', incrSha]] as const) {
       const name = `restore of the ${which === 'full' ? 'full' : 'incremental'} backup`;
@@ -171,14 +175,14 @@ export async function runS3(work: string, volume: string, size: number, node: st
         if (which === 'full') row.restoreFull = s;
         else row.restoreIncr = s;
         const packs = [...s.requests.gotPaths.keys()].filter((p) => p.includes('/packs/')).length;
-        log(`[S3] restore ${which === 'full' ? 'full' : 'incr'} ${tool.name.padEnd(7)} ${(s.ms / 1000).toFixed(2)} s (${mbs(s.ms)}), sha256 ${s.ok ? 'ok' : 'MISMATCH'}, ${describeCounts(s.requests)}${tool.name === 'Haven' ? `, distinct packs fetched ${packs}` : ''}`);
+        log(`[S3] restore ${which === 'full' ? 'full' : 'incr'} ${tool.name.padEnd(7)} ${(s.ms / 1000).toFixed(2)} s (${mbs(s.ms)}), sha256 ${s.ok ? 'ok' : 'MISMATCH'}, ${describeCounts(s.requests)}, ${cpu(s)}${tool.name === 'Haven' ? `, distinct packs fetched ${packs}` : ''}`);
       });
     }
     const haven = rows.get('Haven')!;
     const havenIds = ids.get('Haven')!;
     try {
-      if (havenIds.full) haven.packsFull = await packsTouched(havenUrl, swift.endpoint, swift.credentials, havenIds.full);
-      if (havenIds.incr) haven.packsIncr = await packsTouched(havenUrl, swift.endpoint, swift.credentials, havenIds.incr);
+      if (havenIds.full) haven.packsFull = await packsTouched(havenUrl, swift, ca, havenIds.full);
+      if (havenIds.incr) haven.packsIncr = await packsTouched(havenUrl, swift, ca, havenIds.incr);
     } catch (err) {
       log(`[S3] counting the packs touched failed: ${oneLine((err as Error).message)}`);
     }
@@ -189,7 +193,6 @@ export async function runS3(work: string, volume: string, size: number, node: st
     return { size, rows, error: (err as Error).message.slice(0, 2000) };
   } finally {
     client.destroy();
-    await closeProxy();
     await swift.close();
     temp.cleanup();
   }

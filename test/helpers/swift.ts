@@ -30,6 +30,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdirSync, openSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
+import * as http from 'node:http';
+import * as https from 'node:https';
 import { createServer } from 'node:net';
 import { constants as osConstants, userInfo } from 'node:os';
 import * as path from 'node:path';
@@ -171,7 +173,10 @@ use = egg:swift#${server}
 `;
 }
 
-function proxyConf(dir: string, port: number, workers: number): string {
+/** Starts each access-log line of the proxy's outer proxy-logging (the requests as clients sent them). */
+export const ACCESS_LOG_MARK = 'haven-access';
+
+function proxyConf(dir: string, port: number, workers: number, tls: SwiftOptions['tls']): string {
   return `[DEFAULT]
 bind_ip = 127.0.0.1
 bind_port = ${port}
@@ -180,9 +185,9 @@ user = ${userInfo().username}
 swift_dir = ${dir}
 log_name = proxy-server
 log_level = INFO
-
+${tls ? `cert_file = ${tls.certFile}\nkey_file = ${tls.keyFile}\n` : ''}
 [pipeline:main]
-pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats s3api tempauth copy slo dlo proxy-logging proxy-server
+pipeline = catch_errors gatekeeper healthcheck access-logging cache listing_formats s3api tempauth copy slo dlo proxy-logging proxy-server
 
 [app:proxy-server]
 use = egg:swift#proxy
@@ -208,6 +213,13 @@ use = egg:swift#gatekeeper
 use = egg:swift#healthcheck
 [filter:proxy-logging]
 use = egg:swift#proxy_logging
+# The outer one: every request as the client sent it, in a line SwiftRequestLog reads (the inner one
+# logs only what the middlewares between them make themselves).
+[filter:access-logging]
+use = egg:swift#proxy_logging
+access_log_headers = true
+access_log_headers_only = Range
+log_msg_template = ${ACCESS_LOG_MARK} {method} {path} {status_int} {bytes_recvd} {bytes_sent} {headers}
 [filter:listing_formats]
 use = egg:swift#listing_formats
 [filter:copy]
@@ -230,11 +242,36 @@ const PDEATHSIG = 'import ctypes, os, sys; ctypes.CDLL(None).prctl(1, int(sys.ar
 export interface SwiftOptions {
   /** Worker processes of the proxy and the object server (default 0: the server's one process serves). */
   workers?: number;
+  /**
+   * The proxy speaks HTTPS with this certificate (PEM files; clients must trust `certFile`), as a
+   * production S3 endpoint does; the endpoint is then https://. Swift documents its own TLS as for
+   * testing, which this is.
+   */
+  tls?: { certFile: string; keyFile: string };
+}
+
+/** A started Swift: TestS3, plus the proxy's log, whose access lines SwiftRequestLog counts. */
+export interface SwiftS3 extends TestS3 {
+  proxyLog: string;
+  /** CPU time (user + system, ms) the servers have used so far, their reaped workers included (benchmarks). */
+  cpuMs(): number;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-export async function startSwift(temp: TempDirs, opts: SwiftOptions = {}): Promise<TestS3> {
+/** Whether `url` answers 200 (over HTTPS trusting `ca`). */
+function healthy(url: string, ca: Buffer | undefined): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = (url.startsWith('https:') ? https : http).get(url, { ...(ca ? { ca } : {}), timeout: 2_000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on('error', () => resolve(false));
+    req.on('timeout', () => req.destroy());
+  });
+}
+
+export async function startSwift(temp: TempDirs, opts: SwiftOptions = {}): Promise<SwiftS3> {
   const workers = opts.workers ?? 0;
   const workersOf = (s: Server): number => (s === 'proxy' || s === 'object' ? workers : 0);
   const why = swiftMissing();
@@ -245,7 +282,7 @@ export async function startSwift(temp: TempDirs, opts: SwiftOptions = {}): Promi
   mkdirSync(logs);
   const ports = { account: await freePort(), container: await freePort(), object: await freePort(), proxy: await freePort() };
   for (const s of ['account', 'container', 'object'] as const) writeFileSync(path.join(dir, `${s}-server.conf`), backendConf(s, dir, ports[s], workersOf(s)));
-  writeFileSync(path.join(dir, 'proxy-server.conf'), proxyConf(dir, ports.proxy, workers));
+  writeFileSync(path.join(dir, 'proxy-server.conf'), proxyConf(dir, ports.proxy, workers, opts.tls));
   writeFileSync(path.join(dir, 'haven_test_cache.py'), CACHE_MODULE);
   const children = new Map<Server, ChildProcess>();
   // Each server leads a process group of its own (its workers with it), killed as a whole.
@@ -294,19 +331,20 @@ export async function startSwift(temp: TempDirs, opts: SwiftOptions = {}): Promi
 
   // Ready when every server answers its healthcheck, then the bucket is made through s3api (which
   // also proves tempauth takes the credentials).
+  const ca = opts.tls ? readFileSync(opts.tls.certFile) : undefined;
   const deadline = Date.now() + 30_000;
   for (const s of SERVERS) {
     for (;;) {
       const dead = [...children].find(([, c]) => c.exitCode !== null || c.signalCode !== null);
       if (dead) return fail(`swift-${dead[0]}-server exited (${dead[1].exitCode ?? dead[1].signalCode})`);
-      const ok = await fetch(`http://127.0.0.1:${ports[s]}/healthcheck`).then((r) => r.ok, () => false);
+      const ok = await healthy(s === 'proxy' && ca ? `https://127.0.0.1:${ports[s]}/healthcheck` : `http://127.0.0.1:${ports[s]}/healthcheck`, ca);
       if (ok) break;
       if (Date.now() > deadline) return fail(`swift-${s}-server did not answer /healthcheck on port ${ports[s]} within 30 s`);
       await sleep(50);
     }
   }
-  const endpoint = `http://127.0.0.1:${ports.proxy}`;
-  const admin = new S3Client({ region: 'us-east-1', endpoint, forcePathStyle: true, credentials: SWIFT_CREDENTIALS });
+  const endpoint = `${ca ? 'https' : 'http'}://127.0.0.1:${ports.proxy}`;
+  const admin = new S3Client({ region: 'us-east-1', endpoint, forcePathStyle: true, credentials: SWIFT_CREDENTIALS, ...(ca ? { requestHandler: { httpsAgent: { ca } } } : {}) });
   try {
     await admin.send(new CreateBucketCommand({ Bucket: SWIFT_BUCKET }));
   } catch (err) {
@@ -318,13 +356,28 @@ export async function startSwift(temp: TempDirs, opts: SwiftOptions = {}): Promi
   const stores: S3ObjectStore[] = [];
   return {
     endpoint,
+    proxyLog: path.join(logs, 'proxy.log'),
+    cpuMs() {
+      let ticks = 0;
+      for (const c of children.values()) {
+        try {
+          // Fields after the command name: utime, stime, cutime, cstime are the 12th to 15th.
+          const stat = readFileSync(`/proc/${c.pid}/stat`, 'utf8');
+          const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+          for (const i of [11, 12, 13, 14]) ticks += Number(f[i]);
+        } catch {
+          // exited
+        }
+      }
+      return ticks * 10; // USER_HZ is 100 on Linux
+    },
     bucket: SWIFT_BUCKET,
     credentials: SWIFT_CREDENTIALS,
     listPageKeys: LIST_PAGE_KEYS,
     // Swift's s3api refuses If-None-Match: * on PUT, so Haven runs with HAVEN_S3_CONDITIONAL_WRITES=false here.
     env: { HAVEN_S3_ENDPOINT: endpoint, HAVEN_S3_REGION: 'us-east-1', HAVEN_S3_CONDITIONAL_WRITES: 'false', AWS_ACCESS_KEY_ID: SWIFT_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: SWIFT_CREDENTIALS.secretAccessKey },
     store(prefix, opts) {
-      const s = new S3ObjectStore({ url: `s3://${SWIFT_BUCKET}/${prefix}`, endpoint, region: 'us-east-1', credentials: SWIFT_CREDENTIALS, conditionalWrites: false, ...opts });
+      const s = new S3ObjectStore({ url: `s3://${SWIFT_BUCKET}/${prefix}`, endpoint, region: 'us-east-1', credentials: SWIFT_CREDENTIALS, conditionalWrites: false, ...(ca ? { ca } : {}), ...opts });
       stores.push(s);
       return s;
     },
