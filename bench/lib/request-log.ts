@@ -4,17 +4,16 @@
  * bytes each way, Range header), so Haven and restic are counted alike and nothing stands between
  * them and the server. The keys fetched are kept too, so a restore's packs read can be counted.
  *
- * Swift serves HTTPS itself (SwiftOptions.tls, a certificate from makeLoopbackCert). restic needs
+ * Swift serves HTTPS itself (SwiftOptions.tls, a certificate from test/helpers/tls.ts). restic needs
  * that: over plain HTTP its S3 library signs uploads as streamed aws-chunked payloads, which Swift's
  * s3api refuses; over HTTPS it sends them whole. Every tool is given the HTTPS endpoint, so all pay
  * the same TLS cost, as against a production S3 service. (A counting TLS proxy in the benchmark's
  * own process did this before: it spent about 2 s of CPU per 1 GiB step on the same 2 cores the
  * tools ran on.)
  */
-import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
-import * as path from 'node:path';
 import { ACCESS_LOG_MARK } from '../../test/helpers/swift.ts';
+export { makeLoopbackCert, type Tls } from '../../test/helpers/tls.ts';
 
 export interface RequestCounts {
   total: number;
@@ -27,20 +26,6 @@ export interface RequestCounts {
   bytesOut: number;
   /** Distinct paths fetched by GET, with how many GETs each. */
   gotPaths: Map<string, number>;
-}
-
-export interface Tls {
-  /** PEM files: clients trust `cert` (restic --cacert, NODE_EXTRA_CA_CERTS). */
-  certFile: string;
-  keyFile: string;
-}
-
-/** A self-signed certificate for 127.0.0.1 (openssl; Go clients need the IP in subjectAltName). */
-export function makeLoopbackCert(dir: string): Tls {
-  const certFile = path.join(dir, 'swift-cert.pem');
-  const keyFile = path.join(dir, 'swift-key.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', keyFile, '-out', certFile], { stdio: 'ignore' });
-  return { certFile, keyFile };
 }
 
 const LINE = new RegExp(`${ACCESS_LOG_MARK} (\\S+) (\\S+) (\\d+) (\\S+) (\\S+) (.*?) \\(txn:`);

@@ -218,7 +218,7 @@ use = egg:swift#proxy_logging
 [filter:access-logging]
 use = egg:swift#proxy_logging
 access_log_headers = true
-access_log_headers_only = Range
+access_log_headers_only = Range, X-Amz-Content-Sha256
 log_msg_template = ${ACCESS_LOG_MARK} {method} {path} {status_int} {bytes_recvd} {bytes_sent} {headers}
 [filter:listing_formats]
 use = egg:swift#listing_formats

@@ -6,7 +6,8 @@
  * creating a repository where conditional writes are ignored (s3rver as it is) or refused (Swift).
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { loadConfig, s3Settings, s3SettingsFromEnv } from '../../src/config/config.ts';
 import { collectKeys } from '../../src/storage/object-store.ts';
@@ -18,7 +19,8 @@ import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Repository } from '../../src/engine/repository.ts';
 import { startS3, type TestS3 } from '../helpers/s3-server.ts';
 import { skipOutsideCi } from '../helpers/skip.ts';
-import { startSwift, swiftMissing } from '../helpers/swift.ts';
+import { ACCESS_LOG_MARK, startSwift, swiftMissing, type SwiftS3 } from '../helpers/swift.ts';
+import { makeLoopbackCert } from '../helpers/tls.ts';
 import { TempDirs } from '../helpers/volumes.ts';
 
 const temp = new TempDirs('haven-s3-');
@@ -124,6 +126,56 @@ function describeS3Specifics(server: () => TestS3): void {
     });
   });
 }
+
+describe('S3ObjectStore on Swift over HTTPS', { skip: skipOutsideCi(swiftMissing()) }, () => {
+  const t = new TempDirs('haven-s3tls-');
+  let swift: SwiftS3;
+  let ca: Buffer;
+  before(async () => {
+    const tls = makeLoopbackCert(t.make());
+    ca = readFileSync(tls.certFile);
+    swift = await startSwift(t, { tls });
+  });
+  after(async () => {
+    await swift?.close();
+    t.cleanup();
+  });
+
+  describeObjectStore('swift over https', () => swift.store(`tls-${randomBytes(4).toString('hex')}`, { claimSettleMs: 100, ca }));
+
+  /** The X-Amz-Content-Sha256 header of the last PUT of `key` in Swift's access log (s3api checks the signature over it). */
+  const loggedHash = (log: string, key: string): string | undefined => {
+    const line = readFileSync(log, 'utf8').split('\n').filter((l) => l.includes(`${ACCESS_LOG_MARK} PUT `) && l.includes(key)).at(-1);
+    return line && /X-Amz-Content-Sha256:%20(\S+)/i.exec(line)?.[1];
+  };
+
+  it('sends PUT bodies unhashed over TLS (UNSIGNED-PAYLOAD) and hashed over plain HTTP, each accepted by the server', async () => {
+    const body = randomBytes(100_000);
+    const tls = swift.store('unsigned', { ca });
+    await tls.put('over/tls', body);
+    assert.deepEqual(Buffer.from(await tls.get('over/tls')), body);
+    assert.equal(loggedHash(swift.proxyLog, 'over/tls'), 'UNSIGNED-PAYLOAD');
+    const plainSwift = await startSwift(t);
+    try {
+      const plain = plainSwift.store('signed');
+      await plain.put('over/http', body);
+      assert.deepEqual(Buffer.from(await plain.get('over/http')), body);
+      assert.equal(loggedHash(plainSwift.proxyLog, 'over/http'), createHash('sha256').update(body).digest('hex'));
+    } finally {
+      await plainSwift.close();
+    }
+  });
+
+  it('still signs every request: a wrong secret is refused over TLS and stores nothing', async () => {
+    const wrong = new S3ObjectStore({ url: `s3://${swift.bucket}/wrong`, endpoint: swift.endpoint, region: 'us-east-1', credentials: { accessKeyId: swift.credentials.accessKeyId, secretAccessKey: 'not-the-secret' }, ca });
+    try {
+      await assert.rejects(wrong.put('x', new Uint8Array(10)), (err: Error) => /signature|denied|forbidden/i.test(`${err.name} ${err.message}`));
+    } finally {
+      wrong.close();
+    }
+    assert.equal(await swift.store('wrong', { ca }).head('x'), null);
+  });
+});
 
 describe('S3ObjectStore on a server that ignores conditional writes', () => {
   const t = new TempDirs('haven-s3plain-');
