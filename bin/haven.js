@@ -14,7 +14,11 @@ if (major < 24) {
 // without it runs itself again once with it (process.execve keeps the PID, so signals, service
 // managers and exit codes see one process). HAVEN_HUGEPAGES=false, or any glibc.malloc.hugetlb the
 // user set in GLIBC_TUNABLES, leaves malloc as it is.
-if (process.platform === 'linux' && typeof process.execve === 'function' && process.env.HAVEN_HUGEPAGES !== 'false' && !/(^|:)glibc\.malloc\.hugetlb=/.test(process.env.GLIBC_TUNABLES ?? '')) {
+// HAVEN_HUGEPAGES_SET marks the process run again: where glibc drops the tunable (a node with file
+// capabilities or setuid runs in secure mode), the run stops at one try instead of looping.
+const rerun = process.env.HAVEN_HUGEPAGES_SET === '1';
+delete process.env.HAVEN_HUGEPAGES_SET;
+if (!rerun && process.platform === 'linux' && typeof process.execve === 'function' && process.env.HAVEN_HUGEPAGES !== 'false' && !/(^|:)glibc\.malloc\.hugetlb=/.test(process.env.GLIBC_TUNABLES ?? '')) {
   const { readFileSync } = await import('node:fs');
   let thp = '';
   try {
@@ -22,11 +26,17 @@ if (process.platform === 'linux' && typeof process.execve === 'function' && proc
   } catch {
     // no transparent huge pages in this kernel
   }
-  const glibc = /** @type {{ header?: { glibcVersionRuntime?: string } }} */ (process.report.getReport()).header?.glibcVersionRuntime ?? '';
-  const [gMajor = 0, gMinor = 0] = glibc.split('.').map(Number);
-  if (/\[(always|madvise)\]/.test(thp) && (gMajor > 2 || (gMajor === 2 && gMinor >= 35))) {
-    const tunables = [process.env.GLIBC_TUNABLES, 'glibc.malloc.hugetlb=1'].filter(Boolean).join(':');
-    process.execve(process.execPath, [process.execPath, ...process.execArgv, ...process.argv.slice(1)], { ...process.env, GLIBC_TUNABLES: tunables });
+  if (/\[(always|madvise)\]/.test(thp)) {
+    const glibc = /** @type {{ header?: { glibcVersionRuntime?: string } }} */ (process.report.getReport()).header?.glibcVersionRuntime ?? '';
+    const [gMajor = 0, gMinor = 0] = glibc.split('.').map(Number);
+    if (gMajor > 2 || (gMajor === 2 && gMinor >= 35)) {
+      const tunables = [process.env.GLIBC_TUNABLES, 'glibc.malloc.hugetlb=1'].filter(Boolean).join(':');
+      try {
+        process.execve(process.execPath, [process.execPath, ...process.execArgv, ...process.argv.slice(1)], { ...process.env, GLIBC_TUNABLES: tunables, HAVEN_HUGEPAGES_SET: '1' });
+      } catch {
+        // not allowed here (Node's permission model, a seccomp filter, ...): go on without
+      }
+    }
   }
 }
 // Node's compile cache keeps the type-stripped and compiled modules between runs: a command starts

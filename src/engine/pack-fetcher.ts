@@ -118,6 +118,8 @@ interface Span {
   waiters: { need: number; wake: () => void }[];
   /** Bytes charged to the budget while fetching or fetched. */
   cost: number;
+  /** Its request is in flight: the store may still write into its buffer. */
+  reading: boolean;
   /** Its shared buffer (from the pool or new), from the start of its fetch. */
   buffer: SharedArrayBuffer | null;
   /** Resolves once fetched (or failed); `failure` then tells which. */
@@ -307,7 +309,8 @@ export class PackFetcher<T> {
 
   /** Resolves once `need` bytes of the span are in, or it settled (done, failed or freed). */
   private until(s: Span, need: number): Promise<void> {
-    if (s.filled >= need || s.state === 'freed' || s.state === 'done') return s.ready;
+    if (s.filled >= need) return Promise.resolve();
+    if (s.state === 'freed' || s.state === 'done') return s.ready;
     return new Promise<void>((wake) => {
       s.waiters.push({ need, wake });
       void s.ready.then(wake);
@@ -429,7 +432,7 @@ export class PackFetcher<T> {
   private newSpan(packId: string, offset: number, first: number, window: Window): Span {
     let settle!: () => void;
     const ready = new Promise<void>((r) => (settle = r));
-    return { packId, start: offset, end: offset, first, last: first, window, refs: 0, data: null, filled: 0, waiters: [], cost: 0, buffer: null, ready, settle, failure: undefined, state: 'planned' };
+    return { packId, start: offset, end: offset, first, last: first, window, refs: 0, data: null, filled: 0, waiters: [], cost: 0, reading: false, buffer: null, ready, settle, failure: undefined, state: 'planned' };
   }
 
   /** Starts queued spans in order while requests and budget allow. */
@@ -463,22 +466,26 @@ export class PackFetcher<T> {
       this.trimPool();
       this.highWater = Math.max(this.highWater, this.held + this.pooled);
       s.state = 'fetching';
+      s.reading = true;
       this.live.add(s);
       this.inFlight++;
       this.read(s.packId, s.start, s.end, s.data, (bytes) => this.progress(s, bytes)).then(
         () => {
           this.inFlight--;
+          s.reading = false;
           if (s.state === 'fetching') {
             s.filled = len;
             s.waiters = [];
             s.state = 'done';
-          }
+          } else if (s.state === 'freed') this.uncharge(s, true); // freed while its read ran: no batch reads it
           s.settle();
           this.pump();
         },
         (err: unknown) => {
           this.inFlight--;
-          this.fail(s, err);
+          s.reading = false;
+          if (s.state === 'freed') this.uncharge(s, false);
+          else this.fail(s, err);
           this.pump();
         },
       );
@@ -492,22 +499,31 @@ export class PackFetcher<T> {
   }
 
   private free(s: Span): void {
-    if (s.state === 'fetching' || s.state === 'done') {
-      this.held -= s.cost;
-      s.window.held -= s.cost;
-      this.live.delete(s);
-      // A buffer goes back to the pool only once no read can still be writing it.
-      if (s.buffer && s.state === 'done' && this.closed === undefined) {
-        this.pool.push(s.buffer);
-        this.pooled += s.buffer.byteLength;
-      }
-    }
-    if (s.state === 'planned') s.settle();
+    // A span whose read is still running stays charged (the store may still write its buffer)
+    // until the read ends; see pump().
+    if ((s.state === 'fetching' || s.state === 'done') && !s.reading) this.uncharge(s, s.state === 'done');
+    if (s.state === 'planned' || s.state === 'fetching') s.settle();
     s.state = 'freed';
     s.data = null;
     s.waiters = [];
-    s.buffer = null;
     this.pump();
+  }
+
+  /**
+   * Gives a span's bytes back to the budget; with `reuse` its buffer goes to the pool. Only once no
+   * read can still be writing it, and only after a read that succeeded: after a failure, batches
+   * woken by progress may still be decoding from it.
+   */
+  private uncharge(s: Span, reuse: boolean): void {
+    this.held -= s.cost;
+    s.window.held -= s.cost;
+    s.cost = 0;
+    this.live.delete(s);
+    if (reuse && s.buffer && this.closed === undefined) {
+      this.pool.push(s.buffer);
+      this.pooled += s.buffer.byteLength;
+    }
+    s.buffer = null;
   }
 
   /**

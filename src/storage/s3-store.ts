@@ -52,7 +52,7 @@ export interface S3StoreOptions {
   conditionalWrites?: boolean | undefined;
   /** How long a create claim waits for the listing to show concurrent claims (default 1 s; tests shorten it). */
   claimSettleMs?: number | undefined;
-  /** Pack uploads a backup keeps in flight (ObjectStore.writeConcurrency; HAVEN_S3_CONCURRENCY), default 4. */
+  /** Pack uploads a backup keeps in flight (ObjectStore.writeConcurrency; HAVEN_S3_CONCURRENCY), default 3. */
   writeConcurrency?: number | undefined;
   /** Certificates (PEM) an https endpoint is trusted by, instead of the system's (tests; users add theirs with NODE_EXTRA_CA_CERTS). */
   ca?: string | Buffer | undefined;
@@ -68,7 +68,7 @@ export interface S3RequestCounts {
   delete: number;
 }
 
-export const DEFAULT_S3_WRITE_CONCURRENCY = 4;
+export const DEFAULT_S3_WRITE_CONCURRENCY = 3;
 /**
  * Sockets the client keeps: enough for every job of a process (HAVEN_JOB_CONCURRENCY, 2 by default)
  * uploading at the highest HAVEN_S3_CONCURRENCY (16) or reading with a restore's parallel range

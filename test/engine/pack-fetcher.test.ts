@@ -387,6 +387,119 @@ async function chain(repo: Repository, dir: string, size: number, incrementals: 
   return { vol, manifests };
 }
 
+/**
+ * Answers a get with a lent buffer in two steps: the first half of the bytes (and its progress), then,
+ * once `open()` is called, the rest, or a failure when `failSecondHalf` is set.
+ */
+class SteppedStore extends DelegatingStore {
+  private gate!: () => void;
+  private gated = new Promise<void>((r) => (this.gate = r));
+  failSecondHalf = false;
+  /** Resolves once a get reported its first half. */
+  halfway: Promise<void>;
+  private reachedHalf!: () => void;
+
+  constructor(inner: ObjectStore) {
+    super(inner);
+    this.halfway = new Promise<void>((r) => (this.reachedHalf = r));
+  }
+
+  open(): void {
+    this.gate();
+  }
+
+  override async get(key: string, options?: GetOptions): Promise<Uint8Array> {
+    const { into, onProgress, ...rest } = options ?? {};
+    const body = await this.inner.get(key, rest);
+    if (!into || !onProgress) return body;
+    const half = Math.floor(body.length / 2);
+    into.set(body.subarray(0, half));
+    onProgress(half);
+    this.reachedHalf();
+    await this.gated;
+    if (this.failSecondHalf) throw new AppError(ErrorCode.StorageError, 'connection reset in the second half');
+    into.set(body.subarray(half), half);
+    onProgress(body.length);
+    return into.subarray(0, body.length);
+  }
+}
+
+/** Whether `p` settles within `ms`. */
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<false>((r) => (timer = setTimeout(() => r(false), ms)));
+  const won = await Promise.race([p.then(() => true, () => true), t]);
+  clearTimeout(timer);
+  return won;
+}
+
+describe('PackFetcher with a store that reports progress', () => {
+  /** One pack of 64 chunks of 16 KiB in volume order, in batches of 8: one span, read whole. */
+  async function onePack(): Promise<{ store: SteppedStore; packs: Map<string, Buffer>; batches: BatchReads<number>[]; fetcher: PackFetcher<number> }> {
+    const local = new LocalObjectStore(temp.make());
+    const id = packIdOf(7);
+    const body = randomBytesSeeded(64 * 16 * KiB, 77);
+    await local.put(packKey(id), body);
+    const reads: ChunkRead[] = Array.from({ length: 64 }, (_, i) => ({ packId: id, offset: i * 16 * KiB, length: 16 * KiB, rawLength: 16 * KiB }));
+    const store = new SteppedStore(local);
+    const batches = batchesOf(reads, 8);
+    const fetcher = new PackFetcher(store, batches, { what: 'test', budgetBytes: 16 * MiB });
+    return { store, packs: new Map([[id, body]]), batches, fetcher };
+  }
+
+  it('hands a batch its bytes as soon as they are in, before the rest of the span arrives, to early and late callers alike', async () => {
+    const { store, packs, batches, fetcher } = await onePack();
+    const planned = [];
+    for (let i = 0; i < 8; i++) planned.push((await fetcher.next())!);
+    const early = planned[0]!.data();
+    await store.halfway;
+    // Batches 0-3 lie in the first half: their data() resolves with the second half still held back,
+    // whether it was already waiting (0) or is asked for now (3).
+    assert.ok(await settlesWithin(early, 1_000), 'batch 0 got its bytes before the span\'s end');
+    assert.ok(await settlesWithin(planned[3]!.data(), 1_000), 'batch 3 got its bytes before the span\'s end');
+    const late = planned[5]!.data();
+    assert.equal(await settlesWithin(late, 100), false, 'batch 5 waits for the second half');
+    store.open();
+    for (const [k, b] of planned.entries()) {
+      const f = await b.data();
+      for (const [i, r] of batches[k]!.reads.entries()) assert.deepEqual(Buffer.from(servedBytes(f, i)), packs.get(r.packId)!.subarray(r.offset, r.offset + r.length), `batch ${k} read ${i}`);
+      b.release();
+    }
+    assert.equal(await fetcher.next(), null);
+    assert.equal(fetcher.stats.heldBytes, 0);
+    assert.ok(fetcher.pooledBytes > 0, 'the span\'s buffer went back to the pool');
+  });
+
+  it('a span failing halfway fails only the batches whose bytes had not arrived, and its buffer is not reused', async () => {
+    const { store, packs, batches, fetcher } = await onePack();
+    store.failSecondHalf = true;
+    const planned = [];
+    for (let i = 0; i < 8; i++) planned.push((await fetcher.next())!);
+    await store.halfway;
+    const early = await planned[1]!.data();
+    store.open();
+    for (const [i, r] of batches[1]!.reads.entries()) assert.deepEqual(Buffer.from(servedBytes(early, i)), packs.get(r.packId)!.subarray(r.offset, r.offset + r.length));
+    await assert.rejects(planned[6]!.data(), (err: unknown) => isAppError(err) && err.code === ErrorCode.StorageError);
+    for (const b of planned) b.release();
+    assert.equal(fetcher.stats.heldBytes, 0);
+    assert.equal(fetcher.pooledBytes, 0, 'a buffer whose read failed is not pooled');
+  });
+
+  it('close() during a span\'s fetch rejects what waits and pools nothing; the budget is held until the read ends', async () => {
+    const { store, fetcher } = await onePack();
+    const b = (await fetcher.next())!;
+    await store.halfway;
+    const waiting = (await fetcher.next())!;
+    fetcher.close();
+    await assert.rejects(waiting.data());
+    await assert.rejects(b.data());
+    store.open();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(fetcher.pooledBytes, 0);
+    assert.equal(fetcher.stats.heldBytes, 0, 'released once the read ended');
+  });
+});
+
 describe('PackFetcher over a real incremental chain', () => {
   it('restores the last of a full and 3 incrementals with at most 2 requests per pack touched', async () => {
     const dir = temp.make();

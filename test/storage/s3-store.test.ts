@@ -207,8 +207,8 @@ describe('S3ObjectStore on a server that ignores conditional writes', () => {
 });
 
 describe('S3 settings', () => {
-  it('HAVEN_S3_CONCURRENCY sets the pack uploads in flight (default 4), HAVEN_S3_CONDITIONAL_WRITES the create; bad values are refused naming the setting', async () => {
-    assert.deepEqual(s3SettingsFromEnv({}), { endpoint: '', region: '', conditionalWrites: true, concurrency: 4 });
+  it('HAVEN_S3_CONCURRENCY sets the pack uploads in flight (default 3), HAVEN_S3_CONDITIONAL_WRITES the create; bad values are refused naming the setting', async () => {
+    assert.deepEqual(s3SettingsFromEnv({}), { endpoint: '', region: '', conditionalWrites: true, concurrency: 3 });
     const settings = s3SettingsFromEnv({ HAVEN_S3_CONCURRENCY: '6', HAVEN_S3_CONDITIONAL_WRITES: 'false', HAVEN_S3_ENDPOINT: 'http://127.0.0.1:9' });
     assert.equal(settings.concurrency, 6);
     assert.equal(settings.conditionalWrites, false);
