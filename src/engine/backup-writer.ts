@@ -16,7 +16,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { AppError, asCancelledIfAborted, ErrorCode, throwIfAborted } from '../domain/errors.ts';
-import { DIGEST_BYTES, digestHex } from './chunk-digest.ts';
+import { DIGEST_BYTES, digestHex, isZeroDigest } from './chunk-digest.ts';
 import { DEFAULT_ZSTD_LEVEL, maxEncodedBytes } from './blob-codec.ts';
 import { checkStoredChunks } from './chunk-check.ts';
 import { readCondemned, type CondemnedSet } from './gc-state.ts';
@@ -26,7 +26,8 @@ import { indexSegmentKey, type BackupManifest, type BackupManifestV2, type Backu
 import { PackWriter } from './pack-writer.ts';
 import { INDEX_SEGMENT_CHUNKS, type Repository } from './repository.ts';
 import type { VolumeSource } from './volume-source.ts';
-import { isHole } from './volume-extents.ts';
+import { isHole, type Extent } from './volume-extents.ts';
+import { ChunkAction, fetchPreviousChunks, ParentIndex, planBatch, type ChangedBlocks } from './changed-blocks.ts';
 import { ChunkMap } from './chunk-map.ts';
 import { SlotPool } from './slot-pool.ts';
 import { VolumeDigest } from './volume-digest.ts';
@@ -67,6 +68,10 @@ export interface BackupResult {
   /** With checkReused: stored chunks read and checked, and those found damaged or missing (stored again). */
   checkedChunks: number;
   damagedChunks: number;
+  /** Bytes read from the source (holes and, with changed-block tracking, unchanged chunks are not read). */
+  readBytes: number;
+  /** True when only the blocks the source reported changed since the parent were read. */
+  changedBlockTracking: boolean;
 }
 
 const NEW_LOC = { packNo: 0xfffffffe, offset: 0, length: 0, rawLength: 0 };
@@ -134,6 +139,15 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
 
     // Bytes outside these read as zeros: chunks wholly outside are holes, never read or hashed.
     const extents = (await source.dataExtents?.(internal.signal)) ?? null;
+    // Changed-block tracking (changed-blocks.ts): only when the source's changes are counted from
+    // this very parent, of the same size.
+    let cbt: { changes: ChangedBlocks; parent: ParentIndex; cursor: { next: number } } | null = null;
+    if (parent && parent.sizeBytes === sizeBytes) {
+      const changes = (await source.changedBlocks?.(internal.signal)) ?? null;
+      if (changes && changes.sinceBackupId === parent.id) cbt = { changes, parent: new ParentIndex(repo, parent), cursor: { next: 0 } };
+    }
+    const usable = (d: Uint8Array, off: number): boolean => map.has(d, off) && !condemned.digests.has(d, off) && !quarantine.applies(map, d, off);
+    let readBytes = 0;
     for (let pos = 0; pos < sizeBytes && failure === undefined; pos += batchBytes) {
       const batchSlot = await slots.take();
       if (failure !== undefined || batchSlot === null) break;
@@ -145,18 +159,62 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
       const len = Math.min(batchBytes, sizeBytes - pos);
       const n = Math.ceil(len / chunkSize);
       const firstChunk = pos / chunkSize;
-      // Runs of chunks that may hold data ([first, count]); the others are holes, never read or hashed.
+      // Per chunk: a hole (never read or hashed), read from the disk, or (changed-block tracking)
+      // the previous backup's unchanged chunk, or its stored copy patched with the dirty ranges.
+      let actions: Uint8Array;
+      let patches = new Map<number, Extent[]>();
+      let preset: Uint8Array | null = null; // digests of unchanged chunks, from the previous backup's index
+      const holeAt = (start: number, length: number): boolean => extents !== null && isHole(extents, start, length);
+      if (cbt) {
+        const parentDigests = await cbt.parent.digests(firstChunk, n);
+        ({ actions, patches } = planBatch(pos, len, chunkSize, holeAt, cbt.changes, cbt.cursor, parentDigests, usable));
+        preset = new Uint8Array(n * DIGEST_BYTES);
+        const fetchAt: number[] = [];
+        for (let i = 0; i < n; i++) {
+          if (actions[i] === ChunkAction.Clean) preset.set(parentDigests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), i * DIGEST_BYTES);
+          else if (actions[i] === ChunkAction.Patch) {
+            if (isZeroDigest(parentDigests, i * DIGEST_BYTES)) new Uint8Array(slot, i * chunkSize, Math.min(chunkSize, len - i * chunkSize)).fill(0);
+            else fetchAt.push(i);
+          }
+        }
+        if (fetchAt.length) {
+          let unusable: Set<number>;
+          try {
+            unusable = await fetchPreviousChunks(repo, map, parentDigests, fetchAt, slot, fetchAt.map((i) => i * chunkSize), pool, internal.signal);
+          } catch (err) {
+            fail(err);
+            break;
+          }
+          for (const k of unusable) {
+            actions[fetchAt[k]!] = ChunkAction.Read; // its stored copy is gone or damaged: read it whole
+            patches.delete(fetchAt[k]!);
+          }
+        }
+      } else {
+        actions = new Uint8Array(n).fill(ChunkAction.Read);
+        for (let i = 0; i < n; i++) if (holeAt(pos + i * chunkSize, Math.min(chunkSize, len - i * chunkSize))) actions[i] = ChunkAction.Hole;
+      }
+      // Runs of chunks to hash ([first, count]), and the reads that fill them.
       const runs: Array<[number, number]> = [];
+      const reads: Array<[number, number]> = []; // (offset in batch, length)
       for (let i = 0; i < n; i++) {
-        if (extents !== null && isHole(extents, pos + i * chunkSize, Math.min(chunkSize, len - i * chunkSize))) continue;
+        const a = actions[i]!;
+        if (a !== ChunkAction.Read && a !== ChunkAction.Patch) continue;
         const last = runs[runs.length - 1];
         if (last && last[0] + last[1] === i) last[1]++;
         else runs.push([i, 1]);
+        if (a === ChunkAction.Read) {
+          const off = i * chunkSize;
+          const rl = Math.min(chunkSize, len - off);
+          const lr = reads[reads.length - 1];
+          if (lr && lr[0] + lr[1] === off) lr[1] += rl;
+          else reads.push([off, rl]);
+        } else {
+          for (const r of patches.get(i)!) reads.push([r.start - pos, r.length]);
+        }
       }
       let readFailed = false;
-      for (const [i, c] of runs) {
-        const off = i * chunkSize;
-        const rl = Math.min((i + c) * chunkSize, len) - off;
+      for (const [off, rl] of reads) {
         let got: number;
         try {
           got = await source.read(new Uint8Array(slot, off, rl), rl, pos + off);
@@ -165,6 +223,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
           readFailed = true;
           break;
         }
+        readBytes += got;
         if (got !== rl) {
           fail(new AppError(ErrorCode.VolumeChanged, `the volume shrank while it was being backed up (short read at byte ${pos + off + got})`));
           readFailed = true;
@@ -180,7 +239,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
                 pool.hash({ sab: slot, offset: i * chunkSize, length: Math.min((i + c) * chunkSize, len) - i * chunkSize, chunkSizeBytes: chunkSize, digest: repo.chunkDigest }, internal.signal),
               ),
             ).then((parts) => {
-              const all = new Uint8Array(n * DIGEST_BYTES); // holes: the all-zero digest
+              const all = preset ?? new Uint8Array(n * DIGEST_BYTES); // holes: the all-zero digest
               parts.forEach((d, k) => all.set(d.subarray(0, runs[k]![1] * DIGEST_BYTES), runs[k]![0] * DIGEST_BYTES));
               return all;
             });
@@ -293,7 +352,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
     stats.storedBytes += manifestBytes;
     stats.objectsWritten += 1;
     stats.durationMs = Math.round(performance.now() - started);
-    return { manifest, stats, checkedChunks: checker?.checkedChunks ?? 0, damagedChunks: checker?.damagedChunks ?? 0 };
+    return { manifest, stats, checkedChunks: checker?.checkedChunks ?? 0, damagedChunks: checker?.damagedChunks ?? 0, readBytes, changedBlockTracking: cbt !== null };
   } finally {
     signal?.removeEventListener('abort', onAbort);
     if (ownPool) await pool.close();

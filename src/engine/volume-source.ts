@@ -4,6 +4,7 @@
  */
 import { constants as fsc, promises as fs } from 'node:fs';
 import { AppError, ErrorCode } from '../domain/errors.ts';
+import type { ChangedBlocks } from './changed-blocks.ts';
 import { qemuImgDataExtents, type Extent } from './volume-extents.ts';
 import { openVolumeFile, type VolumeFileGuard } from './volume-file.ts';
 
@@ -20,6 +21,12 @@ export interface VolumeSource {
    * (a snapshot is).
    */
   dataExtents?(signal?: AbortSignal): Promise<Extent[] | null>;
+  /**
+   * Changed-block tracking: the ranges that may differ from what the backup `sinceBackupId` read
+   * (changed-blocks.ts). Null (or no method): not known, every chunk is read. Used only when
+   * `sinceBackupId` is the backup's parent.
+   */
+  changedBlocks?(signal?: AbortSignal): Promise<ChangedBlocks | null>;
   close(): Promise<void>;
 }
 

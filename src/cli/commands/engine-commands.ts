@@ -11,7 +11,8 @@ import { DEFAULT_CHUNK_SIZE, Repository } from '../../engine/repository.ts';
 import { restoreBackup } from '../../engine/restore-reader.ts';
 import { repairFromVolumes } from '../../engine/repair.ts';
 import { verifyRepository, type VerifyReport } from '../../engine/verifier.ts';
-import { FileVolumeSource } from '../../engine/volume-source.ts';
+import { FileVolumeSource, type VolumeSource } from '../../engine/volume-source.ts';
+import { openVolumeSource, VOLUME_FORMATS, type VolumeFormat } from '../../engine/open-volume.ts';
 import { ChunkWorkerPool, DEFAULT_WORKER_NICE } from '../../engine/worker-pool.ts';
 import { formatBytes, formatRate, progressReporter, type ProgressReporter } from '../output.ts';
 import { openRepository, openStore, readPassword, repoLocation, type RepoOptions } from '../repo-access.ts';
@@ -69,6 +70,12 @@ function manifestProof(m: BackupManifest): { volumeDigest: string | null; volume
   return m.formatVersion === 2 ? { volumeDigest: m.volumeDigest } : { volumeDigest: null, volumeSha256: m.volumeSha256 };
 }
 
+function parseFormat(v: string | undefined): VolumeFormat | undefined {
+  if (v === undefined) return undefined;
+  if (!VOLUME_FORMATS.includes(v as VolumeFormat)) throw new AppError(ErrorCode.InvalidArgument, `--format must be one of ${VOLUME_FORMATS.join(', ')}, not ${JSON.stringify(v)}`);
+  return v as VolumeFormat;
+}
+
 function parseChunkSize(v: string): number {
   const m = /^(\d+)\s*([kKmM]i?[bB]?)?$/.exec(v.trim());
   if (!m) throw new AppError(ErrorCode.InvalidArgument, `invalid chunk size ${JSON.stringify(v)} (e.g. 64KiB)`);
@@ -97,12 +104,14 @@ export function registerEngineCommands(program: Command): void {
         `created ${c.encryption ? 'encrypted' : 'unencrypted'} repository ${c.id} at ${location} (chunk size ${formatBytes(c.chunkSizeBytes)})`);
     });
 
-  repoCommand(program, 'backup', 'back up a volume (raw image file or block device); incremental against its last backup')
-    .requiredOption('--volume <path>', 'image file or block device to back up')
+  repoCommand(program, 'backup', 'back up a volume (raw or qcow2 image file, block device); incremental against its last backup')
+    .requiredOption('--volume <path>', 'image file (raw or qcow2, backed up as the guest sees it) or block device to back up')
+    .option('--format <raw|qcow2>', 'the image\'s format (default: probed by qemu-img; say raw for a disk whose guest could have written a qcow2 header into it)')
     .option('--name <name>', 'volume name recorded in the backup (default: the name of its last backup, else the file name)')
     .option('--volume-id <id>', 'volume identity for incrementals (default: the volume\'s real path)')
     .option('--full', 'record a full backup (no parent): stored chunks are deduplicated against only once read and checked intact, the rest is stored again')
-    .action(async (o: RepoOptions & { volume: string; name?: string; volumeId?: string; full?: boolean; json?: boolean }) => {
+    .action(async (o: RepoOptions & { volume: string; format?: string; name?: string; volumeId?: string; full?: boolean; json?: boolean }) => {
+      const format = parseFormat(o.format);
       await withPool(async (pool) => {
         const repo = await openRepository(o);
         let real: string;
@@ -116,20 +125,27 @@ export function registerEngineCommands(program: Command): void {
         // Without --name a volume keeps the name its last backup recorded.
         const volume = { id: volumeId, name: o.name ?? latest?.volume.name ?? path.basename(real), path: real };
         const previous = o.full ? null : latest;
-        const source = await FileVolumeSource.open(real);
-        const progress = progressReporter('backup ', !o.json);
         const { signal, dispose } = cancelOnSigint();
+        let source: VolumeSource;
         try {
-          const { manifest, stats, checkedChunks, damagedChunks } = await writeBackup(repo, source, { volume, previous, full: o.full ?? false, checkReused: o.full ?? false, pool, signal, onProgress: progress.onProgress });
+          source = (await openVolumeSource(real, { ...(format ? { format } : {}), signal })).source;
+        } catch (err) {
+          dispose();
+          throw err;
+        }
+        const progress = progressReporter('backup ', !o.json);
+        try {
+          const { manifest, stats, checkedChunks, damagedChunks, readBytes, changedBlockTracking } = await writeBackup(repo, source, { volume, previous, full: o.full ?? false, checkReused: o.full ?? false, pool, signal, onProgress: progress.onProgress });
           progress.stop();
           out(o.json, {
             id: manifest.id, volumeId: volume.id, volumeName: volume.name, kind: manifest.kind, parentId: manifest.parentId,
             sizeBytes: manifest.sizeBytes, newBytes: stats.newBytes, storedBytes: stats.storedBytes, zeroBytes: stats.zeroBytes,
             dedupBytes: stats.dedupBytes, newChunks: stats.newChunks, reusedChunks: stats.reusedChunks, holeChunks: stats.holeChunks,
             objectsWritten: stats.objectsWritten, durationMs: stats.durationMs, volumeDigest: manifest.volumeDigest,
+            readBytes, changedBlockTracking,
             ...(o.full ? { checkedChunks, damagedChunks } : {}),
           },
-          `backup ${manifest.id} (${manifest.kind}) of ${volume.name}: ${formatBytes(manifest.sizeBytes)} read, ${formatBytes(stats.newBytes)} new, ${formatBytes(stats.storedBytes)} stored, in ${(stats.durationMs / 1000).toFixed(1)} s (${formatRate(manifest.sizeBytes, stats.durationMs)})`);
+          `backup ${manifest.id} (${manifest.kind}) of ${volume.name}: ${formatBytes(manifest.sizeBytes)}, ${formatBytes(readBytes)} read${changedBlockTracking ? ' (changed blocks only)' : ''}, ${formatBytes(stats.newBytes)} new, ${formatBytes(stats.storedBytes)} stored, in ${(stats.durationMs / 1000).toFixed(1)} s (${formatRate(manifest.sizeBytes, stats.durationMs)})`);
         } finally {
           progress.stop();
           dispose();
@@ -141,20 +157,22 @@ export function registerEngineCommands(program: Command): void {
   repoCommand(program, 'restore', 'restore a backup to a file or block device, verified against its volume digest (older backups: their SHA-256)')
     .requiredOption('--backup <id>', 'backup id')
     .requiredOption('--target <path>', 'file (created or overwritten, sparse) or block device')
+    .option('--format <raw|qcow2>', 'raw (default) writes the bytes into the target; qcow2 creates a qcow2 image there (replaced only once the restore is proved)', 'raw')
     .option('--fsync', 'flush a file target to disk before reporting success (always done for block devices)')
-    .action(async (o: RepoOptions & { backup: string; target: string; fsync?: boolean; json?: boolean }) => {
+    .action(async (o: RepoOptions & { backup: string; target: string; format: string; fsync?: boolean; json?: boolean }) => {
+      const format = parseFormat(o.format) ?? 'raw';
       await withPool(async (pool) => {
         const repo = await openRepository(o);
         const manifest = await repo.readManifest(checkBackupId(o.backup));
         const progress = progressReporter('restore', !o.json);
         const { signal, dispose } = cancelOnSigint();
         try {
-          const r = await restoreBackup(repo, manifest, o.target, { pool, signal, fsync: o.fsync ?? false, onProgress: progress.onProgress });
+          const r = await restoreBackup(repo, manifest, o.target, { pool, signal, fsync: o.fsync ?? false, format, onProgress: progress.onProgress });
           progress.stop();
           // What was proved: every chunk against its digest and the digests against the volume
           // digest, or (older backups) every byte against the whole-volume SHA-256.
           const proof = 'volumeDigest' in r ? { volumeDigest: r.volumeDigest } : { volumeSha256: r.volumeSha256 };
-          out(o.json, { id: r.backupId, target: path.resolve(o.target), sizeBytes: r.sizeBytes, writtenBytes: r.writtenBytes, ...proof, verified: r.verified, durationMs: r.durationMs },
+          out(o.json, { id: r.backupId, target: path.resolve(o.target), format, sizeBytes: r.sizeBytes, writtenBytes: r.writtenBytes, ...proof, verified: r.verified, durationMs: r.durationMs },
             `restored backup ${r.backupId} to ${o.target}: ${formatBytes(r.sizeBytes)}, ${'volumeDigest' in proof ? 'volume digest' : 'SHA-256'} verified, in ${(r.durationMs / 1000).toFixed(1)} s (${formatRate(r.sizeBytes, r.durationMs)})`);
         } finally {
           progress.stop();

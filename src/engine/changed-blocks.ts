@@ -1,0 +1,227 @@
+/**
+ * Changed-block tracking in a backup: when the source can say which byte ranges may have changed
+ * since the previous backup (a QEMU dirty bitmap, see qemu/qemu-volume.ts), only those are read;
+ * every other chunk is the previous backup's, named by its index without reading or hashing it.
+ *
+ * A chunk only partly dirty is completed from the previous backup's stored copy of that chunk
+ * (fetched, decoded and checked against its digest), with the dirty blocks read from the disk over
+ * it; where the dirty part is most of the chunk, or the stored copy cannot be used (missing,
+ * damaged, condemned by GC, quarantined), the chunk is read whole from the disk. Why this and the
+ * bitmap granularity: docs/design.md "Changed-block tracking".
+ */
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import { ObjectNotFoundError } from '../storage/object-store.ts';
+import { DIGEST_BYTES, isZeroDigest } from './chunk-digest.ts';
+import type { ChunkMap } from './chunk-map.ts';
+import type { BackupManifest } from './manifest.ts';
+import { packKey } from './pack-format.ts';
+import type { Repository } from './repository.ts';
+import type { Extent } from './volume-extents.ts';
+import type { ChunkWorkerPool } from './worker-pool.ts';
+
+/** What a source knows of its changes: every byte outside `extents` is as it was when backup `sinceBackupId` was taken. */
+export interface ChangedBlocks {
+  sinceBackupId: string;
+  /** Sorted, disjoint byte ranges that may have changed. */
+  extents: Extent[];
+}
+
+/** A dirty chunk with at least this share of its bytes dirty is read whole rather than completed from its stored copy. */
+const READ_WHOLE_SHARE = 0.5;
+
+/** What a backup does with one chunk. */
+export const ChunkAction = {
+  /** Reads as zeros (outside the data extents): a hole. */
+  Hole: 0,
+  /** Unchanged since the previous backup: its digest is the previous backup's, nothing is read. */
+  Clean: 1,
+  /** Read whole from the disk. */
+  Read: 2,
+  /** The previous copy (or zeros, where that was a hole) with the dirty ranges read over it. */
+  Patch: 3,
+} as const;
+
+/** The previous backup's chunk digests, read one index segment at a time as the backup moves on. */
+export class ParentIndex {
+  private segNo = -1;
+  private seg: Buffer | null = null;
+  private segFirst = 0;
+  private readonly repo: Repository;
+  private readonly manifest: BackupManifest;
+
+  constructor(repo: Repository, manifest: BackupManifest) {
+    this.repo = repo;
+    this.manifest = manifest;
+  }
+
+  /** Digests of chunks [first, first + n), DIGEST_BYTES each. */
+  async digests(first: number, n: number): Promise<Uint8Array> {
+    const out = new Uint8Array(n * DIGEST_BYTES);
+    let filled = 0;
+    while (filled < n) {
+      const at = first + filled;
+      await this.load(at);
+      const inSeg = at - this.segFirst;
+      const take = Math.min(n - filled, this.seg!.length / DIGEST_BYTES - inSeg);
+      out.set(this.seg!.subarray(inSeg * DIGEST_BYTES, (inSeg + take) * DIGEST_BYTES), filled * DIGEST_BYTES);
+      filled += take;
+    }
+    return out;
+  }
+
+  private async load(chunk: number): Promise<void> {
+    if (this.seg && chunk >= this.segFirst && chunk < this.segFirst + this.seg.length / DIGEST_BYTES) return;
+    let first = 0;
+    const refs = this.manifest.indexSegments;
+    for (let i = 0; i < refs.length; i++) {
+      if (chunk < first + refs[i]!.chunks) {
+        if (i !== this.segNo) {
+          this.seg = await this.repo.readIndexSegment(refs[i]!, `backup ${this.manifest.id}`);
+          this.segNo = i;
+          this.segFirst = first;
+        }
+        return;
+      }
+      first += refs[i]!.chunks;
+    }
+    throw new AppError(ErrorCode.RepositoryCorrupt, `index of backup ${this.manifest.id} has no chunk ${chunk}`);
+  }
+}
+
+/** The dirty ranges of [start, start + length), clipped to it. */
+export function dirtyWithin(extents: readonly Extent[], start: number, length: number, from = 0): { ranges: Extent[]; next: number } {
+  const end = start + length;
+  let i = from;
+  while (i < extents.length && extents[i]!.start + extents[i]!.length <= start) i++;
+  const ranges: Extent[] = [];
+  let j = i;
+  while (j < extents.length && extents[j]!.start < end) {
+    const s = Math.max(start, extents[j]!.start);
+    const e = Math.min(end, extents[j]!.start + extents[j]!.length);
+    if (e > s) ranges.push({ start: s, length: e - s });
+    j++;
+  }
+  return { ranges, next: i };
+}
+
+/**
+ * Plans one batch: an action per chunk and, for patched chunks, their dirty ranges. `usable(d, off)`
+ * says whether a stored chunk may be referred to again (in the chunk map, not condemned or quarantined).
+ */
+export function planBatch(
+  batchStart: number,
+  len: number,
+  chunkSize: number,
+  isHole: (start: number, length: number) => boolean,
+  changes: ChangedBlocks,
+  cursor: { next: number },
+  parentDigests: Uint8Array,
+  usable: (digests: Uint8Array, off: number) => boolean,
+): { actions: Uint8Array; patches: Map<number, Extent[]> } {
+  const n = Math.ceil(len / chunkSize);
+  const actions = new Uint8Array(n);
+  const patches = new Map<number, Extent[]>();
+  for (let i = 0; i < n; i++) {
+    const start = batchStart + i * chunkSize;
+    const cLen = Math.min(chunkSize, len - i * chunkSize);
+    if (isHole(start, cLen)) {
+      actions[i] = ChunkAction.Hole;
+      continue;
+    }
+    const { ranges, next } = dirtyWithin(changes.extents, start, cLen, cursor.next);
+    cursor.next = next;
+    const off = i * DIGEST_BYTES;
+    const parentHole = isZeroDigest(parentDigests, off);
+    if (!ranges.length) {
+      if (parentHole) actions[i] = ChunkAction.Hole; // unchanged zeros
+      else actions[i] = usable(parentDigests, off) ? ChunkAction.Clean : ChunkAction.Read;
+      continue;
+    }
+    const dirty = ranges.reduce((s, r) => s + r.length, 0);
+    if (dirty >= cLen * READ_WHOLE_SHARE || (!parentHole && !usable(parentDigests, off))) {
+      actions[i] = ChunkAction.Read;
+      continue;
+    }
+    actions[i] = ChunkAction.Patch;
+    patches.set(i, ranges);
+  }
+  return { actions, patches };
+}
+
+/**
+ * Fetches and decodes the stored chunks `digests[at]` into `out` at `outOffsets` (each checked
+ * against its digest). Resolves to the positions (indexes into `at`) that could not be used:
+ * missing, short or damaged; the caller reads those chunks from the disk instead.
+ */
+export async function fetchPreviousChunks(
+  repo: Repository,
+  map: ChunkMap,
+  digests: Uint8Array,
+  at: number[],
+  out: SharedArrayBuffer,
+  outOffsets: number[],
+  pool: ChunkWorkerPool,
+  signal?: AbortSignal,
+): Promise<Set<number>> {
+  const failed = new Set<number>();
+  const items = at.map((d, k) => ({ k, e: map.find(digests, d * DIGEST_BYTES) })).filter((it) => {
+    if (it.e < 0) failed.add(it.k);
+    return it.e >= 0;
+  });
+  const sorted = items.map((it) => ({ ...it, loc: map.locationOf(it.e) })).sort((a, b) => a.loc.packNo - b.loc.packNo || a.loc.offset - b.loc.offset);
+  const runs: { packNo: number; offset: number; end: number; items: typeof sorted }[] = [];
+  for (const it of sorted) {
+    const r = runs[runs.length - 1];
+    if (r && r.packNo === it.loc.packNo && it.loc.offset >= r.end && it.loc.offset - r.end <= 256 * 1024) {
+      r.end = it.loc.offset + it.loc.length;
+      r.items.push(it);
+    } else {
+      runs.push({ packNo: it.loc.packNo, offset: it.loc.offset, end: it.loc.offset + it.loc.length, items: [it] });
+    }
+  }
+  await Promise.all(
+    runs.map(async (r) => {
+      let fetched: Uint8Array;
+      try {
+        fetched = await repo.store.get(packKey(map.packIds[r.packNo]!), { offset: r.offset, length: r.end - r.offset, ...(signal ? { signal } : {}) });
+      } catch (err) {
+        if (!(err instanceof ObjectNotFoundError)) throw err;
+        for (const it of r.items) failed.add(it.k);
+        return;
+      }
+      // Shared memory: read in place by the workers, never transferred (a store may hand out a
+      // view of a buffer it pools), and usable again for the retries below.
+      const body = new Uint8Array(new SharedArrayBuffer(fetched.length));
+      body.set(fetched);
+      const chunks: number[] = [];
+      const expected: Uint8Array[] = [];
+      const used: number[] = [];
+      for (const it of r.items) {
+        const o = it.loc.offset - r.offset;
+        if (o + it.loc.length > body.length) {
+          failed.add(it.k);
+          continue;
+        }
+        chunks.push(0, o, it.loc.length, it.loc.rawLength, outOffsets[it.k]!);
+        expected.push(digests.subarray(at[it.k]! * DIGEST_BYTES, (at[it.k]! + 1) * DIGEST_BYTES));
+        used.push(it.k);
+      }
+      // decodeInto stops at the first chunk that fails its check; the rest are decoded again one by one.
+      let from = 0;
+      while (from < used.length) {
+        const check = { digests: concat(expected.slice(from)), digest: repo.chunkDigest };
+        const bad = await pool.decodeInto({ bodies: [body], chunks: chunks.slice(from * 5), out, encKey: repo.keys?.encKey, check }, signal);
+        if (bad < 0) break;
+        failed.add(used[from + bad]!);
+        from += bad + 1;
+      }
+    }),
+  );
+  return failed;
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.length * DIGEST_BYTES);
+  parts.forEach((p, i) => out.set(p, i * DIGEST_BYTES));
+  return out;
+}

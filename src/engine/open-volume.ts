@@ -1,0 +1,52 @@
+/**
+ * Opens what a backup reads: a raw image or block device directly (FileVolumeSource), any other
+ * image format (qcow2) through qemu-nbd, as the guest sees it (NbdVolumeSource).
+ */
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import { imageInfo, QemuNbdServer } from '../qemu/qemu-tools.ts';
+import { NbdVolumeSource } from './nbd-volume-source.ts';
+import { FileVolumeSource, type VolumeSource } from './volume-source.ts';
+
+export type VolumeFormat = 'raw' | 'qcow2';
+export const VOLUME_FORMATS: readonly VolumeFormat[] = ['raw', 'qcow2'];
+
+export interface OpenedVolume {
+  source: VolumeSource;
+  format: VolumeFormat;
+}
+
+/**
+ * Opens `path` read-only. Without `format` the image's format is probed with qemu-img (block
+ * devices and files qemu-img cannot read are raw). Probing trusts the file's first bytes: a guest
+ * that writes a qcow2 header into its raw disk could make it read as qcow2 with a backing file of
+ * the guest's choosing, so callers that know the format (the service, from the volume's type) pass it.
+ */
+export async function openVolumeSource(path: string, opts: { format?: VolumeFormat; signal?: AbortSignal } = {}): Promise<OpenedVolume> {
+  let format = opts.format;
+  if (format === undefined) {
+    const raw = await FileVolumeSource.open(path); // also the clear error for a missing or unreadable path
+    let probed: string;
+    try {
+      probed = (await imageInfo(path, opts.signal ? { signal: opts.signal } : {})).format;
+    } catch (err) {
+      if ((err as AppError).code === ErrorCode.Cancelled) {
+        await raw.close();
+        throw err;
+      }
+      probed = 'raw'; // qemu-img missing or refusing: read the bytes as they are
+    }
+    if (probed === 'raw') return { source: raw, format: 'raw' };
+    await raw.close();
+    if (!VOLUME_FORMATS.includes(probed as VolumeFormat)) throw new AppError(ErrorCode.VolumeUnreadable, `volume ${path} is a ${probed} image; Haven reads raw and qcow2 volumes`);
+    format = probed as VolumeFormat;
+  }
+  if (format === 'raw') return { source: await FileVolumeSource.open(path), format };
+  const server = await QemuNbdServer.start(path, { format, readOnly: true, connections: 2, ...(opts.signal ? { signal: opts.signal } : {}) });
+  try {
+    const client = await server.connect({ metaContexts: ['base:allocation'], ...(opts.signal ? { signal: opts.signal } : {}) });
+    return { source: new NbdVolumeSource(client, { onClose: () => server.close() }), format };
+  } catch (err) {
+    await server.close();
+    throw err;
+  }
+}
