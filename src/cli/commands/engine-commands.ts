@@ -1,4 +1,5 @@
 /** init, backup, restore, digest, list, verify, delete, gc: the engine's command-line contract. */
+import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
@@ -13,6 +14,7 @@ import { repairFromVolumes } from '../../engine/repair.ts';
 import { verifyRepository, type VerifyReport } from '../../engine/verifier.ts';
 import { FileVolumeSource, type VolumeSource } from '../../engine/volume-source.ts';
 import { openVolumeSource, VOLUME_FORMATS, type VolumeFormat } from '../../engine/open-volume.ts';
+import { openGuestDisk } from '../../qemu/qemu-guest.ts';
 import { ChunkWorkerPool, DEFAULT_WORKER_NICE } from '../../engine/worker-pool.ts';
 import { formatBytes, formatRate, progressReporter, type ProgressReporter } from '../output.ts';
 import { openRepository, openStore, readPassword, repoLocation, type RepoOptions } from '../repo-access.ts';
@@ -104,52 +106,87 @@ export function registerEngineCommands(program: Command): void {
         `created ${c.encryption ? 'encrypted' : 'unencrypted'} repository ${c.id} at ${location} (chunk size ${formatBytes(c.chunkSizeBytes)})`);
     });
 
-  repoCommand(program, 'backup', 'back up a volume (raw or qcow2 image file, block device); incremental against its last backup')
-    .requiredOption('--volume <path>', 'image file (raw or qcow2, backed up as the guest sees it) or block device to back up')
+  repoCommand(program, 'backup', 'back up a volume (raw or qcow2 image file, block device, or the disk of a running QEMU guest); incremental against its last backup')
+    .option('--volume <path>', 'image file (raw or qcow2, backed up as the guest sees it) or block device to back up')
     .option('--format <raw|qcow2>', 'the image\'s format (default: probed by qemu-img; say raw for a disk whose guest could have written a qcow2 header into it)')
+    .option('--qmp <socket>', 'back up the disk of a running QEMU guest at one point in time, through its QMP socket (with --node)')
+    .option('--node <name>', 'the guest\'s block node to back up (with --qmp; Haven keeps a persistent dirty bitmap on it and reads only changed blocks next time)')
+    .option('--nbd-socket <path>', 'with --qmp: the Unix socket of the NBD server the guest\'s QEMU already runs, when Haven cannot find it')
     .option('--name <name>', 'volume name recorded in the backup (default: the name of its last backup, else the file name)')
-    .option('--volume-id <id>', 'volume identity for incrementals (default: the volume\'s real path)')
+    .option('--volume-id <id>', 'volume identity for incrementals (default: the volume\'s real path; with --qmp, the guest\'s image file)')
     .option('--full', 'record a full backup (no parent): stored chunks are deduplicated against only once read and checked intact, the rest is stored again')
-    .action(async (o: RepoOptions & { volume: string; format?: string; name?: string; volumeId?: string; full?: boolean; json?: boolean }) => {
+    .action(async (o: RepoOptions & { volume?: string; format?: string; qmp?: string; node?: string; nbdSocket?: string; name?: string; volumeId?: string; full?: boolean; json?: boolean }) => {
       const format = parseFormat(o.format);
+      if ((o.volume === undefined) === (o.qmp === undefined)) throw new AppError(ErrorCode.InvalidArgument, 'name what to back up: --volume PATH, or --qmp SOCKET with --node NAME');
+      if (o.qmp !== undefined && o.node === undefined) throw new AppError(ErrorCode.InvalidArgument, '--qmp needs --node (the guest\'s block node, see query-named-block-nodes)');
+      if (o.qmp === undefined && (o.node !== undefined || o.nbdSocket !== undefined)) throw new AppError(ErrorCode.InvalidArgument, '--node and --nbd-socket go with --qmp');
+      if (o.qmp !== undefined && o.format !== undefined) throw new AppError(ErrorCode.InvalidArgument, '--format goes with --volume (a running guest\'s disk is read as the guest sees it)');
       await withPool(async (pool) => {
         const repo = await openRepository(o);
-        let real: string;
-        try {
-          real = realpathSync(o.volume);
-        } catch (err) {
-          throw new AppError(ErrorCode.VolumeUnreadable, `cannot open volume ${o.volume}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
-        }
-        const volumeId = o.volumeId ?? real;
-        const latest = latestOfVolume((await repo.listBackups()).manifests, volumeId);
-        // Without --name a volume keeps the name its last backup recorded.
-        const volume = { id: volumeId, name: o.name ?? latest?.volume.name ?? path.basename(real), path: real };
-        const previous = o.full ? null : latest;
+        const manifests = (await repo.listBackups()).manifests;
         const { signal, dispose } = cancelOnSigint();
+        const backupId = randomUUID();
         let source: VolumeSource;
+        let volume: { id: string; name: string; path: string };
+        let previous: BackupManifest | null = null;
+        let finish: (ok: boolean) => Promise<void> = async () => undefined;
+        let fullReadReason: string | null = null;
         try {
-          source = (await openVolumeSource(real, { ...(format ? { format } : {}), signal })).source;
+          if (o.qmp !== undefined) {
+            let latest: BackupManifest | null = null;
+            const disk = await openGuestDisk({
+              qmpSocket: o.qmp, node: o.node!, backupId, ...(o.nbdSocket ? { nbdSocket: o.nbdSocket } : {}), signal,
+              previous: (imageFile) => {
+                const id = o.volumeId ?? imageFile;
+                latest = latestOfVolume(manifests, id);
+                volume = { id, name: o.name ?? latest?.volume.name ?? path.basename(imageFile), path: imageFile };
+                previous = o.full ? null : latest;
+                return previous;
+              },
+            });
+            source = disk.source;
+            finish = disk.finish;
+            fullReadReason = disk.changedBlockTracking ? null : disk.fullReadReason;
+          } else {
+            let real: string;
+            try {
+              real = realpathSync(o.volume!);
+            } catch (err) {
+              throw new AppError(ErrorCode.VolumeUnreadable, `cannot open volume ${o.volume}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+            }
+            const volumeId = o.volumeId ?? real;
+            const latest = latestOfVolume(manifests, volumeId);
+            // Without --name a volume keeps the name its last backup recorded.
+            volume = { id: volumeId, name: o.name ?? latest?.volume.name ?? path.basename(real), path: real };
+            previous = o.full ? null : latest;
+            source = (await openVolumeSource(real, { ...(format ? { format } : {}), signal })).source;
+          }
         } catch (err) {
           dispose();
           throw err;
         }
         const progress = progressReporter('backup ', !o.json);
+        let ok = false;
         try {
-          const { manifest, stats, checkedChunks, damagedChunks, readBytes, changedBlockTracking } = await writeBackup(repo, source, { volume, previous, full: o.full ?? false, checkReused: o.full ?? false, pool, signal, onProgress: progress.onProgress });
+          const { manifest, stats, checkedChunks, damagedChunks, readBytes, changedBlockTracking } = await writeBackup(repo, source, { volume: volume!, previous, backupId, full: o.full ?? false, checkReused: o.full ?? false, pool, signal, onProgress: progress.onProgress });
+          ok = true;
           progress.stop();
+          if (!o.json && fullReadReason && previous) process.stderr.write(`haven: read the whole disk: ${fullReadReason}\n`);
           out(o.json, {
-            id: manifest.id, volumeId: volume.id, volumeName: volume.name, kind: manifest.kind, parentId: manifest.parentId,
+            id: manifest.id, volumeId: volume!.id, volumeName: volume!.name, kind: manifest.kind, parentId: manifest.parentId,
             sizeBytes: manifest.sizeBytes, newBytes: stats.newBytes, storedBytes: stats.storedBytes, zeroBytes: stats.zeroBytes,
             dedupBytes: stats.dedupBytes, newChunks: stats.newChunks, reusedChunks: stats.reusedChunks, holeChunks: stats.holeChunks,
             objectsWritten: stats.objectsWritten, durationMs: stats.durationMs, volumeDigest: manifest.volumeDigest,
             readBytes, changedBlockTracking,
+            ...(o.qmp !== undefined && !changedBlockTracking && fullReadReason ? { fullReadReason } : {}),
             ...(o.full ? { checkedChunks, damagedChunks } : {}),
           },
-          `backup ${manifest.id} (${manifest.kind}) of ${volume.name}: ${formatBytes(manifest.sizeBytes)}, ${formatBytes(readBytes)} read${changedBlockTracking ? ' (changed blocks only)' : ''}, ${formatBytes(stats.newBytes)} new, ${formatBytes(stats.storedBytes)} stored, in ${(stats.durationMs / 1000).toFixed(1)} s (${formatRate(manifest.sizeBytes, stats.durationMs)})`);
+          `backup ${manifest.id} (${manifest.kind}) of ${volume!.name}: ${formatBytes(manifest.sizeBytes)}, ${formatBytes(readBytes)} read${changedBlockTracking ? ' (changed blocks only)' : ''}, ${formatBytes(stats.newBytes)} new, ${formatBytes(stats.storedBytes)} stored, in ${(stats.durationMs / 1000).toFixed(1)} s (${formatRate(manifest.sizeBytes, stats.durationMs)})`);
         } finally {
           progress.stop();
           dispose();
-          await source.close();
+          await source.close().catch(() => undefined);
+          await finish(ok);
         }
       });
     });
