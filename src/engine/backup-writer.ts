@@ -214,21 +214,29 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
         }
       }
       let readFailed = false;
-      for (const [off, rl] of reads) {
+      const readOne = async ([off, rl]: [number, number]): Promise<void> => {
         let got: number;
         try {
           got = await source.read(new Uint8Array(slot, off, rl), rl, pos + off);
         } catch (err) {
-          fail(new AppError(ErrorCode.VolumeUnreadable, `reading the volume at byte ${pos + off} failed: ${(err as Error).message}`, { cause: err }));
-          readFailed = true;
-          break;
+          throw new AppError(ErrorCode.VolumeUnreadable, `reading the volume at byte ${pos + off} failed: ${(err as Error).message}`, { cause: err });
         }
         readBytes += got;
-        if (got !== rl) {
-          fail(new AppError(ErrorCode.VolumeChanged, `the volume shrank while it was being backed up (short read at byte ${pos + off + got})`));
-          readFailed = true;
-          break;
+        if (got !== rl) throw new AppError(ErrorCode.VolumeChanged, `the volume shrank while it was being backed up (short read at byte ${pos + off + got})`);
+      };
+      try {
+        // Whole runs in order, one at a time; the scattered dirty ranges of changed-block tracking
+        // all at once (an NBD source pipelines them on its connection).
+        if (cbt && reads.length > 1) {
+          const rs = await Promise.allSettled(reads.map(readOne));
+          const bad = rs.find((r) => r.status === 'rejected');
+          if (bad) throw bad.reason;
+        } else {
+          for (const r of reads) await readOne(r);
         }
+      } catch (err) {
+        fail(err);
+        readFailed = true;
       }
       if (readFailed) break;
       const hashP: Promise<Uint8Array> =
