@@ -164,12 +164,13 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
       let actions: Uint8Array;
       let patches = new Map<number, Extent[]>();
       let preset: Uint8Array | null = null; // digests of unchanged chunks, from the previous backup's index
+      let parentDigests: Uint8Array | null = null;
+      const fetchAt: number[] = []; // patched chunks completed from their stored copy
       const holeAt = (start: number, length: number): boolean => extents !== null && isHole(extents, start, length);
       if (cbt) {
-        const parentDigests = await cbt.parent.digests(firstChunk, n);
+        parentDigests = await cbt.parent.digests(firstChunk, n);
         ({ actions, patches } = planBatch(pos, len, chunkSize, holeAt, cbt.changes, cbt.cursor, parentDigests, usable));
         preset = new Uint8Array(n * DIGEST_BYTES);
-        const fetchAt: number[] = [];
         for (let i = 0; i < n; i++) {
           if (actions[i] === ChunkAction.Clean) preset.set(parentDigests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), i * DIGEST_BYTES);
           else if (actions[i] === ChunkAction.Patch) {
@@ -177,54 +178,48 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
             else fetchAt.push(i);
           }
         }
+      } else {
+        actions = new Uint8Array(n).fill(ChunkAction.Read);
+        for (let i = 0; i < n; i++) if (holeAt(pos + i * chunkSize, Math.min(chunkSize, len - i * chunkSize))) actions[i] = ChunkAction.Hole;
+      }
+      // Fills the slot: stored copies of patched chunks first, then the reads from the disk. Resolves
+      // to the runs of chunks to hash ([first, count]).
+      const fill = async (): Promise<Array<[number, number]>> => {
         if (fetchAt.length) {
-          let unusable: Set<number>;
-          try {
-            unusable = await fetchPreviousChunks(repo, map, parentDigests, fetchAt, slot, fetchAt.map((i) => i * chunkSize), pool, internal.signal);
-          } catch (err) {
-            fail(err);
-            break;
-          }
+          const unusable = await fetchPreviousChunks(repo, map, parentDigests!, fetchAt, slot, fetchAt.map((i) => i * chunkSize), batchSlot.encoded, pool, internal.signal);
           for (const k of unusable) {
             actions[fetchAt[k]!] = ChunkAction.Read; // its stored copy is gone or damaged: read it whole
             patches.delete(fetchAt[k]!);
           }
         }
-      } else {
-        actions = new Uint8Array(n).fill(ChunkAction.Read);
-        for (let i = 0; i < n; i++) if (holeAt(pos + i * chunkSize, Math.min(chunkSize, len - i * chunkSize))) actions[i] = ChunkAction.Hole;
-      }
-      // Runs of chunks to hash ([first, count]), and the reads that fill them.
-      const runs: Array<[number, number]> = [];
-      const reads: Array<[number, number]> = []; // (offset in batch, length)
-      for (let i = 0; i < n; i++) {
-        const a = actions[i]!;
-        if (a !== ChunkAction.Read && a !== ChunkAction.Patch) continue;
-        const last = runs[runs.length - 1];
-        if (last && last[0] + last[1] === i) last[1]++;
-        else runs.push([i, 1]);
-        if (a === ChunkAction.Read) {
-          const off = i * chunkSize;
-          const rl = Math.min(chunkSize, len - off);
-          const lr = reads[reads.length - 1];
-          if (lr && lr[0] + lr[1] === off) lr[1] += rl;
-          else reads.push([off, rl]);
-        } else {
-          for (const r of patches.get(i)!) reads.push([r.start - pos, r.length]);
+        const runs: Array<[number, number]> = [];
+        const reads: Array<[number, number]> = []; // (offset in batch, length)
+        for (let i = 0; i < n; i++) {
+          const a = actions[i]!;
+          if (a !== ChunkAction.Read && a !== ChunkAction.Patch) continue;
+          const last = runs[runs.length - 1];
+          if (last && last[0] + last[1] === i) last[1]++;
+          else runs.push([i, 1]);
+          if (a === ChunkAction.Read) {
+            const off = i * chunkSize;
+            const rl = Math.min(chunkSize, len - off);
+            const lr = reads[reads.length - 1];
+            if (lr && lr[0] + lr[1] === off) lr[1] += rl;
+            else reads.push([off, rl]);
+          } else {
+            for (const r of patches.get(i)!) reads.push([r.start - pos, r.length]);
+          }
         }
-      }
-      let readFailed = false;
-      const readOne = async ([off, rl]: [number, number]): Promise<void> => {
-        let got: number;
-        try {
-          got = await source.read(new Uint8Array(slot, off, rl), rl, pos + off);
-        } catch (err) {
-          throw new AppError(ErrorCode.VolumeUnreadable, `reading the volume at byte ${pos + off} failed: ${(err as Error).message}`, { cause: err });
-        }
-        readBytes += got;
-        if (got !== rl) throw new AppError(ErrorCode.VolumeChanged, `the volume shrank while it was being backed up (short read at byte ${pos + off + got})`);
-      };
-      try {
+        const readOne = async ([off, rl]: [number, number]): Promise<void> => {
+          let got: number;
+          try {
+            got = await source.read(new Uint8Array(slot, off, rl), rl, pos + off);
+          } catch (err) {
+            throw new AppError(ErrorCode.VolumeUnreadable, `reading the volume at byte ${pos + off} failed: ${(err as Error).message}`, { cause: err });
+          }
+          readBytes += got;
+          if (got !== rl) throw new AppError(ErrorCode.VolumeChanged, `the volume shrank while it was being backed up (short read at byte ${pos + off + got})`);
+        };
         // Whole runs in order, one at a time; the scattered dirty ranges of changed-block tracking
         // all at once (an NBD source pipelines them on its connection).
         if (cbt && reads.length > 1) {
@@ -234,12 +229,23 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
         } else {
           for (const r of reads) await readOne(r);
         }
-      } catch (err) {
-        fail(err);
-        readFailed = true;
+        return runs;
+      };
+      // A full read fills batches one after the other (a disk read in order); with changed-block
+      // tracking a batch's fetches and scattered reads run while the next batches are planned (the
+      // slots bound how many), and a failure reaches the decide stage through the hashing.
+      let runsP: Promise<Array<[number, number]>>;
+      if (cbt) {
+        runsP = fill();
+      } else {
+        try {
+          runsP = Promise.resolve(await fill());
+        } catch (err) {
+          fail(err);
+          break;
+        }
       }
-      if (readFailed) break;
-      const hashP: Promise<Uint8Array> =
+      const hashP: Promise<Uint8Array> = runsP.then((runs) =>
         runs.length === 1 && runs[0]![1] === n
           ? pool.hash({ sab: slot, offset: 0, length: len, chunkSizeBytes: chunkSize, digest: repo.chunkDigest }, internal.signal)
           : Promise.all(
@@ -250,7 +256,8 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
               const all = preset ?? new Uint8Array(n * DIGEST_BYTES); // holes: the all-zero digest
               parts.forEach((d, k) => all.set(d.subarray(0, runs[k]![1] * DIGEST_BYTES), runs[k]![0] * DIGEST_BYTES));
               return all;
-            });
+            }),
+      );
       hashP.catch(() => undefined); // handled through decideP
       // Full backups: check the stored copies this batch would reuse, alongside the ordered stages.
       const checkP = checker ? hashP.then((d) => checker.checkBatch(d, n)) : null;

@@ -150,8 +150,11 @@ export function planBatch(
 
 /**
  * Fetches and decodes the stored chunks `digests[at]` into `out` at `outOffsets` (each checked
- * against its digest). Resolves to the positions (indexes into `at`) that could not be used:
- * missing, short or damaged; the caller reads those chunks from the disk instead.
+ * against its digest), reading the stored bytes into `scratch` (the batch's buffer for encoded
+ * chunks, free until the batch is encoded: reused memory, no page faults; it must hold the chunks'
+ * stored lengths together). One ranged read per run of adjacent chunks in a pack, one decode task
+ * for all. Resolves to the positions (indexes into `at`) that could not be used: missing, short or
+ * damaged; the caller reads those chunks from the disk instead.
  */
 export async function fetchPreviousChunks(
   repo: Repository,
@@ -160,6 +163,7 @@ export async function fetchPreviousChunks(
   at: number[],
   out: SharedArrayBuffer,
   outOffsets: number[],
+  scratch: SharedArrayBuffer,
   pool: ChunkWorkerPool,
   signal?: AbortSignal,
 ): Promise<Set<number>> {
@@ -169,59 +173,64 @@ export async function fetchPreviousChunks(
     return it.e >= 0;
   });
   const sorted = items.map((it) => ({ ...it, loc: map.locationOf(it.e) })).sort((a, b) => a.loc.packNo - b.loc.packNo || a.loc.offset - b.loc.offset);
-  const runs: { packNo: number; offset: number; end: number; items: typeof sorted }[] = [];
+  // Runs of chunks back to back in one pack; each gets its place in `scratch`.
+  const runs: { packNo: number; offset: number; end: number; at: number; items: typeof sorted }[] = [];
+  let used = 0;
   for (const it of sorted) {
     const r = runs[runs.length - 1];
-    if (r && r.packNo === it.loc.packNo && it.loc.offset >= r.end && it.loc.offset - r.end <= 256 * 1024) {
-      r.end = it.loc.offset + it.loc.length;
+    if (r && r.packNo === it.loc.packNo && it.loc.offset === r.end) {
+      r.end += it.loc.length;
       r.items.push(it);
     } else {
-      runs.push({ packNo: it.loc.packNo, offset: it.loc.offset, end: it.loc.offset + it.loc.length, items: [it] });
+      runs.push({ packNo: it.loc.packNo, offset: it.loc.offset, end: it.loc.offset + it.loc.length, at: used, items: [it] });
     }
+    used += it.loc.length;
   }
+  if (used > scratch.byteLength) throw new AppError(ErrorCode.RepositoryCorrupt, `stored chunks larger than their encoding allows (${used} bytes for ${sorted.length} chunks)`);
+  const arrived: typeof sorted = [];
   await Promise.all(
     runs.map(async (r) => {
-      let fetched: Uint8Array;
+      const into = new Uint8Array(scratch, r.at, r.end - r.offset);
+      let got: Uint8Array;
       try {
-        fetched = await repo.store.get(packKey(map.packIds[r.packNo]!), { offset: r.offset, length: r.end - r.offset, ...(signal ? { signal } : {}) });
+        got = await repo.store.get(packKey(map.packIds[r.packNo]!), { offset: r.offset, length: r.end - r.offset, into, ...(signal ? { signal } : {}) });
       } catch (err) {
         if (!(err instanceof ObjectNotFoundError)) throw err;
         for (const it of r.items) failed.add(it.k);
         return;
       }
-      // Shared memory: read in place by the workers, never transferred (a store may hand out a
-      // view of a buffer it pools), and usable again for the retries below.
-      const body = new Uint8Array(new SharedArrayBuffer(fetched.length));
-      body.set(fetched);
-      const chunks: number[] = [];
-      const expected: Uint8Array[] = [];
-      const used: number[] = [];
+      if (got.buffer !== scratch || got.byteOffset !== into.byteOffset) into.set(got.subarray(0, into.length));
+      let o = 0;
       for (const it of r.items) {
-        const o = it.loc.offset - r.offset;
-        if (o + it.loc.length > body.length) {
-          failed.add(it.k);
-          continue;
-        }
-        chunks.push(0, o, it.loc.length, it.loc.rawLength, outOffsets[it.k]!);
-        expected.push(digests.subarray(at[it.k]! * DIGEST_BYTES, (at[it.k]! + 1) * DIGEST_BYTES));
-        used.push(it.k);
-      }
-      // decodeInto stops at the first chunk that fails its check; the rest are decoded again one by one.
-      let from = 0;
-      while (from < used.length) {
-        const check = { digests: concat(expected.slice(from)), digest: repo.chunkDigest };
-        const bad = await pool.decodeInto({ bodies: [body], chunks: chunks.slice(from * 5), out, encKey: repo.keys?.encKey, check }, signal);
-        if (bad < 0) break;
-        failed.add(used[from + bad]!);
-        from += bad + 1;
+        if (o + it.loc.length > got.length) failed.add(it.k); // the pack is shorter than the chunk map says
+        else arrived.push(it);
+        o += it.loc.length;
       }
     }),
   );
+  const runOf = new Map<(typeof sorted)[number], number>();
+  for (const r of runs) {
+    let o = r.at;
+    for (const it of r.items) {
+      runOf.set(it, o);
+      o += it.loc.length;
+    }
+  }
+  // decodeInto stops at the first chunk that fails its check; the rest are decoded again.
+  const body = new Uint8Array(scratch);
+  let from = 0;
+  while (from < arrived.length) {
+    const rest = arrived.slice(from);
+    const chunks: number[] = [];
+    const expected = new Uint8Array(rest.length * DIGEST_BYTES);
+    rest.forEach((it, j) => {
+      chunks.push(0, runOf.get(it)!, it.loc.length, it.loc.rawLength, outOffsets[it.k]!);
+      expected.set(digests.subarray(at[it.k]! * DIGEST_BYTES, (at[it.k]! + 1) * DIGEST_BYTES), j * DIGEST_BYTES);
+    });
+    const bad = await pool.decodeInto({ bodies: [body], chunks, out, encKey: repo.keys?.encKey, check: { digests: expected, digest: repo.chunkDigest } }, signal);
+    if (bad < 0) break;
+    failed.add(rest[bad]!.k);
+    from += bad + 1;
+  }
   return failed;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.length * DIGEST_BYTES);
-  parts.forEach((p, i) => out.set(p, i * DIGEST_BYTES));
-  return out;
 }

@@ -436,6 +436,9 @@ export class NbdClient {
 
   private fail(err: AppError): void {
     if (!this.closed) this.closed = err;
+    // Nothing more lands in a caller's buffer: its request has failed, and the caller may reuse it.
+    this.cur = null;
+    this.head = Buffer.alloc(0);
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
     if (!this.sock.destroyed && err.message !== 'the NBD connection was closed') this.sock.destroy();
@@ -443,6 +446,7 @@ export class NbdClient {
 
   /** The reply parser: headers are gathered in `head`; a read's data goes straight to its buffer. */
   private onData(b: Buffer): void {
+    if (this.closed) return;
     let pos = 0;
     try {
       while (pos < b.length) {

@@ -209,9 +209,11 @@ export class QemuNbdServer {
       try {
         return await NbdClient.connect({ socketPath: this.socketPath, exportName: this.exportName, ...opts });
       } catch (err) {
+        // qemu-nbd listens before it opens the image: a connection refused, reset or ended may be
+        // a server that is giving up on the image. Its own message says why, and names the file.
         const refused = ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code === 'ECONNREFUSED';
-        if (refused) await Promise.race([this.exited, new Promise((r) => setTimeout(r, 20))]);
-        if (this.state.exitedWith !== null) throw new AppError(this.code, `cannot serve ${this.file} over NBD: ${this.state.exitedWith}`);
+        await Promise.race([this.exited, new Promise((r) => setTimeout(r, refused ? 20 : 500))]);
+        if (this.state.exitedWith !== null) throw new AppError(this.code, `cannot serve ${this.file} over NBD: ${this.state.exitedWith}`, { cause: err });
         if (!refused || Date.now() > deadline) throw err;
         await new Promise((r) => setTimeout(r, 20));
       }
