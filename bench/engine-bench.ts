@@ -33,6 +33,7 @@ import { loopDiskMissing, makeLoopDisk, type LoopDisk } from './lib/loop-disk.ts
 import { describeDisk, describeMachine, diskOf, type DiskInfo } from './lib/machine.ts';
 import { borgTool, ensurePeers, havenTool, resticTool, type Tool } from './lib/peers.ts';
 import { runS3, type S3Result, type S3Row, type S3Step } from './lib/s3-suite.ts';
+import { runQemu, type QemuResult, type QemuStep } from './lib/qemu-suite.ts';
 import { runSparse, SPARSE_FACTOR, type SparseResult } from './lib/sparse-suite.ts';
 import { generateVolume, randomStream } from './lib/volume-gen.ts';
 
@@ -86,7 +87,7 @@ async function main(): Promise<void> {
   const started = performance.now();
   const size = parseSize(process.env.HAVEN_BENCH_SIZE ?? '4GiB');
   const work = path.resolve(process.env.HAVEN_BENCH_DIR ?? path.join(root, 'bench', 'work'));
-  const parts = (process.env.HAVEN_BENCH_PARTS ?? 'local,s3,sparse').split(',');
+  const parts = (process.env.HAVEN_BENCH_PARTS ?? 'local,s3,sparse,qemu').split(',');
   const wanted = (process.env.HAVEN_BENCH_PEERS ?? 'restic,borg').split(',');
   // On the second disk borg runs the full backup only by default (its goal; the rest is the table's),
   // which keeps the default run within about 25 minutes on two cores.
@@ -117,6 +118,7 @@ async function main(): Promise<void> {
   let limits: Limits | undefined;
   let s3: S3Result | undefined;
   let sparse: SparseResult | { error: string } | undefined;
+  let qemu: QemuResult | undefined;
   // How long each part took, so a user can tell what a smaller HAVEN_BENCH_SIZE or fewer parts buys.
   const took: string[] = [];
   let partStart = performance.now();
@@ -205,6 +207,16 @@ async function main(): Promise<void> {
     }
     partDone('sparse');
   }
+  if (parts.includes('qemu')) {
+    console.log(`\nQEMU part (a qcow2 of the volume under qemu-storage-daemon, backed up through QMP; restic through qemu-img convert)`);
+    try {
+      qemu = await runQemu(path.join(work, 'qemu'), pristine, size, node, cli, rss, have('restic'));
+    } catch (err) {
+      qemu = { size, haven: {}, writes: { blocks: 0, ms: 0 }, error: (err as Error).message };
+      console.log(`  failed: ${oneLine(qemu.error!, 2000)}`);
+    }
+    partDone('QEMU');
+  }
 
   console.log(`\n## Results (${(size / GiB).toFixed(2)} GiB volume; encryption on for every tool; ratios read "times better": >1x means Haven is better)\n`);
   for (const l of header) console.log(l);
@@ -213,7 +225,8 @@ async function main(): Promise<void> {
   if (limits) console.log(`\nphysical limits on this machine: volume read ${limits.readMBs.toFixed(0)} MB/s (page cache), sha256 ${limits.shaMBs.toFixed(0)} MB/s/core, zstd-1 ${limits.zstdMBs.toFixed(0)} MB/s/core on text`);
   if (s3?.rows.size) printS3Table(s3);
   if (sparse && !('error' in sparse)) console.log(`\nsparse: full backup (mean of two) of the ${mib(sparse.size)} volume ${sec(sparse.volumeMs)}, of the ${mib(sparse.sparseSize)} sparse volume with the same data ${sec(sparse.sparseMs)} (${(sparse.sparseMs / sparse.volumeMs).toFixed(2)}x)`);
-  printGoals(size, disks, s3, sparse, rss);
+  if (qemu && !qemu.error) printQemuTable(qemu);
+  printGoals(size, disks, s3, sparse, rss, qemu);
   console.log(`\nbenchmark took ${((performance.now() - started) / 60000).toFixed(1)} min (${took.join(', ')})`);
   if (!process.env.HAVEN_BENCH_KEEP) await fs.rm(work, { recursive: true, force: true });
 }
@@ -313,9 +326,43 @@ interface Goal {
   figures: string;
 }
 
-function printGoals(size: number, disks: DiskRun[], s3: S3Result | undefined, sparse: SparseResult | { error: string } | undefined, rss: RssRecord[]): void {
+function printQemuTable(q: QemuResult): void {
+  const h = q.haven;
+  const r = q.restic;
+  const cell = (ms: number | undefined): string => (ms === undefined ? '-' : sec(ms));
+  console.log(`\n### QEMU (${mib(q.size)} qcow2 under qemu-storage-daemon; ${q.writes.blocks} random 4 KiB blocks rewritten by the guest)\n`);
+  console.log('| step | Haven (QMP) | read from the disk | restic (qemu-img convert + backup) | ratio |');
+  console.log('|---|---|---|---|---|');
+  const read = (s: QemuStep | undefined): string => (s?.readBytes === undefined ? '-' : `${mib(s.readBytes)} (${((s.readBytes / q.size) * 100).toFixed(1)} %)${s.changedBlockTracking ? ', changed blocks only' : ''}`);
+  const rt = (c: number, s: QemuStep | undefined): number | undefined => (s ? c + s.ms : undefined);
+  const ratio = (a: number | undefined, b: number | undefined): string => (a && b ? `${(b / a).toFixed(2)}x` : '-');
+  const rf = r ? rt(r.convertFullMs, r.full) : undefined;
+  const ri = r ? rt(r.convertIncrementalMs, r.incremental) : undefined;
+  console.log(`| full backup | ${cell(h.full?.ms)} | ${read(h.full)} | ${r ? `${sec(r.convertFullMs)} + ${sec(r.full.ms)}` : 'not run'} | ${ratio(h.full?.ms, rf)} |`);
+  console.log(`| incremental | ${cell(h.incremental?.ms)} | ${read(h.incremental)} | ${r ? `${sec(r.convertIncrementalMs)} + ${sec(r.incremental.ms)}` : 'not run'} | ${ratio(h.incremental?.ms, ri)} |`);
+  console.log(`| restore of the incremental as qcow2 | ${cell(h.restore?.ms)} | qemu-img compare: ${h.identical ? 'identical' : 'DIFFERENT'} | | |`);
+  if (q.big) console.log(`\nqcow2 of ${mib(q.big.virtualSize)} virtual size holding ${mib(q.big.dataBytes)}: full backup ${sec(q.big.bigMs)} (read ${mib(q.big.bigReadBytes)}), of a qcow2 of just that data ${sec(q.big.smallMs)} (${(q.big.bigMs / q.big.smallMs).toFixed(2)}x)`);
+}
+
+function printGoals(size: number, disks: DiskRun[], s3: S3Result | undefined, sparse: SparseResult | { error: string } | undefined, rss: RssRecord[], qemu?: QemuResult): void {
   const goals: Goal[] = [];
   const add = (goal: string, ok: boolean | null, figures: string): void => void goals.push({ goal, status: ok === null ? 'not measured' : ok ? 'met' : 'NOT met', figures });
+  if (qemu) {
+    const h = qemu.haven;
+    if (qemu.error || !h.full || !h.incremental) add('QEMU goals', null, oneLine(qemu.error ?? 'not run'));
+    else {
+      const share = (h.incremental.readBytes ?? qemu.size) / qemu.size;
+      add('QEMU: incremental reads <= 3 % of the volume', share <= 0.03, `${(share * 100).toFixed(1)} % (${mib(h.incremental.readBytes ?? 0)}), changed-block tracking ${h.incremental.changedBlockTracking}`);
+      add('QEMU: incremental <= 10 % of the full backup\'s time', h.incremental.ms <= 0.1 * h.full.ms, `${sec(h.incremental.ms)} vs ${sec(h.full.ms)} (${((h.incremental.ms / h.full.ms) * 100).toFixed(0)} %)`);
+      const r = qemu.restic;
+      if (r) {
+        const ri = r.convertIncrementalMs + r.incremental.ms;
+        add('QEMU: restic\'s incremental (convert + backup) >= 10x slower', ri >= 10 * h.incremental.ms, `${sec(ri)} vs ${sec(h.incremental.ms)} (${(ri / h.incremental.ms).toFixed(1)}x)`);
+      } else add('QEMU: restic\'s incremental >= 10x slower', null, 'restic not run');
+      add('QEMU: restore bit-identical (qemu-img compare)', h.identical ?? null, h.identical ? 'identical' : 'different');
+      if (qemu.big) add('QEMU: 100 GiB virtual qcow2 with 2 GiB written backs up in the time of its data (<= 1.3x)', qemu.big.bigMs <= 1.3 * qemu.big.smallMs, `${sec(qemu.big.bigMs)} vs ${sec(qemu.big.smallMs)} (${(qemu.big.bigMs / qemu.big.smallMs).toFixed(2)}x)`);
+    }
+  }
   const x = (a: number, b: number): string => `${(b / a).toFixed(2)}x`;
   const mbs = (ms: number): string => `${(size / 1e6 / (ms / 1000)).toFixed(0)} MB/s`;
   if (!disks.length) add('local goals', null, 'local part not run (HAVEN_BENCH_PARTS)');

@@ -245,19 +245,28 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
           break;
         }
       }
-      const hashP: Promise<Uint8Array> = runsP.then((runs) =>
-        runs.length === 1 && runs[0]![1] === n
-          ? pool.hash({ sab: slot, offset: 0, length: len, chunkSizeBytes: chunkSize, digest: repo.chunkDigest }, internal.signal)
-          : Promise.all(
-              runs.map(([i, c]) =>
-                pool.hash({ sab: slot, offset: i * chunkSize, length: Math.min((i + c) * chunkSize, len) - i * chunkSize, chunkSizeBytes: chunkSize, digest: repo.chunkDigest }, internal.signal),
-              ),
-            ).then((parts) => {
-              const all = preset ?? new Uint8Array(n * DIGEST_BYTES); // holes: the all-zero digest
-              parts.forEach((d, k) => all.set(d.subarray(0, runs[k]![1] * DIGEST_BYTES), runs[k]![0] * DIGEST_BYTES));
-              return all;
-            }),
-      );
+      const hashP: Promise<Uint8Array> = runsP.then((runs) => {
+        if (runs.length === 1 && runs[0]![1] === n) return pool.hash({ sab: slot, offset: 0, length: len, chunkSizeBytes: chunkSize, digest: repo.chunkDigest }, internal.signal);
+        if (preset) {
+          // Changed-block tracking: the batch's scattered dirty chunks in one task, the unchanged
+          // ones' digests from the previous backup's index.
+          const only = new Uint8Array(n);
+          for (const [i, c] of runs) only.fill(1, i, i + c);
+          return pool.hash({ sab: slot, offset: 0, length: len, chunkSizeBytes: chunkSize, digest: repo.chunkDigest, only }, internal.signal).then((d) => {
+            for (let i = 0; i < n; i++) if (!only[i]) d.set(preset.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), i * DIGEST_BYTES);
+            return d;
+          });
+        }
+        return Promise.all(
+          runs.map(([i, c]) =>
+            pool.hash({ sab: slot, offset: i * chunkSize, length: Math.min((i + c) * chunkSize, len) - i * chunkSize, chunkSizeBytes: chunkSize, digest: repo.chunkDigest }, internal.signal),
+          ),
+        ).then((parts) => {
+          const all = new Uint8Array(n * DIGEST_BYTES); // holes: the all-zero digest
+          parts.forEach((d, k) => all.set(d.subarray(0, runs[k]![1] * DIGEST_BYTES), runs[k]![0] * DIGEST_BYTES));
+          return all;
+        });
+      });
       hashP.catch(() => undefined); // handled through decideP
       // Full backups: check the stored copies this batch would reuse, alongside the ordered stages.
       const checkP = checker ? hashP.then((d) => checker.checkBatch(d, n)) : null;

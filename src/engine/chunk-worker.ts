@@ -20,6 +20,8 @@ export interface HashTask {
   length: number;
   chunkSizeBytes: number;
   digest: ChunkDigest;
+  /** Hash only the chunks whose byte here is 1 (the others get the all-zero digest); default all. */
+  only?: Uint8Array | undefined;
 }
 
 export interface EncodeTask {
@@ -127,6 +129,7 @@ function hash(t: HashTask): Uint8Array {
   const n = Math.ceil(t.length / t.chunkSizeBytes);
   const out = new Uint8Array(n * DIGEST_BYTES);
   for (let i = 0; i < n; i++) {
+    if (t.only && !t.only[i]) continue;
     const start = t.offset + i * t.chunkSizeBytes;
     const len = Math.min(t.chunkSizeBytes, t.offset + t.length - start);
     const chunk = new Uint8Array(t.sab, start, len);
