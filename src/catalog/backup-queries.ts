@@ -1,4 +1,5 @@
 /** Catalog statements for backups. */
+import { backupEvent, type BackupEvent } from '../domain/backup-status.ts';
 import type { Backup, BackupOrigin, BackupStatus, Tag } from '../domain/model.ts';
 import { afterMarker, LIMIT_OFFSET } from './paging.ts';
 import type { SqlExecutor, SqlValue } from './sql.ts';
@@ -165,8 +166,18 @@ export class BackupQueries {
   }
 
 
-  /** Compare-and-set status change; false when the backup was in none of `from`. */
-  async transitionBackup(id: string, from: readonly BackupStatus[], to: BackupStatus, nowMs: number, failReason?: string | null): Promise<boolean> {
+  /**
+   * Applies a state-machine event (domain/backup-status.ts) by compare-and-set: from the statuses
+   * the event may leave (narrowed by `onlyFrom`) to the one it enters. False when the backup was
+   * in none of them. `failReason`: set (a string), cleared (null), or left as it is (absent).
+   */
+  async applyBackupEvent(id: string, event: BackupEvent, nowMs: number, opts: { onlyFrom?: readonly BackupStatus[]; failReason?: string | null } = {}): Promise<boolean> {
+    const { from, to } = backupEvent(event, opts.onlyFrom);
+    if (!from.length) return false;
+    return this.compareAndSet(id, from, to, nowMs, opts.failReason);
+  }
+
+  private async compareAndSet(id: string, from: readonly BackupStatus[], to: BackupStatus, nowMs: number, failReason?: string | null): Promise<boolean> {
     const marks = from.map(() => '?').join(', ');
     const setFail = failReason === undefined ? '' : ', fail_reason = ?';
     const params: SqlValue[] = [to, nowMs];

@@ -1,5 +1,5 @@
 /** Catalog statements for jobs: the queue every Haven process claims work from. */
-import type { Job, JobStatus, JobType } from '../domain/model.ts';
+import { parseJobPayload, type Job, type JobStatus, type JobType } from '../domain/job.ts';
 import type { SqlExecutor } from './sql.ts';
 
 interface JobRow {
@@ -8,12 +8,14 @@ interface JobRow {
 }
 
 const num = (v: number | null): number | null => (v === null ? null : Number(v));
-const toJob = (r: JobRow): Job => ({
-  id: r.id, projectId: r.project_id, type: r.job_type, status: r.status, payload: JSON.parse(r.payload) as Record<string, unknown>,
-  entities: JSON.parse(r.entities) as Record<string, string>, errorCode: r.error_code, failReason: r.fail_reason, owner: r.owner,
-  heartbeatAt: num(r.heartbeat_at), progressDone: Number(r.progress_done), progressTotal: Number(r.progress_total), createdAt: Number(r.created_at),
-  beginTime: num(r.begin_time), endTime: num(r.end_time),
-});
+/** A row as a job; its payload is checked against its kind (domain/job.ts), so `type` and `payload` agree. */
+const toJob = (r: JobRow): Job =>
+  ({
+    id: r.id, projectId: r.project_id, type: r.job_type, status: r.status, payload: parseJobPayload(r.job_type, JSON.parse(r.payload)),
+    entities: JSON.parse(r.entities) as Record<string, string>, errorCode: r.error_code, failReason: r.fail_reason, owner: r.owner,
+    heartbeatAt: num(r.heartbeat_at), progressDone: Number(r.progress_done), progressTotal: Number(r.progress_total), createdAt: Number(r.created_at),
+    beginTime: num(r.begin_time), endTime: num(r.end_time),
+  }) as Job;
 
 export class JobQueries {
   private readonly db: SqlExecutor;

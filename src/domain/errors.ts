@@ -74,6 +74,8 @@ export const ErrorCode = {
   HookFailed: 'HOOK_FAILED',
   ServerInOtherPolicy: 'SERVER_IN_OTHER_POLICY',
   PolicyHasNoServer: 'POLICY_HAS_NO_SERVER',
+  /** A failure that is not one of the above (a bug, or an error from a library that was not wrapped). */
+  Internal: 'INTERNAL_ERROR',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

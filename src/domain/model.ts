@@ -83,33 +83,7 @@ export interface Backup {
   checkpointItemId: string | null;
 }
 
-export type JobStatus = 'INIT' | 'RUNNING' | 'SUCCESS' | 'FAIL';
-export type JobType = 'bksCreateBackup' | 'bksDeleteBackup' | 'bksRestoreBackup' | 'csbsProtect' | 'csbsDelete' | 'csbsRestore';
-
-export interface Job {
-  id: string;
-  projectId: string;
-  type: JobType;
-  status: JobStatus;
-  /** What the job works on (backup id, volume id, ...); kind-specific. */
-  payload: Record<string, unknown>;
-  /** Results clients read (all values strings, as gophercloud decodes them). */
-  entities: Record<string, string>;
-  errorCode: string | null;
-  failReason: string | null;
-  owner: string | null;
-  heartbeatAt: number | null;
-  progressDone: number;
-  progressTotal: number;
-  createdAt: number;
-  beginTime: number | null;
-  endTime: number | null;
-}
-
-/** A job ready to be queued (INIT, no owner yet). */
-export function queuedJob(id: string, projectId: string, type: JobType, payload: Record<string, unknown>, entities: Record<string, string>, createdAt: number): Job {
-  return { id, projectId, type, status: 'INIT', payload, entities, errorCode: null, failReason: null, owner: null, heartbeatAt: null, progressDone: 0, progressTotal: 0, createdAt, beginTime: null, endTime: null };
-}
+export { queuedJob, type Job, type JobOf, type JobPayloads, type JobStatus, type JobType } from './job.ts';
 
 export type Role = 'admin' | 'member';
 export const ROLES: readonly Role[] = ['admin', 'member'];

@@ -155,7 +155,9 @@ export async function openGuestDisk(opts: GuestDiskOptions): Promise<GuestDisk> 
     // Bitmaps: after an interrupted backup, fold its new bitmap back into the parent's; drop the rest.
     const ours = (node['dirty-bitmaps'] ?? []).filter((b) => b.name.startsWith(PREFIX));
     const parent = parentBitmap ? ours.find((b) => b.name === parentBitmap) : undefined;
-    if (parent && !parent.recording) {
+    // An inconsistent bitmap (QEMU stopped without saving it) can be neither enabled nor merged:
+    // it is reported below and removed, and the disk read whole.
+    if (parent && !parent.recording && !parent.inconsistent) {
       const others = ours.filter((b) => b.name !== parentBitmap && b.recording).map((b) => b.name);
       if (others.length) await q.execute('block-dirty-bitmap-merge', { node: opts.node, target: parentBitmap, bitmaps: others });
       await q.execute('block-dirty-bitmap-enable', { node: opts.node, name: parentBitmap });

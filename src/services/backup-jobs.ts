@@ -5,13 +5,13 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { CatalogQueries } from '../catalog/catalog.ts';
-import type { Job, JobType } from '../domain/model.ts';
+import type { Job, JobType } from '../domain/job.ts';
 
 export const BACKUP_JOB_TYPES: readonly JobType[] = ['bksCreateBackup', 'bksRestoreBackup', 'bksDeleteBackup'];
 
 /** Queued or running jobs of a backup (its create, restores and deletes), oldest first. */
 export async function activeJobsOfBackup(c: CatalogQueries, backupId: string): Promise<Job[]> {
-  return (await c.jobs.activeJobs(BACKUP_JOB_TYPES)).filter((j) => j.payload.backupId === backupId);
+  return (await c.jobs.activeJobs(BACKUP_JOB_TYPES)).filter((j) => 'backupId' in j.payload && j.payload.backupId === backupId);
 }
 
 /**

@@ -8,17 +8,20 @@
  * manifest is deleted, then the row; the chunks go at the next GC.
  */
 import { ProjectLock, type Catalog, type CatalogQueries } from '../catalog/catalog.ts';
-import type { BackupCompletion, BackupFilter, BackupPage } from '../catalog/backup-queries.ts';
-import { statusesAllowing } from '../domain/backup-status.ts';
+import type { BackupFilter, BackupPage } from '../catalog/backup-queries.ts';
 import type { Clock } from '../domain/clock.ts';
-import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
+import { AppError, ErrorCode } from '../domain/errors.ts';
 import { newHexId, newUuid } from '../domain/ids.ts';
-import { queuedJob, type Backup, type BackupOrigin, type Job, type JobType, type Tag, type Volume } from '../domain/model.ts';
-import type { VolumeFileGuard } from '../engine/volume-file.ts';
+import { queuedJob, type Job, type JobOf, type JobPayloads, type JobType } from '../domain/job.ts';
+import type { Backup, BackupOrigin, Tag, Volume } from '../domain/model.ts';
 import type { VolumeFiles } from './volume-files.ts';
 import type { BackupEngine } from './backup-engine.ts';
-import type { JobFailure, JobHandler } from './job-runner.ts';
-import { activeJobsOfBackup, waitForBackupJobs } from './backup-jobs.ts';
+import type { JobHandlers } from './job-runner.ts';
+import { activeJobsOfBackup } from './backup-jobs.ts';
+import { failureText, type BackupJobDeps } from './jobs/backup-job-deps.ts';
+import { createBackupJob } from './jobs/create-backup.ts';
+import { deleteBackupJob } from './jobs/delete-backup.ts';
+import { restoreBackupJob } from './jobs/restore-backup.ts';
 
 export interface CreateBackupInput {
   volumeId: string;
@@ -68,7 +71,7 @@ export class BackupService {
     this.log = log;
   }
 
-  private newJob(projectId: string, type: JobType, payload: Record<string, unknown>, entities: Record<string, string>): Job {
+  private newJob<T extends JobType>(projectId: string, type: T, payload: JobPayloads[T], entities: Record<string, string>): JobOf<T> {
     return queuedJob(newHexId(), projectId, type, payload, entities, this.clock.now());
   }
 
@@ -153,7 +156,7 @@ export class BackupService {
       if (!b) throw new AppError(ErrorCode.BackupNotFound, `Backup ${id} could not be found.`);
       if (b.checkpointItemId) throw new AppError(ErrorCode.BackupNotOwned, `Backup ${id} is part of a server backup (CSBS checkpoint item ${b.checkpointItemId}); delete it through CSBS.`);
       if (b.status === 'creating') return this.stopAndDelete(c, b, DELETED_WHILE_CREATING, cancelled);
-      if (!(await c.backups.transitionBackup(id, statusesAllowing('delete'), 'deleting', this.clock.now()))) {
+      if (!(await c.backups.applyBackupEvent(id, 'delete', this.clock.now()))) {
         throw new AppError(ErrorCode.BackupInvalidState, `Backup ${id} is ${b.status}; only available or error backups can be deleted.`);
       }
       const j = this.newJob(projectId, 'bksDeleteBackup', { backupId: id }, { backup_id: id, volume_id: b.volumeId });
@@ -191,7 +194,9 @@ export class BackupService {
    * Inside the caller's transaction; the ids of the jobs asked to stop are added to `cancelled`.
    */
   private async stopAndDelete(c: CatalogQueries, b: Backup, reason: string, cancelled: string[]): Promise<Job> {
-    if (!(await c.backups.transitionBackup(b.id, [b.status], 'deleting', this.clock.now()))) {
+    // A job still creating or restoring it is cancelled; a backup already deleting gets a new delete job.
+    const event = b.status === 'creating' || b.status === 'restoring' ? 'cancel' : b.status === 'deleting' ? 'retryDelete' : 'delete';
+    if (!(await c.backups.applyBackupEvent(b.id, event, this.clock.now(), { onlyFrom: [b.status] }))) {
       throw new AppError(ErrorCode.BackupInvalidState, `Backup ${b.id} changed status while it was being deleted; try again.`);
     }
     for (const j of await activeJobsOfBackup(c, b.id)) {
@@ -217,7 +222,7 @@ export class BackupService {
       const busy = await activeJobsOfBackup(c, id);
       if (busy.length) throw new AppError(ErrorCode.BackupInvalidState, `Backup ${id} is ${b.status} and job ${busy[0]!.id} works on it; wait for it to end or force-delete the backup.`);
       const reason = status === 'error' ? 'status reset to error by the cloud admin' : null;
-      if (!(await c.backups.transitionBackup(id, [b.status], status, this.clock.now(), reason))) {
+      if (!(await c.backups.applyBackupEvent(id, status === 'available' ? 'resetAvailable' : 'resetError', this.clock.now(), { onlyFrom: [b.status], failReason: reason }))) {
         throw new AppError(ErrorCode.BackupInvalidState, `Backup ${id} changed status meanwhile; try again.`);
       }
     });
@@ -239,7 +244,7 @@ export class BackupService {
       if (!(await c.volumes.transitionVolume(v.id, ['available', 'error_restoring'], 'restoring-backup', this.clock.now()))) {
         throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${v.id} is ${v.status}; restores need an available volume (detach it first).`);
       }
-      await c.backups.transitionBackup(id, ['available'], 'restoring', this.clock.now());
+      await c.backups.applyBackupEvent(id, 'restore', this.clock.now(), { onlyFrom: ['available'] });
       const job = this.newJob(projectId, 'bksRestoreBackup', { backupId: id, volumeId: v.id }, { backup_id: id, volume_id: v.id, volume_name: v.name ?? '' });
       await c.jobs.insertJob(job);
       return { job, backup: b, volume: v };
@@ -274,7 +279,7 @@ export class BackupService {
       await this.catalog.backups.completeBackup(backup.id, { sizeBytes: r.manifest.sizeBytes, storedBytes: r.stats.storedBytes, newBytes: r.stats.newBytes, objectCount: r.stats.objectsWritten, parentId: r.manifest.parentId, dataTimestamp: now, volumeDigest: r.manifest.volumeDigest }, this.clock.now());
       return (await this.catalog.backups.getBackupById(backup.id))!;
     } catch (err) {
-      await this.catalog.backups.transitionBackup(backup.id, ['creating'], 'error', this.clock.now(), failureText(err));
+      await this.catalog.backups.applyBackupEvent(backup.id, 'fail', this.clock.now(), { failReason: failureText(err) });
       this.collectGarbageSoon(); // what the failed backup wrote is orphaned (G5)
       throw err;
     }
@@ -297,23 +302,6 @@ export class BackupService {
   }
 
   /**
-   * For a failure that names damaged chunks: which other backups use them (they are damaged too,
-   * until the chunks are stored again). Best effort: an empty note when the search itself fails.
-   */
-  private async damageNote(err: unknown, backupId: string): Promise<string> {
-    const chunks = isAppError(err) ? (err.details?.chunks as { digest: string }[] | undefined) : undefined;
-    if (!chunks?.length) return '';
-    try {
-      const others = (await this.engine.backupsUsingChunks(chunks.map((c) => c.digest))).filter((id) => id !== backupId);
-      const shown = others.slice(0, 20).join(', ') + (others.length > 20 ? ` and ${others.length - 20} more` : '');
-      return others.length ? `; the damaged chunk is also used by backup(s) ${shown}` : '; no other backup uses the damaged chunk';
-    } catch (e) {
-      this.log.warn({ err: e }, 'could not search the backups using a damaged chunk');
-      return '';
-    }
-  }
-
-  /**
    * Verifies every `error` backup that has a manifest; those found whole again (the damaged pack
    * was put back, or a later backup or `haven verify --repair` stored the chunks again) become
    * `available` (event `verified`). Run in the background at start (app/compose.ts). Returns the
@@ -327,7 +315,7 @@ export class BackupService {
     const back: string[] = [];
     for (const v of report.backups) {
       if (!v.ok) continue;
-      if (await this.catalog.backups.transitionBackup(v.id, statusesAllowing('verified'), 'available', this.clock.now(), null)) back.push(v.id);
+      if (await this.catalog.backups.applyBackupEvent(v.id, 'verified', this.clock.now(), { failReason: null })) back.push(v.id);
     }
     if (back.length) this.log.warn({ backups: back }, 'backups verified whole again are available');
     return back;
@@ -349,128 +337,15 @@ export class BackupService {
     return j;
   }
 
-  /** What a backup reads: its snapshot's file, or its volume's, with the guard to open it by. */
-  private async sourceOf(b: Backup): Promise<{ path: string; guard: VolumeFileGuard }> {
-    if (b.snapshotId) {
-      const snap = await this.catalog.volumes.getSnapshot(b.projectId, b.snapshotId);
-      if (!snap) throw new AppError(ErrorCode.SnapshotNotFound, `snapshot ${b.snapshotId} no longer exists`);
-      return { path: snap.path, guard: this.files.snapshotGuard() };
-    }
-    const v = await this.catalog.volumes.getVolumeById(b.volumeId);
-    if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${b.volumeId} no longer exists`);
-    return { path: v.path, guard: this.files.guardOf(v) };
-  }
-
-  /** The job handlers the runner dispatches to. */
-  handlers(): Record<'bksCreateBackup' | 'bksDeleteBackup' | 'bksRestoreBackup', JobHandler> {
-    return { bksCreateBackup: this.createHandler(), bksDeleteBackup: this.deleteHandler(), bksRestoreBackup: this.restoreHandler() };
-  }
-
-  private createHandler(): JobHandler {
-    const finish = async (job: Job, backupId: string, r: BackupCompletion): Promise<Record<string, string>> => {
-      if (!(await this.catalog.backups.completeBackup(backupId, r, this.clock.now()))) throw new AppError(ErrorCode.BackupInvalidState, `backup ${backupId} left the creating state while it was written`);
-      const done = await this.catalog.backups.getBackupById(backupId);
-      if (done && this.events.backupSucceeded) {
-        // The backup is safe either way; a retention failure is logged, not the job's failure.
-        await this.events.backupSucceeded(done).catch((err: unknown) => this.log.error({ err, backupId }, 'retention after backup failed'));
-      }
-      return job.entities;
+  /** The job handlers the runner dispatches to (services/jobs/). */
+  handlers(): Pick<JobHandlers, 'bksCreateBackup' | 'bksDeleteBackup' | 'bksRestoreBackup'> {
+    const deps: BackupJobDeps = {
+      catalog: this.catalog, clock: this.clock, engine: this.engine, files: this.files, events: this.events, log: this.log,
+      collectGarbageSoon: () => this.collectGarbageSoon(),
+      restoreVolumeNow: (backupId, volume, opts) => this.restoreVolumeNow(backupId, volume, opts),
     };
-    return {
-      run: async (job, ctx) => {
-        const p = job.payload as { backupId: string; volumeId: string; volumeName: string; checkReused?: boolean };
-        const b = await this.catalog.backups.getBackupById(p.backupId);
-        if (!b || b.status !== 'creating') throw new AppError(ErrorCode.BackupInvalidState, `backup ${p.backupId} is no longer being created`);
-        // The source is looked up again, not taken from the payload: the job opens the volume (or
-        // snapshot) file the catalog knows, through its guard.
-        const source = await this.sourceOf(b);
-        const result = await this.engine.backup(source.path, {
-          guard: source.guard, backupId: b.id, volume: { id: p.volumeId, name: p.volumeName }, previousId: b.parentId, full: b.fullBackup, signal: ctx.signal,
-          // A full backup the user asked for reuses only stored chunks it has checked intact (Q3).
-          checkReused: p.checkReused === true,
-          onProgress: (pr) => ctx.progress(pr.doneBytes, pr.totalBytes),
-        });
-        this.events.backupFinished?.({ sizeBytes: result.manifest.sizeBytes, newBytes: result.stats.newBytes, storedBytes: result.stats.storedBytes });
-        return finish(job, b.id, {
-          sizeBytes: result.manifest.sizeBytes, storedBytes: result.stats.storedBytes, newBytes: result.stats.newBytes, objectCount: result.stats.objectsWritten,
-          parentId: result.manifest.parentId, dataTimestamp: Date.parse(result.manifest.createdAt), volumeDigest: result.manifest.volumeDigest,
-        });
-      },
-      fail: async (job, err) => {
-        const p = job.payload as { backupId: string };
-        const reason = failureText(err);
-        await this.catalog.backups.transitionBackup(p.backupId, ['creating'], 'error', this.clock.now(), reason);
-        // Failed, cancelled or found interrupted at recovery: the packs it wrote are orphans (G5).
-        this.collectGarbageSoon();
-        return { errorCode: isAppError(err, ErrorCode.VolumeUnreadable) ? 'VolumeBackup.0027' : 'VolumeBackup.0064', failReason: `CreateBackup Task-fail: ${reason}` };
-      },
-      // The engine may have written the manifest just before the process died: then the backup is
-      // complete and only its row is behind (write order W3 before the catalog).
-      recover: async (job) => {
-        const p = job.payload as { backupId: string };
-        const m = await this.engine.findManifest(p.backupId);
-        if (!m) return null;
-        return finish(job, p.backupId, {
-          sizeBytes: m.sizeBytes, storedBytes: m.stats.storedBytes, newBytes: m.stats.newBytes, objectCount: m.stats.objectsWritten, parentId: m.parentId, dataTimestamp: Date.parse(m.createdAt),
-          volumeDigest: m.formatVersion === 2 ? m.volumeDigest : null, // a manifest written by a build from before the volume digest
-        });
-      },
-    };
+    return { bksCreateBackup: createBackupJob(deps), bksDeleteBackup: deleteBackupJob(deps), bksRestoreBackup: restoreBackupJob(deps) };
   }
-
-  private deleteHandler(): JobHandler {
-    return {
-      run: async (job, ctx) => {
-        const p = job.payload as { backupId: string };
-        // A cancelled create (or restore) ends first: a manifest it still wrote is deleted here.
-        await waitForBackupJobs(this.catalog, p.backupId, job.id, ctx.signal);
-        await this.engine.delete(p.backupId);
-        await this.catalog.transaction(async (c) => {
-          await c.policies.deleteSharingsOfBackup(p.backupId);
-          await c.backups.deleteBackupRow(p.backupId);
-        });
-        // Reclaim the space in the background; a failed GC is retried after the next delete.
-        this.engine.collectGarbage().catch((err: unknown) => this.log.error({ err }, 'garbage collection failed'));
-        return job.entities;
-      },
-      fail: async (job, err) => {
-        const p = job.payload as { backupId: string };
-        const reason = failureText(err);
-        await this.catalog.backups.transitionBackup(p.backupId, ['deleting'], 'error', this.clock.now(), reason);
-        return { errorCode: 'VolumeBackup.0102', failReason: `DeleteBackup Task-fail: ${reason}` };
-      },
-    };
-  }
-
-  private restoreHandler(): JobHandler {
-    return {
-      run: async (job, ctx) => {
-        const p = job.payload as { backupId: string; volumeId: string };
-        const v = await this.catalog.volumes.getVolumeById(p.volumeId);
-        if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${p.volumeId} no longer exists`);
-        await this.restoreVolumeNow(p.backupId, v, { signal: ctx.signal, onProgress: (d, t) => ctx.progress(d, t) });
-        const now = this.clock.now();
-        await this.catalog.transaction(async (c) => {
-          await c.backups.transitionBackup(p.backupId, ['restoring'], 'available', now);
-          await c.volumes.transitionVolume(p.volumeId, ['restoring-backup'], 'available', now);
-        });
-        return job.entities;
-      },
-      fail: async (job, err) => {
-        const p = job.payload as { backupId: string; volumeId: string };
-        const reason = failureText(err) + (await this.damageNote(err, p.backupId));
-        const now = this.clock.now();
-        // A backup whose data proved damaged is marked error; otherwise it is intact and available again.
-        const damaged = isAppError(err, ErrorCode.ChunkMissing) || isAppError(err, ErrorCode.ChunkCorrupt) || isAppError(err, ErrorCode.RestoreMismatch) || isAppError(err, ErrorCode.RepositoryCorrupt);
-        await this.catalog.transaction(async (c) => {
-          await c.backups.transitionBackup(p.backupId, ['restoring'], damaged ? 'error' : 'available', now, damaged ? reason : undefined);
-          await c.volumes.transitionVolume(p.volumeId, ['restoring-backup'], 'error_restoring', now);
-        });
-        return { errorCode: 'VolumeBackup.0200', failReason: `RestoreBackup Task-fail: ${reason}` } satisfies JobFailure;
-      },
-    };
-  }
-
 }
 
 /** A unique-index violation, as SQLite and PostgreSQL report it. */
@@ -487,8 +362,3 @@ async function visibleBackup(c: CatalogQueries, projectId: string, id: string): 
 }
 
 const DELETED_WHILE_CREATING = 'the backup was deleted while it was being created';
-
-function failureText(err: unknown): string {
-  if (err instanceof AppError) return err.message;
-  return err instanceof Error ? err.message : String(err);
-}

@@ -19,7 +19,7 @@ import { randomBytes } from 'node:crypto';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
-import type { Job, JobType } from '../domain/model.ts';
+import { jobErrorCode, type Job, type JobOf, type JobType } from '../domain/job.ts';
 
 export interface JobContext {
   signal: AbortSignal;
@@ -27,20 +27,31 @@ export interface JobContext {
 }
 
 export interface JobFailure {
+  /** Haven's error code (domain/errors.ts); the API maps it to the service's (api/wire). */
   errorCode: string;
   failReason: string;
 }
 
-export interface JobHandler {
+/** One kind of job: what runs it, fails it and recovers it (one module each, services/jobs/). */
+export interface JobHandler<T extends JobType = JobType> {
   /** Does the work; returns the job's entities. Throwing fails the job through `fail`. */
-  run(job: Job, ctx: JobContext): Promise<Record<string, string>>;
+  run(job: JobOf<T>, ctx: JobContext): Promise<Record<string, string>>;
   /** Puts the job's resources into their failed state; returns what the job reports. */
-  fail(job: Job, err: unknown): Promise<JobFailure>;
+  fail(job: JobOf<T>, err: unknown): Promise<JobFailure>;
   /**
    * Recovery of a job whose process died: finish it (e.g. the engine completed the backup before
    * the crash) and return its entities, or return null to fail it.
    */
-  recover?(job: Job): Promise<Record<string, string> | null>;
+  recover?(job: JobOf<T>): Promise<Record<string, string> | null>;
+}
+
+/** A handler for every kind of job. */
+export type JobHandlers = { [T in JobType]: JobHandler<T> };
+
+/** The failure a handler reports for `err`: Haven's error code and the reason, prefixed. */
+export function jobFailure(err: unknown, prefix: string): JobFailure {
+  const reason = err instanceof Error ? err.message : String(err);
+  return { errorCode: jobErrorCode(err), failReason: `${prefix}${reason}` };
 }
 
 export interface Logger {
@@ -63,7 +74,7 @@ export class JobRunner {
   readonly owner = `${process.pid}-${randomBytes(4).toString('hex')}`;
   private readonly catalog: Catalog;
   private readonly clock: Clock;
-  private readonly handlers: Record<JobType, JobHandler>;
+  private readonly handlers: JobHandlers;
   private readonly log: Logger;
   private readonly opts: Required<Omit<JobRunnerOptions, 'onJobFinished'>> & Pick<JobRunnerOptions, 'onJobFinished'>;
   private readonly running = new Map<string, { ac: AbortController; done: Promise<void>; projectId: string }>();
@@ -73,7 +84,7 @@ export class JobRunner {
   private stopped = true;
   private lastRecovery = 0;
 
-  constructor(catalog: Catalog, clock: Clock, handlers: Record<JobType, JobHandler>, log: Logger, opts: JobRunnerOptions) {
+  constructor(catalog: Catalog, clock: Clock, handlers: JobHandlers, log: Logger, opts: JobRunnerOptions) {
     this.catalog = catalog;
     this.clock = clock;
     this.handlers = handlers;
@@ -166,7 +177,7 @@ export class JobRunner {
         .catch((err: unknown) => this.log.warn({ err, jobId: job.id }, 'job heartbeat failed'));
     }, this.opts.heartbeatMs);
     beat.unref();
-    const handler = this.handlers[job.type];
+    const handler = this.handlerOf(job);
     const work = (async () => {
       this.log.info({ jobId: job.id, jobType: job.type, projectId: job.projectId }, 'job started');
       try {
@@ -196,10 +207,10 @@ export class JobRunner {
     let failure: JobFailure;
     try {
       // The failed state of the job's backup and volume must be written, or they stay busy forever.
-      failure = await retryWhileBusy(() => this.handlers[job.type].fail(job, err));
+      failure = await retryWhileBusy(() => this.handlerOf(job).fail(job, err));
     } catch (e) {
       this.log.error({ err: e, jobId: job.id }, 'job failure handling failed');
-      failure = { errorCode: 'VolumeBackup.0014', failReason: (err as Error)?.message ?? String(err) };
+      failure = { errorCode: ErrorCode.Internal, failReason: (err as Error)?.message ?? String(err) };
     }
     const latest = await retryWhileBusy(() => this.catalog.jobs.getJobById(job.id));
     const entities = { ...(latest?.entities ?? job.entities) };
@@ -212,7 +223,7 @@ export class JobRunner {
     this.lastRecovery = this.clock.now();
     const stale = (await this.catalog.jobs.staleRunningJobs(heartbeatBeforeMs)).filter((j) => !this.running.has(j.id));
     for (const job of stale) {
-      const handler = this.handlers[job.type];
+      const handler = this.handlerOf(job);
       try {
         const entities = handler.recover ? await handler.recover(job) : null;
         if (entities) {
@@ -226,6 +237,14 @@ export class JobRunner {
       await this.failJob(job, null, new AppError(ErrorCode.JobInterrupted, `interrupted: the Haven process running this job (${job.owner ?? 'unknown'}) stopped before it finished`));
     }
     return stale.length;
+  }
+
+  /**
+   * The handler of a job's kind. TypeScript cannot tie `handlers[job.type]` to `job`'s own payload
+   * type (a correlated union), so the one cast of the runner is here: the table is keyed by type.
+   */
+  private handlerOf(job: Job): JobHandler {
+    return this.handlers[job.type] as unknown as JobHandler;
   }
 
   /** Cancels running jobs (they finish as FAIL) and stops claiming. */

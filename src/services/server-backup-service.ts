@@ -8,8 +8,6 @@
  * linked to the checkpoint item), visible in VBS lists and deletable only through CSBS.
  */
 import { execFile } from 'node:child_process';
-import { promises as fs } from 'node:fs';
-import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { ProjectLock, type Catalog, type CatalogQueries } from '../catalog/catalog.ts';
@@ -18,9 +16,14 @@ import type { Checkpoint, CheckpointItem } from '../domain/checkpoint.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { newHexId, newUuid } from '../domain/ids.ts';
-import { queuedJob, type Backup, type Job, type JobType, type Volume } from '../domain/model.ts';
+import { queuedJob, type JobOf, type JobPayloads, type JobType } from '../domain/job.ts';
+import type { Backup } from '../domain/model.ts';
 import type { BackupService } from './backup-service.ts';
-import type { JobHandler } from './job-runner.ts';
+import type { JobHandlers } from './job-runner.ts';
+import type { CsbsJobDeps } from './jobs/csbs-job-deps.ts';
+import { csbsDeleteJob } from './jobs/csbs-delete.ts';
+import { csbsProtectJob } from './jobs/csbs-protect.ts';
+import { csbsRestoreJob } from './jobs/csbs-restore.ts';
 import { unsafeServerName } from '../domain/server.ts';
 import type { VolumeFiles } from './volume-files.ts';
 
@@ -72,7 +75,7 @@ export class ServerBackupService {
     await this.catalog.checkpoints.setCheckpointStatus(checkpointId, items.some((i) => i.status === 'error') ? 'error' : 'available', this.clock.now());
   }
 
-  private newJob(projectId: string, type: JobType, payload: Record<string, unknown>): Job {
+  private newJob<T extends JobType>(projectId: string, type: T, payload: JobPayloads[T]): JobOf<T> {
     return queuedJob(newHexId(), projectId, type, payload, {}, this.clock.now());
   }
 
@@ -289,124 +292,16 @@ export class ServerBackupService {
     }
   }
 
-  handlers(): Record<'csbsProtect' | 'csbsDelete' | 'csbsRestore', JobHandler> {
-    const now = () => this.clock.now();
-    return {
-      csbsProtect: {
-        run: async (job, ctx) => {
-          const item = (await this.catalog.checkpoints.getItemById(String(job.payload.itemId)))!;
-          if (!(await this.catalog.checkpoints.transitionItem(item.id, ['waiting_protect'], 'protecting', now()))) throw new AppError(ErrorCode.CheckpointItemBusy, `checkpoint item ${item.id} is no longer waiting to be protected`);
-          const attached = await this.catalog.servers.attachments(item.serverId);
-          const volumes: Volume[] = [];
-          for (const a of attached) volumes.push((await this.catalog.volumes.getVolumeById(a.volumeId))!);
-          const snapDir = path.join(this.opts.dataDir, 'snapshots', `csbs-${item.id}`);
-          await fs.mkdir(snapDir, { recursive: true });
-          const env = this.hookEnv(item, volumes.map((v) => v.path));
-          try {
-            // The snapshot moment: freeze, copy every volume, thaw (thaw runs even if a copy failed).
-            // Thaw runs whenever freeze was tried, even if freeze itself failed half way.
-            try {
-              await this.hook(this.opts.freezeCommand, env);
-              for (const v of volumes) await this.opts.files.copyOut(v.path, this.opts.files.guardOf(v), path.join(snapDir, `${v.id}.img`));
-            } finally {
-              await this.hook(this.opts.thawCommand, env);
-            }
-            const total = volumes.reduce((n, v) => n + v.sizeBytes, 0);
-            let before = 0;
-            for (const [i, v] of volumes.entries()) {
-              await this.backups.backupVolumeNow(v, path.join(snapDir, `${v.id}.img`), {
-                name: `${item.name}_${(v.name ?? v.id).slice(0, 40)}`, description: `disk ${i + 1} of server ${item.serverName}`, checkpointItemId: item.id, full: !item.incremental,
-                signal: ctx.signal, onProgress: (d) => ctx.progress(before + d, total),
-              });
-              before += v.sizeBytes;
-            }
-          } finally {
-            await fs.rm(snapDir, { recursive: true, force: true }); // the snapshots were only the backup's source
-          }
-          await this.catalog.checkpoints.transitionItem(item.id, ['protecting'], 'available', now(), null, true);
-          await this.settleCheckpoint(item.checkpointId);
-          const done = await this.catalog.checkpoints.getItemById(item.id);
-          if (done && this.onItemAvailable) await this.onItemAvailable(done).catch(() => undefined); // retention is housekeeping; the backup is safe
-          return { checkpoint_item_id: item.id, checkpoint_id: item.checkpointId };
-        },
-        fail: async (job, err) => {
-          const itemId = String(job.payload.itemId);
-          const item = await this.catalog.checkpoints.getItemById(itemId);
-          const reason = (err as Error).message ?? String(err);
-          // The process may have died between freeze and thaw: thaw again (thawing a thawed server is harmless).
-          if (item && this.opts.thawCommand) {
-            const attached = await this.catalog.servers.attachments(item.serverId);
-            const paths: string[] = [];
-            for (const a of attached) {
-              const v = await this.catalog.volumes.getVolumeById(a.volumeId);
-              if (v) paths.push(v.path);
-            }
-            await Promise.resolve().then(() => this.hook(this.opts.thawCommand, this.hookEnv(item, paths))).catch(() => undefined); // best effort
-          }
-          // Volume backups this run left half-made (process died mid-backup) become error, so they
-          // never block the volume's next backup; the snapshots go.
-          for (const b of await this.catalog.backups.backupsOfItem(itemId)) await this.catalog.backups.transitionBackup(b.id, ['creating'], 'error', now(), reason);
-          await fs.rm(path.join(this.opts.dataDir, 'snapshots', `csbs-${itemId}`), { recursive: true, force: true });
-          await this.catalog.checkpoints.transitionItem(itemId, ['waiting_protect', 'protecting'], 'error', now(), { op: 'backup', reason }, true);
-          if (item) await this.settleCheckpoint(item.checkpointId);
-          return { errorCode: 'CSBS.9999', failReason: `backup failed: ${(err as Error).message ?? String(err)}` };
-        },
-      },
-      csbsDelete: {
-        run: async (job) => {
-          const itemId = String(job.payload.itemId);
-          const item = (await this.catalog.checkpoints.getItemById(itemId))!;
-          await this.catalog.checkpoints.transitionItem(itemId, ['waiting_delete'], 'deleting', now());
-          for (const b of await this.catalog.backups.backupsOfItem(itemId)) await this.backups.deleteVolumeBackupNow(b.id);
-          await this.catalog.transaction(async (c) => {
-            await c.checkpoints.deleteItem(itemId);
-            if (!(await c.checkpoints.itemsOfCheckpoint(item.checkpointId)).length) await c.checkpoints.deleteCheckpoint(item.checkpointId);
-          });
-          this.backups.collectGarbageSoon();
-          return { checkpoint_item_id: itemId };
-        },
-        fail: async (job, err) => {
-          const itemId = String(job.payload.itemId);
-          await this.catalog.checkpoints.transitionItem(itemId, ['waiting_delete', 'deleting'], 'error', now(), { op: 'delete', reason: (err as Error).message ?? String(err) });
-          const item = await this.catalog.checkpoints.getItemById(itemId);
-          if (item) await this.settleCheckpoint(item.checkpointId);
-          return { errorCode: 'CSBS.9999', failReason: `delete failed: ${(err as Error).message ?? String(err)}` };
-        },
-      },
-      csbsRestore: {
-        run: async (job, ctx) => {
-          const p = job.payload as { itemId: string; restoreId: string; serverId: string; mapping: RestoreMapping[] };
-          await this.catalog.checkpoints.transitionItem(p.itemId, ['waiting_restore'], 'restoring', now());
-          const backups = await this.catalog.backups.backupsOfItem(p.itemId);
-          const total = backups.reduce((n, b) => n + b.sizeBytes, 0);
-          let before = 0;
-          for (const m of p.mapping) {
-            const v = await this.catalog.volumes.getVolumeById(m.volumeId);
-            if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${m.volumeId} no longer exists`);
-            await this.backups.restoreVolumeNow(m.backupId, v, { signal: ctx.signal, onProgress: (d) => ctx.progress(before + d, total) });
-            before += backups.find((b) => b.id === m.backupId)?.sizeBytes ?? 0;
-          }
-          await this.catalog.transaction(async (c) => {
-            for (const m of p.mapping) {
-              const attached = await c.servers.attachmentOfVolume(m.volumeId);
-              await c.volumes.transitionVolume(m.volumeId, ['restoring-backup'], attached ? 'in-use' : 'available', now());
-            }
-            await c.checkpoints.transitionItem(p.itemId, ['restoring'], 'available', now());
-            await c.checkpoints.setRestoreStatus(p.restoreId, 'success', null, now());
-          });
-          return { restore_id: p.restoreId };
-        },
-        fail: async (job, err) => {
-          const p = job.payload as { itemId: string; restoreId: string; mapping: RestoreMapping[] };
-          const reason = (err as Error).message ?? String(err);
-          // The target volumes may be half written: they say so (error_restoring), as after a VBS restore.
-          for (const m of p.mapping ?? []) await this.catalog.volumes.transitionVolume(m.volumeId, ['restoring-backup'], 'error_restoring', now());
-          await this.catalog.checkpoints.transitionItem(p.itemId, ['waiting_restore', 'restoring'], 'available', now(), { op: 'restore', reason });
-          await this.catalog.checkpoints.setRestoreStatus(p.restoreId, 'failed', reason, now());
-          return { errorCode: 'CSBS.9999', failReason: `restore failed: ${reason}` };
-        },
-      },
+  /** The job handlers the runner dispatches to (services/jobs/). */
+  handlers(): Pick<JobHandlers, 'csbsProtect' | 'csbsDelete' | 'csbsRestore'> {
+    const deps: CsbsJobDeps = {
+      catalog: this.catalog, clock: this.clock, backups: this.backups, dataDir: this.opts.dataDir, files: this.opts.files,
+      freezeCommand: this.opts.freezeCommand, thawCommand: this.opts.thawCommand,
+      hook: (command, env) => this.hook(command, env),
+      hookEnv: (item, paths) => this.hookEnv(item, paths),
+      settleCheckpoint: (id) => this.settleCheckpoint(id),
+      itemAvailable: async (item) => this.onItemAvailable?.(item),
     };
+    return { csbsProtect: csbsProtectJob(deps), csbsDelete: csbsDeleteJob(deps), csbsRestore: csbsRestoreJob(deps) };
   }
 }
-

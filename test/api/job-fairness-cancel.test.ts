@@ -59,7 +59,7 @@ describe('job runner fairness and cancelling backups', () => {
     const r = await svc.req({ method: 'POST', url: `/v3/${who.projectId}/backups`, token: who.token, payload: { backup: { volume_id: volumeId } } });
     assert.equal(r.statusCode, 202, r.body);
     const backupId = (r.json() as { backup: { id: string } }).backup.id;
-    const job = (await svc.app.catalog.jobs.activeJobs(['bksCreateBackup'])).find((j) => j.payload.backupId === backupId);
+    const job = (await svc.app.catalog.jobs.activeJobs(['bksCreateBackup'])).find((j) => 'backupId' in j.payload && j.payload.backupId === backupId);
     assert.ok(job, `no job for backup ${backupId}`);
     return { backupId, job };
   }

@@ -348,7 +348,7 @@ describe('native backups (Cinder API)', () => {
       const bid = (r.json() as { backup: { id: string } }).backup.id;
       const shown = (await svc.req({ method: 'GET', url: `/v3/${pid}/backups/${bid}`, token })).json() as { backup: { status: string } };
       assert.equal(shown.backup.status, 'creating');
-      const job = (await svc.app.catalog.jobs.activeJobs(['bksCreateBackup'])).find((j) => j.payload.backupId === bid)!;
+      const job = (await svc.app.catalog.jobs.activeJobs(['bksCreateBackup'])).find((j) => 'backupId' in j.payload && j.payload.backupId === bid)!;
       const d = await svc.req({ method: 'DELETE', url: `/v3/${pid}/backups/${bid}`, token });
       assert.equal(d.statusCode, 202, d.body);
       assert.equal((await svc.app.catalog.backups.getBackupById(bid))!.status, 'deleting');

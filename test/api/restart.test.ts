@@ -52,7 +52,8 @@ describe('restart recovery of jobs', () => {
     const { svc, token, pid, volumeId, file } = await setup();
     const jobId = await createBackup(svc, token, pid, volumeId);
     const job = (await svc.app.catalog.jobs.getJobById(jobId))!;
-    const backupId = String(job.payload.backupId);
+    assert.equal(job.type, 'bksCreateBackup');
+    const backupId = job.type === 'bksCreateBackup' ? job.payload.backupId : '';
     assert.ok(await svc.app.catalog.jobs.claimJob(jobId, 'dead-process', Date.now()));
     // The engine finished (manifest written), then the process died before updating the catalog.
     await svc.app.engine.backup(file, { backupId, volume: { id: volumeId, name: 'disk' }, previousId: null, full: true, signal: new AbortController().signal, onProgress: () => {} });
