@@ -95,6 +95,8 @@ export interface NbdConnectOptions {
   /** Metadata contexts to ask for, e.g. `base:allocation`, `qemu:dirty-bitmap:haven-1`. */
   metaContexts?: string[];
   signal?: AbortSignal;
+  /** The handshake must be done within this (default 30 s): a socket that never answers is not a server. */
+  timeoutMs?: number;
 }
 
 export interface NbdExtent {
@@ -230,6 +232,8 @@ export class NbdClient {
     sock.setNoDelay(true);
     const onAbort = (): void => void sock.destroy(new Error('cancelled'));
     opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const timeoutMs = opts.timeoutMs ?? 30_000;
+    const timer = setTimeout(() => sock.destroy(new Error(`no NBD handshake within ${timeoutMs} ms`)), timeoutMs);
     try {
       const greet = await rd.read(18);
       if (greet.readBigUInt64BE(0) !== NBDMAGIC || greet.readBigUInt64BE(8) !== IHAVEOPT) throw nbdError(`${where} is not a newstyle NBD server`);
@@ -308,6 +312,7 @@ export class NbdClient {
       if (err instanceof AppError) throw err;
       throw nbdError(`NBD handshake with ${where} failed: ${(err as Error).message}`, err);
     } finally {
+      clearTimeout(timer);
       opts.signal?.removeEventListener('abort', onAbort);
     }
   }

@@ -50,7 +50,8 @@ interface NodeInfo {
   drv: string;
   file: string;
   image?: { 'virtual-size': number };
-  'dirty-bitmaps'?: Array<{ name: string; recording: boolean; persistent: boolean; inconsistent?: boolean; busy: boolean; granularity: number }>;
+  /** A bitmap without a name is QEMU's own (e.g. a running backup job's). */
+  'dirty-bitmaps'?: Array<{ name?: string; recording: boolean; persistent: boolean; inconsistent?: boolean; busy: boolean; granularity: number }>;
 }
 
 /**
@@ -153,7 +154,7 @@ export async function openGuestDisk(opts: GuestDiskOptions): Promise<GuestDisk> 
     const persistent = node.drv === 'qcow2';
 
     // Bitmaps: after an interrupted backup, fold its new bitmap back into the parent's; drop the rest.
-    const ours = (node['dirty-bitmaps'] ?? []).filter((b) => b.name.startsWith(PREFIX));
+    const ours = (node['dirty-bitmaps'] ?? []).filter((b): b is typeof b & { name: string } => typeof b.name === 'string' && b.name.startsWith(PREFIX));
     const parent = parentBitmap ? ours.find((b) => b.name === parentBitmap) : undefined;
     // An inconsistent bitmap (QEMU stopped without saving it) can be neither enabled nor merged:
     // it is reported below and removed, and the disk read whole.
@@ -283,7 +284,7 @@ async function findGuestNbdSocket(qmpSocket: string, exportName: string): Promis
       const p = listening.get(i);
       if (!p || qmpInodes.has(i) || p.startsWith('@')) continue;
       try {
-        const c = await NbdClient.connect({ socketPath: p, exportName });
+        const c = await NbdClient.connect({ socketPath: p, exportName, timeoutMs: 2000 });
         await c.close();
         return p;
       } catch {
