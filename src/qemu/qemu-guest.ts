@@ -17,7 +17,7 @@
  * Changed-block tracking is used only when the parent's bitmap is there, recording and consistent
  * (a guest that crashed leaves a persistent bitmap inconsistent); otherwise the disk is read whole.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -87,14 +87,52 @@ async function findNode(q: QmpClient, node: string): Promise<NodeInfo> {
   return n;
 }
 
-/** Removes what an interrupted Haven left in the guest's QEMU: exports, jobs, fleece nodes. */
-async function cleanUpLeftovers(q: QmpClient): Promise<void> {
+/**
+ * Removes what an interrupted backup of this node left in the guest's QEMU: exports, jobs, fleece
+ * nodes named with the node's tag. Another node's (a backup of another disk of the guest, perhaps
+ * running now) are not touched.
+ */
+async function cleanUpLeftovers(q: QmpClient, tag: string): Promise<void> {
+  const mine = (kind: string) => (name: string | undefined): boolean => typeof name === 'string' && name.startsWith(`${PREFIX}${kind}-${tag}-`);
   const exports = await q.execute<Array<{ id: string }>>('query-block-exports');
-  for (const e of exports.filter((x) => x.id.startsWith(PREFIX))) await deleteExport(q, e.id).catch(() => undefined);
+  for (const e of exports.filter((x) => mine('e')(x.id))) await deleteExport(q, e.id).catch(() => undefined);
   const jobs = await q.execute<Array<{ device: string }>>('query-block-jobs');
-  for (const j of jobs.filter((x) => x.device.startsWith(PREFIX))) await cancelJob(q, j.device).catch(() => undefined);
+  for (const j of jobs.filter((x) => mine('j')(x.device))) await cancelJob(q, j.device).catch(() => undefined);
   const nodes = await q.execute<NodeInfo[]>('query-named-block-nodes', { flat: true });
-  for (const n of nodes.filter((x) => x['node-name'].startsWith(`${PREFIX}fleece-`))) await q.execute('blockdev-del', { 'node-name': n['node-name'] }).catch(() => undefined);
+  for (const n of nodes.filter((x) => mine('f')(x['node-name']))) await q.execute('blockdev-del', { 'node-name': n['node-name'] }).catch(() => undefined);
+}
+
+/**
+ * One backup of a guest's disk at a time on this host: a lock file (in the temporary folder, with
+ * the holder's pid) per QMP socket and node. A lock whose process is gone is taken over: its
+ * leftovers are then this backup's to clean up.
+ */
+async function lockDisk(key: string, what: string): Promise<{ path: string; release: () => Promise<void> }> {
+  const lockPath = path.join(os.tmpdir(), `haven-qmp-${key}.lock`);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const fh = await fs.open(lockPath, 'wx', 0o600);
+      await fh.writeFile(String(process.pid));
+      await fh.close();
+      return { path: lockPath, release: () => fs.rm(lockPath, { force: true }) };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw new AppError(ErrorCode.VolumeUnreadable, `cannot lock ${what} for a backup (${lockPath}): ${(err as Error).message}`, { cause: err });
+    }
+    const pid = Number((await fs.readFile(lockPath, 'utf8').catch(() => '')).trim());
+    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) {
+      throw new AppError(ErrorCode.BackupInProgress, `another Haven backup of ${what} is running (pid ${pid}); one at a time`);
+    }
+    await fs.rm(lockPath, { force: true }); // its holder is gone
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 async function deleteExport(q: QmpClient, id: string): Promise<void> {
@@ -118,11 +156,23 @@ async function cancelJob(q: QmpClient, id: string): Promise<void> {
 }
 
 export async function openGuestDisk(opts: GuestDiskOptions): Promise<GuestDisk> {
-  const q = await QmpClient.connect(opts.qmpSocket);
+  // Names of what this backup adds: `haven-<kind>-<node's tag>-<random>`, within QEMU's 31
+  // characters for node names; the tag scopes the cleanup of leftovers to this node.
+  const tag = createHash('sha256').update(opts.node).digest('hex').slice(0, 8);
   const short = randomUUID().slice(0, 8);
-  const fleece = `${PREFIX}fleece-${short}`;
-  const job = `${PREFIX}job-${short}`;
-  const exportId = `${PREFIX}export-${short}`;
+  const fleece = `${PREFIX}f-${tag}-${short}`;
+  const job = `${PREFIX}j-${tag}-${short}`;
+  const exportId = `${PREFIX}e-${tag}-${short}`;
+  const socketReal = await fs.realpath(opts.qmpSocket).catch(() => opts.qmpSocket);
+  const key = createHash('sha256').update(`${socketReal}\0${opts.node}`).digest('hex').slice(0, 16);
+  const lock = await lockDisk(key, `node ${opts.node} of the guest at ${opts.qmpSocket}`);
+  let q: QmpClient;
+  try {
+    q = await QmpClient.connect(opts.qmpSocket);
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
   const newBitmap = `${PREFIX}${opts.backupId}`;
   let previous: { id: string } | null = null;
   let parentBitmap: string | null = null;
@@ -140,12 +190,16 @@ export async function openGuestDisk(opts: GuestDiskOptions): Promise<GuestDisk> 
     if (exported) await deleteExport(q, exportId).catch(() => undefined);
     if (jobStarted) await cancelJob(q, job).catch(() => undefined);
     if (fleeceAdded) await q.execute('blockdev-del', { 'node-name': fleece }).catch(() => undefined);
-    if (startedServer) await q.execute('nbd-server-stop').catch(() => undefined);
+    // The server goes only if Haven started it and nothing else is exported on it now.
+    if (startedServer) {
+      const left = await q.execute<Array<{ id: string }>>('query-block-exports').catch(() => [{ id: '?' }]);
+      if (!left.length) await q.execute('nbd-server-stop').catch(() => undefined);
+    }
     if (dir) await fs.rm(dir, { recursive: true, force: true });
   };
 
   try {
-    await cleanUpLeftovers(q);
+    await cleanUpLeftovers(q, tag);
     let node = await findNode(q, opts.node);
     previous = await opts.previous(node.file);
     parentBitmap = previous ? `${PREFIX}${previous.id}` : null;
@@ -175,7 +229,10 @@ export async function openGuestDisk(opts: GuestDiskOptions): Promise<GuestDisk> 
     if (p && !cbt) await q.execute('block-dirty-bitmap-remove', { node: opts.node, name: parentBitmap });
 
     // The fleece overlay, in a private folder (QEMU opens it: it must be able to reach the folder).
-    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'haven-fleece-'));
+    // Its folder is named after the lock, so a killed backup's overlay is removed by the next one.
+    dir = path.join(os.tmpdir(), `haven-fleece-${key}`);
+    await fs.rm(dir, { recursive: true, force: true });
+    await fs.mkdir(dir, { mode: 0o700 });
     const overlay = path.join(dir, 'fleece.qcow2');
     await createQcow2(overlay, sizeBytes, opts.signal ? { signal: opts.signal } : {});
     await q.execute('blockdev-add', { driver: 'qcow2', 'node-name': fleece, file: { driver: 'file', filename: overlay }, backing: opts.node, 'discard': 'unmap' });
@@ -204,7 +261,7 @@ export async function openGuestDisk(opts: GuestDiskOptions): Promise<GuestDisk> 
     }
     await q.execute('block-export-add', { type: 'nbd', id: exportId, 'node-name': fleece, name: exportId, writable: false, ...(cbt ? { bitmaps: [{ node: opts.node, name: parentBitmap }] } : {}) });
     exported = true;
-    socketPath ??= await findGuestNbdSocket(opts.qmpSocket, exportId);
+    socketPath ??= await findGuestNbdSocket(opts.qmpSocket, exportId, opts.signal);
     if (!socketPath) throw new AppError(ErrorCode.VolumeUnreadable, `the QEMU behind ${opts.qmpSocket} already runs an NBD server, and QMP cannot say where it listens: name its Unix socket with --nbd-socket`);
     const contexts = ['base:allocation', ...(cbt ? [`qemu:dirty-bitmap:${parentBitmap}`] : [])];
     client = await NbdClient.connect({ socketPath, exportName: exportId, metaContexts: contexts, ...(opts.signal ? { signal: opts.signal } : {}) });
@@ -230,6 +287,7 @@ export async function openGuestDisk(opts: GuestDiskOptions): Promise<GuestDisk> 
         }
       } finally {
         await q.close();
+        await lock.release();
       }
     };
     return { source, imageFile: node.file, sizeBytes, changedBlockTracking: cbt, fullReadReason, finish };
@@ -244,6 +302,7 @@ export async function openGuestDisk(opts: GuestDiskOptions): Promise<GuestDisk> 
       await q.execute('block-dirty-bitmap-remove', { node: opts.node, name: newBitmap }).catch(() => undefined);
     }
     await q.close();
+    await lock.release();
     throw err;
   }
 }
@@ -254,7 +313,7 @@ export async function openGuestDisk(opts: GuestDiskOptions): Promise<GuestDisk> 
  * serves `exportName` (an export of ours, tried with an NBD handshake). Null when that cannot be
  * done: QEMU run by another user (its /proc entries are closed to Haven), a TCP-only server.
  */
-async function findGuestNbdSocket(qmpSocket: string, exportName: string): Promise<string | null> {
+async function findGuestNbdSocket(qmpSocket: string, exportName: string, signal: AbortSignal | undefined): Promise<string | null> {
   let table: string;
   try {
     table = await fs.readFile('/proc/net/unix', 'utf8');
@@ -284,10 +343,12 @@ async function findGuestNbdSocket(qmpSocket: string, exportName: string): Promis
       const p = listening.get(i);
       if (!p || qmpInodes.has(i) || p.startsWith('@')) continue;
       try {
-        const c = await NbdClient.connect({ socketPath: p, exportName, timeoutMs: 2000 });
+        if (signal?.aborted) throw new AppError(ErrorCode.Cancelled, 'cancelled', { cause: signal.reason });
+        const c = await NbdClient.connect({ socketPath: p, exportName, timeoutMs: 2000, ...(signal ? { signal } : {}) });
         await c.close();
         return p;
-      } catch {
+      } catch (err) {
+        if ((err as AppError).code === ErrorCode.Cancelled) throw err;
         // not an NBD server, or not the one with our export
       }
     }

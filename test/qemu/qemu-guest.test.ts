@@ -556,9 +556,9 @@ describe('haven backup --qmp: a running guest (qemu-storage-daemon)', { skip: no
       assert.equal(r.signal, 'SIGKILL');
 
       const left = await g.state();
-      assert.equal(left.exports.filter((e) => e.startsWith('haven-export-')).length, 1, `exports ${left.exports.join(', ')}`);
-      assert.equal(left.jobs.filter((j) => j.startsWith('haven-job-')).length, 1, `jobs ${left.jobs.join(', ')}`);
-      assert.equal(left.nodes.filter((n) => n.startsWith('haven-fleece-')).length, 1, `nodes ${left.nodes.join(', ')}`);
+      assert.equal(left.exports.filter((e) => e.startsWith('haven-e-')).length, 1, `exports ${left.exports.join(', ')}`);
+      assert.equal(left.jobs.filter((j) => j.startsWith('haven-j-')).length, 1, `jobs ${left.jobs.join(', ')}`);
+      assert.equal(left.nodes.filter((n) => n.startsWith('haven-f-')).length, 1, `nodes ${left.nodes.join(', ')}`);
       const ours = left.bitmaps.filter((b) => b.name?.startsWith('haven-'));
       assert.equal(ours.length, 2, `bitmaps ${ours.map((b) => b.name).join(', ')}`);
       assert.equal(ours.find((b) => b.name === `haven-${good.id}`)?.recording, false, 'the last backup\'s bitmap stopped at the point in time');
