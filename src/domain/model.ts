@@ -11,6 +11,10 @@
  */
 export type VolumeStatus = 'creating' | 'available' | 'in-use' | 'deleting' | 'error' | 'restoring-backup' | 'error_restoring';
 
+/** How a volume's file holds the disk: raw bytes, or a qcow2 image read and written through QEMU's tools. */
+export type VolumeFormat = 'raw' | 'qcow2';
+export const VOLUME_FORMATS: readonly VolumeFormat[] = ['raw', 'qcow2'];
+
 export interface Volume {
   id: string;
   projectId: string;
@@ -23,6 +27,7 @@ export interface Volume {
   adopted: boolean;
   /** "device:inode" of the file or device, recorded at adoption or creation (null: older volumes). */
   fileId: string | null;
+  format: VolumeFormat;
   status: VolumeStatus;
   bootable: boolean;
   availabilityZone: string;
@@ -41,6 +46,8 @@ export interface Snapshot {
   description: string | null;
   sizeGb: number;
   path: string;
+  /** Its volume's format: the snapshot is a copy of the volume's file. */
+  format: VolumeFormat;
   status: SnapshotStatus;
   createdAt: number;
   updatedAt: number;

@@ -64,8 +64,8 @@ export interface RestoreOptions {
   /**
    * The target's format: raw (default) writes the bytes into the file or device; qcow2 creates a new
    * qcow2 image (written through qemu-nbd, beside the target under a temporary name, renamed over
-   * the target once the restore is proved: a failed restore leaves the old file as it was). Not
-   * with a guard.
+   * the target once the restore is proved: a failed restore leaves the old file as it was); with a
+   * guard (a service volume's image) the image is written in place, holes as zeros.
    */
   format?: 'raw' | 'qcow2';
 }
@@ -84,7 +84,7 @@ export type RestoreResult = RestoreProof & {
 
 interface Target {
   /** The image written through NBD (format qcow2), instead of the file handles. */
-  nbd?: { client: NbdClient; server: QemuNbdServer; tmpPath: string; finalPath: string } | undefined;
+  nbd?: { client: NbdClient; server: QemuNbdServer; tmpPath: string; finalPath: string; inPlace?: boolean } | undefined;
   fh: fs.FileHandle;
   blockDevice: boolean;
   /** The same target opened with O_DIRECT, or null when the file system or device refuses it. */
@@ -147,7 +147,7 @@ async function openTarget(path: string, sizeBytes: number, fileSizeBytes: number
  * code shared with file targets has a handle; nothing is written through it.
  */
 async function openImageTarget(path: string, sizeBytes: number, guard: VolumeFileGuard | undefined, signal: AbortSignal | undefined): Promise<Target> {
-  if (guard) throw new AppError(ErrorCode.InvalidArgument, 'a service volume is restored in its own format');
+  if (guard) return openImageInPlace(path, sizeBytes, guard, signal);
   const st = await fs.stat(path).catch(() => null);
   if (st && !st.isFile()) throw new AppError(ErrorCode.TargetUnwritable, `restore target ${path} exists and is not a file: a qcow2 restore creates a file`);
   const tmpPath = `${path}.haven-${randomUUID().slice(0, 8)}.tmp`;
@@ -165,13 +165,42 @@ async function openImageTarget(path: string, sizeBytes: number, guard: VolumeFil
   }
 }
 
-/** Ends a qcow2 target: the server stops (after flushing), and the image replaces the target if proved, else is removed. */
+/**
+ * A service volume's qcow2 image, written in place through qemu-nbd from the checked descriptor
+ * (volume-file.ts), opened without a backing file. Not sparse: the image holds the volume's old
+ * data, so holes are written as zeros (WRITE_ZEROES, which qcow2 records without data). An image
+ * a running VM holds is refused by QEMU's locking.
+ */
+async function openImageInPlace(path: string, sizeBytes: number, guard: VolumeFileGuard, signal: AbortSignal | undefined): Promise<Target> {
+  const { fh } = await openVolumeFile(path, fsc.O_RDWR, guard);
+  let server: QemuNbdServer | null = null;
+  try {
+    server = await QemuNbdServer.start(path, { format: 'qcow2', readOnly: false, connections: 1, fd: fh.fd, ...(signal ? { signal } : {}) });
+    const client = await server.connect(signal ? { signal } : {});
+    if (client.sizeBytes < sizeBytes) {
+      await client.close();
+      throw new AppError(ErrorCode.TargetUnwritable, `qcow2 image ${path} holds ${client.sizeBytes} bytes, the backup needs ${sizeBytes}`);
+    }
+    return { nbd: { client, server, tmpPath: path, finalPath: path, inPlace: true }, fh, blockDevice: false, direct: null, sparse: false };
+  } catch (err) {
+    await server?.close();
+    await fh.close();
+    throw err;
+  }
+}
+
+/**
+ * Ends a qcow2 target: the server stops (after flushing), and a new image replaces the target if
+ * proved, else is removed; an image written in place stays (a failed restore leaves the volume to
+ * be restored again, as with raw volumes).
+ */
 async function closeImageTarget(target: Target, proved: boolean): Promise<void> {
   const t = target.nbd;
   if (!t) return;
   target.nbd = undefined;
   await t.client.close().catch(() => undefined);
   await t.server.close();
+  if (t.inPlace) return;
   if (proved) await fs.rename(t.tmpPath, t.finalPath);
   else await fs.rm(t.tmpPath, { force: true });
 }
@@ -237,7 +266,7 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     preread = await checkWhole(repo, map, manifest, what, signal);
   }
   const fileSize = Math.max(manifest.sizeBytes, opts.targetSizeBytes ?? 0);
-  const target = opts.format === 'qcow2' ? await openImageTarget(targetPath, fileSize, opts.guard, signal) : await openTarget(targetPath, manifest.sizeBytes, fileSize, opts.guard);
+  const target = opts.format === 'qcow2' ? await openImageTarget(targetPath, opts.guard ? manifest.sizeBytes : fileSize, opts.guard, signal) : await openTarget(targetPath, manifest.sizeBytes, fileSize, opts.guard);
   const chunkSize = manifest.chunkSizeBytes;
   const gap = opts.coalesceGapBytes ?? 256 * 1024;
   // Format 1: the whole-volume SHA-256 of what is written; format 2: the volume digest of the
@@ -350,7 +379,10 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
               writtenBytes += len;
             } else {
               pieces.push(-1, len);
-              if (!target.sparse) {
+              if (target.nbd && !target.sparse) {
+                writes.push(target.nbd.client.writeZeroes(batchStart + off, len));
+                writtenBytes += len;
+              } else if (!target.sparse) {
                 zeros ??= new Uint8Array(batchBytes);
                 writes.push(writeAll(target.fh, zeros.subarray(0, len), batchStart + off));
                 writtenBytes += len;
@@ -375,7 +407,12 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
     if (signal?.aborted) failure = asCancelledIfAborted(failure, signal, 'restore');
     if (failure !== undefined) throw failure;
     fetcher.close(); // lets its pooled buffers go
-    if (target.nbd) await target.nbd.client.flush();
+    if (target.nbd) {
+      // An image larger than the backup (a larger volume): past the backup's end it reads as zeros, as a raw file's would.
+      const c = target.nbd.client;
+      if (target.nbd.inPlace && c.sizeBytes > manifest.sizeBytes) await c.writeZeroes(manifest.sizeBytes, c.sizeBytes - manifest.sizeBytes);
+      await c.flush();
+    }
     else if (!target.sparse || opts.fsync) await Promise.all([target.fh.sync(), target.direct?.sync()]);
   } catch (err) {
     fail(err);

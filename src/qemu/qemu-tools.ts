@@ -16,11 +16,11 @@ export interface ToolResult {
 }
 
 /** Runs a tool to completion; a missing tool and a failure are AppErrors naming it and what it said. */
-export async function runTool(command: string, args: string[], opts: { signal?: AbortSignal; timeoutMs?: number; code?: (typeof ErrorCode)[keyof typeof ErrorCode] } = {}): Promise<ToolResult> {
+export async function runTool(command: string, args: string[], opts: { signal?: AbortSignal; timeoutMs?: number; code?: (typeof ErrorCode)[keyof typeof ErrorCode]; fd?: number } = {}): Promise<ToolResult> {
   throwIfAborted(opts.signal);
   const code = opts.code ?? ErrorCode.VolumeUnreadable;
   return await new Promise<ToolResult>((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command, args, { stdio: opts.fd === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe', opts.fd] });
     let stdout = '';
     let stderr = '';
     let stop: string | null = null;
@@ -69,6 +69,13 @@ export interface ImageInfo {
   clusterSize: number | null;
   /** Persistent dirty bitmaps stored in a qcow2 image. */
   bitmaps: Array<{ name: string; granularity: number; flags: string[] }>;
+  /** A qcow2 image's external data file, if it has one. */
+  dataFile: string | null;
+}
+
+/** Resizes a qcow2 image's virtual size (growing only). */
+export async function growQcow2(file: string, sizeBytes: number, opts: { signal?: AbortSignal } = {}): Promise<void> {
+  await runTool('qemu-img', ['resize', '-q', '-f', 'qcow2', file, String(sizeBytes)], { ...(opts.signal ? { signal: opts.signal } : {}), code: ErrorCode.TargetUnwritable, timeoutMs: 60_000 });
 }
 
 /**
@@ -77,16 +84,17 @@ export interface ImageInfo {
  * file that starts with qcow2's magic is taken for qcow2, which only the operator can rule out
  * (`--format raw`).
  */
-export async function imageInfo(file: string, opts: { format?: string; signal?: AbortSignal } = {}): Promise<ImageInfo> {
-  const args = ['info', '-U', '--output=json', ...(opts.format ? ['-f', opts.format] : []), file];
-  const { stdout } = await runTool('qemu-img', args, { ...(opts.signal ? { signal: opts.signal } : {}), timeoutMs: 60_000 });
+export async function imageInfo(file: string, opts: { format?: string; signal?: AbortSignal; fd?: number } = {}): Promise<ImageInfo> {
+  // With a descriptor: the very file Haven opened and checked, as qemu-img's fd 3 (volume-extents.ts).
+  const args = ['info', '-U', '--output=json', ...(opts.format ? ['-f', opts.format] : []), opts.fd === undefined ? file : '/proc/self/fd/3'];
+  const { stdout } = await runTool('qemu-img', args, { ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.fd === undefined ? {} : { fd: opts.fd }), timeoutMs: 60_000 });
   let j: Record<string, unknown>;
   try {
     j = JSON.parse(stdout) as Record<string, unknown>;
   } catch {
     throw new AppError(ErrorCode.VolumeUnreadable, `qemu-img info printed something Haven does not understand for ${file}`);
   }
-  const spec = (j['format-specific'] as { data?: { bitmaps?: Array<{ name: string; granularity: number; flags: string[] }> } } | undefined)?.data;
+  const spec = (j['format-specific'] as { data?: { bitmaps?: Array<{ name: string; granularity: number; flags: string[] }>; 'data-file'?: string } } | undefined)?.data;
   return {
     format: String(j.format),
     virtualSize: Number(j['virtual-size']),
@@ -94,6 +102,7 @@ export async function imageInfo(file: string, opts: { format?: string; signal?: 
     backingFilename: typeof j['backing-filename'] === 'string' ? (j['backing-filename'] as string) : null,
     clusterSize: typeof j['cluster-size'] === 'number' ? (j['cluster-size'] as number) : null,
     bitmaps: spec?.bitmaps ?? [],
+    dataFile: typeof spec?.['data-file'] === 'string' ? spec['data-file'] : null,
   };
 }
 
@@ -118,6 +127,12 @@ function withMallocReuse(existing: string | undefined): string {
 export interface NbdServerOptions {
   format: string;
   readOnly: boolean;
+  /**
+   * Serve the file open as this descriptor (the very file Haven checked, volume-file.ts) instead of
+   * opening `file` by name: qemu-nbd gets it as its fd 3. A qcow2 image is then opened without a
+   * backing file (Haven adopts none: a backing file named in the image could be any host file).
+   */
+  fd?: number;
   /** Connections the server takes at once (qemu-nbd --shared). */
   connections?: number;
   signal?: AbortSignal;
@@ -154,16 +169,20 @@ export class QemuNbdServer {
     throwIfAborted(opts.signal);
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'haven-nbd-'));
     const sock = path.join(dir, 'nbd.sock');
+    const image =
+      opts.fd === undefined
+        ? [`--format=${opts.format}`, file]
+        : [`json:${JSON.stringify({ driver: opts.format, file: { driver: 'file', filename: '/proc/self/fd/3' }, ...(opts.format === 'qcow2' ? { backing: null } : {}) })}`];
     const args = [
-      `--format=${opts.format}`,
       ...(opts.readOnly ? ['--read-only'] : ['--discard=unmap']),
       `--shared=${opts.connections ?? 4}`,
       `--socket=${sock}`,
       '--export-name=haven',
       '--cache=writeback',
-      file,
+      ...image,
     ];
-    const child = spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, GLIBC_TUNABLES: withMallocReuse(process.env.GLIBC_TUNABLES) } });
+    const stdio: Array<'ignore' | 'pipe' | number> = ['ignore', 'ignore', 'pipe', ...(opts.fd === undefined ? [] : [opts.fd])];
+    const child = spawn('qemu-nbd', args, { stdio, env: { ...process.env, GLIBC_TUNABLES: withMallocReuse(process.env.GLIBC_TUNABLES) } });
     let stderr = '';
     child.stderr!.setEncoding('utf8').on('data', (t: string) => {
       if (stderr.length < 4000) stderr += t;

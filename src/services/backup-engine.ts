@@ -11,7 +11,8 @@ import type { BackupManifest } from '../engine/manifest.ts';
 import { Repository } from '../engine/repository.ts';
 import { restoreBackup, type RestoreResult } from '../engine/restore-reader.ts';
 import { backupsUsingChunks, verifyRepository, type VerifyReport } from '../engine/verifier.ts';
-import { FileVolumeSource } from '../engine/volume-source.ts';
+import { openVolumeSource } from '../engine/open-volume.ts';
+import type { VolumeFormat } from '../domain/model.ts';
 import type { VolumeFileGuard } from '../engine/volume-file.ts';
 import { ChunkWorkerPool } from '../engine/worker-pool.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
@@ -46,10 +47,10 @@ export class BackupEngine {
     return new BackupEngine(repo, new ChunkWorkerPool(opts.threads, opts.nice === undefined ? {} : { nice: opts.nice }));
   }
 
-  async backup(sourcePath: string, opts: { guard?: VolumeFileGuard; backupId: string; volume: { id: string; name: string }; previousId: string | null; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
+  async backup(sourcePath: string, opts: { guard?: VolumeFileGuard; format?: VolumeFormat; backupId: string; volume: { id: string; name: string }; previousId: string | null; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
     let previous: BackupManifest | null = null;
     if (opts.previousId && !opts.full) previous = await this.manifest(opts.previousId).catch(() => null); // a missing parent only means: record as full
-    const source = await FileVolumeSource.open(sourcePath, opts.guard);
+    const { source } = await openVolumeSource(sourcePath, { format: opts.format ?? 'raw', ...(opts.guard ? { guard: opts.guard } : {}), signal: opts.signal });
     try {
       return await writeBackup(this.repo, source, { backupId: opts.backupId, volume: opts.volume, previous, full: opts.full || !previous, checkReused: opts.checkReused ?? false, pool: this.pool, signal: opts.signal, onProgress: opts.onProgress });
     } finally {
@@ -57,10 +58,10 @@ export class BackupEngine {
     }
   }
 
-  async restore(backupId: string, targetPath: string, opts: { guard?: VolumeFileGuard; targetSizeBytes?: number; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<RestoreResult> {
+  async restore(backupId: string, targetPath: string, opts: { guard?: VolumeFileGuard; format?: VolumeFormat; targetSizeBytes?: number; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<RestoreResult> {
     const manifest = await this.manifest(backupId);
     // A VM disk must be on stable storage when the restore reports success.
-    return restoreBackup(this.repo, manifest, targetPath, { pool: this.pool, signal: opts.signal, onProgress: opts.onProgress, fsync: true, ...(opts.guard ? { guard: opts.guard } : {}), ...(opts.targetSizeBytes ? { targetSizeBytes: opts.targetSizeBytes } : {}) });
+    return restoreBackup(this.repo, manifest, targetPath, { pool: this.pool, signal: opts.signal, onProgress: opts.onProgress, fsync: true, ...(opts.format ? { format: opts.format } : {}), ...(opts.guard ? { guard: opts.guard } : {}), ...(opts.targetSizeBytes ? { targetSizeBytes: opts.targetSizeBytes } : {}) });
   }
 
   /** The manifest of a backup, or null when the engine never completed it. */

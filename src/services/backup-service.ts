@@ -274,7 +274,7 @@ export class BackupService {
       throw err;
     }
     try {
-      const r = await this.engine.backup(sourcePath, { guard: this.files.snapshotGuard(), backupId: backup.id, volume: { id: volume.id, name: volume.name ?? volume.id }, previousId: backup.parentId, full, checkReused: opts.full, signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
+      const r = await this.engine.backup(sourcePath, { guard: this.files.snapshotGuard(), format: volume.format, backupId: backup.id, volume: { id: volume.id, name: volume.name ?? volume.id }, previousId: backup.parentId, full, checkReused: opts.full, signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
       this.events.backupFinished?.({ sizeBytes: r.manifest.sizeBytes, newBytes: r.stats.newBytes, storedBytes: r.stats.storedBytes });
       await this.catalog.backups.completeBackup(backup.id, { sizeBytes: r.manifest.sizeBytes, storedBytes: r.stats.storedBytes, newBytes: r.stats.newBytes, objectCount: r.stats.objectsWritten, parentId: r.manifest.parentId, dataTimestamp: now, volumeDigest: r.manifest.volumeDigest }, this.clock.now());
       return (await this.catalog.backups.getBackupById(backup.id))!;
@@ -289,7 +289,7 @@ export class BackupService {
   async restoreVolumeNow(backupId: string, volume: Volume, opts: { signal: AbortSignal; onProgress: (done: number, total: number) => void }): Promise<void> {
     // The volume's own file, checked on open (never through a link or a swapped file); a file
     // larger than the backup keeps the volume's size.
-    await this.engine.restore(backupId, volume.path, { guard: this.files.guardOf(volume), targetSizeBytes: volume.sizeBytes, signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
+    await this.engine.restore(backupId, volume.path, { guard: this.files.guardOf(volume), format: volume.format, targetSizeBytes: volume.sizeBytes, signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
   }
 
   /** Deletes a volume backup of a server backup now (CSBS); its chunks go at the next GC. */

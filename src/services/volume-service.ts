@@ -10,7 +10,8 @@ import type { Catalog } from '../catalog/catalog.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { newUuid } from '../domain/ids.ts';
-import type { Snapshot, Volume } from '../domain/model.ts';
+import type { Snapshot, Volume, VolumeFormat } from '../domain/model.ts';
+import { createQcow2, growQcow2, imageInfo } from '../qemu/qemu-tools.ts';
 import { checkFileSystemAllows, checkVolumeSize, type VolumeLimits } from './volume-limits.ts';
 import { blockDeviceSize } from '../engine/volume-source.ts';
 import { fileIdOf, isUnder } from '../engine/volume-file.ts';
@@ -47,26 +48,42 @@ export class VolumeService {
     return this.files.snapshotsDir;
   }
 
-  async createVolume(projectId: string, input: { sizeGb: number; name?: string | null | undefined; description?: string | null | undefined; metadata?: Record<string, string> | undefined; bootable?: boolean | undefined; snapshotId?: string | null | undefined }): Promise<Volume> {
+  /**
+   * A new volume: a sparse raw file, or (format qcow2, Cinder's volume_type "qcow2") a qcow2 image
+   * made by qemu-img. A volume from a snapshot is a copy of the snapshot's file and keeps its format.
+   */
+  async createVolume(projectId: string, input: { sizeGb: number; name?: string | null | undefined; description?: string | null | undefined; metadata?: Record<string, string> | undefined; bootable?: boolean | undefined; snapshotId?: string | null | undefined; format?: VolumeFormat | undefined }): Promise<Volume> {
     const now = this.clock.now();
     const id = newUuid();
     let sizeGb = input.sizeGb;
-    await this.checkNewVolume(projectId, sizeGb);
-    const file = path.join(this.volumesDir, `${id}.img`);
-    await fs.mkdir(this.volumesDir, { recursive: true });
     // A volume from a snapshot: a copy of the snapshot's bytes (reflink when possible).
     const snap = input.snapshotId ? await this.getSnapshot(projectId, input.snapshotId) : null;
     if (snap && snap.status !== 'available') throw new AppError(ErrorCode.SnapshotInvalidState, `snapshot ${snap.id} is ${snap.status}, not available`);
     if (snap && sizeGb < snap.sizeGb) throw new AppError(ErrorCode.InvalidArgument, `size ${sizeGb} GB is smaller than the snapshot's ${snap.sizeGb} GB`);
+    if (snap && input.format !== undefined && input.format !== snap.format) throw new AppError(ErrorCode.InvalidArgument, `a volume from snapshot ${snap.id} is ${snap.format}, like the snapshot; volume_type ${input.format} cannot be given`);
+    const format: VolumeFormat = snap?.format ?? input.format ?? 'raw';
+    await this.checkNewVolume(projectId, sizeGb);
+    const file = path.join(this.volumesDir, `${id}.${format === 'qcow2' ? 'qcow2' : 'img'}`);
+    await fs.mkdir(this.volumesDir, { recursive: true });
     let fileId: string;
     try {
       if (snap) await this.files.copyOut(snap.path, this.files.snapshotGuard(), file);
-      const fh = await fs.open(file, snap ? 'r+' : 'wx', 0o600);
-      try {
-        await fh.truncate(sizeGb * GiB);
-        fileId = fileIdOf(await fh.stat({ bigint: true }));
-      } finally {
-        await fh.close();
+      if (format === 'qcow2') {
+        if (snap) await growQcow2(file, sizeGb * GiB);
+        else {
+          // qemu-img create replaces a file: the name is Haven's own and new, and is claimed first.
+          await (await fs.open(file, 'wx', 0o600)).close();
+          await createQcow2(file, sizeGb * GiB);
+        }
+        fileId = fileIdOf(await fs.stat(file, { bigint: true }));
+      } else {
+        const fh = await fs.open(file, snap ? 'r+' : 'wx', 0o600);
+        try {
+          await fh.truncate(sizeGb * GiB);
+          fileId = fileIdOf(await fh.stat({ bigint: true }));
+        } finally {
+          await fh.close();
+        }
       }
     } catch (err) {
       // No file without its row (a failed truncate once left a 0-byte image behind).
@@ -75,7 +92,7 @@ export class VolumeService {
     }
     sizeGb = Math.max(sizeGb, 1);
     const v: Volume = {
-      id, projectId, name: input.name ?? null, description: input.description ?? null, sizeGb, sizeBytes: sizeGb * GiB, path: file, adopted: false, fileId,
+      id, projectId, name: input.name ?? null, description: input.description ?? null, sizeGb, sizeBytes: sizeGb * GiB, path: file, adopted: false, fileId, format,
       status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
     };
     try {
@@ -95,9 +112,13 @@ export class VolumeService {
    * operator's volume roots are accepted; symlinks, `..` escapes, files with more than one hard
    * link and anything in Haven's own data are refused (checked on the opened file, VolumeFiles), a
    * path already known as a volume cannot be adopted twice, and the file's device and inode are
-   * recorded: every later job must find that same file there.
+   * recorded: every later job must find that same file there. A qcow2 image (format qcow2) is
+   * sized by its virtual size and must stand alone: a backing file or an external data file named
+   * in an image could be any file of the host, so such images are refused (flatten them first with
+   * `qemu-img convert`); jobs open it without one.
    */
-  async manageVolume(projectId: string, input: { sourceName: string; name?: string | null | undefined; description?: string | null | undefined; bootable?: boolean | undefined; metadata?: Record<string, string> | undefined }): Promise<Volume> {
+  async manageVolume(projectId: string, input: { sourceName: string; name?: string | null | undefined; description?: string | null | undefined; bootable?: boolean | undefined; metadata?: Record<string, string> | undefined; format?: VolumeFormat | undefined }): Promise<Volume> {
+    const format: VolumeFormat = input.format ?? 'raw';
     const requested = input.sourceName;
     if (!path.isAbsolute(requested)) throw new AppError(ErrorCode.VolumePathRefused, `ref.source-name must be an absolute path, got ${requested}`);
     if (requested.split('/').includes('..')) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} contains ".."`);
@@ -109,14 +130,25 @@ export class VolumeService {
     let sizeBytes: number;
     try {
       const st = opened.stat;
-      sizeBytes = st.isFile() ? Number(st.size) : await blockDeviceSize(Number(st.rdev));
+      if (format === 'qcow2') {
+        if (!st.isFile()) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is not a file, so not a qcow2 image`);
+        const info = await imageInfo(normal, { fd: opened.fh.fd }).catch((err: unknown) => {
+          throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} cannot be read as an image: ${(err as Error).message}`, { cause: err });
+        });
+        if (info.format !== 'qcow2') throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is a ${info.format} image, not qcow2 (adopt it with volume_type raw)`);
+        if (info.backingFilename !== null) throw new AppError(ErrorCode.VolumePathRefused, `qcow2 image ${requested} has a backing file (${info.backingFilename}); Haven adopts stand-alone images only (qemu-img convert -O qcow2 makes one)`);
+        if (info.dataFile !== null) throw new AppError(ErrorCode.VolumePathRefused, `qcow2 image ${requested} keeps its data in another file (${info.dataFile}); Haven adopts stand-alone images only`);
+        sizeBytes = info.virtualSize;
+      } else {
+        sizeBytes = st.isFile() ? Number(st.size) : await blockDeviceSize(Number(st.rdev));
+      }
     } finally {
       await opened.fh.close();
     }
     const now = this.clock.now();
     const v: Volume = {
       id: newUuid(), projectId, name: input.name ?? null, description: input.description ?? null, sizeGb: Math.max(1, Math.ceil(sizeBytes / GiB)), sizeBytes, path: normal,
-      adopted: true, fileId: opened.fileId, status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
+      adopted: true, fileId: opened.fileId, format, status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
     };
     await this.catalog.transaction(async (c) => {
       if (await c.volumes.findVolumeByPath(normal)) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is already managed as a volume`);
@@ -182,7 +214,7 @@ export class VolumeService {
       throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${v.id} is ${v.status}; snapshots need an available volume (or force for in-use).`);
     }
     const now = this.clock.now();
-    const s: Snapshot = { id: newUuid(), projectId, volumeId: v.id, name: input.name ?? null, description: input.description ?? null, sizeGb: v.sizeGb, path: path.join(this.snapshotsDir, `${newUuid()}.img`), status: 'creating', createdAt: now, updatedAt: now };
+    const s: Snapshot = { id: newUuid(), projectId, volumeId: v.id, name: input.name ?? null, description: input.description ?? null, sizeGb: v.sizeGb, path: path.join(this.snapshotsDir, `${newUuid()}.${v.format === 'qcow2' ? 'qcow2' : 'img'}`), format: v.format, status: 'creating', createdAt: now, updatedAt: now };
     await this.catalog.volumes.insertSnapshot(s);
     try {
       await fs.mkdir(this.snapshotsDir, { recursive: true });

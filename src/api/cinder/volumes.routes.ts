@@ -3,6 +3,7 @@
  * snapshots. Enough for openstackclient and SDKs to create, find, adopt and delete the disks Haven
  * backs up.
  */
+import type { VolumeFormat } from '../../domain/model.ts';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type, type Static } from 'typebox';
 import { MAX_VOLUME_GB } from '../../services/volume-service.ts';
@@ -72,7 +73,7 @@ export function registerVolumeRoutes(root: FastifyInstance, s: ApiServices): voi
 
     app.post(`/${version}/:projectId/volumes`, { config: CFG, schema: { params: ProjectParams, body: CreateVolume, tags, summary: 'Create a volume (a sparse raw file)' } }, async (req, reply) => {
       const b = req.body.volume;
-      const v = await s.volumes.createVolume(pid(req), { sizeGb: b.size, name: b.name, description: b.description, metadata: b.metadata, snapshotId: b.snapshot_id, bootable: b.bootable });
+      const v = await s.volumes.createVolume(pid(req), { sizeGb: b.size, name: b.name, description: b.description, metadata: b.metadata, snapshotId: b.snapshot_id, bootable: b.bootable, format: formatOfVolumeType(b.volume_type) });
       return reply.code(202).send({ volume: volumeJson(base(req), version, v) });
     });
     app.get(`/${version}/:projectId/volumes`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List volumes' } }, async (req) => {
@@ -99,7 +100,7 @@ export function registerVolumeRoutes(root: FastifyInstance, s: ApiServices): voi
       if (!req.auth!.isCloudAdmin) throw new ApiError(403, `Policy does not allow volume_extension:volume_manage to be performed: the admin role on the admin project (${s.identity.adminProject}) is required.`);
       if (req.auth!.project?.id !== pid(req)) await s.identity.getProject(pid(req));
       const b = req.body.volume;
-      const v = await s.volumes.manageVolume(pid(req), { sourceName: b.ref['source-name'], name: b.name, description: b.description, metadata: b.metadata, bootable: b.bootable });
+      const v = await s.volumes.manageVolume(pid(req), { sourceName: b.ref['source-name'], name: b.name, description: b.description, metadata: b.metadata, bootable: b.bootable, format: formatOfVolumeType(b.volume_type) });
       return reply.code(202).send({ volume: volumeJson(base(req), version, v) });
     });
 
@@ -122,4 +123,13 @@ export function registerVolumeRoutes(root: FastifyInstance, s: ApiServices): voi
       return reply.code(202).send();
     });
   }
+}
+
+/**
+ * The image format a Cinder volume type asks for: "qcow2" makes (or adopts) a qcow2 image, "raw" a
+ * raw one; any other type (clients send their cloud's names) leaves the default, raw, as before
+ * volume types meant anything here.
+ */
+function formatOfVolumeType(t: string | null | undefined): VolumeFormat | undefined {
+  return t === 'qcow2' || t === 'raw' ? t : undefined;
 }

@@ -26,7 +26,7 @@ export function volumeJson(base: string, version: ApiVersion, v: Volume) {
     multiattach: false,
     attachments: [],
     metadata: v.metadata,
-    volume_type: 'haven',
+    volume_type: v.format === 'qcow2' ? 'qcow2' : 'haven',
     snapshot_id: null,
     source_volid: null,
     consistencygroup_id: null,

@@ -7,7 +7,7 @@
 import type { BackupCompletion } from '../../catalog/backup-queries.ts';
 import { AppError, ErrorCode } from '../../domain/errors.ts';
 import type { JobOf } from '../../domain/job.ts';
-import type { Backup } from '../../domain/model.ts';
+import type { Backup, VolumeFormat } from '../../domain/model.ts';
 import type { VolumeFileGuard } from '../../engine/volume-file.ts';
 import { jobFailure, type JobHandler } from '../job-runner.ts';
 import { failureText, type BackupJobDeps } from './backup-job-deps.ts';
@@ -24,16 +24,16 @@ export function createBackupJob(d: BackupJobDeps): JobHandler<'bksCreateBackup'>
     return job.entities;
   };
 
-  /** What a backup reads: its snapshot's file, or its volume's, with the guard to open it by. */
-  const sourceOf = async (b: Backup): Promise<{ path: string; guard: VolumeFileGuard }> => {
+  /** What a backup reads: its snapshot's file, or its volume's, with the guard to open it by and its format. */
+  const sourceOf = async (b: Backup): Promise<{ path: string; guard: VolumeFileGuard; format: VolumeFormat }> => {
     if (b.snapshotId) {
       const snap = await d.catalog.volumes.getSnapshot(b.projectId, b.snapshotId);
       if (!snap) throw new AppError(ErrorCode.SnapshotNotFound, `snapshot ${b.snapshotId} no longer exists`);
-      return { path: snap.path, guard: d.files.snapshotGuard() };
+      return { path: snap.path, guard: d.files.snapshotGuard(), format: snap.format };
     }
     const v = await d.catalog.volumes.getVolumeById(b.volumeId);
     if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${b.volumeId} no longer exists`);
-    return { path: v.path, guard: d.files.guardOf(v) };
+    return { path: v.path, guard: d.files.guardOf(v), format: v.format };
   };
 
   return {
@@ -45,7 +45,7 @@ export function createBackupJob(d: BackupJobDeps): JobHandler<'bksCreateBackup'>
       // snapshot) file the catalog knows, through its guard.
       const source = await sourceOf(b);
       const result = await d.engine.backup(source.path, {
-        guard: source.guard, backupId: b.id, volume: { id: p.volumeId, name: p.volumeName }, previousId: b.parentId, full: b.fullBackup, signal: ctx.signal,
+        guard: source.guard, format: source.format, backupId: b.id, volume: { id: p.volumeId, name: p.volumeName }, previousId: b.parentId, full: b.fullBackup, signal: ctx.signal,
         // A full backup the user asked for reuses only stored chunks it has checked intact (Q3).
         checkReused: p.checkReused === true,
         onProgress: (pr) => ctx.progress(pr.doneBytes, pr.totalBytes),
