@@ -28,6 +28,8 @@ export interface Volume {
   /** "device:inode" of the file or device, recorded at adoption or creation (null: older volumes). */
   fileId: string | null;
   format: VolumeFormat;
+  /** The disk of a running QEMU guest: its QMP socket and block node (backups go through QMP). */
+  qmp: { socket: string; node: string } | null;
   status: VolumeStatus;
   bootable: boolean;
   availabilityZone: string;

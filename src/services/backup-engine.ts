@@ -12,6 +12,7 @@ import { Repository } from '../engine/repository.ts';
 import { restoreBackup, type RestoreResult } from '../engine/restore-reader.ts';
 import { backupsUsingChunks, verifyRepository, type VerifyReport } from '../engine/verifier.ts';
 import { openVolumeSource } from '../engine/open-volume.ts';
+import { openGuestDisk } from '../qemu/qemu-guest.ts';
 import type { VolumeFormat } from '../domain/model.ts';
 import type { VolumeFileGuard } from '../engine/volume-file.ts';
 import { ChunkWorkerPool } from '../engine/worker-pool.ts';
@@ -47,14 +48,36 @@ export class BackupEngine {
     return new BackupEngine(repo, new ChunkWorkerPool(opts.threads, opts.nice === undefined ? {} : { nice: opts.nice }));
   }
 
-  async backup(sourcePath: string, opts: { guard?: VolumeFileGuard; format?: VolumeFormat; backupId: string; volume: { id: string; name: string }; previousId: string | null; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
+  async backup(sourcePath: string, opts: { guard?: VolumeFileGuard; format?: VolumeFormat; qmp?: { socket: string; node: string } | null; backupId: string; volume: { id: string; name: string }; previousId: string | null; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
     let previous: BackupManifest | null = null;
     if (opts.previousId && !opts.full) previous = await this.manifest(opts.previousId).catch(() => null); // a missing parent only means: record as full
+    if (opts.qmp) return this.backupGuest(sourcePath, opts.qmp, previous, opts);
     const { source } = await openVolumeSource(sourcePath, { format: opts.format ?? 'raw', ...(opts.guard ? { guard: opts.guard } : {}), signal: opts.signal });
     try {
       return await writeBackup(this.repo, source, { backupId: opts.backupId, volume: opts.volume, previous, full: opts.full || !previous, checkReused: opts.checkReused ?? false, pool: this.pool, signal: opts.signal, onProgress: opts.onProgress });
     } finally {
       await source.close();
+    }
+  }
+
+  /**
+   * The disk of a running guest, at one point in time through its QMP socket (qemu/qemu-guest.ts),
+   * reading only the blocks changed since `previous` when the guest's bitmap for it is there. The
+   * node must still be the volume's image.
+   */
+  private async backupGuest(imagePath: string, qmp: { socket: string; node: string }, previous: BackupManifest | null, opts: { backupId: string; volume: { id: string; name: string }; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
+    const parent = opts.full ? null : previous;
+    const disk = await openGuestDisk({ qmpSocket: qmp.socket, node: qmp.node, backupId: opts.backupId, previous: () => (parent ? { id: parent.id } : null), signal: opts.signal });
+    let ok = false;
+    try {
+      const real = await fs.realpath(disk.imageFile).catch(() => disk.imageFile);
+      if (real !== imagePath) throw new AppError(ErrorCode.VolumePathRefused, `node ${qmp.node} of the guest at ${qmp.socket} is now the image ${disk.imageFile}, not the volume's ${imagePath}`);
+      const r = await writeBackup(this.repo, disk.source, { backupId: opts.backupId, volume: opts.volume, previous: parent, full: opts.full || !parent, checkReused: opts.checkReused ?? false, pool: this.pool, signal: opts.signal, onProgress: opts.onProgress });
+      ok = true;
+      return r;
+    } finally {
+      await disk.source.close().catch(() => undefined);
+      await disk.finish(ok);
     }
   }
 

@@ -12,6 +12,7 @@ import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { newUuid } from '../domain/ids.ts';
 import type { Snapshot, Volume, VolumeFormat } from '../domain/model.ts';
 import { createQcow2, growQcow2, imageInfo } from '../qemu/qemu-tools.ts';
+import { QmpClient } from '../qemu/qmp-client.ts';
 import { checkFileSystemAllows, checkVolumeSize, type VolumeLimits } from './volume-limits.ts';
 import { blockDeviceSize } from '../engine/volume-source.ts';
 import { fileIdOf, isUnder } from '../engine/volume-file.ts';
@@ -92,7 +93,7 @@ export class VolumeService {
     }
     sizeGb = Math.max(sizeGb, 1);
     const v: Volume = {
-      id, projectId, name: input.name ?? null, description: input.description ?? null, sizeGb, sizeBytes: sizeGb * GiB, path: file, adopted: false, fileId, format,
+      id, projectId, name: input.name ?? null, description: input.description ?? null, sizeGb, sizeBytes: sizeGb * GiB, path: file, adopted: false, fileId, format, qmp: null,
       status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
     };
     try {
@@ -117,8 +118,11 @@ export class VolumeService {
    * in an image could be any file of the host, so such images are refused (flatten them first with
    * `qemu-img convert`); jobs open it without one.
    */
-  async manageVolume(projectId: string, input: { sourceName: string; name?: string | null | undefined; description?: string | null | undefined; bootable?: boolean | undefined; metadata?: Record<string, string> | undefined; format?: VolumeFormat | undefined }): Promise<Volume> {
-    const format: VolumeFormat = input.format ?? 'raw';
+  async manageVolume(projectId: string, input: { sourceName: string; name?: string | null | undefined; description?: string | null | undefined; bootable?: boolean | undefined; metadata?: Record<string, string> | undefined; format?: VolumeFormat | undefined; qmp?: { socket: string; node: string } | undefined }): Promise<Volume> {
+    // The disk of a running guest: its format and size are what its QEMU says of the node.
+    const guest = input.qmp ? await this.guestNode(input.qmp, input.sourceName) : null;
+    if (guest && input.format !== undefined && input.format !== guest.format) throw new AppError(ErrorCode.VolumePathRefused, `node ${input.qmp!.node} is a ${guest.format} image, not ${input.format}`);
+    const format: VolumeFormat = guest?.format ?? input.format ?? 'raw';
     const requested = input.sourceName;
     if (!path.isAbsolute(requested)) throw new AppError(ErrorCode.VolumePathRefused, `ref.source-name must be an absolute path, got ${requested}`);
     if (requested.split('/').includes('..')) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} contains ".."`);
@@ -148,7 +152,7 @@ export class VolumeService {
     const now = this.clock.now();
     const v: Volume = {
       id: newUuid(), projectId, name: input.name ?? null, description: input.description ?? null, sizeGb: Math.max(1, Math.ceil(sizeBytes / GiB)), sizeBytes, path: normal,
-      adopted: true, fileId: opened.fileId, format, status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
+      adopted: true, fileId: opened.fileId, format, qmp: input.qmp ?? null, status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
     };
     await this.catalog.transaction(async (c) => {
       if (await c.volumes.findVolumeByPath(normal)) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is already managed as a volume`);
@@ -156,6 +160,34 @@ export class VolumeService {
       await c.volumes.insertVolume(v);
     });
     return v;
+  }
+
+  /**
+   * The block node of a running guest that an adoption names: QEMU must have it, on the very image
+   * adopted (its file, by real path), as raw or qcow2.
+   */
+  private async guestNode(qmp: { socket: string; node: string }, sourceName: string): Promise<{ format: VolumeFormat; sizeBytes: number }> {
+    if (!path.isAbsolute(qmp.socket) || qmp.socket.split('/').includes('..')) throw new AppError(ErrorCode.VolumePathRefused, `ref.qmp_socket must be an absolute path without "..", got ${qmp.socket}`);
+    const st = await fs.stat(qmp.socket).catch(() => null);
+    if (!st?.isSocket()) throw new AppError(ErrorCode.VolumePathRefused, `ref.qmp_socket ${qmp.socket} is not a socket`);
+    let q: QmpClient;
+    try {
+      q = await QmpClient.connect(qmp.socket);
+    } catch (err) {
+      throw new AppError(ErrorCode.VolumePathRefused, `cannot talk QMP over ${qmp.socket}: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      const nodes = await q.execute<Array<{ 'node-name': string; drv: string; file: string; image?: { 'virtual-size': number } }>>('query-named-block-nodes', { flat: true });
+      const n = nodes.find((x) => x['node-name'] === qmp.node);
+      if (!n) throw new AppError(ErrorCode.VolumePathRefused, `QEMU at ${qmp.socket} has no block node ${JSON.stringify(qmp.node)}`);
+      if (n.drv !== 'qcow2' && n.drv !== 'raw') throw new AppError(ErrorCode.VolumePathRefused, `node ${qmp.node} is a ${n.drv} node; adopt the guest's qcow2 or raw format node`);
+      const real = await fs.realpath(n.file).catch(() => n.file);
+      const adopted = await fs.realpath(sourceName).catch(() => sourceName);
+      if (real !== adopted) throw new AppError(ErrorCode.VolumePathRefused, `node ${qmp.node} is the image ${n.file}, not ${sourceName}`);
+      return { format: n.drv, sizeBytes: Number(n.image?.['virtual-size'] ?? 0) };
+    } finally {
+      await q.close();
+    }
   }
 
   /**
@@ -210,6 +242,7 @@ export class VolumeService {
 
   async createSnapshot(projectId: string, input: { volumeId: string; name?: string | null | undefined; description?: string | null | undefined; force?: boolean | undefined }): Promise<Snapshot> {
     const v = await this.getVolume(projectId, input.volumeId);
+    if (v.qmp) throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${v.id} is the disk of a running guest (QMP ${v.qmp.socket}, node ${v.qmp.node}): its file is in use; back it up instead (the backup takes its point in time through QMP).`);
     if (v.status !== 'available' && !(v.status === 'in-use' && input.force)) {
       throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${v.id} is ${v.status}; snapshots need an available volume (or force for in-use).`);
     }

@@ -43,7 +43,8 @@ const CreateVolume = Type.Object({
 });
 const ManageVolume = Type.Object({
   volume: Type.Object({
-    ref: Type.Object({ 'source-name': Type.String({ minLength: 1, maxLength: 4096 }) }),
+    // qmp_socket and qmp_node (Haven's): the image is the disk of a running QEMU guest, backed up through QMP.
+    ref: Type.Object({ 'source-name': Type.String({ minLength: 1, maxLength: 4096 }), qmp_socket: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })), qmp_node: Type.Optional(Type.String({ minLength: 1, maxLength: 31 })) }),
     host: Type.Optional(Type.Union([Type.String(), Type.Null()])),
     name: NullableText(255),
     description: NullableText(255),
@@ -100,7 +101,9 @@ export function registerVolumeRoutes(root: FastifyInstance, s: ApiServices): voi
       if (!req.auth!.isCloudAdmin) throw new ApiError(403, `Policy does not allow volume_extension:volume_manage to be performed: the admin role on the admin project (${s.identity.adminProject}) is required.`);
       if (req.auth!.project?.id !== pid(req)) await s.identity.getProject(pid(req));
       const b = req.body.volume;
-      const v = await s.volumes.manageVolume(pid(req), { sourceName: b.ref['source-name'], name: b.name, description: b.description, metadata: b.metadata, bootable: b.bootable, format: formatOfVolumeType(b.volume_type) });
+      if ((b.ref.qmp_socket === undefined) !== (b.ref.qmp_node === undefined)) throw new ApiError(400, 'ref.qmp_socket and ref.qmp_node go together: the running guest\'s QMP socket and the block node of this disk');
+      const qmp = b.ref.qmp_socket !== undefined ? { socket: b.ref.qmp_socket, node: b.ref.qmp_node! } : undefined;
+      const v = await s.volumes.manageVolume(pid(req), { qmp, sourceName: b.ref['source-name'], name: b.name, description: b.description, metadata: b.metadata, bootable: b.bootable, format: formatOfVolumeType(b.volume_type) });
       return reply.code(202).send({ volume: volumeJson(base(req), version, v) });
     });
 

@@ -25,7 +25,7 @@ export function createBackupJob(d: BackupJobDeps): JobHandler<'bksCreateBackup'>
   };
 
   /** What a backup reads: its snapshot's file, or its volume's, with the guard to open it by and its format. */
-  const sourceOf = async (b: Backup): Promise<{ path: string; guard: VolumeFileGuard; format: VolumeFormat }> => {
+  const sourceOf = async (b: Backup): Promise<{ path: string; guard: VolumeFileGuard; format: VolumeFormat; qmp?: { socket: string; node: string } | null }> => {
     if (b.snapshotId) {
       const snap = await d.catalog.volumes.getSnapshot(b.projectId, b.snapshotId);
       if (!snap) throw new AppError(ErrorCode.SnapshotNotFound, `snapshot ${b.snapshotId} no longer exists`);
@@ -33,7 +33,8 @@ export function createBackupJob(d: BackupJobDeps): JobHandler<'bksCreateBackup'>
     }
     const v = await d.catalog.volumes.getVolumeById(b.volumeId);
     if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${b.volumeId} no longer exists`);
-    return { path: v.path, guard: d.files.guardOf(v), format: v.format };
+    // The disk of a running guest is read through its QEMU, at one point in time.
+    return { path: v.path, guard: d.files.guardOf(v), format: v.format, qmp: v.qmp };
   };
 
   return {
@@ -45,7 +46,7 @@ export function createBackupJob(d: BackupJobDeps): JobHandler<'bksCreateBackup'>
       // snapshot) file the catalog knows, through its guard.
       const source = await sourceOf(b);
       const result = await d.engine.backup(source.path, {
-        guard: source.guard, format: source.format, backupId: b.id, volume: { id: p.volumeId, name: p.volumeName }, previousId: b.parentId, full: b.fullBackup, signal: ctx.signal,
+        guard: source.guard, format: source.format, qmp: source.qmp ?? null, backupId: b.id, volume: { id: p.volumeId, name: p.volumeName }, previousId: b.parentId, full: b.fullBackup, signal: ctx.signal,
         // A full backup the user asked for reuses only stored chunks it has checked intact (Q3).
         checkReused: p.checkReused === true,
         onProgress: (pr) => ctx.progress(pr.doneBytes, pr.totalBytes),

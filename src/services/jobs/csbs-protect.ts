@@ -20,6 +20,9 @@ export function csbsProtectJob(d: CsbsJobDeps): JobHandler<'csbsProtect'> {
       const attached = await d.catalog.servers.attachments(item.serverId);
       const volumes: Volume[] = [];
       for (const a of attached) volumes.push((await d.catalog.volumes.getVolumeById(a.volumeId))!);
+      // A running guest's disk cannot be copied as a file at the snapshot moment (its QEMU holds it).
+      const running = volumes.find((v) => v.qmp);
+      if (running) throw new AppError(ErrorCode.VolumeInvalidState, `volume ${running.id} of server ${item.serverId} is the disk of a running guest (QMP); server backups of such servers are not supported yet: back the volume up through VBS`);
       const snapDir = path.join(d.dataDir, 'snapshots', `csbs-${item.id}`);
       await fs.mkdir(snapDir, { recursive: true });
       const env = d.hookEnv(item, volumes.map((v) => v.path));
