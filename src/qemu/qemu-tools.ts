@@ -73,8 +73,19 @@ export interface ImageInfo {
   dataFile: string | null;
 }
 
+/**
+ * Refuses a qcow2 image that names another file: an external data file or a backing file. Such a
+ * name in a header could point at any file of the host, which QEMU would then read and write.
+ */
+export async function checkStandAlone(file: string, fd: number | undefined, signal?: AbortSignal, opts: { backing?: boolean } = {}): Promise<void> {
+  const info = await imageInfo(file, { format: 'qcow2', ...(fd === undefined ? {} : { fd }), ...(signal ? { signal } : {}) });
+  if (info.dataFile !== null) throw new AppError(ErrorCode.VolumePathRefused, `qcow2 image ${file} now keeps its data in another file (${info.dataFile}); Haven uses stand-alone images only`);
+  if (opts.backing !== false && info.backingFilename !== null) throw new AppError(ErrorCode.VolumePathRefused, `qcow2 image ${file} now names a backing file (${info.backingFilename}); Haven uses stand-alone images only`);
+}
+
 /** Resizes a qcow2 image's virtual size (growing only). */
 export async function growQcow2(file: string, sizeBytes: number, opts: { signal?: AbortSignal } = {}): Promise<void> {
+  await checkStandAlone(file, undefined, opts.signal);
   await runTool('qemu-img', ['resize', '-q', '-f', 'qcow2', file, String(sizeBytes)], { ...(opts.signal ? { signal: opts.signal } : {}), code: ErrorCode.TargetUnwritable, timeoutMs: 60_000 });
 }
 
@@ -167,6 +178,10 @@ export class QemuNbdServer {
 
   static async start(file: string, opts: NbdServerOptions): Promise<QemuNbdServer> {
     throwIfAborted(opts.signal);
+    // A service volume's header is read again before each use: one rewritten since adoption to name
+    // an external data file is refused (QEMU opens it whatever the options say; a backing file it
+    // does not, with "backing": null below).
+    if (opts.fd !== undefined && opts.format === 'qcow2') await checkStandAlone(file, opts.fd, opts.signal, { backing: false });
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'haven-nbd-'));
     const sock = path.join(dir, 'nbd.sock');
     const image =
