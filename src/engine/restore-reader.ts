@@ -256,17 +256,25 @@ async function restoreLocked(repo: Repository, manifest: BackupManifest, targetP
   // Nothing touches the target before the backup is known to be whole: a restore that cannot
   // finish must not have destroyed the volume's old contents first.
   let preread: Awaited<ReturnType<typeof checkWhole>>;
-  try {
-    preread = await checkWhole(repo, map, manifest, what, signal);
-  } catch (err) {
-    // A GC that finished just before this restore's lock may have moved chunks: look once more.
-    if (!isAppError(err, ErrorCode.ChunkMissing)) throw err;
-    map = (await repo.loadChunkMap()).map;
-    mapGeneration++;
-    preread = await checkWhole(repo, map, manifest, what, signal);
-  }
   const fileSize = Math.max(manifest.sizeBytes, opts.targetSizeBytes ?? 0);
-  const target = opts.format === 'qcow2' ? await openImageTarget(targetPath, opts.guard ? manifest.sizeBytes : fileSize, opts.guard, signal) : await openTarget(targetPath, manifest.sizeBytes, fileSize, opts.guard);
+  let target: Target;
+  // A failure up to here left the target as it was: the error says so (details.targetUntouched),
+  // so a caller can tell a volume still whole from one half written.
+  try {
+    try {
+      preread = await checkWhole(repo, map, manifest, what, signal);
+    } catch (err) {
+      // A GC that finished just before this restore's lock may have moved chunks: look once more.
+      if (!isAppError(err, ErrorCode.ChunkMissing)) throw err;
+      map = (await repo.loadChunkMap()).map;
+      mapGeneration++;
+      preread = await checkWhole(repo, map, manifest, what, signal);
+    }
+    target = opts.format === 'qcow2' ? await openImageTarget(targetPath, opts.guard ? manifest.sizeBytes : fileSize, opts.guard, signal) : await openTarget(targetPath, manifest.sizeBytes, fileSize, opts.guard);
+  } catch (err) {
+    if (ownPool) await pool.close();
+    throw isAppError(err) ? new AppError(err.code, err.message, { cause: err.cause, details: { ...err.details, targetUntouched: true } }) : err;
+  }
   const chunkSize = manifest.chunkSizeBytes;
   const gap = opts.coalesceGapBytes ?? 256 * 1024;
   // Format 1: the whole-volume SHA-256 of what is written; format 2: the volume digest of the

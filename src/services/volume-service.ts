@@ -119,10 +119,6 @@ export class VolumeService {
    * `qemu-img convert`); jobs open it without one.
    */
   async manageVolume(projectId: string, input: { sourceName: string; name?: string | null | undefined; description?: string | null | undefined; bootable?: boolean | undefined; metadata?: Record<string, string> | undefined; format?: VolumeFormat | undefined; qmp?: { socket: string; node: string } | undefined }): Promise<Volume> {
-    // The disk of a running guest: its format and size are what its QEMU says of the node.
-    const guest = input.qmp ? await this.guestNode(input.qmp, input.sourceName) : null;
-    if (guest && input.format !== undefined && input.format !== guest.format) throw new AppError(ErrorCode.VolumePathRefused, `node ${input.qmp!.node} is a ${guest.format} image, not ${input.format}`);
-    const format: VolumeFormat = guest?.format ?? input.format ?? 'raw';
     const requested = input.sourceName;
     if (!path.isAbsolute(requested)) throw new AppError(ErrorCode.VolumePathRefused, `ref.source-name must be an absolute path, got ${requested}`);
     if (requested.split('/').includes('..')) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} contains ".."`);
@@ -130,6 +126,10 @@ export class VolumeService {
     const roots = this.files.volumeRoots;
     const root = roots.find((r) => normal !== r && isUnder(normal, r));
     if (!root) throw new AppError(ErrorCode.VolumePathRefused, roots.length ? `path ${requested} is not under a volume root (HAVEN_VOLUME_ROOTS: ${roots.join(':')})` : 'no volume roots are configured (HAVEN_VOLUME_ROOTS), so no path can be adopted');
+    // The disk of a running guest: its format and size are what its QEMU says of the node.
+    const guest = input.qmp ? await this.guestNode(input.qmp, normal) : null;
+    if (guest && input.format !== undefined && input.format !== guest.format) throw new AppError(ErrorCode.VolumePathRefused, `node ${input.qmp!.node} is a ${guest.format} image, not ${input.format}`);
+    const format: VolumeFormat = guest?.format ?? input.format ?? 'raw';
     const opened = await this.files.openForAdoption(normal);
     let sizeBytes: number;
     try {

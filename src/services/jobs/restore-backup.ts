@@ -47,7 +47,11 @@ export function restoreBackupJob(d: BackupJobDeps): JobHandler<'bksRestoreBackup
       await d.catalog.transaction(async (c) => {
         if (damaged) await c.backups.applyBackupEvent(p.backupId, 'restoreFoundDamage', now, { failReason: reason });
         else await c.backups.applyBackupEvent(p.backupId, 'failRestore', now);
-        await c.volumes.transitionVolume(p.volumeId, ['restoring-backup'], 'error_restoring', now);
+        // A restore that failed before it wrote anything (the backup found incomplete, the target
+        // refused, e.g. by QEMU's lock on a running guest's image) leaves the volume whole: available.
+        // Not when the volume's path no longer leads to its file: that volume needs the admin.
+        const untouched = isAppError(err) && err.details?.targetUntouched === true && !isAppError(err, ErrorCode.VolumePathRefused);
+        await c.volumes.transitionVolume(p.volumeId, ['restoring-backup'], untouched ? 'available' : 'error_restoring', now);
       });
       return { ...jobFailure(err, 'RestoreBackup Task-fail: '), failReason: `RestoreBackup Task-fail: ${reason}` };
     },
