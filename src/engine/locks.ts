@@ -98,7 +98,8 @@ export class RepositoryLock {
   }
 }
 
-function processAlive(pid: number): boolean {
+/** Whether a process of this host is alive (EPERM: it is, and another user's). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

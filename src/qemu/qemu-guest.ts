@@ -22,6 +22,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { AppError, ErrorCode } from '../domain/errors.ts';
+import { processAlive } from '../engine/locks.ts';
 import { NbdVolumeSource } from '../engine/nbd-volume-source.ts';
 import { NbdClient } from './nbd-client.ts';
 import { QmpClient, QmpError } from './qmp-client.ts';
@@ -119,19 +120,10 @@ async function lockDisk(key: string, what: string): Promise<{ path: string; rele
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw new AppError(ErrorCode.VolumeUnreadable, `cannot lock ${what} for a backup (${lockPath}): ${(err as Error).message}`, { cause: err });
     }
     const pid = Number((await fs.readFile(lockPath, 'utf8').catch(() => '')).trim());
-    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) {
+    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) {
       throw new AppError(ErrorCode.BackupInProgress, `another Haven backup of ${what} is running (pid ${pid}); one at a time`);
     }
     await fs.rm(lockPath, { force: true }); // its holder is gone
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
