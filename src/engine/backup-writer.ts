@@ -27,7 +27,7 @@ import { PackWriter } from './pack-writer.ts';
 import { INDEX_SEGMENT_CHUNKS, type Repository } from './repository.ts';
 import type { VolumeSource } from './volume-source.ts';
 import { isHole, type Extent } from './volume-extents.ts';
-import { ChunkAction, fetchPreviousChunks, ParentIndex, planBatch, type ChangedBlocks } from './changed-blocks.ts';
+import { ChunkAction, fetchPreviousChunks, ParentIndex, planBatch, sampleUnchanged, type ChangedBlocks } from './changed-blocks.ts';
 import { ChunkMap } from './chunk-map.ts';
 import { SlotPool } from './slot-pool.ts';
 import { VolumeDigest } from './volume-digest.ts';
@@ -72,6 +72,8 @@ export interface BackupResult {
   readBytes: number;
   /** True when only the blocks the source reported changed since the parent were read. */
   changedBlockTracking: boolean;
+  /** Why the source's changes were not used though it had them: a sampled unchanged chunk differed. */
+  changedBlockTrackingDistrusted?: string;
 }
 
 const NEW_LOC = { packNo: 0xfffffffe, offset: 0, length: 0, rawLength: 0 };
@@ -141,13 +143,26 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
     const extents = (await source.dataExtents?.(internal.signal)) ?? null;
     // Changed-block tracking (changed-blocks.ts): only when the source's changes are counted from
     // this very parent, of the same size.
+    let readBytes = 0;
     let cbt: { changes: ChangedBlocks; parent: ParentIndex; cursor: { next: number } } | null = null;
     if (parent && parent.sizeBytes === sizeBytes) {
       const changes = (await source.changedBlocks?.(internal.signal)) ?? null;
       if (changes && changes.sinceBackupId === parent.id) cbt = { changes, parent: new ParentIndex(repo, parent), cursor: { next: 0 } };
     }
+    // The changes are checked against a random sample of chunks they call unchanged; one that
+    // differs means the tracking missed a change, and the whole volume is read.
+    let cbtDistrusted: string | null = null;
+    if (cbt) {
+      const sample = await sampleUnchanged(source, new ParentIndex(repo, cbt.parent.manifest), cbt.changes, {
+        sizeBytes, chunkSize, isHole: (start, length) => extents !== null && isHole(extents, start, length), pool, digest: repo.chunkDigest, signal: internal.signal,
+      });
+      readBytes += sample.readBytes;
+      if (sample.mismatch !== null) {
+        cbtDistrusted = `chunk ${sample.mismatch} changed though the changed-block tracking said it had not; the whole volume was read`;
+        cbt = null;
+      }
+    }
     const usable = (d: Uint8Array, off: number): boolean => map.has(d, off) && !condemned.digests.has(d, off) && !quarantine.applies(map, d, off);
-    let readBytes = 0;
     for (let pos = 0; pos < sizeBytes && failure === undefined; pos += batchBytes) {
       const batchSlot = await slots.take();
       if (failure !== undefined || batchSlot === null) break;
@@ -376,7 +391,7 @@ export async function writeBackup(repo: Repository, source: VolumeSource, opts: 
     stats.storedBytes += manifestBytes;
     stats.objectsWritten += 1;
     stats.durationMs = Math.round(performance.now() - started);
-    return { manifest, stats, checkedChunks: checker?.checkedChunks ?? 0, damagedChunks: checker?.damagedChunks ?? 0, readBytes, changedBlockTracking: cbt !== null };
+    return { manifest, stats, checkedChunks: checker?.checkedChunks ?? 0, damagedChunks: checker?.damagedChunks ?? 0, readBytes, changedBlockTracking: cbt !== null, ...(cbtDistrusted ? { changedBlockTrackingDistrusted: cbtDistrusted } : {}) };
   } finally {
     signal?.removeEventListener('abort', onAbort);
     if (ownPool) await pool.close();

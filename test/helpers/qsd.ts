@@ -5,6 +5,7 @@
  * Also a QMP proxy that can hold the reply to one of Haven's commands, so a test can act at an exact
  * point of a backup (after its point in time, before it reads anything).
  */
+import { CBT_SAMPLE_CHUNKS } from '../../src/engine/changed-blocks.ts';
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
 import * as net from 'node:net';
@@ -363,5 +364,6 @@ export function changedReadBounds(blocks: Iterable<number>, chunkSize: number, s
     const len = Math.min(chunkSize, sizeBytes - c * chunkSize);
     max += d * 2 >= len ? len : d;
   }
-  return { dirtyBytes: n * 4096, maxReadBytes: max };
+  // Plus the sample of unchanged chunks a backup with changed-block tracking checks first.
+  return { dirtyBytes: n * 4096, maxReadBytes: max + CBT_SAMPLE_CHUNKS * chunkSize };
 }

@@ -5,6 +5,7 @@
  * compared with the disk as the guest sees it (read through the same export), or with a copy taken
  * while no writes ran.
  */
+import { CBT_SAMPLE_CHUNKS } from '../../src/engine/changed-blocks.ts';
 import assert from 'node:assert/strict';
 import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
@@ -252,7 +253,7 @@ describe('haven backup --qmp: a running guest (qemu-storage-daemon)', { skip: no
       assert.equal(b3.kind, 'incremental');
       assert.equal(b3.parentId, b2.id);
       assert.equal(b3.changedBlockTracking, true);
-      assert.equal(b3.readBytes, 0);
+      assert.ok(b3.readBytes <= CBT_SAMPLE_CHUNKS * chunkSize, `readBytes ${b3.readBytes}: only the sample of unchanged chunks`);
       assert.equal(b3.volumeDigest, b2.volumeDigest);
       assertBookkeeping(await g.state(), b3.id);
       const mine = await list(g);

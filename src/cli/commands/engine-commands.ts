@@ -168,9 +168,10 @@ export function registerEngineCommands(program: Command): void {
         const progress = progressReporter('backup ', !o.json);
         let ok = false;
         try {
-          const { manifest, stats, checkedChunks, damagedChunks, readBytes, changedBlockTracking } = await writeBackup(repo, source, { volume: volume!, previous, backupId, full: o.full ?? false, checkReused: o.full ?? false, pool, signal, onProgress: progress.onProgress });
+          const { manifest, stats, checkedChunks, damagedChunks, readBytes, changedBlockTracking, changedBlockTrackingDistrusted } = await writeBackup(repo, source, { volume: volume!, previous, backupId, full: o.full ?? false, checkReused: o.full ?? false, pool, signal, onProgress: progress.onProgress });
           ok = true;
           progress.stop();
+          if (changedBlockTrackingDistrusted) fullReadReason = changedBlockTrackingDistrusted;
           if (!o.json && fullReadReason && previous) process.stderr.write(`haven: read the whole disk: ${fullReadReason}\n`);
           out(o.json, {
             id: manifest.id, volumeId: volume!.id, volumeName: volume!.name, kind: manifest.kind, parentId: manifest.parentId,
