@@ -88,6 +88,17 @@ async function findNode(q: QmpClient, node: string): Promise<NodeInfo> {
   return n;
 }
 
+/** What a guest's QEMU says of one of its block nodes: driver, image file and virtual size (for adoption). */
+export async function guestNodeInfo(qmpSocket: string, node: string): Promise<{ drv: string; file: string; sizeBytes: number }> {
+  const q = await QmpClient.connect(qmpSocket);
+  try {
+    const n = await findNode(q, node);
+    return { drv: n.drv, file: n.file, sizeBytes: Number(n.image?.['virtual-size'] ?? 0) };
+  } finally {
+    await q.close();
+  }
+}
+
 /**
  * Removes what an interrupted backup of this node left in the guest's QEMU: exports, jobs, fleece
  * nodes named with the node's tag. Another node's (a backup of another disk of the guest, perhaps

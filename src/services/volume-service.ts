@@ -12,7 +12,7 @@ import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { newUuid } from '../domain/ids.ts';
 import type { Snapshot, Volume, VolumeFormat } from '../domain/model.ts';
 import { createQcow2, growQcow2, imageInfo } from '../qemu/qemu-tools.ts';
-import { QmpClient } from '../qemu/qmp-client.ts';
+import { guestNodeInfo } from '../qemu/qemu-guest.ts';
 import { checkFileSystemAllows, checkVolumeSize, type VolumeLimits } from './volume-limits.ts';
 import { blockDeviceSize } from '../engine/volume-source.ts';
 import { fileIdOf, isUnder } from '../engine/volume-file.ts';
@@ -170,24 +170,15 @@ export class VolumeService {
     if (!path.isAbsolute(qmp.socket) || qmp.socket.split('/').includes('..')) throw new AppError(ErrorCode.VolumePathRefused, `ref.qmp_socket must be an absolute path without "..", got ${qmp.socket}`);
     const st = await fs.stat(qmp.socket).catch(() => null);
     if (!st?.isSocket()) throw new AppError(ErrorCode.VolumePathRefused, `ref.qmp_socket ${qmp.socket} is not a socket`);
-    let q: QmpClient;
-    try {
-      q = await QmpClient.connect(qmp.socket);
-    } catch (err) {
-      throw new AppError(ErrorCode.VolumePathRefused, `cannot talk QMP over ${qmp.socket}: ${(err as Error).message}`, { cause: err });
-    }
-    try {
-      const nodes = await q.execute<Array<{ 'node-name': string; drv: string; file: string; image?: { 'virtual-size': number } }>>('query-named-block-nodes', { flat: true });
-      const n = nodes.find((x) => x['node-name'] === qmp.node);
-      if (!n) throw new AppError(ErrorCode.VolumePathRefused, `QEMU at ${qmp.socket} has no block node ${JSON.stringify(qmp.node)}`);
-      if (n.drv !== 'qcow2' && n.drv !== 'raw') throw new AppError(ErrorCode.VolumePathRefused, `node ${qmp.node} is a ${n.drv} node; adopt the guest's qcow2 or raw format node`);
-      const real = await fs.realpath(n.file).catch(() => n.file);
-      const adopted = await fs.realpath(sourceName).catch(() => sourceName);
-      if (real !== adopted) throw new AppError(ErrorCode.VolumePathRefused, `node ${qmp.node} is the image ${n.file}, not ${sourceName}`);
-      return { format: n.drv, sizeBytes: Number(n.image?.['virtual-size'] ?? 0) };
-    } finally {
-      await q.close();
-    }
+    // QEMU's answer (or its silence) is a reason to refuse the adoption, said in QEMU's words.
+    const n = await guestNodeInfo(qmp.socket, qmp.node).catch((err: unknown) => {
+      throw new AppError(ErrorCode.VolumePathRefused, (err as Error).message, { cause: err });
+    });
+    if (n.drv !== 'qcow2' && n.drv !== 'raw') throw new AppError(ErrorCode.VolumePathRefused, `node ${qmp.node} is a ${n.drv} node; adopt the guest's qcow2 or raw format node`);
+    const real = await fs.realpath(n.file).catch(() => n.file);
+    const adopted = await fs.realpath(sourceName).catch(() => sourceName);
+    if (real !== adopted) throw new AppError(ErrorCode.VolumePathRefused, `node ${qmp.node} is the image ${n.file}, not ${sourceName}`);
+    return { format: n.drv, sizeBytes: n.sizeBytes };
   }
 
   /**

@@ -3,6 +3,7 @@
  * own (so a test holds its PID and may stop or kill it), and the qemu-nbd processes still running
  * for a folder (read from /proc, never by a broad name match that could touch others' processes).
  */
+import { processAlive } from '../../src/engine/locks.ts';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fs, readdirSync, readFileSync } from 'node:fs';
@@ -85,14 +86,7 @@ export function qemuNbdProcesses(needle: string): number[] {
 }
 
 /** Whether a process with this PID still exists (a zombie counts until its parent reaps it). */
-export function processExists(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+export const processExists = processAlive;
 
 /** A qemu-nbd the test started itself, on a Unix socket in `dir`. */
 export interface OwnQemuNbd {
