@@ -71,6 +71,9 @@ const DEFAULT_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.ServerInOtherPolicy]: 400,
   [ErrorCode.PolicyHasNoServer]: 500,
   [ErrorCode.NoSpace]: 507,
+  [ErrorCode.HostUnavailable]: 503,
+  [ErrorCode.AgentNotFound]: 404,
+  [ErrorCode.WorkNotHeld]: 409,
 };
 
 /** Per route: domain code -> [OTC code, HTTP status]. */

@@ -25,6 +25,7 @@ import type { ServerBackupService } from '../services/server-backup-service.ts';
 import type { CsbsPolicyService } from '../services/csbs-policy-service.ts';
 import type { CsbsTagService } from '../services/csbs-tag-service.ts';
 import type { QuotaService } from '../services/quota-service.ts';
+import type { AgentService } from '../services/agent-service.ts';
 import { ApiError, envelope, isClientError, replyForError, type Envelope, type RouteErrorCodes, type ValidationCodes } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import { registerIdentityRoutes } from './identity/identity.routes.ts';
@@ -40,6 +41,7 @@ import { registerServerRoutes } from './nova/servers.routes.ts';
 import { registerCheckpointRoutes } from './csbs/checkpoints.routes.ts';
 import { registerCsbsPolicyRoutes } from './csbs/policies.routes.ts';
 import { registerCsbsTagRoutes } from './csbs/tags.routes.ts';
+import { registerAgentRoutes } from './agents.routes.ts';
 
 export interface ApiServices {
   config: Config;
@@ -53,6 +55,7 @@ export interface ApiServices {
   csbsPolicies: CsbsPolicyService;
   csbsTags: CsbsTagService;
   quotas: QuotaService;
+  agents: AgentService;
   metrics: Metrics;
   /** Health of the parts /healthz reports on. */
   health(): Promise<Record<string, string>>;
@@ -64,8 +67,8 @@ export interface ApiServices {
  * 'projectOrCloudAdmin': scoped to the path's project, or the cloud admin (e.g. another project's
  * quotas). The admin role on any other project is a role on that project only.
  */
-export type AuthMode = 'none' | 'token' | 'project' | 'projectOrCloudAdmin' | 'cloudAdmin';
-const AUTH_MODES: readonly AuthMode[] = ['none', 'token', 'project', 'projectOrCloudAdmin', 'cloudAdmin'];
+export type AuthMode = 'none' | 'token' | 'project' | 'projectOrCloudAdmin' | 'cloudAdmin' | 'agent';
+const AUTH_MODES: readonly AuthMode[] = ['none', 'token', 'project', 'projectOrCloudAdmin', 'cloudAdmin', 'agent'];
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -76,6 +79,8 @@ declare module 'fastify' {
   }
   interface FastifyRequest {
     auth: AuthContext | null;
+    /** An agent's host, from its token (routes with auth 'agent'). */
+    agentHost: string | null;
   }
 }
 
@@ -141,6 +146,7 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   app.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? bodyAjv : queryAjv).compile(schema));
 
   app.decorateRequest('auth', null);
+  app.decorateRequest('agentHost', null);
   app.addHook('onRequest', (req, reply, done) => {
     reply.header('x-openstack-request-id', req.id);
     done();
@@ -196,6 +202,19 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   app.addHook('onRequest', (req, _reply, done) => {
     const mode = req.routeOptions.config.auth ?? (req.is404 ? 'none' : 'project');
     if (mode === 'none') return done();
+    if (mode === 'agent') {
+      // Agents carry their own credential (services/agent-service.ts), never a user's token.
+      const bearer = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
+      if (!bearer) return done(new ApiError(401, 'The request you have made requires an agent token (Authorization: Bearer hvagent_…).') as unknown as FastifyError);
+      services.agents.authenticate(bearer).then(
+        (a) => {
+          req.agentHost = a.host;
+          done();
+        },
+        (err: unknown) => done((isClientError(err) ? new ApiError(401, 'The agent token is not valid.') : err) as FastifyError),
+      );
+      return;
+    }
     const token = req.headers['x-auth-token'];
     if (typeof token !== 'string' || !token) return done(new ApiError(401, 'The request you have made requires authentication.', 'AutoBackup.0002') as unknown as FastifyError);
     const cached = services.identity.peekToken(token);
@@ -291,5 +310,6 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   registerCheckpointRoutes(app, services);
   registerCsbsPolicyRoutes(app, services);
   registerCsbsTagRoutes(app, services);
+  registerAgentRoutes(app, services);
   return app;
 }

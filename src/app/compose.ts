@@ -33,6 +33,10 @@ import { AppError, ErrorCode } from '../domain/errors.ts';
 import { pino, type Logger as PinoLogger } from 'pino';
 import { VolumeService } from '../services/volume-service.ts';
 import { VolumeFiles } from '../services/volume-files.ts';
+import { LocalVolumeHost } from '../services/local-volume-host.ts';
+import { VolumeHosts } from '../services/volume-hosts.ts';
+import { AgentService } from '../services/agent-service.ts';
+import { HAVEN_VERSION, hostCapabilities } from '../agent/capabilities.ts';
 import { PolicyService } from '../services/policy-service.ts';
 import { SharingService } from '../services/sharing-service.ts';
 import { ServerService } from '../services/server-service.ts';
@@ -131,7 +135,11 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     });
     // Haven's own folders are never volumes, whatever HAVEN_VOLUME_ROOTS says.
     const files = new VolumeFiles({ dataDir: config.dataDir, volumeRoots: config.volumeRoots, privateDirs: isS3Url(config.repositoryUrl) ? [] : [config.repositoryUrl] });
-    const volumes = new VolumeService(catalog, clock, files, { availabilityZone: config.availabilityZone });
+    // This process holds volumes itself (the embedded default) unless it is a control plane of agents only.
+    const local = config.localAgent ? new LocalVolumeHost({ host: config.hostName, files, engine, dataDir: config.dataDir, freezeCommand: config.freezeCommand, thawCommand: config.thawCommand }) : null;
+    const hosts = new VolumeHosts(catalog, clock, local, { localName: config.hostName, leaseMs: config.agentLeaseSeconds * 1000 });
+    const agents = new AgentService(catalog, clock, { leaseMs: config.agentLeaseSeconds * 1000 });
+    const volumes = new VolumeService(catalog, clock, hosts, { availabilityZone: config.availabilityZone });
     let runner: JobRunner | null = null;
     const quotas = new QuotaService(catalog, { volumes: config.quotaVolumes, gigabytes: config.quotaGigabytes, backups: config.quotaBackups, backup_gigabytes: config.quotaBackupGigabytes, per_volume_gigabytes: config.maxVolumeGb });
     volumes.limits = { quotas, maxVolumeGb: config.maxVolumeGb };
@@ -141,10 +149,10 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
       jobCancelled: (jobId, reason) => runner?.cancel(jobId, reason),
       backupFinished: (b) => metrics.observeBackup(b),
       backupSucceeded: async (b) => policiesRef?.applyRetention(b),
-    }, log, files);
+    }, log, hosts);
     const policies = new PolicyService(catalog, clock, backups, config.maxPoliciesPerProject);
     policiesRef = policies;
-    const serverBackups = new ServerBackupService(catalog, clock, backups, { dataDir: config.dataDir, files, freezeCommand: config.freezeCommand, thawCommand: config.thawCommand }, () => runner?.wake());
+    const serverBackups = new ServerBackupService(catalog, clock, backups, { hosts }, () => runner?.wake());
     const csbsPolicies = new CsbsPolicyService(catalog, clock, serverBackups, (pattern) => {
       try {
         parsePattern(pattern);
@@ -170,6 +178,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const server = await buildServer({
       config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), servers: new ServerService(catalog, clock, config.availabilityZone), serverBackups, csbsPolicies, csbsTags: new CsbsTagService(catalog), metrics,
       quotas,
+      agents,
       health: async () => {
         const parts: Record<string, string> = {};
         try {
@@ -195,6 +204,20 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const r = runner;
     const purge = setInterval(() => identity.purgeExpiredTokens().catch((err: unknown) => log.warn({ err }, 'purging expired tokens failed')), 3600_000);
     purge.unref();
+    // The embedded agent: this host is listed with the others (GET /haven/v1/agents) and takes new volumes.
+    let localBeat: NodeJS.Timeout | null = null;
+    if (local && jobsStarted) {
+      const info = { version: HAVEN_VERSION, volumeRoots: config.volumeRoots, capabilities: hostCapabilities() };
+      const existing = await catalog.agents.getAgent(config.hostName);
+      // A `haven agent` registered under this host's name keeps its registration.
+      if (!existing || existing.embedded) await agents.register(config.hostName, info, true);
+      localBeat = setInterval(() => {
+        catalog.agents.getAgent(config.hostName).then(async (a) => {
+          if (a?.embedded) await catalog.agents.heartbeat(config.hostName, a.session, clock.now());
+        }).catch((err: unknown) => log.warn({ err }, 'the embedded agent\'s heartbeat failed'));
+      }, Math.max(1000, (config.agentLeaseSeconds * 1000) / 3));
+      localBeat.unref();
+    }
     const metricsServer = config.metricsPort ? buildMetricsServer(metrics) : null;
     return {
       config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, adminPasswordFile, adminPasswordShared,
@@ -207,6 +230,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
       metricsServer,
       async close() {
         clearInterval(purge);
+        if (localBeat) clearInterval(localBeat);
         await scheduler.stop();
         await server.close();
         await metricsServer?.close();

@@ -9,6 +9,7 @@ import { PolicyQueries } from './policy-queries.ts';
 import { ServerQueries } from './server-queries.ts';
 import { CheckpointQueries } from './checkpoint-queries.ts';
 import { CsbsPolicyQueries } from './csbs-policy-queries.ts';
+import { AgentQueries } from './agent-queries.ts';
 import type { SqlDatabase, SqlExecutor } from './sql.ts';
 import { VolumeQueries } from './volume-queries.ts';
 
@@ -27,6 +28,7 @@ export class CatalogQueries {
   readonly servers: ServerQueries;
   readonly checkpoints: CheckpointQueries;
   readonly csbsPolicies: CsbsPolicyQueries;
+  readonly agents: AgentQueries;
   private readonly inTransaction: boolean;
   constructor(exec: SqlExecutor, dialect: SqlDatabase['dialect'], inTransaction = true) {
     this.exec = exec;
@@ -40,6 +42,7 @@ export class CatalogQueries {
     this.servers = new ServerQueries(exec);
     this.checkpoints = new CheckpointQueries(exec);
     this.csbsPolicies = new CsbsPolicyQueries(exec);
+    this.agents = new AgentQueries(exec);
   }
 
   /**

@@ -3,12 +3,12 @@ import type { Snapshot, SnapshotStatus, Volume, VolumeFormat, VolumeStatus } fro
 import type { SqlExecutor } from './sql.ts';
 import { LIMIT_OFFSET } from './paging.ts';
 
-interface VolumeRow { id: string; project_id: string; name: string | null; description: string | null; size_gb: number; size_bytes: number; path: string; adopted: number; file_id: string | null; format: VolumeFormat; qmp_socket: string | null; qmp_node: string | null; status: VolumeStatus; bootable: number; availability_zone: string; metadata: string; created_at: number; updated_at: number }
+interface VolumeRow { id: string; project_id: string; name: string | null; description: string | null; size_gb: number; size_bytes: number; path: string; adopted: number; file_id: string | null; format: VolumeFormat; qmp_socket: string | null; qmp_node: string | null; host: string | null; status: VolumeStatus; bootable: number; availability_zone: string; metadata: string; created_at: number; updated_at: number }
 interface SnapshotRow { id: string; project_id: string; volume_id: string; name: string | null; description: string | null; size_gb: number; path: string; format: VolumeFormat; status: SnapshotStatus; created_at: number; updated_at: number }
 
 const toVolume = (r: VolumeRow): Volume => ({
   id: r.id, projectId: r.project_id, name: r.name, description: r.description, sizeGb: Number(r.size_gb), sizeBytes: Number(r.size_bytes), path: r.path,
-  adopted: !!r.adopted, fileId: r.file_id ?? null, format: r.format ?? 'raw', qmp: r.qmp_socket && r.qmp_node ? { socket: r.qmp_socket, node: r.qmp_node } : null, status: r.status, bootable: !!r.bootable, availabilityZone: r.availability_zone, metadata: JSON.parse(r.metadata) as Record<string, string>,
+  adopted: !!r.adopted, fileId: r.file_id ?? null, format: r.format ?? 'raw', qmp: r.qmp_socket && r.qmp_node ? { socket: r.qmp_socket, node: r.qmp_node } : null, host: r.host ?? null, status: r.status, bootable: !!r.bootable, availabilityZone: r.availability_zone, metadata: JSON.parse(r.metadata) as Record<string, string>,
   createdAt: Number(r.created_at), updatedAt: Number(r.updated_at),
 });
 const toSnapshot = (r: SnapshotRow): Snapshot => ({
@@ -24,8 +24,8 @@ export class VolumeQueries {
 
   async insertVolume(v: Volume): Promise<void> {
     await this.db.run(
-      'INSERT INTO volumes (id, project_id, name, description, size_gb, size_bytes, path, adopted, file_id, format, qmp_socket, qmp_node, status, bootable, availability_zone, metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-      [v.id, v.projectId, v.name, v.description, v.sizeGb, v.sizeBytes, v.path, v.adopted ? 1 : 0, v.fileId, v.format, v.qmp?.socket ?? null, v.qmp?.node ?? null, v.status, v.bootable ? 1 : 0, v.availabilityZone, JSON.stringify(v.metadata), v.createdAt, v.updatedAt],
+      'INSERT INTO volumes (id, project_id, name, description, size_gb, size_bytes, path, adopted, file_id, format, qmp_socket, qmp_node, host, status, bootable, availability_zone, metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      [v.id, v.projectId, v.name, v.description, v.sizeGb, v.sizeBytes, v.path, v.adopted ? 1 : 0, v.fileId, v.format, v.qmp?.socket ?? null, v.qmp?.node ?? null, v.host, v.status, v.bootable ? 1 : 0, v.availabilityZone, JSON.stringify(v.metadata), v.createdAt, v.updatedAt],
     );
   }
 
@@ -116,6 +116,11 @@ export class VolumeQueries {
   async transitionSnapshot(id: string, from: readonly SnapshotStatus[], to: SnapshotStatus, nowMs: number): Promise<boolean> {
     const marks = from.map(() => '?').join(', ');
     return (await this.db.run(`UPDATE snapshots SET status = ?, updated_at = ? WHERE id = ? AND status IN (${marks})`, [to, nowMs, id, ...from])).changes === 1;
+  }
+
+  /** The file the host made for a snapshot (set once, while it is `creating`). */
+  async setSnapshotPath(id: string, path: string): Promise<void> {
+    await this.db.run("UPDATE snapshots SET path = ? WHERE id = ? AND status = 'creating'", [path, id]);
   }
 
   async deleteSnapshot(id: string): Promise<void> {

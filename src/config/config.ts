@@ -5,6 +5,7 @@
  * environment variables. Every setting is listed in SETTINGS with its environment name, so the README
  * table, the file keys and the validation all come from one place.
  */
+import { hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { AppError, ErrorCode } from '../domain/errors.ts';
@@ -65,6 +66,14 @@ export interface Config {
   tlsKey: string;
   /** Listen on a non-loopback address without TLS (a TLS proxy in front). */
   allowPlaintext: boolean;
+  /** This host's name: its volumes' host, and the agent's (default: the system's host name). */
+  hostName: string;
+  /** `haven serve` holds volumes itself (the embedded default); false for a control plane of agents only. */
+  localAgent: boolean;
+  agentLeaseSeconds: number;
+  /** `haven agent`: the control plane's URL and the file holding this host's agent token. */
+  controlUrl: string;
+  agentTokenFile: string;
 }
 
 type Kind = 'string' | 'int' | 'list' | 'bool';
@@ -113,6 +122,11 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'tlsCert', env: 'HAVEN_TLS_CERT', kind: 'string', default: '', help: 'PEM file with the server certificate (and its chain): Haven then serves HTTPS only; re-read on SIGHUP' },
   { key: 'tlsKey', env: 'HAVEN_TLS_KEY', kind: 'string', default: '', help: 'PEM file with the private key of HAVEN_TLS_CERT; re-read on SIGHUP' },
   { key: 'allowPlaintext', env: 'HAVEN_ALLOW_PLAINTEXT', kind: 'bool', default: 'false', help: 'true: serve plain HTTP on a non-loopback HAVEN_HOST (behind a TLS proxy; set HAVEN_PUBLIC_URL to its https URL)' },
+  { key: 'hostName', env: 'HAVEN_HOST_NAME', kind: 'string', default: '', help: 'this host\'s name, which its volumes belong to (default: the system\'s host name); an agent\'s is the one its token names' },
+  { key: 'localAgent', env: 'HAVEN_LOCAL_AGENT', kind: 'bool', default: 'true', help: 'haven serve holds volumes itself, as this host\'s agent (false: a control plane whose volumes are all on hosts running haven agent)' },
+  { key: 'agentLeaseSeconds', env: 'HAVEN_AGENT_LEASE_SECONDS', kind: 'int', default: '30', min: 3, max: 3600, help: 'an agent silent this long is offline: the work it held fails (it heartbeats three times per lease)' },
+  { key: 'controlUrl', env: 'HAVEN_CONTROL_URL', kind: 'string', default: '', help: 'haven agent: the URL of the control plane (haven serve), e.g. https://haven.example:8080' },
+  { key: 'agentTokenFile', env: 'HAVEN_AGENT_TOKEN_FILE', kind: 'string', default: '', help: 'haven agent: the file holding this host\'s agent token (haven agent token create --host NAME)' },
   { key: 'bodyLimitBytes', env: 'HAVEN_BODY_LIMIT', kind: 'int', default: '1048576', min: 1024, help: 'largest request body accepted (bytes; larger: 413)' },
 ];
 
@@ -171,6 +185,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   const config = values as unknown as Config;
   if (!LOG_LEVELS.has(config.logLevel)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_LOG_LEVEL: ${config.logLevel}`);
   config.dataDir = path.resolve(config.dataDir);
+  config.hostName ||= hostname();
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/.test(config.hostName)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_HOST_NAME: ${JSON.stringify(config.hostName)} (letters, digits, ".", "_" and "-")`);
+  if (config.controlUrl && !/^https?:\/\/[^/]+/.test(config.controlUrl)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_CONTROL_URL: expected http(s)://host[:port], got ${JSON.stringify(config.controlUrl)}`);
+  config.controlUrl = config.controlUrl.replace(/\/+$/, '');
   config.volumeRoots = config.volumeRoots.map((r) => path.resolve(r));
   if (config.publicUrl) config.publicUrl = config.publicUrl.replace(/\/+$/, '');
   try {

@@ -74,6 +74,14 @@ export const ErrorCode = {
   HookFailed: 'HOOK_FAILED',
   ServerInOtherPolicy: 'SERVER_IN_OTHER_POLICY',
   PolicyHasNoServer: 'POLICY_HAS_NO_SERVER',
+  // Hosts and agents
+  /** No agent of the volume's host is online (never registered, lease run out, drained). */
+  HostUnavailable: 'HOST_UNAVAILABLE',
+  AgentNotFound: 'AGENT_NOT_FOUND',
+  /** The agent running a job's work stopped renewing its lease or restarted before finishing. */
+  AgentLost: 'AGENT_LOST',
+  /** A work result from an agent session that no longer holds the work. */
+  WorkNotHeld: 'WORK_NOT_HELD',
   /** A failure that is not one of the above (a bug, or an error from a library that was not wrapped). */
   Internal: 'INTERNAL_ERROR',
 } as const;

@@ -30,6 +30,8 @@ export interface Volume {
   format: VolumeFormat;
   /** The disk of a running QEMU guest: its QMP socket and block node (backups go through QMP). */
   qmp: { socket: string; node: string } | null;
+  /** The host whose agent holds the volume's file (null: the control plane's own host, volumes from before agents). */
+  host: string | null;
   status: VolumeStatus;
   bootable: boolean;
   availabilityZone: string;

@@ -14,7 +14,8 @@ import { AppError, ErrorCode } from '../domain/errors.ts';
 import { newHexId, newUuid } from '../domain/ids.ts';
 import { queuedJob, type Job, type JobOf, type JobPayloads, type JobType } from '../domain/job.ts';
 import type { Backup, BackupOrigin, Tag, Volume } from '../domain/model.ts';
-import type { VolumeFiles } from './volume-files.ts';
+import type { VolumeHosts } from './volume-hosts.ts';
+import { fileRef, type BackupSource } from './volume-host.ts';
 import type { BackupEngine } from './backup-engine.ts';
 import type { JobHandlers } from './job-runner.ts';
 import { activeJobsOfBackup } from './backup-jobs.ts';
@@ -52,8 +53,8 @@ export interface BackupServiceEvents {
 }
 
 export class BackupService {
-  /** How jobs reach volume files: guarded opens only (volume-files.ts). */
-  private readonly files: VolumeFiles;
+  /** Where volume files are worked on: this process, or their host's agent (volume-hosts.ts). */
+  private readonly hosts: VolumeHosts;
   private readonly catalog: Catalog;
   private readonly clock: Clock;
   private readonly engine: BackupEngine;
@@ -61,8 +62,8 @@ export class BackupService {
   private readonly events: BackupServiceEvents;
   private readonly log: { warn(o: object, m?: string): void; error(o: object, m?: string): void };
 
-  constructor(catalog: Catalog, clock: Clock, engine: BackupEngine, quotas: Quotas, events: BackupServiceEvents, log: BackupService['log'], files: VolumeFiles) {
-    this.files = files;
+  constructor(catalog: Catalog, clock: Clock, engine: BackupEngine, quotas: Quotas, events: BackupServiceEvents, log: BackupService['log'], hosts: VolumeHosts) {
+    this.hosts = hosts;
     this.catalog = catalog;
     this.clock = clock;
     this.engine = engine;
@@ -258,7 +259,7 @@ export class BackupService {
    * is created, the engine writes the backup, the row becomes available. On failure the row is
    * marked error and the error rethrown.
    */
-  async backupVolumeNow(volume: Volume, sourcePath: string, opts: { name: string; description: string; checkpointItemId: string; full: boolean; signal: AbortSignal; onProgress: (done: number, total: number) => void }): Promise<Backup> {
+  async backupVolumeNow(volume: Volume, source: BackupSource, opts: { name: string; description: string; checkpointItemId: string; full: boolean; jobId: string; signal: AbortSignal; onProgress: (done: number, total: number) => void }): Promise<Backup> {
     const now = this.clock.now();
     const previous = await this.catalog.backups.latestAvailableOfVolume(volume.id);
     const full = opts.full || !previous;
@@ -274,9 +275,12 @@ export class BackupService {
       throw err;
     }
     try {
-      const r = await this.engine.backup(sourcePath, { guard: this.files.snapshotGuard(), format: volume.format, backupId: backup.id, volume: { id: volume.id, name: volume.name ?? volume.id }, previousId: backup.parentId, full, checkReused: opts.full, signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
-      this.events.backupFinished?.({ sizeBytes: r.manifest.sizeBytes, newBytes: r.stats.newBytes, storedBytes: r.stats.storedBytes });
-      await this.catalog.backups.completeBackup(backup.id, { sizeBytes: r.manifest.sizeBytes, storedBytes: r.stats.storedBytes, newBytes: r.stats.newBytes, objectCount: r.stats.objectsWritten, parentId: r.manifest.parentId, dataTimestamp: now, volumeDigest: r.manifest.volumeDigest }, this.clock.now());
+      const r = await this.hosts.of(volume.host).backup(
+        { backupId: backup.id, source, volume: { id: volume.id, name: volume.name ?? volume.id }, previousId: backup.parentId, full, checkReused: opts.full },
+        { signal: opts.signal, jobId: opts.jobId, onProgress: opts.onProgress },
+      );
+      this.events.backupFinished?.({ sizeBytes: r.sizeBytes, newBytes: r.newBytes, storedBytes: r.storedBytes });
+      await this.catalog.backups.completeBackup(backup.id, { sizeBytes: r.sizeBytes, storedBytes: r.storedBytes, newBytes: r.newBytes, objectCount: r.objectsWritten, parentId: r.parentId, dataTimestamp: now, volumeDigest: r.volumeDigest }, this.clock.now());
       return (await this.catalog.backups.getBackupById(backup.id))!;
     } catch (err) {
       await this.catalog.backups.applyBackupEvent(backup.id, 'fail', this.clock.now(), { failReason: failureText(err) });
@@ -286,10 +290,10 @@ export class BackupService {
   }
 
   /** Writes a backup onto a volume now, inside a caller's job (CSBS restores); keeps a larger volume's size. */
-  async restoreVolumeNow(backupId: string, volume: Volume, opts: { signal: AbortSignal; onProgress: (done: number, total: number) => void }): Promise<void> {
-    // The volume's own file, checked on open (never through a link or a swapped file); a file
-    // larger than the backup keeps the volume's size.
-    await this.engine.restore(backupId, volume.path, { guard: this.files.guardOf(volume), format: volume.format, targetSizeBytes: volume.sizeBytes, signal: opts.signal, onProgress: (p) => opts.onProgress(p.doneBytes, p.totalBytes) });
+  async restoreVolumeNow(backupId: string, volume: Volume, opts: { signal: AbortSignal; jobId: string; onProgress: (done: number, total: number) => void }): Promise<void> {
+    // On the volume's host: its own file, checked on open (never through a link or a swapped
+    // file); a file larger than the backup keeps the volume's size.
+    await this.hosts.of(volume.host).restore({ backupId, target: fileRef(volume) }, opts);
   }
 
   /** Deletes a volume backup of a server backup now (CSBS); its chunks go at the next GC. */
@@ -340,7 +344,7 @@ export class BackupService {
   /** The job handlers the runner dispatches to (services/jobs/). */
   handlers(): Pick<JobHandlers, 'bksCreateBackup' | 'bksDeleteBackup' | 'bksRestoreBackup'> {
     const deps: BackupJobDeps = {
-      catalog: this.catalog, clock: this.clock, engine: this.engine, files: this.files, events: this.events, log: this.log,
+      catalog: this.catalog, clock: this.clock, engine: this.engine, hosts: this.hosts, events: this.events, log: this.log,
       collectGarbageSoon: () => this.collectGarbageSoon(),
       restoreVolumeNow: (backupId, volume, opts) => this.restoreVolumeNow(backupId, volume, opts),
     };

@@ -23,6 +23,7 @@ import { jobErrorCode, type Job, type JobOf, type JobType } from '../domain/job.
 
 export interface JobContext {
   signal: AbortSignal;
+  jobId: string;
   progress(doneBytes: number, totalBytes: number): void;
 }
 
@@ -185,7 +186,7 @@ export class JobRunner {
         // a job it did not yet know as running).
         await cancelIfAsked();
         if (ac.signal.aborted) throw ac.signal.reason;
-        const entities = await handler.run(job, { signal: ac.signal, progress: (d, t) => ((done = d), (total = t)) });
+        const entities = await handler.run(job, { signal: ac.signal, jobId: job.id, progress: (d, t) => ((done = d), (total = t)) });
         await retryWhileBusy(() => this.catalog.jobs.heartbeat(job.id, this.owner, this.clock.now(), total, total));
         await retryWhileBusy(() => this.catalog.jobs.finishJob(job.id, this.owner, { status: 'SUCCESS', entities, errorCode: null, failReason: null }, this.clock.now()));
         this.log.info({ jobId: job.id, jobType: job.type, durationMs: this.clock.now() - started }, 'job succeeded');
@@ -212,6 +213,8 @@ export class JobRunner {
       this.log.error({ err: e, jobId: job.id }, 'job failure handling failed');
       failure = { errorCode: ErrorCode.Internal, failReason: (err as Error)?.message ?? String(err) };
     }
+    // Work an agent may still do for it is called off (agents see it with their next heartbeat).
+    await retryWhileBusy(() => this.catalog.agents.cancelWorkOfJob(job.id, `job ${job.id} failed: ${failure.failReason}`)).catch((e: unknown) => this.log.warn({ err: e, jobId: job.id }, 'could not cancel the agents\' work of a failed job'));
     const latest = await retryWhileBusy(() => this.catalog.jobs.getJobById(job.id));
     const entities = { ...(latest?.entities ?? job.entities) };
     await retryWhileBusy(() => this.catalog.jobs.finishJob(job.id, owner, { status: 'FAIL', entities, errorCode: failure.errorCode, failReason: failure.failReason }, this.clock.now()));

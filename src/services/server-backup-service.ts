@@ -7,8 +7,6 @@
  * moment never leak into the backup. Each volume becomes an ordinary backup row (origin csbs,
  * linked to the checkpoint item), visible in VBS lists and deletable only through CSBS.
  */
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { ProjectLock, type Catalog, type CatalogQueries } from '../catalog/catalog.ts';
 import type { ItemFilter } from '../catalog/checkpoint-queries.ts';
@@ -25,17 +23,11 @@ import { csbsDeleteJob } from './jobs/csbs-delete.ts';
 import { csbsProtectJob } from './jobs/csbs-protect.ts';
 import { csbsRestoreJob } from './jobs/csbs-restore.ts';
 import { unsafeServerName } from '../domain/server.ts';
-import type { VolumeFiles } from './volume-files.ts';
-
-const run = promisify(execFile);
-const HOOK_TIMEOUT_MS = 120_000;
+import type { VolumeHosts } from './volume-hosts.ts';
 
 export interface ServerBackupOptions {
-  dataDir: string;
-  /** How volume files are opened (guarded: no links, the adopted file only). */
-  files: VolumeFiles;
-  freezeCommand: string;
-  thawCommand: string;
+  /** Where volume files are worked on; each host runs its own freeze and thaw hooks (HAVEN_FREEZE_COMMAND, HAVEN_THAW_COMMAND). */
+  hosts: VolumeHosts;
 }
 
 export interface ItemInput {
@@ -281,23 +273,10 @@ export class ServerBackupService {
     return { HAVEN_SERVER_ID: item.serverId, HAVEN_SERVER_NAME: item.serverName, HAVEN_VOLUME_PATHS: volumePaths.join(' ') };
   }
 
-  private async hook(command: string, env: Record<string, string>): Promise<void> {
-    if (!command) return;
-    try {
-      const { NODE_COMPILE_CACHE: _ownCache, ...inherited } = process.env; // Haven's own, not the hook's
-      await run('sh', ['-c', command], { env: { ...inherited, ...env }, timeout: HOOK_TIMEOUT_MS });
-    } catch (err) {
-      const e = err as { stderr?: string; message: string };
-      throw new AppError(ErrorCode.HookFailed, `hook "${command}" failed: ${(e.stderr || e.message).trim().split('\n').slice(-1)[0]}`, { cause: err });
-    }
-  }
-
   /** The job handlers the runner dispatches to (services/jobs/). */
   handlers(): Pick<JobHandlers, 'csbsProtect' | 'csbsDelete' | 'csbsRestore'> {
     const deps: CsbsJobDeps = {
-      catalog: this.catalog, clock: this.clock, backups: this.backups, dataDir: this.opts.dataDir, files: this.opts.files,
-      freezeCommand: this.opts.freezeCommand, thawCommand: this.opts.thawCommand,
-      hook: (command, env) => this.hook(command, env),
+      catalog: this.catalog, clock: this.clock, backups: this.backups, hosts: this.opts.hosts,
       hookEnv: (item, paths) => this.hookEnv(item, paths),
       settleCheckpoint: (id) => this.settleCheckpoint(id),
       itemAvailable: async (item) => this.onItemAvailable?.(item),

@@ -4,19 +4,14 @@
  * under the operator's HAVEN_VOLUME_ROOTS, and snapshots (point-in-time copies, reflinked when the
  * file system can).
  */
-import { promises as fs } from 'node:fs';
-import * as path from 'node:path';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { newUuid } from '../domain/ids.ts';
 import type { Snapshot, Volume, VolumeFormat } from '../domain/model.ts';
-import { createQcow2, growQcow2, imageInfo } from '../qemu/qemu-tools.ts';
-import { guestNodeInfo } from '../qemu/qemu-guest.ts';
-import { checkFileSystemAllows, checkVolumeSize, type VolumeLimits } from './volume-limits.ts';
-import { blockDeviceSize } from '../engine/volume-source.ts';
-import { fileIdOf, isUnder } from '../engine/volume-file.ts';
-import type { VolumeFiles } from './volume-files.ts';
+import { checkVolumeSize, type VolumeLimits } from './volume-limits.ts';
+import { fileRef } from './volume-host.ts';
+import type { VolumeHosts } from './volume-hosts.ts';
 
 export const GiB = 1024 ** 3;
 /** Largest volume Haven creates (Cinder's EVS limit is 32 TB; files are sparse anyway). */
@@ -32,26 +27,19 @@ export class VolumeService {
   private readonly catalog: Catalog;
   private readonly clock: Clock;
   private readonly opts: VolumeServiceOptions;
-  private readonly files: VolumeFiles;
+  private readonly hosts: VolumeHosts;
 
-  constructor(catalog: Catalog, clock: Clock, files: VolumeFiles, opts: VolumeServiceOptions) {
+  constructor(catalog: Catalog, clock: Clock, hosts: VolumeHosts, opts: VolumeServiceOptions) {
     this.catalog = catalog;
     this.clock = clock;
-    this.files = files;
+    this.hosts = hosts;
     this.opts = opts;
-  }
-
-  get volumesDir(): string {
-    return this.files.volumesDir;
-  }
-
-  get snapshotsDir(): string {
-    return this.files.snapshotsDir;
   }
 
   /**
    * A new volume: a sparse raw file, or (format qcow2, Cinder's volume_type "qcow2") a qcow2 image
-   * made by qemu-img. A volume from a snapshot is a copy of the snapshot's file and keeps its format.
+   * made by qemu-img, on the host the volume is placed on (VolumeHosts.place). A volume from a
+   * snapshot is a copy of the snapshot's file, on its volume's host, and keeps its format.
    */
   async createVolume(projectId: string, input: { sizeGb: number; name?: string | null | undefined; description?: string | null | undefined; metadata?: Record<string, string> | undefined; bootable?: boolean | undefined; snapshotId?: string | null | undefined; format?: VolumeFormat | undefined }): Promise<Volume> {
     const now = this.clock.now();
@@ -63,37 +51,15 @@ export class VolumeService {
     if (snap && sizeGb < snap.sizeGb) throw new AppError(ErrorCode.InvalidArgument, `size ${sizeGb} GB is smaller than the snapshot's ${snap.sizeGb} GB`);
     if (snap && input.format !== undefined && input.format !== snap.format) throw new AppError(ErrorCode.InvalidArgument, `a volume from snapshot ${snap.id} is ${snap.format}, like the snapshot; volume_type ${input.format} cannot be given`);
     const format: VolumeFormat = snap?.format ?? input.format ?? 'raw';
-    await this.checkNewVolume(projectId, sizeGb);
-    const file = path.join(this.volumesDir, `${id}.${format === 'qcow2' ? 'qcow2' : 'img'}`);
-    await fs.mkdir(this.volumesDir, { recursive: true });
-    let fileId: string;
-    try {
-      if (snap) await this.files.copyOut(snap.path, this.files.snapshotGuard(), file);
-      if (format === 'qcow2') {
-        if (snap) await growQcow2(file, sizeGb * GiB);
-        else {
-          // qemu-img create replaces a file: the name is Haven's own and new, and is claimed first.
-          await (await fs.open(file, 'wx', 0o600)).close();
-          await createQcow2(file, sizeGb * GiB);
-        }
-        fileId = fileIdOf(await fs.stat(file, { bigint: true }));
-      } else {
-        const fh = await fs.open(file, snap ? 'r+' : 'wx', 0o600);
-        try {
-          await fh.truncate(sizeGb * GiB);
-          fileId = fileIdOf(await fh.stat({ bigint: true }));
-        } finally {
-          await fh.close();
-        }
-      }
-    } catch (err) {
-      // No file without its row (a failed truncate once left a 0-byte image behind).
-      await fs.rm(file, { force: true });
-      throw err;
-    }
+    checkVolumeSize(sizeGb, this.limits.maxVolumeGb);
+    if (this.limits.quotas) await this.catalog.transaction((c) => this.limits.quotas!.checkVolumeQuota(c, projectId, { volumes: 1, gigabytes: Math.max(sizeGb, 1) }));
+    // The snapshot's file is where its volume is; a new volume goes where there is room.
+    const host = snap ? ((await this.catalog.volumes.getVolumeById(snap.volumeId))?.host ?? null) : await this.hosts.place();
+    const onHost = this.hosts.of(host);
+    const made = await onHost.createVolumeFile({ volumeId: id, format, sizeGb, fromSnapshot: snap ? { path: snap.path, format: snap.format } : null });
     sizeGb = Math.max(sizeGb, 1);
     const v: Volume = {
-      id, projectId, name: input.name ?? null, description: input.description ?? null, sizeGb, sizeBytes: sizeGb * GiB, path: file, adopted: false, fileId, format, qmp: null,
+      id, projectId, name: input.name ?? null, description: input.description ?? null, sizeGb, sizeBytes: sizeGb * GiB, path: made.path, adopted: false, fileId: made.fileId, format, qmp: null, host,
       status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
     };
     try {
@@ -102,95 +68,38 @@ export class VolumeService {
         await c.volumes.insertVolume(v);
       });
     } catch (err) {
-      await fs.rm(file, { force: true }); // best effort: the row is what makes the file a volume
+      // Best effort: the row is what makes the file a volume.
+      await onHost.removeVolumeFile({ id, path: made.path, fileId: made.fileId }).catch(() => undefined);
       throw err;
     }
     return v;
   }
 
   /**
-   * Adopts an existing image file or block device (os-volume-manage). Only paths inside one of the
-   * operator's volume roots are accepted; symlinks, `..` escapes, files with more than one hard
-   * link and anything in Haven's own data are refused (checked on the opened file, VolumeFiles), a
-   * path already known as a volume cannot be adopted twice, and the file's device and inode are
-   * recorded: every later job must find that same file there. A qcow2 image (format qcow2) is
-   * sized by its virtual size and must stand alone: a backing file or an external data file named
-   * in an image could be any file of the host, so such images are refused (flatten them first with
-   * `qemu-img convert`); jobs open it without one.
+   * Adopts an existing image file or block device (os-volume-manage) of a host (Cinder's `host`,
+   * "NAME" or "NAME@backend#pool"; default: this control plane's own). The host checks the path
+   * (LocalVolumeHost.inspectAdoption: under its volume roots, no links, nothing of Haven's own, a
+   * stand-alone qcow2 image, a running guest's node on that very image); a path already known as a
+   * volume of that host cannot be adopted twice, and the file's device and inode are recorded:
+   * every later job must find that same file there.
    */
-  async manageVolume(projectId: string, input: { sourceName: string; name?: string | null | undefined; description?: string | null | undefined; bootable?: boolean | undefined; metadata?: Record<string, string> | undefined; format?: VolumeFormat | undefined; qmp?: { socket: string; node: string } | undefined }): Promise<Volume> {
+  async manageVolume(projectId: string, input: { sourceName: string; host?: string | null | undefined; name?: string | null | undefined; description?: string | null | undefined; bootable?: boolean | undefined; metadata?: Record<string, string> | undefined; format?: VolumeFormat | undefined; qmp?: { socket: string; node: string } | undefined }): Promise<Volume> {
     const requested = input.sourceName;
-    if (!path.isAbsolute(requested)) throw new AppError(ErrorCode.VolumePathRefused, `ref.source-name must be an absolute path, got ${requested}`);
-    if (requested.split('/').includes('..')) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} contains ".."`);
-    const normal = path.normalize(requested);
-    const roots = this.files.volumeRoots;
-    const root = roots.find((r) => normal !== r && isUnder(normal, r));
-    if (!root) throw new AppError(ErrorCode.VolumePathRefused, roots.length ? `path ${requested} is not under a volume root (HAVEN_VOLUME_ROOTS: ${roots.join(':')})` : 'no volume roots are configured (HAVEN_VOLUME_ROOTS), so no path can be adopted');
-    // The disk of a running guest: its format and size are what its QEMU says of the node.
-    const guest = input.qmp ? await this.guestNode(input.qmp, normal) : null;
-    if (guest && input.format !== undefined && input.format !== guest.format) throw new AppError(ErrorCode.VolumePathRefused, `node ${input.qmp!.node} is a ${guest.format} image, not ${input.format}`);
-    const format: VolumeFormat = guest?.format ?? input.format ?? 'raw';
-    const opened = await this.files.openForAdoption(normal);
-    let sizeBytes: number;
-    try {
-      const st = opened.stat;
-      if (format === 'qcow2') {
-        if (!st.isFile()) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is not a file, so not a qcow2 image`);
-        const info = await imageInfo(normal, { fd: opened.fh.fd }).catch((err: unknown) => {
-          throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} cannot be read as an image: ${(err as Error).message}`, { cause: err });
-        });
-        if (info.format !== 'qcow2') throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is a ${info.format} image, not qcow2 (adopt it with volume_type raw)`);
-        if (info.backingFilename !== null) throw new AppError(ErrorCode.VolumePathRefused, `qcow2 image ${requested} has a backing file (${info.backingFilename}); Haven adopts stand-alone images only (qemu-img convert -O qcow2 makes one)`);
-        if (info.dataFile !== null) throw new AppError(ErrorCode.VolumePathRefused, `qcow2 image ${requested} keeps its data in another file (${info.dataFile}); Haven adopts stand-alone images only`);
-        sizeBytes = info.virtualSize;
-      } else {
-        sizeBytes = st.isFile() ? Number(st.size) : await blockDeviceSize(Number(st.rdev));
-      }
-    } finally {
-      await opened.fh.close();
-    }
+    const hostName = input.host ? input.host.split('@')[0]! : null;
+    const host = hostName ? await this.hosts.place(hostName) : this.hosts.opts.localName;
+    const found = await this.hosts.of(host).inspectAdoption({ path: requested, format: input.format, qmp: input.qmp });
     const now = this.clock.now();
     const v: Volume = {
-      id: newUuid(), projectId, name: input.name ?? null, description: input.description ?? null, sizeGb: Math.max(1, Math.ceil(sizeBytes / GiB)), sizeBytes, path: normal,
-      adopted: true, fileId: opened.fileId, format, qmp: input.qmp ?? null, status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
+      id: newUuid(), projectId, name: input.name ?? null, description: input.description ?? null, sizeGb: Math.max(1, Math.ceil(found.sizeBytes / GiB)), sizeBytes: found.sizeBytes, path: found.path,
+      adopted: true, fileId: found.fileId, format: found.format, qmp: input.qmp ?? null, host, status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
     };
     await this.catalog.transaction(async (c) => {
-      if (await c.volumes.findVolumeByPath(normal)) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is already managed as a volume`);
+      const known = await c.volumes.findVolumeByPath(found.path);
+      if (known && (known.host ?? this.hosts.opts.localName) === host) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is already managed as a volume`);
       await this.limits.quotas?.checkVolumeQuota(c, projectId, { volumes: 1, gigabytes: v.sizeGb });
       await c.volumes.insertVolume(v);
     });
     return v;
-  }
-
-  /**
-   * The block node of a running guest that an adoption names: QEMU must have it, on the very image
-   * adopted (its file, by real path), as raw or qcow2.
-   */
-  private async guestNode(qmp: { socket: string; node: string }, sourceName: string): Promise<{ format: VolumeFormat; sizeBytes: number }> {
-    if (!path.isAbsolute(qmp.socket) || qmp.socket.split('/').includes('..')) throw new AppError(ErrorCode.VolumePathRefused, `ref.qmp_socket must be an absolute path without "..", got ${qmp.socket}`);
-    const st = await fs.stat(qmp.socket).catch(() => null);
-    if (!st?.isSocket()) throw new AppError(ErrorCode.VolumePathRefused, `ref.qmp_socket ${qmp.socket} is not a socket`);
-    // QEMU's answer (or its silence) is a reason to refuse the adoption, said in QEMU's words.
-    const n = await guestNodeInfo(qmp.socket, qmp.node).catch((err: unknown) => {
-      throw new AppError(ErrorCode.VolumePathRefused, (err as Error).message, { cause: err });
-    });
-    if (n.drv !== 'qcow2' && n.drv !== 'raw') throw new AppError(ErrorCode.VolumePathRefused, `node ${qmp.node} is a ${n.drv} node; adopt the guest's qcow2 or raw format node`);
-    const real = await fs.realpath(n.file).catch(() => n.file);
-    const adopted = await fs.realpath(sourceName).catch(() => sourceName);
-    if (real !== adopted) throw new AppError(ErrorCode.VolumePathRefused, `node ${qmp.node} is the image ${n.file}, not ${sourceName}`);
-    return { format: n.drv, sizeBytes: n.sizeBytes };
-  }
-
-  /**
-   * Before a volume's file is made: the size is within HAVEN_MAX_VOLUME_GB and what the file
-   * system holds (400 otherwise), and the project's quotas have room (checked again, under the
-   * project's lock, when the row is inserted). A refused request leaves no file.
-   */
-  private async checkNewVolume(projectId: string, sizeGb: number): Promise<void> {
-    checkVolumeSize(sizeGb, this.limits.maxVolumeGb);
-    await fs.mkdir(this.volumesDir, { recursive: true });
-    await checkFileSystemAllows(this.volumesDir, sizeGb);
-    if (this.limits.quotas) await this.catalog.transaction((c) => this.limits.quotas!.checkVolumeQuota(c, projectId, { volumes: 1, gigabytes: Math.max(sizeGb, 1) }));
   }
 
   async getVolume(projectId: string, id: string): Promise<Volume> {
@@ -219,7 +128,7 @@ export class VolumeService {
     });
     if (!v.adopted) {
       try {
-        await this.files.removeCreated(v);
+        await this.hosts.of(v.host).removeVolumeFile({ id: v.id, path: v.path, fileId: v.fileId });
       } catch (err) {
         await this.catalog.volumes.transitionVolume(id, ['deleting'], 'error', this.clock.now());
         throw err;
@@ -238,17 +147,19 @@ export class VolumeService {
       throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${v.id} is ${v.status}; snapshots need an available volume (or force for in-use).`);
     }
     const now = this.clock.now();
-    const s: Snapshot = { id: newUuid(), projectId, volumeId: v.id, name: input.name ?? null, description: input.description ?? null, sizeGb: v.sizeGb, path: path.join(this.snapshotsDir, `${newUuid()}.${v.format === 'qcow2' ? 'qcow2' : 'img'}`), format: v.format, status: 'creating', createdAt: now, updatedAt: now };
+    const id = newUuid();
+    // The path is the host's to choose; the row says `creating` with none until the copy is made.
+    const s: Snapshot = { id, projectId, volumeId: v.id, name: input.name ?? null, description: input.description ?? null, sizeGb: v.sizeGb, path: '', format: v.format, status: 'creating', createdAt: now, updatedAt: now };
     await this.catalog.volumes.insertSnapshot(s);
     try {
-      await fs.mkdir(this.snapshotsDir, { recursive: true });
-      await this.files.copyOut(v.path, this.files.guardOf(v), s.path);
+      const made = await this.hosts.of(v.host).snapshotVolume({ volume: fileRef(v), snapshotId: id });
+      s.path = made.path;
+      await this.catalog.volumes.setSnapshotPath(id, made.path);
       await this.catalog.volumes.transitionSnapshot(s.id, ['creating'], 'available', this.clock.now());
       s.status = 'available';
     } catch (err) {
-      await fs.rm(s.path, { force: true }); // best effort; the snapshot row says error
-      if (isAppError(err, ErrorCode.VolumePathRefused)) {
-        // The volume's file is not the one Haven knows: refused, and nothing is left behind.
+      if (isAppError(err, ErrorCode.VolumePathRefused) || isAppError(err, ErrorCode.HostUnavailable)) {
+        // The volume's file is not the one Haven knows (or its host is away): refused, and nothing is left behind.
         await this.catalog.volumes.deleteSnapshot(s.id);
         throw err;
       }
@@ -274,7 +185,15 @@ export class VolumeService {
     if (!(await this.catalog.volumes.transitionSnapshot(id, ['available', 'error'], 'deleting', this.clock.now()))) {
       throw new AppError(ErrorCode.SnapshotInvalidState, `Snapshot ${id} is ${s.status}.`);
     }
-    await fs.rm(s.path, { force: true });
+    if (s.path) {
+      const v = await this.catalog.volumes.getVolumeById(s.volumeId);
+      try {
+        await this.hosts.of(v?.host ?? null).removeSnapshotFile({ path: s.path });
+      } catch (err) {
+        await this.catalog.volumes.transitionSnapshot(id, ['deleting'], 'error', this.clock.now());
+        throw err;
+      }
+    }
     await this.catalog.volumes.deleteSnapshot(id);
   }
 }

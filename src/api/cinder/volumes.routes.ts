@@ -103,7 +103,7 @@ export function registerVolumeRoutes(root: FastifyInstance, s: ApiServices): voi
       const b = req.body.volume;
       if ((b.ref.qmp_socket === undefined) !== (b.ref.qmp_node === undefined)) throw new ApiError(400, 'ref.qmp_socket and ref.qmp_node go together: the running guest\'s QMP socket and the block node of this disk');
       const qmp = b.ref.qmp_socket !== undefined ? { socket: b.ref.qmp_socket, node: b.ref.qmp_node! } : undefined;
-      const v = await s.volumes.manageVolume(pid(req), { qmp, sourceName: b.ref['source-name'], name: b.name, description: b.description, metadata: b.metadata, bootable: b.bootable, format: formatOfVolumeType(b.volume_type) });
+      const v = await s.volumes.manageVolume(pid(req), { qmp, host: b.host, sourceName: b.ref['source-name'], name: b.name, description: b.description, metadata: b.metadata, bootable: b.bootable, format: formatOfVolumeType(b.volume_type) });
       return reply.code(202).send({ volume: volumeJson(base(req), version, v) });
     });
 

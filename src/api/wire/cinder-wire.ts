@@ -33,7 +33,7 @@ export function volumeJson(base: string, version: ApiVersion, v: Volume) {
     replication_status: 'disabled',
     user_id: null,
     'os-vol-tenant-attr:tenant_id': v.projectId,
-    'os-vol-host-attr:host': `haven@${v.adopted ? 'adopted' : 'files'}#${v.availabilityZone}`,
+    'os-vol-host-attr:host': `${v.host ?? 'haven'}@${v.adopted ? 'adopted' : 'files'}#${v.availabilityZone}`,
     links: links(base, version, v.projectId, 'volumes', v.id),
   };
 }

@@ -4,20 +4,20 @@ import type { Clock } from '../../domain/clock.ts';
 import type { Volume } from '../../domain/model.ts';
 import type { BackupEngine } from '../backup-engine.ts';
 import type { BackupServiceEvents } from '../backup-service.ts';
-import type { VolumeFiles } from '../volume-files.ts';
+import type { VolumeHosts } from '../volume-hosts.ts';
 
 export interface BackupJobDeps {
   catalog: Catalog;
   clock: Clock;
   engine: BackupEngine;
-  /** How jobs reach volume files: guarded opens only. */
-  files: VolumeFiles;
+  /** Where volume files are worked on: this process, or their host's agent. */
+  hosts: VolumeHosts;
   events: BackupServiceEvents;
   log: { warn(o: object, m?: string): void; error(o: object, m?: string): void };
   /** Reclaims space in the background (after deletes, and what failed backups wrote). */
   collectGarbageSoon(): void;
   /** Writes a backup onto a volume's own file, checked on open; keeps a larger volume's size. */
-  restoreVolumeNow(backupId: string, volume: Volume, opts: { signal: AbortSignal; onProgress: (done: number, total: number) => void }): Promise<void>;
+  restoreVolumeNow(backupId: string, volume: Volume, opts: { signal: AbortSignal; jobId: string; onProgress: (done: number, total: number) => void }): Promise<void>;
 }
 
 /** An error's message, for fail reasons. */

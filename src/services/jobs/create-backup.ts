@@ -7,8 +7,8 @@
 import type { BackupCompletion } from '../../catalog/backup-queries.ts';
 import { AppError, ErrorCode } from '../../domain/errors.ts';
 import type { JobOf } from '../../domain/job.ts';
-import type { Backup, VolumeFormat } from '../../domain/model.ts';
-import type { VolumeFileGuard } from '../../engine/volume-file.ts';
+import type { Backup } from '../../domain/model.ts';
+import { fileRef, type BackupSource } from '../volume-host.ts';
 import { jobFailure, type JobHandler } from '../job-runner.ts';
 import { failureText, type BackupJobDeps } from './backup-job-deps.ts';
 
@@ -24,17 +24,16 @@ export function createBackupJob(d: BackupJobDeps): JobHandler<'bksCreateBackup'>
     return job.entities;
   };
 
-  /** What a backup reads: its snapshot's file, or its volume's, with the guard to open it by and its format. */
-  const sourceOf = async (b: Backup): Promise<{ path: string; guard: VolumeFileGuard; format: VolumeFormat; qmp?: { socket: string; node: string } | null }> => {
+  /** What a backup reads, and on which host: its snapshot's file, or its volume's (a running guest's disk through its QEMU). */
+  const sourceOf = async (b: Backup): Promise<{ host: string | null; source: BackupSource }> => {
+    const v = await d.catalog.volumes.getVolumeById(b.volumeId);
+    if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${b.volumeId} no longer exists`);
     if (b.snapshotId) {
       const snap = await d.catalog.volumes.getSnapshot(b.projectId, b.snapshotId);
       if (!snap) throw new AppError(ErrorCode.SnapshotNotFound, `snapshot ${b.snapshotId} no longer exists`);
-      return { path: snap.path, guard: d.files.snapshotGuard(), format: snap.format };
+      return { host: v.host, source: { kind: 'snapshot', path: snap.path, format: snap.format } };
     }
-    const v = await d.catalog.volumes.getVolumeById(b.volumeId);
-    if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${b.volumeId} no longer exists`);
-    // The disk of a running guest is read through its QEMU, at one point in time.
-    return { path: v.path, guard: d.files.guardOf(v), format: v.format, qmp: v.qmp };
+    return { host: v.host, source: { kind: 'volume', volume: fileRef(v) } };
   };
 
   return {
@@ -44,17 +43,18 @@ export function createBackupJob(d: BackupJobDeps): JobHandler<'bksCreateBackup'>
       if (!b || b.status !== 'creating') throw new AppError(ErrorCode.BackupInvalidState, `backup ${p.backupId} is no longer being created`);
       // The source is looked up again, not taken from the payload: the job opens the volume (or
       // snapshot) file the catalog knows, through its guard.
-      const source = await sourceOf(b);
-      const result = await d.engine.backup(source.path, {
-        guard: source.guard, format: source.format, qmp: source.qmp ?? null, backupId: b.id, volume: { id: p.volumeId, name: p.volumeName }, previousId: b.parentId, full: b.fullBackup, signal: ctx.signal,
-        // A full backup the user asked for reuses only stored chunks it has checked intact (Q3).
-        checkReused: p.checkReused === true,
-        onProgress: (pr) => ctx.progress(pr.doneBytes, pr.totalBytes),
-      });
-      d.events.backupFinished?.({ sizeBytes: result.manifest.sizeBytes, newBytes: result.stats.newBytes, storedBytes: result.stats.storedBytes });
+      const { host, source } = await sourceOf(b);
+      const r = await d.hosts.of(host).backup(
+        {
+          backupId: b.id, source, volume: { id: p.volumeId, name: p.volumeName }, previousId: b.parentId, full: b.fullBackup,
+          // A full backup the user asked for reuses only stored chunks it has checked intact (Q3).
+          checkReused: p.checkReused === true,
+        },
+        { signal: ctx.signal, jobId: job.id, onProgress: (done, total) => ctx.progress(done, total) },
+      );
+      d.events.backupFinished?.({ sizeBytes: r.sizeBytes, newBytes: r.newBytes, storedBytes: r.storedBytes });
       return finish(job, b.id, {
-        sizeBytes: result.manifest.sizeBytes, storedBytes: result.stats.storedBytes, newBytes: result.stats.newBytes, objectCount: result.stats.objectsWritten,
-        parentId: result.manifest.parentId, dataTimestamp: Date.parse(result.manifest.createdAt), volumeDigest: result.manifest.volumeDigest,
+        sizeBytes: r.sizeBytes, storedBytes: r.storedBytes, newBytes: r.newBytes, objectCount: r.objectsWritten, parentId: r.parentId, dataTimestamp: r.createdAt, volumeDigest: r.volumeDigest,
       });
     },
     fail: async (job, err) => {

@@ -3,18 +3,14 @@ import type { Catalog } from '../../catalog/catalog.ts';
 import type { CheckpointItem } from '../../domain/checkpoint.ts';
 import type { Clock } from '../../domain/clock.ts';
 import type { BackupService } from '../backup-service.ts';
-import type { VolumeFiles } from '../volume-files.ts';
+import type { VolumeHosts } from '../volume-hosts.ts';
 
 export interface CsbsJobDeps {
   catalog: Catalog;
   clock: Clock;
   backups: BackupService;
-  dataDir: string;
-  files: VolumeFiles;
-  freezeCommand: string;
-  thawCommand: string;
-  /** Runs the operator's freeze or thaw hook (nothing when the command is empty). */
-  hook(command: string, env: Record<string, string>): Promise<void>;
+  /** Where volume files are worked on (the freeze and thaw hooks run there too, as its host configures them). */
+  hosts: VolumeHosts;
   /** The hooks' environment for a checkpoint item's server and its volumes' paths. */
   hookEnv(item: CheckpointItem, volumePaths: string[]): Record<string, string>;
   /** Marks a checkpoint available or error once none of its items is being protected. */

@@ -4,12 +4,11 @@
  * volume backup linked to the checkpoint item. A failure thaws again, marks half-made volume
  * backups error and the item error.
  */
-import { promises as fs } from 'node:fs';
-import * as path from 'node:path';
 import type { Volume } from '../../domain/model.ts';
 import { AppError, ErrorCode } from '../../domain/errors.ts';
 import { jobFailure, type JobHandler } from '../job-runner.ts';
 import type { CsbsJobDeps } from './csbs-job-deps.ts';
+import { fileRef } from '../volume-host.ts';
 
 export function csbsProtectJob(d: CsbsJobDeps): JobHandler<'csbsProtect'> {
   const now = (): number => d.clock.now();
@@ -23,29 +22,25 @@ export function csbsProtectJob(d: CsbsJobDeps): JobHandler<'csbsProtect'> {
       // A running guest's disk cannot be copied as a file at the snapshot moment (its QEMU holds it).
       const running = volumes.find((v) => v.qmp);
       if (running) throw new AppError(ErrorCode.VolumeInvalidState, `volume ${running.id} of server ${item.serverId} is the disk of a running guest (QMP); server backups of such servers are not supported yet: back the volume up through VBS`);
-      const snapDir = path.join(d.dataDir, 'snapshots', `csbs-${item.id}`);
-      await fs.mkdir(snapDir, { recursive: true });
+      // One moment for the whole server: its disks must be on one host.
+      const hostNames = [...new Set(volumes.map((v) => v.host ?? d.hosts.opts.localName))];
+      if (hostNames.length > 1) throw new AppError(ErrorCode.VolumeInvalidState, `the volumes of server ${item.serverId} are on several hosts (${hostNames.join(', ')}); a server backup takes one moment on one host`);
+      const host = d.hosts.of(volumes[0]?.host ?? null);
       const env = d.hookEnv(item, volumes.map((v) => v.path));
       try {
-        // The snapshot moment: freeze, copy every volume, thaw (thaw runs even if a copy failed).
-        // Thaw runs whenever freeze was tried, even if freeze itself failed half way.
-        try {
-          await d.hook(d.freezeCommand, env);
-          for (const v of volumes) await d.files.copyOut(v.path, d.files.guardOf(v), path.join(snapDir, `${v.id}.img`));
-        } finally {
-          await d.hook(d.thawCommand, env);
-        }
+        // The snapshot moment, on the host: freeze, copy every volume, thaw.
+        await host.copyServerVolumes({ itemId: item.id, volumes: volumes.map(fileRef), hookEnv: env }, { signal: ctx.signal, jobId: job.id, onProgress: () => undefined });
         const total = volumes.reduce((n, v) => n + v.sizeBytes, 0);
         let before = 0;
         for (const [i, v] of volumes.entries()) {
-          await d.backups.backupVolumeNow(v, path.join(snapDir, `${v.id}.img`), {
+          await d.backups.backupVolumeNow(v, { kind: 'serverCopy', itemId: item.id, volumeId: v.id, format: v.format }, {
             name: `${item.name}_${(v.name ?? v.id).slice(0, 40)}`, description: `disk ${i + 1} of server ${item.serverName}`, checkpointItemId: item.id, full: !item.incremental,
-            signal: ctx.signal, onProgress: (done) => ctx.progress(before + done, total),
+            jobId: job.id, signal: ctx.signal, onProgress: (done) => ctx.progress(before + done, total),
           });
           before += v.sizeBytes;
         }
       } finally {
-        await fs.rm(snapDir, { recursive: true, force: true }); // the snapshots were only the backup's source
+        await host.removeServerCopies({ itemId: item.id }); // the copies were only the backup's source
       }
       await d.catalog.checkpoints.transitionItem(item.id, ['protecting'], 'available', now(), null, true);
       await d.settleCheckpoint(item.checkpointId);
@@ -57,20 +52,27 @@ export function csbsProtectJob(d: CsbsJobDeps): JobHandler<'csbsProtect'> {
       const itemId = job.payload.itemId;
       const item = await d.catalog.checkpoints.getItemById(itemId);
       const reason = (err as Error).message ?? String(err);
-      // The process may have died between freeze and thaw: thaw again (thawing a thawed server is harmless).
-      if (item && d.thawCommand) {
-        const attached = await d.catalog.servers.attachments(item.serverId);
-        const paths: string[] = [];
-        for (const a of attached) {
+      // The process may have died between freeze and thaw: thaw again (thawing a thawed server is
+      // harmless), on the server's host, and remove the copies there. Best effort: the host may be gone.
+      const paths: string[] = [];
+      let hostOf: string | null = null;
+      if (item) {
+        for (const a of await d.catalog.servers.attachments(item.serverId)) {
           const v = await d.catalog.volumes.getVolumeById(a.volumeId);
-          if (v) paths.push(v.path);
+          if (v) {
+            paths.push(v.path);
+            hostOf = v.host;
+          }
         }
-        await Promise.resolve().then(() => d.hook(d.thawCommand, d.hookEnv(item, paths))).catch(() => undefined); // best effort
+        await Promise.resolve().then(async () => {
+          const host = d.hosts.of(hostOf);
+          await host.thawServer({ hookEnv: d.hookEnv(item, paths) }).catch(() => undefined);
+          await host.removeServerCopies({ itemId });
+        }).catch(() => undefined);
       }
       // Volume backups this run left half-made (process died mid-backup) become error, so they
       // never block the volume's next backup; the snapshots go.
       for (const b of await d.catalog.backups.backupsOfItem(itemId)) await d.catalog.backups.applyBackupEvent(b.id, 'fail', now(), { onlyFrom: ['creating'], failReason: reason });
-      await fs.rm(path.join(d.dataDir, 'snapshots', `csbs-${itemId}`), { recursive: true, force: true });
       await d.catalog.checkpoints.transitionItem(itemId, ['waiting_protect', 'protecting'], 'error', now(), { op: 'backup', reason }, true);
       if (item) await d.settleCheckpoint(item.checkpointId);
       return jobFailure(err, 'backup failed: ');

@@ -15,7 +15,7 @@ export function csbsRestoreJob(d: CsbsJobDeps): JobHandler<'csbsRestore'> {
       for (const m of p.mapping) {
         const v = await d.catalog.volumes.getVolumeById(m.volumeId);
         if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${m.volumeId} no longer exists`);
-        await d.backups.restoreVolumeNow(m.backupId, v, { signal: ctx.signal, onProgress: (done) => ctx.progress(before + done, total) });
+        await d.backups.restoreVolumeNow(m.backupId, v, { signal: ctx.signal, jobId: job.id, onProgress: (done) => ctx.progress(before + done, total) });
         before += backups.find((b) => b.id === m.backupId)?.sizeBytes ?? 0;
       }
       await d.catalog.transaction(async (c) => {

@@ -30,7 +30,7 @@ export function restoreBackupJob(d: BackupJobDeps): JobHandler<'bksRestoreBackup
       const p = job.payload;
       const v = await d.catalog.volumes.getVolumeById(p.volumeId);
       if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${p.volumeId} no longer exists`);
-      await d.restoreVolumeNow(p.backupId, v, { signal: ctx.signal, onProgress: (done, total) => ctx.progress(done, total) });
+      await d.restoreVolumeNow(p.backupId, v, { signal: ctx.signal, jobId: job.id, onProgress: (done, total) => ctx.progress(done, total) });
       const now = d.clock.now();
       await d.catalog.transaction(async (c) => {
         await c.backups.applyBackupEvent(p.backupId, 'finishRestore', now);

@@ -1,0 +1,81 @@
+/**
+ * Haven's own API for agents (/haven/v1/agent/*, with an agent token: `Authorization: Bearer
+ * hvagent_…`) and the cloud admin's view of them (/haven/v1/agents, with a cloud-admin token).
+ * services/agent-service.ts holds the rules; agent/agent.ts is the client.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { Type } from 'typebox';
+import type { AgentView } from '../services/agent-service.ts';
+import type { ApiServices } from './server.ts';
+import { PathParam, typed } from './typed-routes.ts';
+
+const Text = (max: number) => Type.String({ minLength: 1, maxLength: max });
+const Session = Type.String({ pattern: '^[0-9a-f]{32}$' });
+const WireError = Type.Object({ code: Text(64), message: Type.String({ maxLength: 65536 }), details: Type.Optional(Type.Record(Type.String(), Type.Unknown())) });
+const Register = Type.Object({
+  version: Text(64),
+  volume_roots: Type.Array(Text(4096), { maxItems: 256 }),
+  capabilities: Type.Array(Text(64), { maxItems: 32 }),
+});
+const Heartbeat = Type.Object({
+  session: Session,
+  work: Type.Array(Type.Object({ id: Text(64), done: Type.Integer({ minimum: 0 }), total: Type.Integer({ minimum: 0 }) }), { maxItems: 1024 }),
+});
+const Claim = Type.Object({ session: Session, slots: Type.Integer({ minimum: 0, maximum: 64 }) });
+const Result = Type.Object({ session: Session, ok: Type.Boolean(), result: Type.Optional(Type.Unknown()), error: Type.Optional(WireError) });
+const HostParams = Type.Object({ host: PathParam });
+const WorkParams = Type.Object({ workId: PathParam });
+const CreateToken = Type.Object({ host: Text(253) });
+
+const AGENT = { auth: 'agent' as const };
+const ADMIN = { auth: 'cloudAdmin' as const };
+
+/** The agent's host, from its token (the auth hook put it there). */
+const hostOf = (req: FastifyRequest): string => req.agentHost!;
+
+export function agentJson(a: AgentView): Record<string, unknown> {
+  return {
+    host: a.host, version: a.version, embedded: a.embedded, online: a.online, draining: a.draining, registered_at: new Date(a.registeredAt).toISOString(),
+    last_heartbeat: new Date(a.heartbeatAt).toISOString(), volume_roots: a.volumeRoots, capabilities: a.capabilities, volumes: a.volumes,
+    running_jobs: a.running.map((w) => ({ work_id: w.id, job_id: w.jobId, kind: w.kind, progress_done: w.progressDone, progress_total: w.progressTotal, started_at: new Date(w.updatedAt).toISOString() })),
+  };
+}
+
+export function registerAgentRoutes(root: FastifyInstance, s: ApiServices): void {
+  const app = typed(root);
+  const tags = ['agents'];
+  app.post('/haven/v1/agent/register', { config: AGENT, schema: { body: Register, tags, summary: 'An agent starts (agent token)' } }, async (req) => {
+    const b = req.body;
+    const r = await s.agents.register(hostOf(req), { version: b.version, volumeRoots: b.volume_roots, capabilities: b.capabilities });
+    return { host: hostOf(req), session: r.session, lease_seconds: r.leaseMs / 1000 };
+  });
+  app.post('/haven/v1/agent/heartbeat', { config: AGENT, schema: { body: Heartbeat, tags, summary: 'An agent is alive and renews its work\'s leases (agent token)' } }, async (req) => {
+    const r = await s.agents.heartbeat(hostOf(req), req.body.session, req.body.work);
+    return { stop: r.stop, draining: r.draining };
+  });
+  app.post('/haven/v1/agent/claim', { config: AGENT, schema: { body: Claim, tags, summary: 'An agent takes queued work of its host (agent token)' } }, async (req) => {
+    return { work: await s.agents.claim(hostOf(req), req.body.session, req.body.slots) };
+  });
+  app.post('/haven/v1/agent/work/:workId/result', { config: AGENT, schema: { params: WorkParams, body: Result, tags, summary: 'An agent ends work with its result (agent token)' } }, async (req, reply) => {
+    const b = req.body;
+    await s.agents.finish(hostOf(req), b.session, req.params.workId, b.ok ? { ok: true, result: b.result ?? null } : { ok: false, error: b.error ?? { code: 'INTERNAL_ERROR', message: 'the agent gave no reason' } });
+    return reply.code(204).send();
+  });
+
+  app.get('/haven/v1/agents', { config: ADMIN, schema: { tags, summary: 'List agents: host, version, last heartbeat, volumes, running jobs (cloud admin)' } }, async () => {
+    return { agents: (await s.agents.list()).map(agentJson) };
+  });
+  app.get('/haven/v1/agents/:host', { config: ADMIN, schema: { params: HostParams, tags, summary: 'Show an agent (cloud admin)' } }, async (req) => {
+    return { agent: agentJson(await s.agents.get(req.params.host)) };
+  });
+  app.post('/haven/v1/agents/:host/drain', { config: ADMIN, schema: { params: HostParams, tags, summary: 'Drain a host: no new work or volumes; running work finishes (cloud admin)' } }, async (req) => {
+    return { agent: agentJson(await s.agents.setDraining(req.params.host, true)) };
+  });
+  app.post('/haven/v1/agents/:host/undrain', { config: ADMIN, schema: { params: HostParams, tags, summary: 'Take a drained host back (cloud admin)' } }, async (req) => {
+    return { agent: agentJson(await s.agents.setDraining(req.params.host, false)) };
+  });
+  app.post('/haven/v1/agents/tokens', { config: ADMIN, schema: { body: CreateToken, tags, summary: 'Issue an agent token for a host (cloud admin); shown once' } }, async (req, reply) => {
+    const t = await s.agents.createToken(req.body.host);
+    return reply.code(201).send({ agent_token: { id: t.id, host: t.host, token: t.token } });
+  });
+}

@@ -1,0 +1,220 @@
+/**
+ * The volume host of this process: its volume roots, its data folder's volumes and snapshots, its
+ * QEMU guests, and the engine writing to the shared repository. The embedded `haven serve` uses it
+ * directly; `haven agent` runs it for the work the control plane queues for its host.
+ */
+import { execFile } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import type { VolumeFormat } from '../domain/model.ts';
+import { blockDeviceSize } from '../engine/volume-source.ts';
+import { fileIdOf, isUnder } from '../engine/volume-file.ts';
+import { createQcow2, growQcow2, imageInfo } from '../qemu/qemu-tools.ts';
+import { guestNodeInfo } from '../qemu/qemu-guest.ts';
+import type { BackupEngine } from './backup-engine.ts';
+import { checkFileSystemAllows } from './volume-limits.ts';
+import type { VolumeFiles } from './volume-files.ts';
+import type { BackupOrder, BackupSummary, VolumeFileRef, VolumeHost, WorkControl } from './volume-host.ts';
+
+const run = promisify(execFile);
+const GiB = 1024 ** 3;
+/** The freeze and thaw hooks get this long each. */
+const HOOK_TIMEOUT_MS = 120_000;
+
+export interface LocalVolumeHostOptions {
+  host: string | null;
+  files: VolumeFiles;
+  engine: BackupEngine;
+  dataDir: string;
+  freezeCommand: string;
+  thawCommand: string;
+}
+
+export class LocalVolumeHost implements VolumeHost {
+  readonly host: string | null;
+  private readonly files: VolumeFiles;
+  private readonly engine: BackupEngine;
+  private readonly opts: LocalVolumeHostOptions;
+
+  constructor(opts: LocalVolumeHostOptions) {
+    this.host = opts.host;
+    this.files = opts.files;
+    this.engine = opts.engine;
+    this.opts = opts;
+  }
+
+  get volumeRoots(): readonly string[] {
+    return this.files.volumeRoots;
+  }
+
+  async createVolumeFile(o: { volumeId: string; format: VolumeFormat; sizeGb: number; fromSnapshot: { path: string; format: VolumeFormat } | null }): Promise<{ path: string; fileId: string }> {
+    const dir = this.files.volumesDir;
+    await fs.mkdir(dir, { recursive: true });
+    await checkFileSystemAllows(dir, o.sizeGb);
+    const file = path.join(dir, `${o.volumeId}.${o.format === 'qcow2' ? 'qcow2' : 'img'}`);
+    const snap = o.fromSnapshot;
+    try {
+      if (snap) await this.files.copyOut(snap.path, this.files.snapshotGuard(), file);
+      if (o.format === 'qcow2') {
+        if (snap) await growQcow2(file, o.sizeGb * GiB);
+        else {
+          // qemu-img create replaces a file: the name is Haven's own and new, and is claimed first.
+          await (await fs.open(file, 'wx', 0o600)).close();
+          await createQcow2(file, o.sizeGb * GiB);
+        }
+        return { path: file, fileId: fileIdOf(await fs.stat(file, { bigint: true })) };
+      }
+      const fh = await fs.open(file, snap ? 'r+' : 'wx', 0o600);
+      try {
+        await fh.truncate(o.sizeGb * GiB);
+        return { path: file, fileId: fileIdOf(await fh.stat({ bigint: true })) };
+      } finally {
+        await fh.close();
+      }
+    } catch (err) {
+      // No file without its row (a failed truncate once left a 0-byte image behind).
+      await fs.rm(file, { force: true });
+      throw err;
+    }
+  }
+
+  /**
+   * Only paths inside one of the host's volume roots; symlinks, `..` escapes, files with more than
+   * one hard link and anything in Haven's own data are refused (checked on the opened file,
+   * VolumeFiles). A qcow2 image is sized by its virtual size and must stand alone: a backing file or
+   * an external data file named in an image could be any file of the host.
+   */
+  async inspectAdoption(o: { path: string; format?: VolumeFormat | undefined; qmp?: { socket: string; node: string } | undefined }): Promise<{ path: string; format: VolumeFormat; sizeBytes: number; fileId: string }> {
+    const requested = o.path;
+    if (!path.isAbsolute(requested)) throw new AppError(ErrorCode.VolumePathRefused, `ref.source-name must be an absolute path, got ${requested}`);
+    if (requested.split('/').includes('..')) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} contains ".."`);
+    const normal = path.normalize(requested);
+    const roots = this.files.volumeRoots;
+    const root = roots.find((r) => normal !== r && isUnder(normal, r));
+    const where = this.host ? ` of host ${this.host}` : '';
+    if (!root) throw new AppError(ErrorCode.VolumePathRefused, roots.length ? `path ${requested} is not under a volume root${where} (HAVEN_VOLUME_ROOTS: ${roots.join(':')})` : `no volume roots are configured${where} (HAVEN_VOLUME_ROOTS), so no path can be adopted`);
+    // The disk of a running guest: its format and size are what its QEMU says of the node.
+    const guest = o.qmp ? await this.guestNode(o.qmp, normal) : null;
+    if (guest && o.format !== undefined && o.format !== guest.format) throw new AppError(ErrorCode.VolumePathRefused, `node ${o.qmp!.node} is a ${guest.format} image, not ${o.format}`);
+    const format: VolumeFormat = guest?.format ?? o.format ?? 'raw';
+    const opened = await this.files.openForAdoption(normal);
+    try {
+      const st = opened.stat;
+      let sizeBytes: number;
+      if (format === 'qcow2') {
+        if (!st.isFile()) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is not a file, so not a qcow2 image`);
+        const info = await imageInfo(normal, { fd: opened.fh.fd }).catch((err: unknown) => {
+          throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} cannot be read as an image: ${(err as Error).message}`, { cause: err });
+        });
+        if (info.format !== 'qcow2') throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is a ${info.format} image, not qcow2 (adopt it with volume_type raw)`);
+        if (info.backingFilename !== null) throw new AppError(ErrorCode.VolumePathRefused, `qcow2 image ${requested} has a backing file (${info.backingFilename}); Haven adopts stand-alone images only (qemu-img convert -O qcow2 makes one)`);
+        if (info.dataFile !== null) throw new AppError(ErrorCode.VolumePathRefused, `qcow2 image ${requested} keeps its data in another file (${info.dataFile}); Haven adopts stand-alone images only`);
+        sizeBytes = info.virtualSize;
+      } else {
+        sizeBytes = st.isFile() ? Number(st.size) : await blockDeviceSize(Number(st.rdev));
+      }
+      return { path: normal, format, sizeBytes, fileId: opened.fileId };
+    } finally {
+      await opened.fh.close();
+    }
+  }
+
+  /**
+   * The block node of a running guest that an adoption names: QEMU must have it, on the very image
+   * adopted (its file, by real path), as raw or qcow2.
+   */
+  private async guestNode(qmp: { socket: string; node: string }, sourceName: string): Promise<{ format: VolumeFormat; sizeBytes: number }> {
+    if (!path.isAbsolute(qmp.socket) || qmp.socket.split('/').includes('..')) throw new AppError(ErrorCode.VolumePathRefused, `ref.qmp_socket must be an absolute path without "..", got ${qmp.socket}`);
+    const st = await fs.stat(qmp.socket).catch(() => null);
+    if (!st?.isSocket()) throw new AppError(ErrorCode.VolumePathRefused, `ref.qmp_socket ${qmp.socket} is not a socket`);
+    // QEMU's answer (or its silence) is a reason to refuse the adoption, said in QEMU's words.
+    const n = await guestNodeInfo(qmp.socket, qmp.node).catch((err: unknown) => {
+      throw new AppError(ErrorCode.VolumePathRefused, (err as Error).message, { cause: err });
+    });
+    if (n.drv !== 'qcow2' && n.drv !== 'raw') throw new AppError(ErrorCode.VolumePathRefused, `node ${qmp.node} is a ${n.drv} node; adopt the guest's qcow2 or raw format node`);
+    const real = await fs.realpath(n.file).catch(() => n.file);
+    const adopted = await fs.realpath(sourceName).catch(() => sourceName);
+    if (real !== adopted) throw new AppError(ErrorCode.VolumePathRefused, `node ${qmp.node} is the image ${n.file}, not ${sourceName}`);
+    return { format: n.drv, sizeBytes: n.sizeBytes };
+  }
+
+  async removeVolumeFile(o: { id: string; path: string; fileId: string | null }): Promise<void> {
+    await this.files.removeCreated(o);
+  }
+
+  async snapshotVolume(o: { volume: VolumeFileRef; snapshotId: string }): Promise<{ path: string }> {
+    const file = path.join(this.files.snapshotsDir, `${o.snapshotId}.${o.volume.format === 'qcow2' ? 'qcow2' : 'img'}`);
+    await fs.mkdir(this.files.snapshotsDir, { recursive: true });
+    await this.files.copyOut(o.volume.path, this.files.guardOf(o.volume), file);
+    return { path: file };
+  }
+
+  async removeSnapshotFile(o: { path: string }): Promise<void> {
+    // Only Haven's own snapshot files: a request naming another path is refused.
+    if (!isUnder(path.normalize(o.path), this.files.snapshotsDir)) throw new AppError(ErrorCode.VolumePathRefused, `${o.path} is not a snapshot file of this host`);
+    await fs.rm(o.path, { force: true });
+  }
+
+  private serverCopyDir(itemId: string): string {
+    if (!/^[\w-]+$/.test(itemId)) throw new AppError(ErrorCode.InvalidArgument, `bad checkpoint item id ${itemId}`);
+    return path.join(this.files.snapshotsDir, `csbs-${itemId}`);
+  }
+
+  async backup(o: BackupOrder, ctl: WorkControl): Promise<BackupSummary> {
+    const s = o.source;
+    const src = s.kind === 'volume' ? { path: s.volume.path, guard: this.files.guardOf(s.volume), format: s.volume.format, qmp: s.volume.qmp }
+      : s.kind === 'snapshot' ? { path: s.path, guard: this.files.snapshotGuard(), format: s.format, qmp: null }
+      : { path: path.join(this.serverCopyDir(s.itemId), `${s.volumeId}.img`), guard: this.files.snapshotGuard(), format: s.format, qmp: null };
+    const r = await this.engine.backup(src.path, {
+      guard: src.guard, format: src.format, qmp: src.qmp, backupId: o.backupId, volume: o.volume, previousId: o.previousId, full: o.full, checkReused: o.checkReused, signal: ctl.signal,
+      onProgress: (p) => ctl.onProgress(p.doneBytes, p.totalBytes),
+    });
+    return {
+      sizeBytes: r.manifest.sizeBytes, storedBytes: r.stats.storedBytes, newBytes: r.stats.newBytes, objectsWritten: r.stats.objectsWritten, parentId: r.manifest.parentId,
+      createdAt: Date.parse(r.manifest.createdAt), volumeDigest: r.manifest.volumeDigest, readBytes: r.readBytes, changedBlockTracking: r.changedBlockTracking,
+    };
+  }
+
+  async restore(o: { backupId: string; target: VolumeFileRef }, ctl: WorkControl): Promise<void> {
+    // The volume's own file, checked on open (never through a link or a swapped file); a file
+    // larger than the backup keeps the volume's size.
+    await this.engine.restore(o.backupId, o.target.path, { guard: this.files.guardOf(o.target), format: o.target.format, targetSizeBytes: o.target.sizeBytes, signal: ctl.signal, onProgress: (p) => ctl.onProgress(p.doneBytes, p.totalBytes) });
+  }
+
+  async copyServerVolumes(o: { itemId: string; volumes: VolumeFileRef[]; hookEnv: Record<string, string> }, ctl: WorkControl): Promise<void> {
+    const dir = this.serverCopyDir(o.itemId);
+    await fs.mkdir(dir, { recursive: true });
+    // The snapshot moment: freeze, copy every volume, thaw (thaw runs even if a copy failed, and
+    // whenever freeze was tried, even if freeze itself failed half way).
+    try {
+      await this.hook(this.opts.freezeCommand, o.hookEnv);
+      for (const v of o.volumes) {
+        if (ctl.signal.aborted) throw ctl.signal.reason;
+        await this.files.copyOut(v.path, this.files.guardOf(v), path.join(dir, `${v.id}.img`));
+      }
+    } finally {
+      await this.hook(this.opts.thawCommand, o.hookEnv);
+    }
+  }
+
+  async thawServer(o: { hookEnv: Record<string, string> }): Promise<void> {
+    await this.hook(this.opts.thawCommand, o.hookEnv);
+  }
+
+  async removeServerCopies(o: { itemId: string }): Promise<void> {
+    await fs.rm(this.serverCopyDir(o.itemId), { recursive: true, force: true });
+  }
+
+  private async hook(command: string, env: Record<string, string>): Promise<void> {
+    if (!command) return;
+    try {
+      const { NODE_COMPILE_CACHE: _ownCache, ...inherited } = process.env; // Haven's own, not the hook's
+      await run('sh', ['-c', command], { env: { ...inherited, ...env }, timeout: HOOK_TIMEOUT_MS });
+    } catch (err) {
+      const e = err as { stderr?: string; message: string };
+      throw new AppError(ErrorCode.HookFailed, `hook "${command}" failed: ${(e.stderr || e.message).trim().split('\n').slice(-1)[0]}`, { cause: err });
+    }
+  }
+}

@@ -1,0 +1,189 @@
+/**
+ * Which host does a volume's file work, and how it is reached: this process itself (the embedded
+ * default, and `haven serve` on a host of its own volumes) or the `haven agent` of another host,
+ * through work queued in the catalog (agent_work) that the agent claims over the HTTP API, holds
+ * under a lease it renews with its heartbeats, and ends with its result. The control plane never
+ * opens another host's files; volume data goes from the agent to the repository directly.
+ *
+ * Failure: work whose lease runs out (the agent died, or lost the control plane) fails with
+ * AGENT_LOST, so a job never waits forever and never runs twice at once: an agent that comes back
+ * is told to drop it, and its late result is refused. Work for a host with no agent online fails
+ * at once with HOST_UNAVAILABLE.
+ */
+import type { Catalog } from '../catalog/catalog.ts';
+import type { AgentRecord, AgentWork } from '../catalog/agent-queries.ts';
+import type { Clock } from '../domain/clock.ts';
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import { newUuid } from '../domain/ids.ts';
+import type { BackupOrder, BackupSummary, HostCall, VolumeFileRef, VolumeHost, WorkControl } from './volume-host.ts';
+
+export interface VolumeHostsOptions {
+  /** This process's own host name (HAVEN_HOST_NAME); its volumes are worked on here. */
+  localName: string;
+  /** How long an agent's work and registration last without a heartbeat (ms). */
+  leaseMs: number;
+  /** How often a waiting job looks at its work (ms). */
+  pollMs?: number;
+}
+
+/** Whether an agent was heard from within its lease. */
+export function agentOnline(a: AgentRecord, nowMs: number, leaseMs: number): boolean {
+  return nowMs - a.heartbeatAt <= leaseMs;
+}
+
+/** A failure as an agent reports it, and back (Haven's code survives the wire; anything else is internal). */
+export function errorToWire(err: unknown): { code: string; message: string; details?: Record<string, unknown> } {
+  if (err instanceof AppError) return { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) };
+  return { code: ErrorCode.Internal, message: err instanceof Error ? err.message : String(err) };
+}
+
+export function errorFromWire(e: { code: string; message: string; details?: Record<string, unknown> }): AppError {
+  const known = (Object.values(ErrorCode) as string[]).includes(e.code);
+  return new AppError(known ? (e.code as ErrorCode) : ErrorCode.Internal, e.message, e.details ? { details: e.details } : undefined);
+}
+
+export class VolumeHosts {
+  private readonly catalog: Catalog;
+  private readonly clock: Clock;
+  private readonly local: VolumeHost | null;
+  readonly opts: Required<VolumeHostsOptions>;
+
+  constructor(catalog: Catalog, clock: Clock, local: VolumeHost | null, opts: VolumeHostsOptions) {
+    this.catalog = catalog;
+    this.clock = clock;
+    this.local = local;
+    this.opts = { pollMs: 250, ...opts };
+  }
+
+  /** The host of a volume (null: the control plane's own). */
+  of(host: string | null): VolumeHost {
+    if (host === null || host === this.opts.localName) {
+      if (this.local) return this.local;
+      throw new AppError(ErrorCode.HostUnavailable, host === null ? 'this volume belongs to the control plane\'s own host, and this process holds no volumes (HAVEN_LOCAL_AGENT=false)' : `host ${host} is this control plane's, which holds no volumes (HAVEN_LOCAL_AGENT=false)`);
+    }
+    return new RemoteVolumeHost(host, this.catalog, this.clock, this.opts);
+  }
+
+  /**
+   * The host of a new volume: the one asked for (it must have an agent), else the online, not
+   * drained host with the fewest volumes (this process counts, when it holds volumes).
+   */
+  async place(requested?: string | null): Promise<string> {
+    const now = this.clock.now();
+    const agents = await this.catalog.agents.listAgents();
+    if (requested) {
+      if (requested === this.opts.localName && this.local) return requested;
+      const a = agents.find((x) => x.host === requested);
+      if (!a) throw new AppError(ErrorCode.InvalidArgument, `host ${requested} has no Haven agent (GET /haven/v1/agents lists them)`);
+      return requested;
+    }
+    const counts = await this.catalog.agents.volumeCounts();
+    const candidates = agents.filter((a) => !a.draining && agentOnline(a, now, this.opts.leaseMs) && (a.host !== this.opts.localName || this.local)).map((a) => a.host);
+    if (this.local && !candidates.includes(this.opts.localName) && !agents.find((a) => a.host === this.opts.localName)?.draining) candidates.push(this.opts.localName);
+    if (!candidates.length) throw new AppError(ErrorCode.HostUnavailable, 'no host can take a new volume: no Haven agent is online and not drained (GET /haven/v1/agents)');
+    const load = (h: string): number => (counts.get(h) ?? 0) + (h === this.opts.localName ? (counts.get(null) ?? 0) : 0);
+    return candidates.sort((a, b) => load(a) - load(b) || a.localeCompare(b))[0]!;
+  }
+}
+
+/** Another host's volumes: each call is work queued for its agent, awaited here. */
+class RemoteVolumeHost implements VolumeHost {
+  readonly host: string;
+  private readonly catalog: Catalog;
+  private readonly clock: Clock;
+  private readonly opts: Required<VolumeHostsOptions>;
+
+  constructor(host: string, catalog: Catalog, clock: Clock, opts: Required<VolumeHostsOptions>) {
+    this.host = host;
+    this.catalog = catalog;
+    this.clock = clock;
+    this.opts = opts;
+  }
+
+  createVolumeFile(o: Parameters<VolumeHost['createVolumeFile']>[0]): Promise<{ path: string; fileId: string }> {
+    return this.call('createVolumeFile', o);
+  }
+  inspectAdoption(o: Parameters<VolumeHost['inspectAdoption']>[0]): ReturnType<VolumeHost['inspectAdoption']> {
+    return this.call('inspectAdoption', o);
+  }
+  removeVolumeFile(o: { id: string; path: string; fileId: string | null }): Promise<void> {
+    return this.call('removeVolumeFile', o);
+  }
+  snapshotVolume(o: { volume: VolumeFileRef; snapshotId: string }): Promise<{ path: string }> {
+    return this.call('snapshotVolume', o);
+  }
+  removeSnapshotFile(o: { path: string }): Promise<void> {
+    return this.call('removeSnapshotFile', o);
+  }
+  backup(o: BackupOrder, ctl: WorkControl): Promise<BackupSummary> {
+    return this.call('backup', o, ctl);
+  }
+  restore(o: { backupId: string; target: VolumeFileRef }, ctl: WorkControl): Promise<void> {
+    return this.call('restore', o, ctl);
+  }
+  copyServerVolumes(o: { itemId: string; volumes: VolumeFileRef[]; hookEnv: Record<string, string> }, ctl: WorkControl): Promise<void> {
+    return this.call('copyServerVolumes', o, ctl);
+  }
+  thawServer(o: { hookEnv: Record<string, string> }): Promise<void> {
+    return this.call('thawServer', o);
+  }
+  removeServerCopies(o: { itemId: string }): Promise<void> {
+    return this.call('removeServerCopies', o);
+  }
+
+  /** Why no work can be queued for this host now, or null. */
+  private async unavailable(): Promise<string | null> {
+    const a = await this.catalog.agents.getAgent(this.host);
+    if (!a) return `no Haven agent has registered for host ${this.host}`;
+    if (a.draining) return `host ${this.host} is drained: it takes no new work (POST /haven/v1/agents/${this.host}/undrain)`;
+    if (!agentOnline(a, this.clock.now(), this.opts.leaseMs)) return `the agent of host ${this.host} is offline: last heard from ${new Date(a.heartbeatAt).toISOString()}, its lease is ${this.opts.leaseMs / 1000} s`;
+    return null;
+  }
+
+  private async call<T>(kind: HostCall, request: unknown, ctl?: WorkControl): Promise<T> {
+    const down = await this.unavailable();
+    if (down) throw new AppError(ErrorCode.HostUnavailable, down);
+    const id = newUuid();
+    await this.catalog.agents.insertWork({ id, host: this.host, jobId: ctl?.jobId ?? null, kind, request, createdAt: this.clock.now() });
+    let cancelled = false;
+    for (;;) {
+      await new Promise((r) => setTimeout(r, this.opts.pollMs));
+      const w = await this.catalog.agents.getWork(id);
+      if (!w) throw new AppError(ErrorCode.Internal, `work ${id} for host ${this.host} disappeared from the catalog`);
+      if (w.status === 'done') return w.result as T;
+      if (w.status === 'failed') throw errorFromWire(w.error ?? { code: ErrorCode.Internal, message: 'the agent reported no reason' });
+      if (w.status === 'running' && w.progressTotal) ctl?.onProgress(w.progressDone, w.progressTotal);
+      if (ctl?.signal.aborted && !cancelled) {
+        cancelled = true;
+        const reason = ctl.signal.reason instanceof Error ? ctl.signal.reason.message : 'cancelled';
+        await this.catalog.agents.cancelWork(id, reason);
+        // Queued work is not handed out once cancelled: it ends here. Running work ends when the
+        // agent has stopped it (its next heartbeat), or when its lease runs out.
+        if (await this.catalog.agents.finishWork(id, { status: 'failed', error: errorToWireReason(ctl.signal.reason) }, this.clock.now(), { fromStatuses: ['queued'] })) throw ctl.signal.reason;
+      }
+      await this.expireIfLost(w);
+    }
+  }
+
+  /** Fails the work when its agent is gone: its lease ran out, or it never came to take it. */
+  private async expireIfLost(w: AgentWork): Promise<void> {
+    const now = this.clock.now();
+    let why: string | null = null;
+    if (w.status === 'running' && w.leaseUntil !== null && w.leaseUntil < now) {
+      why = `the agent of host ${this.host} stopped renewing its lease on this work (last renewed ${new Date(w.leaseUntil - this.opts.leaseMs).toISOString()}, lease ${this.opts.leaseMs / 1000} s): it is presumed gone, and the work failed`;
+    } else if (w.status === 'queued') {
+      const a = await this.catalog.agents.getAgent(this.host);
+      if (!a || !agentOnline(a, now, this.opts.leaseMs)) why = `the agent of host ${this.host} went offline before it took this work`;
+      else if (a.draining) why = `host ${this.host} was drained before its agent took this work`;
+    }
+    if (!why) return;
+    const error = { code: w.status === 'queued' ? ErrorCode.HostUnavailable : ErrorCode.AgentLost, message: why };
+    // CAS: a result that landed meanwhile wins; the next poll reads it.
+    await this.catalog.agents.finishWork(w.id, { status: 'failed', error }, now, { fromStatuses: [w.status] });
+    await this.catalog.agents.cancelWork(w.id, why);
+  }
+}
+
+function errorToWireReason(reason: unknown): { code: string; message: string } {
+  return errorToWire(reason instanceof Error ? reason : new AppError(ErrorCode.Cancelled, 'cancelled'));
+}
