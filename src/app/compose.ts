@@ -57,6 +57,8 @@ export interface App {
   policies: PolicyService;
   runner: JobRunner;
   scheduler: PolicyScheduler;
+  /** Agents: tokens, registrations, the work queued for hosts (services/agent-service.ts). */
+  agents: AgentService;
   /** Where the generated admin password was written (null when HAVEN_ADMIN_PASSWORD is set). */
   adminPasswordFile: string | null;
   /** The admin was made by another process sharing the catalog: its password is in that one's data folder. */
@@ -220,7 +222,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     }
     const metricsServer = config.metricsPort ? buildMetricsServer(metrics) : null;
     return {
-      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, adminPasswordFile, adminPasswordShared,
+      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, agents, adminPasswordFile, adminPasswordShared,
       reloadTls() {
         if (!config.tlsCert) throw new AppError(ErrorCode.InvalidArgument, 'TLS is not configured (HAVEN_TLS_CERT, HAVEN_TLS_KEY)');
         const next = loadTlsFiles(config.tlsCert, config.tlsKey);

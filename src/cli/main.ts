@@ -7,6 +7,7 @@ import { AppError, ErrorCode } from '../domain/errors.ts';
 import { registerEngineCommands } from './commands/engine-commands.ts';
 import { registerServiceCommands } from './commands/service-commands.ts';
 import { registerScheduleCommands } from './commands/schedule-commands.ts';
+import { registerAgentCommands } from './commands/agent-commands.ts';
 
 export const EXIT_FAILURE = 1;
 
@@ -23,6 +24,7 @@ export function buildProgram(): Command {
   registerEngineCommands(program);
   registerServiceCommands(program);
   registerScheduleCommands(program);
+  registerAgentCommands(program);
   return program;
 }
 

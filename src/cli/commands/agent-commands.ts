@@ -1,0 +1,97 @@
+/**
+ * `haven agent` (the agent of this host: agent/agent.ts) and `haven agent token create --host NAME`
+ * (a new agent token, made in the catalog by its operator: the cloud admin).
+ */
+import type { Command } from 'commander';
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { loadConfig, s3Settings, type Config } from '../../config/config.ts';
+import { AppError, ErrorCode } from '../../domain/errors.ts';
+
+function configFrom(opts: { dataDir?: string }): Config {
+  return loadConfig(process.env, opts.dataDir ? { dataDir: opts.dataDir } : {});
+}
+
+/** The token in HAVEN_AGENT_TOKEN_FILE: its first line. */
+function readToken(file: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new AppError(ErrorCode.InvalidArgument, `cannot read HAVEN_AGENT_TOKEN_FILE ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  const token = text.split(/\r?\n/)[0]!.trim();
+  if (!token) throw new AppError(ErrorCode.InvalidArgument, `HAVEN_AGENT_TOKEN_FILE ${file} is empty`);
+  return token;
+}
+
+export function registerAgentCommands(program: Command): void {
+  const agent = program
+    .command('agent')
+    .description('run the agent of this host: it does the work on this host\'s volumes for the control plane (HAVEN_CONTROL_URL, HAVEN_AGENT_TOKEN_FILE, HAVEN_VOLUME_ROOTS)')
+    .option('--data-dir <dir>', 'this host\'s data folder: the volumes and snapshots Haven makes here (default: HAVEN_DATA_DIR or ./data)')
+    .action(async (opts: { dataDir?: string }) => {
+      const config = configFrom(opts);
+      if (!config.controlUrl) throw new AppError(ErrorCode.InvalidArgument, 'HAVEN_CONTROL_URL is not set: the URL of the control plane (haven serve)');
+      if (!config.agentTokenFile) throw new AppError(ErrorCode.InvalidArgument, 'HAVEN_AGENT_TOKEN_FILE is not set: the file holding this host\'s agent token (haven agent token create --host NAME makes one)');
+      const token = readToken(config.agentTokenFile);
+      const [{ pino }, { secureDataFolder }, { openObjectStore, openFailure }, { BackupEngine, readPasswordFile }, { VolumeFiles }, { LocalVolumeHost }, { Agent }, { HAVEN_VERSION, hostCapabilities }, { isS3Url }] = await Promise.all([
+        import('pino'), import('../../app/data-folder.ts'), import('../../storage/open-store.ts'), import('../../services/backup-engine.ts'), import('../../services/volume-files.ts'),
+        import('../../services/local-volume-host.ts'), import('../../agent/agent.ts'), import('../../agent/capabilities.ts'), import('../../storage/s3-url.ts'),
+      ]);
+      const log = pino({ level: config.logLevel });
+      secureDataFolder(config.dataDir, { sqliteCatalog: false });
+      const store = await openObjectStore(config.repositoryUrl, s3Settings(config));
+      const password = config.repoPasswordFile ? await readPasswordFile(config.repoPasswordFile) : undefined;
+      const engine = await BackupEngine.open(store, { password, nice: config.workerNice }).catch(openFailure(config.repositoryUrl));
+      const files = new VolumeFiles({ dataDir: config.dataDir, volumeRoots: config.volumeRoots, privateDirs: isS3Url(config.repositoryUrl) ? [] : [config.repositoryUrl] });
+      const host = new LocalVolumeHost({ host: config.hostName, files, engine, dataDir: config.dataDir, freezeCommand: config.freezeCommand, thawCommand: config.thawCommand });
+      const a = new Agent({ controlUrl: config.controlUrl, token, host, version: HAVEN_VERSION, volumeRoots: config.volumeRoots, capabilities: hostCapabilities(), slots: config.jobConcurrency, log });
+      try {
+        await a.start();
+      } catch (err) {
+        await engine.close();
+        throw err;
+      }
+      process.stderr.write(`Haven agent of host ${a.hostName} working for ${config.controlUrl}\n`);
+      process.stderr.write(`  volume roots: ${config.volumeRoots.join(':') || '(none)'}\n  data: ${config.dataDir}\n  repository: ${config.repositoryUrl}\n`);
+      await new Promise<void>((resolve) => {
+        const stop = (): void => {
+          process.stderr.write('Haven agent stopping: running work is cancelled and reported failed\n');
+          resolve();
+        };
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+      });
+      await a.stop();
+      await engine.close();
+    });
+
+  agent
+    .command('token')
+    .description('agent credentials')
+    .command('create')
+    .description('print a new agent token for a host (made in the catalog: run it where HAVEN_CATALOG_URL or the data folder is, as the cloud admin); the agent reads it from HAVEN_AGENT_TOKEN_FILE')
+    .requiredOption('--host <name>', 'the host the agent runs on (its volumes belong to it)')
+    .option('--data-dir <dir>', 'data folder (SQLite catalog)')
+    .option('--json', 'print JSON')
+    .action(async (opts: { host: string; dataDir?: string; json?: boolean }) => {
+      const config = configFrom(opts);
+      const [{ Catalog }, { migrate }, { AgentService }, { systemClock }] = await Promise.all([
+        import('../../catalog/catalog.ts'), import('../../catalog/migrate.ts'), import('../../services/agent-service.ts'), import('../../domain/clock.ts'),
+      ]);
+      let db;
+      if (config.catalogUrl) db = new (await import('../../catalog/postgres-database.ts')).PostgresDatabase(config.catalogUrl);
+      else {
+        (await import('../../app/data-folder.ts')).secureDataFolder(config.dataDir, { sqliteCatalog: true });
+        db = new (await import('../../catalog/sqlite-database.ts')).SqliteDatabase(path.join(config.dataDir, 'catalog.sqlite'));
+      }
+      try {
+        await migrate(db);
+        const t = await new AgentService(new Catalog(db), systemClock, { leaseMs: config.agentLeaseSeconds * 1000 }).createToken(opts.host);
+        process.stdout.write(opts.json ? `${JSON.stringify({ id: t.id, host: t.host, token: t.token })}\n` : `${t.token}\n`);
+      } finally {
+        await db.close();
+      }
+    });
+}

@@ -1,0 +1,253 @@
+/**
+ * Several hosts: one control plane (haven serve, HAVEN_LOCAL_AGENT=false) on PostgreSQL, two
+ * `haven agent` processes with disjoint volume roots and data folders (hosts "alpha" and "beta"),
+ * one S3 repository (OpenStack Swift's s3api). Every file operation of a volume runs on its host's
+ * agent and never on the other; a backup taken on one host restores bit-identical onto the other's
+ * volume; an agent killed mid-backup fails its job within the lease; a drained host gets no work.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { freshDatabase } from '../helpers/postgres.ts';
+import { skipOutsideCi } from '../helpers/skip.ts';
+import { SWIFT_BUCKET, SWIFT_CREDENTIALS, startSwift, swiftMissing, type SwiftS3 } from '../helpers/swift.ts';
+import { ADMIN_PASSWORD, startService, type TestService } from '../helpers/service.ts';
+import { MiB, overwrite, randomBytesSeeded, sha256File, TempDirs } from '../helpers/volumes.ts';
+
+const ROOT = path.resolve(import.meta.dirname, '..', '..');
+const LEASE_SECONDS = 4;
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+interface AgentProc {
+  host: string;
+  roots: string;
+  dataDir: string;
+  child: ChildProcess;
+  log: () => string;
+}
+
+describe('agents: two hosts, one control plane on PostgreSQL, an S3 repository', async () => {
+  const db = await freshDatabase();
+  const skip = 'skip' in db ? db.skip : skipOutsideCi(swiftMissing());
+  const dbUrl = 'url' in db ? db.url : '';
+  const temp = new TempDirs('haven-agents-');
+  let swift: SwiftS3;
+  let cp: TestService;
+  let url = '';
+  let admin: { token: string; projectId: string };
+  const agents = new Map<string, AgentProc>();
+  const tokenFiles = new Map<string, string>();
+  let env: NodeJS.ProcessEnv = {};
+
+  const startAgent = async (host: string): Promise<AgentProc> => {
+    const prev = agents.get(host);
+    const roots = prev?.roots ?? temp.make(`roots-${host}`);
+    const dataDir = prev?.dataDir ?? temp.make(`data-${host}`);
+    let out = '';
+    const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'haven.js'), 'agent'], {
+      env: { ...env, HAVEN_AGENT_TOKEN_FILE: tokenFiles.get(host)!, HAVEN_VOLUME_ROOTS: roots, HAVEN_DATA_DIR: dataDir, HAVEN_HOST_NAME: `${host}-ignored` },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const a: AgentProc = { host, roots, dataDir, child, log: () => out };
+    agents.set(host, a);
+    for (let i = 0; i < 400 && !out.includes('working for'); i++) {
+      if (child.exitCode !== null) throw new Error(`agent ${host} exited: ${out}`);
+      await sleep(50);
+    }
+    assert.match(out, new RegExp(`Haven agent of host ${host} working for`), out);
+    return a;
+  };
+
+  const listAgents = async (): Promise<Record<string, unknown>[]> => {
+    const r = await cp.req({ method: 'GET', url: '/haven/v1/agents', token: admin.token });
+    assert.equal(r.statusCode, 200, r.body);
+    return (r.json() as { agents: Record<string, unknown>[] }).agents;
+  };
+
+  /** Work the control plane queued, by host (the catalog's record of where each operation ran). */
+  const workHosts = async (): Promise<{ host: string; kind: string; status: string; job_id: string | null }[]> =>
+    cp.app.catalog.db.all('SELECT host, kind, status, job_id FROM agent_work ORDER BY created_at');
+
+  before(async () => {
+    if (skip) return;
+    swift = await startSwift(temp);
+    // S3 credentials from the environment, as the agents get them.
+    process.env.AWS_ACCESS_KEY_ID = SWIFT_CREDENTIALS.accessKeyId;
+    process.env.AWS_SECRET_ACCESS_KEY = SWIFT_CREDENTIALS.secretAccessKey;
+    cp = await startService(temp, {
+      catalogUrl: dbUrl, repositoryUrl: `s3://${SWIFT_BUCKET}/haven`, s3Endpoint: swift.endpoint, s3ConditionalWrites: false, localAgent: false, agentLeaseSeconds: LEASE_SECONDS, hostName: 'control',
+    });
+    await cp.app.server.listen({ host: '127.0.0.1', port: 0 });
+    const addr = cp.app.server.server.address() as { port: number };
+    url = `http://127.0.0.1:${addr.port}`;
+    admin = await cp.login('admin', ADMIN_PASSWORD, 'admin');
+    env = {
+      PATH: process.env.PATH, HOME: process.env.HOME, HAVEN_CONTROL_URL: url, HAVEN_REPOSITORY_URL: `s3://${SWIFT_BUCKET}/haven`, HAVEN_S3_ENDPOINT: swift.endpoint, HAVEN_S3_CONDITIONAL_WRITES: 'false',
+      AWS_ACCESS_KEY_ID: SWIFT_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: SWIFT_CREDENTIALS.secretAccessKey, HAVEN_LOG_LEVEL: 'info', HAVEN_JOB_CONCURRENCY: '2',
+    };
+    const secrets = temp.make('secrets');
+    for (const host of ['alpha', 'beta']) {
+      // Tokens through the admin API (the CLI's `haven agent token create` is tested below).
+      const t = await cp.req({ method: 'POST', url: '/haven/v1/agents/tokens', token: admin.token, payload: { host } });
+      assert.equal(t.statusCode, 201, t.body);
+      const file = path.join(secrets, `${host}.token`);
+      await fs.writeFile(file, `${(t.json() as { agent_token: { token: string } }).agent_token.token}\n`, { mode: 0o600 });
+      tokenFiles.set(host, file);
+      await startAgent(host);
+    }
+  });
+
+  after(async () => {
+    if (skip) return;
+    for (const a of agents.values()) a.child.kill('SIGKILL');
+    await cp?.close();
+    await swift?.close();
+    if ('drop' in db) await db.drop();
+    temp.cleanup();
+  });
+
+  it('lists both agents online with their roots; the token is checked', { skip }, async () => {
+    const list = await listAgents();
+    assert.deepEqual(list.map((a) => [a.host, a.online, a.draining, a.embedded]), [['alpha', true, false, false], ['beta', true, false, false]]);
+    assert.deepEqual(list.find((a) => a.host === 'alpha')!.volume_roots, [agents.get('alpha')!.roots]);
+    // No token, a bad token, a user's token: 401, nothing registered.
+    for (const headers of [{}, { authorization: 'Bearer hvagent_00000000000000000000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA' }, { authorization: `Bearer ${admin.token}` }]) {
+      const r = await cp.req({ method: 'POST', url: '/haven/v1/agent/register', headers, payload: { version: '0', volume_roots: [], capabilities: [] } });
+      assert.equal(r.statusCode, 401, r.body);
+    }
+    // A project member sees no agents.
+    const member = await cp.tenant('agents-member');
+    assert.equal((await cp.req({ method: 'GET', url: '/haven/v1/agents', token: member.token })).statusCode, 403);
+    assert.equal((await listAgents()).length, 2);
+  });
+
+  it('every volume operation runs on its host: adoption checks that host\'s roots; backups and a cross-host restore are bit-identical', { skip, timeout: 240_000 }, async () => {
+    const alpha = agents.get('alpha')!;
+    const beta = agents.get('beta')!;
+    const file = path.join(alpha.roots, 'disk-a.img');
+    await fs.writeFile(file, Buffer.alloc(0));
+    await fs.truncate(file, 64 * MiB);
+    await overwrite(file, 3 * MiB, randomBytesSeeded(5 * MiB, 7));
+    const manage = (host: string, p: string) => cp.req({ method: 'POST', url: `/v3/${admin.projectId}/os-volume-manage`, token: admin.token, payload: { volume: { host: `${host}@adopted#pool`, ref: { 'source-name': p }, name: path.basename(p) } } });
+    // beta's agent checks beta's roots: alpha's file is not under them.
+    const refused = await manage('beta', file);
+    assert.equal(refused.statusCode, 400, refused.body);
+    assert.match(refused.body, /not under a volume root of host/);
+    assert.equal((await cp.req({ method: 'GET', url: `/v3/${admin.projectId}/volumes`, token: admin.token })).json().volumes.length, 0);
+    const adopted = await manage('alpha', file);
+    assert.equal(adopted.statusCode, 202, adopted.body);
+    const volA = (adopted.json() as { volume: { id: string; 'os-vol-host-attr:host': string } }).volume;
+    assert.match(volA['os-vol-host-attr:host'], /^alpha@/);
+
+    // A created volume lands on the host with fewer volumes: beta; its file is in beta's data folder.
+    const volB = await cp.createVolume(admin, 'copy-on-beta', 1);
+    const bPath = await cp.volumePath(volB.id);
+    assert.ok(bPath.startsWith(beta.dataDir), bPath);
+    assert.equal((await cp.app.catalog.volumes.getVolumeById(volB.id))!.host, 'beta');
+
+    const want = await sha256File(file);
+    const b = await cp.req({ method: 'POST', url: `/v2/${admin.projectId}/cloudbackups`, token: admin.token, payload: { backup: { volume_id: volA.id, name: 'on-alpha' } } });
+    assert.equal(b.statusCode, 200, b.body);
+    const job = await cp.waitJob(admin.token, admin.projectId, (b.json() as { job_id: string }).job_id);
+    assert.equal(job.status, 'SUCCESS', JSON.stringify(job));
+    const backupId = (job.entities as { backup_id: string }).backup_id;
+
+    // Cross-host restore: alpha's backup onto beta's volume.
+    const r = await cp.req({ method: 'POST', url: `/v2/${admin.projectId}/cloudbackups/${backupId}/restore`, token: admin.token, payload: { restore: { volume_id: volB.id } } });
+    assert.equal(r.statusCode, 200, r.body);
+    assert.equal((await cp.waitJob(admin.token, admin.projectId, (r.json() as { job_id: string }).job_id)).status, 'SUCCESS');
+    const restored = Buffer.alloc(64 * MiB);
+    const fh = await fs.open(bPath, 'r');
+    await fh.read(restored, 0, restored.length, 0);
+    await fh.close();
+    const { createHash } = await import('node:crypto');
+    assert.equal(createHash('sha256').update(restored).digest('hex'), want);
+
+    // Where each operation ran: the backup on alpha, the volume's file and the restore on beta.
+    const work = await workHosts();
+    assert.deepEqual(work.filter((w) => w.status === 'done').map((w) => `${w.kind}@${w.host}`), ['inspectAdoption@alpha', 'createVolumeFile@beta', 'backup@alpha', 'restore@beta']);
+    assert.match(alpha.log(), /"kind":"backup".*"msg":"work done"/);
+    assert.doesNotMatch(beta.log(), /"kind":"backup"/);
+    assert.match(beta.log(), /"kind":"restore".*"msg":"work done"/);
+  });
+
+  it('an agent killed mid-backup fails the job within its lease; back again, the next backup restores bit-identical on the other host', { skip, timeout: 240_000 }, async () => {
+    const alpha = agents.get('alpha')!;
+    const file = path.join(alpha.roots, 'disk-big.img');
+    await fs.writeFile(file, Buffer.alloc(0));
+    await fs.truncate(file, 1024 * MiB);
+    for (let i = 0; i < 8; i++) await overwrite(file, i * 128 * MiB, randomBytesSeeded(96 * MiB, 100 + i));
+    const m = await cp.req({ method: 'POST', url: `/v3/${admin.projectId}/os-volume-manage`, token: admin.token, payload: { volume: { host: 'alpha', ref: { 'source-name': file }, name: 'big' } } });
+    assert.equal(m.statusCode, 202, m.body);
+    const vol = (m.json() as { volume: { id: string } }).volume;
+    const b = await cp.req({ method: 'POST', url: `/v2/${admin.projectId}/cloudbackups`, token: admin.token, payload: { backup: { volume_id: vol.id, name: 'killed' } } });
+    const jobId = (b.json() as { job_id: string }).job_id;
+    // Wait until alpha reports progress on it, then kill it.
+    for (let i = 0; i < 600; i++) {
+      const running = (await listAgents()).find((a) => a.host === 'alpha')!.running_jobs as { job_id: string; progress_done: number }[];
+      if (running.some((w) => w.job_id === jobId && w.progress_done > 0)) break;
+      await sleep(50);
+    }
+    alpha.child.kill('SIGKILL');
+    const killedAt = Date.now();
+    const job = await cp.waitJob(admin.token, admin.projectId, jobId);
+    const took = (Date.now() - killedAt) / 1000;
+    assert.equal(job.status, 'FAIL', JSON.stringify(job));
+    assert.match(String(job.fail_reason), /stopped renewing its lease/);
+    assert.ok(took < LEASE_SECONDS * 3 + 5, `failed ${took} s after the kill`);
+    const failed = (await cp.req({ method: 'GET', url: `/v3/${admin.projectId}/backups/detail`, token: admin.token })).json().backups.find((x: { name: string }) => x.name === 'killed');
+    assert.equal(failed.status, 'error');
+    // While alpha is gone, its volumes' work is refused at once (503), not queued forever.
+    assert.equal((await listAgents()).find((a) => a.host === 'alpha')!.online, false);
+    const refused = await cp.req({ method: 'POST', url: `/v2/${admin.projectId}/cloudbackups`, token: admin.token, payload: { backup: { volume_id: vol.id, name: 'while-away' } } });
+    if (refused.statusCode === 200) assert.equal((await cp.waitJob(admin.token, admin.projectId, (refused.json() as { job_id: string }).job_id)).status, 'FAIL');
+
+    // alpha comes back; the next backup succeeds and restores bit-identical onto a volume on beta.
+    await startAgent('alpha');
+    const want = await sha256File(file);
+    const b2 = await cp.req({ method: 'POST', url: `/v2/${admin.projectId}/cloudbackups`, token: admin.token, payload: { backup: { volume_id: vol.id, name: 'after' } } });
+    assert.equal(b2.statusCode, 200, b2.body);
+    const j2 = await cp.waitJob(admin.token, admin.projectId, (b2.json() as { job_id: string }).job_id);
+    assert.equal(j2.status, 'SUCCESS', JSON.stringify(j2));
+    const dst = await cp.req({ method: 'POST', url: `/v2/${admin.projectId}/volumes`, token: admin.token, payload: { volume: { size: 1, name: 'big-copy' } } });
+    const dstVol = (dst.json() as { volume: { id: string } }).volume;
+    assert.equal((await cp.app.catalog.volumes.getVolumeById(dstVol.id))!.host, 'beta');
+    const r = await cp.req({ method: 'POST', url: `/v2/${admin.projectId}/cloudbackups/${(j2.entities as { backup_id: string }).backup_id}/restore`, token: admin.token, payload: { restore: { volume_id: dstVol.id } } });
+    assert.equal((await cp.waitJob(admin.token, admin.projectId, (r.json() as { job_id: string }).job_id)).status, 'SUCCESS');
+    assert.equal(await sha256File(await cp.volumePath(dstVol.id)), want);
+  });
+
+  it('a drained host gets no new work and no new volumes; undrained, it works again', { skip, timeout: 120_000 }, async () => {
+    const d = await cp.req({ method: 'POST', url: '/haven/v1/agents/beta/drain', token: admin.token });
+    assert.equal(d.statusCode, 200, d.body);
+    assert.equal((d.json() as { agent: { draining: boolean } }).agent.draining, true);
+    // New volumes go to alpha only.
+    const v = await cp.createVolume(admin, 'while-beta-drained', 1);
+    assert.equal((await cp.app.catalog.volumes.getVolumeById(v.id))!.host, 'alpha');
+    // Work for beta's volumes is refused with the reason.
+    const betaVol = (await cp.app.catalog.db.all<{ id: string }>("SELECT id FROM volumes WHERE host = 'beta' AND adopted = 0 ORDER BY created_at LIMIT 1"))[0]!;
+    const del = await cp.req({ method: 'DELETE', url: `/v2/${admin.projectId}/volumes/${betaVol.id}`, token: admin.token });
+    assert.equal(del.statusCode, 503, del.body);
+    assert.match(del.body, /drained/);
+    assert.equal((await cp.req({ method: 'POST', url: '/haven/v1/agents/beta/undrain', token: admin.token })).statusCode, 200);
+    assert.equal((await cp.req({ method: 'POST', url: '/haven/v1/agents/nowhere/drain', token: admin.token })).statusCode, 404);
+  });
+
+  it('haven agent token create --host makes a token the API accepts', { skip, timeout: 60_000 }, async () => {
+    const out = await new Promise<string>((resolve, reject) => {
+      let s = '';
+      const c = spawn(process.execPath, [path.join(ROOT, 'bin', 'haven.js'), 'agent', 'token', 'create', '--host', 'gamma', '--json'], { env: { ...env, HAVEN_CATALOG_URL: dbUrl }, stdio: ['ignore', 'pipe', 'inherit'] });
+      c.stdout!.on('data', (d: Buffer) => (s += d.toString()));
+      c.on('exit', (code) => (code === 0 ? resolve(s) : reject(new Error(`exit ${code}`))));
+    });
+    const t = JSON.parse(out) as { host: string; token: string };
+    assert.equal(t.host, 'gamma');
+    const r = await cp.req({ method: 'POST', url: '/haven/v1/agent/register', headers: { authorization: `Bearer ${t.token}` }, payload: { version: 'test', volume_roots: [], capabilities: ['raw'] } });
+    assert.equal(r.statusCode, 200, r.body);
+    assert.equal((r.json() as { host: string }).host, 'gamma');
+  });
+});
