@@ -12,11 +12,20 @@ import { Repository } from '../engine/repository.ts';
 import { restoreBackup, type RestoreResult } from '../engine/restore-reader.ts';
 import { backupsUsingChunks, verifyRepository, type VerifyReport } from '../engine/verifier.ts';
 import { openVolumeSource } from '../engine/open-volume.ts';
-import { openGuestDisk } from '../qemu/qemu-guest.ts';
+import { openGuestDisk, type GuestDisk } from '../qemu/qemu-guest.ts';
 import type { VolumeFormat } from '../domain/model.ts';
 import type { VolumeFileGuard } from '../engine/volume-file.ts';
 import { ChunkWorkerPool } from '../engine/worker-pool.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
+
+/** A running guest's disk held at one point in time (BackupEngine.takeGuestPoint). */
+export interface GuestPoint {
+  disk: GuestDisk;
+  parent: BackupManifest | null;
+  ended: boolean;
+  /** Ends the point in time: `ok`, the backup was written (else the bitmaps fold back). Once. */
+  end(ok: boolean): Promise<void>;
+}
 
 export class BackupEngine {
   readonly repo: Repository;
@@ -66,18 +75,47 @@ export class BackupEngine {
    * node must still be the volume's image.
    */
   private async backupGuest(imagePath: string, qmp: { socket: string; node: string }, previous: BackupManifest | null, opts: { backupId: string; volume: { id: string; name: string }; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
+    const point = await this.openGuestPoint(imagePath, qmp, previous, opts);
+    return this.writeGuestPoint(point, opts);
+  }
+
+  /**
+   * Takes a running guest's point in time (its fleece overlay: later guest writes no longer reach
+   * what is read), for writing later with writeGuestPoint: a server backup takes every disk's
+   * between its freeze and thaw hooks, and writes them after. `previousId` as for backup().
+   */
+  async takeGuestPoint(imagePath: string, qmp: { socket: string; node: string }, opts: { backupId: string; previousId: string | null; full: boolean; signal: AbortSignal }): Promise<GuestPoint> {
+    let previous: BackupManifest | null = null;
+    if (opts.previousId && !opts.full) previous = await this.manifest(opts.previousId).catch(() => null);
+    return this.openGuestPoint(imagePath, qmp, previous, opts);
+  }
+
+  private async openGuestPoint(imagePath: string, qmp: { socket: string; node: string }, previous: BackupManifest | null, opts: { backupId: string; full: boolean; signal: AbortSignal }): Promise<GuestPoint> {
     const parent = opts.full ? null : previous;
     const disk = await openGuestDisk({ qmpSocket: qmp.socket, node: qmp.node, backupId: opts.backupId, previous: () => (parent ? { id: parent.id } : null), signal: opts.signal });
+    const point: GuestPoint = { disk, parent, ended: false, end: async (ok) => {
+      if (point.ended) return;
+      point.ended = true;
+      await disk.source.close().catch(() => undefined);
+      await disk.finish(ok);
+    } };
+    const real = await fs.realpath(disk.imageFile).catch(() => disk.imageFile);
+    if (real !== imagePath) {
+      await point.end(false);
+      throw new AppError(ErrorCode.VolumePathRefused, `node ${qmp.node} of the guest at ${qmp.socket} is now the image ${disk.imageFile}, not the volume's ${imagePath}`);
+    }
+    return point;
+  }
+
+  /** Writes a guest's point in time as backup `backupId`, then ends it (its bitmaps settled either way). */
+  async writeGuestPoint(point: GuestPoint, opts: { backupId: string; volume: { id: string; name: string }; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
     let ok = false;
     try {
-      const real = await fs.realpath(disk.imageFile).catch(() => disk.imageFile);
-      if (real !== imagePath) throw new AppError(ErrorCode.VolumePathRefused, `node ${qmp.node} of the guest at ${qmp.socket} is now the image ${disk.imageFile}, not the volume's ${imagePath}`);
-      const r = await writeBackup(this.repo, disk.source, { backupId: opts.backupId, volume: opts.volume, previous: parent, full: opts.full || !parent, checkReused: opts.checkReused ?? false, pool: this.pool, signal: opts.signal, onProgress: opts.onProgress });
+      const r = await writeBackup(this.repo, point.disk.source, { backupId: opts.backupId, volume: opts.volume, previous: point.parent, full: opts.full || !point.parent, checkReused: opts.checkReused ?? false, pool: this.pool, signal: opts.signal, onProgress: opts.onProgress });
       ok = true;
       return r;
     } finally {
-      await disk.source.close().catch(() => undefined);
-      await disk.finish(ok);
+      await point.end(ok);
     }
   }
 

@@ -15,7 +15,7 @@ import { newHexId, newUuid } from '../domain/ids.ts';
 import { queuedJob, type Job, type JobOf, type JobPayloads, type JobType } from '../domain/job.ts';
 import type { Backup, BackupOrigin, Tag, Volume } from '../domain/model.ts';
 import type { VolumeHosts } from './volume-hosts.ts';
-import { fileRef, type BackupSource } from './volume-host.ts';
+import { fileRef, type BackupSummary } from './volume-host.ts';
 import type { BackupEngine } from './backup-engine.ts';
 import type { JobHandlers } from './job-runner.ts';
 import { activeJobsOfBackup } from './backup-jobs.ts';
@@ -255,11 +255,11 @@ export class BackupService {
   }
 
   /**
-   * Backs up one volume (or its snapshot) now, inside a caller's job (CSBS server backups): the row
-   * is created, the engine writes the backup, the row becomes available. On failure the row is
-   * marked error and the error rethrown.
+   * The row of one disk's backup in a server backup (CSBS), `creating`, linked to its checkpoint
+   * item; what the host writes completes it (completeServerDiskBackup). A failed server backup
+   * marks its item's creating rows error (jobs/csbs-protect.ts).
    */
-  async backupVolumeNow(volume: Volume, source: BackupSource, opts: { name: string; description: string; checkpointItemId: string; full: boolean; jobId: string; signal: AbortSignal; onProgress: (done: number, total: number) => void }): Promise<Backup> {
+  async beginServerDiskBackup(volume: Volume, opts: { name: string; description: string; checkpointItemId: string; full: boolean }): Promise<Backup> {
     const now = this.clock.now();
     const previous = await this.catalog.backups.latestAvailableOfVolume(volume.id);
     const full = opts.full || !previous;
@@ -274,18 +274,14 @@ export class BackupService {
       if (isUniqueViolation(err)) throw new AppError(ErrorCode.BackupInProgress, `a backup of volume ${volume.id} is still being created`, { cause: err });
       throw err;
     }
-    try {
-      const r = await this.hosts.of(volume.host).backup(
-        { backupId: backup.id, source, volume: { id: volume.id, name: volume.name ?? volume.id }, previousId: backup.parentId, full, checkReused: opts.full },
-        { signal: opts.signal, jobId: opts.jobId, onProgress: opts.onProgress },
-      );
-      this.events.backupFinished?.({ sizeBytes: r.sizeBytes, newBytes: r.newBytes, storedBytes: r.storedBytes });
-      await this.catalog.backups.completeBackup(backup.id, { sizeBytes: r.sizeBytes, storedBytes: r.storedBytes, newBytes: r.newBytes, objectCount: r.objectsWritten, parentId: r.parentId, dataTimestamp: now, volumeDigest: r.volumeDigest }, this.clock.now());
-      return (await this.catalog.backups.getBackupById(backup.id))!;
-    } catch (err) {
-      await this.catalog.backups.applyBackupEvent(backup.id, 'fail', this.clock.now(), { failReason: failureText(err) });
-      this.collectGarbageSoon(); // what the failed backup wrote is orphaned (G5)
-      throw err;
+    return backup;
+  }
+
+  /** A server disk's backup row becomes available with what the host wrote. */
+  async completeServerDiskBackup(backup: Backup, r: BackupSummary): Promise<void> {
+    this.events.backupFinished?.({ sizeBytes: r.sizeBytes, newBytes: r.newBytes, storedBytes: r.storedBytes });
+    if (!(await this.catalog.backups.completeBackup(backup.id, { sizeBytes: r.sizeBytes, storedBytes: r.storedBytes, newBytes: r.newBytes, objectCount: r.objectsWritten, parentId: r.parentId, dataTimestamp: backup.dataTimestamp, volumeDigest: r.volumeDigest }, this.clock.now()))) {
+      throw new AppError(ErrorCode.BackupInvalidState, `backup ${backup.id} left the creating state while it was written`);
     }
   }
 

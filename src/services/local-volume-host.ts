@@ -13,12 +13,21 @@ import { blockDeviceSize } from '../engine/volume-source.ts';
 import { fileIdOf, isUnder } from '../engine/volume-file.ts';
 import { createQcow2, growQcow2, imageInfo } from '../qemu/qemu-tools.ts';
 import { guestNodeInfo } from '../qemu/qemu-guest.ts';
-import type { BackupEngine } from './backup-engine.ts';
+import type { BackupEngine, GuestPoint } from './backup-engine.ts';
+import type { BackupResult } from '../engine/backup-writer.ts';
 import { checkFileSystemAllows } from './volume-limits.ts';
 import type { VolumeFiles } from './volume-files.ts';
-import type { BackupOrder, BackupSummary, VolumeFileRef, VolumeHost, WorkControl } from './volume-host.ts';
+import type { BackupOrder, BackupSummary, ServerProtectOrder, VolumeFileRef, VolumeHost, WorkControl } from './volume-host.ts';
 
 const run = promisify(execFile);
+
+/** What the catalog records of a backup the engine wrote. */
+function summaryOf(r: BackupResult): BackupSummary {
+  return {
+    sizeBytes: r.manifest.sizeBytes, storedBytes: r.stats.storedBytes, newBytes: r.stats.newBytes, objectsWritten: r.stats.objectsWritten, parentId: r.manifest.parentId,
+    createdAt: Date.parse(r.manifest.createdAt), volumeDigest: r.manifest.volumeDigest, readBytes: r.readBytes, changedBlockTracking: r.changedBlockTracking,
+  };
+}
 const GiB = 1024 ** 3;
 /** The freeze and thaw hooks get this long each. */
 const HOOK_TIMEOUT_MS = 120_000;
@@ -171,10 +180,7 @@ export class LocalVolumeHost implements VolumeHost {
       guard: src.guard, format: src.format, qmp: src.qmp, backupId: o.backupId, volume: o.volume, previousId: o.previousId, full: o.full, checkReused: o.checkReused, signal: ctl.signal,
       onProgress: (p) => ctl.onProgress(p.doneBytes, p.totalBytes),
     });
-    return {
-      sizeBytes: r.manifest.sizeBytes, storedBytes: r.stats.storedBytes, newBytes: r.stats.newBytes, objectsWritten: r.stats.objectsWritten, parentId: r.manifest.parentId,
-      createdAt: Date.parse(r.manifest.createdAt), volumeDigest: r.manifest.volumeDigest, readBytes: r.readBytes, changedBlockTracking: r.changedBlockTracking,
-    };
+    return summaryOf(r);
   }
 
   async restore(o: { backupId: string; target: VolumeFileRef }, ctl: WorkControl): Promise<void> {
@@ -183,19 +189,43 @@ export class LocalVolumeHost implements VolumeHost {
     await this.engine.restore(o.backupId, o.target.path, { guard: this.files.guardOf(o.target), format: o.target.format, targetSizeBytes: o.target.sizeBytes, signal: ctl.signal, onProgress: (p) => ctl.onProgress(p.doneBytes, p.totalBytes) });
   }
 
-  async copyServerVolumes(o: { itemId: string; volumes: VolumeFileRef[]; hookEnv: Record<string, string> }, ctl: WorkControl): Promise<void> {
+  /**
+   * A server backup: one moment for all its disks, between the freeze and thaw hooks (thaw runs
+   * whenever freeze was tried, even if it failed half way). At that moment a file volume is
+   * copied (a reflink when the file system can) and a running guest's disk is held at its point in
+   * time through QMP (a fleece overlay: no copy). After the thaw each disk is written as its
+   * backup; a guest's point in time is ended as soon as its backup is written, or failed.
+   */
+  async protectServer(o: ServerProtectOrder, ctl: WorkControl): Promise<BackupSummary[]> {
     const dir = this.serverCopyDir(o.itemId);
     await fs.mkdir(dir, { recursive: true });
-    // The snapshot moment: freeze, copy every volume, thaw (thaw runs even if a copy failed, and
-    // whenever freeze was tried, even if freeze itself failed half way).
+    const points = new Map<number, GuestPoint>();
     try {
-      await this.hook(this.opts.freezeCommand, o.hookEnv);
-      for (const v of o.volumes) {
-        if (ctl.signal.aborted) throw ctl.signal.reason;
-        await this.files.copyOut(v.path, this.files.guardOf(v), path.join(dir, `${v.id}.img`));
+      try {
+        await this.hook(this.opts.freezeCommand, o.hookEnv);
+        for (const [i, d] of o.disks.entries()) {
+          if (ctl.signal.aborted) throw ctl.signal.reason;
+          if (d.volume.qmp) points.set(i, await this.engine.takeGuestPoint(d.volume.path, d.volume.qmp, { backupId: d.backup.backupId, previousId: d.backup.previousId, full: d.backup.full, signal: ctl.signal }));
+          else await this.files.copyOut(d.volume.path, this.files.guardOf(d.volume), path.join(dir, `${d.volume.id}.img`));
+        }
+      } finally {
+        await this.hook(this.opts.thawCommand, o.hookEnv);
       }
+      const total = o.disks.reduce((n, d) => n + d.volume.sizeBytes, 0);
+      let before = 0;
+      const out: BackupSummary[] = [];
+      for (const [i, d] of o.disks.entries()) {
+        const ctlOne: WorkControl = { signal: ctl.signal, onProgress: (done) => ctl.onProgress(before + done, total) };
+        const point = points.get(i);
+        out.push(point
+          ? summaryOf(await this.engine.writeGuestPoint(point, { ...d.backup, signal: ctl.signal, onProgress: (p) => ctlOne.onProgress(p.doneBytes, p.totalBytes) }))
+          : await this.backup({ ...d.backup, source: { kind: 'serverCopy', itemId: o.itemId, volumeId: d.volume.id, format: d.volume.format } }, ctlOne));
+        before += d.volume.sizeBytes;
+      }
+      return out;
     } finally {
-      await this.hook(this.opts.thawCommand, o.hookEnv);
+      for (const p of points.values()) await p.end(false).catch(() => undefined); // those not written: their bitmaps fold back
+      await fs.rm(dir, { recursive: true, force: true }); // the copies were only the backups' source
     }
   }
 

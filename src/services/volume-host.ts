@@ -33,6 +33,13 @@ export interface BackupOrder {
   checkReused: boolean;
 }
 
+/** A server backup's disks, each with the backup it becomes. */
+export interface ServerProtectOrder {
+  itemId: string;
+  hookEnv: Record<string, string>;
+  disks: { volume: VolumeFileRef; backup: Omit<BackupOrder, 'source'> }[];
+}
+
 /** What a backup wrote, as the catalog records it. */
 export interface BackupSummary {
   sizeBytes: number;
@@ -69,8 +76,12 @@ export interface VolumeHost {
   backup(o: BackupOrder, ctl: WorkControl): Promise<BackupSummary>;
   /** Writes a backup onto a volume's own file; a larger volume keeps its size. */
   restore(o: { backupId: string; target: VolumeFileRef }, ctl: WorkControl): Promise<void>;
-  /** A server backup's moment: the freeze hook, a copy of every volume, the thaw hook (always, once freeze ran). */
-  copyServerVolumes(o: { itemId: string; volumes: VolumeFileRef[]; hookEnv: Record<string, string> }, ctl: WorkControl): Promise<void>;
+  /**
+   * A server backup: the freeze hook, every disk's moment (a file volume copied, a running
+   * guest's disk held through QMP), the thaw hook (always, once freeze ran), then each disk
+   * written as its backup. The summaries are in the order of `disks`.
+   */
+  protectServer(o: ServerProtectOrder, ctl: WorkControl): Promise<BackupSummary[]>;
   /** Runs the thaw hook again (a server backup that failed between freeze and thaw). */
   thawServer(o: { hookEnv: Record<string, string> }): Promise<void>;
   /** Removes a server backup's copies. */
@@ -78,7 +89,7 @@ export interface VolumeHost {
 }
 
 /** The calls a host takes, by name: what a remote host queues and an agent dispatches. */
-export const HOST_CALLS = ['createVolumeFile', 'inspectAdoption', 'removeVolumeFile', 'snapshotVolume', 'removeSnapshotFile', 'backup', 'restore', 'copyServerVolumes', 'thawServer', 'removeServerCopies'] as const;
+export const HOST_CALLS = ['createVolumeFile', 'inspectAdoption', 'removeVolumeFile', 'snapshotVolume', 'removeSnapshotFile', 'backup', 'restore', 'protectServer', 'thawServer', 'removeServerCopies'] as const;
 export type HostCall = (typeof HOST_CALLS)[number];
 
 export function isHostCall(s: string): s is HostCall {

@@ -15,7 +15,7 @@ import type { AgentRecord, AgentWork } from '../catalog/agent-queries.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { newUuid } from '../domain/ids.ts';
-import type { BackupOrder, BackupSummary, HostCall, VolumeFileRef, VolumeHost, WorkControl } from './volume-host.ts';
+import type { BackupOrder, BackupSummary, HostCall, ServerProtectOrder, VolumeFileRef, VolumeHost, WorkControl } from './volume-host.ts';
 
 export interface VolumeHostsOptions {
   /** This process's own host name (HAVEN_HOST_NAME); its volumes are worked on here. */
@@ -66,23 +66,28 @@ export class VolumeHosts {
 
   /**
    * The host of a new volume: the one asked for (it must have an agent), else the online, not
-   * drained host with the fewest volumes (this process counts, when it holds volumes).
+   * drained host with the fewest volumes (this process counts, when it holds volumes). This
+   * process's own volumes are recorded with no host (null): they stay its own whatever the
+   * machine's name becomes (a container's host name changes with every container).
    */
-  async place(requested?: string | null): Promise<string> {
+  async place(requested?: string | null): Promise<string | null> {
     const now = this.clock.now();
     const agents = await this.catalog.agents.listAgents();
+    const localName = this.opts.localName;
     if (requested) {
-      if (requested === this.opts.localName && this.local) return requested;
-      const a = agents.find((x) => x.host === requested);
+      if (requested === localName && this.local) return null;
+      const a = agents.find((x) => x.host === requested && !x.embedded);
       if (!a) throw new AppError(ErrorCode.InvalidArgument, `host ${requested} has no Haven agent (GET /haven/v1/agents lists them)`);
       return requested;
     }
     const counts = await this.catalog.agents.volumeCounts();
-    const candidates = agents.filter((a) => !a.draining && agentOnline(a, now, this.opts.leaseMs) && (a.host !== this.opts.localName || this.local)).map((a) => a.host);
-    if (this.local && !candidates.includes(this.opts.localName) && !agents.find((a) => a.host === this.opts.localName)?.draining) candidates.push(this.opts.localName);
+    const candidates = agents.filter((a) => !a.embedded && !a.draining && agentOnline(a, now, this.opts.leaseMs)).map((a) => a.host);
+    const localDrained = agents.find((a) => a.host === localName && a.embedded)?.draining ?? false;
+    if (this.local && !localDrained) candidates.push(localName);
     if (!candidates.length) throw new AppError(ErrorCode.HostUnavailable, 'no host can take a new volume: no Haven agent is online and not drained (GET /haven/v1/agents)');
-    const load = (h: string): number => (counts.get(h) ?? 0) + (h === this.opts.localName ? (counts.get(null) ?? 0) : 0);
-    return candidates.sort((a, b) => load(a) - load(b) || a.localeCompare(b))[0]!;
+    const load = (h: string): number => (h === localName && this.local ? (counts.get(null) ?? 0) + (counts.get(h) ?? 0) : (counts.get(h) ?? 0));
+    const best = candidates.sort((a, b) => load(a) - load(b) || a.localeCompare(b))[0]!;
+    return best === localName && this.local ? null : best;
   }
 }
 
@@ -121,8 +126,8 @@ class RemoteVolumeHost implements VolumeHost {
   restore(o: { backupId: string; target: VolumeFileRef }, ctl: WorkControl): Promise<void> {
     return this.call('restore', o, ctl);
   }
-  copyServerVolumes(o: { itemId: string; volumes: VolumeFileRef[]; hookEnv: Record<string, string> }, ctl: WorkControl): Promise<void> {
-    return this.call('copyServerVolumes', o, ctl);
+  protectServer(o: ServerProtectOrder, ctl: WorkControl): Promise<BackupSummary[]> {
+    return this.call('protectServer', o, ctl);
   }
   thawServer(o: { hookEnv: Record<string, string> }): Promise<void> {
     return this.call('thawServer', o);

@@ -86,7 +86,7 @@ export class VolumeService {
   async manageVolume(projectId: string, input: { sourceName: string; host?: string | null | undefined; name?: string | null | undefined; description?: string | null | undefined; bootable?: boolean | undefined; metadata?: Record<string, string> | undefined; format?: VolumeFormat | undefined; qmp?: { socket: string; node: string } | undefined }): Promise<Volume> {
     const requested = input.sourceName;
     const hostName = input.host ? input.host.split('@')[0]! : null;
-    const host = hostName ? await this.hosts.place(hostName) : this.hosts.opts.localName;
+    const host = hostName ? await this.hosts.place(hostName) : null;
     const found = await this.hosts.of(host).inspectAdoption({ path: requested, format: input.format, qmp: input.qmp });
     const now = this.clock.now();
     const v: Volume = {
@@ -95,7 +95,7 @@ export class VolumeService {
     };
     await this.catalog.transaction(async (c) => {
       const known = await c.volumes.findVolumeByPath(found.path);
-      if (known && (known.host ?? this.hosts.opts.localName) === host) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is already managed as a volume`);
+      if (known && known.host === host) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is already managed as a volume`);
       await this.limits.quotas?.checkVolumeQuota(c, projectId, { volumes: 1, gigabytes: v.sizeGb });
       await c.volumes.insertVolume(v);
     });

@@ -75,7 +75,7 @@ export function registerVolumeRoutes(root: FastifyInstance, s: ApiServices): voi
     app.post(`/${version}/:projectId/volumes`, { config: CFG, schema: { params: ProjectParams, body: CreateVolume, tags, summary: 'Create a volume (a sparse raw file)' } }, async (req, reply) => {
       const b = req.body.volume;
       const v = await s.volumes.createVolume(pid(req), { sizeGb: b.size, name: b.name, description: b.description, metadata: b.metadata, snapshotId: b.snapshot_id, bootable: b.bootable, format: formatOfVolumeType(b.volume_type) });
-      return reply.code(202).send({ volume: volumeJson(base(req), version, v) });
+      return reply.code(202).send({ volume: volumeJson(base(req), version, v, s.config.hostName) });
     });
     app.get(`/${version}/:projectId/volumes`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List volumes' } }, async (req) => {
       const q = req.query;
@@ -85,11 +85,11 @@ export function registerVolumeRoutes(root: FastifyInstance, s: ApiServices): voi
     app.get(`/${version}/:projectId/volumes/detail`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List volumes with details' } }, async (req) => {
       const q = req.query;
       const vols = await s.volumes.listVolumes(pid(req), { name: q.name, status: q.status, ...page(q) });
-      return { volumes: vols.map((v) => volumeJson(base(req), version, v)) };
+      return { volumes: vols.map((v) => volumeJson(base(req), version, v, s.config.hostName)) };
     });
     app.get(`/${version}/:projectId/volumes/:volumeId`, { config: CFG, schema: { params: VolumeParams, tags, summary: 'Show a volume' } }, async (req) => {
       const v = await s.volumes.getVolume(pid(req), req.params.volumeId);
-      return { volume: volumeJson(base(req), version, v) };
+      return { volume: volumeJson(base(req), version, v, s.config.hostName) };
     });
     app.delete(`/${version}/:projectId/volumes/:volumeId`, { config: CFG, schema: { params: VolumeParams, tags, summary: 'Delete a volume (an adopted file is only forgotten)' } }, async (req, reply) => {
       await s.volumes.deleteVolume(pid(req), req.params.volumeId);
@@ -104,7 +104,7 @@ export function registerVolumeRoutes(root: FastifyInstance, s: ApiServices): voi
       if ((b.ref.qmp_socket === undefined) !== (b.ref.qmp_node === undefined)) throw new ApiError(400, 'ref.qmp_socket and ref.qmp_node go together: the running guest\'s QMP socket and the block node of this disk');
       const qmp = b.ref.qmp_socket !== undefined ? { socket: b.ref.qmp_socket, node: b.ref.qmp_node! } : undefined;
       const v = await s.volumes.manageVolume(pid(req), { qmp, host: b.host, sourceName: b.ref['source-name'], name: b.name, description: b.description, metadata: b.metadata, bootable: b.bootable, format: formatOfVolumeType(b.volume_type) });
-      return reply.code(202).send({ volume: volumeJson(base(req), version, v) });
+      return reply.code(202).send({ volume: volumeJson(base(req), version, v, s.config.hostName) });
     });
 
     const stags = ['snapshots'];

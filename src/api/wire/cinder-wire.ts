@@ -11,7 +11,8 @@ export function links(base: string, version: ApiVersion, projectId: string, kind
   ];
 }
 
-export function volumeJson(base: string, version: ApiVersion, v: Volume) {
+/** A volume as Cinder shows it; `localHost` names the host of volumes this control plane holds itself. */
+export function volumeJson(base: string, version: ApiVersion, v: Volume, localHost = 'haven') {
   return {
     id: v.id,
     name: v.name,
@@ -33,7 +34,7 @@ export function volumeJson(base: string, version: ApiVersion, v: Volume) {
     replication_status: 'disabled',
     user_id: null,
     'os-vol-tenant-attr:tenant_id': v.projectId,
-    'os-vol-host-attr:host': `${v.host ?? 'haven'}@${v.adopted ? 'adopted' : 'files'}#${v.availabilityZone}`,
+    'os-vol-host-attr:host': `${v.host ?? localHost}@${v.adopted ? 'adopted' : 'files'}#${v.availabilityZone}`,
     links: links(base, version, v.projectId, 'volumes', v.id),
   };
 }

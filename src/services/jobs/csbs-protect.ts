@@ -1,10 +1,11 @@
 /**
- * The job that backs up one server (CSBS protect): the operator's freeze hook, a snapshot of every
- * attached volume, the thaw hook, then each snapshot backed up through the engine as an ordinary
- * volume backup linked to the checkpoint item. A failure thaws again, marks half-made volume
- * backups error and the item error.
+ * The job that backs up one server (CSBS protect), on the host of its disks: the operator's freeze
+ * hook, every disk's moment (a file volume copied, a running guest's disk held at its point in
+ * time through QMP), the thaw hook, then each disk written as an ordinary volume backup linked to
+ * the checkpoint item. A failure thaws again, marks half-made volume backups error and the item
+ * error.
  */
-import type { Volume } from '../../domain/model.ts';
+import type { Backup, Volume } from '../../domain/model.ts';
 import { AppError, ErrorCode } from '../../domain/errors.ts';
 import { jobFailure, type JobHandler } from '../job-runner.ts';
 import type { CsbsJobDeps } from './csbs-job-deps.ts';
@@ -19,29 +20,21 @@ export function csbsProtectJob(d: CsbsJobDeps): JobHandler<'csbsProtect'> {
       const attached = await d.catalog.servers.attachments(item.serverId);
       const volumes: Volume[] = [];
       for (const a of attached) volumes.push((await d.catalog.volumes.getVolumeById(a.volumeId))!);
-      // A running guest's disk cannot be copied as a file at the snapshot moment (its QEMU holds it).
-      const running = volumes.find((v) => v.qmp);
-      if (running) throw new AppError(ErrorCode.VolumeInvalidState, `volume ${running.id} of server ${item.serverId} is the disk of a running guest (QMP); server backups of such servers are not supported yet: back the volume up through VBS`);
       // One moment for the whole server: its disks must be on one host.
       const hostNames = [...new Set(volumes.map((v) => v.host ?? d.hosts.opts.localName))];
       if (hostNames.length > 1) throw new AppError(ErrorCode.VolumeInvalidState, `the volumes of server ${item.serverId} are on several hosts (${hostNames.join(', ')}); a server backup takes one moment on one host`);
       const host = d.hosts.of(volumes[0]?.host ?? null);
       const env = d.hookEnv(item, volumes.map((v) => v.path));
-      try {
-        // The snapshot moment, on the host: freeze, copy every volume, thaw.
-        await host.copyServerVolumes({ itemId: item.id, volumes: volumes.map(fileRef), hookEnv: env }, { signal: ctx.signal, jobId: job.id, onProgress: () => undefined });
-        const total = volumes.reduce((n, v) => n + v.sizeBytes, 0);
-        let before = 0;
-        for (const [i, v] of volumes.entries()) {
-          await d.backups.backupVolumeNow(v, { kind: 'serverCopy', itemId: item.id, volumeId: v.id, format: v.format }, {
-            name: `${item.name}_${(v.name ?? v.id).slice(0, 40)}`, description: `disk ${i + 1} of server ${item.serverName}`, checkpointItemId: item.id, full: !item.incremental,
-            jobId: job.id, signal: ctx.signal, onProgress: (done) => ctx.progress(before + done, total),
-          });
-          before += v.sizeBytes;
-        }
-      } finally {
-        await host.removeServerCopies({ itemId: item.id }); // the copies were only the backup's source
+      // The rows first (each `creating`), then the host: freeze, every disk's moment, thaw, the backups.
+      const rows: Backup[] = [];
+      for (const [i, v] of volumes.entries()) {
+        rows.push(await d.backups.beginServerDiskBackup(v, { name: `${item.name}_${(v.name ?? v.id).slice(0, 40)}`, description: `disk ${i + 1} of server ${item.serverName}`, checkpointItemId: item.id, full: !item.incremental }));
       }
+      const summaries = await host.protectServer({
+        itemId: item.id, hookEnv: env,
+        disks: volumes.map((v, i) => ({ volume: fileRef(v), backup: { backupId: rows[i]!.id, volume: { id: v.id, name: v.name ?? v.id }, previousId: rows[i]!.parentId, full: rows[i]!.fullBackup, checkReused: !item.incremental } })),
+      }, { signal: ctx.signal, jobId: job.id, onProgress: (done, total) => ctx.progress(done, total) });
+      for (const [i, b] of rows.entries()) await d.backups.completeServerDiskBackup(b, summaries[i]!);
       await d.catalog.checkpoints.transitionItem(item.id, ['protecting'], 'available', now(), null, true);
       await d.settleCheckpoint(item.checkpointId);
       const done = await d.catalog.checkpoints.getItemById(item.id);
