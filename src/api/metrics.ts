@@ -17,6 +17,7 @@ export class Metrics {
   private readonly bytesRead: Counter;
   private readonly bytesNew: Counter;
   private readonly bytesStored: Counter;
+  private readonly samples: Counter;
 
   constructor(opts: { repositoryBytes?: () => Promise<number>; repositoryBytesTtlMs?: number; jobCounts?: () => Promise<Record<string, number>> } = {}) {
     collectDefaultMetrics({ register: this.registry, prefix: 'haven_process_' });
@@ -27,6 +28,7 @@ export class Metrics {
     this.bytesRead = new Counter({ name: 'haven_backup_volume_bytes_total', help: 'Volume bytes covered by finished backups', registers: [this.registry] });
     this.bytesNew = new Counter({ name: 'haven_backup_new_bytes_total', help: 'Chunk bytes that were new to the repository', registers: [this.registry] });
     this.bytesStored = new Counter({ name: 'haven_backup_stored_bytes_total', help: 'Bytes written to the repository by backups (compressed, encrypted)', registers: [this.registry] });
+    this.samples = new Counter({ name: 'haven_sample_restores_total', help: 'Scheduled sample restores by result: whole, damaged (the backup became error), skipped (no room, a store outage)', labelNames: ['result'], registers: [this.registry] });
     const repoBytes = opts.repositoryBytes;
     const repoBytesTtl = opts.repositoryBytesTtlMs ?? 60_000;
     let cached: { at: number; value: number } | null = null;
@@ -70,6 +72,10 @@ export class Metrics {
   observeJob(type: string, status: string, seconds: number): void {
     this.jobs.inc({ type, status });
     this.jobSeconds.observe({ type }, seconds);
+  }
+
+  observeSample(result: 'whole' | 'damaged' | 'skipped'): void {
+    this.samples.inc({ result });
   }
 
   observeBackup(b: { sizeBytes: number; newBytes: number; storedBytes: number }): void {

@@ -36,6 +36,7 @@ import { VolumeFiles } from '../services/volume-files.ts';
 import { LocalVolumeHost } from '../services/local-volume-host.ts';
 import { VolumeHosts } from '../services/volume-hosts.ts';
 import { AgentService } from '../services/agent-service.ts';
+import { SampleRestorer } from '../services/sample-restore.ts';
 import { HAVEN_VERSION, hostCapabilities } from '../agent/capabilities.ts';
 import { PolicyService } from '../services/policy-service.ts';
 import { SharingService } from '../services/sharing-service.ts';
@@ -59,6 +60,8 @@ export interface App {
   scheduler: PolicyScheduler;
   /** Agents: tokens, registrations, the work queued for hosts (services/agent-service.ts). */
   agents: AgentService;
+  /** Scheduled sample restores (HAVEN_SAMPLE_RESTORE_HOURS). */
+  samples: SampleRestorer;
   /** Where the generated admin password was written (null when HAVEN_ADMIN_PASSWORD is set). */
   adminPasswordFile: string | null;
   /** The admin was made by another process sharing the catalog: its password is in that one's data folder. */
@@ -203,6 +206,10 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     // Backups left `error` by damage that has since been mended come back (docs/state-machines.md).
     if (jobsStarted) backups.reverifyErrorBackupsSoon();
     if (opts.runScheduler ?? jobsStarted) scheduler.start();
+    // A backup is never trusted blindly: one at random is restored and checked now and then.
+    const samples = new SampleRestorer(catalog, engine, clock, log, { dataDir: config.dataDir, intervalMs: config.sampleRestoreHours * 3600_000 });
+    samples.onResult = (res) => metrics.observeSample(res.skipped ? 'skipped' : res.ok ? 'whole' : 'damaged');
+    if (jobsStarted) samples.start();
     const r = runner;
     const purge = setInterval(() => identity.purgeExpiredTokens().catch((err: unknown) => log.warn({ err }, 'purging expired tokens failed')), 3600_000);
     purge.unref();
@@ -222,7 +229,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     }
     const metricsServer = config.metricsPort ? buildMetricsServer(metrics) : null;
     return {
-      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, agents, adminPasswordFile, adminPasswordShared,
+      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, agents, samples, adminPasswordFile, adminPasswordShared,
       reloadTls() {
         if (!config.tlsCert) throw new AppError(ErrorCode.InvalidArgument, 'TLS is not configured (HAVEN_TLS_CERT, HAVEN_TLS_KEY)');
         const next = loadTlsFiles(config.tlsCert, config.tlsKey);
@@ -234,6 +241,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
         clearInterval(purge);
         if (localBeat) clearInterval(localBeat);
         await scheduler.stop();
+        await samples.stop();
         await server.close();
         await metricsServer?.close();
         await r.stop();

@@ -71,6 +71,7 @@ export interface Config {
   /** `haven serve` holds volumes itself (the embedded default); false for a control plane of agents only. */
   localAgent: boolean;
   agentLeaseSeconds: number;
+  sampleRestoreHours: number;
   /** `haven agent`: the control plane's URL and the file holding this host's agent token. */
   controlUrl: string;
   agentTokenFile: string;
@@ -125,6 +126,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'hostName', env: 'HAVEN_HOST_NAME', kind: 'string', default: '', help: 'this host\'s name, which its volumes belong to (default: the system\'s host name); an agent\'s is the one its token names' },
   { key: 'localAgent', env: 'HAVEN_LOCAL_AGENT', kind: 'bool', default: 'true', help: 'haven serve holds volumes itself, as this host\'s agent (false: a control plane whose volumes are all on hosts running haven agent)' },
   { key: 'agentLeaseSeconds', env: 'HAVEN_AGENT_LEASE_SECONDS', kind: 'int', default: '30', min: 3, max: 3600, help: 'an agent silent this long is offline: the work it held fails (it heartbeats three times per lease)' },
+  { key: 'sampleRestoreHours', env: 'HAVEN_SAMPLE_RESTORE_HOURS', kind: 'int', default: '24', min: 0, max: 8760, help: 'every this many hours one random available backup is restored into a scratch file of the data folder and checked; a damaged one becomes error (0: never)' },
   { key: 'controlUrl', env: 'HAVEN_CONTROL_URL', kind: 'string', default: '', help: 'haven agent: the URL of the control plane (haven serve), e.g. https://haven.example:8080' },
   { key: 'agentTokenFile', env: 'HAVEN_AGENT_TOKEN_FILE', kind: 'string', default: '', help: 'haven agent: the file holding this host\'s agent token (haven agent token create --host NAME)' },
   { key: 'bodyLimitBytes', env: 'HAVEN_BODY_LIMIT', kind: 'int', default: '1048576', min: 1024, help: 'largest request body accepted (bytes; larger: 413)' },

@@ -10,18 +10,19 @@
  *   creating|restoring --cancel--> deleting  (its job is stopped; the deletion waits for it to end)
  *   deleting --retryDelete--> deleting  (the cloud admin's force-delete of a backup whose delete job is gone)
  *   error --verified--> available  (a verify found its manifest, index and every chunk whole again)
+ *   available --sampleFoundDamage--> error  (a scheduled sample restore found it damaged: services/sample-restore.ts)
  *   any --resetAvailable / resetError--> available / error  (the cloud admin's os-reset_status)
  */
 import type { BackupStatus } from './model.ts';
 
 export type BackupEvent =
-  | 'succeed' | 'fail' | 'restore' | 'finishRestore' | 'failRestore' | 'restoreFoundDamage' | 'delete' | 'failDelete' | 'cancel' | 'retryDelete' | 'verified' | 'resetAvailable' | 'resetError';
+  | 'succeed' | 'fail' | 'restore' | 'finishRestore' | 'failRestore' | 'restoreFoundDamage' | 'delete' | 'failDelete' | 'cancel' | 'retryDelete' | 'verified' | 'sampleFoundDamage' | 'resetAvailable' | 'resetError';
 
 const RESET = { resetAvailable: 'available', resetError: 'error' } as const;
 
 export const backupTransitions = {
   creating: { succeed: 'available', fail: 'error', cancel: 'deleting', ...RESET },
-  available: { restore: 'restoring', delete: 'deleting', ...RESET },
+  available: { restore: 'restoring', delete: 'deleting', sampleFoundDamage: 'error', ...RESET },
   restoring: { finishRestore: 'available', failRestore: 'available', restoreFoundDamage: 'error', cancel: 'deleting', ...RESET },
   deleting: { failDelete: 'error', retryDelete: 'deleting', ...RESET },
   error: { delete: 'deleting', verified: 'available', ...RESET },
