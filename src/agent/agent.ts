@@ -34,6 +34,8 @@ export interface AgentOptions {
   log: AgentLogger;
   /** How often free slots look for work (ms). */
   pollMs?: number;
+  /** Called when another agent registered for this host: this one has stopped. */
+  onSuperseded?: (why: string) => void;
 }
 
 interface Running {
@@ -44,7 +46,7 @@ interface Running {
 }
 
 export class Agent {
-  private readonly opts: Required<AgentOptions>;
+  private readonly opts: Required<Omit<AgentOptions, 'onSuperseded'>> & Pick<AgentOptions, 'onSuperseded'>;
   private session: string | null = null;
   private leaseMs = 30_000;
   /** The host name the control plane knows this agent by (from its token). */
@@ -116,10 +118,11 @@ export class Agent {
       for (const s of r.stop) this.abort(s.id, s.reason);
     } catch (err) {
       if (err instanceof AppError && err.code === ErrorCode.WorkNotHeld) {
-        // Another agent of this host registered since: this session's work is abandoned there.
-        this.abortAll('another agent of this host registered: this session\'s work was abandoned');
-        this.opts.log.warn({ err: (err as Error).message }, 'agent session superseded; registering again');
-        await this.register().catch((e: unknown) => this.opts.log.warn({ err: (e as Error).message }, 'registering again failed'));
+        // Another agent registered for this host since (its work here was abandoned there): two
+        // agents of one host would take turns abandoning each other's work, so this one stops.
+        const why = `another agent registered for host ${this.hostName} since this one did; one agent per host: this one stops`;
+        this.opts.log.error({ err: (err as Error).message }, why);
+        void this.stop(why).then(() => this.opts.onSuperseded?.(why));
         return;
       }
       this.opts.log.warn({ err: (err as Error).message }, 'heartbeat failed');

@@ -13,9 +13,10 @@ const Text = (max: number) => Type.String({ minLength: 1, maxLength: max });
 const Session = Type.String({ pattern: '^[0-9a-f]{32}$' });
 const WireError = Type.Object({ code: Text(64), message: Type.String({ maxLength: 65536 }), details: Type.Optional(Type.Record(Type.String(), Type.Unknown())) });
 const Register = Type.Object({
-  version: Text(64),
-  volume_roots: Type.Array(Text(4096), { maxItems: 256 }),
-  capabilities: Type.Array(Text(64), { maxItems: 32 }),
+  // Printable text only: these are shown to the admin and written to logs.
+  version: Type.String({ minLength: 1, maxLength: 64, pattern: '^[\\x21-\\x7e]+$' }),
+  volume_roots: Type.Array(Type.String({ minLength: 1, maxLength: 4096, pattern: '^/[^\\x00-\\x1f\\x7f]*$' }), { maxItems: 256 }),
+  capabilities: Type.Array(Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z0-9-]+$' }), { maxItems: 32 }),
 });
 const Heartbeat = Type.Object({
   session: Session,

@@ -18,7 +18,7 @@ import { after, describe, it } from 'node:test';
 import { Ajv } from 'ajv';
 import { startService } from '../helpers/service.ts';
 import { Rng, TempDirs } from '../helpers/volumes.ts';
-import { assertEnvelope, BODIES, bodyIds, branch, buildWorld, exampleOf, familyOf, filesState, fingerprint, operations, pathValue, rowCounter, type Operation, type Schema, type Who } from './world.ts';
+import { assertEnvelope, BODIES, bodyIds, branch, buildWorld, exampleOf, familyOf, filesState, fingerprint, operations, pathValue, registerAgent, rowCounter, type Operation, type Schema, type Who } from './world.ts';
 
 const SEED = Number(process.env.HAVEN_ATTACK_SEED ?? 20240611);
 const temp = new TempDirs('haven-attack-input-');
@@ -181,10 +181,17 @@ function queryCases(op: Operation, url: string, rng: Rng): Case[] {
 }
 
 function callerOf(op: Operation): Who | null {
-  if (op.auth === 'none') return null;
+  if (op.auth === 'none' || op.auth === 'agent') return null;
   if (op.auth === 'cloudAdmin' || op.auth === 'projectOrCloudAdmin') return world.cloudAdmin;
   if (op.auth === 'token') return alpha.member;
   return alpha.admin;
+}
+
+/** The credential headers of a request to `op`: an agent token for agent routes, else the caller's X-Auth-Token. */
+function credentialsOf(op: Operation): Record<string, string> {
+  if (op.auth === 'agent') return { authorization: `Bearer ${world.agent.token}` };
+  const who = callerOf(op);
+  return who ? { 'x-auth-token': who.token } : {};
 }
 
 let requests = 0;
@@ -206,7 +213,10 @@ describe('bad input generated from the OpenAPI schemas, on every operation', () 
     it(`${op.method} ${op.path}`, async () => {
       const key = `${op.method} ${op.path}`;
       const rng = new Rng(SEED ^ [...key].reduce((h, c) => Math.imul(h, 31) + c.charCodeAt(0), 7));
-      const who = callerOf(op);
+      const credentials = credentialsOf(op);
+      // A fresh session of the world's agent (an accepted registration replaced the one before),
+      // drained again (an accepted undrain took it back): valid bodies get past the session check.
+      await registerAgent(svc, world.agent);
       const url = op.path.replace(/\{([^}]+)\}/g, (_m, name: string) => encodeURIComponent(pathValue(op, name, alpha).value));
       const cases: Case[] = [];
       if (op.body) {
@@ -235,14 +245,18 @@ describe('bad input generated from the OpenAPI schemas, on every operation', () 
       for (const c of cases) {
         requests++;
         const r = await svc.req({
-          method: op.method as 'GET', url: c.url, ...(who ? { token: who.token } : {}),
-          ...(c.raw ? { payload: c.raw.text, headers: { 'content-type': c.raw.type } } : c.payload !== undefined ? { payload: JSON.stringify(c.payload), headers: { 'content-type': 'application/json' } } : {}),
+          method: op.method as 'GET', url: c.url,
+          ...(c.raw ? { payload: c.raw.text, headers: { ...credentials, 'content-type': c.raw.type } } : c.payload !== undefined ? { payload: JSON.stringify(c.payload), headers: { ...credentials, 'content-type': 'application/json' } } : { headers: credentials }),
         });
         const what = `${op.method} ${c.url.slice(0, 200)} [${c.label}]: ${r.statusCode} ${r.body.slice(0, 300)}`;
         if (r.statusCode >= 500) fivexx.push(what);
         assert.ok(r.statusCode < 500, `5xx (seed ${SEED}): ${what}`);
         if (c.invalid) assert.ok(r.statusCode >= 400, `an input the schema refuses was accepted (seed ${SEED}): ${what}`);
         if (c.label.startsWith(`{`) && c.label.includes('(600)')) assert.equal(r.statusCode, 414, what);
+        // The agent's token gets every input of an agent route past authentication, to validation.
+        if (op.auth === 'agent') assert.notEqual(r.statusCode, 401, `the agent token was refused: ${what}`);
+        // A result for work that does not exist (or a valid session that holds no work) is a conflict.
+        if (key === 'POST /haven/v1/agent/work/{workId}/result' && !c.invalid && r.statusCode < 500 && r.statusCode !== 404) assert.equal(r.statusCode, 409, what);
         if (r.statusCode >= 400) {
           refused++;
           // The family of the path as the server reads it ('..' and '%2e%2e' are resolved first).

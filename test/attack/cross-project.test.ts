@@ -11,10 +11,11 @@
  *   - their own lists filtered by the victim's ids (all_tenants included);
  *   - identity: the victim's token as X-Subject-Token, a login scoped to the victim's project.
  * Asserted: never a 5xx; a request that names the victim's resources is refused (never 2xx) in the
- * API family's envelope; routes for the cloud admin refuse a project admin (403); no id, name or
- * token of the victim appears in any answer (unless the request itself carried it); and everything
- * the victim sees of itself is the same after each operation as before (lists, shows, quotas,
- * roles, its volume file).
+ * API family's envelope; routes for the cloud admin refuse a project admin (403) and an agent's
+ * token (401); routes for agents refuse a project member's or admin's token, as X-Auth-Token and
+ * as a bearer token (401); no id, name or token of the victim appears in any answer (unless the
+ * request itself carried it); and everything the victim sees of itself is the same after each
+ * operation as before (lists, shows, quotas, roles, its volume file).
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -51,6 +52,8 @@ interface Case {
   refused: boolean;
   /** Answered per id: compare with the same request naming ids that exist nowhere. */
   question?: boolean;
+  /** Sent with the world agent's bearer token only, no X-Auth-Token (cloud-admin routes: 401). */
+  agentOnly?: boolean;
 }
 
 const ID_QUERY = new Set(['volume_id', 'backup_id', 'policy_id', 'checkpoint_id', 'resource_id', 'marker', 'from_project_id', 'to_project_id', 'job_id', 'project_id', 'all_tenants']);
@@ -89,7 +92,7 @@ function casesFor(op: Operation, x: Project, v: Project, attacker: Who): Case[] 
 
   // The victim's URL: every path parameter (the project too) and the body's ids are the victim's.
   const named = op.pathParams.some((n) => pathValue(op, n, v).owned);
-  for (const payload of bodies(v)) cases.push({ label: 'victim\'s URL', url: url(() => v), payload, refused: named || bodyNamesIds || op.auth === 'cloudAdmin' });
+  for (const payload of bodies(v)) cases.push({ label: 'victim\'s URL', url: url(() => v), payload, refused: named || bodyNamesIds || op.auth === 'cloudAdmin' || op.auth === 'agent' });
   // The attacker's own project in the path, the victim's ids in the rest of it (and the body).
   const others = op.pathParams.filter((n) => n !== 'projectId' && pathValue(op, n, v).owned);
   if (op.pathParams.includes('projectId') && others.length) {
@@ -100,7 +103,17 @@ function casesFor(op: Operation, x: Project, v: Project, attacker: Who): Case[] 
     for (const payload of bodies(v)) cases.push({ label: 'own URL, victim\'s ids in the body', url: url(() => x), payload, refused: !QUESTIONS.has(key), question: QUESTIONS.has(key) });
   }
   // Cloud-admin routes refuse a project admin even on its own project.
-  if (op.auth === 'cloudAdmin') for (const payload of bodies(x)) cases.push({ label: 'own URL (cloud admin only)', url: url(() => x), payload, refused: true });
+  if (op.auth === 'cloudAdmin') {
+    for (const payload of bodies(x)) cases.push({ label: 'own URL (cloud admin only)', url: url(() => x), payload, refused: true });
+    // Nor does an agent's token (an agent host is no cloud admin).
+    for (const payload of bodies(x)) cases.push({ label: 'the agent\'s token only (cloud admin only)', url: url(() => x), payload, headers: { authorization: `Bearer ${world.agent.token}` }, refused: true, agentOnly: true });
+  }
+  // Agent routes take an agent token only: a user's token is no agent's, whatever header carries it.
+  if (op.auth === 'agent') {
+    for (const payload of bodies(x)) {
+      cases.push({ label: 'own token as an agent bearer token', url: url(() => x), payload, headers: { authorization: `Bearer ${attacker.token}` }, refused: true });
+    }
+  }
   // Lists filtered by the victim's ids: an answer is fine, the victim's data in it is not.
   if (op.method === 'GET') {
     for (const q of op.query.filter((q) => ID_QUERY.has(q.name))) {
@@ -130,7 +143,7 @@ describe('cross-project access on every operation of the OpenAPI document', () =
           for (const c of casesFor(op, x, v, attacker)) {
             cases++;
             attempts++;
-            const r = await svc.req({ method: op.method as 'GET', url: c.url, token: attacker.token, ...(c.headers ? { headers: c.headers } : {}), ...(c.payload !== undefined ? { payload: c.payload as object } : {}) });
+            const r = await svc.req({ method: op.method as 'GET', url: c.url, ...(c.agentOnly ? {} : { token: attacker.token }), ...(c.headers ? { headers: c.headers } : {}), ...(c.payload !== undefined ? { payload: c.payload as object } : {}) });
             const what = `${op.method} ${c.url} (${c.label}) by ${attacker === x.admin ? 'the project admin' : 'a member'} of ${x.name}: ${r.statusCode} ${r.body.slice(0, 300)}`;
             statuses.set(r.statusCode, (statuses.get(r.statusCode) ?? 0) + 1);
             assert.ok(r.statusCode < 500, `5xx: ${what}`);
@@ -149,7 +162,8 @@ describe('cross-project access on every operation of the OpenAPI document', () =
               for (const [s, fresh] of swaps) back = back.replaceAll(fresh, s);
               assert.equal(`${ghost.statusCode} ${back}`, `${r.statusCode} ${r.body}`, `the answer tells the other project's ids from ids that exist nowhere: ${what}`);
             }
-            if (op.auth === 'cloudAdmin') assert.equal(r.statusCode, 403, `a cloud-admin route let a project member or admin through: ${what}`);
+            if (op.auth === 'cloudAdmin') assert.equal(r.statusCode, c.agentOnly ? 401 : 403, `a cloud-admin route let a project member or admin (or an agent) through: ${what}`);
+            if (op.auth === 'agent') assert.equal(r.statusCode, 401, `an agent route took a project member's or admin's token: ${what}`);
             if (r.statusCode >= 400) assertEnvelope(familyOf(op.path), r);
             const sent = `${c.url} ${JSON.stringify(c.payload ?? null)} ${JSON.stringify(c.headers ?? {})}`;
             for (const s of secrets.get(v)!) {

@@ -5,7 +5,8 @@
  *   of resource (volume with data, snapshot, backup and its job, VBS policy with a tag and the
  *   volume associated, a sharing, a server with the volume attached, a CSBS checkpoint and its
  *   item with a tag, a CSBS policy with a tag), a member and a project admin (the admin role on
- *   that project only, not the cloud admin).
+ *   that project only, not the cloud admin); and one agent (its token, registered under its
+ *   host), shared by every project: a host is not a project's resource.
  * - `fingerprint`: everything a project can see of itself (lists and shows, as its own member and
  *   as the cloud admin), to compare before and after an attack.
  * - `operations`: every operation of GET /openapi.json, with its auth mode, body and query schemas.
@@ -13,6 +14,7 @@
  * - `familyOf` / `assertEnvelope`: the error envelope each API family answers in.
  */
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { statSync } from 'node:fs';
 import * as path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
@@ -28,6 +30,32 @@ export interface Who {
   token: string;
   projectId: string;
   userId: string;
+}
+
+/**
+ * The agent of a host: its token (`Authorization: Bearer hvagent_…`) and its current session. One
+ * for the whole world, not a project's: its values in a request are never the victim's.
+ */
+export interface Agent {
+  host: string;
+  token: string;
+  /** The session of its latest registration (a new registration ends the ones before). */
+  session: string;
+  /** A work id no work has: a result for it must be refused (409), never a 5xx. */
+  workId: string;
+}
+
+export const AGENT_HOST = 'attack-host';
+
+/**
+ * Registers the world's agent again (a fresh session, as an agent process that starts) and drains
+ * it: nothing runs this agent, so no new volume may be placed on its host (an online, undrained
+ * agent with fewer volumes than this process would get them, and their work would wait forever).
+ */
+export async function registerAgent(svc: TestService, agent: Agent): Promise<Agent> {
+  agent.session = (await svc.app.agents.register(agent.host, { version: 't', volumeRoots: [], capabilities: [] })).session;
+  await svc.app.agents.setDraining(agent.host, true);
+  return agent;
 }
 
 /** A project with one resource of every kind; names start with `secret-<tag>` so a leak is visible. */
@@ -50,6 +78,8 @@ export interface Project {
   itemTagKey: string;
   csbsPolicy: string;
   csbsTagKey: string;
+  /** The world's agent (the same object for every project; not the project's own). */
+  agent: Agent;
 }
 
 export interface World {
@@ -58,6 +88,7 @@ export interface World {
   projects: Project[];
   /** A third project, the one the sharings go to (so neither A nor B sees the other's backup). */
   third: Who;
+  agent: Agent;
 }
 
 type Json = Record<string, unknown>;
@@ -68,7 +99,7 @@ async function ok(svc: TestService, who: Who, method: 'GET' | 'POST' | 'PUT' | '
   return r.body ? (r.json() as Json) : {};
 }
 
-async function makeProject(svc: TestService, tag: string, seed: number, third: Who): Promise<Project> {
+async function makeProject(svc: TestService, tag: string, seed: number, third: Who, agent: Agent): Promise<Project> {
   const name = `secret-${tag}`;
   const member = await svc.tenant(name);
   // A project admin: the admin role on this project only.
@@ -107,17 +138,19 @@ async function makeProject(svc: TestService, tag: string, seed: number, third: W
   await ok(svc, member, 'POST', `/v1/${P}/csbs_backup_policy/${csbsPolicy.id}/tags`, { tag: { key: csbsTagKey, value: 'v' } }, 204);
   return {
     tag, name, member, admin, volume: vol.id, volumePath, snapshot: snap.id, backup, job, vbsPolicy, vbsTagKey, share: shared[0]!.id, server: server.id,
-    checkpoint: cp.id, item: items[0]!.id, itemTagKey, csbsPolicy: csbsPolicy.id, csbsTagKey,
+    checkpoint: cp.id, item: items[0]!.id, itemTagKey, csbsPolicy: csbsPolicy.id, csbsTagKey, agent,
   };
 }
 
 export async function buildWorld(svc: TestService, tags: string[]): Promise<World> {
   const cloudAdmin = await svc.login('admin', ADMIN_PASSWORD, 'admin');
   const third = await svc.tenant('charlie');
+  const t = await svc.app.agents.createToken(AGENT_HOST);
+  const agent = await registerAgent(svc, { host: t.host, token: t.token, session: '', workId: randomUUID() });
   const projects: Project[] = [];
-  for (const [i, tag] of tags.entries()) projects.push(await makeProject(svc, tag, 100 + i, third));
+  for (const [i, tag] of tags.entries()) projects.push(await makeProject(svc, tag, 100 + i, third, agent));
   await svc.app.runner.idle();
-  return { svc, cloudAdmin, projects, third };
+  return { svc, cloudAdmin, projects, third, agent };
 }
 
 /** What project `p` sees of itself (and what the cloud admin sees of it), as one comparable value. */
@@ -300,6 +333,9 @@ export function pathValue(op: Operation, name: string, p: Project): { value: str
     case 'policyId': return { value: at.startsWith('/v1/') ? p.csbsPolicy : p.vbsPolicy, owned: true };
     case 'providerId': return { value: PROVIDER, owned: false };
     case 'roleId': return { value: 'role-member', owned: false };
+    // The agent's host and work are the world's, not a project's.
+    case 'host': return { value: p.agent.host, owned: false };
+    case 'workId': return { value: p.agent.workId, owned: false };
   }
   if (name === 'resourceId') {
     if (at.includes('/csbs_backup_policy/')) return { value: p.csbsPolicy, owned: true };
@@ -335,6 +371,8 @@ export function bodyIds(op: Operation, p: Project) {
       // Not ids, but a value the handler checks before it looks the ids up.
       case 'resource_type': case 'type': return csbs ? 'OS::Nova::Server' : 'volume';
       case 'value': return 'v1';
+      // The agent's current session (agent routes), so a body gets past the session check.
+      case 'session': return op.path.startsWith('/haven/v1/agent/') ? p.agent.session : undefined;
       default: return undefined;
     }
   };

@@ -250,4 +250,43 @@ describe('agents: two hosts, one control plane on PostgreSQL, an S3 repository',
     assert.equal(r.statusCode, 200, r.body);
     assert.equal((r.json() as { host: string }).host, 'gamma');
   });
+
+  it('an agent sees and ends only its own host\'s work, only while its session holds it; a restarted agent abandons its old work at once', { skip, timeout: 60_000 }, async () => {
+    const mk = await cp.req({ method: 'POST', url: '/haven/v1/agents/tokens', token: admin.token, payload: { host: 'delta' } });
+    const auth = { authorization: `Bearer ${(mk.json() as { agent_token: { token: string } }).agent_token.token}` };
+    const call = (url: string, payload: object) => cp.req({ method: 'POST', url, headers: auth, payload });
+    const reg = async (): Promise<string> => {
+      const r = await call('/haven/v1/agent/register', { version: 'test', volume_roots: [], capabilities: ['raw'] });
+      assert.equal(r.statusCode, 200, r.body);
+      return (r.json() as { session: string }).session;
+    };
+    const s1 = await reg();
+    // Work of another host (alpha) is neither handed out nor ended nor renewed by delta.
+    const now = Date.now();
+    await cp.app.catalog.agents.insertWork({ id: 'work-of-alpha', host: 'alpha', jobId: null, kind: 'removeSnapshotFile', request: { path: '/nowhere' }, createdAt: now });
+    await cp.app.catalog.agents.insertWork({ id: 'work-of-delta', host: 'delta', jobId: null, kind: 'removeSnapshotFile', request: { path: '/nowhere' }, createdAt: now });
+    const claimed = await call('/haven/v1/agent/claim', { session: s1, slots: 8 });
+    assert.deepEqual((claimed.json() as { work: { id: string }[] }).work.map((w) => w.id), ['work-of-delta']);
+    const foreign = await call('/haven/v1/agent/work/work-of-alpha/result', { session: s1, ok: true, result: null });
+    assert.equal(foreign.statusCode, 409, foreign.body);
+    const beat = await call('/haven/v1/agent/heartbeat', { session: s1, work: [{ id: 'work-of-alpha', done: 1, total: 2 }, { id: 'work-of-delta', done: 1, total: 2 }] });
+    assert.equal(beat.statusCode, 200, beat.body);
+    assert.deepEqual((beat.json() as { stop: { id: string }[] }).stop.map((x) => x.id), ['work-of-alpha']);
+    const alphaWork = await cp.app.catalog.agents.getWork('work-of-alpha');
+    assert.deepEqual([alphaWork!.status, alphaWork!.session, alphaWork!.progressDone], ['queued', null, 0]);
+    assert.equal((await cp.app.catalog.agents.getWork('work-of-delta'))!.progressDone, 1);
+    // Bad input is a 400 in the envelope, never a 500; a wrong session is refused.
+    assert.equal((await call('/haven/v1/agent/claim', { session: 'nope', slots: 1 })).statusCode, 400);
+    assert.equal((await call('/haven/v1/agent/heartbeat', { session: '0'.repeat(32), work: [] })).statusCode, 409);
+    // The agent restarts: a new session; the old one's work fails now, with the reason, and its result is refused.
+    const s2 = await reg();
+    assert.notEqual(s2, s1);
+    const abandoned = await cp.app.catalog.agents.getWork('work-of-delta');
+    assert.equal(abandoned!.status, 'failed');
+    assert.match(String(abandoned!.error?.message), /restarted before it finished/);
+    assert.equal((await call('/haven/v1/agent/work/work-of-delta/result', { session: s1, ok: true, result: null })).statusCode, 409);
+    assert.equal((await call('/haven/v1/agent/heartbeat', { session: s1, work: [] })).statusCode, 409, 'the old session is superseded');
+    assert.equal((await cp.app.catalog.agents.getWork('work-of-delta'))!.status, 'failed');
+    await cp.app.catalog.db.run("DELETE FROM agent_work WHERE id = 'work-of-alpha'");
+  });
 });

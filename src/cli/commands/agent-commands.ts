@@ -46,7 +46,8 @@ export function registerAgentCommands(program: Command): void {
       const engine = await BackupEngine.open(store, { password, nice: config.workerNice }).catch(openFailure(config.repositoryUrl));
       const files = new VolumeFiles({ dataDir: config.dataDir, volumeRoots: config.volumeRoots, privateDirs: isS3Url(config.repositoryUrl) ? [] : [config.repositoryUrl] });
       const host = new LocalVolumeHost({ host: config.hostName, files, engine, dataDir: config.dataDir, freezeCommand: config.freezeCommand, thawCommand: config.thawCommand });
-      const a = new Agent({ controlUrl: config.controlUrl, token, host, version: HAVEN_VERSION, volumeRoots: config.volumeRoots, capabilities: hostCapabilities(), slots: config.jobConcurrency, log });
+      const agentEvents: { superseded?: (why: string) => void } = {};
+      const a = new Agent({ onSuperseded: (why) => agentEvents.superseded?.(why), controlUrl: config.controlUrl, token, host, version: HAVEN_VERSION, volumeRoots: config.volumeRoots, capabilities: hostCapabilities(), slots: config.jobConcurrency, log });
       try {
         await a.start();
       } catch (err) {
@@ -55,16 +56,18 @@ export function registerAgentCommands(program: Command): void {
       }
       process.stderr.write(`Haven agent of host ${a.hostName} working for ${config.controlUrl}\n`);
       process.stderr.write(`  volume roots: ${config.volumeRoots.join(':') || '(none)'}\n  data: ${config.dataDir}\n  repository: ${config.repositoryUrl}\n`);
-      await new Promise<void>((resolve) => {
+      const superseded = await new Promise<string | null>((resolve) => {
         const stop = (): void => {
           process.stderr.write('Haven agent stopping: running work is cancelled and reported failed\n');
-          resolve();
+          resolve(null);
         };
         process.once('SIGINT', stop);
         process.once('SIGTERM', stop);
+        agentEvents.superseded = (why) => resolve(why);
       });
       await a.stop();
       await engine.close();
+      if (superseded) throw new AppError(ErrorCode.InvalidArgument, superseded);
     });
 
   agent
