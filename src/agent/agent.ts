@@ -60,7 +60,7 @@ export class Agent {
   draining = false;
 
   constructor(opts: AgentOptions) {
-    this.opts = { pollMs: 500, ...opts };
+    this.opts = { pollMs: 1000, ...opts };
   }
 
   private async call<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {

@@ -21,6 +21,15 @@ import type { BackupOrder, BackupSummary, ServerProtectOrder, VolumeFileRef, Vol
 
 const run = promisify(execFile);
 
+/**
+ * An id the control plane sent that becomes part of a file name here: ids are Haven's own (UUIDs,
+ * hex), so anything else (a "/", a "..") is refused rather than joined into a path.
+ */
+function safeId(id: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/.test(id)) throw new AppError(ErrorCode.InvalidArgument, `refused: ${JSON.stringify(id)} is not an id`);
+  return id;
+}
+
 /** What the catalog records of a backup the engine wrote. */
 function summaryOf(r: BackupResult): BackupSummary {
   return {
@@ -62,7 +71,7 @@ export class LocalVolumeHost implements VolumeHost {
     const dir = this.files.volumesDir;
     await fs.mkdir(dir, { recursive: true });
     await checkFileSystemAllows(dir, o.sizeGb);
-    const file = path.join(dir, `${o.volumeId}.${o.format === 'qcow2' ? 'qcow2' : 'img'}`);
+    const file = path.join(dir, `${safeId(o.volumeId)}.${o.format === 'qcow2' ? 'qcow2' : 'img'}`);
     const snap = o.fromSnapshot;
     try {
       if (snap) await this.files.copyOut(snap.path, this.files.snapshotGuard(), file);
@@ -154,7 +163,7 @@ export class LocalVolumeHost implements VolumeHost {
   }
 
   async snapshotVolume(o: { volume: VolumeFileRef; snapshotId: string }): Promise<{ path: string }> {
-    const file = path.join(this.files.snapshotsDir, `${o.snapshotId}.${o.volume.format === 'qcow2' ? 'qcow2' : 'img'}`);
+    const file = path.join(this.files.snapshotsDir, `${safeId(o.snapshotId)}.${o.volume.format === 'qcow2' ? 'qcow2' : 'img'}`);
     await fs.mkdir(this.files.snapshotsDir, { recursive: true });
     await this.files.copyOut(o.volume.path, this.files.guardOf(o.volume), file);
     return { path: file };
@@ -167,15 +176,14 @@ export class LocalVolumeHost implements VolumeHost {
   }
 
   private serverCopyDir(itemId: string): string {
-    if (!/^[\w-]+$/.test(itemId)) throw new AppError(ErrorCode.InvalidArgument, `bad checkpoint item id ${itemId}`);
-    return path.join(this.files.snapshotsDir, `csbs-${itemId}`);
+    return path.join(this.files.snapshotsDir, `csbs-${safeId(itemId)}`);
   }
 
   async backup(o: BackupOrder, ctl: WorkControl): Promise<BackupSummary> {
     const s = o.source;
     const src = s.kind === 'volume' ? { path: s.volume.path, guard: this.files.guardOf(s.volume), format: s.volume.format, qmp: s.volume.qmp }
       : s.kind === 'snapshot' ? { path: s.path, guard: this.files.snapshotGuard(), format: s.format, qmp: null }
-      : { path: path.join(this.serverCopyDir(s.itemId), `${s.volumeId}.img`), guard: this.files.snapshotGuard(), format: s.format, qmp: null };
+      : { path: path.join(this.serverCopyDir(s.itemId), `${safeId(s.volumeId)}.img`), guard: this.files.snapshotGuard(), format: s.format, qmp: null };
     const r = await this.engine.backup(src.path, {
       guard: src.guard, format: src.format, qmp: src.qmp, backupId: o.backupId, volume: o.volume, previousId: o.previousId, full: o.full, checkReused: o.checkReused, signal: ctl.signal,
       onProgress: (p) => ctl.onProgress(p.doneBytes, p.totalBytes),
@@ -206,7 +214,7 @@ export class LocalVolumeHost implements VolumeHost {
         for (const [i, d] of o.disks.entries()) {
           if (ctl.signal.aborted) throw ctl.signal.reason;
           if (d.volume.qmp) points.set(i, await this.engine.takeGuestPoint(d.volume.path, d.volume.qmp, { backupId: d.backup.backupId, previousId: d.backup.previousId, full: d.backup.full, signal: ctl.signal }));
-          else await this.files.copyOut(d.volume.path, this.files.guardOf(d.volume), path.join(dir, `${d.volume.id}.img`));
+          else await this.files.copyOut(d.volume.path, this.files.guardOf(d.volume), path.join(dir, `${safeId(d.volume.id)}.img`));
         }
       } finally {
         await this.hook(this.opts.thawCommand, o.hookEnv);

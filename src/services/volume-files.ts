@@ -103,6 +103,8 @@ export class VolumeFiles {
    * swapped for a link or another file is left alone, and the deletion refused).
    */
   async removeCreated(v: Pick<Volume, 'path' | 'fileId' | 'id'>): Promise<void> {
+    // Only in Haven's own volumes folder: a request naming any other file is refused.
+    if (!isUnder(path.normalize(v.path), this.volumesDir)) throw new AppError(ErrorCode.VolumePathRefused, `the file of volume ${v.id} (${v.path}) is not in Haven's volumes folder ${this.volumesDir}; Haven leaves it alone`);
     const st = await fs.lstat(v.path).catch(() => null);
     if (!st) return; // already gone
     if (st.isSymbolicLink() || (v.fileId ? !(await isSameFile(v.path, v.fileId)) : !st.isFile())) {

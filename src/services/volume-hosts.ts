@@ -151,8 +151,10 @@ class RemoteVolumeHost implements VolumeHost {
     const id = newUuid();
     await this.catalog.agents.insertWork({ id, host: this.host, jobId: ctl?.jobId ?? null, kind, request, createdAt: this.clock.now() });
     let cancelled = false;
+    const started = Date.now();
     for (;;) {
-      await new Promise((r) => setTimeout(r, this.opts.pollMs));
+      // Quick work is seen at once; long work (a backup of hours) is looked at once a second.
+      await new Promise((r) => setTimeout(r, Date.now() - started < 5000 ? this.opts.pollMs : Math.max(this.opts.pollMs, 1000)));
       const w = await this.catalog.agents.getWork(id);
       if (!w) throw new AppError(ErrorCode.Internal, `work ${id} for host ${this.host} disappeared from the catalog`);
       if (w.status === 'done') return w.result as T;

@@ -4,9 +4,12 @@
  * a QMP monitor and an NBD export the "guest" writes through (qemu-io). VBS backups of the volume
  * take their point in time through QMP and, from the second on, read only the blocks of the dirty
  * bitmap haven-<previous backup>; restores are compared with the disk as the guest sees it. Also:
- * what adoption refuses (nothing created), snapshots and CSBS server backups of such a volume
- * refused, backups while the guest is gone failing cleanly and working again once it is back, and
- * a restore onto the running guest's own disk leaving that disk untouched.
+ * what adoption refuses (nothing created), snapshots of such a volume refused, a CSBS server backup
+ * of a server with that disk (the freeze hook writes through the guest, the point in time is taken
+ * through QMP, the thaw hook writes again: the backup holds the freeze hook's write and not the
+ * thaw hook's, read through the dirty bitmap of the volume's previous backup), backups while the
+ * guest is gone failing cleanly and working again once it is back, and a restore onto the running
+ * guest's own disk leaving that disk untouched.
  */
 import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
@@ -23,6 +26,14 @@ const BLOCK = 4 * KiB;
 const PROVIDER = 'fc4d5750-22e7-4798-8a46-f48f62c4c1da';
 /** Not a multiple of a GiB: the volume's size rounds up to 2. */
 const DISK_BYTES = 1 * GiB + 64 * KiB;
+/** Where the server backup's freeze and thaw hooks write through the guest (in the data at 300 MiB). */
+const HOOK_AT = 300 * MiB + 128 * KiB;
+const HOOK_LEN = 16 * KiB;
+const FREEZE_PATTERN = 0xa1;
+const THAW_PATTERN = 0xb2;
+
+/** A word for sh, single-quoted. */
+const sh = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 
 describe('the disk of a running QEMU guest as a volume (os-volume-manage with qmp_socket/qmp_node)', { skip: noQemu }, () => {
   const temp = new TempDirs('haven-qmpvol-');
@@ -37,6 +48,8 @@ describe('the disk of a running QEMU guest as a volume (os-volume-manage with qm
   let savedTmpdir: string | undefined;
   let guest: Guest;
   let imageB: string;
+  /** What the server backup's hooks log, a line each: name, HAVEN_SERVER_ID, _NAME, _VOLUME_PATHS. */
+  let hookLog: string;
   /** What the engine returned per backup id (read bytes, changed-block tracking). */
   const results = new Map<string, BackupResult>();
   let chunkSize: number;
@@ -51,20 +64,7 @@ describe('the disk of a running QEMU guest as a volume (os-volume-manage with qm
     havenTmp = path.join(base, 'tmp');
     work = path.join(base, 'work');
     for (const d of [root, havenTmp, work]) await fs.mkdir(d);
-    svc = await startService(temp, { volumeRoots: [root] });
-    // The jobs run in this process: their os.tmpdir() is this folder from now on.
-    savedTmpdir = process.env.TMPDIR;
-    process.env.TMPDIR = havenTmp;
-    ({ token, projectId: pid } = await svc.login('admin', ADMIN_PASSWORD, 'admin'));
-    chunkSize = svc.app.engine.repo.config.chunkSizeBytes;
-    // A spy on the engine: what each backup read (the API does not say).
-    const engine = svc.app.engine;
-    const backup = engine.backup.bind(engine);
-    engine.backup = async (...args: Parameters<typeof backup>) => {
-      const r = await backup(...args);
-      results.set(args[1].backupId, r);
-      return r;
-    };
+    hookLog = path.join(work, 'hooks.log');
 
     const raw = path.join(work, 'base.raw');
     await makeSparseFile(raw, DISK_BYTES, [
@@ -78,6 +78,37 @@ describe('the disk of a running QEMU guest as a volume (os-volume-manage with qm
     await fs.rm(raw);
     imageB = path.join(root, 'other.qcow2');
     await tool('qemu-img', ['create', '-q', '-f', 'qcow2', imageB, String(64 * MiB)]);
+
+    // The hooks of server backups (only the CSBS case runs them): each logs its name and what it
+    // was told, then the guest writes its pattern at HOOK_AT through its NBD export, as
+    // Guest.io() does (qemu-io reports a failed write on stdout: any output fails the hook).
+    const hook = (name: string, pattern: number): string => [
+      'set -e',
+      `printf '%s %s %s %s\\n' ${name} "$HAVEN_SERVER_ID" "$HAVEN_SERVER_NAME" "$HAVEN_VOLUME_PATHS" >> ${sh(hookLog)}`,
+      `out=$(qemu-io -f raw ${sh(guest.url)} -c ${sh(`write -q -P 0x${pattern.toString(16)} ${HOOK_AT} ${HOOK_LEN}`)} 2>&1) || { echo "qemu-io: $out" >&2; exit 1; }`,
+      `[ -z "$out" ] || { echo "qemu-io: $out" >&2; exit 1; }`,
+    ].join('\n');
+    svc = await startService(temp, { volumeRoots: [root], freezeCommand: hook('freeze', FREEZE_PATTERN), thawCommand: hook('thaw', THAW_PATTERN) });
+    // The jobs run in this process: their os.tmpdir() is this folder from now on.
+    savedTmpdir = process.env.TMPDIR;
+    process.env.TMPDIR = havenTmp;
+    ({ token, projectId: pid } = await svc.login('admin', ADMIN_PASSWORD, 'admin'));
+    chunkSize = svc.app.engine.repo.config.chunkSizeBytes;
+    // A spy on the engine: what each backup read (the API does not say).
+    const engine = svc.app.engine;
+    const backup = engine.backup.bind(engine);
+    engine.backup = async (...args: Parameters<typeof backup>) => {
+      const r = await backup(...args);
+      results.set(args[1].backupId, r);
+      return r;
+    };
+    // A server backup writes a guest's point in time taken earlier (between its hooks) directly.
+    const writeGuestPoint = engine.writeGuestPoint.bind(engine);
+    engine.writeGuestPoint = async (...args: Parameters<typeof writeGuestPoint>) => {
+      const r = await writeGuestPoint(...args);
+      results.set(args[1].backupId, r);
+      return r;
+    };
   });
 
   after(async () => {
@@ -277,12 +308,35 @@ describe('the disk of a running QEMU guest as a volume (os-volume-manage with qm
     assert.equal((v.json() as { volume: { status: string } }).volume.status, 'available');
   });
 
-  it('fails a CSBS backup of a server with that disk, with the reason, and leaves the guest alone', async () => {
-    assert.ok(volumeId, 'the adoption test ran');
+  it('backs up a server with that disk (CSBS): freeze hook, the point in time through QMP, thaw hook; the backup holds what the guest wrote before the moment, not after', async () => {
+    assert.ok(volumeId && lastGoodBackup, 'the adoption test ran');
     const srv = await svc.req({ method: 'POST', url: `/v2.1/${pid}/servers`, token, payload: { server: { name: 'vm-a', block_device_mapping_v2: [{ source_type: 'volume', uuid: volumeId, boot_index: 0 }] } } });
     assert.equal(srv.statusCode, 202, srv.body);
     const serverId = (srv.json() as { server: { id: string } }).server.id;
     const backupsBefore = await backupIds();
+    // The disk as the guest sees it before the freeze hook: the moment is this plus the freeze
+    // hook's write; the guest's disk after the job this plus the thaw hook's.
+    const atStart = path.join(work, 'before-freeze.raw');
+    await guest.copyTo(atStart);
+    const region = async (file: string): Promise<Buffer> => {
+      const fh = await fs.open(file, 'r');
+      try {
+        const buf = Buffer.alloc(HOOK_LEN);
+        const { bytesRead } = await fh.read(buf, 0, HOOK_LEN, HOOK_AT);
+        assert.equal(bytesRead, HOOK_LEN);
+        return buf;
+      } finally {
+        await fh.close();
+      }
+    };
+    /** Whether `file` holds `pattern` all over the hooks' region (else its first bytes there, to say so). */
+    const holds = async (file: string, pattern: number): Promise<true | string> => {
+      const got = await region(file);
+      return got.equals(Buffer.alloc(HOOK_LEN, pattern)) || `${HOOK_LEN} bytes at ${HOOK_AT} start ${got.subarray(0, 16).toString('hex')}`;
+    };
+    assert.notEqual(await holds(atStart, FREEZE_PATTERN), true, 'the freeze hook\'s pattern is not there before it');
+    await fs.rm(hookLog, { force: true });
+
     const { cp, jobId } = await withRunnerPaused(svc, async () => {
       const prot = await svc.req({ method: 'POST', url: `/v1/${pid}/providers/${PROVIDER}/resources/${serverId}/action`, token, payload: { protect: { backup_name: 'vm-a_b1' } } });
       assert.equal(prot.statusCode, 200, prot.body);
@@ -291,22 +345,92 @@ describe('the disk of a running QEMU guest as a volume (os-volume-manage with qm
       return { cp: (prot.json() as { checkpoint: { id: string } }).checkpoint, jobId: jobs[0]!.id };
     });
     const job = await svc.waitJob(token, pid, jobId);
-    assert.equal(job.status, 'FAIL', JSON.stringify(job));
-    assert.match(String(job.fail_reason), /disk of a running guest/);
-    assert.match(String(job.fail_reason), new RegExp(volumeId));
+    assert.equal(job.status, 'SUCCESS', JSON.stringify(job));
+
+    // The item is available with the one volume backup of the guest's disk.
     const list = await svc.req({ method: 'GET', url: `/v1/${pid}/checkpoint_items?checkpoint_id=${cp.id}`, token });
-    const items = (list.json() as { checkpoint_items: Array<{ id: string; status: string; extend_info: { fail_reason: string | null; volume_backups: unknown[] } }> }).checkpoint_items;
+    assert.equal(list.statusCode, 200, list.body);
+    const items = (list.json() as { checkpoint_items: Array<{ id: string; status: string; resource_id: string; extend_info: { fail_reason: string | null; volume_backups: Array<{ id: string; source_volume_id: string; status: string; incremental: boolean }> } }> }).checkpoint_items;
     assert.equal(items.length, 1);
-    assert.equal(items[0]!.status, 'error');
-    assert.match(String(items[0]!.extend_info.fail_reason), /disk of a running guest/);
-    assert.deepEqual(items[0]!.extend_info.volume_backups, []);
-    assert.deepEqual(await backupIds(), backupsBefore, 'no volume backup was made');
-    assert.deepEqual(await fs.readdir(path.join(svc.dataDir, 'snapshots')).catch(() => []), [], 'no snapshot copy left');
-    await assertCleanGuest(lastGoodBackup);
+    const item = items[0]!;
+    assert.equal(item.status, 'available', JSON.stringify(item));
+    assert.equal(item.resource_id, serverId);
+    assert.equal(item.extend_info.volume_backups.length, 1, JSON.stringify(item.extend_info));
+    const vb = item.extend_info.volume_backups[0]!;
+    assert.equal(vb.source_volume_id, volumeId);
+    assert.equal(vb.status, 'available');
+    assert.deepEqual(await backupIds(), [...backupsBefore, vb.id].sort(), 'exactly one volume backup was made');
+
+    // An ordinary volume backup of the volume (origin csbs, linked to the item), incremental from
+    // the volume's last backup and read through its dirty bitmap: only the freeze hook's blocks
+    // changed before the moment (the thaw hook's write came after it).
+    const row = (await svc.app.catalog.backups.getBackupById(vb.id))!;
+    assert.equal(row.origin, 'csbs');
+    assert.equal(row.checkpointItemId, item.id);
+    assert.equal(row.volumeId, volumeId);
+    assert.equal(row.parentId, lastGoodBackup);
+    const shown = await shownBackup(vb.id);
+    assert.equal(shown.status, 'available');
+    assert.equal(shown.is_incremental, true);
+    const r = results.get(vb.id);
+    assert.ok(r, 'the engine wrote the guest\'s point in time');
+    assert.equal(r.changedBlockTracking, true, 'read through the dirty bitmap of the previous backup');
+    const hookBlocks = Array.from({ length: HOOK_LEN / BLOCK }, (_, i) => block(HOOK_AT) + i);
+    const bounds = changedReadBounds(hookBlocks, chunkSize, DISK_BYTES);
+    assert.ok(r.readBytes >= bounds.dirtyBytes && r.readBytes <= bounds.maxReadBytes, `read ${r.readBytes} bytes, expected ${bounds.dirtyBytes}..${bounds.maxReadBytes}`);
+
+    // The hooks ran once each, freeze then thaw, told about the server and its disk.
+    const log = (await fs.readFile(hookLog, 'utf8')).trimEnd().split('\n');
+    assert.deepEqual(log, [`freeze ${serverId} vm-a ${guest.image}`, `thaw ${serverId} vm-a ${guest.image}`]);
+
+    // Nothing of Haven's left: the guest holds only the bitmap of this backup; no copy left.
+    await assertCleanGuest(vb.id);
+    assert.deepEqual(await fs.readdir(path.join(svc.dataDir, 'snapshots')).catch(() => []), [], 'no server copy left');
+
+    // The guest's disk now: as before the freeze, with the thaw hook's pattern (the last write).
+    const patch = async (pattern: number): Promise<void> => {
+      const fh = await fs.open(atStart, 'r+');
+      try {
+        await fh.write(Buffer.alloc(HOOK_LEN, pattern), 0, HOOK_LEN, HOOK_AT);
+      } finally {
+        await fh.close();
+      }
+    };
+    await patch(THAW_PATTERN);
+    assert.equal(await guest.compare(atStart), null, 'the guest\'s disk: as before, with the thaw hook\'s write');
+
+    // The restore of the server backup's volume backup: the disk at the moment, with the freeze
+    // hook's pattern and not the thaw hook's, the rest as the guest had it.
+    const target = await createVolume(svc, token, pid, { size: 2, name: 'restored-csbs' });
+    const rj = await restoreOnto(vb.id, target.id);
+    assert.equal(rj.status, 'SUCCESS', JSON.stringify(rj));
+    assert.equal(await holds(target.path, FREEZE_PATTERN), true, 'the freeze hook\'s write (before the moment) is in the backup');
+    assert.match(String(await guest.compare(target.path)), new RegExp(`offset ${HOOK_AT}\\b`), 'the guest\'s disk differs from the backup first where the thaw hook wrote');
+    await patch(FREEZE_PATTERN);
+    assert.equal(await compareImages(target.path, 'raw', atStart, 'raw'), null, 'the rest of the restore reads as the guest\'s disk');
+    await fs.rm(atStart);
+    await assertCleanGuest(vb.id);
+
     // The server goes; its volume is available again (and still the guest's).
     assert.equal((await svc.req({ method: 'DELETE', url: `/v2.1/${pid}/servers/${serverId}`, token })).statusCode, 204);
     const v = await svc.req({ method: 'GET', url: `/v3/${pid}/volumes/${volumeId}`, token });
     assert.equal((v.json() as { volume: { status: string } }).volume.status, 'available');
+
+    // The volume's next VBS backup follows the server backup: incremental from it, reading only
+    // what the guest wrote since its moment (the thaw hook's blocks, in bitmap haven-<its id>).
+    const next = await vbsBackup('after-csbs');
+    assert.equal(next.job.status, 'SUCCESS', JSON.stringify(next.job));
+    assert.equal((await shownBackup(next.id)).is_incremental, true);
+    assert.equal((await svc.app.catalog.backups.getBackupById(next.id))!.parentId, vb.id);
+    const rn = results.get(next.id)!;
+    assert.equal(rn.changedBlockTracking, true, 'read through the server backup\'s dirty bitmap');
+    assert.ok(rn.readBytes >= bounds.dirtyBytes && rn.readBytes <= bounds.maxReadBytes, `read ${rn.readBytes} bytes, expected ${bounds.dirtyBytes}..${bounds.maxReadBytes}`);
+    await assertCleanGuest(next.id);
+    const targetNext = await createVolume(svc, token, pid, { size: 2, name: 'restored-after-csbs' });
+    const rjn = await restoreOnto(next.id, targetNext.id);
+    assert.equal(rjn.status, 'SUCCESS', JSON.stringify(rjn));
+    assert.equal(await compareImages(targetNext.path, 'raw', guest.url, 'raw'), null, 'the restore reads as the guest\'s disk, the thaw hook\'s write included');
+    lastGoodBackup = next.id;
   });
 
   it('fails a backup while the guest is gone (killed, then stopped) and backs up again once it is back', async () => {
