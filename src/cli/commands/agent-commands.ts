@@ -78,7 +78,9 @@ export function registerAgentCommands(program: Command): void {
     .requiredOption('--host <name>', 'the host the agent runs on (its volumes belong to it)')
     .option('--data-dir <dir>', 'data folder (SQLite catalog)')
     .option('--json', 'print JSON')
-    .action(async (opts: { host: string; dataDir?: string; json?: boolean }) => {
+    .action(async (_opts: unknown, cmd: Command) => {
+      // `agent` itself takes --data-dir too, and commander gives it to the outer command.
+      const opts = cmd.optsWithGlobals<{ host: string; dataDir?: string; json?: boolean }>();
       const config = configFrom(opts);
       const [{ Catalog }, { migrate }, { AgentService }, { systemClock }] = await Promise.all([
         import('../../catalog/catalog.ts'), import('../../catalog/migrate.ts'), import('../../services/agent-service.ts'), import('../../domain/clock.ts'),
