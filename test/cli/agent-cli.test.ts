@@ -18,10 +18,11 @@ after(() => temp.cleanup());
 describe('haven agent (command line)', () => {
   it('token create --host --data-dir makes a token of that catalog, for that host; a bad host name is refused', async () => {
     const dataDir = temp.make('data');
-    const t = await runCliJson<{ id: string; host: string; token: string }>(['agent', 'token', 'create', '--host', 'kvm-07', '--data-dir', dataDir, '--json'], { cwd: temp.make('cwd') });
+    const cwd = temp.make('cwd');
+    const t = await runCliJson<{ id: string; host: string; token: string }>(['agent', 'token', 'create', '--host', 'kvm-07', '--data-dir', dataDir, '--json'], { cwd });
     assert.equal(t.host, 'kvm-07');
     assert.match(t.token, /^hvagent_[0-9a-f]{32}_[A-Za-z0-9_-]{43}$/);
-    assert.equal(existsSync(path.join(dataDir, '..', 'cwd', 'data')), false, 'nothing written to a data folder in the working directory');
+    assert.equal(existsSync(path.join(cwd, 'data')), false, 'nothing written to a data folder in the working directory');
     const db = new SqliteDatabase(path.join(dataDir, 'catalog.sqlite'));
     try {
       const agents = new AgentService(new Catalog(db), systemClock, { leaseMs: 30_000 });
