@@ -13,7 +13,7 @@
 import type { Catalog } from '../catalog/catalog.ts';
 import type { AgentRecord, AgentWork } from '../catalog/agent-queries.ts';
 import type { Clock } from '../domain/clock.ts';
-import { AppError, ErrorCode } from '../domain/errors.ts';
+import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { newUuid } from '../domain/ids.ts';
 import type { BackupOrder, BackupSummary, HostCall, ServerProtectOrder, VolumeFileRef, VolumeHost, WorkControl } from './volume-host.ts';
 
@@ -152,10 +152,19 @@ class RemoteVolumeHost implements VolumeHost {
     await this.catalog.agents.insertWork({ id, host: this.host, jobId: ctl?.jobId ?? null, kind, request, createdAt: this.clock.now() });
     let cancelled = false;
     const started = Date.now();
+    let lastSeen = started;
     for (;;) {
       // Quick work is seen at once; long work (a backup of hours) is looked at once a second.
       await new Promise((r) => setTimeout(r, Date.now() - started < 5000 ? this.opts.pollMs : Math.max(this.opts.pollMs, 1000)));
-      const w = await this.catalog.agents.getWork(id);
+      let w: AgentWork | undefined;
+      try {
+        w = await this.catalog.agents.getWork(id);
+        lastSeen = Date.now();
+      } catch (err) {
+        // The catalog's connection was lost: try again, for as long as a lease (the agent goes on meanwhile).
+        if (!isAppError(err, ErrorCode.ServiceBusy) || Date.now() - lastSeen > this.opts.leaseMs) throw err;
+        continue;
+      }
       if (!w) throw new AppError(ErrorCode.Internal, `work ${id} for host ${this.host} disappeared from the catalog`);
       if (w.status === 'done') return w.result as T;
       if (w.status === 'failed') throw errorFromWire(w.error ?? { code: ErrorCode.Internal, message: 'the agent reported no reason' });
