@@ -220,6 +220,8 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
       const existing = await catalog.agents.getAgent(config.hostName);
       // A `haven agent` registered under this host's name keeps its registration.
       if (!existing || existing.embedded) await agents.register(config.hostName, info, true);
+      // An embedded host silent for a week is a machine renamed or gone: it leaves the list.
+      await catalog.agents.forgetSilentEmbedded(clock.now() - 7 * 24 * 3600_000);
       localBeat = setInterval(() => {
         catalog.agents.getAgent(config.hostName).then(async (a) => {
           if (a?.embedded) await catalog.agents.heartbeat(config.hostName, a.session, clock.now());

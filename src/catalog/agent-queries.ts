@@ -105,6 +105,11 @@ export class AgentQueries {
     return (await this.db.all<AgentRow>('SELECT * FROM agents ORDER BY host')).map(toAgent);
   }
 
+  /** Forgets embedded agents not heard from since `beforeMs` (a machine renamed, or gone). */
+  async forgetSilentEmbedded(beforeMs: number): Promise<number> {
+    return (await this.db.run('DELETE FROM agents WHERE embedded = 1 AND heartbeat_at < ?', [beforeMs])).changes;
+  }
+
   async setDraining(host: string, draining: boolean): Promise<boolean> {
     return (await this.db.run('UPDATE agents SET draining = ? WHERE host = ?', [draining ? 1 : 0, host])).changes === 1;
   }
