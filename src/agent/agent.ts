@@ -13,7 +13,10 @@
  */
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { errorToWire } from '../services/volume-hosts.ts';
-import { isHostCall, type VolumeHost, type WorkControl } from '../services/volume-host.ts';
+import { isHostCall, isQuickCall, type VolumeHost, type WorkControl } from '../services/volume-host.ts';
+
+/** Quick works run at once, besides the slots for long work. */
+const QUICK_SLOTS = 4;
 
 export interface AgentLogger {
   info(obj: object, msg?: string): void;
@@ -34,6 +37,8 @@ export interface AgentOptions {
   log: AgentLogger;
   /** How often free slots look for work (ms). */
   pollMs?: number;
+  /** This agent's identity across restarts (kept in its data folder): a restart may take over its own session, not another agent's. */
+  instance: string;
   /** Called when another agent registered for this host: this one has stopped. */
   onSuperseded?: (why: string) => void;
 }
@@ -52,9 +57,13 @@ export class Agent {
   /** The host name the control plane knows this agent by (from its token). */
   hostName: string | null = null;
   private readonly running = new Map<string, Running>();
+  /** The running work that is quick (its own slots). */
+  private readonly quick = new Set<string>();
   private beatTimer: NodeJS.Timeout | null = null;
   private pollTimer: NodeJS.Timeout | null = null;
-  private lastBeatOk = 0;
+  /** When the last heartbeat that was answered was sent. */
+  private lastBeatSent = 0;
+  private beating = false;
   private claiming = false;
   private stopped = false;
   draining = false;
@@ -63,14 +72,14 @@ export class Agent {
     this.opts = { pollMs: 1000, ...opts };
   }
 
-  private async call<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+  private async call<T>(method: 'GET' | 'POST', path: string, body?: unknown, timeoutMs = 20_000): Promise<T> {
     let res: Response;
     try {
       res = await fetch(`${this.opts.controlUrl}${path}`, {
         method,
         headers: { authorization: `Bearer ${this.opts.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-        signal: AbortSignal.timeout(20_000),
+        signal: AbortSignal.timeout(timeoutMs),
       });
     } catch (err) {
       throw new AppError(ErrorCode.HostUnavailable, `cannot reach the control plane at ${this.opts.controlUrl}: ${(err as Error).message}`, { cause: err });
@@ -95,24 +104,42 @@ export class Agent {
     this.stopped = false;
     await this.register();
     this.beatTimer = setInterval(() => void this.beat(), Math.max(500, Math.floor(this.leaseMs / 3)));
-    this.pollTimer = setInterval(() => void this.claim(), this.opts.pollMs);
+    this.pollTimer = setInterval(() => {
+      void this.claim();
+      this.watchdog();
+    }, Math.min(this.opts.pollMs, 500));
+  }
+
+  /**
+   * The control plane fails work whose lease (renewed when a heartbeat arrives there) ran out. This
+   * agent stops its work earlier: two thirds of a lease after it *sent* its last heartbeat that
+   * was answered, so it has stopped before the control plane can give the volume to new work.
+   */
+  private watchdog(): void {
+    if (this.running.size && Date.now() - this.lastBeatSent > (this.leaseMs * 2) / 3) {
+      this.abortAll(`the control plane did not answer a heartbeat for ${Math.round((Date.now() - this.lastBeatSent) / 1000)} s (lease ${this.leaseMs / 1000} s): the work stops before its lease runs out`);
+    }
   }
 
   private async register(): Promise<void> {
-    const r = await this.call<{ host: string; session: string; lease_seconds: number }>('POST', '/haven/v1/agent/register', { version: this.opts.version, volume_roots: this.opts.volumeRoots, capabilities: this.opts.capabilities });
+    const sent = Date.now();
+    const r = await this.call<{ host: string; session: string; lease_seconds: number }>('POST', '/haven/v1/agent/register', { version: this.opts.version, volume_roots: this.opts.volumeRoots, capabilities: this.opts.capabilities, instance: this.opts.instance });
     this.session = r.session;
     this.hostName = r.host;
     this.leaseMs = r.lease_seconds * 1000;
-    this.lastBeatOk = Date.now();
+    this.lastBeatSent = sent;
     this.opts.log.info({ host: r.host, session: r.session, leaseSeconds: r.lease_seconds }, 'agent registered');
   }
 
   private async beat(): Promise<void> {
-    if (!this.session || this.stopped) return;
+    if (!this.session || this.stopped || this.beating) return; // one heartbeat at a time
+    this.beating = true;
     try {
       const work = [...this.running].map(([id, r]) => ({ id, done: r.done, total: r.total }));
-      const r = await this.call<{ stop: { id: string; reason: string }[]; draining: boolean }>('POST', '/haven/v1/agent/heartbeat', { session: this.session, work });
-      this.lastBeatOk = Date.now();
+      const sent = Date.now();
+      // Answered within a third of the lease, or it does not count.
+      const r = await this.call<{ stop: { id: string; reason: string }[]; draining: boolean }>('POST', '/haven/v1/agent/heartbeat', { session: this.session, work }, Math.max(1000, Math.floor(this.leaseMs / 3)));
+      this.lastBeatSent = sent;
       if (r.draining !== this.draining) this.opts.log.info({ draining: r.draining }, r.draining ? 'host drained: no new work' : 'host undrained');
       this.draining = r.draining;
       for (const s of r.stop) this.abort(s.id, s.reason);
@@ -122,12 +149,13 @@ export class Agent {
         // agents of one host would take turns abandoning each other's work, so this one stops.
         const why = `another agent registered for host ${this.hostName} since this one did; one agent per host: this one stops`;
         this.opts.log.error({ err: (err as Error).message }, why);
-        void this.stop(why).then(() => this.opts.onSuperseded?.(why));
+        void this.stop(why).then(() => this.opts.onSuperseded?.(why)).catch(() => undefined);
         return;
       }
       this.opts.log.warn({ err: (err as Error).message }, 'heartbeat failed');
-      // Silent for a whole lease: the control plane failed this work already; it must not go on.
-      if (Date.now() - this.lastBeatOk > this.leaseMs) this.abortAll(`the control plane was unreachable for longer than the lease (${this.leaseMs / 1000} s)`);
+      this.watchdog();
+    } finally {
+      this.beating = false;
     }
   }
 
@@ -145,11 +173,16 @@ export class Agent {
 
   private async claim(): Promise<void> {
     if (this.claiming || this.stopped || !this.session || this.draining) return;
-    const free = this.opts.slots - this.running.size;
-    if (free < 1) return;
+    // Quick work (a volume's file made or removed, an adoption checked) does not wait behind
+    // backups: it has slots of its own.
+    let long = 0;
+    for (const id of this.running.keys()) if (!this.quick.has(id)) long++;
+    const free = Math.max(0, this.opts.slots - long);
+    const quickFree = Math.max(0, QUICK_SLOTS - this.quick.size);
+    if (free < 1 && quickFree < 1) return;
     this.claiming = true;
     try {
-      const r = await this.call<{ work: { id: string; kind: string; request: unknown }[] }>('POST', '/haven/v1/agent/claim', { session: this.session, slots: free });
+      const r = await this.call<{ work: { id: string; kind: string; request: unknown }[] }>('POST', '/haven/v1/agent/claim', { session: this.session, slots: free, quick_slots: quickFree });
       for (const w of r.work) this.execute(w);
     } catch (err) {
       this.opts.log.warn({ err: (err as Error).message }, 'claiming work failed');
@@ -161,6 +194,7 @@ export class Agent {
   private execute(w: { id: string; kind: string; request: unknown }): void {
     const ac = new AbortController();
     const entry: Running = { ac, done: 0, total: 0, finished: Promise.resolve() };
+    if (isQuickCall(w.kind)) this.quick.add(w.id);
     const session = this.session;
     const ctl: WorkControl = { signal: ac.signal, onProgress: (done, total) => ((entry.done = done), (entry.total = total)) };
     entry.finished = (async () => {
@@ -181,6 +215,7 @@ export class Agent {
       await this.report(w.id, session, outcome);
     })().finally(() => {
       this.running.delete(w.id);
+      this.quick.delete(w.id);
       void this.claim();
     });
     this.running.set(w.id, entry);

@@ -17,12 +17,13 @@ const Register = Type.Object({
   version: Type.String({ minLength: 1, maxLength: 64, pattern: '^[\\x21-\\x7e]+$' }),
   volume_roots: Type.Array(Type.String({ minLength: 1, maxLength: 4096, pattern: '^/[^\\x00-\\x1f\\x7f]*$' }), { maxItems: 256 }),
   capabilities: Type.Array(Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z0-9-]+$' }), { maxItems: 32 }),
+  instance: Type.Optional(Type.String({ pattern: '^[0-9a-f]{32}$' })),
 });
 const Heartbeat = Type.Object({
   session: Session,
   work: Type.Array(Type.Object({ id: Text(64), done: Type.Integer({ minimum: 0 }), total: Type.Integer({ minimum: 0 }) }), { maxItems: 1024 }),
 });
-const Claim = Type.Object({ session: Session, slots: Type.Integer({ minimum: 0, maximum: 64 }) });
+const Claim = Type.Object({ session: Session, slots: Type.Integer({ minimum: 0, maximum: 64 }), quick_slots: Type.Optional(Type.Integer({ minimum: 0, maximum: 16 })) });
 const Result = Type.Object({ session: Session, ok: Type.Boolean(), result: Type.Optional(Type.Unknown()), error: Type.Optional(WireError) });
 const HostParams = Type.Object({ host: PathParam });
 const WorkParams = Type.Object({ workId: PathParam });
@@ -47,7 +48,7 @@ export function registerAgentRoutes(root: FastifyInstance, s: ApiServices): void
   const tags = ['agents'];
   app.post('/haven/v1/agent/register', { config: AGENT, schema: { body: Register, tags, summary: 'An agent starts (agent token)' } }, async (req) => {
     const b = req.body;
-    const r = await s.agents.register(hostOf(req), { version: b.version, volumeRoots: b.volume_roots, capabilities: b.capabilities });
+    const r = await s.agents.register(hostOf(req), { version: b.version, volumeRoots: b.volume_roots, capabilities: b.capabilities, instance: b.instance ?? null });
     return { host: hostOf(req), session: r.session, lease_seconds: r.leaseMs / 1000 };
   });
   app.post('/haven/v1/agent/heartbeat', { config: AGENT, schema: { body: Heartbeat, tags, summary: 'An agent is alive and renews its work\'s leases (agent token)' } }, async (req) => {
@@ -55,7 +56,7 @@ export function registerAgentRoutes(root: FastifyInstance, s: ApiServices): void
     return { stop: r.stop, draining: r.draining };
   });
   app.post('/haven/v1/agent/claim', { config: AGENT, schema: { body: Claim, tags, summary: 'An agent takes queued work of its host (agent token)' } }, async (req) => {
-    return { work: await s.agents.claim(hostOf(req), req.body.session, req.body.slots) };
+    return { work: await s.agents.claim(hostOf(req), req.body.session, req.body.slots, req.body.quick_slots ?? 0) };
   });
   app.post('/haven/v1/agent/work/:workId/result', { config: AGENT, schema: { params: WorkParams, body: Result, tags, summary: 'An agent ends work with its result (agent token)' } }, async (req, reply) => {
     const b = req.body;
@@ -74,6 +75,13 @@ export function registerAgentRoutes(root: FastifyInstance, s: ApiServices): void
   });
   app.post('/haven/v1/agents/:host/undrain', { config: ADMIN, schema: { params: HostParams, tags, summary: 'Take a drained host back (cloud admin)' } }, async (req) => {
     return { agent: agentJson(await s.agents.setDraining(req.params.host, false)) };
+  });
+  app.get('/haven/v1/agents/tokens', { config: ADMIN, schema: { tags, summary: 'List agent tokens: id, host, created, revoked (never the secret) (cloud admin)' } }, async () => {
+    return { agent_tokens: (await s.agents.listTokens()).map((t) => ({ id: t.id, host: t.host, created_at: new Date(t.createdAt).toISOString(), revoked_at: t.revokedAt === null ? null : new Date(t.revokedAt).toISOString() })) };
+  });
+  app.delete('/haven/v1/agents/tokens/:tokenId', { config: ADMIN, schema: { params: Type.Object({ tokenId: PathParam }), tags, summary: 'Revoke an agent token (cloud admin)' } }, async (req, reply) => {
+    await s.agents.revokeToken(req.params.tokenId);
+    return reply.code(204).send();
   });
   app.post('/haven/v1/agents/tokens', { config: ADMIN, schema: { body: CreateToken, tags, summary: 'Issue an agent token for a host (cloud admin); shown once' } }, async (req, reply) => {
     const t = await s.agents.createToken(req.body.host);

@@ -73,6 +73,7 @@ const DEFAULT_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.NoSpace]: 507,
   [ErrorCode.HostUnavailable]: 503,
   [ErrorCode.AgentNotFound]: 404,
+  [ErrorCode.AgentConflict]: 409,
   [ErrorCode.WorkNotHeld]: 409,
 };
 

@@ -20,6 +20,8 @@ export interface AgentRecord {
   capabilities: string[];
   /** The control plane's own agent (`haven serve` with HAVEN_LOCAL_AGENT, the embedded default). */
   embedded: boolean;
+  /** The agent process's identity across restarts (null: embedded). */
+  instance: string | null;
   registeredAt: number;
   heartbeatAt: number;
   draining: boolean;
@@ -46,7 +48,7 @@ export interface AgentWork {
   updatedAt: number;
 }
 
-interface AgentRow { host: string; session: string; version: string; volume_roots: string; capabilities: string; embedded: number; registered_at: number; heartbeat_at: number; draining: number }
+interface AgentRow { host: string; session: string; version: string; volume_roots: string; capabilities: string; embedded: number; instance: string | null; registered_at: number; heartbeat_at: number; draining: number }
 interface WorkRow {
   id: string; host: string; job_id: string | null; kind: string; request: string; status: WorkStatus; session: string | null; lease_until: number | null;
   progress_done: number; progress_total: number; result: string | null; error: string | null; cancel_reason: string | null; created_at: number; updated_at: number;
@@ -54,7 +56,7 @@ interface WorkRow {
 
 const toAgent = (r: AgentRow): AgentRecord => ({
   host: r.host, session: r.session, version: r.version, volumeRoots: JSON.parse(r.volume_roots) as string[], capabilities: JSON.parse(r.capabilities) as string[],
-  embedded: !!Number(r.embedded), registeredAt: Number(r.registered_at), heartbeatAt: Number(r.heartbeat_at), draining: !!Number(r.draining),
+  embedded: !!Number(r.embedded), instance: r.instance ?? null, registeredAt: Number(r.registered_at), heartbeatAt: Number(r.heartbeat_at), draining: !!Number(r.draining),
 });
 
 const toWork = (r: WorkRow): AgentWork => ({
@@ -63,6 +65,9 @@ const toWork = (r: WorkRow): AgentWork => ({
   result: r.result === null ? null : (JSON.parse(r.result) as unknown), error: r.error === null ? null : (JSON.parse(r.error) as AgentWork['error']),
   cancelReason: r.cancel_reason, createdAt: Number(r.created_at), updatedAt: Number(r.updated_at),
 });
+
+/** The session is still the one registered for the work's host (a superseded agent gets and ends nothing). */
+const CURRENT_SESSION = 'EXISTS (SELECT 1 FROM agents WHERE agents.host = agent_work.host AND agents.session = ?)';
 
 export class AgentQueries {
   private readonly db: SqlExecutor;
@@ -81,14 +86,27 @@ export class AgentQueries {
     return r && { id: r.id, host: r.host, secretHash: r.secret_hash, createdAt: Number(r.created_at), revokedAt: r.revoked_at === null ? null : Number(r.revoked_at) };
   }
 
+  /** Revokes a token (its agent is refused from its next call); false when there is no such token. */
+  async revokeToken(id: string, nowMs: number): Promise<boolean> {
+    return (await this.db.run('UPDATE agent_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL', [nowMs, id])).changes === 1;
+  }
+
+  async listTokens(): Promise<AgentToken[]> {
+    const rows = await this.db.all<{ id: string; host: string; secret_hash: string; created_at: number; revoked_at: number | null }>('SELECT * FROM agent_tokens ORDER BY created_at, id');
+    return rows.map((r) => ({ id: r.id, host: r.host, secretHash: r.secret_hash, createdAt: Number(r.created_at), revokedAt: r.revoked_at === null ? null : Number(r.revoked_at) }));
+  }
+
   // Registrations
 
   /** Registers (or re-registers) the agent of `a.host` as session `a.session`; the draining mark stays. */
   async register(a: Omit<AgentRecord, 'draining'>): Promise<void> {
-    const args = [a.session, a.version, JSON.stringify(a.volumeRoots), JSON.stringify(a.capabilities), a.embedded ? 1 : 0, a.registeredAt, a.heartbeatAt];
-    const updated = await this.db.run('UPDATE agents SET session = ?, version = ?, volume_roots = ?, capabilities = ?, embedded = ?, registered_at = ?, heartbeat_at = ? WHERE host = ?', [...args, a.host]);
-    if (updated.changes) return;
-    await this.db.run('INSERT INTO agents (session, version, volume_roots, capabilities, embedded, registered_at, heartbeat_at, host, draining) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)', [...args, a.host]);
+    // One statement (an upsert): two first registrations of a host at once cannot both insert.
+    await this.db.run(
+      `INSERT INTO agents (host, session, version, volume_roots, capabilities, embedded, instance, registered_at, heartbeat_at, draining) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)
+       ON CONFLICT (host) DO UPDATE SET session = excluded.session, version = excluded.version, volume_roots = excluded.volume_roots, capabilities = excluded.capabilities,
+       embedded = excluded.embedded, instance = excluded.instance, registered_at = excluded.registered_at, heartbeat_at = excluded.heartbeat_at`,
+      [a.host, a.session, a.version, JSON.stringify(a.volumeRoots), JSON.stringify(a.capabilities), a.embedded ? 1 : 0, a.instance, a.registeredAt, a.heartbeatAt],
+    );
   }
 
   /** Records a heartbeat of `session`; false when another session of the host registered since. */
@@ -133,17 +151,38 @@ export class AgentQueries {
 
   /** The oldest queued work of a host (cancelled work is not handed out). */
   async queuedWork(host: string, limit: number): Promise<AgentWork[]> {
+    // (the caller picks quick and long work from these)
     return (await this.db.all<WorkRow>("SELECT * FROM agent_work WHERE host = ? AND status = 'queued' AND cancel_reason IS NULL ORDER BY created_at, id LIMIT ?", [host, limit])).map(toWork);
   }
 
   /** Compare-and-set: queued -> running for `session`, leased until `leaseUntil`. */
   async claimWork(id: string, session: string, nowMs: number, leaseUntil: number): Promise<boolean> {
-    return (await this.db.run("UPDATE agent_work SET status = 'running', session = ?, lease_until = ?, updated_at = ? WHERE id = ? AND status = 'queued' AND cancel_reason IS NULL", [session, leaseUntil, nowMs, id])).changes === 1;
+    return (await this.db.run(`UPDATE agent_work SET status = 'running', session = ?, lease_until = ?, updated_at = ? WHERE id = ? AND status = 'queued' AND cancel_reason IS NULL AND ${CURRENT_SESSION}`, [session, leaseUntil, nowMs, id, session])).changes === 1;
   }
 
-  /** Renews the lease of work `session` holds and records its progress; false when it no longer holds it. */
+  /**
+   * Renews the lease of work `session` holds and records its progress; false when it no longer
+   * holds it (ended, its lease already run out, or another session registered for its host).
+   */
   async renewWork(id: string, session: string, nowMs: number, leaseUntil: number, done: number, total: number): Promise<boolean> {
-    return (await this.db.run("UPDATE agent_work SET lease_until = ?, progress_done = ?, progress_total = ?, updated_at = ? WHERE id = ? AND session = ? AND status = 'running'", [leaseUntil, done, total, nowMs, id, session])).changes === 1;
+    return (await this.db.run(`UPDATE agent_work SET lease_until = ?, progress_done = ?, progress_total = ?, updated_at = ? WHERE id = ? AND session = ? AND status = 'running' AND lease_until >= ? AND ${CURRENT_SESSION}`, [leaseUntil, done, total, nowMs, id, session, nowMs, session])).changes === 1;
+  }
+
+  /** Fails running work whose lease ran out before `beforeMs` (CAS on the lease: a renewal meanwhile wins). */
+  async expireWork(id: string, beforeMs: number, error: NonNullable<AgentWork['error']>, nowMs: number): Promise<boolean> {
+    return (await this.db.run("UPDATE agent_work SET status = 'failed', error = ?, updated_at = ? WHERE id = ? AND status = 'running' AND lease_until < ?", [JSON.stringify(error), nowMs, id, beforeMs])).changes === 1;
+  }
+
+  /**
+   * Ends work nobody will end otherwise: running work whose lease ran out before `leaseBeforeMs`
+   * (its agent and its waiting job are gone) and queued work older than `queuedBeforeMs`.
+   */
+  async sweepWork(leaseBeforeMs: number, queuedBeforeMs: number, nowMs: number): Promise<number> {
+    const lost = JSON.stringify({ code: 'AGENT_LOST', message: 'the agent stopped renewing its lease on this work' });
+    const stale = JSON.stringify({ code: 'HOST_UNAVAILABLE', message: 'no agent took this work in time' });
+    const a = await this.db.run("UPDATE agent_work SET status = 'failed', error = ?, updated_at = ? WHERE status = 'running' AND lease_until < ?", [lost, nowMs, leaseBeforeMs]);
+    const b = await this.db.run("UPDATE agent_work SET status = 'failed', error = ?, updated_at = ? WHERE status = 'queued' AND created_at < ?", [stale, nowMs, queuedBeforeMs]);
+    return a.changes + b.changes;
   }
 
   /** Work `session` holds that is asked to stop: [id, reason]. */
@@ -168,8 +207,8 @@ export class AgentQueries {
    */
   async finishWork(id: string, end: { status: 'done'; result: unknown } | { status: 'failed'; error: NonNullable<AgentWork['error']> }, nowMs: number, opts: { session?: string; fromStatuses: WorkStatus[] }): Promise<boolean> {
     const marks = opts.fromStatuses.map(() => '?').join(', ');
-    const bySession = opts.session === undefined ? '' : ' AND session = ?';
-    const params = [end.status, end.status === 'done' ? JSON.stringify(end.result ?? null) : null, end.status === 'failed' ? JSON.stringify(end.error) : null, nowMs, id, ...opts.fromStatuses, ...(opts.session === undefined ? [] : [opts.session])];
+    const bySession = opts.session === undefined ? '' : ` AND session = ? AND ${CURRENT_SESSION}`;
+    const params = [end.status, end.status === 'done' ? JSON.stringify(end.result ?? null) : null, end.status === 'failed' ? JSON.stringify(end.error) : null, nowMs, id, ...opts.fromStatuses, ...(opts.session === undefined ? [] : [opts.session, opts.session])];
     return (await this.db.run(`UPDATE agent_work SET status = ?, result = ?, error = ?, updated_at = ? WHERE id = ? AND status IN (${marks})${bySession}`, params)).changes === 1;
   }
 
@@ -178,9 +217,11 @@ export class AgentQueries {
     return (await this.db.run("UPDATE agent_work SET cancel_reason = ? WHERE id = ? AND status IN ('queued', 'running') AND cancel_reason IS NULL", [reason, id])).changes === 1;
   }
 
-  /** Asks all unfinished work of a job to stop (the job ended: failed, recovered, cancelled). */
-  async cancelWorkOfJob(jobId: string, reason: string): Promise<number> {
-    return (await this.db.run("UPDATE agent_work SET cancel_reason = ? WHERE job_id = ? AND status IN ('queued', 'running') AND cancel_reason IS NULL", [reason, jobId])).changes;
+  /** Stops all unfinished work of a job (it ended): queued work fails now, running work is asked to stop. */
+  async cancelWorkOfJob(jobId: string, reason: string, nowMs: number): Promise<number> {
+    const failed = await this.db.run("UPDATE agent_work SET status = 'failed', error = ?, cancel_reason = ?, updated_at = ? WHERE job_id = ? AND status = 'queued'", [JSON.stringify({ code: 'CANCELLED', message: reason }), reason, nowMs, jobId]);
+    const asked = await this.db.run("UPDATE agent_work SET cancel_reason = ? WHERE job_id = ? AND status = 'running' AND cancel_reason IS NULL", [reason, jobId]);
+    return failed.changes + asked.changes;
   }
 
   /** Running work of `host` held by sessions other than `session` (an agent that registered anew abandons them). */

@@ -49,8 +49,11 @@ export class VolumeQueries {
     return (await this.db.all<VolumeRow>(`SELECT * FROM volumes WHERE ${where.join(' AND ')} ORDER BY created_at DESC, id ${LIMIT_OFFSET}`, params)).map(toVolume);
   }
 
-  async findVolumeByPath(path: string): Promise<Volume | undefined> {
-    const r = await this.db.get<VolumeRow>('SELECT * FROM volumes WHERE path = ?', [path]);
+  /** The volume at `path` on `host` (null: the control plane's own), if any. */
+  async findVolumeByPath(path: string, host: string | null = null): Promise<Volume | undefined> {
+    const r = host === null
+      ? await this.db.get<VolumeRow>('SELECT * FROM volumes WHERE path = ? AND host IS NULL', [path])
+      : await this.db.get<VolumeRow>('SELECT * FROM volumes WHERE path = ? AND host = ?', [path, host]);
     return r && toVolume(r);
   }
 

@@ -78,6 +78,8 @@ export const ErrorCode = {
   /** No agent of the volume's host is online (never registered, lease run out, drained). */
   HostUnavailable: 'HOST_UNAVAILABLE',
   AgentNotFound: 'AGENT_NOT_FOUND',
+  /** Another agent of the host is online (one agent per host). */
+  AgentConflict: 'AGENT_CONFLICT',
   /** The agent running a job's work stopped renewing its lease or restarted before finishing. */
   AgentLost: 'AGENT_LOST',
   /** A work result from an agent session that no longer holds the work. */

@@ -14,9 +14,12 @@ import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { newHexId } from '../domain/ids.ts';
 import { agentOnline, errorToWire } from './volume-hosts.ts';
+import { isQuickCall } from './volume-host.ts';
 
 const TOKEN_RE = /^hvagent_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$/;
 export const HOST_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/;
+/** Queued work no agent took in this long is failed (its job waited with a time limit or is gone). */
+const STALE_QUEUED_MS = 3600_000;
 /** Ended work is kept this long for the admin's view and debugging. */
 const KEEP_ENDED_WORK_MS = 24 * 3600_000;
 
@@ -42,11 +45,21 @@ export class AgentService {
 
   /** A new token for the agent of `host` (shown once; only its hash is kept). */
   async createToken(host: string): Promise<{ id: string; host: string; token: string }> {
-    if (!HOST_NAME_RE.test(host)) throw new AppError(ErrorCode.InvalidArgument, `invalid host name ${JSON.stringify(host)}: letters, digits, ".", "_" and "-", at most 253`);
+    if (!HOST_NAME_RE.test(host) || host === 'tokens') throw new AppError(ErrorCode.InvalidArgument, `invalid host name ${JSON.stringify(host)}: letters, digits, ".", "_" and "-", at most 253`);
     const id = newHexId();
     const secret = randomBytes(32).toString('base64url');
     await this.catalog.agents.insertToken({ id, host, secretHash: sha256(secret), createdAt: this.clock.now(), revokedAt: null });
     return { id, host, token: `hvagent_${id}_${secret}` };
+  }
+
+  /** Revokes a token by its id (the part after `hvagent_`): its agent is refused from its next call. */
+  async revokeToken(id: string): Promise<void> {
+    if (!/^[0-9a-f]{32}$/.test(id) || !(await this.catalog.agents.revokeToken(id, this.clock.now()))) throw new AppError(ErrorCode.AgentNotFound, `no agent token ${id} that is not revoked already`);
+  }
+
+  /** The tokens (never their secrets): id, host, created, revoked. */
+  async listTokens(): Promise<{ id: string; host: string; createdAt: number; revokedAt: number | null }[]> {
+    return (await this.catalog.agents.listTokens()).map(({ id, host, createdAt, revokedAt }) => ({ id, host, createdAt, revokedAt }));
   }
 
   /** The host a token belongs to; TokenInvalid for anything else (never saying which part was wrong). */
@@ -68,10 +81,16 @@ export class AgentService {
    * An agent process starts: a new session for its host. Work an earlier session of the host still
    * held is abandoned (that process is gone or superseded): it fails now rather than at its lease.
    */
-  async register(host: string, info: { version: string; volumeRoots: string[]; capabilities: string[] }, embedded = false): Promise<{ session: string; leaseMs: number }> {
+  async register(host: string, info: { version: string; volumeRoots: string[]; capabilities: string[]; instance?: string | null }, embedded = false): Promise<{ session: string; leaseMs: number }> {
     const session = newHexId();
     const now = this.clock.now();
-    await this.catalog.agents.register({ host, session, version: info.version, volumeRoots: info.volumeRoots, capabilities: info.capabilities, embedded, registeredAt: now, heartbeatAt: now });
+    const current = await this.catalog.agents.getAgent(host);
+    // One agent per host: another process registering while the host's agent is online is refused
+    // (they would take turns abandoning each other's work); the same agent restarting takes over.
+    if (!embedded && current && !current.embedded && agentOnline(current, now, this.leaseMs) && current.instance !== (info.instance ?? null)) {
+      throw new AppError(ErrorCode.AgentConflict, `another agent of host ${host} is online (last heartbeat ${new Date(current.heartbeatAt).toISOString()}); one agent per host: stop it, or wait ${Math.ceil(this.leaseMs / 1000)} s after it stopped`);
+    }
+    await this.catalog.agents.register({ host, session, version: info.version, volumeRoots: info.volumeRoots, capabilities: info.capabilities, embedded, instance: info.instance ?? null, registeredAt: now, heartbeatAt: now });
     for (const w of await this.catalog.agents.runningWorkOfOtherSessions(host, session)) {
       const error = { code: ErrorCode.AgentLost, message: `the agent of host ${host} restarted before it finished this work; the new agent abandoned it` };
       await this.catalog.agents.finishWork(w.id, { status: 'failed', error }, now, { fromStatuses: ['running'] });
@@ -101,21 +120,34 @@ export class AgentService {
       }
     }
     for (const c of await this.catalog.agents.cancelledWorkOf(session)) if (!stop.some((s) => s.id === c.id)) stop.push(c);
-    if (now - this.lastPurge > 3600_000) {
+    if (now - this.lastPurge > 60_000) {
       this.lastPurge = now;
+      // Work nobody ends otherwise (its agent and its job's process both gone), then old records.
+      await this.catalog.agents.sweepWork(now - 2 * this.leaseMs, now - STALE_QUEUED_MS, now);
       await this.catalog.agents.purgeEndedWork(now - KEEP_ENDED_WORK_MS);
     }
     return { stop, draining: a.draining };
   }
 
-  /** Hands out up to `slots` queued works of the host (none while it is drained). */
-  async claim(host: string, session: string, slots: number): Promise<{ id: string; kind: string; request: unknown }[]> {
+  /**
+   * Hands out queued work of the host (none while it is drained): up to `slots` long works
+   * (backups, restores, copies) and up to `quickSlots` quick ones (volume files made or removed).
+   */
+  async claim(host: string, session: string, slots: number, quickSlots = 0): Promise<{ id: string; kind: string; request: unknown }[]> {
     const a = await this.session(host, session);
-    if (a.draining || slots < 1) return [];
+    if (a.draining || (slots < 1 && quickSlots < 1)) return [];
     const out: { id: string; kind: string; request: unknown }[] = [];
-    for (const w of await this.catalog.agents.queuedWork(host, Math.min(slots, 64))) {
+    let long = 0;
+    let quick = 0;
+    for (const w of await this.catalog.agents.queuedWork(host, 64)) {
+      const isQuick = isQuickCall(w.kind);
+      if (isQuick ? quick >= quickSlots : long >= slots) continue;
       const now = this.clock.now();
-      if (await this.catalog.agents.claimWork(w.id, session, now, now + this.leaseMs)) out.push({ id: w.id, kind: w.kind, request: w.request });
+      if (await this.catalog.agents.claimWork(w.id, session, now, now + this.leaseMs)) {
+        out.push({ id: w.id, kind: w.kind, request: w.request });
+        if (isQuick) quick++;
+        else long++;
+      }
     }
     return out;
   }

@@ -205,6 +205,10 @@ export class JobRunner {
   }
 
   private async failJob(job: Job, owner: string | null, err: unknown): Promise<void> {
+    // First, work an agent may still do for it is called off: queued work fails now, running work
+    // stops at the agent's next heartbeat (and its result is refused); only then are the job's
+    // resources put into their failed state.
+    await retryWhileBusy(() => this.catalog.agents.cancelWorkOfJob(job.id, `job ${job.id} ended: ${err instanceof Error ? err.message : String(err)}`, this.clock.now())).catch((e: unknown) => this.log.warn({ err: e, jobId: job.id }, 'could not cancel the agents\' work of a failed job'));
     let failure: JobFailure;
     try {
       // The failed state of the job's backup and volume must be written, or they stay busy forever.
@@ -213,8 +217,6 @@ export class JobRunner {
       this.log.error({ err: e, jobId: job.id }, 'job failure handling failed');
       failure = { errorCode: ErrorCode.Internal, failReason: (err as Error)?.message ?? String(err) };
     }
-    // Work an agent may still do for it is called off (agents see it with their next heartbeat).
-    await retryWhileBusy(() => this.catalog.agents.cancelWorkOfJob(job.id, `job ${job.id} failed: ${failure.failReason}`)).catch((e: unknown) => this.log.warn({ err: e, jobId: job.id }, 'could not cancel the agents\' work of a failed job'));
     const latest = await retryWhileBusy(() => this.catalog.jobs.getJobById(job.id));
     const entities = { ...(latest?.entities ?? job.entities) };
     await retryWhileBusy(() => this.catalog.jobs.finishJob(job.id, owner, { status: 'FAIL', entities, errorCode: failure.errorCode, failReason: failure.failReason }, this.clock.now()));

@@ -38,6 +38,8 @@ function summaryOf(r: BackupResult): BackupSummary {
   };
 }
 const GiB = 1024 ** 3;
+/** What the freeze and thaw hooks are told (services/server-backup-service.ts hookEnv). */
+const HOOK_VARIABLES = ['HAVEN_SERVER_ID', 'HAVEN_SERVER_NAME', 'HAVEN_VOLUME_PATHS'] as const;
 /** The freeze and thaw hooks get this long each. */
 const HOOK_TIMEOUT_MS = 120_000;
 
@@ -73,18 +75,17 @@ export class LocalVolumeHost implements VolumeHost {
     await checkFileSystemAllows(dir, o.sizeGb);
     const file = path.join(dir, `${safeId(o.volumeId)}.${o.format === 'qcow2' ? 'qcow2' : 'img'}`);
     const snap = o.fromSnapshot;
+    // The name is claimed first (O_EXCL): an existing file of that name is never replaced, and
+    // only a file made here is removed when something fails.
+    await (await fs.open(file, 'wx', 0o600)).close();
     try {
       if (snap) await this.files.copyOut(snap.path, this.files.snapshotGuard(), file);
       if (o.format === 'qcow2') {
         if (snap) await growQcow2(file, o.sizeGb * GiB);
-        else {
-          // qemu-img create replaces a file: the name is Haven's own and new, and is claimed first.
-          await (await fs.open(file, 'wx', 0o600)).close();
-          await createQcow2(file, o.sizeGb * GiB);
-        }
+        else await createQcow2(file, o.sizeGb * GiB); // qemu-img create replaces the empty file claimed above
         return { path: file, fileId: fileIdOf(await fs.stat(file, { bigint: true })) };
       }
-      const fh = await fs.open(file, snap ? 'r+' : 'wx', 0o600);
+      const fh = await fs.open(file, 'r+');
       try {
         await fh.truncate(o.sizeGb * GiB);
         return { path: file, fileId: fileIdOf(await fh.stat({ bigint: true })) };
@@ -162,25 +163,55 @@ export class LocalVolumeHost implements VolumeHost {
     await this.files.removeCreated(o);
   }
 
+  /** A snapshot's file is named after its id: `snapshots/<id>.img` (or `.qcow2`). */
+  private snapshotFile(snapshotId: string, format: VolumeFormat): string {
+    return path.join(this.files.snapshotsDir, `${safeId(snapshotId)}.${format === 'qcow2' ? 'qcow2' : 'img'}`);
+  }
+
   async snapshotVolume(o: { volume: VolumeFileRef; snapshotId: string }): Promise<{ path: string }> {
-    const file = path.join(this.files.snapshotsDir, `${safeId(o.snapshotId)}.${o.volume.format === 'qcow2' ? 'qcow2' : 'img'}`);
+    const file = this.snapshotFile(o.snapshotId, o.volume.format);
     await fs.mkdir(this.files.snapshotsDir, { recursive: true });
-    await this.files.copyOut(o.volume.path, this.files.guardOf(o.volume), file);
+    await (await fs.open(file, 'wx', 0o600)).close(); // claimed: never replaces a file
+    try {
+      await this.files.copyOut(o.volume.path, this.files.guardOf(o.volume), file);
+    } catch (err) {
+      await fs.rm(file, { force: true });
+      throw err;
+    }
     return { path: file };
   }
 
-  async removeSnapshotFile(o: { path: string }): Promise<void> {
-    // Only Haven's own snapshot files: a request naming another path is refused.
-    if (!isUnder(path.normalize(o.path), this.files.snapshotsDir)) throw new AppError(ErrorCode.VolumePathRefused, `${o.path} is not a snapshot file of this host`);
-    await fs.rm(o.path, { force: true });
+  /** Removes a snapshot's file: by the path recorded (only in the snapshots folder), and by its id. */
+  async removeSnapshotFile(o: { snapshotId?: string; path?: string }): Promise<void> {
+    if (o.path) {
+      if (!isUnder(path.normalize(o.path), this.files.snapshotsDir)) throw new AppError(ErrorCode.VolumePathRefused, `${o.path} is not a snapshot file of this host`);
+      await fs.rm(o.path, { force: true });
+    }
+    if (o.snapshotId) for (const f of ['raw', 'qcow2'] as const) await fs.rm(this.snapshotFile(o.snapshotId, f), { force: true });
   }
 
   private serverCopyDir(itemId: string): string {
     return path.join(this.files.snapshotsDir, `csbs-${safeId(itemId)}`);
   }
 
+  /**
+   * A running guest's disk may be read only if its image is under this host's volume roots and its
+   * QMP socket is an absolute path to a socket: checked before QEMU is asked anything (the engine
+   * then checks that the node is that very image).
+   */
+  private async checkGuest(v: VolumeFileRef): Promise<void> {
+    const qmp = v.qmp!;
+    if (!path.isAbsolute(qmp.socket) || qmp.socket.split('/').includes('..')) throw new AppError(ErrorCode.VolumePathRefused, `QMP socket ${qmp.socket} is not an absolute path without ".."`);
+    const st = await fs.stat(qmp.socket).catch(() => null);
+    if (!st?.isSocket()) throw new AppError(ErrorCode.VolumeUnreadable, `QMP socket ${qmp.socket} is not there (is the guest running?)`);
+    const real = await fs.realpath(v.path).catch(() => null);
+    const roots = this.files.guardOf(v).roots;
+    if (!real || !roots.some((r) => isUnder(real, r))) throw new AppError(ErrorCode.VolumePathRefused, `the image ${v.path} of the running guest is not under this host's volume roots (${roots.join(':') || 'none'})`);
+  }
+
   async backup(o: BackupOrder, ctl: WorkControl): Promise<BackupSummary> {
     const s = o.source;
+    if (s.kind === 'volume' && s.volume.qmp) await this.checkGuest(s.volume);
     const src = s.kind === 'volume' ? { path: s.volume.path, guard: this.files.guardOf(s.volume), format: s.volume.format, qmp: s.volume.qmp }
       : s.kind === 'snapshot' ? { path: s.path, guard: this.files.snapshotGuard(), format: s.format, qmp: null }
       : { path: path.join(this.serverCopyDir(s.itemId), `${safeId(s.volumeId)}.img`), guard: this.files.snapshotGuard(), format: s.format, qmp: null };
@@ -213,6 +244,7 @@ export class LocalVolumeHost implements VolumeHost {
         await this.hook(this.opts.freezeCommand, o.hookEnv);
         for (const [i, d] of o.disks.entries()) {
           if (ctl.signal.aborted) throw ctl.signal.reason;
+          if (d.volume.qmp) await this.checkGuest(d.volume);
           if (d.volume.qmp) points.set(i, await this.engine.takeGuestPoint(d.volume.path, d.volume.qmp, { backupId: d.backup.backupId, previousId: d.backup.previousId, full: d.backup.full, signal: ctl.signal }));
           else await this.files.copyOut(d.volume.path, this.files.guardOf(d.volume), path.join(dir, `${safeId(d.volume.id)}.img`));
         }
@@ -247,9 +279,17 @@ export class LocalVolumeHost implements VolumeHost {
 
   private async hook(command: string, env: Record<string, string>): Promise<void> {
     if (!command) return;
+    // Only the hooks' own variables come from the request (never PATH, LD_PRELOAD & co.).
+    const given: Record<string, string> = {};
+    for (const k of HOOK_VARIABLES) {
+      const v = env[k];
+      if (v === undefined) continue;
+      if (typeof v !== 'string' || v.includes('\0')) throw new AppError(ErrorCode.HookFailed, `hook variable ${k} is not text`);
+      given[k] = v;
+    }
     try {
       const { NODE_COMPILE_CACHE: _ownCache, ...inherited } = process.env; // Haven's own, not the hook's
-      await run('sh', ['-c', command], { env: { ...inherited, ...env }, timeout: HOOK_TIMEOUT_MS });
+      await run('sh', ['-c', command], { env: { ...inherited, ...given }, timeout: HOOK_TIMEOUT_MS });
     } catch (err) {
       const e = err as { stderr?: string; message: string };
       throw new AppError(ErrorCode.HookFailed, `hook "${command}" failed: ${(e.stderr || e.message).trim().split('\n').slice(-1)[0]}`, { cause: err });

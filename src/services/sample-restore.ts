@@ -76,7 +76,15 @@ export class SampleRestorer {
     if (!id) return null;
     const started = this.clock.now();
     const manifest = await this.engine.findManifest(id);
-    if (!manifest) return null; // deleted meanwhile
+    if (!manifest) {
+      // Deleted meanwhile, or an available backup whose manifest is gone: that one is damaged.
+      const row = await this.catalog.backups.getBackupById(id);
+      if (row?.status !== 'available') return null;
+      const reason = 'a sample restore found the backup damaged: the repository holds no manifest for it';
+      await this.catalog.backups.applyBackupEvent(id, 'sampleFoundDamage', this.clock.now(), { failReason: reason });
+      this.log.error({ backupId: id, reason }, 'sample restore: backup damaged, marked error');
+      return this.record({ backupId: id, ok: false, reason, durationMs: this.clock.now() - started, bytes: 0, at: started });
+    }
     const dir = path.join(this.opts.dataDir, 'sample-restore');
     await fs.mkdir(dir, { recursive: true, mode: 0o700 });
     const free = await fs.statfs(dir).then((s) => s.bavail * s.bsize).catch(() => Infinity);

@@ -72,7 +72,8 @@ export interface VolumeHost {
   removeVolumeFile(o: { id: string; path: string; fileId: string | null }): Promise<void>;
   /** Copies a volume's file into a new snapshot file. */
   snapshotVolume(o: { volume: VolumeFileRef; snapshotId: string }): Promise<{ path: string }>;
-  removeSnapshotFile(o: { path: string }): Promise<void>;
+  /** Removes a snapshot's file: by its recorded path and by its id (a copy that failed half way has no path yet). */
+  removeSnapshotFile(o: { snapshotId?: string; path?: string }): Promise<void>;
   backup(o: BackupOrder, ctl: WorkControl): Promise<BackupSummary>;
   /** Writes a backup onto a volume's own file; a larger volume keeps its size. */
   restore(o: { backupId: string; target: VolumeFileRef }, ctl: WorkControl): Promise<void>;
@@ -91,6 +92,13 @@ export interface VolumeHost {
 /** The calls a host takes, by name: what a remote host queues and an agent dispatches. */
 export const HOST_CALLS = ['createVolumeFile', 'inspectAdoption', 'removeVolumeFile', 'snapshotVolume', 'removeSnapshotFile', 'backup', 'restore', 'protectServer', 'thawServer', 'removeServerCopies'] as const;
 export type HostCall = (typeof HOST_CALLS)[number];
+
+/** The calls that take seconds, not hours: they have slots of their own on an agent, and a time limit. */
+export const QUICK_CALLS: readonly HostCall[] = ['createVolumeFile', 'inspectAdoption', 'removeVolumeFile', 'removeSnapshotFile', 'thawServer', 'removeServerCopies'];
+
+export function isQuickCall(s: string): boolean {
+  return (QUICK_CALLS as readonly string[]).includes(s);
+}
 
 export function isHostCall(s: string): s is HostCall {
   return (HOST_CALLS as readonly string[]).includes(s);

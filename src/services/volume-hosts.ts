@@ -65,6 +65,21 @@ export class VolumeHosts {
   }
 
   /**
+   * The host an adoption names (Cinder's `host`: "NAME", "NAME@backend" or "NAME@backend#pool").
+   * This process's own name, "haven" (what it showed as os-vol-host-attr:host before agents) or no
+   * name: this process. A deployment without agents takes any name as itself, as Haven always did
+   * (Cinder clients send a host whatever it is); with agents, a name must be an agent's.
+   */
+  async placeAdoption(host: string | null | undefined): Promise<string | null> {
+    const name = (host ?? '').split('#')[0]!.split('@')[0]!.trim();
+    if ((!name || name === this.opts.localName || name === 'haven') && this.local) return null;
+    const agents = await this.catalog.agents.listAgents();
+    if (name && agents.some((a) => a.host === name && !a.embedded)) return name;
+    if (this.local && !agents.some((a) => !a.embedded)) return null;
+    throw new AppError(ErrorCode.InvalidArgument, name ? `host ${name} has no Haven agent (GET /haven/v1/agents lists them)` : 'name the host whose file this is (the request\'s host: one of GET /haven/v1/agents)');
+  }
+
+  /**
    * The host of a new volume: the one asked for (it must have an agent), else the online, not
    * drained host with the fewest volumes (this process counts, when it holds volumes). This
    * process's own volumes are recorded with no host (null): they stay its own whatever the
@@ -117,7 +132,7 @@ class RemoteVolumeHost implements VolumeHost {
   snapshotVolume(o: { volume: VolumeFileRef; snapshotId: string }): Promise<{ path: string }> {
     return this.call('snapshotVolume', o);
   }
-  removeSnapshotFile(o: { path: string }): Promise<void> {
+  removeSnapshotFile(o: { snapshotId?: string; path?: string }): Promise<void> {
     return this.call('removeSnapshotFile', o);
   }
   backup(o: BackupOrder, ctl: WorkControl): Promise<BackupSummary> {
@@ -150,56 +165,69 @@ class RemoteVolumeHost implements VolumeHost {
     if (down) throw new AppError(ErrorCode.HostUnavailable, down);
     const id = newUuid();
     await this.catalog.agents.insertWork({ id, host: this.host, jobId: ctl?.jobId ?? null, kind, request, createdAt: this.clock.now() });
+    // Quick calls (an API request waits on them) have a time limit; a job's work has its job's signal.
+    const deadline = ctl ? null : AbortSignal.timeout(QUICK_CALL_MS);
+    const signal = ctl?.signal ?? deadline!;
     let cancelled = false;
     const started = Date.now();
     let lastSeen = started;
+    // A catalog step is tried again while the catalog's connection is lost, for as long as a lease
+    // (the agent goes on meanwhile).
+    const busy = async <R>(step: () => Promise<R>): Promise<R> => {
+      for (;;) {
+        try {
+          const r = await step();
+          lastSeen = Date.now();
+          return r;
+        } catch (err) {
+          if (!isAppError(err, ErrorCode.ServiceBusy) || Date.now() - lastSeen > this.opts.leaseMs) throw err;
+          await new Promise((r) => setTimeout(r, this.opts.pollMs));
+        }
+      }
+    };
     for (;;) {
       // Quick work is seen at once; long work (a backup of hours) is looked at once a second.
       await new Promise((r) => setTimeout(r, Date.now() - started < 5000 ? this.opts.pollMs : Math.max(this.opts.pollMs, 1000)));
-      let w: AgentWork | undefined;
-      try {
-        w = await this.catalog.agents.getWork(id);
-        lastSeen = Date.now();
-      } catch (err) {
-        // The catalog's connection was lost: try again, for as long as a lease (the agent goes on meanwhile).
-        if (!isAppError(err, ErrorCode.ServiceBusy) || Date.now() - lastSeen > this.opts.leaseMs) throw err;
-        continue;
-      }
+      const w = await busy(() => this.catalog.agents.getWork(id));
       if (!w) throw new AppError(ErrorCode.Internal, `work ${id} for host ${this.host} disappeared from the catalog`);
       if (w.status === 'done') return w.result as T;
       if (w.status === 'failed') throw errorFromWire(w.error ?? { code: ErrorCode.Internal, message: 'the agent reported no reason' });
       if (w.status === 'running' && w.progressTotal) ctl?.onProgress(w.progressDone, w.progressTotal);
-      if (ctl?.signal.aborted && !cancelled) {
+      if (signal.aborted && !cancelled) {
         cancelled = true;
-        const reason = ctl.signal.reason instanceof Error ? ctl.signal.reason.message : 'cancelled';
-        await this.catalog.agents.cancelWork(id, reason);
+        const reason = deadline?.aborted
+          ? new AppError(ErrorCode.HostUnavailable, `the agent of host ${this.host} did not do ${kind} within ${QUICK_CALL_MS / 1000} s`)
+          : signal.reason instanceof Error ? signal.reason : new AppError(ErrorCode.Cancelled, 'cancelled');
+        await busy(() => this.catalog.agents.cancelWork(id, reason.message));
         // Queued work is not handed out once cancelled: it ends here. Running work ends when the
-        // agent has stopped it (its next heartbeat), or when its lease runs out.
-        if (await this.catalog.agents.finishWork(id, { status: 'failed', error: errorToWireReason(ctl.signal.reason) }, this.clock.now(), { fromStatuses: ['queued'] })) throw ctl.signal.reason;
+        // agent has stopped it (its next heartbeat), or when its lease runs out; a quick call's
+        // caller does not wait for that.
+        if (await busy(() => this.catalog.agents.finishWork(id, { status: 'failed', error: errorToWire(reason) }, this.clock.now(), { fromStatuses: ['queued'] }))) throw reason;
+        if (deadline) throw reason;
       }
-      await this.expireIfLost(w);
+      await busy(() => this.expireIfLost(w));
     }
   }
 
-  /** Fails the work when its agent is gone: its lease ran out, or it never came to take it. */
+  /**
+   * Fails the work when its agent is gone: its lease ran out (with a third of a lease's grace, for
+   * clocks that differ between control planes; the agent stops its work two thirds of a lease
+   * after its last answered heartbeat, well before), or it never came to take it.
+   */
   private async expireIfLost(w: AgentWork): Promise<void> {
     const now = this.clock.now();
-    let why: string | null = null;
-    if (w.status === 'running' && w.leaseUntil !== null && w.leaseUntil < now) {
-      why = `the agent of host ${this.host} stopped renewing its lease on this work (last renewed ${new Date(w.leaseUntil - this.opts.leaseMs).toISOString()}, lease ${this.opts.leaseMs / 1000} s): it is presumed gone, and the work failed`;
+    const grace = Math.floor(this.opts.leaseMs / 3);
+    if (w.status === 'running' && w.leaseUntil !== null && w.leaseUntil + grace < now) {
+      const why = `the agent of host ${this.host} stopped renewing its lease on this work (last renewed ${new Date(w.leaseUntil - this.opts.leaseMs).toISOString()}, lease ${this.opts.leaseMs / 1000} s): it is presumed gone, and the work failed`;
+      // CAS on the lease: a renewal that landed meanwhile wins.
+      if (await this.catalog.agents.expireWork(w.id, now - grace, { code: ErrorCode.AgentLost, message: why }, now)) await this.catalog.agents.cancelWork(w.id, why);
     } else if (w.status === 'queued') {
       const a = await this.catalog.agents.getAgent(this.host);
-      if (!a || !agentOnline(a, now, this.opts.leaseMs)) why = `the agent of host ${this.host} went offline before it took this work`;
-      else if (a.draining) why = `host ${this.host} was drained before its agent took this work`;
+      const why = !a || !agentOnline(a, now, this.opts.leaseMs) ? `the agent of host ${this.host} went offline before it took this work` : a.draining ? `host ${this.host} was drained before its agent took this work` : null;
+      if (why) await this.catalog.agents.finishWork(w.id, { status: 'failed', error: { code: ErrorCode.HostUnavailable, message: why } }, now, { fromStatuses: ['queued'] });
     }
-    if (!why) return;
-    const error = { code: w.status === 'queued' ? ErrorCode.HostUnavailable : ErrorCode.AgentLost, message: why };
-    // CAS: a result that landed meanwhile wins; the next poll reads it.
-    await this.catalog.agents.finishWork(w.id, { status: 'failed', error }, now, { fromStatuses: [w.status] });
-    await this.catalog.agents.cancelWork(w.id, why);
   }
 }
 
-function errorToWireReason(reason: unknown): { code: string; message: string } {
-  return errorToWire(reason instanceof Error ? reason : new AppError(ErrorCode.Cancelled, 'cancelled'));
-}
+/** How long an API request waits for a host's quick work (a volume's file made or removed). */
+const QUICK_CALL_MS = 120_000;

@@ -85,8 +85,7 @@ export class VolumeService {
    */
   async manageVolume(projectId: string, input: { sourceName: string; host?: string | null | undefined; name?: string | null | undefined; description?: string | null | undefined; bootable?: boolean | undefined; metadata?: Record<string, string> | undefined; format?: VolumeFormat | undefined; qmp?: { socket: string; node: string } | undefined }): Promise<Volume> {
     const requested = input.sourceName;
-    const hostName = input.host ? input.host.split('@')[0]! : null;
-    const host = hostName ? await this.hosts.place(hostName) : null;
+    const host = await this.hosts.placeAdoption(input.host);
     const found = await this.hosts.of(host).inspectAdoption({ path: requested, format: input.format, qmp: input.qmp });
     const now = this.clock.now();
     const v: Volume = {
@@ -94,8 +93,7 @@ export class VolumeService {
       adopted: true, fileId: found.fileId, format: found.format, qmp: input.qmp ?? null, host, status: 'available', bootable: input.bootable ?? false, availabilityZone: this.opts.availabilityZone, metadata: input.metadata ?? {}, createdAt: now, updatedAt: now,
     };
     await this.catalog.transaction(async (c) => {
-      const known = await c.volumes.findVolumeByPath(found.path);
-      if (known && known.host === host) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is already managed as a volume`);
+      if (await c.volumes.findVolumeByPath(found.path, host)) throw new AppError(ErrorCode.VolumePathRefused, `path ${requested} is already managed as a volume`);
       await this.limits.quotas?.checkVolumeQuota(c, projectId, { volumes: 1, gigabytes: v.sizeGb });
       await c.volumes.insertVolume(v);
     });
@@ -164,6 +162,8 @@ export class VolumeService {
         throw err;
       }
       await this.catalog.volumes.transitionSnapshot(s.id, ['creating'], 'error', this.clock.now());
+      // What the copy left (the host's call may have failed after it wrote): removed by the snapshot's id.
+      await this.hosts.of(v.host).removeSnapshotFile({ snapshotId: id }).catch(() => undefined);
       throw new AppError(ErrorCode.VolumeUnreadable, `cannot snapshot volume ${v.id}: ${(err as Error).message}`, { cause: err });
     }
     return s;
@@ -188,7 +188,7 @@ export class VolumeService {
     if (s.path) {
       const v = await this.catalog.volumes.getVolumeById(s.volumeId);
       try {
-        await this.hosts.of(v?.host ?? null).removeSnapshotFile({ path: s.path });
+        await this.hosts.of(v?.host ?? null).removeSnapshotFile({ snapshotId: s.id, path: s.path });
       } catch (err) {
         await this.catalog.volumes.transitionSnapshot(id, ['deleting'], 'error', this.clock.now());
         throw err;

@@ -13,7 +13,7 @@ const temp = new TempDirs('haven-embedded-agent-');
 after(() => temp.cleanup());
 
 describe('the embedded agent', () => {
-  it('lists itself, keeps its volumes across a new host name, takes os-volume-manage\'s host, and drains', async () => {
+  it('lists itself, keeps its volumes across a new host name, takes any os-volume-manage host without agents, and drains', async () => {
     const roots = temp.make('roots');
     const svc = await startService(temp, { hostName: 'box-1', volumeRoots: [roots] });
     try {
@@ -31,15 +31,18 @@ describe('the embedded agent', () => {
       assert.equal((await svc.app.catalog.volumes.getVolumeById(vol.id))!.host, null, 'the process\'s own volume has no host name in the catalog');
       assert.equal((await agents())[0]!.volumes, 1);
 
-      // Adoption names this host by its name (Cinder's host@backend#pool); another name is refused.
+      // Adoption: without agents, whatever host a Cinder client names is this process (as before
+      // agents); the same file twice is refused whatever the name.
       const img = path.join(roots, 'a.img');
       await fs.writeFile(img, Buffer.alloc(0));
       await fs.truncate(img, 8 * MiB);
       const manage = (host: string) => svc.req({ method: 'POST', url: `/v3/${who.projectId}/os-volume-manage`, token: who.token, payload: { volume: { host, ref: { 'source-name': img }, name: 'a' } } });
-      const other = await manage('elsewhere@lvm#pool');
-      assert.equal(other.statusCode, 400, other.body);
-      assert.match(other.body, /host elsewhere has no Haven agent/);
-      assert.equal((await manage('box-1@adopted#pool')).statusCode, 202);
+      const any = await manage('elsewhere@lvm#pool');
+      assert.equal(any.statusCode, 202, any.body);
+      assert.match((any.json() as { volume: { 'os-vol-host-attr:host': string } }).volume['os-vol-host-attr:host'], /^box-1@adopted#/);
+      const twice = await manage('box-1@adopted#pool');
+      assert.equal(twice.statusCode, 400, twice.body);
+      assert.match(twice.body, /already managed/);
 
       // The machine gets another name: its volumes stay its own and back up.
       await svc.restart({ hostName: 'box-2' });

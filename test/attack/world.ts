@@ -333,6 +333,8 @@ export function pathValue(op: Operation, name: string, p: Project): { value: str
     case 'policyId': return { value: at.startsWith('/v1/') ? p.csbsPolicy : p.vbsPolicy, owned: true };
     case 'providerId': return { value: PROVIDER, owned: false };
     case 'roleId': return { value: 'role-member', owned: false };
+    // Revoking a token that does not exist: 404 (the world's own agent token stays valid for the agent routes).
+    case 'tokenId': return { value: '0123456789abcdef0123456789abcdef', owned: false };
     // The agent's host and work are the world's, not a project's.
     case 'host': return { value: p.agent.host, owned: false };
     case 'workId': return { value: p.agent.workId, owned: false };

@@ -16,7 +16,7 @@ const temp = new TempDirs('haven-agent-cli-');
 after(() => temp.cleanup());
 
 describe('haven agent (command line)', () => {
-  it('token create --host --data-dir makes a token of that catalog, for that host; a bad host name is refused', async () => {
+  it('token create --host --data-dir makes a token of that catalog, for that host; list shows it, revoke ends it; a bad host name is refused', async () => {
     const dataDir = temp.make('data');
     const cwd = temp.make('cwd');
     const t = await runCliJson<{ id: string; host: string; token: string }>(['agent', 'token', 'create', '--host', 'kvm-07', '--data-dir', dataDir, '--json'], { cwd });
@@ -31,6 +31,18 @@ describe('haven agent (command line)', () => {
     } finally {
       await db.close();
     }
+    // Listed without the secret; revoked, it is refused; revoking again says so.
+    const listed = await runCliJson<Array<{ id: string; host: string; revoked_at: string | null }>>(['agent', 'token', 'list', '--data-dir', dataDir, '--json']);
+    assert.deepEqual(listed.map((x) => [x.id, x.host, x.revoked_at]), [[t.id, 'kvm-07', null]]);
+    const rev = await runCli(['agent', 'token', 'revoke', t.id, '--data-dir', dataDir]);
+    assert.equal(rev.code, 0, rev.stderr);
+    const db2 = new SqliteDatabase(path.join(dataDir, 'catalog.sqlite'));
+    try {
+      await assert.rejects(new AgentService(new Catalog(db2), systemClock, { leaseMs: 30_000 }).authenticate(t.token), /not valid/);
+    } finally {
+      await db2.close();
+    }
+    assert.match(cliErrorMessage(await runCli(['agent', 'token', 'revoke', t.id, '--data-dir', dataDir])), /no agent token/);
     const bad = await runCli(['agent', 'token', 'create', '--host', '../evil', '--data-dir', dataDir]);
     assert.match(cliErrorMessage(bad), /invalid host name/);
   });

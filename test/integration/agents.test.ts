@@ -261,11 +261,11 @@ describe('agents: two hosts, one control plane on PostgreSQL, an S3 repository',
       return (r.json() as { session: string }).session;
     };
     const s1 = await reg();
-    // Work of another host (alpha) is neither handed out nor ended nor renewed by delta.
+    // Work of another host (one with no agent running, so nobody else takes it) is neither handed out nor ended nor renewed by delta.
     const now = Date.now();
-    await cp.app.catalog.agents.insertWork({ id: 'work-of-alpha', host: 'alpha', jobId: null, kind: 'removeSnapshotFile', request: { path: '/nowhere' }, createdAt: now });
+    await cp.app.catalog.agents.insertWork({ id: 'work-of-alpha', host: 'epsilon', jobId: null, kind: 'removeSnapshotFile', request: { path: '/nowhere' }, createdAt: now });
     await cp.app.catalog.agents.insertWork({ id: 'work-of-delta', host: 'delta', jobId: null, kind: 'removeSnapshotFile', request: { path: '/nowhere' }, createdAt: now });
-    const claimed = await call('/haven/v1/agent/claim', { session: s1, slots: 8 });
+    const claimed = await call('/haven/v1/agent/claim', { session: s1, slots: 8, quick_slots: 4 });
     assert.deepEqual((claimed.json() as { work: { id: string }[] }).work.map((w) => w.id), ['work-of-delta']);
     const foreign = await call('/haven/v1/agent/work/work-of-alpha/result', { session: s1, ok: true, result: null });
     assert.equal(foreign.statusCode, 409, foreign.body);
@@ -278,6 +278,10 @@ describe('agents: two hosts, one control plane on PostgreSQL, an S3 repository',
     // Bad input is a 400 in the envelope, never a 500; a wrong session is refused.
     assert.equal((await call('/haven/v1/agent/claim', { session: 'nope', slots: 1 })).statusCode, 400);
     assert.equal((await call('/haven/v1/agent/heartbeat', { session: '0'.repeat(32), work: [] })).statusCode, 409);
+    // Another agent process for the same host, while this one is online: refused (one agent per host).
+    const second = await call('/haven/v1/agent/register', { version: 'test', volume_roots: [], capabilities: ['raw'], instance: 'a'.repeat(32) });
+    assert.equal(second.statusCode, 409, second.body);
+    assert.match(second.body, /another agent of host delta is online/);
     // The agent restarts: a new session; the old one's work fails now, with the reason, and its result is refused.
     const s2 = await reg();
     assert.notEqual(s2, s1);

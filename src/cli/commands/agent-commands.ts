@@ -3,7 +3,8 @@
  * (a new agent token, made in the catalog by its operator: the cloud admin).
  */
 import type { Command } from 'commander';
-import { readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { loadConfig, s3Settings, type Config } from '../../config/config.ts';
 import { AppError, ErrorCode } from '../../domain/errors.ts';
@@ -47,7 +48,15 @@ export function registerAgentCommands(program: Command): void {
       const files = new VolumeFiles({ dataDir: config.dataDir, volumeRoots: config.volumeRoots, privateDirs: isS3Url(config.repositoryUrl) ? [] : [config.repositoryUrl] });
       const host = new LocalVolumeHost({ host: config.hostName, files, engine, dataDir: config.dataDir, freezeCommand: config.freezeCommand, thawCommand: config.thawCommand });
       const agentEvents: { superseded?: (why: string) => void } = {};
-      const a = new Agent({ onSuperseded: (why) => agentEvents.superseded?.(why), controlUrl: config.controlUrl, token, host, version: HAVEN_VERSION, volumeRoots: config.volumeRoots, capabilities: hostCapabilities(), slots: config.jobConcurrency, log });
+      // This agent's identity across its restarts: a restart takes its own session over, and a
+      // second agent started for the same host is refused while this one is online.
+      const instanceFile = path.join(config.dataDir, 'agent-instance');
+      let instance = existsSync(instanceFile) ? readFileSync(instanceFile, 'utf8').trim() : '';
+      if (!/^[0-9a-f]{32}$/.test(instance)) {
+        instance = randomBytes(16).toString('hex');
+        writeFileSync(instanceFile, `${instance}\n`, { mode: 0o600 });
+      }
+      const a = new Agent({ instance, onSuperseded: (why) => agentEvents.superseded?.(why), controlUrl: config.controlUrl, token, host, version: HAVEN_VERSION, volumeRoots: config.volumeRoots, capabilities: hostCapabilities(), slots: config.jobConcurrency, log });
       try {
         await a.start();
       } catch (err) {
@@ -70,33 +79,56 @@ export function registerAgentCommands(program: Command): void {
       if (superseded) throw new AppError(ErrorCode.InvalidArgument, superseded);
     });
 
-  agent
-    .command('token')
-    .description('agent credentials')
+  const token = agent.command('token').description('agent credentials (made in the catalog: run these where HAVEN_CATALOG_URL or the data folder is, as the cloud admin)');
+  token
     .command('create')
-    .description('print a new agent token for a host (made in the catalog: run it where HAVEN_CATALOG_URL or the data folder is, as the cloud admin); the agent reads it from HAVEN_AGENT_TOKEN_FILE')
+    .description('print a new agent token for a host; the agent reads it from HAVEN_AGENT_TOKEN_FILE')
     .requiredOption('--host <name>', 'the host the agent runs on (its volumes belong to it)')
     .option('--data-dir <dir>', 'data folder (SQLite catalog)')
     .option('--json', 'print JSON')
     .action(async (_opts: unknown, cmd: Command) => {
       // `agent` itself takes --data-dir too, and commander gives it to the outer command.
       const opts = cmd.optsWithGlobals<{ host: string; dataDir?: string; json?: boolean }>();
-      const config = configFrom(opts);
-      const [{ Catalog }, { migrate }, { AgentService }, { systemClock }] = await Promise.all([
-        import('../../catalog/catalog.ts'), import('../../catalog/migrate.ts'), import('../../services/agent-service.ts'), import('../../domain/clock.ts'),
-      ]);
-      let db;
-      if (config.catalogUrl) db = new (await import('../../catalog/postgres-database.ts')).PostgresDatabase(config.catalogUrl);
-      else {
-        (await import('../../app/data-folder.ts')).secureDataFolder(config.dataDir, { sqliteCatalog: true });
-        db = new (await import('../../catalog/sqlite-database.ts')).SqliteDatabase(path.join(config.dataDir, 'catalog.sqlite'));
-      }
-      try {
-        await migrate(db);
-        const t = await new AgentService(new Catalog(db), systemClock, { leaseMs: config.agentLeaseSeconds * 1000 }).createToken(opts.host);
-        process.stdout.write(opts.json ? `${JSON.stringify({ id: t.id, host: t.host, token: t.token })}\n` : `${t.token}\n`);
-      } finally {
-        await db.close();
-      }
+      const t = await withAgents(configFrom(opts), (a) => a.createToken(opts.host));
+      process.stdout.write(opts.json ? `${JSON.stringify({ id: t.id, host: t.host, token: t.token })}\n` : `${t.token}\n`);
     });
+  token
+    .command('list')
+    .description('list agent tokens: id, host, created, revoked (never the secret)')
+    .option('--data-dir <dir>', 'data folder (SQLite catalog)')
+    .option('--json', 'print JSON')
+    .action(async (_opts: unknown, cmd: Command) => {
+      const opts = cmd.optsWithGlobals<{ dataDir?: string; json?: boolean }>();
+      const all = await withAgents(configFrom(opts), (a) => a.listTokens());
+      const rows = all.map((t) => ({ id: t.id, host: t.host, created_at: new Date(t.createdAt).toISOString(), revoked_at: t.revokedAt === null ? null : new Date(t.revokedAt).toISOString() }));
+      process.stdout.write(opts.json ? `${JSON.stringify(rows)}\n` : rows.map((r) => `${r.id}  ${r.host}  ${r.created_at}${r.revoked_at ? `  revoked ${r.revoked_at}` : ''}`).join('\n') + (rows.length ? '\n' : ''));
+    });
+  token
+    .command('revoke <id>')
+    .description('revoke an agent token (the id is the part after hvagent_): its agent is refused from its next call')
+    .option('--data-dir <dir>', 'data folder (SQLite catalog)')
+    .action(async (id: string, _opts: unknown, cmd: Command) => {
+      const opts = cmd.optsWithGlobals<{ dataDir?: string }>();
+      await withAgents(configFrom(opts), (a) => a.revokeToken(id));
+      process.stdout.write(`revoked agent token ${id}\n`);
+    });
+}
+
+/** Runs `fn` with the agent service on the catalog (PostgreSQL with HAVEN_CATALOG_URL, else the data folder's SQLite), migrated first. */
+async function withAgents<T>(config: Config, fn: (agents: import('../../services/agent-service.ts').AgentService) => Promise<T>): Promise<T> {
+  const [{ Catalog }, { migrate }, { AgentService }, { systemClock }] = await Promise.all([
+    import('../../catalog/catalog.ts'), import('../../catalog/migrate.ts'), import('../../services/agent-service.ts'), import('../../domain/clock.ts'),
+  ]);
+  let db;
+  if (config.catalogUrl) db = new (await import('../../catalog/postgres-database.ts')).PostgresDatabase(config.catalogUrl);
+  else {
+    (await import('../../app/data-folder.ts')).secureDataFolder(config.dataDir, { sqliteCatalog: true });
+    db = new (await import('../../catalog/sqlite-database.ts')).SqliteDatabase(path.join(config.dataDir, 'catalog.sqlite'));
+  }
+  try {
+    await migrate(db);
+    return await fn(new AgentService(new Catalog(db), systemClock, { leaseMs: config.agentLeaseSeconds * 1000 }));
+  } finally {
+    await db.close();
+  }
 }

@@ -34,6 +34,7 @@ export function csbsProtectJob(d: CsbsJobDeps): JobHandler<'csbsProtect'> {
         itemId: item.id, hookEnv: env,
         disks: volumes.map((v, i) => ({ volume: fileRef(v), backup: { backupId: rows[i]!.id, volume: { id: v.id, name: v.name ?? v.id }, previousId: rows[i]!.parentId, full: rows[i]!.fullBackup, checkReused: !item.incremental } })),
       }, { signal: ctx.signal, jobId: job.id, onProgress: (done, total) => ctx.progress(done, total) });
+      if (!Array.isArray(summaries) || summaries.length !== rows.length) throw new AppError(ErrorCode.Internal, `the host reported ${Array.isArray(summaries) ? summaries.length : 'no'} backups for ${rows.length} disks`);
       for (const [i, b] of rows.entries()) await d.backups.completeServerDiskBackup(b, summaries[i]!);
       await d.catalog.checkpoints.transitionItem(item.id, ['protecting'], 'available', now(), null, true);
       await d.settleCheckpoint(item.checkpointId);
@@ -66,6 +67,7 @@ export function csbsProtectJob(d: CsbsJobDeps): JobHandler<'csbsProtect'> {
       // Volume backups this run left half-made (process died mid-backup) become error, so they
       // never block the volume's next backup; the snapshots go.
       for (const b of await d.catalog.backups.backupsOfItem(itemId)) await d.catalog.backups.applyBackupEvent(b.id, 'fail', now(), { onlyFrom: ['creating'], failReason: reason });
+      d.backups.collectGarbageSoon(); // what the failed backups wrote is orphaned (G5)
       await d.catalog.checkpoints.transitionItem(itemId, ['waiting_protect', 'protecting'], 'error', now(), { op: 'backup', reason }, true);
       if (item) await d.settleCheckpoint(item.checkpointId);
       return jobFailure(err, 'backup failed: ');
