@@ -196,7 +196,7 @@ class RemoteVolumeHost implements VolumeHost {
       if (signal.aborted && !cancelled) {
         cancelled = true;
         const reason = deadline?.aborted
-          ? new AppError(ErrorCode.HostUnavailable, `the agent of host ${this.host} did not do ${kind} within ${QUICK_CALL_MS / 1000} s`)
+          ? new AppError(ErrorCode.HostUnavailable, `the agent of host ${this.host} did not do ${kind} within ${QUICK_CALL_MS / 1000} s`, { details: { timedOut: true } })
           : signal.reason instanceof Error ? signal.reason : new AppError(ErrorCode.Cancelled, 'cancelled');
         await busy(() => this.catalog.agents.cancelWork(id, reason.message));
         // Queued work is not handed out once cancelled: it ends here. Running work ends when the

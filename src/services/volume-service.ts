@@ -128,7 +128,9 @@ export class VolumeService {
       try {
         await this.hosts.of(v.host).removeVolumeFile({ id: v.id, path: v.path, fileId: v.fileId });
       } catch (err) {
-        await this.catalog.volumes.transitionVolume(id, ['deleting'], 'error', this.clock.now());
+        // The host could not be asked (offline, drained): nothing happened, the volume is as it was.
+        // Otherwise (or when it did not answer in time) its file may be gone or half gone: error.
+        await this.catalog.volumes.transitionVolume(id, ['deleting'], isAppError(err, ErrorCode.HostUnavailable) && err.details?.timedOut !== true ? v.status : 'error', this.clock.now());
         throw err;
       }
     }

@@ -233,6 +233,7 @@ describe('agents: two hosts, one control plane on PostgreSQL, an S3 repository',
     const del = await cp.req({ method: 'DELETE', url: `/v2/${admin.projectId}/volumes/${betaVol.id}`, token: admin.token });
     assert.equal(del.statusCode, 503, del.body);
     assert.match(del.body, /drained/);
+    assert.equal((await cp.app.catalog.volumes.getVolumeById(betaVol.id))!.status, 'available', 'refused: the volume is as it was');
     assert.equal((await cp.req({ method: 'POST', url: '/haven/v1/agents/beta/undrain', token: admin.token })).statusCode, 200);
     assert.equal((await cp.req({ method: 'POST', url: '/haven/v1/agents/nowhere/drain', token: admin.token })).statusCode, 404);
   });
