@@ -33,7 +33,7 @@ import { loopDiskMissing, makeLoopDisk, type LoopDisk } from './lib/loop-disk.ts
 import { describeDisk, describeMachine, diskOf, type DiskInfo } from './lib/machine.ts';
 import { borgTool, ensurePeers, havenTool, resticTool, type Tool } from './lib/peers.ts';
 import { runS3, type S3Result, type S3Row, type S3Step } from './lib/s3-suite.ts';
-import { runQemu, type QemuResult, type QemuStep } from './lib/qemu-suite.ts';
+import { QEMU_CHUNK, runQemu, type QemuResult, type QemuStep } from './lib/qemu-suite.ts';
 import { runSparse, SPARSE_FACTOR, type SparseResult } from './lib/sparse-suite.ts';
 import { generateVolume, randomStream } from './lib/volume-gen.ts';
 
@@ -330,7 +330,7 @@ function printQemuTable(q: QemuResult): void {
   const h = q.haven;
   const r = q.restic;
   const cell = (ms: number | undefined): string => (ms === undefined ? '-' : sec(ms));
-  console.log(`\n### QEMU (${mib(q.size)} qcow2 under qemu-storage-daemon; ${q.writes.blocks} random 4 KiB blocks rewritten by the guest)\n`);
+  console.log(`\n### QEMU (${mib(q.size)} qcow2 under qemu-storage-daemon; ${q.writes.blocks} random 4 KiB blocks rewritten by the guest; repository chunks ${QEMU_CHUNK})\n`);
   console.log('| step | Haven (QMP) | read from the disk | restic (qemu-img convert + backup) | ratio |');
   console.log('|---|---|---|---|---|');
   const read = (s: QemuStep | undefined): string => (s?.readBytes === undefined ? '-' : `${mib(s.readBytes)} (${((s.readBytes / q.size) * 100).toFixed(1)} %)${s.changedBlockTracking ? ', changed blocks only' : ''}`);

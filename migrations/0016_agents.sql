@@ -23,6 +23,8 @@ CREATE TABLE agents (
   volume_roots TEXT NOT NULL,
   capabilities TEXT NOT NULL,
   embedded INTEGER NOT NULL DEFAULT 0,
+  -- The agent process's identity across its restarts (kept in its data folder; NULL: embedded).
+  instance TEXT,
   registered_at BIGINT NOT NULL,
   heartbeat_at BIGINT NOT NULL,
   draining INTEGER NOT NULL DEFAULT 0
@@ -50,3 +52,5 @@ CREATE TABLE agent_work (
   updated_at BIGINT NOT NULL
 );
 CREATE INDEX agent_work_host_status ON agent_work (host, status, created_at);
+CREATE INDEX agent_work_session ON agent_work (session, status);
+CREATE INDEX agent_work_job ON agent_work (job_id);

@@ -25,6 +25,9 @@ export interface QemuStep {
   changedBlockTracking?: boolean;
 }
 
+/** The chunk size of the QEMU part's repository (`haven init --chunk-size`). */
+export const QEMU_CHUNK = process.env.HAVEN_BENCH_QEMU_CHUNK ?? '64KiB';
+
 export interface QemuResult {
   size: number;
   haven: { full?: QemuStep; incremental?: QemuStep; restore?: QemuStep; identical?: boolean };
@@ -89,7 +92,9 @@ export async function runQemu(work: string, pristine: string, size: number, node
   const pw = path.join(work, 'haven-password');
   await fs.writeFile(pw, BENCH_PASSWORD, { mode: 0o600 });
   const haven = (args: string[]): Promise<RunResult> => run(node, [cli, ...args, '--repo', repo, '--password-file', pw]);
-  await haven(['init']);
+  // The repository's chunk size (HAVEN_BENCH_QEMU_CHUNK, default Haven's 64 KiB): random 4 KiB guest
+  // writes touch a share of chunks that grows with it (docs/design.md, Changed-block tracking).
+  await haven(['init', '--chunk-size', QEMU_CHUNK]);
   const guest = await startGuest(work, image);
   try {
     const backup = async (step: string): Promise<QemuStep> => {
