@@ -12,17 +12,15 @@
  * session, and the work of its old one is abandoned (failed) at once.
  */
 import { AppError, ErrorCode } from '../domain/errors.ts';
+import type { Logger } from '../services/job-runner.ts';
 import { errorToWire } from '../services/volume-hosts.ts';
 import { isHostCall, isQuickCall, type VolumeHost, type WorkControl } from '../services/volume-host.ts';
 
 /** Quick works run at once, besides the slots for long work. */
 const QUICK_SLOTS = 4;
 
-export interface AgentLogger {
-  info(obj: object, msg?: string): void;
-  warn(obj: object, msg?: string): void;
-  error(obj: object, msg?: string): void;
-}
+/** The agent logs as the job runner does (a pino logger fits). */
+export type AgentLogger = Logger;
 
 export interface AgentOptions {
   controlUrl: string;
