@@ -11,9 +11,8 @@
  * agent aborts it too, so no work ever runs twice at once. A restarted agent registers a new
  * session, and the work of its old one is abandoned (failed) at once.
  */
-import { AppError, ErrorCode } from '../domain/errors.ts';
+import { AppError, ErrorCode, errorToWire } from '../domain/errors.ts';
 import type { Logger } from '../services/job-runner.ts';
-import { errorToWire } from '../services/volume-hosts.ts';
 import { isHostCall, isQuickCall, type VolumeHost, type WorkControl } from '../services/volume-host.ts';
 
 /** Quick works run at once, besides the slots for long work. */

@@ -223,9 +223,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
       // An embedded host silent for a week is a machine renamed or gone: it leaves the list.
       await catalog.agents.forgetSilentEmbedded(clock.now() - 7 * 24 * 3600_000);
       localBeat = setInterval(() => {
-        catalog.agents.getAgent(config.hostName).then(async (a) => {
-          if (a?.embedded) await catalog.agents.heartbeat(config.hostName, a.session, clock.now());
-        }).catch((err: unknown) => log.warn({ err }, 'the embedded agent\'s heartbeat failed'));
+        catalog.agents.heartbeatEmbedded(config.hostName, clock.now()).catch((err: unknown) => log.warn({ err }, 'the embedded agent\'s heartbeat failed'));
       }, Math.max(1000, (config.agentLeaseSeconds * 1000) / 3));
       localBeat.unref();
     }

@@ -2,6 +2,7 @@
  * Catalog statements for agents (migrations/0016_agents.sql): their tokens, their registrations and
  * heartbeats, and the work queued for each host (services/volume-hosts.ts, agent/agent.ts).
  */
+import type { WireError } from '../domain/errors.ts';
 import type { SqlExecutor } from './sql.ts';
 
 export interface AgentToken {
@@ -42,7 +43,7 @@ export interface AgentWork {
   progressTotal: number;
   result: unknown;
   /** A failure as the agent reported it: Haven's error code, message and details. */
-  error: { code: string; message: string; details?: Record<string, unknown> } | null;
+  error: WireError | null;
   cancelReason: string | null;
   createdAt: number;
   updatedAt: number;
@@ -128,6 +129,11 @@ export class AgentQueries {
     return (await this.db.run('DELETE FROM agents WHERE embedded = 1 AND heartbeat_at < ?', [beforeMs])).changes;
   }
 
+  /** The embedded agent's heartbeat (it has no session of its own to check). */
+  async heartbeatEmbedded(host: string, nowMs: number): Promise<void> {
+    await this.db.run('UPDATE agents SET heartbeat_at = ? WHERE host = ? AND embedded = 1', [nowMs, host]);
+  }
+
   async setDraining(host: string, draining: boolean): Promise<boolean> {
     return (await this.db.run('UPDATE agents SET draining = ? WHERE host = ?', [draining ? 1 : 0, host])).changes === 1;
   }
@@ -189,11 +195,6 @@ export class AgentQueries {
   async cancelledWorkOf(session: string): Promise<{ id: string; reason: string }[]> {
     const rows = await this.db.all<{ id: string; cancel_reason: string }>("SELECT id, cancel_reason FROM agent_work WHERE session = ? AND status = 'running' AND cancel_reason IS NOT NULL", [session]);
     return rows.map((r) => ({ id: r.id, reason: r.cancel_reason }));
-  }
-
-  /** The running work of a session (the agent reports what it still works on; the rest it lost). */
-  async runningWorkOf(session: string): Promise<AgentWork[]> {
-    return (await this.db.all<WorkRow>("SELECT * FROM agent_work WHERE session = ? AND status = 'running' ORDER BY created_at", [session])).map(toWork);
   }
 
   /** Running work of a host (the admin API's running jobs). */

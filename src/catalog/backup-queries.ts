@@ -156,6 +156,11 @@ export class BackupQueries {
   }
 
   /** Ids of every project's backups in `status`, oldest first, at most `limit` (re-verifying error backups). */
+  /** One available backup picked at random (scheduled sample restores), or undefined. */
+  async randomAvailableId(): Promise<string | undefined> {
+    return (await this.db.get<{ id: string }>("SELECT id FROM backups WHERE status = 'available' ORDER BY random() LIMIT 1"))?.id;
+  }
+
   async idsInStatus(status: BackupStatus, limit: number): Promise<string[]> {
     return (await this.db.all<{ id: string }>(`SELECT id FROM backups WHERE status = ? ORDER BY created_at, id LIMIT ${Math.max(0, Math.trunc(limit))}`, [status])).map((r) => r.id);
   }

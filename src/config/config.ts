@@ -9,6 +9,7 @@ import { hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { AppError, ErrorCode } from '../domain/errors.ts';
+import { HOST_NAME_RE } from '../domain/host.ts';
 import type { S3Settings } from '../storage/open-store.ts';
 import { resolveLocation } from '../storage/s3-url.ts';
 
@@ -188,7 +189,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (!LOG_LEVELS.has(config.logLevel)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_LOG_LEVEL: ${config.logLevel}`);
   config.dataDir = path.resolve(config.dataDir);
   config.hostName ||= hostname();
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/.test(config.hostName)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_HOST_NAME: ${JSON.stringify(config.hostName)} (letters, digits, ".", "_" and "-")`);
+  if (!HOST_NAME_RE.test(config.hostName)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_HOST_NAME: ${JSON.stringify(config.hostName)} (letters, digits, ".", "_" and "-")`);
   if (config.controlUrl && !/^https?:\/\/[^/]+/.test(config.controlUrl)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_CONTROL_URL: expected http(s)://host[:port], got ${JSON.stringify(config.controlUrl)}`);
   config.controlUrl = config.controlUrl.replace(/\/+$/, '');
   config.volumeRoots = config.volumeRoots.map((r) => path.resolve(r));

@@ -100,6 +100,25 @@ export class AppError extends Error {
   }
 }
 
+/** A failure as it crosses a process boundary (an agent's result): Haven's code, the message, the details. */
+export interface WireError {
+  code: string;
+  message: string;
+  details?: Record<string, unknown>;
+}
+
+/** An error as an agent reports it (a non-AppError is an internal error). */
+export function errorToWire(err: unknown): WireError {
+  if (err instanceof AppError) return { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) };
+  return { code: ErrorCode.Internal, message: err instanceof Error ? err.message : String(err) };
+}
+
+/** A reported error as an AppError again: Haven's code survives the wire; an unknown one is internal. */
+export function errorFromWire(e: WireError): AppError {
+  const known = (Object.values(ErrorCode) as string[]).includes(e.code);
+  return new AppError(known ? (e.code as ErrorCode) : ErrorCode.Internal, e.message, e.details ? { details: e.details } : undefined);
+}
+
 export function isAppError(err: unknown, code?: ErrorCode): err is AppError {
   return err instanceof AppError && (code === undefined || err.code === code);
 }

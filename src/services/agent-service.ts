@@ -11,13 +11,12 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { AgentRecord, AgentWork } from '../catalog/agent-queries.ts';
 import type { Clock } from '../domain/clock.ts';
-import { AppError, ErrorCode } from '../domain/errors.ts';
+import { AppError, ErrorCode, type WireError } from '../domain/errors.ts';
+import { agentOnline, HOST_NAME_RE } from '../domain/host.ts';
 import { newHexId } from '../domain/ids.ts';
-import { agentOnline, errorToWire } from './volume-hosts.ts';
 import { isQuickCall } from './volume-host.ts';
 
 const TOKEN_RE = /^hvagent_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$/;
-export const HOST_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/;
 /** Queued work no agent took in this long is failed (its job waited with a time limit or is gone). */
 const STALE_QUEUED_MS = 3600_000;
 /** Ended work is kept this long for the admin's view and debugging. */
@@ -153,7 +152,7 @@ export class AgentService {
   }
 
   /** The agent's result: accepted only while its session holds the work (WorkNotHeld otherwise). */
-  async finish(host: string, session: string, workId: string, outcome: { ok: true; result: unknown } | { ok: false; error: { code: string; message: string; details?: Record<string, unknown> } }): Promise<void> {
+  async finish(host: string, session: string, workId: string, outcome: { ok: true; result: unknown } | { ok: false; error: WireError }): Promise<void> {
     const end = outcome.ok ? { status: 'done' as const, result: outcome.result } : { status: 'failed' as const, error: outcome.error };
     const row = await this.catalog.agents.getWork(workId);
     if (!row || row.host !== host || !(await this.catalog.agents.finishWork(workId, end, this.clock.now(), { session, fromStatuses: ['running'] }))) {
@@ -184,4 +183,3 @@ export class AgentService {
   }
 }
 
-export { errorToWire };

@@ -15,7 +15,7 @@ import { newHexId, newUuid } from '../domain/ids.ts';
 import { queuedJob, type Job, type JobOf, type JobPayloads, type JobType } from '../domain/job.ts';
 import type { Backup, BackupOrigin, Tag, Volume } from '../domain/model.ts';
 import type { VolumeHosts } from './volume-hosts.ts';
-import { fileRef, type BackupSummary } from './volume-host.ts';
+import { completionOf, fileRef, type BackupSummary } from './volume-host.ts';
 import type { BackupEngine } from './backup-engine.ts';
 import type { JobHandlers } from './job-runner.ts';
 import { activeJobsOfBackup } from './backup-jobs.ts';
@@ -280,7 +280,7 @@ export class BackupService {
   /** A server disk's backup row becomes available with what the host wrote. */
   async completeServerDiskBackup(backup: Backup, r: BackupSummary): Promise<void> {
     this.events.backupFinished?.({ sizeBytes: r.sizeBytes, newBytes: r.newBytes, storedBytes: r.storedBytes });
-    if (!(await this.catalog.backups.completeBackup(backup.id, { sizeBytes: r.sizeBytes, storedBytes: r.storedBytes, newBytes: r.newBytes, objectCount: r.objectsWritten, parentId: r.parentId, dataTimestamp: backup.dataTimestamp, volumeDigest: r.volumeDigest }, this.clock.now()))) {
+    if (!(await this.catalog.backups.completeBackup(backup.id, completionOf(r, backup.dataTimestamp), this.clock.now()))) {
       throw new AppError(ErrorCode.BackupInvalidState, `backup ${backup.id} left the creating state while it was written`);
     }
   }

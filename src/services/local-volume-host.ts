@@ -30,6 +30,13 @@ function safeId(id: string): string {
   return id;
 }
 
+/** What is wrong with a QMP socket path: not absolute (or with ".."), no socket there, or nothing. */
+async function qmpSocketProblem(socket: string): Promise<'path' | 'missing' | null> {
+  if (!path.isAbsolute(socket) || socket.split('/').includes('..')) return 'path';
+  const st = await fs.stat(socket).catch(() => null);
+  return st?.isSocket() ? null : 'missing';
+}
+
 /** What the catalog records of a backup the engine wrote. */
 function summaryOf(r: BackupResult): BackupSummary {
   return {
@@ -145,9 +152,9 @@ export class LocalVolumeHost implements VolumeHost {
    * adopted (its file, by real path), as raw or qcow2.
    */
   private async guestNode(qmp: { socket: string; node: string }, sourceName: string): Promise<{ format: VolumeFormat; sizeBytes: number }> {
-    if (!path.isAbsolute(qmp.socket) || qmp.socket.split('/').includes('..')) throw new AppError(ErrorCode.VolumePathRefused, `ref.qmp_socket must be an absolute path without "..", got ${qmp.socket}`);
-    const st = await fs.stat(qmp.socket).catch(() => null);
-    if (!st?.isSocket()) throw new AppError(ErrorCode.VolumePathRefused, `ref.qmp_socket ${qmp.socket} is not a socket`);
+    const bad = await qmpSocketProblem(qmp.socket);
+    if (bad === 'path') throw new AppError(ErrorCode.VolumePathRefused, `ref.qmp_socket must be an absolute path without "..", got ${qmp.socket}`);
+    if (bad === 'missing') throw new AppError(ErrorCode.VolumePathRefused, `ref.qmp_socket ${qmp.socket} is not a socket`);
     // QEMU's answer (or its silence) is a reason to refuse the adoption, said in QEMU's words.
     const n = await guestNodeInfo(qmp.socket, qmp.node).catch((err: unknown) => {
       throw new AppError(ErrorCode.VolumePathRefused, (err as Error).message, { cause: err });
@@ -201,9 +208,9 @@ export class LocalVolumeHost implements VolumeHost {
    */
   private async checkGuest(v: VolumeFileRef): Promise<void> {
     const qmp = v.qmp!;
-    if (!path.isAbsolute(qmp.socket) || qmp.socket.split('/').includes('..')) throw new AppError(ErrorCode.VolumePathRefused, `QMP socket ${qmp.socket} is not an absolute path without ".."`);
-    const st = await fs.stat(qmp.socket).catch(() => null);
-    if (!st?.isSocket()) throw new AppError(ErrorCode.VolumeUnreadable, `QMP socket ${qmp.socket} is not there (is the guest running?)`);
+    const bad = await qmpSocketProblem(qmp.socket);
+    if (bad === 'path') throw new AppError(ErrorCode.VolumePathRefused, `QMP socket ${qmp.socket} is not an absolute path without ".."`);
+    if (bad === 'missing') throw new AppError(ErrorCode.VolumeUnreadable, `QMP socket ${qmp.socket} is not there (is the guest running?)`);
     const real = await fs.realpath(v.path).catch(() => null);
     const roots = this.files.guardOf(v).roots;
     if (!real || !roots.some((r) => isUnder(real, r))) throw new AppError(ErrorCode.VolumePathRefused, `the image ${v.path} of the running guest is not under this host's volume roots (${roots.join(':') || 'none'})`);

@@ -72,7 +72,7 @@ export class SampleRestorer {
 
   /** Restores one random available backup (or `backupId`) into a scratch file and checks it. */
   async runOnce(backupId?: string): Promise<SampleResult | null> {
-    const id = backupId ?? (await this.catalog.db.get<{ id: string }>("SELECT id FROM backups WHERE status = 'available' ORDER BY random() LIMIT 1"))?.id;
+    const id = backupId ?? (await this.catalog.backups.randomAvailableId());
     if (!id) return null;
     const started = this.clock.now();
     const manifest = await this.engine.findManifest(id);

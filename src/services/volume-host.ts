@@ -5,6 +5,7 @@
  * the `haven agent` of that host (RemoteVolumeHost queues the same calls for it, agent/agent.ts
  * runs them on a LocalVolumeHost there). Every request and result is plain JSON for that reason.
  */
+import type { BackupCompletion } from '../catalog/backup-queries.ts';
 import type { VolumeFormat } from '../domain/model.ts';
 
 /** What the host needs to know of a volume to open its file (the guard: engine/volume-file.ts). */
@@ -54,6 +55,11 @@ export interface BackupSummary {
   changedBlockTracking: boolean;
 }
 
+/** What a backup's row records of what its host wrote (BackupQueries.completeBackup); `dataTimestamp` is when its data was taken. */
+export function completionOf(r: BackupSummary, dataTimestamp: number): BackupCompletion {
+  return { sizeBytes: r.sizeBytes, storedBytes: r.storedBytes, newBytes: r.newBytes, objectCount: r.objectsWritten, parentId: r.parentId, dataTimestamp, volumeDigest: r.volumeDigest };
+}
+
 export interface WorkControl {
   signal: AbortSignal;
   /** The job the work belongs to (ended jobs' work is cancelled). */
@@ -62,8 +68,6 @@ export interface WorkControl {
 }
 
 export interface VolumeHost {
-  /** The host's name (null: the control plane's own, for volumes from before agents). */
-  readonly host: string | null;
   /** Makes a new volume's file (a sparse raw file, a qcow2 image, or a copy of a snapshot's). */
   createVolumeFile(o: { volumeId: string; format: VolumeFormat; sizeGb: number; fromSnapshot: { path: string; format: VolumeFormat } | null }): Promise<{ path: string; fileId: string }>;
   /** Checks a path (and a running guest's node) an admin asks to adopt; returns what the volume is. */

@@ -11,9 +11,10 @@
  * at once with HOST_UNAVAILABLE.
  */
 import type { Catalog } from '../catalog/catalog.ts';
-import type { AgentRecord, AgentWork } from '../catalog/agent-queries.ts';
+import type { AgentWork } from '../catalog/agent-queries.ts';
 import type { Clock } from '../domain/clock.ts';
-import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
+import { AppError, errorFromWire, errorToWire, ErrorCode, isAppError } from '../domain/errors.ts';
+import { agentOnline } from '../domain/host.ts';
 import { newUuid } from '../domain/ids.ts';
 import type { BackupOrder, BackupSummary, HostCall, ServerProtectOrder, VolumeFileRef, VolumeHost, WorkControl } from './volume-host.ts';
 
@@ -24,22 +25,6 @@ export interface VolumeHostsOptions {
   leaseMs: number;
   /** How often a waiting job looks at its work (ms). */
   pollMs?: number;
-}
-
-/** Whether an agent was heard from within its lease. */
-export function agentOnline(a: AgentRecord, nowMs: number, leaseMs: number): boolean {
-  return nowMs - a.heartbeatAt <= leaseMs;
-}
-
-/** A failure as an agent reports it, and back (Haven's code survives the wire; anything else is internal). */
-export function errorToWire(err: unknown): { code: string; message: string; details?: Record<string, unknown> } {
-  if (err instanceof AppError) return { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) };
-  return { code: ErrorCode.Internal, message: err instanceof Error ? err.message : String(err) };
-}
-
-export function errorFromWire(e: { code: string; message: string; details?: Record<string, unknown> }): AppError {
-  const known = (Object.values(ErrorCode) as string[]).includes(e.code);
-  return new AppError(known ? (e.code as ErrorCode) : ErrorCode.Internal, e.message, e.details ? { details: e.details } : undefined);
 }
 
 export class VolumeHosts {
@@ -80,21 +65,14 @@ export class VolumeHosts {
   }
 
   /**
-   * The host of a new volume: the one asked for (it must have an agent), else the online, not
-   * drained host with the fewest volumes (this process counts, when it holds volumes). This
+   * The host of a new volume: the online, not drained host with the fewest volumes (this process counts, when it holds volumes). This
    * process's own volumes are recorded with no host (null): they stay its own whatever the
    * machine's name becomes (a container's host name changes with every container).
    */
-  async place(requested?: string | null): Promise<string | null> {
+  async place(): Promise<string | null> {
     const now = this.clock.now();
     const agents = await this.catalog.agents.listAgents();
     const localName = this.opts.localName;
-    if (requested) {
-      if (requested === localName && this.local) return null;
-      const a = agents.find((x) => x.host === requested && !x.embedded);
-      if (!a) throw new AppError(ErrorCode.InvalidArgument, `host ${requested} has no Haven agent (GET /haven/v1/agents lists them)`);
-      return requested;
-    }
     const counts = await this.catalog.agents.volumeCounts();
     const candidates = agents.filter((a) => !a.embedded && !a.draining && agentOnline(a, now, this.opts.leaseMs)).map((a) => a.host);
     const localDrained = agents.find((a) => a.host === localName && a.embedded)?.draining ?? false;

@@ -8,7 +8,7 @@ import type { BackupCompletion } from '../../catalog/backup-queries.ts';
 import { AppError, ErrorCode } from '../../domain/errors.ts';
 import type { JobOf } from '../../domain/job.ts';
 import type { Backup } from '../../domain/model.ts';
-import { fileRef, type BackupSource } from '../volume-host.ts';
+import { completionOf, fileRef, type BackupSource } from '../volume-host.ts';
 import { jobFailure, type JobHandler } from '../job-runner.ts';
 import { failureText, type BackupJobDeps } from './backup-job-deps.ts';
 
@@ -53,9 +53,7 @@ export function createBackupJob(d: BackupJobDeps): JobHandler<'bksCreateBackup'>
         { signal: ctx.signal, jobId: job.id, onProgress: (done, total) => ctx.progress(done, total) },
       );
       d.events.backupFinished?.({ sizeBytes: r.sizeBytes, newBytes: r.newBytes, storedBytes: r.storedBytes });
-      return finish(job, b.id, {
-        sizeBytes: r.sizeBytes, storedBytes: r.storedBytes, newBytes: r.newBytes, objectCount: r.objectsWritten, parentId: r.parentId, dataTimestamp: r.createdAt, volumeDigest: r.volumeDigest,
-      });
+      return finish(job, b.id, completionOf(r, r.createdAt));
     },
     fail: async (job, err) => {
       await d.catalog.backups.applyBackupEvent(job.payload.backupId, 'fail', d.clock.now(), { failReason: failureText(err) });
