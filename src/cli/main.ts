@@ -8,6 +8,7 @@ import { registerEngineCommands } from './commands/engine-commands.ts';
 import { registerServiceCommands } from './commands/service-commands.ts';
 import { registerScheduleCommands } from './commands/schedule-commands.ts';
 import { registerAgentCommands } from './commands/agent-commands.ts';
+import { registerNbdCommands } from './commands/nbd-commands.ts';
 
 export const EXIT_FAILURE = 1;
 
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerServiceCommands(program);
   registerScheduleCommands(program);
   registerAgentCommands(program);
+  registerNbdCommands(program);
   return program;
 }
 

@@ -24,7 +24,7 @@ function out(json: boolean | undefined, obj: unknown, text: string): void {
 }
 
 /** Ctrl-C cancels the running operation cleanly (the engine sees an aborted signal). */
-function cancelOnSigint(): { signal: AbortSignal; dispose: () => void } {
+export function cancelOnSigint(): { signal: AbortSignal; dispose: () => void } {
   const ac = new AbortController();
   const onSig = (): void => ac.abort(new AppError(ErrorCode.Cancelled, 'interrupted'));
   process.once('SIGINT', onSig);
@@ -32,7 +32,7 @@ function cancelOnSigint(): { signal: AbortSignal; dispose: () => void } {
   return { signal: ac.signal, dispose: () => { process.off('SIGINT', onSig); process.off('SIGTERM', onSig); } };
 }
 
-function poolFromEnv(): ChunkWorkerPool {
+export function poolFromEnv(): ChunkWorkerPool {
   const t = Number(process.env.HAVEN_THREADS ?? '');
   const niceEnv = process.env.HAVEN_WORKER_NICE;
   let nice = DEFAULT_WORKER_NICE;
@@ -56,7 +56,7 @@ async function withPool<T>(fn: (pool: ChunkWorkerPool) => Promise<T>): Promise<T
   }
 }
 
-function checkBackupId(id: string): string {
+export function checkBackupId(id: string): string {
   if (!BACKUP_ID_RE.test(id)) throw new AppError(ErrorCode.BackupNotFound, `backup ${id} not found (backup ids are UUIDs, see haven list)`);
   return id;
 }
@@ -86,7 +86,7 @@ function parseChunkSize(v: string): number {
 }
 
 /** A command on a repository: every one takes --repo, --password-file and --json. */
-function repoCommand(program: Command, name: string, description: string, passwordHelp = 'repository password file (or HAVEN_PASSWORD_FILE)'): Command {
+export function repoCommand(program: Command, name: string, description: string, passwordHelp = 'repository password file (or HAVEN_PASSWORD_FILE)'): Command {
   return program
     .command(name)
     .description(description)

@@ -1,0 +1,81 @@
+/**
+ * `haven nbd`: serves backups as NBD exports (export name = backup id) until interrupted. Read-only
+ * by default; `--writable` gives each connection a copy-on-write overlay, discarded when it ends,
+ * unless `--overlay FILE` keeps one. The repository is only read: a read lock holds GC's sweep off
+ * (docs/design.md G6) while the server runs.
+ */
+import type { Command } from 'commander';
+import { AppError, ErrorCode } from '../../domain/errors.ts';
+import { ImageSource } from '../../engine/backup-image.ts';
+import { RepositoryLock } from '../../engine/locks.ts';
+import { RepositoryExports } from '../../nbd/backup-exports.ts';
+import { NbdServer, parseListen, type ListenSpec } from '../../nbd/nbd-server.ts';
+import { formatBytes } from '../output.ts';
+import { openRepository, type RepoOptions } from '../repo-access.ts';
+import { checkBackupId, poolFromEnv, repoCommand } from './engine-commands.ts';
+
+export const DEFAULT_NBD_LISTEN = '127.0.0.1:10809';
+
+function parseCacheSize(v: string): number {
+  const m = /^(\d+)\s*([kKmMgG]i?[bB]?)?$/.exec(v.trim());
+  if (!m) throw new AppError(ErrorCode.InvalidArgument, `--cache must be a size such as 256MiB, not ${JSON.stringify(v)}`);
+  const u = (m[2] ?? 'm').toLowerCase()[0];
+  return Number(m[1]) * (u === 'k' ? 1024 : u === 'g' ? 1024 ** 3 : u === 'm' ? 1024 ** 2 : 1);
+}
+
+/** An NBD URI for an export (what nbdinfo, nbdcopy and qemu-img take). */
+export function nbdUri(at: ListenSpec, name: string, tls = false): string {
+  if ('path' in at) return `nbd${tls ? 's' : ''}+unix:///${encodeURIComponent(name)}?socket=${encodeURIComponent(at.path)}`;
+  const host = at.host.includes(':') ? `[${at.host}]` : at.host;
+  return `nbd${tls ? 's' : ''}://${host}:${at.port}/${encodeURIComponent(name)}`;
+}
+
+export function registerNbdCommands(program: Command): void {
+  repoCommand(program, 'nbd', 'serve backups as NBD disks (export name = backup id) until interrupted: read them with qemu-img, nbdcopy or nbdinfo, boot a VM from them')
+    .option('--listen <address>', 'HOST:PORT or unix:PATH to listen on', DEFAULT_NBD_LISTEN)
+    .option('--backup <id...>', 'serve only these backups (default: every backup in the repository)')
+    .option('--writable', 'accept writes, each connection into its own copy-on-write overlay (the backup is never changed); discarded when the connection ends')
+    .option('--overlay <file>', 'with --writable and one --backup: keep the overlay in this file (and FILE.map), shared by all connections; an existing one is carried on')
+    .option('--overlay-dir <dir>', 'where temporary overlays go (default: the system temporary folder)')
+    .option('--cache <size>', 'decoded chunks kept in memory', '256MiB')
+    .action(async (o: RepoOptions & { listen: string; backup?: string[]; writable?: boolean; overlay?: string; overlayDir?: string; cache: string; json?: boolean }) => {
+      const listen = parseListen(o.listen);
+      const cacheBytes = parseCacheSize(o.cache);
+      const ids = o.backup?.map(checkBackupId);
+      if (o.overlay && !o.writable) throw new AppError(ErrorCode.InvalidArgument, '--overlay needs --writable');
+      if (o.overlay && ids?.length !== 1) throw new AppError(ErrorCode.InvalidArgument, '--overlay needs exactly one --backup');
+      const pool = poolFromEnv(); // its threads start while the key is derived
+      let lock: RepositoryLock | null = null;
+      let server: NbdServer | null = null;
+      try {
+        const repo = await openRepository(o);
+        const src = new ImageSource(repo, pool, { cacheBytes });
+        const exports = new RepositoryExports(src, { ...(ids ? { backupIds: ids } : {}), writable: o.writable === true, ...(o.overlay ? { overlayFile: o.overlay } : {}), ...(o.overlayDir ? { overlayDir: o.overlayDir } : {}) });
+        lock = await RepositoryLock.acquire(repo.store, 'read');
+        const mapLoading = src.chunkMap(); // in the background: the first read needs it
+        mapLoading.catch(() => undefined);
+        const images = ids ? await Promise.all(ids.map((id) => exports.image(id))) : [];
+        server = new NbdServer(exports, {
+          onError: (err, remote) => process.stderr.write(`haven nbd: ${remote}: ${(err as Error).message}\n`),
+        });
+        const at = await server.listen(listen);
+        const where = 'path' in at ? `unix:${at.path}` : `${at.host.includes(':') ? `[${at.host}]` : at.host}:${at.port}`;
+        const mode = o.writable ? (o.overlay ? `writable, overlay ${o.overlay}` : 'writable, an overlay per connection') : 'read-only';
+        if (o.json) {
+          process.stdout.write(`${JSON.stringify({ listen: where, writable: o.writable === true, exports: images.map((i) => ({ name: i.manifest.id, uri: nbdUri(at, i.manifest.id), sizeBytes: i.sizeBytes, volumeName: i.manifest.volume.name })) })}\n`);
+        } else {
+          process.stdout.write(`haven nbd: listening on ${where} (${mode})\n`);
+          for (const i of images) process.stdout.write(`  ${nbdUri(at, i.manifest.id)}  ${formatBytes(i.sizeBytes)}  ${i.manifest.volume.name}\n`);
+          if (!ids) process.stdout.write(`  every backup of the repository, by id: ${nbdUri(at, '<backup id>')}\n`);
+        }
+        await new Promise<void>((resolve) => {
+          process.once('SIGINT', resolve);
+          process.once('SIGTERM', resolve);
+        });
+      } finally {
+        await server?.close();
+        await lock?.release();
+        await pool.close();
+      }
+    });
+}

@@ -1,0 +1,112 @@
+/**
+ * The backups of a repository as NBD exports (`haven nbd`): export name = backup id. Read-only by
+ * default; writable exports give each connection its own copy-on-write overlay (overlay.ts), or,
+ * with a kept overlay file, one overlay all connections to that backup share.
+ */
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import { BackupImage, type ImageSource } from '../engine/backup-image.ts';
+import { BACKUP_ID_RE } from '../engine/manifest.ts';
+import type { NbdDevice, NbdExport, NbdExports } from './nbd-server.ts';
+import { CowOverlay } from './overlay.ts';
+
+/** A backup read-only, as one connection sees it. */
+export function imageDevice(image: BackupImage): NbdDevice {
+  return {
+    sizeBytes: image.sizeBytes,
+    read: (o, l, s) => image.read(o, l, s),
+    extents: (o, l) => image.extents(o, l),
+    close: async () => undefined,
+  };
+}
+
+export interface RepositoryExportsOptions {
+  /** Only these backups (default: every backup of the repository, looked up when asked for). */
+  backupIds?: string[];
+  writable?: boolean;
+  /** A kept overlay (writable; one backup only). */
+  overlayFile?: string;
+  /** Where temporary overlays go. */
+  overlayDir?: string;
+}
+
+export class RepositoryExports implements NbdExports {
+  private readonly src: ImageSource;
+  private readonly opts: RepositoryExportsOptions;
+  private readonly images = new Map<string, Promise<BackupImage>>();
+  private shared: { overlay: Promise<CowOverlay>; users: number } | null = null;
+
+  constructor(src: ImageSource, opts: RepositoryExportsOptions = {}) {
+    if (opts.overlayFile && (!opts.writable || opts.backupIds?.length !== 1)) throw new AppError(ErrorCode.InvalidArgument, '--overlay needs --writable and exactly one --backup');
+    this.src = src;
+    this.opts = opts;
+  }
+
+  /** The image of a backup (its manifest read once). */
+  image(id: string): Promise<BackupImage> {
+    let p = this.images.get(id);
+    if (!p) {
+      p = this.src.repo.readManifest(id).then((m) => new BackupImage(this.src, m));
+      p.catch(() => this.images.delete(id));
+      this.images.set(id, p);
+    }
+    return p;
+  }
+
+  async find(name: string): Promise<NbdExport | null> {
+    const ids = this.opts.backupIds;
+    // The empty (default) export name means the one backup served, when only one is.
+    const id = name === '' && ids?.length === 1 ? ids[0]! : name;
+    if (!BACKUP_ID_RE.test(id) || (ids && !ids.includes(id))) return null;
+    let image: BackupImage;
+    try {
+      image = await this.image(id);
+    } catch (err) {
+      if ((err as { code?: string }).code === ErrorCode.BackupNotFound) return null;
+      throw err;
+    }
+    const writable = this.opts.writable === true;
+    return {
+      name: id,
+      sizeBytes: image.sizeBytes,
+      readOnly: !writable,
+      multiConn: !writable || this.opts.overlayFile !== undefined,
+      open: () => this.open(id, image),
+    };
+  }
+
+  private async open(id: string, image: BackupImage): Promise<NbdDevice> {
+    if (!this.opts.writable) return imageDevice(image);
+    const base = imageDevice(image);
+    if (!this.opts.overlayFile) return CowOverlay.open(base, { baseId: id, ...(this.opts.overlayDir ? { dir: this.opts.overlayDir } : {}) });
+    // One kept overlay for every connection, closed (its map saved) when the last one ends.
+    if (!this.shared) {
+      const overlay = CowOverlay.open(base, { baseId: id, file: this.opts.overlayFile });
+      this.shared = { overlay, users: 0 };
+      overlay.catch(() => (this.shared = null));
+    }
+    const shared = this.shared;
+    const o = await shared.overlay;
+    shared.users++;
+    let closed = false;
+    return {
+      sizeBytes: o.sizeBytes,
+      read: (a, b, s) => o.read(a, b, s),
+      extents: (a, b) => o.extents(a, b),
+      write: (a, d) => o.write(a, d),
+      writeZeroes: (a, b) => o.writeZeroes(a, b),
+      flush: () => o.flush(),
+      close: async () => {
+        if (closed) return;
+        closed = true;
+        if (--shared.users === 0) {
+          if (this.shared === shared) this.shared = null;
+          await o.close();
+        } else await o.flush();
+      },
+    };
+  }
+
+  async list(): Promise<string[]> {
+    return this.opts.backupIds ?? (await this.src.repo.listBackupIds());
+  }
+}

@@ -1,0 +1,273 @@
+/**
+ * CowOverlay: a writable disk over a read-only one (a backup): writes go to a local sparse file,
+ * block by block (BLOCK bytes), and a bitmap says which blocks the overlay holds; reads take those
+ * blocks from the overlay and everything else from the base. The base is never written.
+ *
+ * A write covering part of a block the overlay does not hold yet is merged with the base's bytes of
+ * that block first (a guest with 512-byte sectors writes less than a block).
+ *
+ * Two kinds:
+ * - temporary (`dir`): the file is created and unlinked at once, so it is gone when the process
+ *   ends, however it ends; it belongs to one connection;
+ * - kept (`file`): the file stays, and its bitmap beside it (`FILE.map`, written on every flush and
+ *   at close, temporary file and rename): reopening it with the same backup carries on with the
+ *   writes made so far. Writes not flushed before a crash may be lost, as on any disk with a write
+ *   cache; a flush makes them durable.
+ */
+import { randomBytes } from 'node:crypto';
+import { constants as fsc, promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import type { ImageExtent, ImagePiece } from '../engine/backup-image.ts';
+import type { NbdDevice } from './nbd-server.ts';
+
+/** The overlay's block: what one bit of the bitmap stands for. */
+export const OVERLAY_BLOCK = 4096;
+const MAP_MAGIC = 'HAVEN-OVERLAY-1\n';
+
+/** What an overlay reads through to. */
+export interface OverlayBase {
+  readonly sizeBytes: number;
+  read(offset: number, length: number, signal?: AbortSignal): Promise<ImagePiece[]>;
+  extents(offset: number, length: number): Promise<ImageExtent[]>;
+}
+
+export interface OverlayOptions {
+  /** The backup the overlay is over (recorded in a kept overlay's map, checked on reopening). */
+  baseId: string;
+  /** A kept overlay's file. */
+  file?: string;
+  /** Where a temporary overlay's file goes (default: the system's temporary folder). */
+  dir?: string;
+}
+
+export class CowOverlay implements NbdDevice {
+  readonly sizeBytes: number;
+  private readonly base: OverlayBase;
+  private readonly fh: fs.FileHandle;
+  private readonly bits: Uint8Array;
+  private readonly mapFile: string | null;
+  private readonly baseId: string;
+  private writing: Promise<unknown> = Promise.resolve();
+  private mapDirty = false;
+  private closed = false;
+
+  private constructor(base: OverlayBase, fh: fs.FileHandle, bits: Uint8Array, mapFile: string | null, baseId: string) {
+    this.base = base;
+    this.sizeBytes = base.sizeBytes;
+    this.fh = fh;
+    this.bits = bits;
+    this.mapFile = mapFile;
+    this.baseId = baseId;
+  }
+
+  static async open(base: OverlayBase, opts: OverlayOptions): Promise<CowOverlay> {
+    const blocks = Math.ceil(base.sizeBytes / OVERLAY_BLOCK);
+    const bits = new Uint8Array(Math.ceil(blocks / 8));
+    if (!opts.file) {
+      const dir = opts.dir ?? (await import('node:os')).tmpdir();
+      const file = path.join(dir, `haven-overlay-${randomBytes(8).toString('hex')}.img`);
+      let fh: fs.FileHandle;
+      try {
+        fh = await fs.open(file, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+      } catch (err) {
+        throw new AppError(ErrorCode.TargetUnwritable, `cannot create an overlay in ${dir}: ${(err as Error).message}`, { cause: err });
+      }
+      await fs.unlink(file); // gone with the process, however it ends
+      await fh.truncate(base.sizeBytes);
+      return new CowOverlay(base, fh, bits, null, opts.baseId);
+    }
+    const file = path.resolve(opts.file);
+    const mapFile = `${file}.map`;
+    const existing = await fs.readFile(mapFile).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return null;
+      throw new AppError(ErrorCode.TargetUnwritable, `cannot read overlay map ${mapFile}: ${err.message}`, { cause: err });
+    });
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(file, fsc.O_RDWR | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o600);
+    } catch (err) {
+      throw new AppError(ErrorCode.TargetUnwritable, `cannot open overlay ${file}: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      const st = await fh.stat();
+      if (!st.isFile()) throw new AppError(ErrorCode.InvalidArgument, `overlay ${file} is not a regular file`);
+      if (existing) {
+        const head = parseMap(existing, mapFile);
+        if (head.baseId !== opts.baseId) throw new AppError(ErrorCode.InvalidArgument, `overlay ${file} was made over backup ${head.baseId}, not ${opts.baseId}`);
+        if (head.sizeBytes !== base.sizeBytes || head.blockBytes !== OVERLAY_BLOCK || head.bits.length !== bits.length) throw new AppError(ErrorCode.InvalidArgument, `overlay map ${mapFile} does not fit backup ${opts.baseId}`);
+        bits.set(head.bits);
+      } else if (st.size > 0) {
+        throw new AppError(ErrorCode.InvalidArgument, `${file} exists and is not an overlay (no ${path.basename(mapFile)} beside it): choose a new file`);
+      }
+      if (st.size !== base.sizeBytes) await fh.truncate(base.sizeBytes);
+      const o = new CowOverlay(base, fh, bits, mapFile, opts.baseId);
+      if (!existing) {
+        o.mapDirty = true;
+        await o.saveMap();
+      }
+      return o;
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+  }
+
+  private has(block: number): boolean {
+    return (this.bits[block >> 3]! & (1 << (block & 7))) !== 0;
+  }
+
+  private mark(a: number, b: number): void {
+    for (let k = a; k < b; k++) this.bits[k >> 3]! |= 1 << (k & 7);
+    this.mapDirty = true;
+  }
+
+  /** Blocks written so far (for reports and tests). */
+  writtenBlocks(): number {
+    let n = 0;
+    for (const byte of this.bits) for (let v = byte; v; v &= v - 1) n++;
+    return n;
+  }
+
+  /** Runs of blocks [a, b) the overlay holds (true) or not, clipped to [offset, end). */
+  private runs(offset: number, end: number): { offset: number; length: number; own: boolean }[] {
+    const out: { offset: number; length: number; own: boolean }[] = [];
+    let k = Math.floor(offset / OVERLAY_BLOCK);
+    while (k * OVERLAY_BLOCK < end) {
+      const own = this.has(k);
+      const s = Math.max(offset, k * OVERLAY_BLOCK);
+      while (k * OVERLAY_BLOCK < end && this.has(k) === own) k++;
+      out.push({ offset: s, length: Math.min(end, k * OVERLAY_BLOCK) - s, own });
+    }
+    return out;
+  }
+
+  async read(offset: number, length: number, signal?: AbortSignal): Promise<ImagePiece[]> {
+    const parts = await Promise.all(
+      this.runs(offset, offset + length).map(async (r): Promise<ImagePiece[]> => {
+        if (!r.own) return this.base.read(r.offset, r.length, signal);
+        const data = Buffer.allocUnsafe(r.length);
+        await readAll(this.fh, data, r.offset);
+        return [{ offset: r.offset, length: r.length, data }];
+      }),
+    );
+    return parts.flat();
+  }
+
+  async extents(offset: number, length: number): Promise<ImageExtent[]> {
+    const out: ImageExtent[] = [];
+    for (const r of this.runs(offset, offset + length)) {
+      for (const e of r.own ? [{ offset: r.offset, length: r.length, hole: false }] : await this.base.extents(r.offset, r.length)) {
+        const last = out[out.length - 1];
+        if (last && last.hole === e.hole) last.length += e.length;
+        else out.push({ ...e });
+      }
+    }
+    return out;
+  }
+
+  write(offset: number, data: Uint8Array): Promise<void> {
+    // One write at a time: a partial block's merge reads the block as it is before writing it whole.
+    const p = this.writing.then(() => this.writeNow(offset, data));
+    this.writing = p.catch(() => undefined);
+    return p;
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    const piece = 1024 * 1024;
+    const z = new Uint8Array(Math.min(piece, length));
+    for (let at = 0; at < length; at += piece) await this.write(offset + at, z.subarray(0, Math.min(piece, length - at)));
+  }
+
+  private async writeNow(offset: number, data: Uint8Array): Promise<void> {
+    if (this.closed) throw new AppError(ErrorCode.Cancelled, 'the overlay is closed');
+    if (data.length === 0) return;
+    const end = offset + data.length;
+    const a = Math.floor(offset / OVERLAY_BLOCK);
+    const b = Math.ceil(end / OVERLAY_BLOCK);
+    const start = a * OVERLAY_BLOCK;
+    const stop = Math.min(this.sizeBytes, b * OVERLAY_BLOCK);
+    let buf: Uint8Array = data;
+    if (start !== offset || stop !== end) {
+      // Merge with the current bytes of the partly written first and last blocks.
+      buf = new Uint8Array(stop - start);
+      const edges = new Set<number>([a, b - 1]);
+      for (const k of edges) {
+        const s = k * OVERLAY_BLOCK;
+        const e = Math.min(this.sizeBytes, s + OVERLAY_BLOCK);
+        if (s >= offset && e <= end) continue; // covered whole by the write
+        for (const p of await this.read(s, e - s)) if (p.data) buf.set(p.data, p.offset - start);
+      }
+      buf.set(data, offset - start);
+    }
+    await writeAll(this.fh, buf, start);
+    this.mark(a, b);
+  }
+
+  async flush(): Promise<void> {
+    await this.writing;
+    await this.fh.datasync();
+    await this.saveMap();
+  }
+
+  private async saveMap(): Promise<void> {
+    if (!this.mapFile || !this.mapDirty) return;
+    this.mapDirty = false;
+    const head = Buffer.from(`${MAP_MAGIC}${JSON.stringify({ baseId: this.baseId, sizeBytes: this.sizeBytes, blockBytes: OVERLAY_BLOCK })}\n`, 'utf8');
+    const tmp = `${this.mapFile}.${randomBytes(4).toString('hex')}.tmp`;
+    const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
+    try {
+      await fh.writeFile(Buffer.concat([head, this.bits]));
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fs.rename(tmp, this.mapFile);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.writing;
+    try {
+      if (this.mapFile) await this.flush();
+    } finally {
+      this.closed = true;
+      await this.fh.close();
+    }
+  }
+}
+
+function parseMap(buf: Buffer, mapFile: string): { baseId: string; sizeBytes: number; blockBytes: number; bits: Buffer } {
+  const bad = (): AppError => new AppError(ErrorCode.InvalidArgument, `${mapFile} is not an overlay map`);
+  if (buf.subarray(0, MAP_MAGIC.length).toString('utf8') !== MAP_MAGIC) throw bad();
+  const nl = buf.indexOf(10, MAP_MAGIC.length);
+  if (nl < 0) throw bad();
+  let head: { baseId?: unknown; sizeBytes?: unknown; blockBytes?: unknown };
+  try {
+    head = JSON.parse(buf.subarray(MAP_MAGIC.length, nl).toString('utf8')) as typeof head;
+  } catch {
+    throw bad();
+  }
+  if (typeof head.baseId !== 'string' || typeof head.sizeBytes !== 'number' || typeof head.blockBytes !== 'number') throw bad();
+  return { baseId: head.baseId, sizeBytes: head.sizeBytes, blockBytes: head.blockBytes, bits: buf.subarray(nl + 1) };
+}
+
+async function readAll(fh: fs.FileHandle, into: Uint8Array, position: number): Promise<void> {
+  let off = 0;
+  while (off < into.length) {
+    const { bytesRead } = await fh.read(into, off, into.length - off, position + off);
+    if (bytesRead === 0) {
+      into.fill(0, off);
+      return;
+    }
+    off += bytesRead;
+  }
+}
+
+async function writeAll(fh: fs.FileHandle, data: Uint8Array, position: number): Promise<void> {
+  let off = 0;
+  while (off < data.length) {
+    const { bytesWritten } = await fh.write(data, off, data.length - off, position + off);
+    off += bytesWritten;
+  }
+}
