@@ -75,6 +75,8 @@ const DEFAULT_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.AgentNotFound]: 404,
   [ErrorCode.AgentConflict]: 409,
   [ErrorCode.WorkNotHeld]: 409,
+  [ErrorCode.ExportNotFound]: 404,
+  [ErrorCode.ExportUnavailable]: 503,
 };
 
 /** Per route: domain code -> [OTC code, HTTP status]. */

@@ -25,6 +25,7 @@ import type { ServerBackupService } from '../services/server-backup-service.ts';
 import type { CsbsPolicyService } from '../services/csbs-policy-service.ts';
 import type { CsbsTagService } from '../services/csbs-tag-service.ts';
 import type { QuotaService } from '../services/quota-service.ts';
+import type { ExportService } from '../services/export-service.ts';
 import type { AgentService } from '../services/agent-service.ts';
 import { ApiError, envelope, isClientError, replyForError, type Envelope, type RouteErrorCodes, type ValidationCodes } from './errors.ts';
 import type { Metrics } from './metrics.ts';
@@ -56,6 +57,8 @@ export interface ApiServices {
   csbsTags: CsbsTagService;
   quotas: QuotaService;
   agents: AgentService;
+  /** Backups served as NBD disks (Haven extension). */
+  exports: ExportService;
   metrics: Metrics;
   /** Health of the parts /healthz reports on. */
   health(): Promise<Record<string, string>>;

@@ -36,6 +36,8 @@ import { VolumeFiles } from '../services/volume-files.ts';
 import { LocalVolumeHost } from '../services/local-volume-host.ts';
 import { VolumeHosts } from '../services/volume-hosts.ts';
 import { AgentService } from '../services/agent-service.ts';
+import { ExportService } from '../services/export-service.ts';
+import { createSecureContext } from 'node:tls';
 import { SampleRestorer } from '../services/sample-restore.ts';
 import { HAVEN_VERSION, hostCapabilities } from '../agent/capabilities.ts';
 import { PolicyService } from '../services/policy-service.ts';
@@ -60,6 +62,8 @@ export interface App {
   scheduler: PolicyScheduler;
   /** Agents: tokens, registrations, the work queued for hosts (services/agent-service.ts). */
   agents: AgentService;
+  /** Backups served as NBD disks (POST .../cloudbackups/{id}/export). */
+  exports: ExportService;
   /** Scheduled sample restores (HAVEN_SAMPLE_RESTORE_HOURS). */
   samples: SampleRestorer;
   /** Where the generated admin password was written (null when HAVEN_ADMIN_PASSWORD is set). */
@@ -180,10 +184,20 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     // A local repository is probed in its temp-file namespace (.tmp-*, which listings skip and the
     // store's cleanup removes); an S3 repository is not: a write there costs a billed request.
     const repositoryProbe = isS3Url(config.repositoryUrl) ? null : new CachedProbe(() => probeWritable(config.repositoryUrl, '.tmp-healthz-'));
+    const exports = new ExportService(backups, () => eng.imageSource(config.nbdCacheMib * 1024 * 1024), clock, {
+      listen: config.nbdListen,
+      publicHost: config.nbdPublicHost,
+      maxTtlSeconds: config.exportMaxHours * 3600,
+      tls: tls ? () => nbdTls : null,
+      overlayDir: path.join(config.dataDir, 'overlays'),
+      onError: (err, where) => log.warn({ err, where }, 'NBD export'),
+    });
+    let nbdTls = tls ? createSecureContext({ cert: tls.cert, key: tls.key }) : null!;
     const server = await buildServer({
       config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), servers: new ServerService(catalog, clock, config.availabilityZone), serverBackups, csbsPolicies, csbsTags: new CsbsTagService(catalog), metrics,
       quotas,
       agents,
+      exports,
       health: async () => {
         const parts: Record<string, string> = {};
         try {
@@ -229,11 +243,12 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     }
     const metricsServer = config.metricsPort ? buildMetricsServer(metrics) : null;
     return {
-      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, agents, samples, adminPasswordFile, adminPasswordShared,
+      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, agents, exports, samples, adminPasswordFile, adminPasswordShared,
       reloadTls() {
         if (!config.tlsCert) throw new AppError(ErrorCode.InvalidArgument, 'TLS is not configured (HAVEN_TLS_CERT, HAVEN_TLS_KEY)');
         const next = loadTlsFiles(config.tlsCert, config.tlsKey);
         (server.server as unknown as HttpsServer).setSecureContext({ cert: next.cert, key: next.key });
+        nbdTls = createSecureContext({ cert: next.cert, key: next.key });
         return next.describe;
       },
       metricsServer,
@@ -243,6 +258,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
         await scheduler.stop();
         await samples.stop();
         await server.close();
+        await exports.close();
         await metricsServer?.close();
         await r.stop();
         await eng.close();

@@ -8,6 +8,7 @@
 import { hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
+import { parseListen } from '../domain/listen.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { HOST_NAME_RE } from '../domain/host.ts';
 import type { S3Settings } from '../storage/open-store.ts';
@@ -76,6 +77,14 @@ export interface Config {
   /** `haven agent`: the control plane's URL and the file holding this host's agent token. */
   controlUrl: string;
   agentTokenFile: string;
+  /** Where backups exported over NBD are served (HOST:PORT, unix:PATH, or off). */
+  nbdListen: string;
+  /** The host name NBD URIs give clients (default: the listen address). */
+  nbdPublicHost: string;
+  /** Longest life of an export, in hours. */
+  exportMaxHours: number;
+  /** Decoded chunks the exports keep in memory, in MiB. */
+  nbdCacheMib: number;
 }
 
 type Kind = 'string' | 'int' | 'list' | 'bool';
@@ -130,6 +139,10 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'sampleRestoreHours', env: 'HAVEN_SAMPLE_RESTORE_HOURS', kind: 'int', default: '24', min: 0, max: 8760, help: 'every this many hours one random available backup is restored into a scratch file of the data folder and checked; a damaged one becomes error (0: never)' },
   { key: 'controlUrl', env: 'HAVEN_CONTROL_URL', kind: 'string', default: '', help: 'haven agent: the URL of the control plane (haven serve), e.g. https://haven.example:8080' },
   { key: 'agentTokenFile', env: 'HAVEN_AGENT_TOKEN_FILE', kind: 'string', default: '', help: 'haven agent: the file holding this host\'s agent token (haven agent token create --host NAME)' },
+  { key: 'nbdListen', env: 'HAVEN_NBD_LISTEN', kind: 'string', default: '127.0.0.1:10809', help: 'HOST:PORT (or unix:PATH) where backups exported through the API (POST .../cloudbackups/{id}/export) and live restores are served over NBD, started at the first export; with TLS (HAVEN_TLS_CERT) clients must use NBD_OPT_STARTTLS; off: no exports' },
+  { key: 'nbdPublicHost', env: 'HAVEN_NBD_PUBLIC_HOST', kind: 'string', default: '', help: 'the host name export URIs give clients (default: the HAVEN_NBD_LISTEN address; set it when that is 0.0.0.0 or behind NAT)' },
+  { key: 'exportMaxHours', env: 'HAVEN_EXPORT_MAX_HOURS', kind: 'int', default: '24', min: 1, max: 8760, help: 'longest life of an export (hours); a request may ask for less (expires_in)' },
+  { key: 'nbdCacheMib', env: 'HAVEN_NBD_CACHE_MIB', kind: 'int', default: '256', min: 16, max: 65536, help: 'decoded chunks kept in memory for exports and live restores (MiB)' },
   { key: 'bodyLimitBytes', env: 'HAVEN_BODY_LIMIT', kind: 'int', default: '1048576', min: 1024, help: 'largest request body accepted (bytes; larger: 413)' },
 ];
 
@@ -203,6 +216,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (config.tlsCert) {
     config.tlsCert = path.resolve(config.tlsCert);
     config.tlsKey = path.resolve(config.tlsKey);
+  }
+  if (config.nbdListen !== 'off') {
+    try {
+      parseListen(config.nbdListen);
+    } catch (err) {
+      throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_NBD_LISTEN: ${(err as Error).message} (or off)`);
+    }
   }
   if (config.s3Endpoint && !/^https?:\/\/[^/]+/.test(config.s3Endpoint)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_S3_ENDPOINT: expected http(s)://host[:port], got ${JSON.stringify(config.s3Endpoint)}`);
   return config;

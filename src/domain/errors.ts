@@ -84,6 +84,10 @@ export const ErrorCode = {
   AgentLost: 'AGENT_LOST',
   /** A work result from an agent session that no longer holds the work. */
   WorkNotHeld: 'WORK_NOT_HELD',
+  // Exports (a backup served as an NBD disk)
+  ExportNotFound: 'EXPORT_NOT_FOUND',
+  /** Exports are switched off (HAVEN_NBD_LISTEN=off) or their listener cannot start. */
+  ExportUnavailable: 'EXPORT_UNAVAILABLE',
   /** A failure that is not one of the above (a bug, or an error from a library that was not wrapped). */
   Internal: 'INTERNAL_ERROR',
 } as const;

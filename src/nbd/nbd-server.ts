@@ -23,6 +23,7 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import type { ImageExtent, ImagePiece } from '../engine/backup-image.ts';
+import type { ListenSpec } from '../domain/listen.ts';
 import {
   BASE_ALLOCATION,
   Cmd,
@@ -80,28 +81,15 @@ export interface NbdExports {
 }
 
 export interface NbdServerOptions {
-  /** With TLS, every client must NBD_OPT_STARTTLS before anything else (nothing is served in clear). */
-  tls?: tls.SecureContext;
+  /** With TLS, every client must NBD_OPT_STARTTLS before anything else (nothing is served in clear); a function is asked at each handshake (certificates reloaded). */
+  tls?: tls.SecureContext | (() => tls.SecureContext);
   /** Called with what went wrong on a connection (never with data). */
   onError?: (err: unknown, remote: string) => void;
   /** Called as devices open and close (for progress, metrics). */
   onConnection?: (event: 'open' | 'close', exportName: string, remote: string) => void;
 }
 
-export type ListenSpec = { host: string; port: number } | { path: string };
-
-/** Parses `HOST:PORT`, `[V6]:PORT`, `PORT` or `unix:PATH` (a listen address of the CLI and settings). */
-export function parseListen(spec: string): ListenSpec {
-  if (spec.startsWith('unix:')) {
-    const path = spec.slice(5);
-    if (!path) throw new AppError(ErrorCode.InvalidArgument, `listen address ${JSON.stringify(spec)} names no socket path`);
-    return { path };
-  }
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:]*)):(\d{1,5})$/.exec(spec) ?? /^()()(\d{1,5})$/.exec(spec);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || !(port >= 0 && port <= 65535)) throw new AppError(ErrorCode.InvalidArgument, `listen address ${JSON.stringify(spec)} is not HOST:PORT, PORT or unix:PATH`);
-  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
-}
+export { parseListen, type ListenSpec } from '../domain/listen.ts';
 
 /** Requests handled at once per connection; more wait in the socket. */
 const MAX_IN_FLIGHT = 64;
@@ -452,7 +440,8 @@ class Connection {
 
   private async startTls(): Promise<void> {
     const raw = this.sock;
-    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: this.opts.tls!, requestCert: false });
+    const ctx = this.opts.tls!;
+    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: typeof ctx === 'function' ? ctx() : ctx, requestCert: false });
     await new Promise<void>((resolve, reject) => {
       secure.once('secure', resolve);
       secure.once('error', reject);

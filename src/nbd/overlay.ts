@@ -16,6 +16,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsc, promises as fs } from 'node:fs';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import type { ImageExtent, ImagePiece } from '../engine/backup-image.ts';
@@ -65,7 +66,8 @@ export class CowOverlay implements NbdDevice {
     const blocks = Math.ceil(base.sizeBytes / OVERLAY_BLOCK);
     const bits = new Uint8Array(Math.ceil(blocks / 8));
     if (!opts.file) {
-      const dir = opts.dir ?? (await import('node:os')).tmpdir();
+      const dir = opts.dir ?? tmpdir();
+      if (opts.dir) await fs.mkdir(dir, { recursive: true, mode: 0o700 });
       const file = path.join(dir, `haven-overlay-${randomBytes(8).toString('hex')}.img`);
       let fh: fs.FileHandle;
       try {

@@ -8,6 +8,7 @@ import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { writeBackup, type BackupResult, type Progress } from '../engine/backup-writer.ts';
 import { collectGarbage, deleteBackup, type GcReport } from '../engine/garbage-collector.ts';
 import type { BackupManifest } from '../engine/manifest.ts';
+import { ImageSource } from '../engine/backup-image.ts';
 import { Repository } from '../engine/repository.ts';
 import { restoreBackup, type RestoreResult } from '../engine/restore-reader.ts';
 import { backupsUsingChunks, verifyRepository, type VerifyReport } from '../engine/verifier.ts';
@@ -31,6 +32,7 @@ export class BackupEngine {
   readonly repo: Repository;
   private readonly pool: ChunkWorkerPool;
   private gcRunning: Promise<GcReport> | null = null;
+  private images: ImageSource | null = null;
   private gcAgain = false;
   private readonly background = new Set<Promise<unknown>>();
 
@@ -55,6 +57,12 @@ export class BackupEngine {
       }
     }
     return new BackupEngine(repo, new ChunkWorkerPool(opts.threads, opts.nice === undefined ? {} : { nice: opts.nice }));
+  }
+
+  /** Random access to backups (exports, live restores): one chunk cache for the process. */
+  imageSource(cacheBytes: number): ImageSource {
+    this.images ??= new ImageSource(this.repo, this.pool, { cacheBytes });
+    return this.images;
   }
 
   async backup(sourcePath: string, opts: { guard?: VolumeFileGuard; format?: VolumeFormat; qmp?: { socket: string; node: string } | null; backupId: string; volume: { id: string; name: string }; previousId: string | null; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {

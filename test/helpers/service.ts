@@ -34,7 +34,7 @@ export interface TestService {
 
 export async function startService(temp: TempDirs, overrides: Partial<Config> = {}, opts: ComposeOptions = {}): Promise<TestService> {
   const dataDir = temp.make('svc');
-  const config = (): Config => loadConfig({}, { dataDir, adminPassword: ADMIN_PASSWORD, jobConcurrency: 2, ...overrides });
+  const config = (): Config => loadConfig({}, { dataDir, adminPassword: ADMIN_PASSWORD, jobConcurrency: 2, nbdListen: '127.0.0.1:0', ...overrides });
   let app = await composeApp(config(), { threads: 2, ...opts });
   const req = async (o: InjectOptions & { token?: string }): Promise<LightMyRequestResponse> => {
     const { token, ...rest } = o;
@@ -100,7 +100,7 @@ export async function startService(temp: TempDirs, overrides: Partial<Config> = 
     },
     async restart(o = {}, copts = {}) {
       await app.close();
-      app = await composeApp(loadConfig({}, { dataDir, adminPassword: ADMIN_PASSWORD, jobConcurrency: 2, ...overrides, ...o }), { threads: 2, ...opts, ...copts });
+      app = await composeApp(loadConfig({}, { dataDir, adminPassword: ADMIN_PASSWORD, jobConcurrency: 2, nbdListen: '127.0.0.1:0', ...overrides, ...o }), { threads: 2, ...opts, ...copts });
     },
     async close() {
       await app.close();

@@ -11,6 +11,8 @@ import type { RouteErrorCodes, ValidationCodes } from '../errors.ts';
 import type { ApiServices } from '../server.ts';
 import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { jobJson } from '../wire/vbs-wire.ts';
+import { millisZ } from '../wire/time.ts';
+import type { ExportInfo } from '../../services/export-service.ts';
 
 const UUID = UUID_RE.source;
 /** Tag keys and values: no ASCII control characters and none of = * < > \ , | / (vbs.md B1). */
@@ -67,6 +69,29 @@ const RESTORE_ERRORS: RouteErrorCodes = {
   [ErrorCode.VolumeInvalidState]: ['VolumeBackup.0205', 400],
   [ErrorCode.BackupNotOwned]: ['VolumeBackup.0042', 403],
 };
+const ExportBody = Type.Object({
+  export: Type.Optional(Type.Object({
+    expires_in: Type.Optional(Type.Integer({ minimum: 60, description: 'seconds until the export ends (default 3600; at most HAVEN_EXPORT_MAX_HOURS)' })),
+    writable: Type.Optional(Type.Boolean({ description: 'accept writes, each connection into its own copy-on-write overlay, discarded when it ends; the backup never changes' })),
+  }, { additionalProperties: false })),
+}, { additionalProperties: false });
+const EXPORT_VALIDATION: ValidationCodes = { fallback: 'VolumeBackup.0002' };
+const EXPORT_ERRORS: RouteErrorCodes = {
+  [ErrorCode.BackupNotFound]: ['VolumeBackup.0111', 404],
+  [ErrorCode.BackupInvalidState]: ['VolumeBackup.0089', 400],
+  [ErrorCode.ExportNotFound]: ['VolumeBackup.0111', 404],
+};
+const ExportJson = Type.Object({
+  id: Type.String(),
+  backup_id: Type.String(),
+  uri: Type.String({ description: 'nbd://host:port/<export name> (nbds:// when the service has TLS: NBD_OPT_STARTTLS)' }),
+  export_name: Type.String({ description: 'secret: whoever has it can read the backup until the export ends' }),
+  writable: Type.Boolean(),
+  tls: Type.Boolean(),
+  created_at: Type.String(),
+  expires_at: Type.String(),
+});
+const exportJson = (e: ExportInfo) => ({ id: e.id, backup_id: e.backupId, uri: e.uri, export_name: e.exportName, writable: e.writable, tls: e.tls, created_at: millisZ(e.createdAt)!, expires_at: millisZ(e.expiresAt)! });
 const JOB_ERRORS: RouteErrorCodes = { [ErrorCode.JobNotFound]: ['common.0011', 404] };
 const BackupParams = Type.Object({ projectId: PathParam, backupId: PathParam });
 const JobParams = Type.Object({ projectId: PathParam, jobId: PathParam });
@@ -97,6 +122,34 @@ export function registerVbsBackupRoutes(root: FastifyInstance, s: ApiServices): 
   }, async (req) => {
     const { job } = await s.backups.restoreBackup(pid(req), req.params.backupId, req.body.restore.volume_id);
     return { job_id: job.id };
+  });
+
+  // Haven extension: a backup served as an NBD disk (docs: README "Instant recovery").
+  const exportTags = ['haven extensions'];
+  app.post('/v2/:projectId/cloudbackups/:backupId/export', {
+    config: { ...base, validation: EXPORT_VALIDATION, errorCodes: { ...EXPORT_ERRORS, [ErrorCode.ExportUnavailable]: ['VolumeBackup.0900', 503] } },
+    // No body at all (curl -X POST) means the defaults.
+    preValidation: async (req: { body: unknown }) => {
+      req.body ??= {};
+    },
+    schema: { params: BackupParams, body: ExportBody, tags: exportTags, summary: 'Serve a backup as an NBD disk (Haven extension): an nbd:// URI with a secret export name, until it expires or is deleted', response: { 200: Type.Object({ export: ExportJson }) } },
+  }, async (req) => {
+    const e = await s.exports.create(pid(req), req.params.backupId, { expiresInSeconds: req.body?.export?.expires_in, writable: req.body?.export?.writable });
+    return { export: exportJson(e) };
+  });
+  app.get('/v2/:projectId/cloudbackups/:backupId/export', {
+    config: { ...base, errorCodes: EXPORT_ERRORS },
+    schema: { params: BackupParams, tags: exportTags, summary: 'The backup\'s exports (Haven extension)', response: { 200: Type.Object({ exports: Type.Array(ExportJson) }) } },
+  }, async (req) => {
+    await s.backups.getBackup(pid(req), req.params.backupId, { includeShared: true });
+    return { exports: s.exports.exportsOf(pid(req), req.params.backupId).map(exportJson) };
+  });
+  app.delete('/v2/:projectId/cloudbackups/:backupId/export', {
+    config: { ...base, errorCodes: EXPORT_ERRORS },
+    schema: { params: BackupParams, tags: exportTags, summary: 'End the backup\'s exports (Haven extension): their connections close; 204' },
+  }, async (req, reply) => {
+    await s.exports.end(pid(req), req.params.backupId);
+    return reply.code(204).send();
   });
 
   app.get('/v2/:projectId/cloudbackups/quota', { config: base, schema: { params: ProjectParams, tags, summary: 'Backup quotas (Q1)' } }, async (req) => {

@@ -9,7 +9,8 @@ import { AppError, ErrorCode } from '../../domain/errors.ts';
 import { ImageSource } from '../../engine/backup-image.ts';
 import { RepositoryLock } from '../../engine/locks.ts';
 import { RepositoryExports } from '../../nbd/backup-exports.ts';
-import { NbdServer, parseListen, type ListenSpec } from '../../nbd/nbd-server.ts';
+import { nbdUri, parseListen } from '../../domain/listen.ts';
+import { NbdServer } from '../../nbd/nbd-server.ts';
 import { formatBytes } from '../output.ts';
 import { openRepository, type RepoOptions } from '../repo-access.ts';
 import { checkBackupId, poolFromEnv, repoCommand } from './engine-commands.ts';
@@ -21,13 +22,6 @@ function parseCacheSize(v: string): number {
   if (!m) throw new AppError(ErrorCode.InvalidArgument, `--cache must be a size such as 256MiB, not ${JSON.stringify(v)}`);
   const u = (m[2] ?? 'm').toLowerCase()[0];
   return Number(m[1]) * (u === 'k' ? 1024 : u === 'g' ? 1024 ** 3 : u === 'm' ? 1024 ** 2 : 1);
-}
-
-/** An NBD URI for an export (what nbdinfo, nbdcopy and qemu-img take). */
-export function nbdUri(at: ListenSpec, name: string, tls = false): string {
-  if ('path' in at) return `nbd${tls ? 's' : ''}+unix:///${encodeURIComponent(name)}?socket=${encodeURIComponent(at.path)}`;
-  const host = at.host.includes(':') ? `[${at.host}]` : at.host;
-  return `nbd${tls ? 's' : ''}://${host}:${at.port}/${encodeURIComponent(name)}`;
 }
 
 export function registerNbdCommands(program: Command): void {

@@ -1,0 +1,183 @@
+/**
+ * Exports: a backup served to its project as an NBD disk (a Haven extension of the VBS API,
+ * `POST /v2/{project_id}/cloudbackups/{backup_id}/export`). Each export has a secret, random export
+ * name (the only thing that opens it: NBD has no other authentication), an expiry, and a read
+ * lock on the repository (GC's sweep waits, docs/design.md G6). Read-only, or writable into a
+ * copy-on-write overlay per connection (the backup never changes).
+ *
+ * Only the backup's project, or a project it is shared with, may export it; every new connection
+ * checks again that the backup is still available and still visible to that project, so a
+ * deleted backup or a revoked share ends access. Exports live in the process that made them (the
+ * URI names its NBD listener); they end with it.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import type { SecureContext } from 'node:tls';
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import type { Clock } from '../domain/clock.ts';
+import { nbdUri, parseListen, type ListenSpec } from '../domain/listen.ts';
+import { BackupImage, type ImageSource } from '../engine/backup-image.ts';
+import { RepositoryLock } from '../engine/locks.ts';
+import { imageDevice } from '../nbd/backup-exports.ts';
+import { NbdServer, type NbdDevice, type NbdExport, type NbdExports } from '../nbd/nbd-server.ts';
+import { CowOverlay } from '../nbd/overlay.ts';
+import type { BackupService } from './backup-service.ts';
+
+export interface ExportInfo {
+  id: string;
+  backupId: string;
+  projectId: string;
+  /** The secret export name. */
+  exportName: string;
+  uri: string;
+  writable: boolean;
+  tls: boolean;
+  createdAt: number;
+  expiresAt: number;
+}
+
+interface Held extends ExportInfo {
+  image: BackupImage;
+  lock: RepositoryLock;
+}
+
+export interface ExportServiceOptions {
+  /** HOST:PORT or unix:PATH, or 'off'. */
+  listen: string;
+  publicHost: string;
+  maxTtlSeconds: number;
+  /** The service's TLS (asked at each handshake: certificates reload). */
+  tls: (() => SecureContext) | null;
+  /** Where temporary overlays of writable exports go. */
+  overlayDir: string;
+  onError?: (err: unknown, where: string) => void;
+}
+
+export const DEFAULT_EXPORT_TTL_SECONDS = 3600;
+
+export class ExportService implements NbdExports {
+  private readonly backups: BackupService;
+  private readonly images: () => ImageSource;
+  private readonly clock: Clock;
+  private readonly opts: ExportServiceOptions;
+  private readonly held = new Map<string, Held>(); // by export name
+  private server: NbdServer | null = null;
+  private listening: Promise<ListenSpec> | null = null;
+  private sweeper: NodeJS.Timeout | null = null;
+
+  constructor(backups: BackupService, images: () => ImageSource, clock: Clock, opts: ExportServiceOptions) {
+    this.backups = backups;
+    this.images = images;
+    this.clock = clock;
+    this.opts = opts;
+  }
+
+  /** Starts the NBD listener once (the first export, or a live restore). */
+  async listener(): Promise<{ at: ListenSpec; server: NbdServer }> {
+    if (this.opts.listen === 'off') throw new AppError(ErrorCode.ExportUnavailable, 'Exports are switched off on this service (HAVEN_NBD_LISTEN=off).');
+    if (!this.listening) {
+      const server = new NbdServer(this, { ...(this.opts.tls ? { tls: this.opts.tls } : {}), ...(this.opts.onError ? { onError: (e, r) => this.opts.onError!(e, r) } : {}) });
+      this.listening = server.listen(parseListen(this.opts.listen)).then((at) => {
+        this.server = server;
+        return at;
+      });
+      this.listening.catch(() => (this.listening = null));
+      this.sweeper = setInterval(() => void this.sweep(), 5000);
+      this.sweeper.unref();
+    }
+    let at: ListenSpec;
+    try {
+      at = await this.listening;
+    } catch (err) {
+      throw new AppError(ErrorCode.ExportUnavailable, `The NBD listener cannot start on ${this.opts.listen}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}.`, { cause: err });
+    }
+    return { at, server: this.server! };
+  }
+
+  async create(projectId: string, backupId: string, req: { expiresInSeconds?: number | undefined; writable?: boolean | undefined }): Promise<ExportInfo> {
+    const ttl = req.expiresInSeconds ?? Math.min(DEFAULT_EXPORT_TTL_SECONDS, this.opts.maxTtlSeconds);
+    if (!Number.isInteger(ttl) || ttl < 60 || ttl > this.opts.maxTtlSeconds) throw new AppError(ErrorCode.InvalidArgument, `expires_in must be a whole number of seconds from 60 to ${this.opts.maxTtlSeconds}.`);
+    const b = await this.backups.getBackup(projectId, backupId, { includeShared: true });
+    if (b.status !== 'available') throw new AppError(ErrorCode.BackupInvalidState, `Backup ${backupId} is ${b.status}; only available backups can be exported.`);
+    const { at } = await this.listener();
+    const src = this.images();
+    const image = new BackupImage(src, await src.repo.readManifest(backupId));
+    const lock = await RepositoryLock.acquire(src.repo.store, 'read', { backupId });
+    const now = this.clock.now();
+    const exportName = randomBytes(32).toString('base64url');
+    const tls = this.opts.tls !== null;
+    const h: Held = {
+      id: randomUUID(), backupId, projectId, exportName, writable: req.writable === true, tls, createdAt: now, expiresAt: now + ttl * 1000,
+      uri: nbdUri(at, exportName, { tls, host: this.opts.publicHost }), image, lock,
+    };
+    this.held.set(exportName, h);
+    return info(h);
+  }
+
+  /** NBD_OPT_LIST: refused (export names are secrets). */
+  async list(): Promise<null> {
+    return null;
+  }
+
+  /** The project's exports of a backup. */
+  exportsOf(projectId: string, backupId: string): ExportInfo[] {
+    const now = this.clock.now();
+    return [...this.held.values()].filter((h) => h.projectId === projectId && h.backupId === backupId && h.expiresAt > now).map(info);
+  }
+
+  /** Ends the project's exports of a backup (their connections close); throws when there is none. */
+  async end(projectId: string, backupId: string): Promise<number> {
+    const mine = [...this.held.values()].filter((h) => h.projectId === projectId && h.backupId === backupId);
+    if (!mine.length) {
+      await this.backups.getBackup(projectId, backupId, { includeShared: true }); // 404 for a backup the project cannot see
+      throw new AppError(ErrorCode.ExportNotFound, `Backup ${backupId} has no export.`);
+    }
+    await this.drop(mine);
+    return mine.length;
+  }
+
+  private async drop(list: Held[]): Promise<void> {
+    for (const h of list) this.held.delete(h.exportName);
+    const names = new Set(list.map((h) => h.exportName));
+    await this.server?.disconnect((n) => names.has(n));
+    await Promise.all(list.map((h) => h.lock.release()));
+  }
+
+  /** Ends expired exports. */
+  async sweep(): Promise<void> {
+    const now = this.clock.now();
+    const gone = [...this.held.values()].filter((h) => h.expiresAt <= now);
+    if (gone.length) await this.drop(gone).catch((err: unknown) => this.opts.onError?.(err, 'export sweep'));
+  }
+
+  async find(name: string): Promise<NbdExport | null> {
+    const h = this.held.get(name);
+    if (!h) return null;
+    if (h.expiresAt <= this.clock.now()) {
+      await this.drop([h]);
+      return null;
+    }
+    // Still available, still the project's or shared with it (a revoked share, a deleted backup: no more).
+    const b = await this.backups.getBackup(h.projectId, h.backupId, { includeShared: true }).catch(() => null);
+    if (!b || b.status !== 'available') {
+      await this.drop([h]);
+      return null;
+    }
+    return {
+      name,
+      sizeBytes: h.image.sizeBytes,
+      readOnly: !h.writable,
+      multiConn: !h.writable,
+      open: (): Promise<NbdDevice> => (h.writable ? CowOverlay.open(imageDevice(h.image), { baseId: h.backupId, dir: this.opts.overlayDir }) : Promise.resolve(imageDevice(h.image))),
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.sweeper) clearInterval(this.sweeper);
+    await this.drop([...this.held.values()]);
+    await this.server?.close();
+  }
+}
+
+function info(h: Held): ExportInfo {
+  return { id: h.id, backupId: h.backupId, projectId: h.projectId, exportName: h.exportName, uri: h.uri, writable: h.writable, tls: h.tls, createdAt: h.createdAt, expiresAt: h.expiresAt };
+}
