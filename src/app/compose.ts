@@ -190,8 +190,10 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
       maxTtlSeconds: config.exportMaxHours * 3600,
       tls: tls ? () => nbdTls : null,
       overlayDir: path.join(config.dataDir, 'overlays'),
+      guardOf: (v) => files.guardOf(v),
       onError: (err, where) => log.warn({ err, where }, 'NBD export'),
     });
+    backups.live = config.localAgent ? exports : null;
     let nbdTls = tls ? createSecureContext({ cert: tls.cert, key: tls.key }) : null!;
     const server = await buildServer({
       config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), servers: new ServerService(catalog, clock, config.availabilityZone), serverBackups, csbsPolicies, csbsTags: new CsbsTagService(catalog), metrics,

@@ -18,7 +18,7 @@ export type JobType = (typeof JOB_TYPES)[number];
 export interface JobPayloads {
   bksCreateBackup: { backupId: string; volumeId: string; volumeName: string; checkReused?: boolean };
   bksDeleteBackup: { backupId: string };
-  bksRestoreBackup: { backupId: string; volumeId: string };
+  bksRestoreBackup: { backupId: string; volumeId: string; live?: boolean };
   csbsProtect: { itemId: string };
   csbsDelete: { itemId: string };
   csbsRestore: { itemId: string; restoreId: string; serverId: string; mapping: Array<{ backupId: string; volumeId: string }> };
@@ -64,7 +64,7 @@ const mapping: Check = (v) => Array.isArray(v) && v.every((m) => typeof m === 'o
 const PAYLOAD_FIELDS: { [T in JobType]: Record<keyof JobPayloads[T], Check> } = {
   bksCreateBackup: { backupId: str, volumeId: str, volumeName: (v) => typeof v === 'string', checkReused: optBool },
   bksDeleteBackup: { backupId: str },
-  bksRestoreBackup: { backupId: str, volumeId: str },
+  bksRestoreBackup: { backupId: str, volumeId: str, live: optBool },
   csbsProtect: { itemId: str },
   csbsDelete: { itemId: str },
   csbsRestore: { itemId: str, restoreId: str, serverId: str, mapping },

@@ -36,6 +36,7 @@ import { SlotPool } from './slot-pool.ts';
 import { StreamHasher } from './stream-hasher.ts';
 import { VolumeDigest } from './volume-digest.ts';
 import { quarantineQuietly, type QuarantineEntry } from './quarantine.ts';
+import { writeAll } from '../storage/file-io.ts';
 
 export interface RestoreOptions {
   pool?: ChunkWorkerPool;
@@ -618,12 +619,3 @@ async function checkWhole(repo: Repository, map: ChunkMap, manifest: BackupManif
   await Promise.all(Array.from({ length: Math.min(16, packs.length) }, worker));
   return kept;
 }
-
-async function writeAll(fh: fs.FileHandle, data: Uint8Array, position: number): Promise<void> {
-  let off = 0;
-  while (off < data.length) {
-    const { bytesWritten } = await fh.write(data, off, data.length - off, position + off);
-    off += bytesWritten;
-  }
-}
-

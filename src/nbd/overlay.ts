@@ -21,6 +21,7 @@ import * as path from 'node:path';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import type { ImageExtent, ImagePiece } from '../engine/backup-image.ts';
 import type { NbdDevice } from './nbd-server.ts';
+import { readAll, writeAll } from '../storage/file-io.ts';
 
 /** The overlay's block: what one bit of the bitmap stands for. */
 export const OVERLAY_BLOCK = 4096;
@@ -252,24 +253,4 @@ function parseMap(buf: Buffer, mapFile: string): { baseId: string; sizeBytes: nu
   }
   if (typeof head.baseId !== 'string' || typeof head.sizeBytes !== 'number' || typeof head.blockBytes !== 'number') throw bad();
   return { baseId: head.baseId, sizeBytes: head.sizeBytes, blockBytes: head.blockBytes, bits: buf.subarray(nl + 1) };
-}
-
-async function readAll(fh: fs.FileHandle, into: Uint8Array, position: number): Promise<void> {
-  let off = 0;
-  while (off < into.length) {
-    const { bytesRead } = await fh.read(into, off, into.length - off, position + off);
-    if (bytesRead === 0) {
-      into.fill(0, off);
-      return;
-    }
-    off += bytesRead;
-  }
-}
-
-async function writeAll(fh: fs.FileHandle, data: Uint8Array, position: number): Promise<void> {
-  let off = 0;
-  while (off < data.length) {
-    const { bytesWritten } = await fh.write(data, off, data.length - off, position + off);
-    off += bytesWritten;
-  }
 }

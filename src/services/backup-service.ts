@@ -10,6 +10,7 @@
 import { ProjectLock, type Catalog, type CatalogQueries } from '../catalog/catalog.ts';
 import type { BackupFilter, BackupPage } from '../catalog/backup-queries.ts';
 import type { Clock } from '../domain/clock.ts';
+import type { LiveRestore } from '../engine/live-restore.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { newHexId, newUuid } from '../domain/ids.ts';
 import { queuedJob, type Job, type JobOf, type JobPayloads, type JobType } from '../domain/job.ts';
@@ -61,6 +62,9 @@ export class BackupService {
   private readonly quotas: Quotas;
   private readonly events: BackupServiceEvents;
   private readonly log: { warn(o: object, m?: string): void; error(o: object, m?: string): void };
+
+  /** Live restores (the export service): set by the composition root. */
+  live: LiveSessions | null = null;
 
   constructor(catalog: Catalog, clock: Clock, engine: BackupEngine, quotas: Quotas, events: BackupServiceEvents, log: BackupService['log'], hosts: VolumeHosts) {
     this.hosts = hosts;
@@ -233,12 +237,18 @@ export class BackupService {
    * Queues a restore of a backup (own, or shared with this project) onto a volume of this project
    * that is at least as large.
    */
-  async restoreBackup(projectId: string, id: string, volumeId: string): Promise<{ job: Job; backup: Backup; volume: Volume }> {
+  async restoreBackup(projectId: string, id: string, volumeId: string, opts: { live?: boolean } = {}): Promise<{ job: Job; backup: Backup; volume: Volume }> {
+    const live = opts.live === true;
     const r = await this.catalog.transaction(async (c) => {
       const b = await visibleBackup(c, projectId, id);
       if (!b) throw new AppError(ErrorCode.BackupNotFound, `Backup ${id} could not be found.`);
       const v = await c.volumes.getVolume(projectId, volumeId);
       if (!v) throw new AppError(ErrorCode.VolumeNotFound, `Volume ${volumeId} could not be found.`);
+      if (this.live?.serving(v.id)) throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${v.id} is served by a live restore's export; end that export (DELETE .../cloudbackups/{backup_id}/export) first.`);
+      if (live) {
+        if (!this.live || !this.hosts.isLocal(v.host)) throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${v.id} is on host ${v.host ?? '?'}: a live restore needs a volume of this service's own host.`);
+        if (v.format !== 'raw' || v.qmp) throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${v.id} is ${v.qmp ? 'the disk of a running guest' : `a ${v.format} image`}: a live restore needs a raw volume (a file or block device).`);
+      }
       if (v.sizeBytes < b.sizeBytes) throw new AppError(ErrorCode.VolumeTooSmall, `Volume ${v.id} (${v.sizeGb} GB) is smaller than backup ${b.id} (${b.sizeGb} GB).`);
       if (await c.backups.countInStatus(v.id, ['creating'])) throw new AppError(ErrorCode.BackupInProgress, `Volume ${v.id} is being backed up; restore when the backup has finished.`);
       if (b.status !== 'available') throw new AppError(ErrorCode.BackupInvalidState, `Backup ${id} is ${b.status}; only available backups can be restored.`);
@@ -246,7 +256,7 @@ export class BackupService {
         throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${v.id} is ${v.status}; restores need an available volume (detach it first).`);
       }
       await c.backups.applyBackupEvent(id, 'restore', this.clock.now(), { onlyFrom: ['available'] });
-      const job = this.newJob(projectId, 'bksRestoreBackup', { backupId: id, volumeId: v.id }, { backup_id: id, volume_id: v.id, volume_name: v.name ?? '' });
+      const job = this.newJob(projectId, 'bksRestoreBackup', { backupId: id, volumeId: v.id, ...(live ? { live: true } : {}) }, { backup_id: id, volume_id: v.id, volume_name: v.name ?? '' });
       await c.jobs.insertJob(job);
       return { job, backup: b, volume: v };
     });
@@ -343,9 +353,23 @@ export class BackupService {
       catalog: this.catalog, clock: this.clock, engine: this.engine, hosts: this.hosts, events: this.events, log: this.log,
       collectGarbageSoon: () => this.collectGarbageSoon(),
       restoreVolumeNow: (backupId, volume, opts) => this.restoreVolumeNow(backupId, volume, opts),
+      live: () => this.live,
     };
     return { bksCreateBackup: createBackupJob(deps), bksDeleteBackup: deleteBackupJob(deps), bksRestoreBackup: restoreBackupJob(deps) };
   }
+}
+
+/**
+ * Live restores, as the restore job and the checks before a restore need them (the export
+ * service implements it: it serves the volume while the job copies).
+ */
+export interface LiveSessions {
+  /** The live restore a job copies into (opened by the request; waits for it briefly). */
+  session(jobId: string): Promise<LiveRestore>;
+  /** The job ended; a failed one's export ends. */
+  ended(jobId: string, ok: boolean): Promise<void>;
+  /** Whether a live restore's export serves the volume (another restore onto it would clash). */
+  serving(volumeId: string): boolean;
 }
 
 /** A unique-index violation, as SQLite and PostgreSQL report it. */

@@ -20,11 +20,18 @@ import { RepositoryLock } from '../engine/locks.ts';
 import { imageDevice } from '../nbd/backup-exports.ts';
 import { NbdServer, type NbdDevice, type NbdExport, type NbdExports } from '../nbd/nbd-server.ts';
 import { CowOverlay } from '../nbd/overlay.ts';
-import type { BackupService } from './backup-service.ts';
+import type { BackupService, LiveSessions } from './backup-service.ts';
+import { LiveRestore, type LiveProgress } from '../engine/live-restore.ts';
+import type { VolumeFileGuard } from '../engine/volume-file.ts';
+import type { Volume } from '../domain/model.ts';
 
 export interface ExportInfo {
   id: string;
   backupId: string;
+  /** A live restore's: the volume served. */
+  volumeId: string | null;
+  /** A live restore's progress. */
+  live: LiveProgress | null;
   projectId: string;
   /** The secret export name. */
   exportName: string;
@@ -38,6 +45,15 @@ export interface ExportInfo {
 interface Held extends ExportInfo {
   image: BackupImage;
   lock: RepositoryLock;
+  /** A live restore's export: the volume being restored, served as it fills. */
+  liveRestore?: { session: LiveRestore; volumeId: string; jobId: string };
+}
+
+/** A promise settled from outside (a live restore's session, awaited by its job). */
+interface Waiter {
+  promise: Promise<LiveRestore>;
+  resolve(s: LiveRestore): void;
+  reject(e: unknown): void;
 }
 
 export interface ExportServiceOptions {
@@ -49,12 +65,16 @@ export interface ExportServiceOptions {
   tls: (() => SecureContext) | null;
   /** Where temporary overlays of writable exports go. */
   overlayDir: string;
+  /** How a volume's file is checked on open (volume-file.ts). */
+  guardOf: (v: Volume) => VolumeFileGuard;
+  /** How long a live restore's job waits for the request to open its session. */
+  liveWaitMs?: number;
   onError?: (err: unknown, where: string) => void;
 }
 
 export const DEFAULT_EXPORT_TTL_SECONDS = 3600;
 
-export class ExportService implements NbdExports {
+export class ExportService implements NbdExports, LiveSessions {
   private readonly backups: BackupService;
   private readonly images: () => ImageSource;
   private readonly clock: Clock;
@@ -63,6 +83,7 @@ export class ExportService implements NbdExports {
   private server: NbdServer | null = null;
   private listening: Promise<ListenSpec> | null = null;
   private sweeper: NodeJS.Timeout | null = null;
+  private readonly waiters = new Map<string, Waiter>(); // live sessions by job id
 
   constructor(backups: BackupService, images: () => ImageSource, clock: Clock, opts: ExportServiceOptions) {
     this.backups = backups;
@@ -106,7 +127,7 @@ export class ExportService implements NbdExports {
     const exportName = randomBytes(32).toString('base64url');
     const tls = this.opts.tls !== null;
     const h: Held = {
-      id: randomUUID(), backupId, projectId, exportName, writable: req.writable === true, tls, createdAt: now, expiresAt: now + ttl * 1000,
+      id: randomUUID(), backupId, projectId, volumeId: null, live: null, exportName, writable: req.writable === true, tls, createdAt: now, expiresAt: now + ttl * 1000,
       uri: nbdUri(at, exportName, { tls, host: this.opts.publicHost }), image, lock,
     };
     this.held.set(exportName, h);
@@ -139,19 +160,28 @@ export class ExportService implements NbdExports {
     for (const h of list) this.held.delete(h.exportName);
     const names = new Set(list.map((h) => h.exportName));
     await this.server?.disconnect((n) => names.has(n));
-    await Promise.all(list.map((h) => h.lock.release()));
+    await Promise.all(list.map(async (h) => {
+      await h.liveRestore?.session.close().catch((err: unknown) => this.opts.onError?.(err, 'live restore close'));
+      await h.lock.release();
+    }));
   }
 
   /** Ends expired exports. */
   async sweep(): Promise<void> {
     const now = this.clock.now();
-    const gone = [...this.held.values()].filter((h) => h.expiresAt <= now);
+    const open = new Set(this.server?.connections().map((c) => c.exportName) ?? []);
+    // A live restore's export is a running VM's disk: it expires only once nobody is connected.
+    const gone = [...this.held.values()].filter((h) => h.expiresAt <= now && !(h.liveRestore && (open.has(h.exportName) || !h.liveRestore.session.finished)));
     if (gone.length) await this.drop(gone).catch((err: unknown) => this.opts.onError?.(err, 'export sweep'));
   }
 
   async find(name: string): Promise<NbdExport | null> {
     const h = this.held.get(name);
     if (!h) return null;
+    if (h.liveRestore) {
+      const session = h.liveRestore.session;
+      return { name, sizeBytes: session.sizeBytes, readOnly: false, multiConn: true, open: async () => liveDevice(session) };
+    }
     if (h.expiresAt <= this.clock.now()) {
       await this.drop([h]);
       return null;
@@ -171,13 +201,107 @@ export class ExportService implements NbdExports {
     };
   }
 
+  // ---- live restores ----
+
+  private waiter(jobId: string): Waiter {
+    let w = this.waiters.get(jobId);
+    if (!w) {
+      let resolve!: (s: LiveRestore) => void;
+      let reject!: (e: unknown) => void;
+      const promise = new Promise<LiveRestore>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      promise.catch(() => undefined);
+      w = { promise, resolve, reject };
+      this.waiters.set(jobId, w);
+    }
+    return w;
+  }
+
+  /**
+   * Opens a live restore of a backup onto a volume (its job queued, the volume restoring): the
+   * volume is emptied and served at once; the job then copies (session()). A failure fails the job.
+   */
+  async beginLive(projectId: string, backupId: string, volume: Volume, jobId: string): Promise<ExportInfo> {
+    const w = this.waiter(jobId);
+    try {
+      const { at } = await this.listener();
+      const src = this.images();
+      const image = new BackupImage(src, await src.repo.readManifest(backupId));
+      const lock = await RepositoryLock.acquire(src.repo.store, 'read', { backupId });
+      let session: LiveRestore;
+      try {
+        session = await LiveRestore.open(image, volume.path, { guard: this.opts.guardOf(volume), sizeBytes: volume.sizeBytes });
+      } catch (err) {
+        await lock.release();
+        throw err;
+      }
+      const now = this.clock.now();
+      const exportName = randomBytes(32).toString('base64url');
+      const tls = this.opts.tls !== null;
+      const h: Held = {
+        id: randomUUID(), backupId, projectId, volumeId: volume.id, live: null, exportName, writable: true, tls, createdAt: now, expiresAt: now + this.opts.maxTtlSeconds * 1000,
+        uri: nbdUri(at, exportName, { tls, host: this.opts.publicHost }), image, lock, liveRestore: { session, volumeId: volume.id, jobId },
+      };
+      this.held.set(exportName, h);
+      w.resolve(session);
+      return info(h);
+    } catch (err) {
+      w.reject(err);
+      throw err;
+    }
+  }
+
+  async session(jobId: string): Promise<LiveRestore> {
+    const w = this.waiter(jobId);
+    const wait = this.opts.liveWaitMs ?? 30_000;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      return await Promise.race([
+        w.promise,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new AppError(ErrorCode.Cancelled, 'the live restore was not opened (the service restarted after the request?): restore again')), wait);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async ended(jobId: string, ok: boolean): Promise<void> {
+    this.waiters.delete(jobId);
+    // A failed live restore's volume is not the backup: its export ends.
+    if (!ok) await this.drop([...this.held.values()].filter((h) => h.liveRestore?.jobId === jobId));
+  }
+
+  serving(volumeId: string): boolean {
+    for (const h of this.held.values()) if (h.liveRestore?.volumeId === volumeId) return true;
+    return false;
+  }
+
   async close(): Promise<void> {
+    for (const w of this.waiters.values()) w.reject(new AppError(ErrorCode.Cancelled, 'the service is stopping'));
+    this.waiters.clear();
     if (this.sweeper) clearInterval(this.sweeper);
     await this.drop([...this.held.values()]);
     await this.server?.close();
   }
 }
 
+/** The live session as one connection's device: shared, so a connection's end closes nothing. */
+function liveDevice(s: LiveRestore): NbdDevice {
+  return {
+    sizeBytes: s.sizeBytes,
+    read: (o, l, sig) => s.read(o, l, sig),
+    extents: (o, l) => s.extents(o, l),
+    write: (o, d) => s.write(o, d),
+    writeZeroes: (o, l) => s.writeZeroes(o, l),
+    flush: () => s.flush(),
+    close: async () => undefined,
+  };
+}
+
 function info(h: Held): ExportInfo {
-  return { id: h.id, backupId: h.backupId, projectId: h.projectId, exportName: h.exportName, uri: h.uri, writable: h.writable, tls: h.tls, createdAt: h.createdAt, expiresAt: h.expiresAt };
+  return { id: h.id, backupId: h.backupId, volumeId: h.volumeId, live: h.liveRestore ? h.liveRestore.session.progress() : null, projectId: h.projectId, exportName: h.exportName, uri: h.uri, writable: h.writable, tls: h.tls, createdAt: h.createdAt, expiresAt: h.expiresAt };
 }

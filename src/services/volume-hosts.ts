@@ -40,6 +40,11 @@ export class VolumeHosts {
     this.opts = { pollMs: 250, ...opts };
   }
 
+  /** Whether a volume's host is this process (which holds volumes itself). */
+  isLocal(host: string | null): boolean {
+    return this.local !== null && (host === null || host === this.opts.localName);
+  }
+
   /** The host of a volume (null: the control plane's own). */
   of(host: string | null): VolumeHost {
     if (host === null || host === this.opts.localName) {

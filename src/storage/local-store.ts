@@ -17,6 +17,7 @@ import * as path from 'node:path';
 import { alignedMemory } from './aligned-memory.ts';
 import { acceptsDirectIo, DIRECT_ALIGN, DIRECT_IO_AVAILABLE } from './direct-io.ts';
 import { assertValidKey, bodyParts, type Body, ObjectNotFoundError, type GetOptions, type ObjectInfo, type ObjectStore } from './object-store.ts';
+import { writeAll } from './file-io.ts';
 
 export class LocalObjectStore implements ObjectStore {
   readonly root: string;
@@ -283,15 +284,6 @@ export class LocalObjectStore implements ObjectStore {
 
 /** Below this, a part is not worth a second file handle (pack buffers are tens of MiB). */
 const MIN_DIRECT_BYTES = 1 << 20;
-
-/** Writes all of `data` at `pos` (a direct write is short only on error, which then throws). */
-async function writeAll(fh: fs.FileHandle, data: Uint8Array, pos: number): Promise<void> {
-  for (let done = 0; done < data.length; ) {
-    const { bytesWritten } = await fh.write(data, done, data.length - done, pos + done);
-    if (bytesWritten <= 0) throw Object.assign(new Error('direct write made no progress'), { code: 'EIO' });
-    done += bytesWritten;
-  }
-}
 
 /** writev in groups (IOV_MAX is 1024) from `pos`, resuming after short writes; returns the end. */
 async function writeParts(fh: fs.FileHandle, parts: readonly Uint8Array[], start = 0): Promise<number> {

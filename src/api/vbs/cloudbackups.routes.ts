@@ -58,7 +58,10 @@ const DELETE_ERRORS: RouteErrorCodes = {
   [ErrorCode.BackupInvalidState]: ['VolumeBackup.0102', 400],
   [ErrorCode.BackupNotOwned]: ['VolumeBackup.0042', 403],
 };
-const RestoreBody = Type.Object({ restore: Type.Object({ volume_id: Type.String({ minLength: 1, pattern: UUID }) }) });
+const RestoreBody = Type.Object({ restore: Type.Object({
+  volume_id: Type.String({ minLength: 1, pattern: UUID }),
+  live: Type.Optional(Type.Boolean({ description: 'Haven extension: the volume is usable at once, served over NBD (the answer\'s export) while the backup is copied into it; the copy never overwrites what the user writes' })),
+}) });
 const RESTORE_VALIDATION: ValidationCodes = { fallback: 'VolumeBackup.0210', paths: { '/restore/volume_id': { '*': 'VolumeBackup.0208' } } };
 const RESTORE_ERRORS: RouteErrorCodes = {
   [ErrorCode.BackupNotFound]: ['VolumeBackup.0111', 404],
@@ -90,8 +93,13 @@ const ExportJson = Type.Object({
   tls: Type.Boolean(),
   created_at: Type.String(),
   expires_at: Type.String(),
+  volume_id: Type.Union([Type.String(), Type.Null()], { description: 'a live restore\'s: the volume served' }),
+  live: Type.Union([Type.Object({ settled_bytes: Type.Integer(), written_bytes: Type.Integer(), total_bytes: Type.Integer() }), Type.Null()], { description: 'a live restore\'s progress: bytes in place (copied or written), bytes the user wrote, the volume\'s size' }),
 });
-const exportJson = (e: ExportInfo) => ({ id: e.id, backup_id: e.backupId, uri: e.uri, export_name: e.exportName, writable: e.writable, tls: e.tls, created_at: millisZ(e.createdAt)!, expires_at: millisZ(e.expiresAt)! });
+const exportJson = (e: ExportInfo) => ({
+  id: e.id, backup_id: e.backupId, uri: e.uri, export_name: e.exportName, writable: e.writable, tls: e.tls, created_at: millisZ(e.createdAt)!, expires_at: millisZ(e.expiresAt)!,
+  volume_id: e.volumeId, live: e.live ? { settled_bytes: e.live.settledBytes, written_bytes: e.live.writtenBytes, total_bytes: e.live.totalBytes } : null,
+});
 const JOB_ERRORS: RouteErrorCodes = { [ErrorCode.JobNotFound]: ['common.0011', 404] };
 const BackupParams = Type.Object({ projectId: PathParam, backupId: PathParam });
 const JobParams = Type.Object({ projectId: PathParam, jobId: PathParam });
@@ -117,11 +125,15 @@ export function registerVbsBackupRoutes(root: FastifyInstance, s: ApiServices): 
   app.delete('/v2/:projectId/cloudbackups/:backupId', { config: { ...base, errorCodes: DELETE_ERRORS }, schema: { params: BackupParams, tags, summary: 'Delete a backup (B2, old clients); returns a job' } }, del);
 
   app.post('/v2/:projectId/cloudbackups/:backupId/restore', {
-    config: { ...base, validation: RESTORE_VALIDATION, errorCodes: RESTORE_ERRORS },
+    config: { ...base, validation: RESTORE_VALIDATION, errorCodes: { ...RESTORE_ERRORS, [ErrorCode.ExportUnavailable]: ['VolumeBackup.0900', 503] } },
     schema: { params: BackupParams, body: RestoreBody, tags, summary: 'Restore a disk from a backup (B3); returns a job' },
   }, async (req) => {
-    const { job } = await s.backups.restoreBackup(pid(req), req.params.backupId, req.body.restore.volume_id);
-    return { job_id: job.id };
+    const live = req.body.restore.live === true;
+    const { job, volume } = await s.backups.restoreBackup(pid(req), req.params.backupId, req.body.restore.volume_id, { live });
+    if (!live) return { job_id: job.id };
+    // Served from now on; the job copies behind it (a failure here fails the job too).
+    const e = await s.exports.beginLive(pid(req), req.params.backupId, volume, job.id);
+    return { job_id: job.id, export: exportJson(e) };
   });
 
   // Haven extension: a backup served as an NBD disk (docs: README "Instant recovery").

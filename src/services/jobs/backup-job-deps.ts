@@ -3,7 +3,7 @@ import type { Catalog } from '../../catalog/catalog.ts';
 import type { Clock } from '../../domain/clock.ts';
 import type { Volume } from '../../domain/model.ts';
 import type { BackupEngine } from '../backup-engine.ts';
-import type { BackupServiceEvents } from '../backup-service.ts';
+import type { BackupServiceEvents, LiveSessions } from '../backup-service.ts';
 import type { VolumeHosts } from '../volume-hosts.ts';
 
 export interface BackupJobDeps {
@@ -18,6 +18,8 @@ export interface BackupJobDeps {
   collectGarbageSoon(): void;
   /** Writes a backup onto a volume's own file, checked on open; keeps a larger volume's size. */
   restoreVolumeNow(backupId: string, volume: Volume, opts: { signal: AbortSignal; jobId: string; onProgress: (done: number, total: number) => void }): Promise<void>;
+  /** Live restores (null: none in this process). */
+  live(): LiveSessions | null;
 }
 
 /** An error's message, for fail reasons. */

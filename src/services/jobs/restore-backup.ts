@@ -30,16 +30,34 @@ export function restoreBackupJob(d: BackupJobDeps): JobHandler<'bksRestoreBackup
       const p = job.payload;
       const v = await d.catalog.volumes.getVolumeById(p.volumeId);
       if (!v) throw new AppError(ErrorCode.VolumeNotFound, `volume ${p.volumeId} no longer exists`);
-      await d.restoreVolumeNow(p.backupId, v, { signal: ctx.signal, jobId: job.id, onProgress: (done, total) => ctx.progress(done, total) });
+      let entities = job.entities;
+      const live = p.live ? d.live() : null;
+      if (p.live) {
+        // Served since the request: the copy fills in behind the user's reads and writes.
+        if (!live) throw new AppError(ErrorCode.Internal, 'this process has no live restores');
+        const session = await live.session(job.id);
+        session.onProgress = (lp) => ctx.progress(lp.settledBytes, lp.totalBytes);
+        try {
+          const r = await session.run(ctx.signal);
+          entities = { ...entities, written_bytes: String(r.writtenBytes) };
+        } catch (err) {
+          await live.ended(job.id, false);
+          throw err;
+        }
+        await live.ended(job.id, true);
+      } else {
+        await d.restoreVolumeNow(p.backupId, v, { signal: ctx.signal, jobId: job.id, onProgress: (done, total) => ctx.progress(done, total) });
+      }
       const now = d.clock.now();
       await d.catalog.transaction(async (c) => {
         await c.backups.applyBackupEvent(p.backupId, 'finishRestore', now);
         await c.volumes.transitionVolume(p.volumeId, ['restoring-backup'], 'available', now);
       });
-      return job.entities;
+      return entities;
     },
     fail: async (job, err) => {
       const p = job.payload;
+      if (p.live) await d.live()?.ended(job.id, false);
       const reason = failureText(err) + (await damageNote(err, p.backupId));
       const now = d.clock.now();
       // A backup whose data proved damaged is marked error; otherwise it is intact and available again.

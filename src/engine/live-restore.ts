@@ -1,0 +1,282 @@
+/**
+ * LiveRestore: a restore whose target is usable at once. The volume is served (over NBD) while
+ * the backup is copied into it behind the user's back:
+ *
+ * - Per chunk of the backup, a bit says whether the target already holds its final bytes
+ *   ("settled"): copied from the backup, or written by the user.
+ * - A read takes settled chunks from the target and the others from the backup (BackupImage: the
+ *   same chunk cache, digest checks and read-ahead as an export).
+ * - A write into a chunk not yet settled first settles the parts of it the write does not cover
+ *   (from the backup), then writes; the chunk is settled from then on, and the background copy
+ *   never touches it again. A write and the copy of the same chunk exclude each other (a lock per
+ *   range of chunks), so the copy never overwrites a range the user has written.
+ * - The background copy (`run`) goes through the chunks in order, in batches, skipping settled
+ *   ones; holes are settled without writing on a fresh sparse file (truncated first, it reads as
+ *   zeros) and written as zeros on a block device.
+ * Every copied chunk is checked against its digest as it is decoded (format-2 manifests). When
+ * `run` ends, the target holds the backup plus the user's writes, flushed to stable storage, and
+ * I/O goes straight to the target from then on.
+ *
+ * A volume larger than the backup reads as zeros past the backup's end (settled from the start on
+ * a file; written on a device).
+ */
+import { constants as fsc, promises as fs } from 'node:fs';
+import { AppError, ErrorCode } from '../domain/errors.ts';
+import type { BackupImage, ImageExtent, ImagePiece } from './backup-image.ts';
+import { blockDeviceSize } from './volume-source.ts';
+import { openVolumeFile, type VolumeFileGuard } from './volume-file.ts';
+import { readAll, writeAll, writeZeros } from '../storage/file-io.ts';
+
+/** Chunks the background copy reads and writes at once. */
+const BATCH_CHUNKS = 64;
+
+export interface LiveProgress {
+  /** Bytes of the volume settled (copied or written by the user). */
+  settledBytes: number;
+  /** Bytes the user wrote through the live volume. */
+  writtenBytes: number;
+  totalBytes: number;
+}
+
+export class LiveRestore {
+  readonly image: BackupImage;
+  readonly sizeBytes: number;
+  private readonly chunk: number;
+  private readonly fh: fs.FileHandle;
+  private readonly blockDevice: boolean;
+  private readonly settled: Uint8Array;
+  private readonly chunks: number;
+  private settledCount = 0;
+  private writtenBytes = 0;
+  private readonly locks: { a: number; b: number; done: Promise<void> }[] = [];
+  private done = false;
+  private closed = false;
+  onProgress: ((p: LiveProgress) => void) | null = null;
+
+  private constructor(image: BackupImage, fh: fs.FileHandle, sizeBytes: number, blockDevice: boolean) {
+    this.image = image;
+    this.fh = fh;
+    this.sizeBytes = sizeBytes;
+    this.blockDevice = blockDevice;
+    this.chunk = image.chunkSize;
+    this.chunks = Math.ceil(sizeBytes / this.chunk);
+    this.settled = new Uint8Array(Math.ceil(this.chunks / 8));
+  }
+
+  /**
+   * Opens the target (a service volume's file through its guard: never a link or a swapped file;
+   * without a guard, a path the operator named) and empties it: a file is truncated to `sizeBytes`
+   * (at least the backup's), a block device must be large enough.
+   */
+  static async open(image: BackupImage, target: string, opts: { guard?: VolumeFileGuard; sizeBytes?: number } = {}): Promise<LiveRestore> {
+    const size = Math.max(image.sizeBytes, opts.sizeBytes ?? 0);
+    let fh: fs.FileHandle;
+    let blockDevice: boolean;
+    let rdev: number;
+    if (opts.guard) {
+      const opened = await openVolumeFile(target, fsc.O_RDWR, opts.guard);
+      fh = opened.fh;
+      blockDevice = opened.stat.isBlockDevice();
+      rdev = Number(opened.stat.rdev);
+    } else {
+      try {
+        fh = await fs.open(target, fsc.O_RDWR | fsc.O_CREAT, 0o600);
+      } catch (err) {
+        throw new AppError(ErrorCode.TargetUnwritable, `cannot write restore target ${target}: ${(err as Error).message}`, { cause: err });
+      }
+      const st = await fh.stat();
+      blockDevice = st.isBlockDevice();
+      rdev = st.rdev;
+    }
+    try {
+      if (blockDevice) {
+        const dev = await blockDeviceSize(rdev);
+        if (dev < image.sizeBytes) throw new AppError(ErrorCode.TargetUnwritable, `block device ${target} holds ${dev} bytes, the backup needs ${image.sizeBytes}`);
+      } else {
+        await fh.truncate(0);
+        await fh.truncate(size);
+      }
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+    const live = new LiveRestore(image, fh, blockDevice ? image.sizeBytes : size, blockDevice);
+    // A fresh file reads as zeros: past the backup's end it is settled already.
+    if (!blockDevice) for (let i = Math.ceil(image.sizeBytes / live.chunk); i < live.chunks; i++) live.settle(i);
+    return live;
+  }
+
+  private isSettled(i: number): boolean {
+    return (this.settled[i >> 3]! & (1 << (i & 7))) !== 0;
+  }
+
+  private settle(i: number): void {
+    if (this.isSettled(i)) return;
+    this.settled[i >> 3]! |= 1 << (i & 7);
+    this.settledCount++;
+  }
+
+  progress(): LiveProgress {
+    return { settledBytes: Math.min(this.sizeBytes, this.settledCount * this.chunk), writtenBytes: this.writtenBytes, totalBytes: this.sizeBytes };
+  }
+
+  get finished(): boolean {
+    return this.done;
+  }
+
+  /** Holds chunks [a, b) against other writers (the copy, user writes) while `fn` runs. */
+  private async locked<T>(a: number, b: number, fn: () => Promise<T>): Promise<T> {
+    for (;;) {
+      const clash = this.locks.find((l) => l.a < b && a < l.b);
+      if (!clash) break;
+      await clash.done;
+    }
+    let release!: () => void;
+    const entry = { a, b, done: new Promise<void>((r) => (release = r)) };
+    this.locks.push(entry);
+    try {
+      return await fn();
+    } finally {
+      this.locks.splice(this.locks.indexOf(entry), 1);
+      release();
+    }
+  }
+
+  /** Runs of settled / unsettled chunks over [offset, end). */
+  private runs(offset: number, end: number): { offset: number; length: number; settled: boolean }[] {
+    const out: { offset: number; length: number; settled: boolean }[] = [];
+    let i = Math.floor(offset / this.chunk);
+    while (i * this.chunk < end) {
+      const s = this.isSettled(i);
+      const from = Math.max(offset, i * this.chunk);
+      while (i * this.chunk < end && this.isSettled(i) === s) i++;
+      out.push({ offset: from, length: Math.min(end, i * this.chunk) - from, settled: s });
+    }
+    return out;
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (offset < 0 || length < 0 || offset + length > this.sizeBytes) throw new AppError(ErrorCode.InvalidArgument, `range ${offset}+${length} lies outside the volume (${this.sizeBytes} bytes)`);
+  }
+
+  async read(offset: number, length: number, signal?: AbortSignal): Promise<ImagePiece[]> {
+    this.checkRange(offset, length);
+    const parts = await Promise.all(
+      this.runs(offset, offset + length).map(async (r): Promise<ImagePiece[]> => {
+        if (r.settled) {
+          const data = Buffer.allocUnsafe(r.length);
+          await readAll(this.fh, data, r.offset);
+          return [{ offset: r.offset, length: r.length, data }];
+        }
+        return this.image.read(r.offset, r.length, signal);
+      }),
+    );
+    return parts.flat();
+  }
+
+  async extents(offset: number, length: number): Promise<ImageExtent[]> {
+    this.checkRange(offset, length);
+    const out: ImageExtent[] = [];
+    for (const r of this.runs(offset, offset + length)) {
+      for (const e of r.settled ? [{ offset: r.offset, length: r.length, hole: false }] : await this.image.extents(r.offset, r.length)) {
+        const last = out[out.length - 1];
+        if (last && last.hole === e.hole) last.length += e.length;
+        else out.push({ ...e });
+      }
+    }
+    return out;
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.checkRange(offset, data.length);
+    if (this.closed) throw new AppError(ErrorCode.Cancelled, 'the live volume is closed');
+    if (data.length === 0) return;
+    const end = offset + data.length;
+    const a = Math.floor(offset / this.chunk);
+    const b = Math.ceil(end / this.chunk);
+    await this.locked(a, b, async () => {
+      // Settle first the parts of the edge chunks this write leaves: the rest of them is the backup's.
+      for (const i of new Set([a, b - 1])) {
+        if (this.isSettled(i)) continue;
+        const s = i * this.chunk;
+        const e = Math.min(this.sizeBytes, s + this.chunk);
+        if (s >= offset && e <= end) continue;
+        await this.copyRange(s, e);
+      }
+      await writeAll(this.fh, data, offset);
+      for (let i = a; i < b; i++) this.settle(i);
+      this.writtenBytes += data.length;
+    });
+    this.report();
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    const piece = 1024 * 1024;
+    const z = new Uint8Array(Math.min(piece, length));
+    for (let at = 0; at < length; at += piece) await this.write(offset + at, z.subarray(0, Math.min(piece, length - at)));
+  }
+
+  async flush(): Promise<void> {
+    await this.fh.datasync();
+  }
+
+  /** Writes [s, e) of the backup into the target (zeros for holes on a device; a fresh file has them). */
+  private async copyRange(s: number, e: number, signal?: AbortSignal): Promise<void> {
+    const stop = Math.min(e, this.image.sizeBytes);
+    if (s < stop) {
+      for (const p of await this.image.read(s, stop - s, signal)) {
+        if (p.data) await writeAll(this.fh, p.data, p.offset);
+        else if (this.blockDevice) await writeZeros(this.fh, p.offset, p.length);
+      }
+    }
+    if (e > stop && this.blockDevice) await writeZeros(this.fh, Math.max(s, stop), e - Math.max(s, stop));
+  }
+
+  /**
+   * The background copy: every chunk not yet settled, in order, then a flush. Resolves once the
+   * target holds the whole backup (and the user's writes).
+   */
+  async run(signal?: AbortSignal): Promise<LiveProgress> {
+    for (let a = 0; a < this.chunks; a += BATCH_CHUNKS) {
+      if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new AppError(ErrorCode.Cancelled, 'live restore cancelled');
+      const b = Math.min(this.chunks, a + BATCH_CHUNKS);
+      let any = false;
+      for (let i = a; i < b && !any; i++) any = !this.isSettled(i);
+      if (!any) continue;
+      const s = a * this.chunk;
+      const e = Math.min(this.sizeBytes, b * this.chunk);
+      // Fetched outside the lock (user writes go on meanwhile), written under it, chunk by chunk
+      // where none was settled in between.
+      const pieces = s < this.image.sizeBytes ? await this.image.read(s, Math.min(e, this.image.sizeBytes) - s, signal) : [];
+      await this.locked(a, b, async () => {
+        for (const p of pieces) {
+          for (const r of this.runs(p.offset, p.offset + p.length)) {
+            if (r.settled) continue;
+            if (p.data) await writeAll(this.fh, p.data.subarray(r.offset - p.offset, r.offset - p.offset + r.length), r.offset);
+            else if (this.blockDevice) await writeZeros(this.fh, r.offset, r.length);
+          }
+        }
+        if (this.blockDevice && e > this.image.sizeBytes) {
+          for (const r of this.runs(Math.max(s, this.image.sizeBytes), e)) if (!r.settled) await writeZeros(this.fh, r.offset, r.length);
+        }
+        for (let i = a; i < b; i++) this.settle(i);
+      });
+      this.report();
+    }
+    await this.fh.sync();
+    this.done = true;
+    this.report();
+    return this.progress();
+  }
+
+  private report(): void {
+    this.onProgress?.(this.progress());
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const l of [...this.locks]) await l.done;
+    await this.fh.close();
+  }
+}
