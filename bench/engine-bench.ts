@@ -20,7 +20,9 @@
  * end prints one table per part and every goal as met, NOT met or not measured, with its figures.
  * Work files go to HAVEN_BENCH_DIR (default bench/work) and are removed at the end unless
  * HAVEN_BENCH_KEEP is set; HAVEN_BENCH_PEERS=restic (or none) limits the peers measured;
- * HAVEN_BENCH_PARTS (default local,s3,sparse) the parts run.
+ * - Instant-recovery part: the volume's backup served as a disk (`haven nbd`): first byte, nbdcopy
+ *   against `haven restore`, random 4 KiB reads cold and warm, a live restore (lib/instant-suite.ts).
+ * HAVEN_BENCH_PARTS (default local,s3,sparse,qemu,instant) the parts run.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -35,6 +37,7 @@ import { borgTool, ensurePeers, havenTool, resticTool, type Tool } from './lib/p
 import { runS3, type S3Result, type S3Row, type S3Step } from './lib/s3-suite.ts';
 import { QEMU_CHUNK, runQemu, type QemuResult, type QemuStep } from './lib/qemu-suite.ts';
 import { runSparse, SPARSE_FACTOR, type SparseResult } from './lib/sparse-suite.ts';
+import { runInstant, type InstantResult } from './lib/instant-suite.ts';
 import { generateVolume, randomStream } from './lib/volume-gen.ts';
 
 const GiB = 1024 ** 3;
@@ -87,7 +90,7 @@ async function main(): Promise<void> {
   const started = performance.now();
   const size = parseSize(process.env.HAVEN_BENCH_SIZE ?? '4GiB');
   const work = path.resolve(process.env.HAVEN_BENCH_DIR ?? path.join(root, 'bench', 'work'));
-  const parts = (process.env.HAVEN_BENCH_PARTS ?? 'local,s3,sparse,qemu').split(',');
+  const parts = (process.env.HAVEN_BENCH_PARTS ?? 'local,s3,sparse,qemu,instant').split(',');
   const wanted = (process.env.HAVEN_BENCH_PEERS ?? 'restic,borg').split(',');
   // On the second disk borg runs the full backup only by default (its goal; the rest is the table's),
   // which keeps the default run within about 25 minutes on two cores.
@@ -119,6 +122,7 @@ async function main(): Promise<void> {
   let s3: S3Result | undefined;
   let sparse: SparseResult | { error: string } | undefined;
   let qemu: QemuResult | undefined;
+  let instant: InstantResult | { error: string } | undefined;
   // How long each part took, so a user can tell what a smaller HAVEN_BENCH_SIZE or fewer parts buys.
   const took: string[] = [];
   let partStart = performance.now();
@@ -218,6 +222,17 @@ async function main(): Promise<void> {
     partDone('QEMU');
   }
 
+  if (parts.includes('instant')) {
+    console.log(`\ninstant-recovery part (the backup served as a disk: haven nbd, nbdcopy, a live restore)`);
+    try {
+      instant = await runInstant(path.join(work, 'instant'), pristine, size, node, cli);
+    } catch (err) {
+      instant = { error: (err as Error).message };
+      console.log(`  failed: ${oneLine(instant.error, 2000)}`);
+    }
+    partDone('instant recovery');
+  }
+
   console.log(`\n## Results (${(size / GiB).toFixed(2)} GiB volume; encryption on for every tool; ratios read "times better": >1x means Haven is better)\n`);
   for (const l of header) console.log(l);
   for (const d of disks) console.log(`disk ${d.label}: ${describeDisk(d.disk)}`);
@@ -226,7 +241,8 @@ async function main(): Promise<void> {
   if (s3?.rows.size) printS3Table(s3);
   if (sparse && !('error' in sparse)) console.log(`\nsparse: full backup (mean of two) of the ${mib(sparse.size)} volume ${sec(sparse.volumeMs)}, of the ${mib(sparse.sparseSize)} sparse volume with the same data ${sec(sparse.sparseMs)} (${(sparse.sparseMs / sparse.volumeMs).toFixed(2)}x)`);
   if (qemu && !qemu.error) printQemuTable(qemu);
-  printGoals(size, disks, s3, sparse, rss, qemu);
+  if (instant && !('error' in instant)) printInstantTable(instant);
+  printGoals(size, disks, s3, sparse, rss, qemu, instant);
   console.log(`\nbenchmark took ${((performance.now() - started) / 60000).toFixed(1)} min (${took.join(', ')})`);
   if (!process.env.HAVEN_BENCH_KEEP) await fs.rm(work, { recursive: true, force: true });
 }
@@ -344,9 +360,31 @@ function printQemuTable(q: QemuResult): void {
   if (q.big) console.log(`\nqcow2 of ${mib(q.big.virtualSize)} virtual size holding ${mib(q.big.dataBytes)}: full backup ${sec(q.big.bigMs)} (read ${mib(q.big.bigReadBytes)}), of a qcow2 of just that data ${sec(q.big.smallMs)} (${(q.big.bigMs / q.big.smallMs).toFixed(2)}x)`);
 }
 
-function printGoals(size: number, disks: DiskRun[], s3: S3Result | undefined, sparse: SparseResult | { error: string } | undefined, rss: RssRecord[], qemu?: QemuResult): void {
+function printInstantTable(r: InstantResult): void {
+  const mbs = (ms: number): string => `${(r.size / 1e6 / (ms / 1000)).toFixed(0)} MB/s`;
+  console.log(`\n### Instant recovery (${mib(r.size)} backup, encrypted repository)\n`);
+  console.log(md(['step', 'Haven', 'against', 'ratio']));
+  console.log(md(['---', '---', '---', '---']));
+  console.log(md(['first 4 KiB through NBD, from the spawn of haven nbd', `${r.firstByteMs.toFixed(0)} ms`, 'goal 1000 ms', `${(1000 / r.firstByteMs).toFixed(2)}x`]));
+  console.log(md(['sequential read: nbdcopy of the export to a file', `${sec(r.nbdcopyMs)} (${mbs(r.nbdcopyMs)})`, `haven restore ${sec(r.restoreMs)} (${mbs(r.restoreMs)})`, `${(r.restoreMs / r.nbdcopyMs).toFixed(2)}x of restore's throughput${r.identical ? ', identical' : ', DIFFERENT'}`]));
+  console.log(md(['random 4 KiB reads, 64 in flight, cold', `${r.cold.iops.toFixed(0)} IOPS, p50 ${r.cold.p50Ms.toFixed(1)} ms, p99 ${r.cold.p99Ms.toFixed(1)} ms`, '', '']));
+  console.log(md(['random 4 KiB reads, 64 in flight, warm', `${r.warm.iops.toFixed(0)} IOPS, p50 ${r.warm.p50Ms.toFixed(1)} ms, p99 ${r.warm.p99Ms.toFixed(1)} ms`, '', `${(r.warm.iops / r.cold.iops).toFixed(1)}x cold`]));
+  console.log(md(['live restore: volume usable (first read through NBD)', `${r.liveUsableMs.toFixed(0)} ms`, 'goal 2000 ms', `${(2000 / r.liveUsableMs).toFixed(2)}x`]));
+  console.log(md(['live restore: background copy to the end', sec(r.liveUsableMs + r.liveCopyMs), `haven restore ${sec(r.restoreMs)}`, `${((r.liveUsableMs + r.liveCopyMs) / r.restoreMs).toFixed(2)}x the restore's time${r.liveIdentical ? ', identical' : ', DIFFERENT'}`]));
+}
+
+function printGoals(size: number, disks: DiskRun[], s3: S3Result | undefined, sparse: SparseResult | { error: string } | undefined, rss: RssRecord[], qemu?: QemuResult, instant?: InstantResult | { error: string }): void {
   const goals: Goal[] = [];
   const add = (goal: string, ok: boolean | null, figures: string): void => void goals.push({ goal, status: ok === null ? 'not measured' : ok ? 'met' : 'NOT met', figures });
+  if (instant && 'error' in instant) add('instant-recovery goals', null, oneLine(instant.error));
+  else if (instant) {
+    add('instant: first byte through NBD < 1 s after haven nbd starts', instant.firstByteMs < 1000, `${instant.firstByteMs.toFixed(0)} ms`);
+    add('instant: nbdcopy of the export >= 80 % of haven restore\'s throughput', instant.restoreMs / instant.nbdcopyMs >= 0.8 && instant.identical, `${sec(instant.nbdcopyMs)} vs ${sec(instant.restoreMs)} (${((instant.restoreMs / instant.nbdcopyMs) * 100).toFixed(0)} %)${instant.identical ? '' : ', output DIFFERENT'}`);
+    add('instant: random 4 KiB reads reported (IOPS, p99), cold and warm', true, `cold ${instant.cold.iops.toFixed(0)} IOPS p99 ${instant.cold.p99Ms.toFixed(1)} ms; warm ${instant.warm.iops.toFixed(0)} IOPS p99 ${instant.warm.p99Ms.toFixed(1)} ms`);
+    add('instant: live restore usable in < 2 s', instant.liveUsableMs < 2000, `${instant.liveUsableMs.toFixed(0)} ms`);
+    const total = instant.liveUsableMs + instant.liveCopyMs;
+    add('instant: live restore\'s copy within 1.3x of a plain restore', total <= 1.3 * instant.restoreMs && instant.liveIdentical, `${sec(total)} vs ${sec(instant.restoreMs)} (${(total / instant.restoreMs).toFixed(2)}x)${instant.liveIdentical ? '' : ', output DIFFERENT'}`);
+  }
   if (qemu) {
     const h = qemu.haven;
     if (qemu.error || !h.full || !h.incremental) add('QEMU goals', null, oneLine(qemu.error ?? 'not run'));

@@ -31,6 +31,10 @@ import type { ChunkWorkerPool } from './worker-pool.ts';
 
 /** Bytes between two chunks of a pack read through rather than split into two requests. */
 const COALESCE_GAP = 256 * 1024;
+/** Sequential readers followed at once per image. */
+const MAX_STREAMS = 32;
+/** Raw bytes one decode task takes (tasks run in parallel on the chunk workers). */
+const DECODE_TASK_BYTES = 1024 * 1024;
 /** Index segments kept in memory per image (32 MiB each at most). */
 const MAX_SEGMENTS = 4;
 /** Default bytes of decoded chunks kept per image source. */
@@ -145,10 +149,8 @@ export class BackupImage {
   private readonly segments = new Map<number, Promise<Buffer>>();
   /** First chunk of each index segment, and one past the last. */
   private readonly segStarts: number[];
-  /** Where the last few requests ended (chunk numbers): a request starting there is sequential. */
-  private readonly streamEnds: number[] = [];
-  /** Read-ahead has been started up to here (chunk number, exclusive) for the stream ending there. */
-  private aheadTo = 0;
+  /** Sequential readers: where each one's last request ended and how far its read-ahead goes (chunk numbers). */
+  private readonly streams: { end: number; ahead: number }[] = [];
   private readonly what: string;
 
   constructor(src: ImageSource, manifest: BackupManifest) {
@@ -265,20 +267,24 @@ export class BackupImage {
   }
 
   /**
-   * Starts fetching the chunks after [a, b) when this request continues an earlier one: up to the
-   * source's read-ahead, topped up once half of it has been consumed.
+   * Starts fetching the chunks after [a, b) when this request continues an earlier one (a stream:
+   * nbdcopy reads several regions at once, one per connection): up to the source's read-ahead past
+   * the request, topped up once half of it has been consumed.
    */
   private readAhead(a: number, b: number): void {
-    const sequential = this.streamEnds.includes(a);
-    this.streamEnds.push(b);
-    if (this.streamEnds.length > 16) this.streamEnds.shift();
-    if (!sequential) return;
     const window = Math.max(1, Math.floor(this.src.readAheadBytes / this.chunkSize));
-    if (this.aheadTo > b + window / 2 && this.aheadTo <= b + window) return;
-    const from = Math.max(b, this.aheadTo > b && this.aheadTo <= b + window ? this.aheadTo : b);
+    const stream = this.streams.find((st) => st.end === a);
+    if (!stream) {
+      this.streams.push({ end: b, ahead: b });
+      if (this.streams.length > MAX_STREAMS) this.streams.shift();
+      return;
+    }
+    stream.end = b;
+    if (stream.ahead - b > window / 2) return;
+    const from = Math.max(stream.ahead, b);
     const to = Math.min(this.manifest.chunkCount, b + window);
     if (from >= to) return;
-    this.aheadTo = to;
+    stream.ahead = to;
     void this.digests(from, to)
       .then((spans) => this.load(spans))
       .catch(() => undefined); // a read-ahead that fails costs nothing: the real read reports it
@@ -389,32 +395,46 @@ export class BackupImage {
           const chunks = run.members.map((k) => ({ digest: digestHex(reads[k]!.n.digests, reads[k]!.n.at), packId: run.packId }));
           throw new AppError(ErrorCode.ChunkCorrupt, `pack ${run.packId} needed by ${this.what} is truncated`, { details: { chunks } });
         }
-        const out = new SharedArrayBuffer(run.members.reduce((s, k) => s + reads[k]!.rawLength, 0));
-        const task: number[] = [];
-        const expected = new Uint8Array(run.members.length * DIGEST_BYTES);
-        let pos = 0;
-        const places: number[] = [];
-        run.members.forEach((k, j) => {
-          const r = reads[k]!;
-          task.push(0, r.offset - run.start, r.length, r.rawLength, pos);
-          places.push(pos);
-          pos += r.rawLength;
-          expected.set(r.n.digests.subarray(r.n.at, r.n.at + DIGEST_BYTES), j * DIGEST_BYTES);
-        });
-        const check = this.manifest.formatVersion === 2 ? { digests: expected, digest: this.src.repo.chunkDigest } : undefined;
-        const bad = await this.src.pool.decodeInto({ bodies: [body], chunks: task, out, encKey: this.src.repo.keys?.encKey, check }, signal);
-        if (bad >= 0) {
-          const r = reads[run.members[bad]!]!;
-          const digest = digestHex(r.n.digests, r.n.at);
-          throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digest} of ${this.what} is damaged`, { details: { chunks: [{ digest, packId: run.packId }] } });
+        // Decoded in tasks of about DECODE_TASK_BYTES, in parallel on the workers; each task's
+        // chunks are handed out as soon as it is done.
+        const tasks: number[][] = [[]];
+        let taskBytes = 0;
+        for (const k of run.members) {
+          if (taskBytes >= DECODE_TASK_BYTES) {
+            tasks.push([]);
+            taskBytes = 0;
+          }
+          tasks[tasks.length - 1]!.push(k);
+          taskBytes += reads[k]!.rawLength;
         }
-        run.members.forEach((k, j) => {
-          const r = reads[k]!;
-          const data = new Uint8Array(out, places[j]!, r.rawLength);
-          this.src.remember(r.n.key, data);
-          r.n.resolve(data);
-        });
+        await Promise.all(tasks.map((members) => this.decode(body, run.start, run.packId, members.map((k) => reads[k]!), signal)));
       }),
     );
+  }
+
+  /** Decodes (and checks) chunks of one fetched span into new shared memory; each is remembered and handed out. */
+  private async decode(body: Uint8Array, spanStart: number, packId: string, reads: { n: { key: string; digests: Uint8Array; at: number; resolve: (d: Uint8Array) => void }; offset: number; length: number; rawLength: number }[], signal?: AbortSignal): Promise<void> {
+    const out = new SharedArrayBuffer(reads.reduce((n, r) => n + r.rawLength, 0));
+    const task: number[] = [];
+    const expected = new Uint8Array(reads.length * DIGEST_BYTES);
+    const places: number[] = [];
+    let pos = 0;
+    reads.forEach((r, j) => {
+      task.push(0, r.offset - spanStart, r.length, r.rawLength, pos);
+      places.push(pos);
+      pos += r.rawLength;
+      expected.set(r.n.digests.subarray(r.n.at, r.n.at + DIGEST_BYTES), j * DIGEST_BYTES);
+    });
+    const check = this.manifest.formatVersion === 2 ? { digests: expected, digest: this.src.repo.chunkDigest } : undefined;
+    const bad = await this.src.pool.decodeInto({ bodies: [body], chunks: task, out, encKey: this.src.repo.keys?.encKey, check }, signal);
+    if (bad >= 0) {
+      const digest = digestHex(reads[bad]!.n.digests, reads[bad]!.n.at);
+      throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digest} of ${this.what} is damaged`, { details: { chunks: [{ digest, packId }] } });
+    }
+    reads.forEach((r, j) => {
+      const data = new Uint8Array(out, places[j]!, r.rawLength);
+      this.src.remember(r.n.key, data);
+      r.n.resolve(data);
+    });
   }
 }

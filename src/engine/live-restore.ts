@@ -25,10 +25,12 @@ import { AppError, ErrorCode } from '../domain/errors.ts';
 import type { BackupImage, ImageExtent, ImagePiece } from './backup-image.ts';
 import { blockDeviceSize } from './volume-source.ts';
 import { openVolumeFile, type VolumeFileGuard } from './volume-file.ts';
-import { readAll, writeAll, writeZeros } from '../storage/file-io.ts';
+import { readAll, writeAll, writevAll, writeZeros } from '../storage/file-io.ts';
 
 /** Chunks the background copy reads and writes at once. */
 const BATCH_CHUNKS = 64;
+/** Batches the background copy fetches ahead of the one it writes. */
+const AHEAD = 4;
 
 export interface LiveProgress {
   /** Bytes of the volume settled (copied or written by the user). */
@@ -237,25 +239,51 @@ export class LiveRestore {
    * target holds the whole backup (and the user's writes).
    */
   async run(signal?: AbortSignal): Promise<LiveProgress> {
-    for (let a = 0; a < this.chunks; a += BATCH_CHUNKS) {
+    // Batches are fetched AHEAD at a time (decoded in parallel on the workers) and written in order.
+    const queue: { a: number; b: number; pieces: Promise<ImagePiece[]> }[] = [];
+    let next = 0;
+    const fill = (): void => {
+      while (queue.length < AHEAD && next < this.chunks) {
+        const a = next;
+        const b = Math.min(this.chunks, a + BATCH_CHUNKS);
+        next = b;
+        let any = false;
+        for (let i = a; i < b && !any; i++) any = !this.isSettled(i);
+        if (!any) continue;
+        const s = a * this.chunk;
+        const e = Math.min(this.sizeBytes, b * this.chunk);
+        // Fetched outside the lock (user writes go on meanwhile), written under it.
+        const pieces = s < this.image.sizeBytes ? this.image.read(s, Math.min(e, this.image.sizeBytes) - s, signal) : Promise.resolve([]);
+        pieces.catch(() => undefined);
+        queue.push({ a, b, pieces });
+      }
+    };
+    fill();
+    while (queue.length) {
       if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new AppError(ErrorCode.Cancelled, 'live restore cancelled');
-      const b = Math.min(this.chunks, a + BATCH_CHUNKS);
-      let any = false;
-      for (let i = a; i < b && !any; i++) any = !this.isSettled(i);
-      if (!any) continue;
+      const { a, b, pieces: pending } = queue.shift()!;
+      const pieces = await pending;
+      fill();
       const s = a * this.chunk;
       const e = Math.min(this.sizeBytes, b * this.chunk);
-      // Fetched outside the lock (user writes go on meanwhile), written under it, chunk by chunk
-      // where none was settled in between.
-      const pieces = s < this.image.sizeBytes ? await this.image.read(s, Math.min(e, this.image.sizeBytes) - s, signal) : [];
       await this.locked(a, b, async () => {
+        // Only where no chunk was settled meanwhile (by the user's writes); neighbours in one writev.
+        const runs: { offset: number; parts: Uint8Array[] }[] = [];
         for (const p of pieces) {
           for (const r of this.runs(p.offset, p.offset + p.length)) {
             if (r.settled) continue;
-            if (p.data) await writeAll(this.fh, p.data.subarray(r.offset - p.offset, r.offset - p.offset + r.length), r.offset);
-            else if (this.blockDevice) await writeZeros(this.fh, r.offset, r.length);
+            if (!p.data) {
+              if (this.blockDevice) await writeZeros(this.fh, r.offset, r.length);
+              continue;
+            }
+            const part = p.data.subarray(r.offset - p.offset, r.offset - p.offset + r.length);
+            const last = runs[runs.length - 1];
+            const lastEnd = last ? last.offset + last.parts.reduce((n, x) => n + x.length, 0) : -1;
+            if (last && lastEnd === r.offset) last.parts.push(part);
+            else runs.push({ offset: r.offset, parts: [part] });
           }
         }
+        for (const r of runs) await writevAll(this.fh, r.parts, r.offset);
         if (this.blockDevice && e > this.image.sizeBytes) {
           for (const r of this.runs(Math.max(s, this.image.sizeBytes), e)) if (!r.settled) await writeZeros(this.fh, r.offset, r.length);
         }

@@ -33,7 +33,7 @@ export class RepositoryExports implements NbdExports {
   private readonly src: ImageSource;
   private readonly opts: RepositoryExportsOptions;
   private readonly images = new Map<string, Promise<BackupImage>>();
-  private shared: { overlay: Promise<CowOverlay>; users: number } | null = null;
+  private kept: CowOverlay | null = null;
 
   constructor(src: ImageSource, opts: RepositoryExportsOptions = {}) {
     if (opts.overlayFile && (!opts.writable || opts.backupIds?.length !== 1)) throw new AppError(ErrorCode.InvalidArgument, '--overlay needs --writable and exactly one --backup');
@@ -74,20 +74,22 @@ export class RepositoryExports implements NbdExports {
     };
   }
 
+  /**
+   * Opens the kept overlay (--overlay) now, so that a file made over another backup, or no overlay
+   * at all, is refused before the server says it is ready. It stays open until close(): the
+   * connections share it, and one ending never closes it under the next.
+   */
+  async openKept(): Promise<void> {
+    const id = this.opts.backupIds?.[0];
+    if (!this.opts.overlayFile || !id || this.kept) return;
+    this.kept = await CowOverlay.open(imageDevice(await this.image(id)), { baseId: id, file: this.opts.overlayFile });
+  }
+
   private async open(id: string, image: BackupImage): Promise<NbdDevice> {
     if (!this.opts.writable) return imageDevice(image);
-    const base = imageDevice(image);
-    if (!this.opts.overlayFile) return CowOverlay.open(base, { baseId: id, ...(this.opts.overlayDir ? { dir: this.opts.overlayDir } : {}) });
-    // One kept overlay for every connection, closed (its map saved) when the last one ends.
-    if (!this.shared) {
-      const overlay = CowOverlay.open(base, { baseId: id, file: this.opts.overlayFile });
-      this.shared = { overlay, users: 0 };
-      overlay.catch(() => (this.shared = null));
-    }
-    const shared = this.shared;
-    const o = await shared.overlay;
-    shared.users++;
-    let closed = false;
+    if (!this.opts.overlayFile) return CowOverlay.open(imageDevice(image), { baseId: id, ...(this.opts.overlayDir ? { dir: this.opts.overlayDir } : {}) });
+    await this.openKept();
+    const o = this.kept!;
     return {
       sizeBytes: o.sizeBytes,
       read: (a, b, s) => o.read(a, b, s),
@@ -95,15 +97,16 @@ export class RepositoryExports implements NbdExports {
       write: (a, d) => o.write(a, d),
       writeZeroes: (a, b) => o.writeZeroes(a, b),
       flush: () => o.flush(),
-      close: async () => {
-        if (closed) return;
-        closed = true;
-        if (--shared.users === 0) {
-          if (this.shared === shared) this.shared = null;
-          await o.close();
-        } else await o.flush();
-      },
+      // A connection's end makes its writes durable (the map saved); the overlay stays open.
+      close: () => o.flush(),
     };
+  }
+
+  /** Closes the kept overlay (its map saved). */
+  async close(): Promise<void> {
+    const o = this.kept;
+    this.kept = null;
+    await o?.close();
   }
 
   async list(): Promise<string[]> {

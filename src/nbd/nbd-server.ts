@@ -222,9 +222,11 @@ export class NbdServer {
     await Promise.all([...this.conns].filter((c) => c.exportName !== null && which(c.exportName)).map((c) => c.end()));
   }
 
+  /** Stops listening and ends every connection (a listener's close alone would wait for the clients to leave). */
   async close(): Promise<void> {
-    await Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    const closed = Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     await Promise.all([...this.conns].map((c) => c.end()));
+    await closed;
   }
 }
 

@@ -31,3 +31,24 @@ export async function writeZeros(fh: fs.FileHandle, offset: number, length: numb
   zeroBlock ??= new Uint8Array(1024 * 1024);
   for (let at = 0; at < length; at += zeroBlock.length) await writeAll(fh, zeroBlock.subarray(0, Math.min(zeroBlock.length, length - at)), offset + at);
 }
+
+/** Writes `parts` back to back from `position` (one writev per call, continued after short writes). */
+export async function writevAll(fh: fs.FileHandle, parts: Uint8Array[], position: number): Promise<void> {
+  let rest = parts.filter((p) => p.length > 0);
+  let pos = position;
+  while (rest.length) {
+    const { bytesWritten } = await fh.writev(rest.slice(0, 1024), pos);
+    if (bytesWritten <= 0) throw Object.assign(new Error('write made no progress'), { code: 'EIO' });
+    pos += bytesWritten;
+    let n = bytesWritten;
+    while (n > 0 && rest.length) {
+      if (rest[0]!.length <= n) {
+        n -= rest[0]!.length;
+        rest = rest.slice(1);
+      } else {
+        rest = [rest[0]!.subarray(n), ...rest.slice(1)];
+        n = 0;
+      }
+    }
+  }
+}

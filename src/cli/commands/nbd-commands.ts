@@ -38,9 +38,16 @@ export function registerNbdCommands(program: Command): void {
       const ids = o.backup?.map(checkBackupId);
       if (o.overlay && !o.writable) throw new AppError(ErrorCode.InvalidArgument, '--overlay needs --writable');
       if (o.overlay && ids?.length !== 1) throw new AppError(ErrorCode.InvalidArgument, '--overlay needs exactly one --backup');
+      // A signal from here on stops the server cleanly (lock released, a kept overlay's map saved),
+      // also one sent as soon as the ready line is read, or during the start; once is enough.
+      const stopped = new Promise<void>((resolve) => {
+        process.on('SIGINT', () => resolve());
+        process.on('SIGTERM', () => resolve());
+      });
       const pool = poolFromEnv(); // its threads start while the key is derived
       let lock: RepositoryLock | null = null;
       let server: NbdServer | null = null;
+      let closeExports: (() => Promise<void>) | null = null;
       try {
         const repo = await openRepository(o);
         const src = new ImageSource(repo, pool, { cacheBytes });
@@ -49,6 +56,8 @@ export function registerNbdCommands(program: Command): void {
         const mapLoading = src.chunkMap(); // in the background: the first read needs it
         mapLoading.catch(() => undefined);
         const images = ids ? await Promise.all(ids.map((id) => exports.image(id))) : [];
+        closeExports = () => exports.close();
+        await exports.openKept();
         server = new NbdServer(exports, {
           onError: (err, remote) => process.stderr.write(`haven nbd: ${remote}: ${(err as Error).message}\n`),
         });
@@ -62,12 +71,10 @@ export function registerNbdCommands(program: Command): void {
           for (const i of images) process.stdout.write(`  ${nbdUri(at, i.manifest.id)}  ${formatBytes(i.sizeBytes)}  ${i.manifest.volume.name}\n`);
           if (!ids) process.stdout.write(`  every backup of the repository, by id: ${nbdUri(at, '<backup id>')}\n`);
         }
-        await new Promise<void>((resolve) => {
-          process.once('SIGINT', resolve);
-          process.once('SIGTERM', resolve);
-        });
+        await stopped;
       } finally {
         await server?.close();
+        await closeExports?.();
         await lock?.release();
         await pool.close();
       }

@@ -1,0 +1,179 @@
+/**
+ * The instant-recovery part: a backup of the benchmark volume served as a disk.
+ *
+ * - First byte: `haven nbd` is started and a client (Haven's NBD client, in this process) connects
+ *   as soon as the port answers and reads the first 4 KiB; the time counts from the spawn, so the
+ *   process start, the key derivation and the chunk map load are in it.
+ * - Sequential read: `nbdcopy` of the whole export into a file, against `haven restore` into a file
+ *   (both on the same disk, both writing holes as holes); their outputs are compared.
+ * - Random 4 KiB reads, 64 in flight on one connection, uniformly over the volume: cold (a fresh
+ *   server) and warm (the same offsets again), IOPS and latency percentiles.
+ * - Live restore: the engine's LiveRestore served by its NBD server in this process, from opening
+ *   the repository to the first 4 KiB read through NBD ("usable"), then the background copy to the
+ *   end; the volume is compared with `haven restore`'s output.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import { createServer } from 'node:net';
+import * as path from 'node:path';
+import { BackupImage, ImageSource } from '../../src/engine/backup-image.ts';
+import { LiveRestore } from '../../src/engine/live-restore.ts';
+import { Repository } from '../../src/engine/repository.ts';
+import { ChunkWorkerPool } from '../../src/engine/worker-pool.ts';
+import { NbdServer } from '../../src/nbd/nbd-server.ts';
+import { NbdClient } from '../../src/qemu/nbd-client.ts';
+import { openObjectStore } from '../../src/storage/open-store.ts';
+import { log, settle } from './local-suite.ts';
+import { BENCH_PASSWORD, havenTool, run } from './peers.ts';
+import { Prng } from './volume-gen.ts';
+
+const RANDOM_READS = 8192;
+const IN_FLIGHT = 64;
+
+export interface RandomReads {
+  iops: number;
+  p50Ms: number;
+  p99Ms: number;
+}
+
+export interface InstantResult {
+  size: number;
+  restoreMs: number;
+  firstByteMs: number;
+  nbdcopyMs: number;
+  identical: boolean;
+  cold: RandomReads;
+  warm: RandomReads;
+  liveUsableMs: number;
+  liveCopyMs: number;
+  liveIdentical: boolean;
+  error?: string;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts `haven nbd` and resolves, with the client connected, once the first 4 KiB arrived; the time counts from the spawn. */
+async function startServer(node: string, cli: string, repo: string, pwFile: string, id: string): Promise<{ child: ChildProcess; client: NbdClient; firstByteMs: number; port: number }> {
+  const port = await freePort();
+  const t0 = performance.now();
+  const child = spawn(node, [cli, 'nbd', '--repo', repo, '--password-file', pwFile, '--listen', `127.0.0.1:${port}`, '--backup', id], { stdio: ['ignore', 'ignore', 'inherit'] });
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`haven nbd exited with ${child.exitCode}`);
+    try {
+      const client = await NbdClient.connect({ host: '127.0.0.1', port, exportName: id, timeoutMs: 5000 });
+      const buf = new Uint8Array(4096);
+      await client.read(buf, 0);
+      return { child, client, firstByteMs: performance.now() - t0, port };
+    } catch (err) {
+      if (performance.now() - t0 > 60_000) throw err;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+}
+
+async function stopServer(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const done = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await done;
+}
+
+async function randomReads(client: NbdClient, offsets: number[]): Promise<RandomReads> {
+  const lat: number[] = [];
+  let next = 0;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: IN_FLIGHT }, async () => {
+      const buf = new Uint8Array(4096);
+      while (next < offsets.length) {
+        const off = offsets[next++]!;
+        const s = performance.now();
+        await client.read(buf, off);
+        lat.push(performance.now() - s);
+      }
+    }),
+  );
+  const ms = performance.now() - t0;
+  lat.sort((a, b) => a - b);
+  return { iops: offsets.length / (ms / 1000), p50Ms: lat[Math.floor(lat.length * 0.5)]!, p99Ms: lat[Math.floor(lat.length * 0.99)]! };
+}
+
+function sameFiles(a: string, b: string): boolean {
+  try {
+    execFileSync('cmp', ['-s', a, b]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function runInstant(work: string, pristine: string, size: number, node: string, cli: string): Promise<InstantResult> {
+  await fs.mkdir(work, { recursive: true });
+  const haven = havenTool(work, node, cli);
+  await haven.init();
+  const pwFile = path.join(work, 'haven-password');
+  const id = (await haven.backup(pristine)).id;
+  log(`backed up the volume as ${id}`);
+  settle(haven.repo);
+  const restored = await haven.restore(id, pristine, work);
+  log(`haven restore: ${(restored.ms / 1000).toFixed(2)} s`);
+
+  settle(haven.repo);
+  const first = await startServer(node, cli, haven.repo, pwFile, id);
+  await first.client.close();
+  log(`haven nbd: first 4 KiB read ${first.firstByteMs.toFixed(0)} ms after the spawn`);
+  const copied = path.join(work, 'nbdcopy.img');
+  const nc = await run('nbdcopy', [`nbd://127.0.0.1:${first.port}/${id}`, copied]);
+  await stopServer(first.child);
+  const identical = sameFiles(copied, restored.file);
+  log(`nbdcopy of the export: ${(nc.ms / 1000).toFixed(2)} s, ${identical ? 'identical to the restore' : 'DIFFERS from the restore'}`);
+  await fs.rm(copied, { force: true });
+
+  const prng = new Prng(42);
+  const offsets = Array.from({ length: RANDOM_READS }, () => Math.floor(prng.next() * (size / 4096)) * 4096);
+  settle(haven.repo);
+  const second = await startServer(node, cli, haven.repo, pwFile, id);
+  const cold = await randomReads(second.client, offsets);
+  const warm = await randomReads(second.client, offsets);
+  await second.client.close();
+  await stopServer(second.child);
+  log(`random 4 KiB reads, ${IN_FLIGHT} in flight: cold ${cold.iops.toFixed(0)} IOPS (p99 ${cold.p99Ms.toFixed(1)} ms), warm ${warm.iops.toFixed(0)} IOPS (p99 ${warm.p99Ms.toFixed(1)} ms)`);
+
+  // Live restore, in this process: from opening the repository to the first read through NBD.
+  settle(haven.repo);
+  const target = path.join(work, 'live.img');
+  const t0 = performance.now();
+  const repo = await Repository.open(await openObjectStore(haven.repo), { password: BENCH_PASSWORD });
+  const pool = new ChunkWorkerPool();
+  const image = new BackupImage(new ImageSource(repo, pool), await repo.readManifest(id));
+  const live = await LiveRestore.open(image, target);
+  const server = new NbdServer({
+    find: async (name) => (name === id ? { name, sizeBytes: live.sizeBytes, readOnly: false, multiConn: true, open: async () => ({ sizeBytes: live.sizeBytes, read: (o, l, s) => live.read(o, l, s), extents: (o, l) => live.extents(o, l), write: (o, d) => live.write(o, d), writeZeroes: (o, l) => live.writeZeroes(o, l), flush: () => live.flush(), close: async () => undefined }) } : null),
+    list: async () => [id],
+  });
+  const at = (await server.listen({ host: '127.0.0.1', port: 0 })) as { port: number };
+  const client = await NbdClient.connect({ host: '127.0.0.1', port: at.port, exportName: id });
+  await client.read(new Uint8Array(4096), 0);
+  const liveUsableMs = performance.now() - t0;
+  const c0 = performance.now();
+  await live.run();
+  const liveCopyMs = performance.now() - c0;
+  await client.close();
+  await server.close();
+  await live.close();
+  await pool.close();
+  const liveIdentical = sameFiles(target, restored.file);
+  log(`live restore: usable after ${liveUsableMs.toFixed(0)} ms, copied in ${(liveCopyMs / 1000).toFixed(2)} s, ${liveIdentical ? 'identical to the restore' : 'DIFFERS from the restore'}`);
+  await fs.rm(target, { force: true });
+  await fs.rm(restored.file, { force: true });
+  return { size, restoreMs: restored.ms, firstByteMs: first.firstByteMs, nbdcopyMs: nc.ms, identical, cold, warm, liveUsableMs, liveCopyMs, liveIdentical };
+}
