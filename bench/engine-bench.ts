@@ -367,8 +367,8 @@ function printInstantTable(r: InstantResult): void {
   console.log(md(['---', '---', '---', '---']));
   console.log(md(['first 4 KiB through NBD, from the spawn of haven nbd', `${r.firstByteMs.toFixed(0)} ms`, 'goal 1000 ms', `${(1000 / r.firstByteMs).toFixed(2)}x`]));
   console.log(md(['sequential read: nbdcopy of the export to a file', `${sec(r.nbdcopyMs)} (${mbs(r.nbdcopyMs)})`, `haven restore ${sec(r.restoreMs)} (${mbs(r.restoreMs)})`, `${(r.restoreMs / r.nbdcopyMs).toFixed(2)}x of restore's throughput${r.identical ? ', identical' : ', DIFFERENT'}`]));
-  console.log(md(['random 4 KiB reads, 64 in flight, cold', `${r.cold.iops.toFixed(0)} IOPS, p50 ${r.cold.p50Ms.toFixed(1)} ms, p99 ${r.cold.p99Ms.toFixed(1)} ms`, '', '']));
-  console.log(md(['random 4 KiB reads, 64 in flight, warm', `${r.warm.iops.toFixed(0)} IOPS, p50 ${r.warm.p50Ms.toFixed(1)} ms, p99 ${r.warm.p99Ms.toFixed(1)} ms`, '', `${(r.warm.iops / r.cold.iops).toFixed(1)}x cold`]));
+  console.log(md(['random 4 KiB reads, 64 in flight, cold (whole volume, fresh server)', `${r.cold.iops.toFixed(0)} IOPS, p50 ${r.cold.p50Ms.toFixed(1)} ms, p99 ${r.cold.p99Ms.toFixed(1)} ms`, '', '']));
+  console.log(md(['random 4 KiB reads, 64 in flight, warm (64 MiB region, cached)', `${r.warm.iops.toFixed(0)} IOPS, p50 ${r.warm.p50Ms.toFixed(1)} ms, p99 ${r.warm.p99Ms.toFixed(1)} ms`, '', `${(r.warm.iops / r.cold.iops).toFixed(1)}x cold`]));
   console.log(md(['live restore: volume usable (first read through NBD)', `${r.liveUsableMs.toFixed(0)} ms`, 'goal 2000 ms', `${(2000 / r.liveUsableMs).toFixed(2)}x`]));
   console.log(md(['live restore: background copy to the end', sec(r.liveUsableMs + r.liveCopyMs), `haven restore ${sec(r.restoreMs)}`, `${((r.liveUsableMs + r.liveCopyMs) / r.restoreMs).toFixed(2)}x the restore's time${r.liveIdentical ? ', identical' : ', DIFFERENT'}`]));
 }

@@ -142,7 +142,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'nbdListen', env: 'HAVEN_NBD_LISTEN', kind: 'string', default: '127.0.0.1:10809', help: 'HOST:PORT (or unix:PATH) where backups exported through the API (POST .../cloudbackups/{id}/export) and live restores are served over NBD, started at the first export; with TLS (HAVEN_TLS_CERT) clients must use NBD_OPT_STARTTLS; off: no exports' },
   { key: 'nbdPublicHost', env: 'HAVEN_NBD_PUBLIC_HOST', kind: 'string', default: '', help: 'the host name export URIs give clients (default: the HAVEN_NBD_LISTEN address; set it when that is 0.0.0.0 or behind NAT)' },
   { key: 'exportMaxHours', env: 'HAVEN_EXPORT_MAX_HOURS', kind: 'int', default: '24', min: 1, max: 8760, help: 'longest life of an export (hours); a request may ask for less (expires_in)' },
-  { key: 'nbdCacheMib', env: 'HAVEN_NBD_CACHE_MIB', kind: 'int', default: '256', min: 16, max: 65536, help: 'decoded chunks kept in memory for exports and live restores (MiB)' },
+  { key: 'nbdCacheMib', env: 'HAVEN_NBD_CACHE_MIB', kind: 'int', default: '128', min: 16, max: 65536, help: 'decoded chunks kept in memory for exports and live restores (MiB)' },
   { key: 'bodyLimitBytes', env: 'HAVEN_BODY_LIMIT', kind: 'int', default: '1048576', min: 1024, help: 'largest request body accepted (bytes; larger: 413)' },
 ];
 

@@ -26,6 +26,7 @@ import type { BackupManifest } from './manifest.ts';
 import { packKey } from './pack-format.ts';
 import { quarantineQuietly } from './quarantine.ts';
 import { ObjectNotFoundError } from '../storage/object-store.ts';
+import { ChunkCache, SpanBuffers, type CachedChunk } from './chunk-cache.ts';
 import type { Repository } from './repository.ts';
 import type { ChunkWorkerPool } from './worker-pool.ts';
 
@@ -34,13 +35,15 @@ const COALESCE_GAP = 256 * 1024;
 /** Sequential readers followed at once per image. */
 const MAX_STREAMS = 32;
 /** Raw bytes one decode task takes (tasks run in parallel on the chunk workers). */
-const DECODE_TASK_BYTES = 1024 * 1024;
+const DECODE_TASK_BYTES = 2 * 1024 * 1024;
+/** The longest pack range one fetch reads. */
+const MAX_SPAN_BYTES = 16 * 1024 * 1024;
 /** Index segments kept in memory per image (32 MiB each at most). */
 const MAX_SEGMENTS = 4;
 /** Default bytes of decoded chunks kept per image source. */
-export const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024;
+export const DEFAULT_CACHE_BYTES = 128 * 1024 * 1024;
 /** Default read-ahead of a sequential reader. */
-export const DEFAULT_READ_AHEAD_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_READ_AHEAD_BYTES = 8 * 1024 * 1024;
 
 /** A run of an image: data, or a hole (reads as zeros, nothing stored). */
 export interface ImageExtent {
@@ -56,6 +59,12 @@ export interface ImagePiece {
   data?: Uint8Array;
 }
 
+/** A read's pieces; their bytes stay valid until release() (the cache may then reuse them). */
+export interface ImageRead {
+  pieces: ImagePiece[];
+  release(): void;
+}
+
 /**
  * What the images of one repository share: the chunk map (reloaded at most once per GC, G6), the
  * worker pool and the chunk cache (bounded in bytes, least recently used first out).
@@ -64,18 +73,17 @@ export class ImageSource {
   readonly repo: Repository;
   readonly pool: ChunkWorkerPool;
   readonly readAheadBytes: number;
+  /** Decoded chunks, in a reused arena (chunk-cache.ts). */
+  readonly cache: ChunkCache;
+  /** Buffers fetched pack ranges are read into, reused. */
+  readonly spans = new SpanBuffers();
   private mapPromise: Promise<ChunkMap> | null = null;
   private mapGeneration = 0;
-  private readonly cache = new Map<string, Uint8Array>();
-  private cachedBytes = 0;
-  private readonly cacheBytes: number;
-  /** Chunks being fetched, by digest: a second reader waits for the first fetch. */
-  private readonly inflight = new Map<string, Promise<Uint8Array>>();
 
   constructor(repo: Repository, pool: ChunkWorkerPool, opts: { cacheBytes?: number; readAheadBytes?: number; map?: ChunkMap } = {}) {
     this.repo = repo;
     this.pool = pool;
-    this.cacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES;
+    this.cache = new ChunkCache(opts.cacheBytes ?? DEFAULT_CACHE_BYTES, repo.config.chunkSizeBytes);
     this.readAheadBytes = opts.readAheadBytes ?? DEFAULT_READ_AHEAD_BYTES;
     if (opts.map) this.mapPromise = Promise.resolve(opts.map);
   }
@@ -99,45 +107,6 @@ export class ImageSource {
       this.mapPromise = this.repo.loadChunkMap().then((r) => r.map);
     }
     await this.chunkMap();
-  }
-
-  cached(key: string): Uint8Array | undefined {
-    const hit = this.cache.get(key);
-    if (hit) {
-      this.cache.delete(key);
-      this.cache.set(key, hit);
-    }
-    return hit;
-  }
-
-  has(key: string): boolean {
-    return this.cache.has(key) || this.inflight.has(key);
-  }
-
-  waiting(key: string): Promise<Uint8Array> | undefined {
-    return this.inflight.get(key);
-  }
-
-  remember(key: string, data: Uint8Array): void {
-    if (this.cache.has(key)) return;
-    this.cache.set(key, data);
-    this.cachedBytes += data.length;
-    for (const [k, v] of this.cache) {
-      if (this.cachedBytes <= this.cacheBytes) break;
-      this.cache.delete(k);
-      this.cachedBytes -= v.length;
-    }
-  }
-
-  track(key: string, p: Promise<Uint8Array>): void {
-    this.inflight.set(key, p);
-    p.catch(() => undefined).finally(() => {
-      if (this.inflight.get(key) === p) this.inflight.delete(key);
-    });
-  }
-
-  stats(): { cachedBytes: number; cachedChunks: number } {
-    return { cachedBytes: this.cachedBytes, cachedChunks: this.cache.size };
   }
 }
 
@@ -229,40 +198,50 @@ export class BackupImage {
   }
 
   /**
-   * The bytes of [offset, offset + length) as pieces in order: views of decoded chunks (not to be
-   * changed: they are the cache's), and holes without data. Every stored chunk was checked against
-   * its digest when decoded.
+   * The bytes of [offset, offset + length) as pieces in order: views of decoded chunks (the
+   * cache's: not to be changed, and valid until release()), and holes without data. Every stored
+   * chunk was checked against its digest when decoded.
    */
-  async read(offset: number, length: number, signal?: AbortSignal): Promise<ImagePiece[]> {
+  async read(offset: number, length: number, signal?: AbortSignal): Promise<ImageRead> {
     this.checkRange(offset, length);
-    if (length === 0) return [];
+    if (length === 0) return { pieces: [], release: () => undefined };
     const end = offset + length;
     const a = Math.floor(offset / this.chunkSize);
     const b = Math.ceil(end / this.chunkSize);
     const spans = await this.digests(a, b);
     this.readAhead(a, b);
-    const chunks = await this.load(spans, signal);
-    const out: ImagePiece[] = [];
+    const chunks = await this.load(spans, true, signal);
+    const pieces: ImagePiece[] = [];
     for (let i = a; i < b; i++) {
       const s = Math.max(offset, i * this.chunkSize);
       const e = Math.min(end, i * this.chunkSize + this.chunkLength(i));
-      const data = chunks[i - a];
-      const last = out[out.length - 1];
-      if (!data) {
+      const c = chunks[i - a];
+      const last = pieces[pieces.length - 1];
+      if (!c) {
         if (last && !last.data) last.length += e - s;
-        else out.push({ offset: s, length: e - s });
+        else pieces.push({ offset: s, length: e - s });
       } else {
-        out.push({ offset: s, length: e - s, data: data.subarray(s - i * this.chunkSize, e - i * this.chunkSize) });
+        pieces.push({ offset: s, length: e - s, data: c.data.subarray(s - i * this.chunkSize, e - i * this.chunkSize) });
       }
     }
-    return out;
+    let released = false;
+    return {
+      pieces,
+      release: () => {
+        if (released) return;
+        released = true;
+        for (const c of chunks) if (c) this.src.cache.unpin(c.slot);
+      },
+    };
   }
 
   /** Reads [offset, offset + length) into `into` (holes as zeros). */
   async readInto(offset: number, into: Uint8Array, signal?: AbortSignal): Promise<void> {
-    for (const p of await this.read(offset, into.length, signal)) {
-      if (p.data) into.set(p.data, p.offset - offset);
-      else into.fill(0, p.offset - offset, p.offset - offset + p.length);
+    const r = await this.read(offset, into.length, signal);
+    try {
+      copyPieces(r.pieces, into, offset);
+    } finally {
+      r.release();
     }
   }
 
@@ -286,17 +265,19 @@ export class BackupImage {
     if (from >= to) return;
     stream.ahead = to;
     void this.digests(from, to)
-      .then((spans) => this.load(spans))
+      .then((spans) => this.load(spans, false))
       .catch(() => undefined); // a read-ahead that fails costs nothing: the real read reports it
   }
 
   /**
    * The decoded chunks of the given digest spans, in order (null: a hole): from the cache, from a
-   * fetch already running, or fetched now, neighbours in a pack together.
+   * fetch already running, or fetched now, neighbours in a pack together. With `pin`, every chunk
+   * returned is pinned for the caller (unpinned by its read's release()).
    */
-  private async load(spans: { first: number; digests: Uint8Array }[], signal?: AbortSignal): Promise<(Uint8Array | null)[]> {
-    const out: (Uint8Array | null | Promise<Uint8Array>)[] = [];
-    const need: { key: string; digests: Uint8Array; at: number; index: number; resolve: (d: Uint8Array) => void; reject: (e: unknown) => void }[] = [];
+  private async load(spans: { first: number; digests: Uint8Array }[], pin: boolean, signal?: AbortSignal): Promise<(CachedChunk | null)[]> {
+    const cache = this.src.cache;
+    const out: (CachedChunk | null | Promise<CachedChunk>)[] = [];
+    const need: Need[] = [];
     for (const { first, digests } of spans) {
       for (let k = 0; k * DIGEST_BYTES < digests.length; k++) {
         const at = k * DIGEST_BYTES;
@@ -305,33 +286,30 @@ export class BackupImage {
           continue;
         }
         const key = Buffer.from(digests.buffer, digests.byteOffset + at, DIGEST_BYTES).toString('base64');
-        const hit = this.src.cached(key) ?? this.src.waiting(key);
-        if (hit) {
-          out.push(hit);
+        const known = cache.take(key, pin);
+        if (known) {
+          out.push(known);
           continue;
         }
-        let resolve!: (d: Uint8Array) => void;
-        let reject!: (e: unknown) => void;
-        const p = new Promise<Uint8Array>((res, rej) => {
-          resolve = res;
-          reject = rej;
-        });
-        p.catch(() => undefined);
-        this.src.track(key, p);
-        need.push({ key, digests, at, index: first + k, resolve, reject });
-        out.push(p);
+        out.push(cache.begin(key, pin));
+        need.push({ key, digests, at, index: first + k });
       }
     }
     if (need.length) {
-      this.fetch(need, signal).catch((err: unknown) => {
-        for (const n of need) n.reject(err);
-      });
+      this.fetch(need, signal).catch((err: unknown) => cache.abandon([], need.map((n) => n.key), err));
     }
-    return Promise.all(out);
+    const settled = await Promise.allSettled(out);
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    const got = settled.map((r) => (r.status === 'fulfilled' ? r.value : null));
+    if (failed) {
+      if (pin) for (const c of got) if (c) cache.unpin(c.slot);
+      throw failed.reason;
+    }
+    return got;
   }
 
-  /** Fetches and decodes chunks not in the cache; each one's promise settles with it. */
-  private async fetch(need: { key: string; digests: Uint8Array; at: number; index: number; resolve: (d: Uint8Array) => void; reject: (e: unknown) => void }[], signal?: AbortSignal): Promise<void> {
+  /** Fetches and decodes chunks not in the cache; each one's waiters get it as it lands. */
+  private async fetch(need: Need[], signal?: AbortSignal): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       const { map, generation } = await this.src.chunkMap();
       try {
@@ -350,8 +328,8 @@ export class BackupImage {
     }
   }
 
-  private async fetchFrom(map: ChunkMap, need: { key: string; digests: Uint8Array; at: number; index: number; resolve: (d: Uint8Array) => void }[], signal?: AbortSignal): Promise<void> {
-    const reads = need.map((n) => {
+  private async fetchFrom(map: ChunkMap, need: Need[], signal?: AbortSignal): Promise<void> {
+    const reads: Read[] = need.map((n) => {
       const loc = map.get(n.digests, n.at);
       if (!loc) throw new AppError(ErrorCode.ChunkMissing, `chunk ${digestHex(n.digests, n.at)} of ${this.what} is missing from the repository`);
       const expect = this.chunkLength(n.index);
@@ -366,75 +344,133 @@ export class BackupImage {
       const q = reads[y]!;
       return p.packId < q.packId ? -1 : p.packId > q.packId ? 1 : p.offset - q.offset;
     });
-    const runs: { packId: string; start: number; end: number; members: number[] }[] = [];
+    const runs: { packId: string; start: number; end: number; members: Read[] }[] = [];
     for (const k of order) {
       const r = reads[k]!;
       const last = runs[runs.length - 1];
-      if (last && last.packId === r.packId && r.offset - last.end <= COALESCE_GAP) {
+      if (last && last.packId === r.packId && r.offset - last.end <= COALESCE_GAP && r.offset + r.length - last.start <= MAX_SPAN_BYTES) {
         last.end = Math.max(last.end, r.offset + r.length);
-        last.members.push(k);
-      } else runs.push({ packId: r.packId, start: r.offset, end: r.offset + r.length, members: [k] });
+        last.members.push(r);
+      } else runs.push({ packId: r.packId, start: r.offset, end: r.offset + r.length, members: [r] });
     }
     await Promise.all(
       runs.map(async (run) => {
-        // Read into shared memory, which the decode reads in place (nothing is transferred away).
+        // Read into a reused shared buffer, which the decode reads in place (nothing is transferred away).
         const len = run.end - run.start;
-        const into = new Uint8Array(new SharedArrayBuffer(len));
+        const buffer = this.src.spans.take(len);
+        const into = new Uint8Array(buffer, 0, len);
         let body: Uint8Array;
         try {
-          body = await this.src.repo.store.get(packKey(run.packId), { offset: run.start, length: len, into, ...(signal ? { signal } : {}) });
-        } catch (err) {
-          if (err instanceof ObjectNotFoundError) throw new AppError(ErrorCode.ChunkMissing, `pack ${run.packId} needed by ${this.what} is missing`, { cause: err });
-          throw err;
-        }
-        if (body.buffer !== into.buffer) {
-          into.set(body.subarray(0, Math.min(len, body.length)));
-          body = into.subarray(0, Math.min(len, body.length));
-        }
-        if (body.length < run.end - run.start) {
-          const chunks = run.members.map((k) => ({ digest: digestHex(reads[k]!.n.digests, reads[k]!.n.at), packId: run.packId }));
-          throw new AppError(ErrorCode.ChunkCorrupt, `pack ${run.packId} needed by ${this.what} is truncated`, { details: { chunks } });
-        }
-        // Decoded in tasks of about DECODE_TASK_BYTES, in parallel on the workers; each task's
-        // chunks are handed out as soon as it is done.
-        const tasks: number[][] = [[]];
-        let taskBytes = 0;
-        for (const k of run.members) {
-          if (taskBytes >= DECODE_TASK_BYTES) {
-            tasks.push([]);
-            taskBytes = 0;
+          try {
+            body = await this.src.repo.store.get(packKey(run.packId), { offset: run.start, length: len, into, ...(signal ? { signal } : {}) });
+          } catch (err) {
+            if (err instanceof ObjectNotFoundError) throw new AppError(ErrorCode.ChunkMissing, `pack ${run.packId} needed by ${this.what} is missing`, { cause: err });
+            throw err;
           }
-          tasks[tasks.length - 1]!.push(k);
-          taskBytes += reads[k]!.rawLength;
+          if (body.buffer !== buffer) {
+            into.set(body.subarray(0, Math.min(len, body.length)));
+            body = into.subarray(0, Math.min(len, body.length));
+          }
+          if (body.length < len) {
+            const chunks = run.members.map((r) => ({ digest: digestHex(r.n.digests, r.n.at), packId: run.packId }));
+            throw new AppError(ErrorCode.ChunkCorrupt, `pack ${run.packId} needed by ${this.what} is truncated`, { details: { chunks } });
+          }
+          // Decoded in tasks of about DECODE_TASK_BYTES, in parallel on the workers; each task's
+          // chunks are handed out as soon as it is done.
+          const tasks: Read[][] = [[]];
+          let taskBytes = 0;
+          for (const r of run.members) {
+            if (taskBytes >= DECODE_TASK_BYTES) {
+              tasks.push([]);
+              taskBytes = 0;
+            }
+            tasks[tasks.length - 1]!.push(r);
+            taskBytes += r.rawLength;
+          }
+          await Promise.all(tasks.map((members) => this.decode(body, run.start, run.packId, members, signal)));
+        } finally {
+          this.src.spans.give(buffer);
         }
-        await Promise.all(tasks.map((members) => this.decode(body, run.start, run.packId, members.map((k) => reads[k]!), signal)));
       }),
     );
   }
 
-  /** Decodes (and checks) chunks of one fetched span into new shared memory; each is remembered and handed out. */
-  private async decode(body: Uint8Array, spanStart: number, packId: string, reads: { n: { key: string; digests: Uint8Array; at: number; resolve: (d: Uint8Array) => void }; offset: number; length: number; rawLength: number }[], signal?: AbortSignal): Promise<void> {
-    const out = new SharedArrayBuffer(reads.reduce((n, r) => n + r.rawLength, 0));
+  /** Decodes (and checks) chunks of one fetched span into cache slots (else private memory); each lands in the cache. */
+  private async decode(body: Uint8Array, spanStart: number, packId: string, reads: Read[], signal?: AbortSignal): Promise<void> {
+    const cache = this.src.cache;
+    const fits = reads.every((r) => r.rawLength <= cache.slotBytes);
+    const slots = fits ? cache.allocate(reads.length) : null;
+    const out = slots ? cache.memory : new SharedArrayBuffer(reads.reduce((n, r) => n + r.rawLength, 0));
     const task: number[] = [];
     const expected = new Uint8Array(reads.length * DIGEST_BYTES);
     const places: number[] = [];
     let pos = 0;
     reads.forEach((r, j) => {
-      task.push(0, r.offset - spanStart, r.length, r.rawLength, pos);
-      places.push(pos);
+      const place = slots ? slots[j]! * cache.slotBytes : pos;
+      task.push(0, r.offset - spanStart, r.length, r.rawLength, place);
+      places.push(place);
       pos += r.rawLength;
       expected.set(r.n.digests.subarray(r.n.at, r.n.at + DIGEST_BYTES), j * DIGEST_BYTES);
     });
     const check = this.manifest.formatVersion === 2 ? { digests: expected, digest: this.src.repo.chunkDigest } : undefined;
-    const bad = await this.src.pool.decodeInto({ bodies: [body], chunks: task, out, encKey: this.src.repo.keys?.encKey, check }, signal);
+    let bad: number;
+    try {
+      bad = await this.src.pool.decodeInto({ bodies: [body], chunks: task, out, encKey: this.src.repo.keys?.encKey, check }, signal);
+    } catch (err) {
+      cache.abandon(slots ?? [], reads.map((r) => r.n.key), err);
+      throw err;
+    }
     if (bad >= 0) {
       const digest = digestHex(reads[bad]!.n.digests, reads[bad]!.n.at);
-      throw new AppError(ErrorCode.ChunkCorrupt, `chunk ${digest} of ${this.what} is damaged`, { details: { chunks: [{ digest, packId }] } });
+      const err = new AppError(ErrorCode.ChunkCorrupt, `chunk ${digest} of ${this.what} is damaged`, { details: { chunks: [{ digest, packId }] } });
+      cache.abandon(slots ?? [], reads.map((r) => r.n.key), err);
+      throw err;
     }
-    reads.forEach((r, j) => {
-      const data = new Uint8Array(out, places[j]!, r.rawLength);
-      this.src.remember(r.n.key, data);
-      r.n.resolve(data);
-    });
+    reads.forEach((r, j) => cache.land(r.n.key, slots ? slots[j]! : -1, new Uint8Array(out, places[j]!, r.rawLength)));
+  }
+}
+
+/** A chunk to fetch: its digest (key, and where in the index) and its place in the volume. */
+interface Need {
+  key: string;
+  digests: Uint8Array;
+  at: number;
+  index: number;
+}
+
+/** A chunk to fetch and where it lies in its pack. */
+interface Read {
+  n: Need;
+  packId: string;
+  offset: number;
+  length: number;
+  rawLength: number;
+}
+
+/**
+ * Reads of several ranges as one read (in order): the parts are read at once; if one fails, the
+ * others are released.
+ */
+export async function joinReads(parts: Promise<ImageRead>[]): Promise<ImageRead> {
+  const settled = await Promise.allSettled(parts);
+  const ok = settled.filter((r): r is PromiseFulfilledResult<ImageRead> => r.status === 'fulfilled').map((r) => r.value);
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    for (const r of ok) r.release();
+    throw failed.reason;
+  }
+  return { pieces: ok.flatMap((r) => r.pieces), release: () => ok.forEach((r) => r.release()) };
+}
+
+/** A read of bytes the caller owns (nothing to release). */
+export function ownedRead(pieces: ImagePiece[]): ImageRead {
+  return { pieces, release: () => undefined };
+}
+
+/** Copies pieces of a read that began at `offset` into `into` (holes as zeros). */
+export function copyPieces(pieces: readonly ImagePiece[], into: Uint8Array, offset: number): void {
+  for (const p of pieces) {
+    if (p.data) into.set(p.data, p.offset - offset);
+    else into.fill(0, p.offset - offset, p.offset - offset + p.length);
   }
 }

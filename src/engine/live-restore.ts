@@ -22,7 +22,7 @@
  */
 import { constants as fsc, promises as fs } from 'node:fs';
 import { AppError, ErrorCode } from '../domain/errors.ts';
-import type { BackupImage, ImageExtent, ImagePiece } from './backup-image.ts';
+import { joinReads, ownedRead, type BackupImage, type ImageExtent, type ImageRead } from './backup-image.ts';
 import { blockDeviceSize } from './volume-source.ts';
 import { openVolumeFile, type VolumeFileGuard } from './volume-file.ts';
 import { readAll, writeAll, writevAll, writeZeros } from '../storage/file-io.ts';
@@ -161,19 +161,18 @@ export class LiveRestore {
     if (offset < 0 || length < 0 || offset + length > this.sizeBytes) throw new AppError(ErrorCode.InvalidArgument, `range ${offset}+${length} lies outside the volume (${this.sizeBytes} bytes)`);
   }
 
-  async read(offset: number, length: number, signal?: AbortSignal): Promise<ImagePiece[]> {
+  async read(offset: number, length: number, signal?: AbortSignal): Promise<ImageRead> {
     this.checkRange(offset, length);
-    const parts = await Promise.all(
-      this.runs(offset, offset + length).map(async (r): Promise<ImagePiece[]> => {
+    return joinReads(
+      this.runs(offset, offset + length).map(async (r): Promise<ImageRead> => {
         if (r.settled) {
           const data = Buffer.allocUnsafe(r.length);
           await readAll(this.fh, data, r.offset);
-          return [{ offset: r.offset, length: r.length, data }];
+          return ownedRead([{ offset: r.offset, length: r.length, data }]);
         }
         return this.image.read(r.offset, r.length, signal);
       }),
     );
-    return parts.flat();
   }
 
   async extents(offset: number, length: number): Promise<ImageExtent[]> {
@@ -226,9 +225,14 @@ export class LiveRestore {
   private async copyRange(s: number, e: number, signal?: AbortSignal): Promise<void> {
     const stop = Math.min(e, this.image.sizeBytes);
     if (s < stop) {
-      for (const p of await this.image.read(s, stop - s, signal)) {
-        if (p.data) await writeAll(this.fh, p.data, p.offset);
-        else if (this.blockDevice) await writeZeros(this.fh, p.offset, p.length);
+      const r = await this.image.read(s, stop - s, signal);
+      try {
+        for (const p of r.pieces) {
+          if (p.data) await writeAll(this.fh, p.data, p.offset);
+          else if (this.blockDevice) await writeZeros(this.fh, p.offset, p.length);
+        }
+      } finally {
+        r.release();
       }
     }
     if (e > stop && this.blockDevice) await writeZeros(this.fh, Math.max(s, stop), e - Math.max(s, stop));
@@ -240,7 +244,7 @@ export class LiveRestore {
    */
   async run(signal?: AbortSignal): Promise<LiveProgress> {
     // Batches are fetched AHEAD at a time (decoded in parallel on the workers) and written in order.
-    const queue: { a: number; b: number; pieces: Promise<ImagePiece[]> }[] = [];
+    const queue: { a: number; b: number; pieces: Promise<ImageRead> }[] = [];
     let next = 0;
     const fill = (): void => {
       while (queue.length < AHEAD && next < this.chunks) {
@@ -253,16 +257,30 @@ export class LiveRestore {
         const s = a * this.chunk;
         const e = Math.min(this.sizeBytes, b * this.chunk);
         // Fetched outside the lock (user writes go on meanwhile), written under it.
-        const pieces = s < this.image.sizeBytes ? this.image.read(s, Math.min(e, this.image.sizeBytes) - s, signal) : Promise.resolve([]);
+        const pieces = s < this.image.sizeBytes ? this.image.read(s, Math.min(e, this.image.sizeBytes) - s, signal) : Promise.resolve(ownedRead([]));
         pieces.catch(() => undefined);
         queue.push({ a, b, pieces });
       }
     };
     fill();
+    try {
+      await this.copyQueued(queue, fill, signal);
+    } finally {
+      // Reads fetched ahead and not written (a failure, a cancel) give their chunks back.
+      for (const q of queue.splice(0)) void q.pieces.then((r) => r.release(), () => undefined);
+    }
+    await this.fh.sync();
+    this.done = true;
+    this.report();
+    return this.progress();
+  }
+
+  private async copyQueued(queue: { a: number; b: number; pieces: Promise<ImageRead> }[], fill: () => void, signal: AbortSignal | undefined): Promise<void> {
     while (queue.length) {
       if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new AppError(ErrorCode.Cancelled, 'live restore cancelled');
       const { a, b, pieces: pending } = queue.shift()!;
-      const pieces = await pending;
+      const got = await pending;
+      const pieces = got.pieces;
       fill();
       const s = a * this.chunk;
       const e = Math.min(this.sizeBytes, b * this.chunk);
@@ -288,13 +306,9 @@ export class LiveRestore {
           for (const r of this.runs(Math.max(s, this.image.sizeBytes), e)) if (!r.settled) await writeZeros(this.fh, r.offset, r.length);
         }
         for (let i = a; i < b; i++) this.settle(i);
-      });
+      }).finally(() => got.release());
       this.report();
     }
-    await this.fh.sync();
-    this.done = true;
-    this.report();
-    return this.progress();
   }
 
   private report(): void {

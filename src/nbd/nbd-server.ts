@@ -22,7 +22,7 @@
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
-import type { ImageExtent, ImagePiece } from '../engine/backup-image.ts';
+import type { ImageExtent, ImagePiece, ImageRead } from '../engine/backup-image.ts';
 import type { ListenSpec } from '../domain/listen.ts';
 import {
   BASE_ALLOCATION,
@@ -51,8 +51,8 @@ import {
 /** A disk as one connection sees it. */
 export interface NbdDevice {
   readonly sizeBytes: number;
-  /** The pieces of [offset, offset + length): data, or holes (zeros) without data. */
-  read(offset: number, length: number, signal?: AbortSignal): Promise<ImagePiece[]>;
+  /** The pieces of [offset, offset + length): data, or holes (zeros) without data; released once sent. */
+  read(offset: number, length: number, signal?: AbortSignal): Promise<ImageRead>;
   /** Data and holes over [offset, offset + length). */
   extents(offset: number, length: number): Promise<ImageExtent[]>;
   /** Present on writable devices only. */
@@ -294,9 +294,20 @@ class Connection {
   // ---- handshake ----
 
   private write(...parts: Uint8Array[]): void {
-    if (this.sock.destroyed) return;
+    this.writeThen(parts);
+  }
+
+  /** Writes `parts` together; `done` runs once the socket no longer needs them (sent, or failed). */
+  private writeThen(parts: Uint8Array[], done?: () => void): void {
+    if (this.sock.destroyed) {
+      done?.();
+      return;
+    }
     this.sock.cork();
-    for (const p of parts) this.sock.write(p);
+    for (let i = 0; i < parts.length; i++) {
+      if (i === parts.length - 1 && done) this.sock.write(parts[i]!, () => done());
+      else this.sock.write(parts[i]!);
+    }
     this.sock.uncork();
   }
 
@@ -530,9 +541,13 @@ class Connection {
         case Cmd.Read:
         case Cmd.Cache: {
           if (!inRange || length > MAX_REQUEST_BYTES) return this.replyError(type, cookie, Errno.EINVAL, 'request outside the export or too long');
-          const pieces = await dev.read(offset, length, this.abort.signal);
-          if (type === Cmd.Cache) return this.simple(cookie, 0);
-          return this.replyRead(cookie, offset, length, pieces, (flags & CmdFlag.Df) !== 0);
+          const r = await dev.read(offset, length, this.abort.signal);
+          if (type === Cmd.Cache) {
+            r.release();
+            return this.simple(cookie, 0);
+          }
+          // The pieces' bytes are the cache's: released once the socket has taken them.
+          return this.replyRead(cookie, offset, length, r.pieces, (flags & CmdFlag.Df) !== 0, () => r.release());
         }
         case Cmd.Write:
         case Cmd.WriteZeroes: {
@@ -609,7 +624,7 @@ class Connection {
    * A read's reply: structured, one OFFSET_DATA chunk per run of data and one OFFSET_HOLE per hole
    * (DF: one OFFSET_DATA with the holes' zeros); simple (no structured replies): all the bytes.
    */
-  private replyRead(cookie: Buffer, offset: number, length: number, pieces: ImagePiece[], df: boolean): void {
+  private replyRead(cookie: Buffer, offset: number, length: number, pieces: ImagePiece[], df: boolean, done: () => void): void {
     if (!this.structured || df) {
       const parts: Uint8Array[] = [];
       for (const p of pieces) parts.push(p.data ?? zeros(p.length));
@@ -617,11 +632,11 @@ class Connection {
         const h = Buffer.alloc(16);
         h.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
         cookie.copy(h, 8);
-        return this.write(h, ...parts);
+        return this.writeThen([h, ...parts], done);
       }
       const off = Buffer.alloc(8);
       off.writeBigUInt64BE(BigInt(offset));
-      return this.write(this.chunkHeader(ReplyFlagDone, ReplyType.OffsetData, cookie, 8 + length), off, ...parts);
+      return this.writeThen([this.chunkHeader(ReplyFlagDone, ReplyType.OffsetData, cookie, 8 + length), off, ...parts], done);
     }
     const out: Uint8Array[] = [];
     // Neighbouring data pieces go in one chunk.
@@ -646,7 +661,7 @@ class Connection {
       for (let k = i; k < j; k++) out.push(pieces[k]!.data!);
       i = j;
     }
-    this.write(...out);
+    this.writeThen(out, done);
   }
 }
 

@@ -19,7 +19,7 @@ import { constants as fsc, promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { AppError, ErrorCode } from '../domain/errors.ts';
-import type { ImageExtent, ImagePiece } from '../engine/backup-image.ts';
+import { copyPieces, joinReads, ownedRead, type ImageExtent, type ImageRead } from '../engine/backup-image.ts';
 import type { NbdDevice } from './nbd-server.ts';
 import { readAll, writeAll } from '../storage/file-io.ts';
 
@@ -30,7 +30,7 @@ const MAP_MAGIC = 'HAVEN-OVERLAY-1\n';
 /** What an overlay reads through to. */
 export interface OverlayBase {
   readonly sizeBytes: number;
-  read(offset: number, length: number, signal?: AbortSignal): Promise<ImagePiece[]>;
+  read(offset: number, length: number, signal?: AbortSignal): Promise<ImageRead>;
   extents(offset: number, length: number): Promise<ImageExtent[]>;
 }
 
@@ -145,16 +145,15 @@ export class CowOverlay implements NbdDevice {
     return out;
   }
 
-  async read(offset: number, length: number, signal?: AbortSignal): Promise<ImagePiece[]> {
-    const parts = await Promise.all(
-      this.runs(offset, offset + length).map(async (r): Promise<ImagePiece[]> => {
+  async read(offset: number, length: number, signal?: AbortSignal): Promise<ImageRead> {
+    return joinReads(
+      this.runs(offset, offset + length).map(async (r): Promise<ImageRead> => {
         if (!r.own) return this.base.read(r.offset, r.length, signal);
         const data = Buffer.allocUnsafe(r.length);
         await readAll(this.fh, data, r.offset);
-        return [{ offset: r.offset, length: r.length, data }];
+        return ownedRead([{ offset: r.offset, length: r.length, data }]);
       }),
     );
-    return parts.flat();
   }
 
   async extents(offset: number, length: number): Promise<ImageExtent[]> {
@@ -199,7 +198,12 @@ export class CowOverlay implements NbdDevice {
         const s = k * OVERLAY_BLOCK;
         const e = Math.min(this.sizeBytes, s + OVERLAY_BLOCK);
         if (s >= offset && e <= end) continue; // covered whole by the write
-        for (const p of await this.read(s, e - s)) if (p.data) buf.set(p.data, p.offset - start);
+        const r = await this.read(s, e - s);
+        try {
+          copyPieces(r.pieces, buf.subarray(s - start, e - start), s);
+        } finally {
+          r.release();
+        }
       }
       buf.set(data, offset - start);
     }

@@ -31,7 +31,7 @@ export function registerNbdCommands(program: Command): void {
     .option('--writable', 'accept writes, each connection into its own copy-on-write overlay (the backup is never changed); discarded when the connection ends')
     .option('--overlay <file>', 'with --writable and one --backup: keep the overlay in this file (and FILE.map), shared by all connections; an existing one is carried on')
     .option('--overlay-dir <dir>', 'where temporary overlays go (default: the system temporary folder)')
-    .option('--cache <size>', 'decoded chunks kept in memory', '256MiB')
+    .option('--cache <size>', 'decoded chunks kept in memory', '128MiB')
     .action(async (o: RepoOptions & { listen: string; backup?: string[]; writable?: boolean; overlay?: string; overlayDir?: string; cache: string; json?: boolean }) => {
       const listen = parseListen(o.listen);
       const cacheBytes = parseCacheSize(o.cache);
