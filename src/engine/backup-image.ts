@@ -27,6 +27,7 @@ import { packKey } from './pack-format.ts';
 import { quarantineQuietly } from './quarantine.ts';
 import { ObjectNotFoundError } from '../storage/object-store.ts';
 import { ChunkCache, SpanBuffers, type CachedChunk } from './chunk-cache.ts';
+import { PAGE_BYTES } from '../storage/aligned-memory.ts';
 import type { Repository } from './repository.ts';
 import type { ChunkWorkerPool } from './worker-pool.ts';
 
@@ -233,6 +234,14 @@ export class BackupImage {
         for (const c of chunks) if (c) this.src.cache.unpin(c.slot);
       },
     };
+  }
+
+  /**
+   * Whether a piece's bytes may be written with direct I/O (O_DIRECT): they lie in the cache's
+   * page-aligned arena at a page boundary (a chunk's start).
+   */
+  directWritable(data: Uint8Array): boolean {
+    return this.src.cache.aligned && data.buffer === this.src.cache.memory && data.byteOffset % PAGE_BYTES === 0;
   }
 
   /** Reads [offset, offset + length) into `into` (holes as zeros). */

@@ -15,6 +15,8 @@
  * pin is taken for it when the chunk lands.
  */
 
+import { alignedMemory } from '../storage/aligned-memory.ts';
+
 /** A chunk's decoded bytes; `slot` -1: private memory, not cached (nothing to unpin). */
 export interface CachedChunk {
   data: Uint8Array;
@@ -50,11 +52,23 @@ export class ChunkCache {
     for (let i = this.slots - 1; i >= 0; i--) this.free.push(i);
   }
 
-  /** The arena (allocated at the first fetch; its pages are touched as slots are first used). */
+  /**
+   * The arena (allocated at the first fetch; its pages are touched as slots are first used):
+   * page-aligned memory where it can be had (aligned-memory.ts), so that slots can be written to
+   * disk with direct I/O (a live restore).
+   */
   get memory(): SharedArrayBuffer {
-    this.arena ??= new SharedArrayBuffer(this.slots * this.slotBytes);
+    if (!this.arena) {
+      const n = this.slots * this.slotBytes;
+      const aligned = alignedMemory.acquireShared(n);
+      this.aligned = aligned !== null;
+      this.arena = aligned?.memory ?? new SharedArrayBuffer(n);
+    }
     return this.arena;
   }
+
+  /** Whether the arena is page-aligned (known once it is allocated). */
+  aligned = false;
 
   private view(slot: number): Uint8Array {
     return new Uint8Array(this.memory, slot * this.slotBytes, this.lengthOf[slot]!);
