@@ -194,6 +194,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
       onError: (err, where) => log.warn({ err, where }, 'NBD export'),
     });
     backups.live = config.localAgent ? exports : null;
+    volumes.servedLive = (id) => exports.serving(id);
     let nbdTls = tls ? createSecureContext({ cert: tls.cert, key: tls.key }) : null!;
     const server = await buildServer({
       config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), servers: new ServerService(catalog, clock, config.availabilityZone), serverBackups, csbsPolicies, csbsTags: new CsbsTagService(catalog), metrics,
@@ -260,9 +261,10 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
         await scheduler.stop();
         await samples.stop();
         await server.close();
-        await exports.close();
         await metricsServer?.close();
+        // Jobs first (a live restore's copy stops with its job), then the exports they served.
         await r.stop();
+        await exports.close();
         await eng.close();
         await catalog.close();
       },

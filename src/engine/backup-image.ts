@@ -211,7 +211,8 @@ export class BackupImage {
     const b = Math.ceil(end / this.chunkSize);
     const spans = await this.digests(a, b);
     this.readAhead(a, b);
-    const chunks = await this.load(spans, true, signal);
+    if (signal?.aborted) throw signal.reason;
+    const chunks = await this.load(spans, true);
     const pieces: ImagePiece[] = [];
     for (let i = a; i < b; i++) {
       const s = Math.max(offset, i * this.chunkSize);
@@ -283,10 +284,13 @@ export class BackupImage {
    * fetch already running, or fetched now, neighbours in a pack together. With `pin`, every chunk
    * returned is pinned for the caller (unpinned by its read's release()).
    */
-  private async load(spans: { first: number; digests: Uint8Array }[], pin: boolean, signal?: AbortSignal): Promise<(CachedChunk | null)[]> {
+  private async load(spans: { first: number; digests: Uint8Array }[], pin: boolean): Promise<(CachedChunk | null)[]> {
     const cache = this.src.cache;
     const out: (CachedChunk | null | Promise<CachedChunk>)[] = [];
     const need: Need[] = [];
+    // This fetch's token: only it lands or abandons the chunks it announced. It is shared by every
+    // reader that waits for them, so no one reader's abort (a client gone) stops it.
+    const owner = {};
     for (const { first, digests } of spans) {
       for (let k = 0; k * DIGEST_BYTES < digests.length; k++) {
         const at = k * DIGEST_BYTES;
@@ -300,12 +304,12 @@ export class BackupImage {
           out.push(known);
           continue;
         }
-        out.push(cache.begin(key, pin));
-        need.push({ key, digests, at, index: first + k });
+        out.push(cache.begin(key, pin, owner));
+        need.push({ key, digests, at, index: first + k, owner });
       }
     }
     if (need.length) {
-      this.fetch(need, signal).catch((err: unknown) => cache.abandon([], need.map((n) => n.key), err));
+      this.fetch(need).catch((err: unknown) => cache.abandon([], need.map((n) => n.key), err, owner));
     }
     const settled = await Promise.allSettled(out);
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -318,16 +322,19 @@ export class BackupImage {
   }
 
   /** Fetches and decodes chunks not in the cache; each one's waiters get it as it lands. */
-  private async fetch(need: Need[], signal?: AbortSignal): Promise<void> {
+  private async fetch(need: Need[]): Promise<void> {
+    let left = need;
     for (let attempt = 0; ; attempt++) {
       const { map, generation } = await this.src.chunkMap();
       try {
-        await this.fetchFrom(map, need, signal);
+        await this.fetchFrom(map, left);
         return;
       } catch (err) {
-        // G6: a GC that ran before this reader's lock may have moved the chunk; look once more.
+        // G6: a GC that ran before this reader's lock may have moved the chunk; look once more,
+        // for the chunks that have not landed.
         if (attempt === 0 && isAppError(err, ErrorCode.ChunkMissing)) {
           await this.src.reloadMap(generation);
+          left = left.filter((n) => this.src.cache.awaits(n.key, n.owner));
           continue;
         }
         const found = isAppError(err) ? (err.details?.chunks as { digest: string; packId: string }[] | undefined) : undefined;
@@ -337,7 +344,7 @@ export class BackupImage {
     }
   }
 
-  private async fetchFrom(map: ChunkMap, need: Need[], signal?: AbortSignal): Promise<void> {
+  private async fetchFrom(map: ChunkMap, need: Need[]): Promise<void> {
     const reads: Read[] = need.map((n) => {
       const loc = map.get(n.digests, n.at);
       if (!loc) throw new AppError(ErrorCode.ChunkMissing, `chunk ${digestHex(n.digests, n.at)} of ${this.what} is missing from the repository`);
@@ -362,7 +369,8 @@ export class BackupImage {
         last.members.push(r);
       } else runs.push({ packId: r.packId, start: r.offset, end: r.offset + r.length, members: [r] });
     }
-    await Promise.all(
+    // Every run settles before an error is reported (a retry must not race runs still decoding).
+    const results = await Promise.allSettled(
       runs.map(async (run) => {
         // Read into a reused shared buffer, which the decode reads in place (nothing is transferred away).
         const len = run.end - run.start;
@@ -371,7 +379,7 @@ export class BackupImage {
         let body: Uint8Array;
         try {
           try {
-            body = await this.src.repo.store.get(packKey(run.packId), { offset: run.start, length: len, into, ...(signal ? { signal } : {}) });
+            body = await this.src.repo.store.get(packKey(run.packId), { offset: run.start, length: len, into });
           } catch (err) {
             if (err instanceof ObjectNotFoundError) throw new AppError(ErrorCode.ChunkMissing, `pack ${run.packId} needed by ${this.what} is missing`, { cause: err });
             throw err;
@@ -396,16 +404,20 @@ export class BackupImage {
             tasks[tasks.length - 1]!.push(r);
             taskBytes += r.rawLength;
           }
-          await Promise.all(tasks.map((members) => this.decode(body, run.start, run.packId, members, signal)));
+          const decoded = await Promise.allSettled(tasks.map((members) => this.decode(body, run.start, run.packId, members)));
+          const bad = decoded.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+          if (bad) throw bad.reason;
         } finally {
           this.src.spans.give(buffer);
         }
       }),
     );
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 
   /** Decodes (and checks) chunks of one fetched span into cache slots (else private memory); each lands in the cache. */
-  private async decode(body: Uint8Array, spanStart: number, packId: string, reads: Read[], signal?: AbortSignal): Promise<void> {
+  private async decode(body: Uint8Array, spanStart: number, packId: string, reads: Read[]): Promise<void> {
     const cache = this.src.cache;
     const fits = reads.every((r) => r.rawLength <= cache.slotBytes);
     const slots = fits ? cache.allocate(reads.length) : null;
@@ -424,15 +436,15 @@ export class BackupImage {
     const check = this.manifest.formatVersion === 2 ? { digests: expected, digest: this.src.repo.chunkDigest } : undefined;
     let bad: number;
     try {
-      bad = await this.src.pool.decodeInto({ bodies: [body], chunks: task, out, encKey: this.src.repo.keys?.encKey, check }, signal);
+      bad = await this.src.pool.decodeInto({ bodies: [body], chunks: task, out, encKey: this.src.repo.keys?.encKey, check });
     } catch (err) {
-      cache.abandon(slots ?? [], reads.map((r) => r.n.key), err);
+      cache.abandon(slots ?? [], reads.map((r) => r.n.key), err, reads[0]!.n.owner);
       throw err;
     }
     if (bad >= 0) {
       const digest = digestHex(reads[bad]!.n.digests, reads[bad]!.n.at);
       const err = new AppError(ErrorCode.ChunkCorrupt, `chunk ${digest} of ${this.what} is damaged`, { details: { chunks: [{ digest, packId }] } });
-      cache.abandon(slots ?? [], reads.map((r) => r.n.key), err);
+      cache.abandon(slots ?? [], reads.map((r) => r.n.key), err, reads[0]!.n.owner);
       throw err;
     }
     reads.forEach((r, j) => cache.land(r.n.key, slots ? slots[j]! : -1, new Uint8Array(out, places[j]!, r.rawLength)));
@@ -442,6 +454,8 @@ export class BackupImage {
 /** A chunk to fetch: its digest (key, and where in the index) and its place in the volume. */
 interface Need {
   key: string;
+  /** The fetch that announced it (chunk-cache.ts). */
+  owner: object;
   digests: Uint8Array;
   at: number;
   index: number;

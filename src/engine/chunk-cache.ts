@@ -24,6 +24,8 @@ export interface CachedChunk {
 }
 
 interface Inflight {
+  /** The fetch that will land it (only that one may abandon it). */
+  owner: object;
   promise: Promise<CachedChunk>;
   resolve(c: CachedChunk): void;
   reject(e: unknown): void;
@@ -94,8 +96,11 @@ export class ChunkCache {
     return undefined;
   }
 
-  /** Announces a fetch of `key` (take() returned undefined); `pin`: the caller's pin is taken when it lands. */
-  begin(key: string, pin: boolean): Promise<CachedChunk> {
+  /**
+   * Announces a fetch of `key` by `owner` (take() returned undefined); `pin`: the caller's pin is
+   * taken when it lands.
+   */
+  begin(key: string, pin: boolean, owner: object): Promise<CachedChunk> {
     let resolve!: (c: CachedChunk) => void;
     let reject!: (e: unknown) => void;
     const promise = new Promise<CachedChunk>((res, rej) => {
@@ -103,8 +108,13 @@ export class ChunkCache {
       reject = rej;
     });
     promise.catch(() => undefined);
-    this.inflight.set(key, { promise, resolve, reject, pending: pin ? 1 : 0 });
+    this.inflight.set(key, { owner, promise, resolve, reject, pending: pin ? 1 : 0 });
     return promise;
+  }
+
+  /** Whether `owner`'s fetch of `key` has yet to land. */
+  awaits(key: string, owner: object): boolean {
+    return this.inflight.get(key)?.owner === owner;
   }
 
   /**
@@ -135,6 +145,15 @@ export class ChunkCache {
   land(key: string, slot: number, data: Uint8Array): void {
     const f = this.inflight.get(key);
     this.inflight.delete(key);
+    const cached = this.lru.get(key);
+    if (cached !== undefined && slot >= 0) {
+      // Landed twice (a fetch retried): the copy cached first stays; this slot goes back.
+      this.pins[slot] = 0;
+      this.free.push(slot);
+      this.pins[cached]! += f?.pending ?? 0;
+      f?.resolve({ data: this.view(cached), slot: cached });
+      return;
+    }
     if (slot >= 0) {
       this.lengthOf[slot] = data.length;
       this.keyOf[slot] = key;
@@ -144,15 +163,15 @@ export class ChunkCache {
     f?.resolve({ data, slot });
   }
 
-  /** Slots allocated for chunks that did not decode go back; their waiters get the error. */
-  abandon(slots: readonly number[], keys: readonly string[], err: unknown): void {
+  /** Slots allocated for chunks that did not decode go back; `owner`'s waiters of `keys` get the error. */
+  abandon(slots: readonly number[], keys: readonly string[], err: unknown, owner: object): void {
     for (const s of slots) {
       this.pins[s] = 0;
       if (this.keyOf[s] === null) this.free.push(s);
     }
     for (const k of keys) {
       const f = this.inflight.get(k);
-      if (!f) continue;
+      if (!f || f.owner !== owner) continue;
       this.inflight.delete(k);
       f.reject(err);
     }

@@ -28,8 +28,8 @@ import { openVolumeFile, reopenSame, type VolumeFileGuard } from './volume-file.
 import { acceptsDirectIo, DIRECT_ALIGN } from '../storage/direct-io.ts';
 import { readAll, writeAll, writevAll, writeZeros } from '../storage/file-io.ts';
 
-/** Chunks the background copy reads and writes at once. */
-const BATCH_CHUNKS = 64;
+/** Bytes the background copy reads and writes at once (whole chunks, at least one). */
+const BATCH_BYTES = 4 * 1024 * 1024;
 /** Batches the background copy fetches ahead of the one it writes. */
 const AHEAD = 4;
 
@@ -57,6 +57,7 @@ export class LiveRestore {
   private readonly settled: Uint8Array;
   private readonly chunks: number;
   private settledCount = 0;
+  private readonly batchChunks: number;
   private writtenBytes = 0;
   private readonly locks: { a: number; b: number; done: Promise<void> }[] = [];
   private done = false;
@@ -71,6 +72,7 @@ export class LiveRestore {
     this.chunk = image.chunkSize;
     this.chunks = Math.ceil(sizeBytes / this.chunk);
     this.settled = new Uint8Array(Math.ceil(this.chunks / 8));
+    this.batchChunks = Math.max(1, Math.floor(BATCH_BYTES / this.chunk));
   }
 
   /**
@@ -98,10 +100,11 @@ export class LiveRestore {
       blockDevice = st.isBlockDevice();
       rdev = st.rdev;
     }
+    let deviceSize = 0;
     try {
       if (blockDevice) {
-        const dev = await blockDeviceSize(rdev);
-        if (dev < image.sizeBytes) throw new AppError(ErrorCode.TargetUnwritable, `block device ${target} holds ${dev} bytes, the backup needs ${image.sizeBytes}`);
+        deviceSize = await blockDeviceSize(rdev);
+        if (deviceSize < image.sizeBytes) throw new AppError(ErrorCode.TargetUnwritable, `block device ${target} holds ${deviceSize} bytes, the backup needs ${image.sizeBytes}`);
       } else {
         await fh.truncate(0);
         await fh.truncate(size);
@@ -110,7 +113,8 @@ export class LiveRestore {
       await fh.close();
       throw err;
     }
-    const live = new LiveRestore(image, fh, blockDevice ? image.sizeBytes : size, blockDevice);
+    // A device as large as the volume (zeros written past the backup's end), a file sized to it.
+    const live = new LiveRestore(image, fh, blockDevice ? Math.min(deviceSize, size) : size, blockDevice);
     if (fsc.O_DIRECT && size >= DIRECT_ALIGN) {
       const direct = await reopenSame(fh, fsc.O_RDWR | fsc.O_DIRECT);
       // Asked with one block: a fresh file reads as zeros there, a device is only read.
@@ -263,7 +267,7 @@ export class LiveRestore {
     const fill = (): void => {
       while (queue.length < AHEAD && next < this.chunks) {
         const a = next;
-        const b = Math.min(this.chunks, a + BATCH_CHUNKS);
+        const b = Math.min(this.chunks, a + this.batchChunks);
         next = b;
         let any = false;
         for (let i = a; i < b && !any; i++) any = !this.isSettled(i);

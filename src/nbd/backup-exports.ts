@@ -19,6 +19,9 @@ export function imageDevice(image: BackupImage): NbdDevice {
   };
 }
 
+/** Backup images kept (their manifests and index segments), least recently used out. */
+const MAX_IMAGES = 64;
+
 export interface RepositoryExportsOptions {
   /** Only these backups (default: every backup of the repository, looked up when asked for). */
   backupIds?: string[];
@@ -44,10 +47,17 @@ export class RepositoryExports implements NbdExports {
   /** The image of a backup (its manifest read once). */
   image(id: string): Promise<BackupImage> {
     let p = this.images.get(id);
-    if (!p) {
+    if (p) {
+      this.images.delete(id); // most recently used last
+    } else {
       p = this.src.repo.readManifest(id).then((m) => new BackupImage(this.src, m));
       p.catch(() => this.images.delete(id));
-      this.images.set(id, p);
+    }
+    this.images.set(id, p);
+    // The images of the backups asked for lately (each keeps some of its index): the served ones stay.
+    for (const k of this.images.keys()) {
+      if (this.images.size <= MAX_IMAGES) break;
+      if (!this.opts.backupIds?.includes(k)) this.images.delete(k);
     }
     return p;
   }

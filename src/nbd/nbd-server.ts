@@ -13,8 +13,10 @@
  *   `base:allocation`, NBD_OPT_STARTTLS (required when the server has TLS), NBD_OPT_ABORT;
  * - transmission: READ (structured replies with OFFSET_HOLE for holes, so a client never receives
  *   a hole's zeros; DF honoured; simple replies for clients without structured replies), WRITE,
- *   WRITE_ZEROES, FLUSH (writable devices only; EPERM on read-only ones), BLOCK_STATUS, CACHE, DISC;
- *   requests run concurrently (up to MAX_IN_FLIGHT per connection), replies go out as each is ready.
+ *   WRITE_ZEROES (EPERM on read-only exports), FLUSH, BLOCK_STATUS, CACHE, DISC (requests still
+ *   running are answered first); requests run concurrently (up to MAX_IN_FLIGHT and
+ *   MAX_BYTES_IN_FLIGHT per connection), replies go out as each is ready. A client that does not
+ *   read its replies stops being read from (handshake and transmission alike).
  *
  * A device is opened per connection (a writable export's copy-on-write overlay is the connection's
  * own) and closed when the connection ends.
@@ -94,7 +96,15 @@ export { parseListen, type ListenSpec } from '../domain/listen.ts';
 /** Requests handled at once per connection; more wait in the socket. */
 const MAX_IN_FLIGHT = 64;
 /** Unanswered reply bytes queued on a socket before the connection stops taking requests. */
-const WRITE_HIGH_WATER = 64 * 1024 * 1024;
+const WRITE_HIGH_WATER = 16 * 1024 * 1024;
+/** Bytes the requests running on one connection read or write, at most (a request may take MAX_REQUEST_BYTES). */
+const MAX_BYTES_IN_FLIGHT = 32 * 1024 * 1024;
+/** Option replies queued before the server waits for the client to read them. */
+const OPTION_REPLY_HIGH_WATER = 256 * 1024;
+/** Options one handshake may send. */
+const MAX_OPTIONS = 1000;
+/** Connections one server holds at once; more are refused. */
+const MAX_CONNECTIONS = 512;
 /** Extents one BLOCK_STATUS reply describes at most. */
 const MAX_EXTENTS = 16384;
 /** Longest option payload taken (export names are short; a longer one is refused). */
@@ -196,6 +206,10 @@ export class NbdServer {
   /** Starts listening; resolves to the bound address (the real port when 0 was asked for). */
   async listen(spec: ListenSpec): Promise<ListenSpec> {
     const server = net.createServer({ noDelay: true }, (sock) => {
+      if (this.conns.size >= MAX_CONNECTIONS) {
+        sock.destroy();
+        return;
+      }
       const conn = new Connection(sock, this.exports, this.opts);
       this.conns.add(conn);
       void conn.run().finally(() => this.conns.delete(conn));
@@ -240,6 +254,7 @@ class Connection {
   private device: NbdDevice | null = null;
   private readonly abort = new AbortController();
   private inFlight = 0;
+  private bytesInFlight = 0;
   private slotWaiters: (() => void)[] = [];
   private closing = false;
   private done: Promise<void> | null = null;
@@ -270,25 +285,54 @@ class Connection {
 
   private async serve(): Promise<void> {
     const timer = setTimeout(() => this.sock.destroy(), HANDSHAKE_TIMEOUT_MS);
+    let graceful = false;
     try {
       const chosen = await this.handshake().finally(() => clearTimeout(timer));
       if (!chosen) return;
-      this.exportName = chosen.name;
-      this.device = await chosen.open();
-      this.opts.onConnection?.('open', chosen.name, this.remote);
-      await this.transmit(this.device, chosen);
+      this.exportName = chosen.exp.name;
+      this.device = chosen.device;
+      this.opts.onConnection?.('open', chosen.exp.name, this.remote);
+      graceful = await this.transmit(this.device, chosen.exp);
     } catch (err) {
       if (!(err instanceof Closed) && !this.closing && (err as NodeJS.ErrnoException).code !== 'ECONNRESET') this.opts.onError?.(err, this.remote);
     } finally {
-      this.abort.abort(new Closed('connection ended'));
+      // NBD_CMD_DISC: every request still running is answered first; otherwise they are abandoned.
+      if (!graceful) this.abort.abort(new Closed('connection ended'));
       // Requests still running finish before the device closes (a write must not land after).
       while (this.inFlight > 0) await new Promise<void>((r) => this.slotWaiters.push(r));
       if (this.device) {
         await this.device.close().catch((err: unknown) => this.opts.onError?.(err, this.remote));
         this.opts.onConnection?.('close', this.exportName!, this.remote);
       }
+      if (graceful && !this.sock.destroyed) {
+        // The replies queued go out, then the connection ends (TLS shut down cleanly).
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, 10_000);
+          this.sock.end(() => {
+            clearTimeout(t);
+            resolve();
+          });
+        });
+      }
+      this.abort.abort(new Closed('connection ended'));
       this.sock.destroy();
     }
+  }
+
+  /** Waits until the socket has sent what is queued down to `bytes`, or is gone. */
+  private async drained(bytes: number): Promise<void> {
+    while (this.sock.writableLength > bytes && !this.sock.destroyed) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          this.sock.off('drain', done);
+          this.sock.off('close', done);
+          resolve();
+        };
+        this.sock.once('drain', done);
+        this.sock.once('close', done);
+      });
+    }
+    if (this.sock.destroyed) throw new Closed('connection closed');
   }
 
   // ---- handshake ----
@@ -324,8 +368,11 @@ class Connection {
     this.optReply(opt, type, Buffer.from(message, 'utf8'));
   }
 
-  /** Runs the option haggling; resolves to the export chosen (GO or EXPORT_NAME), or null (aborted). */
-  private async handshake(): Promise<NbdExport | null> {
+  /**
+   * Runs the option haggling; resolves to the export chosen (GO or EXPORT_NAME) with its device
+   * opened for this connection, or null (aborted).
+   */
+  private async handshake(): Promise<{ exp: NbdExport; device: NbdDevice } | null> {
     const hello = Buffer.alloc(18);
     hello.writeBigUInt64BE(NBDMAGIC, 0);
     hello.writeBigUInt64BE(IHAVEOPT, 8);
@@ -334,7 +381,10 @@ class Connection {
     const clientFlags = (await this.reader.read(4)).readUInt32BE(0);
     if (!(clientFlags & FLAG_FIXED_NEWSTYLE)) throw new ProtocolError('client does not speak fixed newstyle');
     const noZeroes = (clientFlags & FLAG_NO_ZEROES) !== 0;
-    for (;;) {
+    for (let options = 0; ; options++) {
+      // A client that sends options without reading the replies is not let to pile them up here.
+      await this.drained(OPTION_REPLY_HIGH_WATER);
+      if (options >= MAX_OPTIONS) throw new ProtocolError('too many options');
       const h = await this.reader.read(16);
       if (h.readBigUInt64BE(0) !== IHAVEOPT) throw new ProtocolError('bad option magic');
       const opt = h.readUInt32BE(8);
@@ -376,11 +426,12 @@ class Connection {
         case Opt.ExportName: {
           const exp = await this.exports.find(data.toString('utf8'));
           if (!exp) throw new ProtocolError('unknown export'); // the protocol has no other answer here
+          const device = await exp.open();
           const r = Buffer.alloc(noZeroes ? 10 : 134);
           r.writeBigUInt64BE(BigInt(exp.sizeBytes), 0);
           r.writeUInt16BE(this.transmissionFlags(exp), 8);
           this.write(r);
-          return exp;
+          return { exp, device };
         }
         case Opt.List: {
           if (len !== 0) {
@@ -441,8 +492,20 @@ class Connection {
             const n = Buffer.from(exp.name, 'utf8');
             this.optReply(opt, Rep.Info, Buffer.concat([Buffer.from([0, Info.Name]), n]));
           }
+          if (opt === Opt.Go) {
+            // Opened before the ACK: a device that cannot open (no space for an overlay) is an error reply, not a hang-up.
+            let device: NbdDevice;
+            try {
+              device = await exp.open();
+            } catch (err) {
+              this.opts.onError?.(err, this.remote);
+              this.optError(opt, Rep.ErrPlatform, 'the export cannot be opened now');
+              break;
+            }
+            this.optReply(opt, Rep.Ack);
+            return { exp, device };
+          }
           this.optReply(opt, Rep.Ack);
-          if (opt === Opt.Go) return exp;
           break;
         }
         default:
@@ -452,6 +515,9 @@ class Connection {
   }
 
   private async startTls(): Promise<void> {
+    // Everything after the ACK must come through TLS: bytes the client sent in clear behind the
+    // option would otherwise be taken as if they had.
+    if (this.reader.buffered > 0) throw new ProtocolError('data sent in clear after STARTTLS');
     const raw = this.sock;
     const ctx = this.opts.tls!;
     const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: typeof ctx === 'function' ? ctx() : ctx, requestCert: false });
@@ -466,6 +532,8 @@ class Connection {
   }
 
   private async metaContext(opt: number, data: Buffer): Promise<void> {
+    // A SET replaces the contexts chosen before, also when it fails.
+    if (opt === Opt.SetMetaContext) this.baseAllocation = false;
     let at = 0;
     const u32 = (): number | null => (at + 4 <= data.length ? ((at += 4), data.readUInt32BE(at - 4)) : null);
     const nameLen = u32();
@@ -506,10 +574,12 @@ class Connection {
 
   // ---- transmission ----
 
-  private async transmit(dev: NbdDevice, exp: NbdExport): Promise<void> {
+  /** Serves requests until the client disconnects; true when it said so (NBD_CMD_DISC). */
+  private async transmit(dev: NbdDevice, exp: NbdExport): Promise<boolean> {
     for (;;) {
-      while (this.inFlight >= MAX_IN_FLIGHT || this.sock.writableLength > WRITE_HIGH_WATER) {
-        if (this.inFlight === 0) await new Promise<void>((r) => this.sock.once('drain', r));
+      // Bounded: requests running, the bytes they will send, and replies not yet taken by the client.
+      while (this.inFlight >= MAX_IN_FLIGHT || this.bytesInFlight >= MAX_BYTES_IN_FLIGHT || this.sock.writableLength > WRITE_HIGH_WATER) {
+        if (this.inFlight === 0) await this.drained(WRITE_HIGH_WATER);
         else await new Promise<void>((r) => this.slotWaiters.push(r));
       }
       const h = await this.reader.read(28);
@@ -519,15 +589,18 @@ class Connection {
       const cookie = h.subarray(8, 16);
       const offset = Number(h.readBigUInt64BE(16));
       const length = h.readUInt32BE(24);
-      if (type === Cmd.Disc) return;
+      if (type === Cmd.Disc) return true;
       let payload: Buffer | null = null;
       if (type === Cmd.Write) {
         if (length > MAX_REQUEST_BYTES) throw new ProtocolError('write larger than the maximum request');
         payload = await this.reader.read(length);
       }
+      const cost = type === Cmd.Read || type === Cmd.Write ? Math.min(length, MAX_REQUEST_BYTES) : 0;
       this.inFlight++;
+      this.bytesInFlight += cost;
       void this.handle(dev, exp, type, flags, Buffer.from(cookie), offset, length, payload).finally(() => {
         this.inFlight--;
+        this.bytesInFlight -= cost;
         const w = this.slotWaiters.shift();
         w?.();
       });
@@ -638,6 +711,7 @@ class Connection {
       off.writeBigUInt64BE(BigInt(offset));
       return this.writeThen([this.chunkHeader(ReplyFlagDone, ReplyType.OffsetData, cookie, 8 + length), off, ...parts], done);
     }
+    if (pieces.length === 0) return this.writeThen([this.chunkHeader(ReplyFlagDone, ReplyType.None, cookie, 0)], done);
     const out: Uint8Array[] = [];
     // Neighbouring data pieces go in one chunk.
     let i = 0;

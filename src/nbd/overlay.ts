@@ -51,6 +51,7 @@ export class CowOverlay implements NbdDevice {
   private readonly mapFile: string | null;
   private readonly baseId: string;
   private writing: Promise<unknown> = Promise.resolve();
+  private flushing: Promise<unknown> = Promise.resolve();
   private mapDirty = false;
   private closed = false;
 
@@ -88,8 +89,10 @@ export class CowOverlay implements NbdDevice {
     });
     let fh: fs.FileHandle;
     try {
-      fh = await fs.open(file, fsc.O_RDWR | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o600);
+      // A map without its file is an overlay whose data is lost: never taken for an empty one.
+      fh = await fs.open(file, fsc.O_RDWR | fsc.O_NOFOLLOW | (existing ? 0 : fsc.O_CREAT), 0o600);
     } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new AppError(ErrorCode.InvalidArgument, `overlay ${file} is missing but its map ${path.basename(mapFile)} is there: the overlay's data is lost (remove the map to start a new one)`, { cause: err });
       throw new AppError(ErrorCode.TargetUnwritable, `cannot open overlay ${file}: ${(err as Error).message}`, { cause: err });
     }
     try {
@@ -98,17 +101,14 @@ export class CowOverlay implements NbdDevice {
       if (existing) {
         const head = parseMap(existing, mapFile);
         if (head.baseId !== opts.baseId) throw new AppError(ErrorCode.InvalidArgument, `overlay ${file} was made over backup ${head.baseId}, not ${opts.baseId}`);
-        if (head.sizeBytes !== base.sizeBytes || head.blockBytes !== OVERLAY_BLOCK || head.bits.length !== bits.length) throw new AppError(ErrorCode.InvalidArgument, `overlay map ${mapFile} does not fit backup ${opts.baseId}`);
+        if (head.sizeBytes !== base.sizeBytes || head.blockBytes !== OVERLAY_BLOCK || head.bits.length !== bits.length || st.size !== base.sizeBytes) throw new AppError(ErrorCode.InvalidArgument, `overlay ${file} or its map does not fit backup ${opts.baseId} (a different size)`);
         bits.set(head.bits);
       } else if (st.size > 0) {
         throw new AppError(ErrorCode.InvalidArgument, `${file} exists and is not an overlay (no ${path.basename(mapFile)} beside it): choose a new file`);
       }
       if (st.size !== base.sizeBytes) await fh.truncate(base.sizeBytes);
       const o = new CowOverlay(base, fh, bits, mapFile, opts.baseId);
-      if (!existing) {
-        o.mapDirty = true;
-        await o.saveMap();
-      }
+      if (!existing) await o.saveMap(new Uint8Array(bits));
       return o;
     } catch (err) {
       await fh.close();
@@ -175,10 +175,35 @@ export class CowOverlay implements NbdDevice {
     return p;
   }
 
+  /**
+   * Zeros: in a temporary overlay, whole blocks it does not hold yet are only marked (their part of
+   * the file was never written: a hole, zeros, no disk used); the rest is written. A kept overlay
+   * writes them all (after a crash its unmarked blocks may hold data of writes never flushed).
+   */
   async writeZeroes(offset: number, length: number): Promise<void> {
     const piece = 1024 * 1024;
     const z = new Uint8Array(Math.min(piece, length));
-    for (let at = 0; at < length; at += piece) await this.write(offset + at, z.subarray(0, Math.min(piece, length - at)));
+    const end = offset + length;
+    let at = offset;
+    while (at < end) {
+      const k = Math.floor(at / OVERLAY_BLOCK);
+      const blockEnd = Math.min(this.sizeBytes, (k + 1) * OVERLAY_BLOCK);
+      if (!this.mapFile && at === k * OVERLAY_BLOCK && blockEnd <= end && !this.has(k)) {
+        // A run of whole blocks not held: marked, in order with the writes.
+        let j = k;
+        while ((j + 1) * OVERLAY_BLOCK <= end && !this.has(j)) j++;
+        if (j > k) {
+          const p = this.writing.then(() => this.mark(k, j));
+          this.writing = p.catch(() => undefined);
+          await p;
+          at = j * OVERLAY_BLOCK;
+          continue;
+        }
+      }
+      const n = Math.min(piece, end - at, at % OVERLAY_BLOCK === 0 ? piece : OVERLAY_BLOCK - (at % OVERLAY_BLOCK));
+      await this.write(at, z.subarray(0, n));
+      at += n;
+    }
   }
 
   private async writeNow(offset: number, data: Uint8Array): Promise<void> {
@@ -211,25 +236,48 @@ export class CowOverlay implements NbdDevice {
     this.mark(a, b);
   }
 
-  async flush(): Promise<void> {
-    await this.writing;
-    await this.fh.datasync();
-    await this.saveMap();
+  /**
+   * Makes the writes done so far durable: the data first, then (a kept overlay) a map naming no
+   * block whose data was not synced. Flushes run one after another, so one never answers before
+   * the map holding its writes is on disk.
+   */
+  flush(): Promise<void> {
+    const p = this.flushing.then(async () => {
+      await this.writing;
+      const dirty = this.mapDirty;
+      this.mapDirty = false;
+      const bits = this.mapFile && dirty ? new Uint8Array(this.bits) : null; // what is written up to now
+      try {
+        await this.fh.datasync();
+        if (bits) await this.saveMap(bits);
+      } catch (err) {
+        if (dirty) this.mapDirty = true;
+        throw err;
+      }
+    });
+    this.flushing = p.catch(() => undefined);
+    return p;
   }
 
-  private async saveMap(): Promise<void> {
-    if (!this.mapFile || !this.mapDirty) return;
-    this.mapDirty = false;
+  private async saveMap(bits: Uint8Array): Promise<void> {
+    if (!this.mapFile) return;
     const head = Buffer.from(`${MAP_MAGIC}${JSON.stringify({ baseId: this.baseId, sizeBytes: this.sizeBytes, blockBytes: OVERLAY_BLOCK })}\n`, 'utf8');
     const tmp = `${this.mapFile}.${randomBytes(4).toString('hex')}.tmp`;
     const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
     try {
-      await fh.writeFile(Buffer.concat([head, this.bits]));
+      await fh.writeFile(Buffer.concat([head, bits]));
       await fh.sync();
     } finally {
       await fh.close();
     }
     await fs.rename(tmp, this.mapFile);
+    // The rename itself durable: the folder's entry.
+    const dir = await fs.open(path.dirname(this.mapFile), 'r');
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
   }
 
   async close(): Promise<void> {

@@ -12,7 +12,7 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { SecureContext } from 'node:tls';
-import { AppError, ErrorCode } from '../domain/errors.ts';
+import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import type { Clock } from '../domain/clock.ts';
 import { nbdUri, parseListen, type ListenSpec } from '../domain/listen.ts';
 import { BackupImage, type ImageSource } from '../engine/backup-image.ts';
@@ -51,6 +51,8 @@ interface Held extends ExportInfo {
 
 /** A promise settled from outside (a live restore's session, awaited by its job). */
 interface Waiter {
+  /** The job stopped waiting (session() timed out): a session opened after that is dropped. */
+  gaveUp: boolean;
   promise: Promise<LiveRestore>;
   resolve(s: LiveRestore): void;
   reject(e: unknown): void;
@@ -73,6 +75,14 @@ export interface ExportServiceOptions {
 }
 
 export const DEFAULT_EXPORT_TTL_SECONDS = 3600;
+/** Exports one project holds at once. */
+export const MAX_EXPORTS_PER_PROJECT = 16;
+
+/** The error with details.targetUntouched: the restore target was not written. */
+function withUntouched(err: unknown): unknown {
+  if (isAppError(err)) return new AppError(err.code, err.message, { cause: err.cause, details: { ...err.details, targetUntouched: true } });
+  return new AppError(ErrorCode.Internal, (err as Error)?.message ?? String(err), { cause: err, details: { targetUntouched: true } });
+}
 
 export class ExportService implements NbdExports, LiveSessions {
   private readonly backups: BackupService;
@@ -119,6 +129,9 @@ export class ExportService implements NbdExports, LiveSessions {
     if (!Number.isInteger(ttl) || ttl < 60 || ttl > this.opts.maxTtlSeconds) throw new AppError(ErrorCode.InvalidArgument, `expires_in must be a whole number of seconds from 60 to ${this.opts.maxTtlSeconds}.`);
     const b = await this.backups.getBackup(projectId, backupId, { includeShared: true });
     if (b.status !== 'available') throw new AppError(ErrorCode.BackupInvalidState, `Backup ${backupId} is ${b.status}; only available backups can be exported.`);
+    // Each export holds a read lock (GC's sweep waits) and an index in memory: a project has a few.
+    const open = [...this.held.values()].filter((h) => h.projectId === projectId && !h.liveRestore).length;
+    if (open >= MAX_EXPORTS_PER_PROJECT) throw new AppError(ErrorCode.InvalidArgument, `This project has ${open} exports already (at most ${MAX_EXPORTS_PER_PROJECT}); end one first (DELETE .../cloudbackups/{backup_id}/export).`);
     const { at } = await this.listener();
     const src = this.images();
     const image = new BackupImage(src, await src.repo.readManifest(backupId));
@@ -148,6 +161,8 @@ export class ExportService implements NbdExports, LiveSessions {
   /** Ends the project's exports of a backup (their connections close); throws when there is none. */
   async end(projectId: string, backupId: string): Promise<number> {
     const mine = [...this.held.values()].filter((h) => h.projectId === projectId && h.backupId === backupId);
+    const copying = mine.find((h) => h.liveRestore && !h.liveRestore.session.finished);
+    if (copying) throw new AppError(ErrorCode.BackupInvalidState, `A live restore of backup ${backupId} onto volume ${copying.volumeId} is still copying; its export can end once the restore job has finished.`);
     if (!mine.length) {
       await this.backups.getBackup(projectId, backupId, { includeShared: true }); // 404 for a backup the project cannot see
       throw new AppError(ErrorCode.ExportNotFound, `Backup ${backupId} has no export.`);
@@ -166,9 +181,14 @@ export class ExportService implements NbdExports, LiveSessions {
     }));
   }
 
-  /** Ends expired exports. */
+  /** Ends expired exports, and those whose backup is gone or no longer visible to their project (open connections too). */
   async sweep(): Promise<void> {
     const now = this.clock.now();
+    for (const h of [...this.held.values()]) {
+      if (h.liveRestore || !this.held.has(h.exportName)) continue;
+      const b = await this.backups.getBackup(h.projectId, h.backupId, { includeShared: true }).catch(() => null);
+      if (!b || b.status !== 'available') await this.drop([h]).catch((err: unknown) => this.opts.onError?.(err, 'export sweep'));
+    }
     const open = new Set(this.server?.connections().map((c) => c.exportName) ?? []);
     // A live restore's export is a running VM's disk: it expires only once nobody is connected.
     const gone = [...this.held.values()].filter((h) => h.expiresAt <= now && !(h.liveRestore && (open.has(h.exportName) || !h.liveRestore.session.finished)));
@@ -213,7 +233,7 @@ export class ExportService implements NbdExports, LiveSessions {
         reject = rej;
       });
       promise.catch(() => undefined);
-      w = { promise, resolve, reject };
+      w = { gaveUp: false, promise, resolve, reject };
       this.waiters.set(jobId, w);
     }
     return w;
@@ -237,6 +257,12 @@ export class ExportService implements NbdExports, LiveSessions {
         await lock.release();
         throw err;
       }
+      if (w.gaveUp) {
+        // Its job has failed already: nothing will copy, so nothing is served.
+        await session.close();
+        await lock.release();
+        throw new AppError(ErrorCode.Cancelled, 'the live restore\'s job stopped waiting for it');
+      }
       const now = this.clock.now();
       const exportName = randomBytes(32).toString('base64url');
       const tls = this.opts.tls !== null;
@@ -248,7 +274,10 @@ export class ExportService implements NbdExports, LiveSessions {
       w.resolve(session);
       return info(h);
     } catch (err) {
-      w.reject(err);
+      // Nothing was written unless the volume was opened: the job's failure says so, and the
+      // volume is available again (services/jobs/restore-backup.ts).
+      const untouched = !isAppError(err, ErrorCode.Cancelled) ? withUntouched(err) : err;
+      w.reject(untouched);
       throw err;
     }
   }
@@ -261,7 +290,10 @@ export class ExportService implements NbdExports, LiveSessions {
       return await Promise.race([
         w.promise,
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new AppError(ErrorCode.Cancelled, 'the live restore was not opened (the service restarted after the request?): restore again')), wait);
+          timer = setTimeout(() => {
+            w.gaveUp = true;
+            reject(new AppError(ErrorCode.Cancelled, 'the live restore was not opened (the service restarted after the request?): restore again'));
+          }, wait);
         }),
       ]);
     } finally {

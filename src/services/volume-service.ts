@@ -24,6 +24,8 @@ export interface VolumeServiceOptions {
 export class VolumeService {
   /** Size limit and quotas of new and adopted volumes (the composition root sets them). */
   limits: VolumeLimits = { quotas: null, maxVolumeGb: MAX_VOLUME_GB };
+  /** Whether a live restore's export serves a volume (set by the composition root). */
+  servedLive: ((volumeId: string) => boolean) | null = null;
   private readonly catalog: Catalog;
   private readonly clock: Clock;
   private readonly opts: VolumeServiceOptions;
@@ -117,6 +119,7 @@ export class VolumeService {
    */
   async deleteVolume(projectId: string, id: string): Promise<void> {
     const v = await this.getVolume(projectId, id);
+    if (this.servedLive?.(id)) throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${id} is served by a live restore's export; end that export (DELETE .../cloudbackups/{backup_id}/export) first.`);
     await this.catalog.transaction(async (c) => {
       if (await c.backups.countInStatus(id, ['creating'])) throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${id} is being backed up; delete it when the backup has finished.`);
       if (await c.volumes.countSnapshotsOfVolume(id)) throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${id} still has snapshots; delete them first.`);

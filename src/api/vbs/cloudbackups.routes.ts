@@ -129,6 +129,8 @@ export function registerVbsBackupRoutes(root: FastifyInstance, s: ApiServices): 
     schema: { params: BackupParams, body: RestoreBody, tags, summary: 'Restore a disk from a backup (B3); returns a job' },
   }, async (req) => {
     const live = req.body.restore.live === true;
+    // Exports switched off, or their listener unable to start: refused before anything changes.
+    if (live) await s.exports.listener();
     const { job, volume } = await s.backups.restoreBackup(pid(req), req.params.backupId, req.body.restore.volume_id, { live });
     if (!live) return { job_id: job.id };
     // Served from now on; the job copies behind it (a failure here fails the job too).
