@@ -485,6 +485,22 @@ export async function joinReads(parts: Promise<ImageRead>[]): Promise<ImageRead>
   return { pieces: ok.flatMap((r) => r.pieces), release: () => ok.forEach((r) => r.release()) };
 }
 
+/**
+ * The extents of a disk made of two layers: runs its own layer holds (data) and runs that come from
+ * the layer below (its extents); neighbouring extents of a kind merged. Overlays and live restores.
+ */
+export async function layeredExtents(runs: readonly { offset: number; length: number; own: boolean }[], below: (offset: number, length: number) => Promise<ImageExtent[]>): Promise<ImageExtent[]> {
+  const out: ImageExtent[] = [];
+  for (const r of runs) {
+    for (const e of r.own ? [{ offset: r.offset, length: r.length, hole: false }] : await below(r.offset, r.length)) {
+      const last = out[out.length - 1];
+      if (last && last.hole === e.hole) last.length += e.length;
+      else out.push({ ...e });
+    }
+  }
+  return out;
+}
+
 /** A read of bytes the caller owns (nothing to release). */
 export function ownedRead(pieces: ImagePiece[]): ImageRead {
   return { pieces, release: () => undefined };

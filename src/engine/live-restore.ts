@@ -22,7 +22,7 @@
  */
 import { constants as fsc, promises as fs } from 'node:fs';
 import { AppError, ErrorCode } from '../domain/errors.ts';
-import { joinReads, ownedRead, type BackupImage, type ImageExtent, type ImageRead } from './backup-image.ts';
+import { joinReads, layeredExtents, ownedRead, type BackupImage, type ImageExtent, type ImageRead } from './backup-image.ts';
 import { blockDeviceSize } from './volume-source.ts';
 import { openVolumeFile, reopenSame, type VolumeFileGuard } from './volume-file.ts';
 import { acceptsDirectIo, DIRECT_ALIGN } from '../storage/direct-io.ts';
@@ -195,15 +195,7 @@ export class LiveRestore {
 
   async extents(offset: number, length: number): Promise<ImageExtent[]> {
     this.checkRange(offset, length);
-    const out: ImageExtent[] = [];
-    for (const r of this.runs(offset, offset + length)) {
-      for (const e of r.settled ? [{ offset: r.offset, length: r.length, hole: false }] : await this.image.extents(r.offset, r.length)) {
-        const last = out[out.length - 1];
-        if (last && last.hole === e.hole) last.length += e.length;
-        else out.push({ ...e });
-      }
-    }
-    return out;
+    return layeredExtents(this.runs(offset, offset + length).map((r) => ({ ...r, own: r.settled })), (o, l) => this.image.extents(o, l));
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {

@@ -19,7 +19,7 @@ import { constants as fsc, promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { AppError, ErrorCode } from '../domain/errors.ts';
-import { copyPieces, joinReads, ownedRead, type ImageExtent, type ImageRead } from '../engine/backup-image.ts';
+import { copyPieces, joinReads, layeredExtents, ownedRead, type ImageExtent, type ImageRead } from '../engine/backup-image.ts';
 import type { NbdDevice } from './nbd-server.ts';
 import { readAll, writeAll } from '../storage/file-io.ts';
 
@@ -156,16 +156,8 @@ export class CowOverlay implements NbdDevice {
     );
   }
 
-  async extents(offset: number, length: number): Promise<ImageExtent[]> {
-    const out: ImageExtent[] = [];
-    for (const r of this.runs(offset, offset + length)) {
-      for (const e of r.own ? [{ offset: r.offset, length: r.length, hole: false }] : await this.base.extents(r.offset, r.length)) {
-        const last = out[out.length - 1];
-        if (last && last.hole === e.hole) last.length += e.length;
-        else out.push({ ...e });
-      }
-    }
-    return out;
+  extents(offset: number, length: number): Promise<ImageExtent[]> {
+    return layeredExtents(this.runs(offset, offset + length), (o, l) => this.base.extents(o, l));
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
