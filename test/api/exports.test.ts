@@ -181,6 +181,17 @@ describe('exports: a backup served as an NBD disk through the API', () => {
     assert.deepEqual(overlays, [], 'temporary overlays leave no file');
   });
 
+  it('the OpenAPI document describes the export routes and the live restore field', async () => {
+    const r = await svc.req({ method: 'GET', url: '/openapi.json' });
+    assert.equal(r.statusCode, 200);
+    const doc = r.json() as { paths: Record<string, Record<string, { responses?: Record<string, unknown>; requestBody?: { content: Record<string, { schema: unknown }> } }>> };
+    const p = doc.paths['/v2/{projectId}/cloudbackups/{backupId}/export'];
+    assert.ok(p?.post && p.get && p.delete, Object.keys(doc.paths).filter((k) => k.includes('export')).join(', '));
+    assert.ok(p.post.responses?.['200'], 'POST export describes its answer');
+    const restore = doc.paths['/v2/{projectId}/cloudbackups/{backupId}/restore']?.post;
+    assert.match(JSON.stringify(restore?.requestBody), /"live"/);
+  });
+
   it('bad requests change nothing: a short or unknown field, an unknown backup, a backup not available', async () => {
     const before = svc.app.exports.exportsOf(owner.projectId, backupId).length;
     expectVbsError(await call(owner, 'POST', `/cloudbackups/${backupId}/export`, { export: { expires_in: 5 } }), 400);
