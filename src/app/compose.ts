@@ -37,6 +37,9 @@ import { LocalVolumeHost } from '../services/local-volume-host.ts';
 import { VolumeHosts } from '../services/volume-hosts.ts';
 import { AgentService } from '../services/agent-service.ts';
 import { ExportService } from '../services/export-service.ts';
+import { LiveExports } from '../services/live-exports.ts';
+import { NbdEndpoint } from '../nbd/nbd-endpoint.ts';
+import type { ImageSource } from '../engine/backup-image.ts';
 import { createSecureContext } from 'node:tls';
 import { SampleRestorer } from '../services/sample-restore.ts';
 import { HAVEN_VERSION, hostCapabilities } from '../agent/capabilities.ts';
@@ -144,8 +147,14 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     });
     // Haven's own folders are never volumes, whatever HAVEN_VOLUME_ROOTS says.
     const files = new VolumeFiles({ dataDir: config.dataDir, volumeRoots: config.volumeRoots, privateDirs: isS3Url(config.repositoryUrl) ? [] : [config.repositoryUrl] });
+    // This process's one NBD listener (HAVEN_NBD_LISTEN, started at the first export): exports of
+    // backups, and live restores of this host's volumes.
+    let nbdTls = tls ? createSecureContext({ cert: tls.cert, key: tls.key }) : null;
+    const nbd = new NbdEndpoint({ listen: config.nbdListen, publicHost: config.nbdPublicHost, tls: nbdTls ? () => nbdTls! : null, onError: (err, where) => log.warn({ err, where }, 'NBD') });
+    const images = (): ImageSource => eng.imageSource(config.nbdCacheMib * 1024 * 1024);
+    const liveExports = config.localAgent ? new LiveExports(images, nbd, (err, where) => log.warn({ err, where }, 'live restore')) : null;
     // This process holds volumes itself (the embedded default) unless it is a control plane of agents only.
-    const local = config.localAgent ? new LocalVolumeHost({ host: config.hostName, files, engine, dataDir: config.dataDir, freezeCommand: config.freezeCommand, thawCommand: config.thawCommand }) : null;
+    const local = config.localAgent ? new LocalVolumeHost({ host: config.hostName, files, engine, dataDir: config.dataDir, freezeCommand: config.freezeCommand, thawCommand: config.thawCommand, live: liveExports }) : null;
     const hosts = new VolumeHosts(catalog, clock, local, { localName: config.hostName, leaseMs: config.agentLeaseSeconds * 1000 });
     const agents = new AgentService(catalog, clock, { leaseMs: config.agentLeaseSeconds * 1000 });
     const volumes = new VolumeService(catalog, clock, hosts, { availabilityZone: config.availabilityZone });
@@ -184,18 +193,13 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     // A local repository is probed in its temp-file namespace (.tmp-*, which listings skip and the
     // store's cleanup removes); an S3 repository is not: a write there costs a billed request.
     const repositoryProbe = isS3Url(config.repositoryUrl) ? null : new CachedProbe(() => probeWritable(config.repositoryUrl, '.tmp-healthz-'));
-    const exports = new ExportService(backups, () => eng.imageSource(config.nbdCacheMib * 1024 * 1024), clock, {
-      listen: config.nbdListen,
-      publicHost: config.nbdPublicHost,
+    const exports = new ExportService(backups, hosts, images, nbd, clock, {
       maxTtlSeconds: config.exportMaxHours * 3600,
-      tls: tls ? () => nbdTls : null,
       overlayDir: path.join(config.dataDir, 'overlays'),
-      guardOf: (v) => files.guardOf(v),
       onError: (err, where) => log.warn({ err, where }, 'NBD export'),
     });
-    backups.live = config.localAgent ? exports : null;
+    backups.live = exports;
     volumes.servedLive = (id) => exports.serving(id);
-    let nbdTls = tls ? createSecureContext({ cert: tls.cert, key: tls.key }) : null!;
     const server = await buildServer({
       config, identity, volumes, backups, policies, sharing: new SharingService(catalog, clock), servers: new ServerService(catalog, clock, config.availabilityZone), serverBackups, csbsPolicies, csbsTags: new CsbsTagService(catalog), metrics,
       quotas,
@@ -265,6 +269,8 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
         // Jobs first (a live restore's copy stops with its job), then the exports they served.
         await r.stop();
         await exports.close();
+        await liveExports?.close();
+        await nbd.close();
         await eng.close();
         await catalog.close();
       },

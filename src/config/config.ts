@@ -259,13 +259,17 @@ export function isLoopbackHost(host: string): boolean {
  * (HAVEN_TLS_CERT/KEY) or HAVEN_ALLOW_PLAINTEXT=true (a TLS proxy in front).
  */
 export function checkListenSecurity(config: Config): void {
-  // NBD exports carry disk contents and their secret names: in clear only on loopback or a socket.
+  checkNbdListenSecurity(config);
+  if (config.tlsCert || config.allowPlaintext || isLoopbackHost(config.host)) return;
+  throw new AppError(ErrorCode.InvalidArgument, `refusing to listen on ${config.host} without TLS: passwords and tokens would cross the network in clear. Set HAVEN_TLS_CERT and HAVEN_TLS_KEY, or HAVEN_ALLOW_PLAINTEXT=true when a TLS proxy is in front (and HAVEN_PUBLIC_URL to its https URL), or HAVEN_HOST=127.0.0.1`);
+}
+
+/** NBD exports carry disk contents and their secret names: in clear only on loopback or a socket. */
+export function checkNbdListenSecurity(config: Config): void {
   if (!config.tlsCert && config.nbdListen !== 'off') {
     const at = parseListen(config.nbdListen);
     if ('host' in at && !isLoopbackHost(at.host)) {
       throw new AppError(ErrorCode.InvalidArgument, `refusing to serve NBD exports on ${config.nbdListen} without TLS: disk contents and export names would cross the network in clear. Set HAVEN_TLS_CERT and HAVEN_TLS_KEY (NBD then requires STARTTLS), or HAVEN_NBD_LISTEN=127.0.0.1:10809, unix:PATH or off`);
     }
   }
-  if (config.tlsCert || config.allowPlaintext || isLoopbackHost(config.host)) return;
-  throw new AppError(ErrorCode.InvalidArgument, `refusing to listen on ${config.host} without TLS: passwords and tokens would cross the network in clear. Set HAVEN_TLS_CERT and HAVEN_TLS_KEY, or HAVEN_ALLOW_PLAINTEXT=true when a TLS proxy is in front (and HAVEN_PUBLIC_URL to its https URL), or HAVEN_HOST=127.0.0.1`);
 }

@@ -10,13 +10,12 @@
 import { ProjectLock, type Catalog, type CatalogQueries } from '../catalog/catalog.ts';
 import type { BackupFilter, BackupPage } from '../catalog/backup-queries.ts';
 import type { Clock } from '../domain/clock.ts';
-import type { LiveRestore } from '../engine/live-restore.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { newHexId, newUuid } from '../domain/ids.ts';
 import { queuedJob, type Job, type JobOf, type JobPayloads, type JobType } from '../domain/job.ts';
 import type { Backup, BackupOrigin, Tag, Volume } from '../domain/model.ts';
 import type { VolumeHosts } from './volume-hosts.ts';
-import { completionOf, fileRef, type BackupSummary } from './volume-host.ts';
+import { completionOf, fileRef, type BackupSummary, type WorkControl } from './volume-host.ts';
 import type { BackupEngine } from './backup-engine.ts';
 import type { JobHandlers } from './job-runner.ts';
 import { activeJobsOfBackup } from './backup-jobs.ts';
@@ -246,7 +245,8 @@ export class BackupService {
       if (!v) throw new AppError(ErrorCode.VolumeNotFound, `Volume ${volumeId} could not be found.`);
       if (this.live?.serving(v.id)) throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${v.id} is served by a live restore's export; end that export (DELETE .../cloudbackups/{backup_id}/export) first.`);
       if (live) {
-        if (!this.live || !this.hosts.isLocal(v.host)) throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${v.id} is on host ${v.host ?? '?'}: a live restore needs a volume of this service's own host.`);
+        if (!this.live) throw new AppError(ErrorCode.ExportUnavailable, 'This service offers no live restores.');
+        this.live.precheck(v.host);
         if (v.format !== 'raw' || v.qmp) throw new AppError(ErrorCode.VolumeInvalidState, `Volume ${v.id} is ${v.qmp ? 'the disk of a running guest' : `a ${v.format} image`}: a live restore needs a raw volume (a file or block device).`);
       }
       if (v.sizeBytes < b.sizeBytes) throw new AppError(ErrorCode.VolumeTooSmall, `Volume ${v.id} (${v.sizeGb} GB) is smaller than backup ${b.id} (${b.sizeGb} GB).`);
@@ -364,8 +364,10 @@ export class BackupService {
  * service implements it: it serves the volume while the job copies).
  */
 export interface LiveSessions {
-  /** The live restore a job copies into (opened by the request; waits for it briefly). */
-  session(jobId: string): Promise<LiveRestore>;
+  /** Refuses a live restore that cannot be served from the volume's host, before anything changes. */
+  precheck(host: string | null): void;
+  /** The copy of a live restore (its job), on the volume's host; resolves once the volume holds the backup. */
+  copy(jobId: string, ctl: WorkControl): Promise<{ writtenBytes: number }>;
   /** The job ended; a failed one's export ends. */
   ended(jobId: string, ok: boolean): Promise<void>;
   /** Whether a live restore's export serves the volume (another restore onto it would clash). */

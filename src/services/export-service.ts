@@ -6,24 +6,38 @@
  * copy-on-write overlay per connection (the backup never changes).
  *
  * Only the backup's project, or a project it is shared with, may export it; every new connection
- * checks again that the backup is still available and still visible to that project, so a
- * deleted backup or a revoked share ends access. Exports live in the process that made them (the
- * URI names its NBD listener); they end with it.
+ * checks again that the backup is still available and still visible to that project, and a sweep
+ * every few seconds ends the open connections of a backup deleted or no longer shared. Exports of
+ * backups live in the process that made them (the URI names its NBD listener); they end with it.
+ *
+ * Live restores are exports too, of a volume rather than a backup: opened on the volume's host (this
+ * process, or its agent: VolumeHost.openLive) and served by that host's listener, while the restore
+ * job copies (VolumeHost.liveCopy). They end when the user deletes them once the copy is done, or
+ * when the restore fails.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import type { SecureContext } from 'node:tls';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import type { Clock } from '../domain/clock.ts';
-import { nbdUri, parseListen, type ListenSpec } from '../domain/listen.ts';
+import type { Volume } from '../domain/model.ts';
 import { BackupImage, type ImageSource } from '../engine/backup-image.ts';
 import { RepositoryLock } from '../engine/locks.ts';
 import { imageDevice } from '../nbd/backup-exports.ts';
-import { NbdServer, type NbdDevice, type NbdExport, type NbdExports } from '../nbd/nbd-server.ts';
+import type { NbdEndpoint } from '../nbd/nbd-endpoint.ts';
+import type { NbdDevice, NbdExport, NbdExports } from '../nbd/nbd-server.ts';
 import { CowOverlay } from '../nbd/overlay.ts';
 import type { BackupService, LiveSessions } from './backup-service.ts';
-import { LiveRestore, type LiveProgress } from '../engine/live-restore.ts';
-import type { VolumeFileGuard } from '../engine/volume-file.ts';
-import type { Volume } from '../domain/model.ts';
+import { fileRef, type WorkControl } from './volume-host.ts';
+import type { VolumeHosts } from './volume-hosts.ts';
+
+/** A live restore's progress, as its host reports it. */
+export interface LiveState {
+  settledBytes: number;
+  totalBytes: number;
+  /** Bytes the user wrote, known once the copy has ended. */
+  writtenBytes: number | null;
+  copying: boolean;
+  finished: boolean;
+}
 
 export interface ExportInfo {
   id: string;
@@ -31,7 +45,7 @@ export interface ExportInfo {
   /** A live restore's: the volume served. */
   volumeId: string | null;
   /** A live restore's progress. */
-  live: LiveProgress | null;
+  live: LiveState | null;
   projectId: string;
   /** The secret export name. */
   exportName: string;
@@ -42,34 +56,37 @@ export interface ExportInfo {
   expiresAt: number;
 }
 
-interface Held extends ExportInfo {
+/** An export of a backup, served here. */
+interface BackupExport extends ExportInfo {
+  kind: 'backup';
   image: BackupImage;
   lock: RepositoryLock;
-  /** A live restore's export: the volume being restored, served as it fills. */
-  liveRestore?: { session: LiveRestore; volumeId: string; jobId: string };
 }
 
-/** A promise settled from outside (a live restore's session, awaited by its job). */
+/** A live restore's export, served by its volume's host. */
+interface LiveExport extends ExportInfo {
+  kind: 'live';
+  host: string | null;
+  jobId: string;
+  state: LiveState;
+}
+
+type Held = BackupExport | LiveExport;
+
+/** A live restore's export as its job waits for it (opened by the request). */
 interface Waiter {
-  /** The job stopped waiting (session() timed out): a session opened after that is dropped. */
+  /** The job stopped waiting: an export opened after that is ended at once. */
   gaveUp: boolean;
-  promise: Promise<LiveRestore>;
-  resolve(s: LiveRestore): void;
+  promise: Promise<LiveExport>;
+  resolve(s: LiveExport): void;
   reject(e: unknown): void;
 }
 
 export interface ExportServiceOptions {
-  /** HOST:PORT or unix:PATH, or 'off'. */
-  listen: string;
-  publicHost: string;
   maxTtlSeconds: number;
-  /** The service's TLS (asked at each handshake: certificates reload). */
-  tls: (() => SecureContext) | null;
   /** Where temporary overlays of writable exports go. */
   overlayDir: string;
-  /** How a volume's file is checked on open (volume-file.ts). */
-  guardOf: (v: Volume) => VolumeFileGuard;
-  /** How long a live restore's job waits for the request to open its session. */
+  /** How long a live restore's job waits for the request to open its export. */
   liveWaitMs?: number;
   onError?: (err: unknown, where: string) => void;
 }
@@ -78,50 +95,32 @@ export const DEFAULT_EXPORT_TTL_SECONDS = 3600;
 /** Exports one project holds at once. */
 export const MAX_EXPORTS_PER_PROJECT = 16;
 
-/** The error with details.targetUntouched: the restore target was not written. */
-function withUntouched(err: unknown): unknown {
-  if (isAppError(err)) return new AppError(err.code, err.message, { cause: err.cause, details: { ...err.details, targetUntouched: true } });
-  return new AppError(ErrorCode.Internal, (err as Error)?.message ?? String(err), { cause: err, details: { targetUntouched: true } });
-}
-
 export class ExportService implements NbdExports, LiveSessions {
   private readonly backups: BackupService;
+  private readonly hosts: VolumeHosts;
   private readonly images: () => ImageSource;
+  private readonly endpoint: NbdEndpoint;
   private readonly clock: Clock;
   private readonly opts: ExportServiceOptions;
   private readonly held = new Map<string, Held>(); // by export name
-  private server: NbdServer | null = null;
-  private listening: Promise<ListenSpec> | null = null;
   private sweeper: NodeJS.Timeout | null = null;
-  private readonly waiters = new Map<string, Waiter>(); // live sessions by job id
+  private readonly waiters = new Map<string, Waiter>(); // live exports by job id
 
-  constructor(backups: BackupService, images: () => ImageSource, clock: Clock, opts: ExportServiceOptions) {
+  /** Serves through `endpoint` (this process's NBD listener), which it registers with. */
+  constructor(backups: BackupService, hosts: VolumeHosts, images: () => ImageSource, endpoint: NbdEndpoint, clock: Clock, opts: ExportServiceOptions) {
     this.backups = backups;
+    this.hosts = hosts;
     this.images = images;
+    this.endpoint = endpoint;
     this.clock = clock;
     this.opts = opts;
+    endpoint.add(this);
   }
 
-  /** Starts the NBD listener once (the first export, or a live restore). */
-  async listener(): Promise<{ at: ListenSpec; server: NbdServer }> {
-    if (this.opts.listen === 'off') throw new AppError(ErrorCode.ExportUnavailable, 'Exports are switched off on this service (HAVEN_NBD_LISTEN=off).');
-    if (!this.listening) {
-      const server = new NbdServer(this, { ...(this.opts.tls ? { tls: this.opts.tls } : {}), ...(this.opts.onError ? { onError: (e, r) => this.opts.onError!(e, r) } : {}) });
-      this.listening = server.listen(parseListen(this.opts.listen)).then((at) => {
-        this.server = server;
-        return at;
-      });
-      this.listening.catch(() => (this.listening = null));
-      this.sweeper = setInterval(() => void this.sweep(), 5000);
-      this.sweeper.unref();
-    }
-    let at: ListenSpec;
-    try {
-      at = await this.listening;
-    } catch (err) {
-      throw new AppError(ErrorCode.ExportUnavailable, `The NBD listener cannot start on ${this.opts.listen}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}.`, { cause: err });
-    }
-    return { at, server: this.server! };
+  private startSweeping(): void {
+    if (this.sweeper) return;
+    this.sweeper = setInterval(() => void this.sweep(), 5000);
+    this.sweeper.unref();
   }
 
   async create(projectId: string, backupId: string, req: { expiresInSeconds?: number | undefined; writable?: boolean | undefined }): Promise<ExportInfo> {
@@ -130,18 +129,18 @@ export class ExportService implements NbdExports, LiveSessions {
     const b = await this.backups.getBackup(projectId, backupId, { includeShared: true });
     if (b.status !== 'available') throw new AppError(ErrorCode.BackupInvalidState, `Backup ${backupId} is ${b.status}; only available backups can be exported.`);
     // Each export holds a read lock (GC's sweep waits) and an index in memory: a project has a few.
-    const open = [...this.held.values()].filter((h) => h.projectId === projectId && !h.liveRestore).length;
+    const open = [...this.held.values()].filter((h) => h.projectId === projectId && h.kind === 'backup').length;
     if (open >= MAX_EXPORTS_PER_PROJECT) throw new AppError(ErrorCode.InvalidArgument, `This project has ${open} exports already (at most ${MAX_EXPORTS_PER_PROJECT}); end one first (DELETE .../cloudbackups/{backup_id}/export).`);
-    const { at } = await this.listener();
+    const exportName = randomBytes(32).toString('base64url');
+    const uri = await this.endpoint.uri(exportName);
+    this.startSweeping();
     const src = this.images();
     const image = new BackupImage(src, await src.repo.readManifest(backupId));
     const lock = await RepositoryLock.acquire(src.repo.store, 'read', { backupId });
     const now = this.clock.now();
-    const exportName = randomBytes(32).toString('base64url');
-    const tls = this.opts.tls !== null;
-    const h: Held = {
-      id: randomUUID(), backupId, projectId, volumeId: null, live: null, exportName, writable: req.writable === true, tls, createdAt: now, expiresAt: now + ttl * 1000,
-      uri: nbdUri(at, exportName, { tls, host: this.opts.publicHost }), image, lock,
+    const h: BackupExport = {
+      kind: 'backup', id: randomUUID(), backupId, projectId, volumeId: null, live: null, exportName, writable: req.writable === true, tls: this.endpoint.tls, createdAt: now, expiresAt: now + ttl * 1000,
+      uri, image, lock,
     };
     this.held.set(exportName, h);
     return info(h);
@@ -161,7 +160,7 @@ export class ExportService implements NbdExports, LiveSessions {
   /** Ends the project's exports of a backup (their connections close); throws when there is none. */
   async end(projectId: string, backupId: string): Promise<number> {
     const mine = [...this.held.values()].filter((h) => h.projectId === projectId && h.backupId === backupId);
-    const copying = mine.find((h) => h.liveRestore && !h.liveRestore.session.finished);
+    const copying = mine.find((h) => h.kind === 'live' && !h.state.finished);
     if (copying) throw new AppError(ErrorCode.BackupInvalidState, `A live restore of backup ${backupId} onto volume ${copying.volumeId} is still copying; its export can end once the restore job has finished.`);
     if (!mine.length) {
       await this.backups.getBackup(projectId, backupId, { includeShared: true }); // 404 for a backup the project cannot see
@@ -174,10 +173,11 @@ export class ExportService implements NbdExports, LiveSessions {
   private async drop(list: Held[]): Promise<void> {
     for (const h of list) this.held.delete(h.exportName);
     const names = new Set(list.map((h) => h.exportName));
-    await this.server?.disconnect((n) => names.has(n));
+    await this.endpoint.disconnect((n) => names.has(n));
     await Promise.all(list.map(async (h) => {
-      await h.liveRestore?.session.close().catch((err: unknown) => this.opts.onError?.(err, 'live restore close'));
-      await h.lock.release();
+      if (h.kind === 'backup') await h.lock.release();
+      // A live export is its host's: ended there (its connections, the volume, the lock).
+      else await this.hosts.of(h.host).endLive({ exportName: h.exportName }).catch((err: unknown) => this.opts.onError?.(err, 'ending a live export'));
     }));
   }
 
@@ -185,23 +185,18 @@ export class ExportService implements NbdExports, LiveSessions {
   async sweep(): Promise<void> {
     const now = this.clock.now();
     for (const h of [...this.held.values()]) {
-      if (h.liveRestore || !this.held.has(h.exportName)) continue;
+      if (h.kind === 'live' || !this.held.has(h.exportName)) continue;
       const b = await this.backups.getBackup(h.projectId, h.backupId, { includeShared: true }).catch(() => null);
       if (!b || b.status !== 'available') await this.drop([h]).catch((err: unknown) => this.opts.onError?.(err, 'export sweep'));
     }
-    const open = new Set(this.server?.connections().map((c) => c.exportName) ?? []);
-    // A live restore's export is a running VM's disk: it expires only once nobody is connected.
-    const gone = [...this.held.values()].filter((h) => h.expiresAt <= now && !(h.liveRestore && (open.has(h.exportName) || !h.liveRestore.session.finished)));
+    // A live restore's export is a running VM's disk: it ends when the user ends it.
+    const gone = [...this.held.values()].filter((h) => h.kind === 'backup' && h.expiresAt <= now);
     if (gone.length) await this.drop(gone).catch((err: unknown) => this.opts.onError?.(err, 'export sweep'));
   }
 
   async find(name: string): Promise<NbdExport | null> {
     const h = this.held.get(name);
-    if (!h) return null;
-    if (h.liveRestore) {
-      const session = h.liveRestore.session;
-      return { name, sizeBytes: session.sizeBytes, readOnly: false, multiConn: true, open: async () => liveDevice(session) };
-    }
+    if (!h || h.kind !== 'backup') return null; // live exports are served by their host's LiveExports
     if (h.expiresAt <= this.clock.now()) {
       await this.drop([h]);
       return null;
@@ -226,9 +221,9 @@ export class ExportService implements NbdExports, LiveSessions {
   private waiter(jobId: string): Waiter {
     let w = this.waiters.get(jobId);
     if (!w) {
-      let resolve!: (s: LiveRestore) => void;
+      let resolve!: (s: LiveExport) => void;
       let reject!: (e: unknown) => void;
-      const promise = new Promise<LiveRestore>((res, rej) => {
+      const promise = new Promise<LiveExport>((res, rej) => {
         resolve = res;
         reject = rej;
       });
@@ -239,55 +234,48 @@ export class ExportService implements NbdExports, LiveSessions {
     return w;
   }
 
+  /** Refuses a live restore onto a volume of this process while exports are off here, before anything changes. */
+  precheck(host: string | null): void {
+    if (this.hosts.isLocal(host) && this.endpoint.off) throw new AppError(ErrorCode.ExportUnavailable, 'Exports are switched off on this service (HAVEN_NBD_LISTEN=off): no live restores.');
+  }
+
   /**
-   * Opens a live restore of a backup onto a volume (its job queued, the volume restoring): the
-   * volume is emptied and served at once; the job then copies (session()). A failure fails the job.
+   * Opens a live restore of a backup onto a volume (its job queued, the volume restoring) on the
+   * volume's host: the volume is emptied and served at once; the job then copies (copy()). A
+   * failure fails the job too (before the volume was opened: the volume is left as it was).
    */
   async beginLive(projectId: string, backupId: string, volume: Volume, jobId: string): Promise<ExportInfo> {
     const w = this.waiter(jobId);
     try {
-      const { at } = await this.listener();
-      const src = this.images();
-      const image = new BackupImage(src, await src.repo.readManifest(backupId));
-      const lock = await RepositoryLock.acquire(src.repo.store, 'read', { backupId });
-      let session: LiveRestore;
-      try {
-        session = await LiveRestore.open(image, volume.path, { guard: this.opts.guardOf(volume), sizeBytes: volume.sizeBytes });
-      } catch (err) {
-        await lock.release();
-        throw err;
-      }
+      const exportName = randomBytes(32).toString('base64url');
+      const opened = await this.hosts.of(volume.host).openLive({ backupId, target: fileRef(volume), exportName });
+      const now = this.clock.now();
+      const h: LiveExport = {
+        kind: 'live', id: randomUUID(), backupId, projectId, volumeId: volume.id, live: null, exportName, writable: true, tls: opened.uri.startsWith('nbds'), createdAt: now, expiresAt: now + this.opts.maxTtlSeconds * 1000,
+        uri: opened.uri, host: volume.host, jobId, state: { settledBytes: 0, totalBytes: opened.sizeBytes, writtenBytes: null, copying: false, finished: false },
+      };
       if (w.gaveUp) {
         // Its job has failed already: nothing will copy, so nothing is served.
-        await session.close();
-        await lock.release();
+        await this.hosts.of(volume.host).endLive({ exportName }).catch(() => undefined);
         throw new AppError(ErrorCode.Cancelled, 'the live restore\'s job stopped waiting for it');
       }
-      const now = this.clock.now();
-      const exportName = randomBytes(32).toString('base64url');
-      const tls = this.opts.tls !== null;
-      const h: Held = {
-        id: randomUUID(), backupId, projectId, volumeId: volume.id, live: null, exportName, writable: true, tls, createdAt: now, expiresAt: now + this.opts.maxTtlSeconds * 1000,
-        uri: nbdUri(at, exportName, { tls, host: this.opts.publicHost }), image, lock, liveRestore: { session, volumeId: volume.id, jobId },
-      };
       this.held.set(exportName, h);
-      w.resolve(session);
+      w.resolve(h);
       return info(h);
     } catch (err) {
-      // Nothing was written unless the volume was opened: the job's failure says so, and the
-      // volume is available again (services/jobs/restore-backup.ts).
-      const untouched = !isAppError(err, ErrorCode.Cancelled) ? withUntouched(err) : err;
-      w.reject(untouched);
+      w.reject(err);
       throw err;
     }
   }
 
-  async session(jobId: string): Promise<LiveRestore> {
+  /** The copy of a live restore (its job): waits briefly for the request to have opened it. */
+  async copy(jobId: string, ctl: WorkControl): Promise<{ writtenBytes: number }> {
     const w = this.waiter(jobId);
     const wait = this.opts.liveWaitMs ?? 30_000;
     let timer: NodeJS.Timeout | undefined;
+    let h: LiveExport;
     try {
-      return await Promise.race([
+      h = await Promise.race([
         w.promise,
         new Promise<never>((_, reject) => {
           timer = setTimeout(() => {
@@ -299,16 +287,33 @@ export class ExportService implements NbdExports, LiveSessions {
     } finally {
       clearTimeout(timer);
     }
+    h.state.copying = true;
+    try {
+      const r = await this.hosts.of(h.host).liveCopy({ exportName: h.exportName }, {
+        ...ctl,
+        onProgress: (done, total) => {
+          h.state.settledBytes = done;
+          h.state.totalBytes = total;
+          ctl.onProgress(done, total);
+        },
+      });
+      h.state.writtenBytes = r.writtenBytes;
+      h.state.settledBytes = h.state.totalBytes;
+      h.state.finished = true;
+      return r;
+    } finally {
+      h.state.copying = false;
+    }
   }
 
   async ended(jobId: string, ok: boolean): Promise<void> {
     this.waiters.delete(jobId);
     // A failed live restore's volume is not the backup: its export ends.
-    if (!ok) await this.drop([...this.held.values()].filter((h) => h.liveRestore?.jobId === jobId));
+    if (!ok) await this.drop([...this.held.values()].filter((h) => h.kind === 'live' && h.jobId === jobId));
   }
 
   serving(volumeId: string): boolean {
-    for (const h of this.held.values()) if (h.liveRestore?.volumeId === volumeId) return true;
+    for (const h of this.held.values()) if (h.kind === 'live' && h.volumeId === volumeId) return true;
     return false;
   }
 
@@ -317,23 +322,9 @@ export class ExportService implements NbdExports, LiveSessions {
     this.waiters.clear();
     if (this.sweeper) clearInterval(this.sweeper);
     await this.drop([...this.held.values()]);
-    await this.server?.close();
   }
 }
 
-/** The live session as one connection's device: shared, so a connection's end closes nothing. */
-function liveDevice(s: LiveRestore): NbdDevice {
-  return {
-    sizeBytes: s.sizeBytes,
-    read: (o, l, sig) => s.read(o, l, sig),
-    extents: (o, l) => s.extents(o, l),
-    write: (o, d) => s.write(o, d),
-    writeZeroes: (o, l) => s.writeZeroes(o, l),
-    flush: () => s.flush(),
-    close: async () => undefined,
-  };
-}
-
 function info(h: Held): ExportInfo {
-  return { id: h.id, backupId: h.backupId, volumeId: h.volumeId, live: h.liveRestore ? h.liveRestore.session.progress() : null, projectId: h.projectId, exportName: h.exportName, uri: h.uri, writable: h.writable, tls: h.tls, createdAt: h.createdAt, expiresAt: h.expiresAt };
+  return { id: h.id, backupId: h.backupId, volumeId: h.volumeId, live: h.kind === 'live' ? { ...h.state } : null, projectId: h.projectId, exportName: h.exportName, uri: h.uri, writable: h.writable, tls: h.tls, createdAt: h.createdAt, expiresAt: h.expiresAt };
 }

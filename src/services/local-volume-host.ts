@@ -16,6 +16,7 @@ import { guestNodeInfo } from '../qemu/qemu-guest.ts';
 import type { BackupEngine, GuestPoint } from './backup-engine.ts';
 import type { BackupResult } from '../engine/backup-writer.ts';
 import { checkFileSystemAllows } from './volume-limits.ts';
+import type { LiveExports } from './live-exports.ts';
 import type { VolumeFiles } from './volume-files.ts';
 import type { BackupOrder, BackupSummary, ServerProtectOrder, VolumeFileRef, VolumeHost, WorkControl } from './volume-host.ts';
 
@@ -57,6 +58,8 @@ export interface LocalVolumeHostOptions {
   dataDir: string;
   freezeCommand: string;
   thawCommand: string;
+  /** This host's live restores (null: refused). */
+  live?: LiveExports | null;
 }
 
 export class LocalVolumeHost implements VolumeHost {
@@ -233,6 +236,24 @@ export class LocalVolumeHost implements VolumeHost {
     // The volume's own file, checked on open (never through a link or a swapped file); a file
     // larger than the backup keeps the volume's size.
     await this.engine.restore(o.backupId, o.target.path, { guard: this.files.guardOf(o.target), format: o.target.format, targetSizeBytes: o.target.sizeBytes, signal: ctl.signal, onProgress: (p) => ctl.onProgress(p.doneBytes, p.totalBytes) });
+  }
+
+  private lives(): LiveExports {
+    if (!this.opts.live) throw new AppError(ErrorCode.ExportUnavailable, 'This host serves no live restores.');
+    return this.opts.live;
+  }
+
+  openLive(o: { backupId: string; target: VolumeFileRef; exportName: string }): Promise<{ uri: string; sizeBytes: number }> {
+    if (o.target.format !== 'raw' || o.target.qmp) throw new AppError(ErrorCode.VolumeInvalidState, `volume ${o.target.id} is not a raw volume: a live restore needs a file or block device`, { details: { targetUntouched: true } });
+    return this.lives().open({ backupId: o.backupId, path: o.target.path, guard: this.files.guardOf(o.target), sizeBytes: o.target.sizeBytes, exportName: o.exportName });
+  }
+
+  liveCopy(o: { exportName: string }, ctl: WorkControl): Promise<{ writtenBytes: number }> {
+    return this.lives().copy(o.exportName, ctl.signal, (done, total) => ctl.onProgress(done, total));
+  }
+
+  async endLive(o: { exportName: string }): Promise<void> {
+    await this.opts.live?.end(o.exportName);
   }
 
   /**

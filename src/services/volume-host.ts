@@ -91,14 +91,24 @@ export interface VolumeHost {
   thawServer(o: { hookEnv: Record<string, string> }): Promise<void>;
   /** Removes a server backup's copies. */
   removeServerCopies(o: { itemId: string }): Promise<void>;
+  /**
+   * A live restore: empties the volume and serves it at once over this host's NBD listener as
+   * `exportName` (reads of what is not copied yet come from the backup); returns its URI. A
+   * failure before the volume was opened says so (details.targetUntouched).
+   */
+  openLive(o: { backupId: string; target: VolumeFileRef; exportName: string }): Promise<{ uri: string; sizeBytes: number }>;
+  /** The copy of a live restore opened here; never overwrites what the user wrote meanwhile. */
+  liveCopy(o: { exportName: string }, ctl: WorkControl): Promise<{ writtenBytes: number }>;
+  /** Ends a live export (its connections close). */
+  endLive(o: { exportName: string }): Promise<void>;
 }
 
 /** The calls a host takes, by name: what a remote host queues and an agent dispatches. */
-export const HOST_CALLS = ['createVolumeFile', 'inspectAdoption', 'removeVolumeFile', 'snapshotVolume', 'removeSnapshotFile', 'backup', 'restore', 'protectServer', 'thawServer', 'removeServerCopies'] as const;
+export const HOST_CALLS = ['createVolumeFile', 'inspectAdoption', 'removeVolumeFile', 'snapshotVolume', 'removeSnapshotFile', 'backup', 'restore', 'protectServer', 'thawServer', 'removeServerCopies', 'openLive', 'liveCopy', 'endLive'] as const;
 export type HostCall = (typeof HOST_CALLS)[number];
 
 /** The calls that take seconds, not hours: they have slots of their own on an agent, and a time limit. */
-export const QUICK_CALLS: readonly HostCall[] = ['createVolumeFile', 'inspectAdoption', 'removeVolumeFile', 'removeSnapshotFile', 'thawServer', 'removeServerCopies'];
+export const QUICK_CALLS: readonly HostCall[] = ['createVolumeFile', 'inspectAdoption', 'removeVolumeFile', 'removeSnapshotFile', 'thawServer', 'removeServerCopies', 'openLive', 'endLive'];
 
 export function isQuickCall(s: string): boolean {
   return (QUICK_CALLS as readonly string[]).includes(s);

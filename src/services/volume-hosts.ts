@@ -134,6 +134,18 @@ class RemoteVolumeHost implements VolumeHost {
     return this.call('removeServerCopies', o);
   }
 
+  openLive(o: { backupId: string; target: VolumeFileRef; exportName: string }): Promise<{ uri: string; sizeBytes: number }> {
+    return this.call('openLive', o);
+  }
+
+  liveCopy(o: { exportName: string }, ctl: WorkControl): Promise<{ writtenBytes: number }> {
+    return this.call('liveCopy', o, ctl);
+  }
+
+  endLive(o: { exportName: string }): Promise<void> {
+    return this.call('endLive', o);
+  }
+
   /** Why no work can be queued for this host now, or null. */
   private async unavailable(): Promise<string | null> {
     const a = await this.catalog.agents.getAgent(this.host);

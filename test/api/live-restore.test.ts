@@ -16,7 +16,7 @@ import { assertSameBytes } from '../helpers/api.ts';
 
 const run = promisify(execFile);
 type Who = { token: string; projectId: string };
-type LiveExport = { uri: string; export_name: string; volume_id: string; writable: boolean; live: { settled_bytes: number; written_bytes: number; total_bytes: number } };
+type LiveExport = { uri: string; export_name: string; volume_id: string; writable: boolean; live: { settled_bytes: number; written_bytes: number | null; total_bytes: number; finished: boolean } };
 
 async function client(cmd: string, args: string[]): Promise<{ ok: boolean; out: string; err: string }> {
   try {
@@ -87,7 +87,8 @@ describe('live restore: the volume is usable at once, the copy fills in behind i
     const status = await call('GET', `/cloudbackups/${backupId}/export`);
     const listed = (status.json() as { exports: LiveExport[] }).exports.find((x) => x.volume_id === target);
     assert.ok(listed, status.body);
-    assert.equal(listed.live.written_bytes, 5000 + 1400 + 512);
+    assert.equal(listed.live.finished, false, 'nothing copied yet: the runner is held');
+    assert.equal(listed.live.written_bytes, null, 'known once the copy has ended');
     // A second restore onto the served volume is refused, and changes nothing.
     const again = await call('POST', `/cloudbackups/${backupId}/restore`, { restore: { volume_id: target } });
     assert.equal(again.statusCode, 400, again.body);
@@ -106,6 +107,10 @@ describe('live restore: the volume is usable at once, the copy fills in behind i
     const written = Number((job.entities as { written_bytes?: string }).written_bytes);
     assert.ok(written >= 5000 + 1400 + 512 && written <= 5000 + 1400 + 512 + 4 * 65536 && (written - 6912) % 65536 === 0, `written_bytes ${written}`);
     await assertSameBytes(targetFile, expected, 'the volume after the live restore and the backup plus the writes');
+    const after = (await call('GET', `/cloudbackups/${backupId}/export`)).json() as { exports: LiveExport[] };
+    const done = after.exports.find((x) => x.volume_id === target);
+    assert.equal(done?.live.finished, true);
+    assert.equal(done?.live.written_bytes, written);
     // Still served after the job (a VM may be running on it), now straight from the volume.
     assert.ok((await client('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', expected, e.uri])).ok);
     const v = await svc.req({ method: 'GET', url: `/v3/${who.projectId}/volumes/${target}`, token: who.token });

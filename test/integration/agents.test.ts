@@ -47,7 +47,7 @@ describe('agents: two hosts, one control plane on PostgreSQL, an S3 repository',
     const dataDir = prev?.dataDir ?? temp.make(`data-${host}`);
     let out = '';
     const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'haven.js'), 'agent'], {
-      env: { ...env, HAVEN_AGENT_TOKEN_FILE: tokenFiles.get(host)!, HAVEN_VOLUME_ROOTS: roots, HAVEN_DATA_DIR: dataDir, HAVEN_HOST_NAME: `${host}-ignored` },
+      env: { ...env, HAVEN_AGENT_TOKEN_FILE: tokenFiles.get(host)!, HAVEN_VOLUME_ROOTS: roots, HAVEN_DATA_DIR: dataDir, HAVEN_HOST_NAME: `${host}-ignored`, HAVEN_NBD_LISTEN: '127.0.0.1:0' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -173,6 +173,52 @@ describe('agents: two hosts, one control plane on PostgreSQL, an S3 repository',
     assert.match(alpha.log(), /"kind":"backup".*"msg":"work done"/);
     assert.doesNotMatch(beta.log(), /"kind":"backup"/);
     assert.match(beta.log(), /"kind":"restore".*"msg":"work done"/);
+  });
+
+  it('a live restore onto a volume of an agent\'s host is served by that agent at once; the copy there keeps the user\'s writes', { skip, timeout: 240_000 }, async () => {
+    const alpha = agents.get('alpha')!;
+    const file = path.join(alpha.roots, 'disk-live.img');
+    await fs.writeFile(file, Buffer.alloc(0));
+    await fs.truncate(file, 32 * MiB);
+    await overwrite(file, MiB, randomBytesSeeded(6 * MiB, 21));
+    const adopted = await cp.req({ method: 'POST', url: `/v3/${admin.projectId}/os-volume-manage`, token: admin.token, payload: { volume: { host: 'alpha@adopted#pool', ref: { 'source-name': file }, name: 'disk-live' } } });
+    assert.equal(adopted.statusCode, 202, adopted.body);
+    const src = (adopted.json() as { volume: { id: string } }).volume.id;
+    const b = await cp.req({ method: 'POST', url: `/v2/${admin.projectId}/cloudbackups`, token: admin.token, payload: { backup: { volume_id: src, name: 'live-src' } } });
+    const bj = await cp.waitJob(admin.token, admin.projectId, (b.json() as { job_id: string }).job_id);
+    assert.equal(bj.status, 'SUCCESS', JSON.stringify(bj));
+    const backupId = (bj.entities as { backup_id: string }).backup_id;
+    const target = await cp.createVolume(admin, 'live-target', 1);
+    const row = (await cp.app.catalog.volumes.getVolumeById(target.id))!;
+    assert.ok(row.host === 'alpha' || row.host === 'beta', String(row.host));
+    const r = await cp.req({ method: 'POST', url: `/v2/${admin.projectId}/cloudbackups/${backupId}/restore`, token: admin.token, payload: { restore: { volume_id: target.id, live: true } } });
+    assert.equal(r.statusCode, 200, r.body);
+    const body = r.json() as { job_id: string; export: { uri: string } };
+    // Served by the volume's agent (its own listener), with the backup's bytes at once.
+    const { execFile } = await import('node:child_process');
+    const { promisify } = await import('node:util');
+    const run = promisify(execFile);
+    const backedUp = path.join(temp.make('live-exp'), 'src.raw');
+    await run('cp', ['--sparse=always', file, backedUp]);
+    await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', backedUp, body.export.uri]);
+    await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 2000 3000', '-c', 'flush', body.export.uri]);
+    await overwrite(backedUp, 2000, Buffer.alloc(3000, 0x5a));
+    const job = await cp.waitJob(admin.token, admin.projectId, body.job_id);
+    assert.equal(job.status, 'SUCCESS', JSON.stringify(job));
+    // The volume (1 GB: the backup, then zeros) on its host is the backup plus the write.
+    const vf = await fs.open(row.path, 'r');
+    const got = Buffer.alloc(32 * MiB);
+    await vf.read(got, 0, got.length, 0);
+    const tail = Buffer.alloc(MiB);
+    await vf.read(tail, 0, tail.length, 512 * MiB);
+    await vf.close();
+    assert.ok(got.equals(await fs.readFile(backedUp)), 'the live-restored volume is the backup plus the user\'s write');
+    assert.ok(tail.equals(Buffer.alloc(MiB)), 'past the backup the volume reads as zeros');
+    const d = await cp.req({ method: 'DELETE', url: `/v2/${admin.projectId}/cloudbackups/${backupId}/export`, token: admin.token });
+    assert.equal(d.statusCode, 204, d.body);
+    await assert.rejects(run('nbdinfo', [body.export.uri]));
+    const work = (await workHosts()).filter((w) => ['openLive', 'liveCopy', 'endLive'].includes(w.kind));
+    assert.deepEqual(work.map((w) => `${w.kind}@${w.host}:${w.status}`), [`openLive@${row.host}:done`, `liveCopy@${row.host}:done`, `endLive@${row.host}:done`]);
   });
 
   it('an agent killed mid-backup fails the job within its lease; back again, the next backup restores bit-identical on the other host', { skip, timeout: 240_000 }, async () => {

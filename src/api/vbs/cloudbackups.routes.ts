@@ -94,11 +94,11 @@ const ExportJson = Type.Object({
   created_at: Type.String(),
   expires_at: Type.String(),
   volume_id: Type.Union([Type.String(), Type.Null()], { description: 'a live restore\'s: the volume served' }),
-  live: Type.Union([Type.Object({ settled_bytes: Type.Integer(), written_bytes: Type.Integer(), total_bytes: Type.Integer() }), Type.Null()], { description: 'a live restore\'s progress: bytes in place (copied or written), bytes the user wrote, the volume\'s size' }),
+  live: Type.Union([Type.Object({ settled_bytes: Type.Integer(), written_bytes: Type.Union([Type.Integer(), Type.Null()]), total_bytes: Type.Integer(), finished: Type.Boolean() }), Type.Null()], { description: 'a live restore\'s progress: bytes in place (copied or written), bytes the user wrote (once the copy has ended), the volume\'s size, whether the copy has ended' }),
 });
 const exportJson = (e: ExportInfo) => ({
   id: e.id, backup_id: e.backupId, uri: e.uri, export_name: e.exportName, writable: e.writable, tls: e.tls, created_at: millisZ(e.createdAt)!, expires_at: millisZ(e.expiresAt)!,
-  volume_id: e.volumeId, live: e.live ? { settled_bytes: e.live.settledBytes, written_bytes: e.live.writtenBytes, total_bytes: e.live.totalBytes } : null,
+  volume_id: e.volumeId, live: e.live ? { settled_bytes: e.live.settledBytes, written_bytes: e.live.writtenBytes, total_bytes: e.live.totalBytes, finished: e.live.finished } : null,
 });
 const JOB_ERRORS: RouteErrorCodes = { [ErrorCode.JobNotFound]: ['common.0011', 404] };
 const BackupParams = Type.Object({ projectId: PathParam, backupId: PathParam });
@@ -129,8 +129,6 @@ export function registerVbsBackupRoutes(root: FastifyInstance, s: ApiServices): 
     schema: { params: BackupParams, body: RestoreBody, tags, summary: 'Restore a disk from a backup (B3); returns a job' },
   }, async (req) => {
     const live = req.body.restore.live === true;
-    // Exports switched off, or their listener unable to start: refused before anything changes.
-    if (live) await s.exports.listener();
     const { job, volume } = await s.backups.restoreBackup(pid(req), req.params.backupId, req.body.restore.volume_id, { live });
     if (!live) return { job_id: job.id };
     // Served from now on; the job copies behind it (a failure here fails the job too).

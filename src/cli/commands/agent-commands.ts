@@ -6,7 +6,7 @@ import type { Command } from 'commander';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { loadConfig, s3Settings, type Config } from '../../config/config.ts';
+import { checkNbdListenSecurity, loadConfig, s3Settings, type Config } from '../../config/config.ts';
 import { AppError, ErrorCode } from '../../domain/errors.ts';
 
 function configFrom(opts: { dataDir?: string }): Config {
@@ -35,6 +35,7 @@ export function registerAgentCommands(program: Command): void {
       const config = configFrom(opts);
       if (!config.controlUrl) throw new AppError(ErrorCode.InvalidArgument, 'HAVEN_CONTROL_URL is not set: the URL of the control plane (haven serve)');
       if (!config.agentTokenFile) throw new AppError(ErrorCode.InvalidArgument, 'HAVEN_AGENT_TOKEN_FILE is not set: the file holding this host\'s agent token (haven agent token create --host NAME makes one)');
+      checkNbdListenSecurity(config);
       const token = readToken(config.agentTokenFile);
       const [{ pino }, { secureDataFolder }, { openObjectStore, openFailure }, { BackupEngine, readPasswordFile }, { VolumeFiles }, { LocalVolumeHost }, { Agent }, { HAVEN_VERSION, hostCapabilities }, { isS3Url }] = await Promise.all([
         import('pino'), import('../../app/data-folder.ts'), import('../../storage/open-store.ts'), import('../../services/backup-engine.ts'), import('../../services/volume-files.ts'),
@@ -46,7 +47,14 @@ export function registerAgentCommands(program: Command): void {
       const password = config.repoPasswordFile ? await readPasswordFile(config.repoPasswordFile) : undefined;
       const engine = await BackupEngine.open(store, { password, nice: config.workerNice }).catch(openFailure(config.repositoryUrl));
       const files = new VolumeFiles({ dataDir: config.dataDir, volumeRoots: config.volumeRoots, privateDirs: isS3Url(config.repositoryUrl) ? [] : [config.repositoryUrl] });
-      const host = new LocalVolumeHost({ host: config.hostName, files, engine, dataDir: config.dataDir, freezeCommand: config.freezeCommand, thawCommand: config.thawCommand });
+      // Live restores of this host's volumes are served from here (HAVEN_NBD_LISTEN, with TLS when
+      // HAVEN_TLS_CERT/KEY are set), started at the first.
+      const [{ NbdEndpoint }, { LiveExports }, { loadTlsFiles }, { createSecureContext }] = await Promise.all([import('../../nbd/nbd-endpoint.ts'), import('../../services/live-exports.ts'), import('../../app/tls.ts'), import('node:tls')]);
+      const tlsFiles = config.tlsCert ? loadTlsFiles(config.tlsCert, config.tlsKey) : null;
+      const nbdTls = tlsFiles ? createSecureContext({ cert: tlsFiles.cert, key: tlsFiles.key }) : null;
+      const nbd = new NbdEndpoint({ listen: config.nbdListen, publicHost: config.nbdPublicHost, tls: nbdTls ? () => nbdTls : null, onError: (err, where) => log.warn({ err, where }, 'NBD') });
+      const live = new LiveExports(() => engine.imageSource(config.nbdCacheMib * 1024 * 1024), nbd, (err, where) => log.warn({ err, where }, 'live restore'));
+      const host = new LocalVolumeHost({ host: config.hostName, files, engine, dataDir: config.dataDir, freezeCommand: config.freezeCommand, thawCommand: config.thawCommand, live });
       const agentEvents: { superseded?: (why: string) => void } = {};
       // This agent's identity across its restarts: a restart takes its own session over, and a
       // second agent started for the same host is refused while this one is online.
@@ -75,6 +83,8 @@ export function registerAgentCommands(program: Command): void {
         agentEvents.superseded = (why) => resolve(why);
       });
       await a.stop();
+      await live.close();
+      await nbd.close();
       await engine.close();
       if (superseded) throw new AppError(ErrorCode.InvalidArgument, superseded);
     });

@@ -33,12 +33,10 @@ export function restoreBackupJob(d: BackupJobDeps): JobHandler<'bksRestoreBackup
       let entities = job.entities;
       const live = p.live ? d.live() : null;
       if (p.live) {
-        // Served since the request: the copy fills in behind the user's reads and writes.
+        // Served since the request, by the volume's host: the copy fills in behind the user's reads and writes.
         if (!live) throw new AppError(ErrorCode.Internal, 'this process has no live restores');
-        const session = await live.session(job.id);
-        session.onProgress = (lp) => ctx.progress(lp.settledBytes, lp.totalBytes);
         try {
-          const r = await session.run(ctx.signal);
+          const r = await live.copy(job.id, { signal: ctx.signal, jobId: job.id, onProgress: (done, total) => ctx.progress(done, total) });
           entities = { ...entities, written_bytes: String(r.writtenBytes) };
         } catch (err) {
           await live.ended(job.id, false);
