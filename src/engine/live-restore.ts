@@ -55,6 +55,8 @@ export class LiveRestore {
   private direct: fs.FileHandle | null = null;
   private readonly blockDevice: boolean;
   private readonly settled: Uint8Array;
+  /** Chunks the user wrote into (data, whatever the backup had there); other settled ones are the backup's. */
+  private readonly touched: Uint8Array;
   private readonly chunks: number;
   private settledCount = 0;
   private readonly batchChunks: number;
@@ -72,6 +74,7 @@ export class LiveRestore {
     this.chunk = image.chunkSize;
     this.chunks = Math.ceil(sizeBytes / this.chunk);
     this.settled = new Uint8Array(Math.ceil(this.chunks / 8));
+    this.touched = new Uint8Array(Math.ceil(this.chunks / 8));
     this.batchChunks = Math.max(1, Math.floor(BATCH_BYTES / this.chunk));
   }
 
@@ -175,6 +178,27 @@ export class LiveRestore {
     return out;
   }
 
+  private touchedRuns(offset: number, end: number): { offset: number; length: number; own: boolean }[] {
+    const out: { offset: number; length: number; own: boolean }[] = [];
+    const isTouched = (i: number): boolean => (this.touched[i >> 3]! & (1 << (i & 7))) !== 0;
+    let i = Math.floor(offset / this.chunk);
+    while (i * this.chunk < end) {
+      const t = isTouched(i);
+      const from = Math.max(offset, i * this.chunk);
+      while (i * this.chunk < end && isTouched(i) === t) i++;
+      out.push({ offset: from, length: Math.min(end, i * this.chunk) - from, own: t });
+    }
+    return out;
+  }
+
+  /** The backup's extents, and a hole past its end. */
+  private async belowExtents(offset: number, length: number): Promise<ImageExtent[]> {
+    const stop = Math.min(offset + length, this.image.sizeBytes);
+    const out = offset < stop ? await this.image.extents(offset, stop - offset) : [];
+    if (offset + length > Math.max(offset, stop)) out.push({ offset: Math.max(offset, stop), length: offset + length - Math.max(offset, stop), hole: true });
+    return out;
+  }
+
   private checkRange(offset: number, length: number): void {
     if (offset < 0 || length < 0 || offset + length > this.sizeBytes) throw new AppError(ErrorCode.InvalidArgument, `range ${offset}+${length} lies outside the volume (${this.sizeBytes} bytes)`);
   }
@@ -195,7 +219,9 @@ export class LiveRestore {
 
   async extents(offset: number, length: number): Promise<ImageExtent[]> {
     this.checkRange(offset, length);
-    return layeredExtents(this.runs(offset, offset + length).map((r) => ({ ...r, own: r.settled })), (o, l) => this.image.extents(o, l));
+    // Holes where the backup has them and the user wrote nothing (copied or not), so clients that
+    // follow block status (qemu-img, nbdcopy) skip them; past the backup's end, zeros.
+    return layeredExtents(this.touchedRuns(offset, offset + length), (o, l) => this.belowExtents(o, l));
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
@@ -215,7 +241,10 @@ export class LiveRestore {
         await this.copyRange(s, e);
       }
       await writeAll(this.fh, data, offset);
-      for (let i = a; i < b; i++) this.settle(i);
+      for (let i = a; i < b; i++) {
+        this.settle(i);
+        this.touched[i >> 3]! |= 1 << (i & 7);
+      }
       this.writtenBytes += data.length;
     });
     this.report();

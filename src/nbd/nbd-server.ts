@@ -698,6 +698,8 @@ class Connection {
    * (DF: one OFFSET_DATA with the holes' zeros); simple (no structured replies): all the bytes.
    */
   private replyRead(cookie: Buffer, offset: number, length: number, pieces: ImagePiece[], df: boolean, done: () => void): void {
+    // Nothing to send (a zero-length read): NONE ends it (an OFFSET_DATA chunk must carry data).
+    if (this.structured && length === 0) return this.writeThen([this.chunkHeader(ReplyFlagDone, ReplyType.None, cookie, 0)], done);
     if (!this.structured || df) {
       const parts: Uint8Array[] = [];
       for (const p of pieces) parts.push(p.data ?? zeros(p.length));
@@ -711,7 +713,6 @@ class Connection {
       off.writeBigUInt64BE(BigInt(offset));
       return this.writeThen([this.chunkHeader(ReplyFlagDone, ReplyType.OffsetData, cookie, 8 + length), off, ...parts], done);
     }
-    if (pieces.length === 0) return this.writeThen([this.chunkHeader(ReplyFlagDone, ReplyType.None, cookie, 0)], done);
     const out: Uint8Array[] = [];
     // Neighbouring data pieces go in one chunk.
     let i = 0;

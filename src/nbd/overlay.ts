@@ -172,7 +172,14 @@ export class CowOverlay implements NbdDevice {
    * the file was never written: a hole, zeros, no disk used); the rest is written. A kept overlay
    * writes them all (after a crash its unmarked blocks may hold data of writes never flushed).
    */
-  async writeZeroes(offset: number, length: number): Promise<void> {
+  writeZeroes(offset: number, length: number): Promise<void> {
+    // In order with the writes: which blocks are held is decided once those before it have landed.
+    const p = this.writing.then(() => this.zeroNow(offset, length));
+    this.writing = p.catch(() => undefined);
+    return p;
+  }
+
+  private async zeroNow(offset: number, length: number): Promise<void> {
     const piece = 1024 * 1024;
     const z = new Uint8Array(Math.min(piece, length));
     const end = offset + length;
@@ -181,19 +188,17 @@ export class CowOverlay implements NbdDevice {
       const k = Math.floor(at / OVERLAY_BLOCK);
       const blockEnd = Math.min(this.sizeBytes, (k + 1) * OVERLAY_BLOCK);
       if (!this.mapFile && at === k * OVERLAY_BLOCK && blockEnd <= end && !this.has(k)) {
-        // A run of whole blocks not held: marked, in order with the writes.
+        // A run of whole blocks not held: marked only.
         let j = k;
         while ((j + 1) * OVERLAY_BLOCK <= end && !this.has(j)) j++;
         if (j > k) {
-          const p = this.writing.then(() => this.mark(k, j));
-          this.writing = p.catch(() => undefined);
-          await p;
+          this.mark(k, j);
           at = j * OVERLAY_BLOCK;
           continue;
         }
       }
       const n = Math.min(piece, end - at, at % OVERLAY_BLOCK === 0 ? piece : OVERLAY_BLOCK - (at % OVERLAY_BLOCK));
-      await this.write(at, z.subarray(0, n));
+      await this.writeNow(at, z.subarray(0, n));
       at += n;
     }
   }

@@ -27,6 +27,22 @@ for (let i = 0; i + 4 <= SIZE; i += 4) DISK.writeUInt32LE(Math.imul(i, 265443576
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** `p`'s value, or `fallback` after `ms` (the timer cleared either way: no pending timer keeps the run alive). */
+async function within<T, F>(p: Promise<T>, ms: number, fallback: F): Promise<T | F> {
+  let t: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<F>((r) => (t = setTimeout(() => r(fallback), ms)))]);
+  } finally {
+    clearTimeout(t);
+  }
+}
+
+/** Fails unless server.close() resolves within `ms`. */
+async function closesWithin(server: NbdServer, ms: number): Promise<void> {
+  const r = await within(server.close().then(() => 'closed' as const), ms, 'pending' as const);
+  assert.equal(r, 'closed', `server.close() did not resolve within ${ms} ms`);
+}
+
 // ---- the exports ----
 
 interface Counters {
@@ -225,7 +241,7 @@ class Wire {
 
   /** Everything received until the server closes (or `ms`). */
   async rest(ms = 5000): Promise<{ bytes: Buffer; closed: boolean }> {
-    const closed = await Promise.race([this.closed.then(() => true), sleep(ms).then(() => false)]);
+    const closed = await within(this.closed.then(() => true), ms, false);
     const bytes = Buffer.concat(this.bufs, this.have);
     this.bufs = [];
     this.have = 0;
@@ -383,6 +399,17 @@ describe('NbdServer: transmission edges', () => {
     p.c.destroy();
   });
 
+  it('answers a zero-length READ with DF (don\'t fragment) without an empty OFFSET_DATA chunk', async () => {
+    const { port } = await serve(testExports());
+    const s = await open(port, 'x', true);
+    s.c.write(request(Cmd.Read, 51, 4096, 0, CmdFlag.Df));
+    const ch = await chunk(s.c);
+    assert.equal(ch.cookie, 51n);
+    assert.ok(ch.flags & ReplyFlagDone);
+    assert.ok(ch.type === ReplyType.None || (ch.type === ReplyType.OffsetData && ch.data.length >= 9), `chunk type ${ch.type} with ${ch.data.length} bytes of payload`);
+    s.c.destroy();
+  });
+
   it('answers the reads sent before NBD_CMD_DISC, in full, before it closes the connection', async () => {
     const ex = testExports({ delayMs: 200 });
     const { port } = await serve(ex);
@@ -428,9 +455,7 @@ describe('NbdServer: transmission edges', () => {
     assert.equal(ex.counters.closed, 1, 'the device is closed once the client is gone');
     assert.ok(ex.counters.reads >= 1, 'reads were made');
     assert.equal(ex.counters.released, ex.counters.reads, 'every read was released');
-    const closeStart = Date.now();
-    await Promise.race([server.close(), sleep(3000).then(() => assert.fail('server.close() did not resolve within 3 s'))]);
-    assert.ok(Date.now() - closeStart < 3000);
+    await closesWithin(server, 3000);
   });
 
   it('server.close() resolves within seconds while a connected client does not read its replies', async () => {
@@ -442,7 +467,7 @@ describe('NbdServer: transmission edges', () => {
     for (let i = 0; i < 16; i++) reqs.push(request(Cmd.Read, i, 0, 32 * MiB));
     s.c.write(Buffer.concat(reqs));
     await sleep(800);
-    await Promise.race([server.close(), sleep(3000).then(() => assert.fail('server.close() did not resolve within 3 s'))]);
+    await closesWithin(server, 3000);
     assert.equal(ex.counters.closed, 1);
     assert.equal(ex.counters.released, ex.counters.reads);
     s.c.destroy();
@@ -590,7 +615,7 @@ describe('NbdServer: handshake edges', () => {
     assert.ok((await structuredRead(other.c, 0, 4096)).bytes.equals(DISK.subarray(0, 4096)));
     other.c.destroy();
     flood.destroy();
-    await Promise.race([server.close(), sleep(3000).then(() => assert.fail('server.close() did not resolve'))]);
+    await closesWithin(server, 3000);
   });
 
   it('a client sending unsupported options without end is cut off; memory stays bounded', async () => {
@@ -606,9 +631,9 @@ describe('NbdServer: handshake edges', () => {
     while (!flood.closedAt && !flood.sock.destroyed && Date.now() - t0 < 3000 && sent < 256 * MiB) {
       const more = flood.sock.write(batch);
       sent += batch.length;
-      if (!more) await Promise.race([new Promise((r) => flood.sock.once('drain', r)), flood.closed, sleep(200)]);
+      if (!more) await within(Promise.race([new Promise((r) => flood.sock.once('drain', r)), flood.closed]), 200, null);
     }
-    const closed = await Promise.race([flood.closed.then(() => true), sleep(3000).then(() => false)]);
+    const closed = await within(flood.closed.then(() => true), 3000, false);
     assert.ok(closed, `the server still holds a connection that sent ${(sent / MiB).toFixed(0)} MiB of options`);
     const rss1 = process.memoryUsage().rss;
     assert.ok(rss1 - rss0 < 200 * MiB, `rss grew by ${((rss1 - rss0) / MiB).toFixed(0)} MiB`);
