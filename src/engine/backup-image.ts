@@ -36,7 +36,7 @@ const COALESCE_GAP = 256 * 1024;
 /** Sequential readers followed at once per image. */
 const MAX_STREAMS = 32;
 /** Raw bytes one decode task takes (tasks run in parallel on the chunk workers). */
-const DECODE_TASK_BYTES = 2 * 1024 * 1024;
+const DECODE_TASK_BYTES = 4 * 1024 * 1024;
 /** The longest pack range one fetch reads. */
 const MAX_SPAN_BYTES = 16 * 1024 * 1024;
 /** Index segments kept in memory per image (32 MiB each at most). */
@@ -310,6 +310,8 @@ export class BackupImage {
     }
     if (need.length) {
       this.fetch(need).catch((err: unknown) => cache.abandon([], need.map((n) => n.key), err, owner));
+    } else if (!out.some((c) => c instanceof Promise)) {
+      return out as (CachedChunk | null)[]; // all cached (a read-ahead's work): no waiting at all
     }
     const settled = await Promise.allSettled(out);
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
