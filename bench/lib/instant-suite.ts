@@ -22,7 +22,7 @@ import { BackupImage, ImageSource } from '../../src/engine/backup-image.ts';
 import { LiveRestore } from '../../src/engine/live-restore.ts';
 import { Repository } from '../../src/engine/repository.ts';
 import { ChunkWorkerPool } from '../../src/engine/worker-pool.ts';
-import { NbdServer } from '../../src/nbd/nbd-server.ts';
+import { NbdServer, sharedDevice } from '../../src/nbd/nbd-server.ts';
 import { NbdClient } from '../../src/qemu/nbd-client.ts';
 import { openObjectStore } from '../../src/storage/open-store.ts';
 import { log, settle } from './local-suite.ts';
@@ -175,7 +175,7 @@ export async function runInstant(work: string, pristine: string, size: number, n
   const image = new BackupImage(new ImageSource(repo, pool), await repo.readManifest(id));
   const live = await LiveRestore.open(image, target);
   const server = new NbdServer({
-    find: async (name) => (name === id ? { name, sizeBytes: live.sizeBytes, readOnly: false, multiConn: true, open: async () => ({ sizeBytes: live.sizeBytes, read: (o, l, s) => live.read(o, l, s), extents: (o, l) => live.extents(o, l), write: (o, d) => live.write(o, d), writeZeroes: (o, l) => live.writeZeroes(o, l), flush: () => live.flush(), close: async () => undefined }) } : null),
+    find: async (name) => (name === id ? { name, sizeBytes: live.sizeBytes, readOnly: false, multiConn: true, open: async () => sharedDevice(live) } : null),
     list: async () => [id],
   });
   const at = (await server.listen({ host: '127.0.0.1', port: 0 })) as { port: number };

@@ -13,6 +13,18 @@ export function formatBytes(n: number): string {
   return u === 0 ? `${n} B` : `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[u]}`;
 }
 
+/**
+ * A size as users write it: a number with an optional unit (k, m, g, with or without "iB"/"B",
+ * binary multiples); `units` names the ones taken, a bare number means `bareUnit`. Null when it is
+ * not such a size.
+ */
+export function parseSize(v: string, opts: { units: string; bareUnit: '' | 'k' | 'm' | 'g' }): number | null {
+  const m = new RegExp(`^(\\d+)\\s*([${opts.units}${opts.units.toUpperCase()}]i?[bB]?)?$`).exec(v.trim());
+  if (!m) return null;
+  const u = (m[2] ?? opts.bareUnit).toLowerCase()[0] ?? '';
+  return Number(m[1]) * (u === 'k' ? 1024 : u === 'm' ? 1024 ** 2 : u === 'g' ? 1024 ** 3 : 1);
+}
+
 export function formatRate(bytes: number, ms: number): string {
   return ms > 0 ? `${formatBytes((bytes * 1000) / ms)}/s` : '-';
 }

@@ -245,16 +245,6 @@ export class BackupImage {
     return this.src.cache.aligned && data.buffer === this.src.cache.memory && data.byteOffset % PAGE_BYTES === 0;
   }
 
-  /** Reads [offset, offset + length) into `into` (holes as zeros). */
-  async readInto(offset: number, into: Uint8Array, signal?: AbortSignal): Promise<void> {
-    const r = await this.read(offset, into.length, signal);
-    try {
-      copyPieces(r.pieces, into, offset);
-    } finally {
-      r.release();
-    }
-  }
-
   /**
    * Starts fetching the chunks after [a, b) when this request continues an earlier one (a stream:
    * nbdcopy reads several regions at once, one per connection): up to the source's read-ahead past

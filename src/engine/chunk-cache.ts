@@ -101,12 +101,7 @@ export class ChunkCache {
    * taken when it lands.
    */
   begin(key: string, pin: boolean, owner: object): Promise<CachedChunk> {
-    let resolve!: (c: CachedChunk) => void;
-    let reject!: (e: unknown) => void;
-    const promise = new Promise<CachedChunk>((res, rej) => {
-      resolve = res;
-      reject = rej;
-    });
+    const { promise, resolve, reject } = Promise.withResolvers<CachedChunk>();
     promise.catch(() => undefined);
     this.inflight.set(key, { owner, promise, resolve, reject, pending: pin ? 1 : 0 });
     return promise;

@@ -22,6 +22,7 @@
  */
 import { constants as fsc, promises as fs } from 'node:fs';
 import { AppError, ErrorCode } from '../domain/errors.ts';
+import { BlockBitmap, type BlockRun } from './block-bitmap.ts';
 import { joinReads, layeredExtents, ownedRead, type BackupImage, type ImageExtent, type ImageRead } from './backup-image.ts';
 import { blockDeviceSize } from './volume-source.ts';
 import { openVolumeFile, reopenSame, type VolumeFileGuard } from './volume-file.ts';
@@ -54,15 +55,13 @@ export class LiveRestore {
    */
   private direct: fs.FileHandle | null = null;
   private readonly blockDevice: boolean;
-  private readonly settled: Uint8Array;
+  private readonly settled: BlockBitmap;
   /** Chunks the user wrote into (data, whatever the backup had there); other settled ones are the backup's. */
-  private readonly touched: Uint8Array;
+  private readonly touched: BlockBitmap;
   private readonly chunks: number;
-  private settledCount = 0;
   private readonly batchChunks: number;
   private writtenBytes = 0;
   private readonly locks: { a: number; b: number; done: Promise<void> }[] = [];
-  private done = false;
   private closed = false;
   onProgress: ((p: LiveProgress) => void) | null = null;
 
@@ -73,8 +72,8 @@ export class LiveRestore {
     this.blockDevice = blockDevice;
     this.chunk = image.chunkSize;
     this.chunks = Math.ceil(sizeBytes / this.chunk);
-    this.settled = new Uint8Array(Math.ceil(this.chunks / 8));
-    this.touched = new Uint8Array(Math.ceil(this.chunks / 8));
+    this.settled = new BlockBitmap(this.chunks, this.chunk);
+    this.touched = new BlockBitmap(this.chunks, this.chunk);
     this.batchChunks = Math.max(1, Math.floor(BATCH_BYTES / this.chunk));
   }
 
@@ -130,21 +129,15 @@ export class LiveRestore {
   }
 
   private isSettled(i: number): boolean {
-    return (this.settled[i >> 3]! & (1 << (i & 7))) !== 0;
+    return this.settled.has(i);
   }
 
   private settle(i: number): void {
-    if (this.isSettled(i)) return;
-    this.settled[i >> 3]! |= 1 << (i & 7);
-    this.settledCount++;
+    this.settled.set(i);
   }
 
   progress(): LiveProgress {
-    return { settledBytes: Math.min(this.sizeBytes, this.settledCount * this.chunk), writtenBytes: this.writtenBytes, totalBytes: this.sizeBytes };
-  }
-
-  get finished(): boolean {
-    return this.done;
+    return { settledBytes: Math.min(this.sizeBytes, this.settled.count * this.chunk), writtenBytes: this.writtenBytes, totalBytes: this.sizeBytes };
   }
 
   /** Holds chunks [a, b) against other writers (the copy, user writes) while `fn` runs. */
@@ -165,30 +158,9 @@ export class LiveRestore {
     }
   }
 
-  /** Runs of settled / unsettled chunks over [offset, end). */
-  private runs(offset: number, end: number): { offset: number; length: number; settled: boolean }[] {
-    const out: { offset: number; length: number; settled: boolean }[] = [];
-    let i = Math.floor(offset / this.chunk);
-    while (i * this.chunk < end) {
-      const s = this.isSettled(i);
-      const from = Math.max(offset, i * this.chunk);
-      while (i * this.chunk < end && this.isSettled(i) === s) i++;
-      out.push({ offset: from, length: Math.min(end, i * this.chunk) - from, settled: s });
-    }
-    return out;
-  }
-
-  private touchedRuns(offset: number, end: number): { offset: number; length: number; own: boolean }[] {
-    const out: { offset: number; length: number; own: boolean }[] = [];
-    const isTouched = (i: number): boolean => (this.touched[i >> 3]! & (1 << (i & 7))) !== 0;
-    let i = Math.floor(offset / this.chunk);
-    while (i * this.chunk < end) {
-      const t = isTouched(i);
-      const from = Math.max(offset, i * this.chunk);
-      while (i * this.chunk < end && isTouched(i) === t) i++;
-      out.push({ offset: from, length: Math.min(end, i * this.chunk) - from, own: t });
-    }
-    return out;
+  /** Runs of settled (own) and unsettled chunks over [offset, end). */
+  private runs(offset: number, end: number): BlockRun[] {
+    return this.settled.runs(offset, end);
   }
 
   /** The backup's extents, and a hole past its end. */
@@ -207,7 +179,7 @@ export class LiveRestore {
     this.checkRange(offset, length);
     return joinReads(
       this.runs(offset, offset + length).map(async (r): Promise<ImageRead> => {
-        if (r.settled) {
+        if (r.own) {
           const data = Buffer.allocUnsafe(r.length);
           await readAll(this.fh, data, r.offset);
           return ownedRead([{ offset: r.offset, length: r.length, data }]);
@@ -221,7 +193,7 @@ export class LiveRestore {
     this.checkRange(offset, length);
     // Holes where the backup has them and the user wrote nothing (copied or not), so clients that
     // follow block status (qemu-img, nbdcopy) skip them; past the backup's end, zeros.
-    return layeredExtents(this.touchedRuns(offset, offset + length), (o, l) => this.belowExtents(o, l));
+    return layeredExtents(this.touched.runs(offset, offset + length), (o, l) => this.belowExtents(o, l));
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
@@ -243,7 +215,7 @@ export class LiveRestore {
       await writeAll(this.fh, data, offset);
       for (let i = a; i < b; i++) {
         this.settle(i);
-        this.touched[i >> 3]! |= 1 << (i & 7);
+        this.touched.set(i);
       }
       this.writtenBytes += data.length;
     });
@@ -309,7 +281,6 @@ export class LiveRestore {
       for (const q of queue.splice(0)) void q.pieces.then((r) => r.release(), () => undefined);
     }
     await Promise.all([this.fh.sync(), this.direct?.sync()]);
-    this.done = true;
     this.report();
     return this.progress();
   }
@@ -328,7 +299,7 @@ export class LiveRestore {
         const runs: { offset: number; parts: Uint8Array[] }[] = [];
         for (const p of pieces) {
           for (const r of this.runs(p.offset, p.offset + p.length)) {
-            if (r.settled) continue;
+            if (r.own) continue;
             if (!p.data) {
               if (this.blockDevice) await writeZeros(this.fh, r.offset, r.length);
               continue;
@@ -342,7 +313,7 @@ export class LiveRestore {
         }
         for (const r of runs) await this.writeRun(r.parts, r.offset);
         if (this.blockDevice && e > this.image.sizeBytes) {
-          for (const r of this.runs(Math.max(s, this.image.sizeBytes), e)) if (!r.settled) await writeZeros(this.fh, r.offset, r.length);
+          for (const r of this.runs(Math.max(s, this.image.sizeBytes), e)) if (!r.own) await writeZeros(this.fh, r.offset, r.length);
         }
         for (let i = a; i < b; i++) this.settle(i);
       }).finally(() => got.release());

@@ -6,7 +6,7 @@
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { BackupImage, type ImageSource } from '../engine/backup-image.ts';
 import { BACKUP_ID_RE } from '../engine/manifest.ts';
-import type { NbdDevice, NbdExport, NbdExports } from './nbd-server.ts';
+import { sharedDevice, type NbdDevice, type NbdExport, type NbdExports } from './nbd-server.ts';
 import { CowOverlay } from './overlay.ts';
 
 /** A backup read-only, as one connection sees it. */
@@ -100,16 +100,8 @@ export class RepositoryExports implements NbdExports {
     if (!this.opts.overlayFile) return CowOverlay.open(imageDevice(image), { baseId: id, ...(this.opts.overlayDir ? { dir: this.opts.overlayDir } : {}) });
     await this.openKept();
     const o = this.kept!;
-    return {
-      sizeBytes: o.sizeBytes,
-      read: (a, b, s) => o.read(a, b, s),
-      extents: (a, b) => o.extents(a, b),
-      write: (a, d) => o.write(a, d),
-      writeZeroes: (a, b) => o.writeZeroes(a, b),
-      flush: () => o.flush(),
-      // A connection's end makes its writes durable (the map saved); the overlay stays open.
-      close: () => o.flush(),
-    };
+    // A connection's end makes its writes durable (the map saved); the overlay stays open.
+    return sharedDevice(o, () => o.flush());
   }
 
   /** Closes the kept overlay (its map saved). */

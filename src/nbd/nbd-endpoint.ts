@@ -77,11 +77,6 @@ export class NbdEndpoint implements NbdExports {
     return null;
   }
 
-  /** Export names with a connection open now. */
-  connected(): Set<string> {
-    return new Set(this.server?.connections().map((c) => c.exportName) ?? []);
-  }
-
   async disconnect(which: (exportName: string) => boolean): Promise<void> {
     await this.server?.disconnect(which);
   }

@@ -65,6 +65,22 @@ export interface NbdDevice {
   close(): Promise<void>;
 }
 
+/**
+ * A device shared by every connection to one export (a kept overlay, a live restore): each
+ * connection gets its methods, and its end runs `onClose` (default: nothing), never the device's close.
+ */
+export function sharedDevice(d: NbdDevice, onClose: () => Promise<void> = async () => undefined): NbdDevice {
+  return {
+    sizeBytes: d.sizeBytes,
+    read: (o, l, s) => d.read(o, l, s),
+    extents: (o, l) => d.extents(o, l),
+    ...(d.write ? { write: (o: number, data: Uint8Array) => d.write!(o, data) } : {}),
+    ...(d.writeZeroes ? { writeZeroes: (o: number, l: number) => d.writeZeroes!(o, l) } : {}),
+    ...(d.flush ? { flush: () => d.flush!() } : {}),
+    close: onClose,
+  };
+}
+
 /** One export, as the handshake describes it before a connection opens its device. */
 export interface NbdExport {
   readonly name: string;
@@ -197,10 +213,6 @@ export class NbdServer {
   constructor(exports: NbdExports, opts: NbdServerOptions = {}) {
     this.exports = exports;
     this.opts = opts;
-  }
-
-  get tls(): boolean {
-    return this.opts.tls !== undefined;
   }
 
   /** Starts listening; resolves to the bound address (the real port when 0 was asked for). */

@@ -21,6 +21,7 @@ import * as path from 'node:path';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { copyPieces, joinReads, layeredExtents, ownedRead, type ImageExtent, type ImageRead } from '../engine/backup-image.ts';
 import type { NbdDevice } from './nbd-server.ts';
+import { BlockBitmap, type BlockRun } from '../engine/block-bitmap.ts';
 import { readAll, writeAll } from '../storage/file-io.ts';
 
 /** The overlay's block: what one bit of the bitmap stands for. */
@@ -47,7 +48,7 @@ export class CowOverlay implements NbdDevice {
   readonly sizeBytes: number;
   private readonly base: OverlayBase;
   private readonly fh: fs.FileHandle;
-  private readonly bits: Uint8Array;
+  private readonly held: BlockBitmap;
   private readonly mapFile: string | null;
   private readonly baseId: string;
   private writing: Promise<unknown> = Promise.resolve();
@@ -55,18 +56,18 @@ export class CowOverlay implements NbdDevice {
   private mapDirty = false;
   private closed = false;
 
-  private constructor(base: OverlayBase, fh: fs.FileHandle, bits: Uint8Array, mapFile: string | null, baseId: string) {
+  private constructor(base: OverlayBase, fh: fs.FileHandle, held: BlockBitmap, mapFile: string | null, baseId: string) {
     this.base = base;
     this.sizeBytes = base.sizeBytes;
     this.fh = fh;
-    this.bits = bits;
+    this.held = held;
     this.mapFile = mapFile;
     this.baseId = baseId;
   }
 
   static async open(base: OverlayBase, opts: OverlayOptions): Promise<CowOverlay> {
     const blocks = Math.ceil(base.sizeBytes / OVERLAY_BLOCK);
-    const bits = new Uint8Array(Math.ceil(blocks / 8));
+    const bitsLength = Math.ceil(blocks / 8);
     if (!opts.file) {
       const dir = opts.dir ?? tmpdir();
       if (opts.dir) await fs.mkdir(dir, { recursive: true, mode: 0o700 });
@@ -79,7 +80,7 @@ export class CowOverlay implements NbdDevice {
       }
       await fs.unlink(file); // gone with the process, however it ends
       await fh.truncate(base.sizeBytes);
-      return new CowOverlay(base, fh, bits, null, opts.baseId);
+      return new CowOverlay(base, fh, new BlockBitmap(blocks, OVERLAY_BLOCK), null, opts.baseId);
     }
     const file = path.resolve(opts.file);
     const mapFile = `${file}.map`;
@@ -98,17 +99,16 @@ export class CowOverlay implements NbdDevice {
     try {
       const st = await fh.stat();
       if (!st.isFile()) throw new AppError(ErrorCode.InvalidArgument, `overlay ${file} is not a regular file`);
-      if (existing) {
-        const head = parseMap(existing, mapFile);
+      const head = existing ? parseMap(existing, mapFile) : null;
+      if (head) {
         if (head.baseId !== opts.baseId) throw new AppError(ErrorCode.InvalidArgument, `overlay ${file} was made over backup ${head.baseId}, not ${opts.baseId}`);
-        if (head.sizeBytes !== base.sizeBytes || head.blockBytes !== OVERLAY_BLOCK || head.bits.length !== bits.length || st.size !== base.sizeBytes) throw new AppError(ErrorCode.InvalidArgument, `overlay ${file} or its map does not fit backup ${opts.baseId} (a different size)`);
-        bits.set(head.bits);
+        if (head.sizeBytes !== base.sizeBytes || head.blockBytes !== OVERLAY_BLOCK || head.bits.length !== bitsLength || st.size !== base.sizeBytes) throw new AppError(ErrorCode.InvalidArgument, `overlay ${file} or its map does not fit backup ${opts.baseId} (a different size)`);
       } else if (st.size > 0) {
         throw new AppError(ErrorCode.InvalidArgument, `${file} exists and is not an overlay (no ${path.basename(mapFile)} beside it): choose a new file`);
       }
       if (st.size !== base.sizeBytes) await fh.truncate(base.sizeBytes);
-      const o = new CowOverlay(base, fh, bits, mapFile, opts.baseId);
-      if (!existing) await o.saveMap(new Uint8Array(bits));
+      const o = new CowOverlay(base, fh, new BlockBitmap(blocks, OVERLAY_BLOCK, head?.bits), mapFile, opts.baseId);
+      if (!head) await o.saveMap(new Uint8Array(o.held.bits));
       return o;
     } catch (err) {
       await fh.close();
@@ -117,32 +117,22 @@ export class CowOverlay implements NbdDevice {
   }
 
   private has(block: number): boolean {
-    return (this.bits[block >> 3]! & (1 << (block & 7))) !== 0;
+    return this.held.has(block);
   }
 
   private mark(a: number, b: number): void {
-    for (let k = a; k < b; k++) this.bits[k >> 3]! |= 1 << (k & 7);
+    this.held.set(a, b);
     this.mapDirty = true;
   }
 
   /** Blocks written so far (for reports and tests). */
   writtenBlocks(): number {
-    let n = 0;
-    for (const byte of this.bits) for (let v = byte; v; v &= v - 1) n++;
-    return n;
+    return this.held.count;
   }
 
-  /** Runs of blocks [a, b) the overlay holds (true) or not, clipped to [offset, end). */
-  private runs(offset: number, end: number): { offset: number; length: number; own: boolean }[] {
-    const out: { offset: number; length: number; own: boolean }[] = [];
-    let k = Math.floor(offset / OVERLAY_BLOCK);
-    while (k * OVERLAY_BLOCK < end) {
-      const own = this.has(k);
-      const s = Math.max(offset, k * OVERLAY_BLOCK);
-      while (k * OVERLAY_BLOCK < end && this.has(k) === own) k++;
-      out.push({ offset: s, length: Math.min(end, k * OVERLAY_BLOCK) - s, own });
-    }
-    return out;
+  /** Runs of blocks the overlay holds (own) or not, clipped to [offset, end). */
+  private runs(offset: number, end: number): BlockRun[] {
+    return this.held.runs(offset, end);
   }
 
   async read(offset: number, length: number, signal?: AbortSignal): Promise<ImageRead> {
@@ -243,7 +233,7 @@ export class CowOverlay implements NbdDevice {
       await this.writing;
       const dirty = this.mapDirty;
       this.mapDirty = false;
-      const bits = this.mapFile && dirty ? new Uint8Array(this.bits) : null; // what is written up to now
+      const bits = this.mapFile && dirty ? new Uint8Array(this.held.bits) : null; // what is written up to now
       try {
         await this.fh.datasync();
         if (bits) await this.saveMap(bits);

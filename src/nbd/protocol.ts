@@ -1,6 +1,6 @@
 /**
  * NBD protocol numbers, as https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md names
- * them: the server side of Haven's NBD (nbd-server.ts) uses these.
+ * them: Haven's NBD server (nbd-server.ts) and client (qemu/nbd-client.ts) both use these.
  */
 export const NBDMAGIC = 0x4e42444d41474943n;
 export const IHAVEOPT = 0x49484156454f5054n;

@@ -14,58 +14,39 @@
  */
 import * as net from 'node:net';
 import { AppError, ErrorCode } from '../domain/errors.ts';
+import { Cmd, CmdFlag, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, Info, NBDMAGIC, Opt, OPT_REPLY_MAGIC, Rep, ReplyFlagDone, ReplyType, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STATE_HOLE, STATE_ZERO, STRUCTURED_REPLY_MAGIC, TFlag } from '../nbd/protocol.ts';
 
-const NBDMAGIC = 0x4e42444d41474943n;
-const IHAVEOPT = 0x49484156454f5054n;
-const OPT_REPLY_MAGIC = 0x0003e889045565a9n;
-const REQUEST_MAGIC = 0x25609513;
-const SIMPLE_REPLY_MAGIC = 0x67446698;
-const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
-
-const FLAG_FIXED_NEWSTYLE = 1;
-const FLAG_NO_ZEROES = 2;
-
-const OPT_GO = 7;
-const OPT_STRUCTURED_REPLY = 8;
-const OPT_SET_META_CONTEXT = 10;
-const REP_ACK = 1;
-const REP_INFO = 3;
-const REP_META_CONTEXT = 4;
-const INFO_EXPORT = 0;
-const INFO_BLOCK_SIZE = 3;
-
-const CMD_READ = 0;
-const CMD_WRITE = 1;
-const CMD_DISC = 2;
-const CMD_FLUSH = 3;
-const CMD_WRITE_ZEROES = 6;
-const CMD_BLOCK_STATUS = 7;
-const CMD_FLAG_FUA = 1;
+// The protocol's numbers: one table for the client and the server (src/nbd/protocol.ts).
+const OPT_GO = Opt.Go;
+const OPT_STRUCTURED_REPLY = Opt.StructuredReply;
+const OPT_SET_META_CONTEXT = Opt.SetMetaContext;
+const REP_ACK = Rep.Ack;
+const REP_INFO = Rep.Info;
+const REP_META_CONTEXT = Rep.MetaContext;
+const INFO_EXPORT = Info.Export;
+const INFO_BLOCK_SIZE = Info.BlockSize;
+const CMD_READ = Cmd.Read;
+const CMD_WRITE = Cmd.Write;
+const CMD_DISC = Cmd.Disc;
+const CMD_FLUSH = Cmd.Flush;
+const CMD_WRITE_ZEROES = Cmd.WriteZeroes;
+const CMD_BLOCK_STATUS = Cmd.BlockStatus;
+const CMD_FLAG_FUA = CmdFlag.Fua;
 /** Do not fragment: a read answered by one data chunk (no sparse holes), which QEMU serves without a block-status walk. */
-const CMD_FLAG_DF = 4;
-
-const REPLY_FLAG_DONE = 1;
-const REPLY_TYPE_NONE = 0;
-const REPLY_TYPE_OFFSET_DATA = 1;
-const REPLY_TYPE_OFFSET_HOLE = 2;
-const REPLY_TYPE_BLOCK_STATUS = 5;
+const CMD_FLAG_DF = CmdFlag.Df;
+const REPLY_FLAG_DONE = ReplyFlagDone;
+const REPLY_TYPE_NONE = ReplyType.None;
+const REPLY_TYPE_OFFSET_DATA = ReplyType.OffsetData;
+const REPLY_TYPE_OFFSET_HOLE = ReplyType.OffsetHole;
+const REPLY_TYPE_BLOCK_STATUS = ReplyType.BlockStatus;
 const REPLY_TYPE_ERROR_BIT = 0x8000;
 
 /** Transmission flags (NBD_FLAG_*). */
-export const NbdFlag = {
-  HasFlags: 1,
-  ReadOnly: 2,
-  SendFlush: 4,
-  SendFua: 8,
-  SendTrim: 32,
-  SendDf: 128,
-  SendWriteZeroes: 64,
-  CanMultiConn: 256,
-} as const;
+export const NbdFlag = TFlag;
 
 /** Flags of a `base:allocation` extent: a hole (not allocated) and/or reading as zeros. */
-export const NBD_STATE_HOLE = 1;
-export const NBD_STATE_ZERO = 2;
+export const NBD_STATE_HOLE = STATE_HOLE;
+export const NBD_STATE_ZERO = STATE_ZERO;
 /** The flag of a `qemu:dirty-bitmap:NAME` extent: dirty. */
 export const NBD_STATE_DIRTY = 1;
 

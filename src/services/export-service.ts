@@ -221,12 +221,7 @@ export class ExportService implements NbdExports, LiveSessions {
   private waiter(jobId: string): Waiter {
     let w = this.waiters.get(jobId);
     if (!w) {
-      let resolve!: (s: LiveExport) => void;
-      let reject!: (e: unknown) => void;
-      const promise = new Promise<LiveExport>((res, rej) => {
-        resolve = res;
-        reject = rej;
-      });
+      const { promise, resolve, reject } = Promise.withResolvers<LiveExport>();
       promise.catch(() => undefined);
       w = { gaveUp: false, promise, resolve, reject };
       this.waiters.set(jobId, w);

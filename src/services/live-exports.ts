@@ -15,7 +15,7 @@ import { LiveRestore } from '../engine/live-restore.ts';
 import { RepositoryLock } from '../engine/locks.ts';
 import type { VolumeFileGuard } from '../engine/volume-file.ts';
 import type { NbdEndpoint } from '../nbd/nbd-endpoint.ts';
-import type { NbdDevice, NbdExport, NbdExports } from '../nbd/nbd-server.ts';
+import { sharedDevice, type NbdExport, type NbdExports } from '../nbd/nbd-server.ts';
 
 interface Live {
   session: LiveRestore;
@@ -87,7 +87,7 @@ export class LiveExports implements NbdExports {
     const live = this.lives.get(name);
     if (!live) return null;
     const s = live.session;
-    return { name, sizeBytes: s.sizeBytes, readOnly: false, multiConn: true, open: async () => liveDevice(s) };
+    return { name, sizeBytes: s.sizeBytes, readOnly: false, multiConn: true, open: async () => sharedDevice(s) };
   }
 
   /** NBD_OPT_LIST: refused (export names are secrets). */
@@ -98,19 +98,6 @@ export class LiveExports implements NbdExports {
   async close(): Promise<void> {
     for (const name of [...this.lives.keys()]) await this.end(name);
   }
-}
-
-/** The live session as one connection's device: shared, so a connection's end closes nothing. */
-function liveDevice(s: LiveRestore): NbdDevice {
-  return {
-    sizeBytes: s.sizeBytes,
-    read: (o, l, sig) => s.read(o, l, sig),
-    extents: (o, l) => s.extents(o, l),
-    write: (o, d) => s.write(o, d),
-    writeZeroes: (o, l) => s.writeZeroes(o, l),
-    flush: () => s.flush(),
-    close: async () => undefined,
-  };
 }
 
 /** The error with details.targetUntouched: the volume was not written. */

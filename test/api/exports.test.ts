@@ -14,24 +14,13 @@ import { after, before, describe, it } from 'node:test';
 import type { LightMyRequestResponse } from 'fastify';
 import { startService, type TestService } from '../helpers/service.ts';
 import { MiB, overwrite, randomBytesSeeded, TempDirs } from '../helpers/volumes.ts';
-import { assertSameBytes } from '../helpers/api.ts';
+import { assertSameBytes, runTool } from '../helpers/api.ts';
 import { makeLoopbackCert } from '../helpers/tls.ts';
 import { verifyRepository } from '../../src/engine/verifier.ts';
 
 const run = promisify(execFile);
 type Who = { token: string; projectId: string };
 type ExportJson = { id: string; backup_id: string; uri: string; export_name: string; writable: boolean; tls: boolean; created_at: string; expires_at: string };
-
-/** A client's exit: ok, and what it printed. */
-async function client(cmd: string, args: string[]): Promise<{ ok: boolean; out: string; err: string }> {
-  try {
-    const r = await run(cmd, args, { maxBuffer: 64 * MiB });
-    return { ok: true, out: r.stdout, err: r.stderr };
-  } catch (e) {
-    const x = e as { stdout?: string; stderr?: string };
-    return { ok: false, out: x.stdout ?? '', err: x.stderr ?? '' };
-  }
-}
 
 function expectVbsError(r: LightMyRequestResponse, status: number): string {
   assert.equal(r.statusCode, status, r.body);
@@ -94,27 +83,27 @@ describe('exports: a backup served as an NBD disk through the API', () => {
     assert.match(e.export_name, /^[A-Za-z0-9_-]{43}$/);
     assert.match(e.uri, new RegExp(`^nbd://127\\.0\\.0\\.1:\\d+/${e.export_name}$`));
     assert.ok(Date.parse(e.expires_at) - Date.parse(e.created_at) === 3600_000, 'one hour by default');
-    const info = JSON.parse((await client('nbdinfo', ['--json', e.uri])).out) as { exports: { 'export-size': number; is_read_only: boolean }[] };
+    const info = JSON.parse((await runTool('nbdinfo', ['--json', e.uri])).out) as { exports: { 'export-size': number; is_read_only: boolean }[] };
     assert.equal(info.exports[0]!['export-size'], 1024 * MiB);
     assert.equal(info.exports[0]!.is_read_only, true);
     const out = path.join(temp.make('out'), 'copy.raw');
-    const c = await client('nbdcopy', [e.uri, out]);
+    const c = await runTool('nbdcopy', [e.uri, out]);
     assert.ok(c.ok, c.err);
     await assertSameBytes(out, atBackup, 'nbdcopy of the export and the volume at backup time');
-    const cmp = await client('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', atBackup, e.uri]);
+    const cmp = await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', atBackup, e.uri]);
     assert.ok(cmp.ok, cmp.out + cmp.err);
     // The map: data exactly at the chunks written (64 KiB granularity), holes elsewhere.
-    const map = JSON.parse((await client('nbdinfo', ['--map', '--json', e.uri])).out) as { offset: number; length: number; type: number }[];
+    const map = JSON.parse((await runTool('nbdinfo', ['--map', '--json', e.uri])).out) as { offset: number; length: number; type: number }[];
     const data = map.filter((m) => (m.type & 1) === 0).map((m) => [m.offset, m.length]);
     assert.deepEqual(data, [[0, 3 * MiB], [300 * MiB, 2 * 65536], [1024 * MiB - 65536, 65536]]);
-    const w = await client('qemu-io', ['-f', 'raw', '-c', 'write -P 0x55 0 4096', e.uri]);
+    const w = await runTool('qemu-io', ['-f', 'raw', '-c', 'write -P 0x55 0 4096', e.uri]);
     assert.ok(!w.ok || /failed|Operation not permitted|read-only/i.test(w.out + w.err), w.out + w.err);
-    assert.ok((await client('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', atBackup, e.uri])).ok);
+    assert.ok((await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', atBackup, e.uri])).ok);
     // Listed to its project; the listing of exports over NBD is refused (names are secrets).
     const l = await call(owner, 'GET', `/cloudbackups/${backupId}/export`);
     assert.equal(l.statusCode, 200, l.body);
     assert.ok((l.json() as { exports: ExportJson[] }).exports.some((x) => x.id === e.id));
-    const list = await client('nbdinfo', ['--list', e.uri.replace(/\/[^/]+$/, '/')]);
+    const list = await runTool('nbdinfo', ['--list', e.uri.replace(/\/[^/]+$/, '/')]);
     assert.ok(!list.out.includes(e.export_name), list.out);
   });
 
@@ -129,29 +118,29 @@ describe('exports: a backup served as an NBD disk through the API', () => {
     assert.ok(r.statusCode === 401 || r.statusCode === 403, r.body);
     const e = await exportOk(owner);
     const guessed = e.uri.replace(e.export_name, `${e.export_name.slice(0, -1)}${e.export_name.endsWith('A') ? 'B' : 'A'}`);
-    assert.equal((await client('nbdinfo', [guessed])).ok, false);
-    assert.equal((await client('nbdinfo', [e.uri.replace(e.export_name, backupId)])).ok, false, 'the backup id is not an export name');
+    assert.equal((await runTool('nbdinfo', [guessed])).ok, false);
+    assert.equal((await runTool('nbdinfo', [e.uri.replace(e.export_name, backupId)])).ok, false, 'the backup id is not an export name');
   });
 
   it('a project the backup is shared with may export it; revoking the share ends new connections', async () => {
     const s = await call(owner, 'POST', '/os-vendor-backup-sharing', { shared: { backup_id: backupId, to_project_ids: [friend.projectId] } });
     assert.equal(s.statusCode, 200, s.body);
     const e = await exportOk(friend);
-    assert.ok((await client('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', atBackup, e.uri])).ok);
+    assert.ok((await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', atBackup, e.uri])).ok);
     const d = await call(owner, 'DELETE', `/os-vendor-backup-sharing/${backupId}?is_backup_id=true`);
     assert.ok(d.statusCode < 300, d.body);
-    assert.equal((await client('nbdinfo', [e.uri])).ok, false, 'the share is gone: so is the export');
+    assert.equal((await runTool('nbdinfo', [e.uri])).ok, false, 'the share is gone: so is the export');
   });
 
   it('DELETE ends the exports (open connections too); an expired export opens nothing', async () => {
     const e = await exportOk(owner, { export: { expires_in: 120 } });
     assert.equal(Date.parse(e.expires_at) - Date.parse(e.created_at), 120_000);
-    assert.ok((await client('nbdinfo', [e.uri])).ok);
+    assert.ok((await runTool('nbdinfo', [e.uri])).ok);
     // A reader in the middle of a long copy is cut off.
-    const slow = client('nbdcopy', ['--requests=1', '--connections=1', '--request-size=65536', e.uri, 'null:']);
+    const slow = runTool('nbdcopy', ['--requests=1', '--connections=1', '--request-size=65536', e.uri, 'null:']);
     const d = await call(owner, 'DELETE', `/cloudbackups/${backupId}/export`);
     assert.equal(d.statusCode, 204, d.body);
-    assert.equal((await client('nbdinfo', [e.uri])).ok, false);
+    assert.equal((await runTool('nbdinfo', [e.uri])).ok, false);
     await slow; // ended, one way or the other: it must not hang
     expectVbsError(await call(owner, 'DELETE', `/cloudbackups/${backupId}/export`), 404);
     assert.equal((await call(owner, 'GET', `/cloudbackups/${backupId}/export`)).json().exports.length, 0);
@@ -162,7 +151,7 @@ describe('exports: a backup served as an NBD disk through the API', () => {
     const saved = clock.clock;
     clock.clock = { now: () => real() + 61_000 };
     try {
-      assert.equal((await client('nbdinfo', [x.uri])).ok, false);
+      assert.equal((await runTool('nbdinfo', [x.uri])).ok, false);
     } finally {
       clock.clock = saved;
     }
@@ -171,10 +160,10 @@ describe('exports: a backup served as an NBD disk through the API', () => {
   it('a writable export: writes are the connection\'s own, the backup and the repository are unchanged', async () => {
     const e = await exportOk(owner, { export: { writable: true } });
     assert.equal(e.writable, true);
-    const w = await client('qemu-io', ['-f', 'raw', '-c', 'write -P 0xab 1000 5000', '-c', 'read -P 0xab 1000 5000', '-c', 'write -P 0xcd 500000000 512', '-c', 'read -P 0xcd 500000000 512', '-c', 'flush', e.uri]);
+    const w = await runTool('qemu-io', ['-f', 'raw', '-c', 'write -P 0xab 1000 5000', '-c', 'read -P 0xab 1000 5000', '-c', 'write -P 0xcd 500000000 512', '-c', 'read -P 0xcd 500000000 512', '-c', 'flush', e.uri]);
     assert.ok(w.ok && !/failed/i.test(w.out), w.out + w.err);
     // A later connection starts from the backup again.
-    assert.ok((await client('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', atBackup, e.uri])).ok);
+    assert.ok((await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', atBackup, e.uri])).ok);
     const report = await verifyRepository(svc.app.engine.repo, {});
     assert.equal(report.ok, true);
     const overlays = await fs.readdir(path.join(svc.dataDir, 'overlays')).catch(() => []);
@@ -228,10 +217,10 @@ describe('exports with TLS, and switched off', () => {
       // libnbd: the CA as ca-cert.pem in a folder.
       const caDir = temp.make('ca');
       await fs.copyFile(t.certFile, path.join(caDir, 'ca-cert.pem'));
-      const plain = await client('nbdinfo', [e.uri.replace(/^nbds:/, 'nbd:')]);
+      const plain = await runTool('nbdinfo', [e.uri.replace(/^nbds:/, 'nbd:')]);
       assert.equal(plain.ok, false, 'no data without TLS');
       const out = path.join(temp.make('o'), 'tls.raw');
-      const c = await client('nbdcopy', [`${e.uri}?tls-certificates=${caDir}`, out]);
+      const c = await runTool('nbdcopy', [`${e.uri}?tls-certificates=${caDir}`, out]);
       assert.ok(c.ok, c.err);
       await assertSameBytes(out, file, 'the export over TLS and the volume');
     } finally {

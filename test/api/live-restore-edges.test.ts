@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { startService, type TestService } from '../helpers/service.ts';
-import { assertCinderError, assertSameBytes, assertVbsError } from '../helpers/api.ts';
+import { assertCinderError, assertSameBytes, assertVbsError, backUpWithRunnerHeld } from '../helpers/api.ts';
 import { skipOutsideCi } from '../helpers/skip.ts';
 import { MiB, overwrite, randomBytesSeeded, sleep, TempDirs } from '../helpers/volumes.ts';
 
@@ -209,19 +209,10 @@ describe('live restore edges', () => {
   before(async () => {
     svc = await startService(temp, {}, { runJobs: false });
     who = await svc.login('admin', 'admin-test-password', 'admin');
-    const src = (await svc.createVolume(who, 'edge-src', 1)).id;
-    const file = await svc.volumePath(src);
     // 96 MiB of data in three places: the copy takes a while; the rest holes.
-    for (let i = 0; i < 3; i++) await overwrite(file, i * 300 * MiB + 4096 * i, randomBytesSeeded(32 * MiB, 20 + i));
-    atBackup = path.join(temp.make('copy'), 'at-backup.raw');
-    await run('cp', ['--sparse=always', file, atBackup]);
-    const r = await call('POST', '/cloudbackups', { backup: { volume_id: src, name: 'edge-b' } });
-    assert.equal(r.statusCode, 200, r.body);
-    await svc.app.runner.start();
-    const job = await svc.waitJob(who.token, who.projectId, (r.json() as { job_id: string }).job_id);
-    assert.equal(job.status, 'SUCCESS', JSON.stringify(job));
-    backupId = String((job.entities as { backup_id: string }).backup_id);
-    await svc.app.runner.stop();
+    ({ backupId, atBackup } = await backUpWithRunnerHeld(svc, who, 'edge-b', temp.make('copy'), async (file) => {
+      for (let i = 0; i < 3; i++) await overwrite(file, i * 300 * MiB + 4096 * i, randomBytesSeeded(32 * MiB, 20 + i));
+    }));
   });
   after(async () => {
     await svc?.close();

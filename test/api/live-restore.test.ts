@@ -12,21 +12,11 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { startService, type TestService } from '../helpers/service.ts';
 import { MiB, overwrite, randomBytesSeeded, TempDirs } from '../helpers/volumes.ts';
-import { assertSameBytes } from '../helpers/api.ts';
+import { assertSameBytes, backUpWithRunnerHeld, runTool } from '../helpers/api.ts';
 
 const run = promisify(execFile);
 type Who = { token: string; projectId: string };
 type LiveExport = { uri: string; export_name: string; volume_id: string; writable: boolean; live: { settled_bytes: number; written_bytes: number | null; total_bytes: number; finished: boolean } };
-
-async function client(cmd: string, args: string[]): Promise<{ ok: boolean; out: string; err: string }> {
-  try {
-    const r = await run(cmd, args, { maxBuffer: 64 * MiB });
-    return { ok: true, out: r.stdout, err: r.stderr };
-  } catch (e) {
-    const x = e as { stdout?: string; stderr?: string };
-    return { ok: false, out: x.stdout ?? '', err: x.stderr ?? '' };
-  }
-}
 
 describe('live restore: the volume is usable at once, the copy fills in behind it', () => {
   const temp = new TempDirs('haven-api-live-');
@@ -42,18 +32,9 @@ describe('live restore: the volume is usable at once, the copy fills in behind i
     // The job runner is held, so the user's first reads and writes surely come before the copy.
     svc = await startService(temp, {}, { runJobs: false });
     who = await svc.login('admin', 'admin-test-password', 'admin');
-    const src = (await svc.createVolume(who, 'live-src', 1)).id;
-    const file = await svc.volumePath(src);
-    for (let i = 0; i < 8; i++) await overwrite(file, i * 128 * MiB + 12345, randomBytesSeeded(3 * MiB, 10 + i));
-    atBackup = path.join(temp.make('copy'), 'at-backup.raw');
-    await run('cp', ['--sparse=always', file, atBackup]);
-    const r = await call('POST', '/cloudbackups', { backup: { volume_id: src, name: 'live-b' } });
-    assert.equal(r.statusCode, 200, r.body);
-    await svc.app.runner.start();
-    const job = await svc.waitJob(who.token, who.projectId, (r.json() as { job_id: string }).job_id);
-    assert.equal(job.status, 'SUCCESS', JSON.stringify(job));
-    backupId = String((job.entities as { backup_id: string }).backup_id);
-    await svc.app.runner.stop();
+    ({ backupId, atBackup } = await backUpWithRunnerHeld(svc, who, 'live-b', temp.make('copy'), async (file) => {
+      for (let i = 0; i < 8; i++) await overwrite(file, i * 128 * MiB + 12345, randomBytesSeeded(3 * MiB, 10 + i));
+    }));
   });
   after(async () => {
     await svc?.close();
@@ -73,17 +54,17 @@ describe('live restore: the volume is usable at once, the copy fills in behind i
     assert.equal(e.writable, true);
     assert.match(e.uri, /^nbd:\/\/127\.0\.0\.1:\d+\/[A-Za-z0-9_-]{43}$/);
     // Nothing copied yet (the runner is held): the volume reads as the backup all the same.
-    assert.ok((await client('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', atBackup, e.uri])).ok, 'served volume = backup before the copy');
+    assert.ok((await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', atBackup, e.uri])).ok, 'served volume = backup before the copy');
     // Writes before the copy: inside data, across a chunk boundary, in a hole, unaligned.
     const writes: [number, number, number][] = [[12345 + 1000, 5000, 0xab], [128 * MiB - 700, 1400, 0xcd], [700 * MiB + 3, 512, 0xef]];
     const expected = path.join(temp.make('exp'), 'expected.raw');
     await run('cp', ['--sparse=always', atBackup, expected]);
     for (const [off, len, pat] of writes) {
-      const w = await client('qemu-io', ['-f', 'raw', '-c', `write -P ${pat} ${off} ${len}`, '-c', 'flush', e.uri]);
+      const w = await runTool('qemu-io', ['-f', 'raw', '-c', `write -P ${pat} ${off} ${len}`, '-c', 'flush', e.uri]);
       assert.ok(w.ok && !/failed/.test(w.out), w.out + w.err);
       await overwrite(expected, off, Buffer.alloc(len, pat));
     }
-    assert.ok((await client('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', expected, e.uri])).ok, 'served volume = backup + writes');
+    assert.ok((await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', expected, e.uri])).ok, 'served volume = backup + writes');
     const status = await call('GET', `/cloudbackups/${backupId}/export`);
     const listed = (status.json() as { exports: LiveExport[] }).exports.find((x) => x.volume_id === target);
     assert.ok(listed, status.body);
@@ -97,7 +78,7 @@ describe('live restore: the volume is usable at once, the copy fills in behind i
     const during: Promise<unknown>[] = [];
     for (let i = 0; i < 4; i++) {
       const off = (900 + i * 20) * MiB + 4096 * i;
-      during.push(client('qemu-io', ['-f', 'raw', '-c', `write -P ${0x11 + i} ${off} 65536`, e.uri]).then((w) => assert.ok(w.ok && !/failed/.test(w.out), w.out + w.err)));
+      during.push(runTool('qemu-io', ['-f', 'raw', '-c', `write -P ${0x11 + i} ${off} 65536`, e.uri]).then((w) => assert.ok(w.ok && !/failed/.test(w.out), w.out + w.err)));
       await overwrite(expected, off, Buffer.alloc(65536, 0x11 + i));
     }
     await Promise.all(during);
@@ -112,12 +93,12 @@ describe('live restore: the volume is usable at once, the copy fills in behind i
     assert.equal(done?.live.finished, true);
     assert.equal(done?.live.written_bytes, written);
     // Still served after the job (a VM may be running on it), now straight from the volume.
-    assert.ok((await client('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', expected, e.uri])).ok);
+    assert.ok((await runTool('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', expected, e.uri])).ok);
     const v = await svc.req({ method: 'GET', url: `/v3/${who.projectId}/volumes/${target}`, token: who.token });
     assert.equal((v.json() as { volume: { status: string } }).volume.status, 'available');
     // Ending the export ends the serving; the volume is an ordinary one.
     assert.equal((await call('DELETE', `/cloudbackups/${backupId}/export`)).statusCode, 204);
-    assert.equal((await client('nbdinfo', [e.uri])).ok, false);
+    assert.equal((await runTool('nbdinfo', [e.uri])).ok, false);
     await assertSameBytes(targetFile, expected, 'the volume after the export ended');
   });
 

@@ -140,3 +140,34 @@ export function pathOf(href: string): string {
   const u = new URL(href);
   return `${u.pathname}${u.search}`;
 }
+
+/** Runs an outside client (nbdinfo, nbdcopy, qemu-img, qemu-io): whether it succeeded, and what it printed. */
+export async function runTool(cmd: string, args: string[]): Promise<{ ok: boolean; out: string; err: string }> {
+  try {
+    const r = await run(cmd, args, { maxBuffer: 64 * 1024 * 1024 });
+    return { ok: true, out: r.stdout, err: r.stderr };
+  } catch (e) {
+    const x = e as { stdout?: string; stderr?: string };
+    return { ok: false, out: x.stdout ?? '', err: x.stderr ?? '' };
+  }
+}
+
+/**
+ * A VBS backup of a new 1 GB volume that `fill` writes into, with the job runner held before and
+ * after it (started for the backup only): the backup's id, and a sparse copy of the volume as
+ * backed up (in `dir`).
+ */
+export async function backUpWithRunnerHeld(svc: TestService, who: { token: string; projectId: string }, name: string, dir: string, fill: (file: string) => Promise<void>): Promise<{ backupId: string; atBackup: string }> {
+  const src = (await svc.createVolume(who, `${name}-src`, 1)).id;
+  const file = (await svc.app.catalog.volumes.getVolumeById(src))!.path;
+  await fill(file);
+  const atBackup = `${dir}/at-backup.raw`;
+  await run('cp', ['--sparse=always', file, atBackup]);
+  const r = await svc.req({ method: 'POST', url: `/v2/${who.projectId}/cloudbackups`, token: who.token, payload: { backup: { volume_id: src, name } } });
+  assert.equal(r.statusCode, 200, r.body);
+  await svc.app.runner.start();
+  const job = await svc.waitJob(who.token, who.projectId, (r.json() as { job_id: string }).job_id);
+  assert.equal(job.status, 'SUCCESS', JSON.stringify(job));
+  await svc.app.runner.stop();
+  return { backupId: String((job.entities as { backup_id: string }).backup_id), atBackup };
+}

@@ -16,7 +16,7 @@ import { FileVolumeSource, type VolumeSource } from '../../engine/volume-source.
 import { openVolumeSource, VOLUME_FORMATS, type VolumeFormat } from '../../engine/open-volume.ts';
 import { openGuestDisk } from '../../qemu/qemu-guest.ts';
 import { ChunkWorkerPool, DEFAULT_WORKER_NICE } from '../../engine/worker-pool.ts';
-import { formatBytes, formatRate, progressReporter, type ProgressReporter } from '../output.ts';
+import { formatBytes, formatRate, parseSize, progressReporter, type ProgressReporter } from '../output.ts';
 import { openRepository, openStore, readPassword, repoLocation, type RepoOptions } from '../repo-access.ts';
 
 function out(json: boolean | undefined, obj: unknown, text: string): void {
@@ -79,10 +79,9 @@ function parseFormat(v: string | undefined): VolumeFormat | undefined {
 }
 
 function parseChunkSize(v: string): number {
-  const m = /^(\d+)\s*([kKmM]i?[bB]?)?$/.exec(v.trim());
-  if (!m) throw new AppError(ErrorCode.InvalidArgument, `invalid chunk size ${JSON.stringify(v)} (e.g. 64KiB)`);
-  const unit = (m[2] ?? '').toLowerCase();
-  return Number(m[1]) * (unit.startsWith('k') ? 1024 : unit.startsWith('m') ? 1024 * 1024 : 1);
+  const n = parseSize(v, { units: 'km', bareUnit: '' });
+  if (n === null) throw new AppError(ErrorCode.InvalidArgument, `invalid chunk size ${JSON.stringify(v)} (e.g. 64KiB)`);
+  return n;
 }
 
 /** A command on a repository: every one takes --repo, --password-file and --json. */

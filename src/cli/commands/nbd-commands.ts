@@ -11,17 +11,16 @@ import { RepositoryLock } from '../../engine/locks.ts';
 import { RepositoryExports } from '../../nbd/backup-exports.ts';
 import { nbdUri, parseListen } from '../../domain/listen.ts';
 import { NbdServer } from '../../nbd/nbd-server.ts';
-import { formatBytes } from '../output.ts';
+import { formatBytes, parseSize } from '../output.ts';
 import { openRepository, type RepoOptions } from '../repo-access.ts';
 import { checkBackupId, poolFromEnv, repoCommand } from './engine-commands.ts';
 
 export const DEFAULT_NBD_LISTEN = '127.0.0.1:10809';
 
 function parseCacheSize(v: string): number {
-  const m = /^(\d+)\s*([kKmMgG]i?[bB]?)?$/.exec(v.trim());
-  if (!m) throw new AppError(ErrorCode.InvalidArgument, `--cache must be a size such as 256MiB, not ${JSON.stringify(v)}`);
-  const u = (m[2] ?? 'm').toLowerCase()[0];
-  return Number(m[1]) * (u === 'k' ? 1024 : u === 'g' ? 1024 ** 3 : u === 'm' ? 1024 ** 2 : 1);
+  const n = parseSize(v, { units: 'kmg', bareUnit: 'm' });
+  if (n === null) throw new AppError(ErrorCode.InvalidArgument, `--cache must be a size such as 128MiB, not ${JSON.stringify(v)}`);
+  return n;
 }
 
 export function registerNbdCommands(program: Command): void {
