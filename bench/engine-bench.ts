@@ -366,7 +366,8 @@ function printInstantTable(r: InstantResult): void {
   console.log(md(['step', 'Haven', 'against', 'ratio']));
   console.log(md(['---', '---', '---', '---']));
   console.log(md(['first 4 KiB through NBD, from the spawn of haven nbd', `${r.firstByteMs.toFixed(0)} ms`, 'goal 1000 ms', `${(1000 / r.firstByteMs).toFixed(2)}x`]));
-  console.log(md(['sequential read: nbdcopy of the export to null:', `${sec(r.nbdReadMs)} (${mbs(r.nbdReadMs)})`, `haven restore ${sec(r.restoreMs)} (${mbs(r.restoreMs)})`, `${(r.restoreMs / r.nbdReadMs).toFixed(2)}x of restore's throughput`]));
+  const runs = (xs: number[]): string => xs.map((x) => (x / 1000).toFixed(2)).join(', ');
+  console.log(md([`sequential read: nbdcopy of the export to null: (median of ${r.reads.length}: ${runs(r.reads)} s)`, `${sec(r.nbdReadMs)} (${mbs(r.nbdReadMs)})`, `haven restore ${sec(r.restoreMs)} (${mbs(r.restoreMs)}; median of ${runs(r.restores)} s)`, `${(r.restoreMs / r.nbdReadMs).toFixed(2)}x of restore's throughput`]));
   console.log(md(['nbdcopy of the export into a file (page cache)', `${sec(r.nbdcopyMs)} (${mbs(r.nbdcopyMs)})`, `haven restore ${sec(r.restoreMs)} (${mbs(r.restoreMs)})`, `${(r.restoreMs / r.nbdcopyMs).toFixed(2)}x${r.identical ? ', identical' : ', DIFFERENT'}`]));
   console.log(md(['random 4 KiB reads, 64 in flight, cold (whole volume, fresh server)', `${r.cold.iops.toFixed(0)} IOPS, p50 ${r.cold.p50Ms.toFixed(1)} ms, p99 ${r.cold.p99Ms.toFixed(1)} ms`, '', '']));
   console.log(md(['random 4 KiB reads, 64 in flight, warm (64 MiB region, cached)', `${r.warm.iops.toFixed(0)} IOPS, p50 ${r.warm.p50Ms.toFixed(1)} ms, p99 ${r.warm.p99Ms.toFixed(1)} ms`, '', `${(r.warm.iops / r.cold.iops).toFixed(1)}x cold`]));

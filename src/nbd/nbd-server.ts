@@ -359,11 +359,26 @@ class Connection {
       done?.();
       return;
     }
-    this.sock.cork();
+    // Corked until this turn of the event loop ends: the replies that become ready together (a
+    // decode task lands several chunks) leave in one writev, so the kernel and the client are woken
+    // once per batch, not once per reply.
+    if (!this.corked) {
+      this.corked = true;
+      this.sock.cork();
+      setImmediate(() => this.flushWrites());
+    }
     for (let i = 0; i < parts.length; i++) {
       if (i === parts.length - 1 && done) this.sock.write(parts[i]!, () => done());
       else this.sock.write(parts[i]!);
     }
+  }
+
+  private corked = false;
+
+  /** Sends what writeThen() has queued now. */
+  private flushWrites(): void {
+    if (!this.corked) return;
+    this.corked = false;
     this.sock.uncork();
   }
 
@@ -531,6 +546,7 @@ class Connection {
     // option would otherwise be taken as if they had.
     if (this.reader.buffered > 0) throw new ProtocolError('data sent in clear after STARTTLS');
     const raw = this.sock;
+    this.flushWrites(); // the ACK, in clear, before TLS takes over the socket
     const ctx = this.opts.tls!;
     const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: typeof ctx === 'function' ? ctx() : ctx, requestCert: false });
     await new Promise<void>((resolve, reject) => {
