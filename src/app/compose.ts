@@ -97,6 +97,12 @@ export interface ComposeOptions {
 const silentLogger: PinoLogger = pino({ level: 'silent' });
 
 /** The admin password: HAVEN_ADMIN_PASSWORD, else generated once into a 0600 file in the data folder. */
+/** Free bytes (for an unprivileged user) and size of the file system `dir` lies in (statfs). */
+async function fileSystemSpace(dir: string): Promise<{ free: number; size: number }> {
+  const st = await fs.statfs(dir);
+  return { free: Number(st.bavail) * Number(st.bsize), size: Number(st.blocks) * Number(st.bsize) };
+}
+
 async function adminPassword(config: Config): Promise<{ password: string; file: string | null; generated: boolean }> {
   if (config.adminPassword) return { password: config.adminPassword, file: null, generated: false };
   const file = path.join(config.dataDir, 'admin-password');
@@ -143,7 +149,12 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const metrics = new Metrics({
       repositoryBytes: () => eng.storedBytes(),
       repositoryBytesTtlMs: isS3Url(config.repositoryUrl) ? 15 * 60_000 : 60_000, // S3 bills each LIST request
+      repositorySpace: isS3Url(config.repositoryUrl) ? undefined : () => fileSystemSpace(config.repositoryUrl),
       jobCounts: () => catalog.jobs.countByStatus(),
+      lastBackups: async () => ({ volumes: await catalog.backups.lastSuccessByVolume(), policies: await catalog.policies.lastSuccessByPolicy() }),
+      agents: () => catalog.agents.listAgents(),
+      runReports: () => eng.runReports(),
+      runReportsTtlMs: isS3Url(config.repositoryUrl) ? 60_000 : 0, // two small GETs per scrape
     });
     // Haven's own folders are never volumes, whatever HAVEN_VOLUME_ROOTS says.
     const files = new VolumeFiles({ dataDir: config.dataDir, volumeRoots: config.volumeRoots, privateDirs: isS3Url(config.repositoryUrl) ? [] : [config.repositoryUrl] });
@@ -186,7 +197,8 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
       // SQLite: this process owns the catalog, so a running job found at start-up is orphaned.
       // PostgreSQL: other processes may be running jobs; only stale heartbeats mean orphans.
       exclusive: db.dialect === 'sqlite',
-      onJobFinished: (job, status, ms) => metrics.observeJob(job.type, status, ms / 1000),
+      onJobFinished: (job, status, ms, errorCode) => metrics.observeJob(job.type, status, ms / 1000, errorCode),
+      onJobStarted: (job, waitedMs) => metrics.observeJobStart(job.type, waitedMs / 1000),
     });
     const jobsStarted = opts.runJobs !== false;
     const dataProbe = new CachedProbe(() => probeWritable(config.dataDir, '.healthz-'));

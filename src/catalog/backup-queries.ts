@@ -129,6 +129,18 @@ export class BackupQueries {
   }
 
   /** Backups counted against the quota: count and gigabytes of the project's backups. */
+  /**
+   * For each volume that exists and has a backup that succeeded: when the newest such backup was
+   * taken (ms), and the policy the volume is in now, for the alerting metrics. A backup being restored from is still one that succeeded.
+   */
+  async lastSuccessByVolume(): Promise<{ projectId: string; volumeId: string; policyId: string | null; at: number }[]> {
+    const rows = await this.db.all<{ project_id: string; volume_id: string; policy_id: string | null; at: number }>(
+      `SELECT v.project_id, v.id AS volume_id, r.policy_id, MAX(b.created_at) AS at FROM volumes v JOIN backups b ON b.volume_id = v.id AND b.status IN ('available', 'restoring')
+       LEFT JOIN policy_resources r ON r.volume_id = v.id GROUP BY v.project_id, v.id, r.policy_id`,
+    );
+    return rows.map((r) => ({ projectId: r.project_id, volumeId: r.volume_id, policyId: r.policy_id, at: Number(r.at) }));
+  }
+
   async usage(projectId: string): Promise<{ backups: number; gigabytes: number }> {
     const r = await this.db.get<{ n: number; gb: number | null }>('SELECT COUNT(*) AS n, SUM(size_gb) AS gb FROM backups WHERE project_id = ?', [projectId]);
     return { backups: Number(r!.n), gigabytes: Number(r!.gb ?? 0) };

@@ -55,6 +55,18 @@ export class PolicyQueries {
     );
   }
 
+  /**
+   * Each policy that is on and has volumes: when it was made and when its newest backup that
+   * succeeded was taken (ms; null: none yet), for the alerting metrics.
+   */
+  async lastSuccessByPolicy(): Promise<{ projectId: string; policyId: string; createdAt: number; at: number | null }[]> {
+    const rows = await this.db.all<{ project_id: string; id: string; created_at: number; at: number | null }>(
+      `SELECT p.project_id, p.id, p.created_at, MAX(b.created_at) AS at FROM policies p LEFT JOIN backups b ON b.policy_id = p.id AND b.status IN ('available', 'restoring')
+       WHERE p.status = 'ON' AND EXISTS (SELECT 1 FROM policy_resources r WHERE r.policy_id = p.id) GROUP BY p.project_id, p.id, p.created_at`,
+    );
+    return rows.map((r) => ({ projectId: r.project_id, policyId: r.id, createdAt: Number(r.created_at), at: r.at === null ? null : Number(r.at) }));
+  }
+
   async getPolicy(projectId: string, id: string): Promise<PolicyWithCount | undefined> {
     const r = await this.db.get<PolicyRow>(`${POLICY_SELECT} WHERE p.id = ? AND p.project_id = ?`, [id, projectId]);
     return r && toPolicy(r);

@@ -19,6 +19,7 @@
  *   G  rewrite the condemned set as what is still pending; drop quarantine entries of copies no
  *      chunk map names any more (Q5)
  */
+import { recordGc } from './run-reports.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import type { ObjectInfo } from '../storage/object-store.ts';
 import { DIGEST_BYTES, isZeroDigest } from './chunk-digest.ts';
@@ -111,10 +112,10 @@ async function markManifest(repo: Repository, map: ChunkMap, m: BackupManifest, 
   }
 }
 
-/** Repository size, without lock objects (GC's own lock would otherwise count as reclaimed). */
+/** Repository size, without lock objects (GC's own lock would otherwise count as reclaimed) and run reports. */
 async function sumBytes(repo: Repository): Promise<number> {
   let n = 0;
-  for await (const o of repo.store.list('')) if (!o.key.startsWith('locks/')) n += o.sizeBytes;
+  for await (const o of repo.store.list('')) if (!o.key.startsWith('locks/') && !o.key.startsWith('reports/')) n += o.sizeBytes;
   return n;
 }
 
@@ -330,6 +331,7 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
       report.repositoryBytesAfter = await sumBytes(repo);
       report.reclaimedBytes = Math.max(0, report.repositoryBytesBefore - report.repositoryBytesAfter);
       report.durationMs = Math.round(performance.now() - started);
+      await recordGc(repo.store, report, now());
       return report;
     }
   } finally {

@@ -10,6 +10,7 @@
  * Damaged or missing copies are quarantined (Q1: no backup deduplicates against them again); a
  * quarantined copy found intact again (its pack was put back) is released (Q4).
  */
+import { recordVerify } from './run-reports.ts';
 import { asCancelledIfAborted } from '../domain/errors.ts';
 import { ObjectNotFoundError } from '../storage/object-store.ts';
 import { DIGEST_BYTES, digestHex, isZeroDigest } from './chunk-digest.ts';
@@ -71,7 +72,9 @@ export interface VerifyOptions {
 export async function verifyRepository(repo: Repository, opts: VerifyOptions = {}): Promise<VerifyReport> {
   const lock = await RepositoryLock.acquire(repo.store, 'read');
   try {
-    return await verifyLocked(repo, opts);
+    const report = await verifyLocked(repo, opts);
+    await recordVerify(repo.store, report, opts.backupId !== undefined || opts.backupIds !== undefined ? 'backups' : 'all');
+    return report;
   } catch (err) {
     throw asCancelledIfAborted(err, opts.signal, 'verify');
   } finally {

@@ -6,6 +6,7 @@
 import { promises as fs } from 'node:fs';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { writeBackup, type BackupResult, type Progress } from '../engine/backup-writer.ts';
+import { readRunReports, type RunReports } from '../engine/run-reports.ts';
 import { collectGarbage, deleteBackup, type GcReport } from '../engine/garbage-collector.ts';
 import type { BackupManifest } from '../engine/manifest.ts';
 import { ImageSource } from '../engine/backup-image.ts';
@@ -200,6 +201,11 @@ export class BackupEngine {
   /** The backups whose data uses any of these chunks (hex digests): who a damaged chunk affects. */
   backupsUsingChunks(digests: string[]): Promise<string[]> {
     return backupsUsingChunks(this.repo, digests);
+  }
+
+  /** The last GC and verify recorded in the repository (engine/run-reports.ts). */
+  runReports(): Promise<RunReports> {
+    return readRunReports(this.repo.store);
   }
 
   /** Bytes the repository occupies (for metrics). */

@@ -68,7 +68,10 @@ export interface JobRunnerOptions {
   pollMs?: number;
   heartbeatMs?: number;
   staleAfterMs?: number;
-  onJobFinished?: (job: Job, status: 'SUCCESS' | 'FAIL', durationMs: number) => void;
+  /** A job ended; `errorCode`: a failed job's (Haven's error code). */
+  onJobFinished?: (job: Job, status: 'SUCCESS' | 'FAIL', durationMs: number, errorCode: string | null) => void;
+  /** A job started, `waitedMs` after it was queued. */
+  onJobStarted?: (job: Job, waitedMs: number) => void;
 }
 
 export class JobRunner {
@@ -77,7 +80,7 @@ export class JobRunner {
   private readonly clock: Clock;
   private readonly handlers: JobHandlers;
   private readonly log: Logger;
-  private readonly opts: Required<Omit<JobRunnerOptions, 'onJobFinished'>> & Pick<JobRunnerOptions, 'onJobFinished'>;
+  private readonly opts: Required<Omit<JobRunnerOptions, 'onJobFinished' | 'onJobStarted'>> & Pick<JobRunnerOptions, 'onJobFinished' | 'onJobStarted'>;
   private readonly running = new Map<string, { ac: AbortController; done: Promise<void>; projectId: string }>();
   private timer: NodeJS.Timeout | null = null;
   private claiming: Promise<void> | null = null;
@@ -181,6 +184,7 @@ export class JobRunner {
     const handler = this.handlerOf(job);
     const work = (async () => {
       this.log.info({ jobId: job.id, jobType: job.type, projectId: job.projectId }, 'job started');
+      this.opts.onJobStarted?.(job, started - job.createdAt);
       try {
         // A cancel that landed between the claim and now (the request's process could not abort
         // a job it did not yet know as running).
@@ -190,11 +194,11 @@ export class JobRunner {
         await retryWhileBusy(() => this.catalog.jobs.heartbeat(job.id, this.owner, this.clock.now(), total, total));
         await retryWhileBusy(() => this.catalog.jobs.finishJob(job.id, this.owner, { status: 'SUCCESS', entities, errorCode: null, failReason: null }, this.clock.now()));
         this.log.info({ jobId: job.id, jobType: job.type, durationMs: this.clock.now() - started }, 'job succeeded');
-        this.opts.onJobFinished?.(job, 'SUCCESS', this.clock.now() - started);
+        this.opts.onJobFinished?.(job, 'SUCCESS', this.clock.now() - started, null);
       } catch (err) {
         // A cancelled job fails with the cancel's reason, not with whatever error the abort surfaced as.
-        await this.failJob(job, this.owner, ac.signal.aborted && isAppError(ac.signal.reason, ErrorCode.Cancelled) ? ac.signal.reason : err);
-        this.opts.onJobFinished?.(job, 'FAIL', this.clock.now() - started);
+        const failure = await this.failJob(job, this.owner, ac.signal.aborted && isAppError(ac.signal.reason, ErrorCode.Cancelled) ? ac.signal.reason : err);
+        this.opts.onJobFinished?.(job, 'FAIL', this.clock.now() - started, failure.errorCode);
       }
     })().finally(() => {
       clearInterval(beat);
@@ -204,7 +208,7 @@ export class JobRunner {
     this.running.set(job.id, { ac, done: work, projectId: job.projectId });
   }
 
-  private async failJob(job: Job, owner: string | null, err: unknown): Promise<void> {
+  private async failJob(job: Job, owner: string | null, err: unknown): Promise<JobFailure> {
     // First, work an agent may still do for it is called off: queued work fails now, running work
     // stops at the agent's next heartbeat (and its result is refused); only then are the job's
     // resources put into their failed state.
@@ -221,6 +225,7 @@ export class JobRunner {
     const entities = { ...(latest?.entities ?? job.entities) };
     await retryWhileBusy(() => this.catalog.jobs.finishJob(job.id, owner, { status: 'FAIL', entities, errorCode: failure.errorCode, failReason: failure.failReason }, this.clock.now()));
     this.log.warn({ jobId: job.id, jobType: job.type, errorCode: failure.errorCode, reason: failure.failReason }, 'job failed');
+    return failure;
   }
 
   /** Finishes jobs whose owner stopped before `heartbeatBeforeMs` (Infinity: all running jobs). */
@@ -239,7 +244,8 @@ export class JobRunner {
       } catch (err) {
         this.log.warn({ err, jobId: job.id }, 'job recovery could not complete the job; failing it');
       }
-      await this.failJob(job, null, new AppError(ErrorCode.JobInterrupted, `interrupted: the Haven process running this job (${job.owner ?? 'unknown'}) stopped before it finished`));
+      const failure = await this.failJob(job, null, new AppError(ErrorCode.JobInterrupted, `interrupted: the Haven process running this job (${job.owner ?? 'unknown'}) stopped before it finished`));
+      this.opts.onJobFinished?.(job, 'FAIL', this.clock.now() - (job.beginTime ?? job.createdAt), failure.errorCode);
     }
     return stale.length;
   }

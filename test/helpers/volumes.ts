@@ -241,10 +241,11 @@ export async function listFilesRecursive(dir: string): Promise<string[]> {
     .sort();
 }
 
-/** Total apparent size of every file under `dir` (what `du --apparent-size -b` reports). */
+/** Total apparent size of every file under `dir` (what `du --apparent-size -b` reports), a repository's reports/ aside. */
 export async function dirBytes(dir: string): Promise<number> {
   let n = 0;
-  for (const rel of await listFilesRecursive(dir)) n += (await fs.stat(path.join(dir, rel))).size;
+  // A repository's run reports (engine/run-reports.ts: the last GC and verify) are not its data.
+  for (const rel of await listFilesRecursive(dir)) if (!rel.startsWith(`reports${path.sep}`)) n += (await fs.stat(path.join(dir, rel))).size;
   return n;
 }
 
