@@ -13,6 +13,7 @@ import { Ajv, type Options as AjvOptions } from 'ajv';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import fastifySwagger from '@fastify/swagger';
 import type { Logger as PinoLogger } from 'pino';
+import { runInRequest } from '../domain/request-context.ts';
 import type { Config } from '../config/config.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import type { AuthContext, IdentityService } from '../services/identity-service.ts';
@@ -132,6 +133,8 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
     ...(opts.https ? { https: { cert: opts.https.cert, key: opts.https.key } } : {}),
     bodyLimit: config.bodyLimitBytes,
     genReqId: () => `req-${randomUUID()}`,
+    // One line per request, when it is answered (onResponse below), not one when it comes and one when it goes.
+    disableRequestLogging: true,
     return503OnClosing: true,
     routerOptions: { ignoreTrailingSlash: true, ignoreDuplicateSlashes: true, maxParamLength: MAX_PARAM_LENGTH },
     clientErrorHandler,
@@ -152,7 +155,8 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   app.decorateRequest('agentHost', null);
   app.addHook('onRequest', (req, reply, done) => {
     reply.header('x-openstack-request-id', req.id);
-    done();
+    // The rest of the request runs in its context: the jobs it creates record its id.
+    runInRequest(req.id, done);
   });
 
   app.removeAllContentTypeParsers();
@@ -297,6 +301,7 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
 
   app.addHook('onResponse', (req, reply, done) => {
     services.metrics.observeRequest(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000);
+    req.log.info({ method: req.method, url: req.url.split('?')[0], statusCode: reply.statusCode, responseTimeMs: Math.round(reply.elapsedTime * 10) / 10 }, 'request');
     done();
   });
 

@@ -4,7 +4,7 @@ import type { SqlExecutor } from './sql.ts';
 
 interface JobRow {
   id: string; project_id: string; job_type: JobType; status: JobStatus; payload: string; entities: string; error_code: string | null; fail_reason: string | null;
-  owner: string | null; heartbeat_at: number | null; progress_done: number; progress_total: number; created_at: number; begin_time: number | null; end_time: number | null;
+  owner: string | null; heartbeat_at: number | null; progress_done: number; progress_total: number; created_at: number; begin_time: number | null; end_time: number | null; request_id?: string | null;
 }
 
 const num = (v: number | null): number | null => (v === null ? null : Number(v));
@@ -14,7 +14,7 @@ const toJob = (r: JobRow): Job =>
     id: r.id, projectId: r.project_id, type: r.job_type, status: r.status, payload: parseJobPayload(r.job_type, JSON.parse(r.payload)),
     entities: JSON.parse(r.entities) as Record<string, string>, errorCode: r.error_code, failReason: r.fail_reason, owner: r.owner,
     heartbeatAt: num(r.heartbeat_at), progressDone: Number(r.progress_done), progressTotal: Number(r.progress_total), createdAt: Number(r.created_at),
-    beginTime: num(r.begin_time), endTime: num(r.end_time),
+    beginTime: num(r.begin_time), endTime: num(r.end_time), requestId: r.request_id ?? null,
   }) as Job;
 
 export class JobQueries {
@@ -25,8 +25,8 @@ export class JobQueries {
 
   async insertJob(j: Job): Promise<void> {
     await this.db.run(
-      'INSERT INTO jobs (id, project_id, job_type, status, payload, entities, error_code, fail_reason, owner, heartbeat_at, progress_done, progress_total, created_at, begin_time, end_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-      [j.id, j.projectId, j.type, j.status, JSON.stringify(j.payload), JSON.stringify(j.entities), j.errorCode, j.failReason, j.owner, j.heartbeatAt, j.progressDone, j.progressTotal, j.createdAt, j.beginTime, j.endTime],
+      'INSERT INTO jobs (id, project_id, job_type, status, payload, entities, error_code, fail_reason, owner, heartbeat_at, progress_done, progress_total, created_at, begin_time, end_time, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      [j.id, j.projectId, j.type, j.status, JSON.stringify(j.payload), JSON.stringify(j.entities), j.errorCode, j.failReason, j.owner, j.heartbeatAt, j.progressDone, j.progressTotal, j.createdAt, j.beginTime, j.endTime, j.requestId ?? null],
     );
   }
 

@@ -7,6 +7,7 @@
  * reason; the API maps the code to the service's (VolumeBackup.*, CSBS.*) in api/wire.
  */
 import { AppError, ErrorCode } from './errors.ts';
+import { currentRequestId } from './request-context.ts';
 
 export type JobStatus = 'INIT' | 'RUNNING' | 'SUCCESS' | 'FAIL';
 
@@ -42,6 +43,8 @@ export interface JobOf<T extends JobType> {
   createdAt: number;
   beginTime: number | null;
   endTime: number | null;
+  /** The API request that created it (null: a policy's run, a recovery). */
+  requestId?: string | null;
 }
 
 /** A job of any kind: `type` tells which payload it has. */
@@ -49,7 +52,7 @@ export type Job = { [T in JobType]: JobOf<T> }[JobType];
 
 /** A job ready to be queued (INIT, no owner yet). */
 export function queuedJob<T extends JobType>(id: string, projectId: string, type: T, payload: JobPayloads[T], entities: Record<string, string>, createdAt: number): JobOf<T> {
-  return { id, projectId, type, status: 'INIT', payload, entities, errorCode: null, failReason: null, owner: null, heartbeatAt: null, progressDone: 0, progressTotal: 0, createdAt, beginTime: null, endTime: null };
+  return { id, projectId, type, status: 'INIT', payload, entities, errorCode: null, failReason: null, owner: null, heartbeatAt: null, progressDone: 0, progressTotal: 0, createdAt, beginTime: null, endTime: null, requestId: currentRequestId() };
 }
 
 export function isJobType(t: string): t is JobType {

@@ -55,6 +55,11 @@ export function jobFailure(err: unknown, prefix: string): JobFailure {
   return { errorCode: jobErrorCode(err), failReason: `${prefix}${reason}` };
 }
 
+/** What every log line about a job carries: its id and kind, and the API request that created it. */
+function jobFields(job: Job): { jobId: string; jobType: string; requestId?: string } {
+  return { jobId: job.id, jobType: job.type, ...(job.requestId ? { requestId: job.requestId } : {}) };
+}
+
 export interface Logger {
   info(obj: object, msg?: string): void;
   warn(obj: object, msg?: string): void;
@@ -178,12 +183,12 @@ export class JobRunner {
     const beat = setInterval(() => {
       this.catalog.jobs.heartbeat(job.id, this.owner, this.clock.now(), done, total)
         .then(cancelIfAsked)
-        .catch((err: unknown) => this.log.warn({ err, jobId: job.id }, 'job heartbeat failed'));
+        .catch((err: unknown) => this.log.warn({ err, ...jobFields(job) }, 'job heartbeat failed'));
     }, this.opts.heartbeatMs);
     beat.unref();
     const handler = this.handlerOf(job);
     const work = (async () => {
-      this.log.info({ jobId: job.id, jobType: job.type, projectId: job.projectId }, 'job started');
+      this.log.info({ ...jobFields(job), projectId: job.projectId }, 'job started');
       this.opts.onJobStarted?.(job, started - job.createdAt);
       try {
         // A cancel that landed between the claim and now (the request's process could not abort
@@ -193,7 +198,7 @@ export class JobRunner {
         const entities = await handler.run(job, { signal: ac.signal, jobId: job.id, progress: (d, t) => ((done = d), (total = t)) });
         await retryWhileBusy(() => this.catalog.jobs.heartbeat(job.id, this.owner, this.clock.now(), total, total));
         await retryWhileBusy(() => this.catalog.jobs.finishJob(job.id, this.owner, { status: 'SUCCESS', entities, errorCode: null, failReason: null }, this.clock.now()));
-        this.log.info({ jobId: job.id, jobType: job.type, durationMs: this.clock.now() - started }, 'job succeeded');
+        this.log.info({ ...jobFields(job), durationMs: this.clock.now() - started, bytes: total }, 'job succeeded');
         this.opts.onJobFinished?.(job, 'SUCCESS', this.clock.now() - started, null);
       } catch (err) {
         // A cancelled job fails with the cancel's reason, not with whatever error the abort surfaced as.
@@ -212,19 +217,19 @@ export class JobRunner {
     // First, work an agent may still do for it is called off: queued work fails now, running work
     // stops at the agent's next heartbeat (and its result is refused); only then are the job's
     // resources put into their failed state.
-    await retryWhileBusy(() => this.catalog.agents.cancelWorkOfJob(job.id, `job ${job.id} ended: ${err instanceof Error ? err.message : String(err)}`, this.clock.now())).catch((e: unknown) => this.log.warn({ err: e, jobId: job.id }, 'could not cancel the agents\' work of a failed job'));
+    await retryWhileBusy(() => this.catalog.agents.cancelWorkOfJob(job.id, `job ${job.id} ended: ${err instanceof Error ? err.message : String(err)}`, this.clock.now())).catch((e: unknown) => this.log.warn({ err: e, ...jobFields(job) }, 'could not cancel the agents\' work of a failed job'));
     let failure: JobFailure;
     try {
       // The failed state of the job's backup and volume must be written, or they stay busy forever.
       failure = await retryWhileBusy(() => this.handlerOf(job).fail(job, err));
     } catch (e) {
-      this.log.error({ err: e, jobId: job.id }, 'job failure handling failed');
+      this.log.error({ err: e, ...jobFields(job) }, 'job failure handling failed');
       failure = { errorCode: ErrorCode.Internal, failReason: (err as Error)?.message ?? String(err) };
     }
     const latest = await retryWhileBusy(() => this.catalog.jobs.getJobById(job.id));
     const entities = { ...(latest?.entities ?? job.entities) };
     await retryWhileBusy(() => this.catalog.jobs.finishJob(job.id, owner, { status: 'FAIL', entities, errorCode: failure.errorCode, failReason: failure.failReason }, this.clock.now()));
-    this.log.warn({ jobId: job.id, jobType: job.type, errorCode: failure.errorCode, reason: failure.failReason }, 'job failed');
+    this.log.warn({ ...jobFields(job), errorCode: failure.errorCode, reason: failure.failReason, durationMs: this.clock.now() - (job.beginTime ?? job.createdAt) }, 'job failed');
     return failure;
   }
 
@@ -238,11 +243,11 @@ export class JobRunner {
         const entities = handler.recover ? await handler.recover(job) : null;
         if (entities) {
           await this.catalog.jobs.finishJob(job.id, null, { status: 'SUCCESS', entities, errorCode: null, failReason: null }, this.clock.now());
-          this.log.info({ jobId: job.id }, 'recovered job completed');
+          this.log.info({ ...jobFields(job) }, 'recovered job completed');
           continue;
         }
       } catch (err) {
-        this.log.warn({ err, jobId: job.id }, 'job recovery could not complete the job; failing it');
+        this.log.warn({ err, ...jobFields(job) }, 'job recovery could not complete the job; failing it');
       }
       const failure = await this.failJob(job, null, new AppError(ErrorCode.JobInterrupted, `interrupted: the Haven process running this job (${job.owner ?? 'unknown'}) stopped before it finished`));
       this.opts.onJobFinished?.(job, 'FAIL', this.clock.now() - (job.beginTime ?? job.createdAt), failure.errorCode);

@@ -53,6 +53,7 @@ export class ServeProcess {
     let stdoutBuf = '';
     let self: ServeProcess | undefined;
     const early: LogLine[] = [];
+    let onEarly: ((l: LogLine) => void) | undefined;
     child.stdout!.setEncoding('utf8').on('data', (s: string) => {
       stdoutBuf += s;
       let nl: number;
@@ -66,15 +67,22 @@ export class ServeProcess {
           continue; // not a log line
         }
         if (self) self.onLog(parsed);
-        else early.push(parsed);
+        else {
+          early.push(parsed);
+          onEarly?.(parsed);
+        }
       }
     });
     const url = await new Promise<string>((resolve, reject) => {
+      // Standard output is not a terminal: the start-up lines are JSON log lines there.
+      const listening = (l: LogLine): void => {
+        if (typeof l.url === 'string' && /^Haven listening on /.test(l.msg ?? '')) resolve(l.url);
+      };
+      early.forEach(listening);
+      onEarly = listening;
       child.stderr!.setEncoding('utf8').on('data', (s: string) => {
         stderr += s;
         if (self) self.stderr = stderr;
-        const m = /Haven listening on (\S+)/.exec(stderr);
-        if (m) resolve(m[1]!);
       });
       child.once('exit', (code, signal) => reject(new Error(`haven serve exited (${code ?? signal}) before listening: ${stderr}`)));
     });

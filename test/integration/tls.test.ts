@@ -76,19 +76,24 @@ async function serve(env: Record<string, string>): Promise<Served> {
       }
     }
   };
+  // Standard output is not a terminal: the start-up and reload lines are JSON log lines there;
+  // both streams are searched.
   child.stderr!.setEncoding('utf8').on('data', (s: string) => {
     stderr += s;
     check();
   });
-  child.stdout!.resume();
+  child.stdout!.setEncoding('utf8').on('data', (s: string) => {
+    stderr += s;
+    check();
+  });
   const exited = new Promise<never>((_, reject) => child.once('exit', (code) => reject(new Error(`haven serve exited (${code}): ${stderr}`))));
   exited.catch(() => {}); // observed through waitFor
   const waitFor = (re: RegExp): Promise<string> => Promise.race([new Promise<string>((resolve) => {
     waiters.push({ re, resolve });
     check();
   }), exited]);
-  const line = await waitFor(/Haven listening on (\S+)/);
-  const url = line.replace('Haven listening on ', '');
+  const line = await waitFor(/"url":"[^"]+"/);
+  const url = line.slice('"url":"'.length, -1);
   return {
     child, url, port: Number(new URL(url).port), waitFor,
     async stop() {

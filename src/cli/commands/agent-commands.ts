@@ -37,11 +37,13 @@ export function registerAgentCommands(program: Command): void {
       if (!config.agentTokenFile) throw new AppError(ErrorCode.InvalidArgument, 'HAVEN_AGENT_TOKEN_FILE is not set: the file holding this host\'s agent token (haven agent token create --host NAME makes one)');
       checkNbdListenSecurity(config);
       const token = readToken(config.agentTokenFile);
-      const [{ pino }, { secureDataFolder }, { openObjectStore, openFailure }, { BackupEngine, readPasswordFile }, { VolumeFiles }, { LocalVolumeHost }, { Agent }, { HAVEN_VERSION, hostCapabilities }, { isS3Url }] = await Promise.all([
-        import('pino'), import('../../app/data-folder.ts'), import('../../storage/open-store.ts'), import('../../services/backup-engine.ts'), import('../../services/volume-files.ts'),
+      const [{ createLogger, announce, humanLogs }, { secureDataFolder }, { openObjectStore, openFailure }, { BackupEngine, readPasswordFile }, { VolumeFiles }, { LocalVolumeHost }, { Agent }, { HAVEN_VERSION, hostCapabilities }, { isS3Url }] = await Promise.all([
+        import('../../app/logger.ts'), import('../../app/data-folder.ts'), import('../../storage/open-store.ts'), import('../../services/backup-engine.ts'), import('../../services/volume-files.ts'),
         import('../../services/local-volume-host.ts'), import('../../agent/agent.ts'), import('../../agent/capabilities.ts'), import('../../storage/s3-url.ts'),
       ]);
-      const log = pino({ level: config.logLevel });
+      // Readable lines on a terminal; JSON (the start-up lines too) for a journal or a collector.
+      const human = humanLogs();
+      const log = createLogger(config.logLevel, { human });
       secureDataFolder(config.dataDir, { sqliteCatalog: false });
       const store = await openObjectStore(config.repositoryUrl, s3Settings(config));
       const password = config.repoPasswordFile ? await readPasswordFile(config.repoPasswordFile) : undefined;
@@ -71,11 +73,12 @@ export function registerAgentCommands(program: Command): void {
         await engine.close();
         throw err;
       }
-      process.stderr.write(`Haven agent of host ${a.hostName} working for ${config.controlUrl}\n`);
-      process.stderr.write(`  volume roots: ${config.volumeRoots.join(':') || '(none)'}\n  data: ${config.dataDir}\n  repository: ${config.repositoryUrl}\n`);
+      const roots = config.volumeRoots.join(':') || '(none)';
+      if (human) announce(log, true, `Haven agent of host ${a.hostName} working for ${config.controlUrl}\n  volume roots: ${roots}\n  data: ${config.dataDir}\n  repository: ${config.repositoryUrl}`);
+      else announce(log, false, `Haven agent of host ${a.hostName} working for ${config.controlUrl}`, { host: a.hostName, controlUrl: config.controlUrl, volumeRoots: config.volumeRoots, dataDir: config.dataDir, repository: config.repositoryUrl });
       const superseded = await new Promise<string | null>((resolve) => {
         const stop = (): void => {
-          process.stderr.write('Haven agent stopping: running work is cancelled and reported failed\n');
+          announce(log, human, 'Haven agent stopping: running work is cancelled and reported failed');
           resolve(null);
         };
         process.once('SIGINT', stop);

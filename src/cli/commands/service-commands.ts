@@ -55,37 +55,48 @@ export function registerServiceCommands(program: Command): void {
     .action(async (opts: { dataDir?: string }) => {
       const config = configFrom(opts);
       checkListenSecurity(config);
-      const [{ pino }, { composeApp }] = await Promise.all([import('pino'), import('../../app/compose.ts')]);
-      const logger = pino({ level: config.logLevel, redact: ['req.headers["x-auth-token"]', 'req.headers["x-subject-token"]', 'password'] });
+      const [{ createLogger, announce, humanLogs }, { composeApp }] = await Promise.all([import('../../app/logger.ts'), import('../../app/compose.ts')]);
+      // For a person on a terminal: readable lines; for a journal or a collector: JSON, these included.
+      const human = humanLogs();
+      const logger = createLogger(config.logLevel, { human });
+      const say = (text: string, fields: Record<string, unknown> = {}): void => announce(logger, human, text, fields);
       const app = await composeApp(config, { logger });
       const address = await app.server.listen({ host: config.host, port: config.port });
       const url = address.replace('[::1]', 'localhost');
-      process.stderr.write(`Haven listening on ${url}\n`);
       // Opted into (HAVEN_METRICS_PORT): /metrics without a token, on its own (loopback) address.
       const metricsAddress = app.metricsServer ? await app.metricsServer.listen({ host: config.metricsHost, port: config.metricsPort }) : null;
-      process.stderr.write(`  identity (Keystone v3): ${url}/v3   user admin, project ${config.adminProject} (cloud admin), domain Default\n`);
-      if (metricsAddress) process.stderr.write(`  metrics (no token): ${metricsAddress}/metrics\n`);
-      process.stderr.write(
-        app.adminPasswordFile ? `  admin password: in ${app.adminPasswordFile}\n`
-          : app.adminPasswordShared ? '  admin password: the one of the process that first started on this catalog (its data folder\'s admin-password), or set HAVEN_ADMIN_PASSWORD\n'
-          : '  admin password: HAVEN_ADMIN_PASSWORD\n',
-      );
-      process.stderr.write(`  data: ${config.dataDir}\n`);
-      process.stderr.write(`  repository: ${config.repositoryUrl}\n`);
-      if (config.tlsCert) process.stderr.write(`  TLS: ${config.tlsCert} (kill -HUP ${process.pid} re-reads it and its key)\n`);
+      const adminPassword = app.adminPasswordFile ? `in ${app.adminPasswordFile}`
+        : app.adminPasswordShared ? 'the one of the process that first started on this catalog (its data folder\'s admin-password), or set HAVEN_ADMIN_PASSWORD'
+        : 'HAVEN_ADMIN_PASSWORD';
+      if (human) {
+        say(`Haven listening on ${url}`);
+        say(`  identity (Keystone v3): ${url}/v3   user admin, project ${config.adminProject} (cloud admin), domain Default`);
+        if (metricsAddress) say(`  metrics (no token): ${metricsAddress}/metrics`);
+        say(`  admin password: ${adminPassword}`);
+        say(`  data: ${config.dataDir}`);
+        say(`  repository: ${config.repositoryUrl}`);
+        if (config.tlsCert) say(`  TLS: ${config.tlsCert} (kill -HUP ${process.pid} re-reads it and its key)`);
+      } else {
+        say(`Haven listening on ${url}`, {
+          url, identity: `${url}/v3`, adminProject: config.adminProject, adminPassword, dataDir: config.dataDir, repository: config.repositoryUrl,
+          ...(metricsAddress ? { metrics: `${metricsAddress}/metrics` } : {}), ...(config.tlsCert ? { tlsCert: config.tlsCert } : {}),
+        });
+      }
       // SIGHUP re-reads the certificate and key (renewed by certbot & co.): new connections get
       // them, open connections keep theirs. A bad pair is reported and the old one kept.
       const reload = (): void => {
         try {
-          process.stderr.write(`Haven TLS certificate reloaded: ${app.reloadTls()}\n`);
+          say(`Haven TLS certificate reloaded: ${app.reloadTls()}`);
         } catch (err) {
-          process.stderr.write(`Haven TLS certificate NOT reloaded, the previous one stays in use: ${(err as Error).message}\n`);
+          const text = `Haven TLS certificate NOT reloaded, the previous one stays in use: ${(err as Error).message}`;
+          if (human) say(text);
+          else logger.error(text);
         }
       };
       if (config.tlsCert) process.on('SIGHUP', reload);
       await new Promise<void>((resolve) => {
         const stop = (): void => {
-          process.stderr.write('Haven stopping: running jobs are cancelled and marked failed\n');
+          say('Haven stopping: running jobs are cancelled and marked failed');
           resolve();
         };
         process.once('SIGINT', stop);
