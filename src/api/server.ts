@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { Ajv, type Options as AjvOptions } from 'ajv';
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import fastifySwagger from '@fastify/swagger';
 import type { Logger as PinoLogger } from 'pino';
 import { runInRequest } from '../domain/request-context.ts';
@@ -134,7 +134,7 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
     bodyLimit: config.bodyLimitBytes,
     genReqId: () => `req-${randomUUID()}`,
     // One line per request, when it is answered (onResponse below), not one when it comes and one when it goes.
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
     routerOptions: { ignoreTrailingSlash: true, ignoreDuplicateSlashes: true, maxParamLength: MAX_PARAM_LENGTH },
     clientErrorHandler,
