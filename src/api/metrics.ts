@@ -12,7 +12,7 @@
  */
 import Fastify, { type FastifyInstance } from 'fastify';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { RunReports } from '../engine/run-reports.ts';
+import type { RunReports } from '../services/backup-engine.ts';
 
 export interface LastBackups {
   volumes: { projectId: string; volumeId: string; policyId: string | null; at: number }[];
@@ -32,6 +32,25 @@ export interface MetricSources {
   runReports?: () => Promise<RunReports>;
   /** How long run reports are kept between scrapes (default 0: read each time). */
   runReportsTtlMs?: number;
+}
+
+/**
+ * `fn` shared by the gauges that read it: one call serves every caller until it settles and, with
+ * `ttlMs`, for that long after (a rejection is not kept: the next scrape tries again).
+ */
+function shared<T>(fn: () => Promise<T>, ttlMs = 0): () => Promise<T> {
+  let cached: { at: number; value: Promise<T> } | null = null;
+  return () => {
+    const now = Date.now();
+    if (cached && (cached.at === -1 || now - cached.at <= ttlMs)) return cached.value;
+    const entry: { at: number; value: Promise<T> } = { at: -1, value: fn() };
+    cached = entry;
+    entry.value.then(
+      () => (entry.at = Date.now()),
+      () => void (cached === entry && (cached = null)),
+    );
+    return entry.value;
+  };
 }
 
 export class Metrics {
@@ -62,15 +81,11 @@ export class Metrics {
     this.failed = new Counter({ name: 'haven_jobs_failed_total', help: 'Jobs failed by type and reason (Haven\'s error code, e.g. VOLUME_UNREADABLE)', labelNames: ['type', 'reason'], registers: [this.registry] });
     this.queueWait = new Histogram({ name: 'haven_job_queue_wait_seconds', help: 'Time from a job\'s creation to its start', labelNames: ['type'], buckets: [0.1, 1, 5, 15, 60, 300, 900, 3600, 14400], registers: [this.registry] });
     this.samples = new Counter({ name: 'haven_sample_restores_total', help: 'Scheduled sample restores by result: whole, damaged (the backup became error), skipped (no room, a store outage)', labelNames: ['result'], registers: [this.registry] });
-    const repoBytes = opts.repositoryBytes;
-    const repoBytesTtl = opts.repositoryBytesTtlMs ?? 60_000;
-    let cached: { at: number; value: number } | null = null;
+    const repoBytes = opts.repositoryBytes ? shared(opts.repositoryBytes, opts.repositoryBytesTtlMs ?? 60_000) : null;
     new Gauge({
       name: 'haven_repository_bytes', help: 'Bytes the chunk repository occupies', registers: [this.registry],
       async collect() {
-        if (!repoBytes) return;
-        if (!cached || Date.now() - cached.at > repoBytesTtl) cached = { at: Date.now(), value: await repoBytes() };
-        this.set(cached.value);
+        if (repoBytes) this.set(await repoBytes());
       },
     });
     const jobCounts = opts.jobCounts;
@@ -92,12 +107,7 @@ export class Metrics {
     const registers = [this.registry];
     const lastBackups = opts.lastBackups;
     if (lastBackups) {
-      // One read of the catalog per scrape for both gauges.
-      let pending: Promise<LastBackups> | null = null;
-      const read = (): Promise<LastBackups> => {
-        pending ??= lastBackups().finally(() => setImmediate(() => (pending = null)));
-        return pending;
-      };
+      const read = shared(lastBackups); // one read of the catalog per scrape for the three gauges
       new Gauge({
         name: 'haven_volume_last_backup_success_timestamp_seconds', help: 'When the newest backup of the volume that succeeded was taken (volumes with one; policy_id: the policy the volume is in, empty if none)', labelNames: ['project_id', 'volume_id', 'policy_id'], registers,
         async collect() {
@@ -135,12 +145,7 @@ export class Metrics {
     }
     const space = opts.repositorySpace;
     if (space) {
-      // One statfs per scrape for both gauges.
-      let pending: Promise<{ free: number; size: number } | null> | null = null;
-      const read = (): Promise<{ free: number; size: number } | null> => {
-        pending ??= space().finally(() => setImmediate(() => (pending = null)));
-        return pending;
-      };
+      const read = shared(space); // one statfs per scrape for both gauges
       new Gauge({
         name: 'haven_repository_free_bytes', help: 'Free space where the repository is stored, for its user (a local folder; absent for an object store)', registers,
         async collect() {
@@ -158,16 +163,7 @@ export class Metrics {
     }
     const runs = opts.runReports;
     if (runs) {
-      const ttl = opts.runReportsTtlMs ?? 0;
-      let cached: { at: number; value: Promise<RunReports> } | null = null;
-      const read = (): Promise<RunReports> => {
-        if (!cached || Date.now() - cached.at > ttl) {
-          const value = runs();
-          cached = { at: Date.now(), value };
-          value.catch(() => (cached = null)); // a store outage is tried again at the next scrape
-        }
-        return cached.value;
-      };
+      const read = shared(runs, opts.runReportsTtlMs ?? 0);
       const gauge = (name: string, help: string, pick: (r: RunReports) => number | null, labelNames: string[] = [], labels: (r: RunReports) => Record<string, string> = () => ({})): void =>
         void new Gauge({
           name, help, labelNames, registers,

@@ -7,6 +7,9 @@ import { promises as fs } from 'node:fs';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { writeBackup, type BackupResult, type Progress } from '../engine/backup-writer.ts';
 import { readRunReports, type RunReports } from '../engine/run-reports.ts';
+
+/** The last GC and verify a repository recorded (api/metrics.ts shows them). */
+export type { RunReports };
 import { collectGarbage, deleteBackup, type GcReport } from '../engine/garbage-collector.ts';
 import type { BackupManifest } from '../engine/manifest.ts';
 import { ImageSource } from '../engine/backup-image.ts';
