@@ -107,7 +107,7 @@ export function havenTool(work: string, nodeBin: string, cli: string, opts: Tool
     },
     async restore(id, _volume, dir) {
       const file = path.join(dir, 'haven-restored.img');
-      const r = await h(['restore', '--backup', id, '--target', file, '--json']);
+      const r = await h(['restore', '--backup', id, '--target', file, '--force', '--json']);
       return { ...r, file };
     },
   };

@@ -9,11 +9,7 @@ import { randomBytes } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import { buildServer } from '../api/server.ts';
 import { buildMetricsServer, Metrics } from '../api/metrics.ts';
-import { Catalog } from '../catalog/catalog.ts';
-import { migrate } from '../catalog/migrate.ts';
-import { SqliteDatabase } from '../catalog/sqlite-database.ts';
-import { PostgresDatabase } from '../catalog/postgres-database.ts';
-import type { SqlDatabase } from '../catalog/sql.ts';
+import type { Catalog } from '../catalog/catalog.ts';
 import { s3Settings, type Config } from '../config/config.ts';
 import { systemClock, type Clock } from '../domain/clock.ts';
 import { openFailure, openObjectStore } from '../storage/open-store.ts';
@@ -48,7 +44,7 @@ import { SharingService } from '../services/sharing-service.ts';
 import { ServerService } from '../services/server-service.ts';
 import { ServerBackupService } from '../services/server-backup-service.ts';
 import { QuotaService } from '../services/quota-service.ts';
-import { secureDataFolder } from './data-folder.ts';
+import { openCatalog } from './open-catalog.ts';
 import { CachedProbe, probeWritable } from './health.ts';
 import { loadTlsFiles } from './tls.ts';
 
@@ -120,12 +116,9 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
   const clock = opts.clock ?? systemClock;
   // A bad certificate or key fails the start before anything is created.
   const tls = config.tlsCert ? loadTlsFiles(config.tlsCert, config.tlsKey) : null;
-  secureDataFolder(config.dataDir, { sqliteCatalog: !config.catalogUrl });
-  const db: SqlDatabase = config.catalogUrl ? new PostgresDatabase(config.catalogUrl) : new SqliteDatabase(path.join(config.dataDir, 'catalog.sqlite'));
-  const catalog = new Catalog(db);
+  const { db, catalog } = await openCatalog(config);
   let engine: BackupEngine | null = null;
   try {
-    await migrate(db);
     let store: ObjectStore = await openObjectStore(config.repositoryUrl, s3Settings(config));
     if (opts.wrapStore) store = opts.wrapStore(store);
     const repoPassword = config.repoPasswordFile ? await readPasswordFile(config.repoPasswordFile) : undefined;

@@ -9,6 +9,7 @@ import { constants as fsc, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { isNoSpaceError } from '../domain/errors.ts';
+import { errnoText } from '../domain/errno.ts';
 
 export const HEALTH_PROBE_TTL_MS = 3000;
 const PROBE_BYTES = 4096; // one page: what a catalog or pack write needs at the least
@@ -25,7 +26,7 @@ export async function probeWritable(dir: string, prefix: string): Promise<string
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     if (isNoSpaceError(err)) return `no space left: cannot write to ${dir}`;
-    return `cannot write to ${dir}: ${e.code ?? e.message}`;
+    return `cannot write to ${dir}: ${errnoText(e)}`;
   } finally {
     await fh?.close().catch(() => {}); // close errors change nothing about the verdict
     await fs.rm(file, { force: true }).catch(() => {}); // best effort: the probe file holds nothing

@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { AppError, ErrorCode } from '../domain/errors.ts';
+import { errnoText } from '../domain/errno.ts';
 
 export interface TlsFiles {
   cert: Buffer;
@@ -20,7 +21,7 @@ function readPem(file: string, what: string): Buffer {
   try {
     return readFileSync(file);
   } catch (err) {
-    throw new AppError(ErrorCode.InvalidArgument, `${what} ${file} cannot be read: ${(err as Error).message}`, { cause: err });
+    throw new AppError(ErrorCode.InvalidArgument, `${what} ${file} cannot be read: ${errnoText(err)}`, { cause: err });
   }
 }
 

@@ -9,6 +9,7 @@ import { registerServiceCommands } from './commands/service-commands.ts';
 import { registerScheduleCommands } from './commands/schedule-commands.ts';
 import { registerAgentCommands } from './commands/agent-commands.ts';
 import { registerNbdCommands } from './commands/nbd-commands.ts';
+import { describeSystemError } from '../domain/errno.ts';
 
 export const EXIT_FAILURE = 1;
 
@@ -33,6 +34,8 @@ export function buildProgram(): Command {
 export function describeError(err: unknown): string {
   if (err instanceof AppError) return err.message;
   const e = err as NodeJS.ErrnoException;
+  const system = describeSystemError(err);
+  if (system) return system;
   if (e && typeof e.code === 'string' && typeof e.message === 'string') return e.message;
   if (e?.name === 'AbortError') return 'cancelled';
   return e instanceof Error ? e.message : String(err);

@@ -1,40 +1,45 @@
 /**
  * Opening a repository from CLI options: the directory (or s3://bucket/prefix, with the S3 server
  * from the HAVEN_S3_* settings as the service reads them, credentials from the AWS SDK's usual sources), and
- * the password file when encrypted.
+ * the password file when encrypted. Without --repo and --password-file, HAVEN_REPOSITORY and
+ * HAVEN_REPO_PASSWORD_FILE, read as the service reads them (config/config.ts).
  */
 import { readFileSync } from 'node:fs';
-import { s3SettingsFromEnv } from '../config/config.ts';
+import { repositoryFromEnv, s3SettingsFromEnv } from '../config/config.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { Repository } from '../engine/repository.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { openObjectStore, openFailure } from '../storage/open-store.ts';
 import { isS3Url, resolveLocation } from '../storage/s3-url.ts';
+import { errnoText } from '../domain/errno.ts';
 
 export interface RepoOptions {
-  repo: string;
+  /** --repo; default: HAVEN_REPOSITORY. */
+  repo?: string;
   passwordFile?: string;
 }
 
-/** The password from --password-file or HAVEN_PASSWORD_FILE (one trailing newline is dropped). */
+/** The password from --password-file or HAVEN_REPO_PASSWORD_FILE (one trailing newline is dropped). */
 export function readPassword(opts: RepoOptions): string | undefined {
-  const file = opts.passwordFile ?? process.env.HAVEN_PASSWORD_FILE;
+  const file = opts.passwordFile ?? repositoryFromEnv().passwordFile;
   if (!file) return undefined;
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new AppError(ErrorCode.InvalidArgument, `cannot read password file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+    throw new AppError(ErrorCode.InvalidArgument, `cannot read the password file ${file}: ${errnoText(err)}`, { cause: err });
   }
   return text.replace(/\r?\n$/, '');
 }
 
 /** The repository's location as users write it: an absolute folder, or the S3 URL. */
 export function repoLocation(opts: RepoOptions): string {
+  const given = opts.repo ?? repositoryFromEnv().location;
+  if (!given) throw new AppError(ErrorCode.InvalidArgument, 'no repository given: use --repo DIR (or s3://bucket/prefix), or set HAVEN_REPOSITORY');
   try {
-    return resolveLocation(opts.repo);
+    return resolveLocation(given);
   } catch (err) {
-    throw new AppError(ErrorCode.InvalidArgument, `--repo: ${(err as Error).message}`);
+    throw new AppError(ErrorCode.InvalidArgument, `${opts.repo !== undefined ? '--repo' : 'HAVEN_REPOSITORY'}: ${(err as Error).message}`);
   }
 }
 

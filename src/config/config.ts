@@ -91,6 +91,8 @@ type Kind = 'string' | 'int' | 'list' | 'bool';
 interface Setting {
   key: keyof Config;
   env: string;
+  /** Other names read too (older ones): the value is the same whichever is set; two that differ are refused. */
+  aliases?: readonly string[];
   kind: Kind;
   default: string;
   help: string;
@@ -110,12 +112,12 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'volumeRoots', env: 'HAVEN_VOLUME_ROOTS', kind: 'list', default: '', help: 'folders (separated by ":") whose images and devices os-volume-manage may adopt' },
   { key: 'tokenTtlSeconds', env: 'HAVEN_TOKEN_TTL', kind: 'int', default: '86400', min: 60, max: 31 * 86400, help: 'token lifetime in seconds' },
   { key: 'logLevel', env: 'HAVEN_LOG_LEVEL', kind: 'string', default: 'info', help: 'fatal, error, warn, info, debug, trace or silent' },
-  { key: 'repositoryUrl', env: 'HAVEN_REPOSITORY_URL', kind: 'string', default: '', help: 'the chunk repository: a folder, or s3://bucket/prefix in an S3-compatible object store shared by several Haven processes (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the AWS SDK\'s other sources); default: <data>/repository' },
+  { key: 'repositoryUrl', env: 'HAVEN_REPOSITORY', aliases: ['HAVEN_REPOSITORY_URL'], kind: 'string', default: '', help: 'the chunk repository: a folder, or s3://bucket/prefix in an S3-compatible object store shared by several Haven processes (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the AWS SDK\'s other sources); default: <data>/repository' },
   { key: 's3Endpoint', env: 'HAVEN_S3_ENDPOINT', kind: 'string', default: '', help: 'URL of an S3-compatible server (MinIO, Ceph RGW, ...; path-style addressing); default: AWS S3' },
   { key: 's3Region', env: 'HAVEN_S3_REGION', kind: 'string', default: '', help: 'region of the S3 repository (default: AWS_REGION, else us-east-1)' },
   { key: 's3ConditionalWrites', env: 'HAVEN_S3_CONDITIONAL_WRITES', kind: 'bool', default: 'true', help: 'false for an S3 server without conditional writes (If-None-Match: * on PUT, e.g. OpenStack Swift\'s s3api): the repository is then created with a create claim checked by listing, which is safe only when the server\'s listings show a finished PUT within a second (read-after-write), as one Swift cluster\'s do' },
   { key: 's3Concurrency', env: 'HAVEN_S3_CONCURRENCY', kind: 'int', default: '3', min: 1, max: 16, help: 'pack uploads to the S3 repository a backup keeps in flight at once; each holds a pack buffer (the repository\'s pack size, 32 MiB by default, plus 1 MiB) and, over HTTPS, its encrypted copy while it is sent, so a backup holds about twice this many plus one: ~230 MiB at 3, ~1 GiB at 16' },
-  { key: 'repoPasswordFile', env: 'HAVEN_REPO_PASSWORD_FILE', kind: 'string', default: '', help: 'file holding the chunk repository password: encrypts the repository at creation' },
+  { key: 'repoPasswordFile', env: 'HAVEN_REPO_PASSWORD_FILE', aliases: ['HAVEN_PASSWORD_FILE'], kind: 'string', default: '', help: 'file holding the chunk repository password: encrypts the repository at creation' },
   { key: 'jobConcurrency', env: 'HAVEN_JOB_CONCURRENCY', kind: 'int', default: '2', min: 1, max: 64, help: 'backup/restore jobs this process runs at once; one project runs at most half of them (rounded up)' },
   { key: 'workerNice', env: 'HAVEN_WORKER_NICE', kind: 'int', default: '10', min: 0, max: 19, help: 'CPU priority (nice) of the engine\'s hashing/compression threads, so the ordered whole-volume hash sets the pace and VMs on the host come first (0: the process\'s own)' },
   { key: 'quotaBackups', env: 'HAVEN_QUOTA_BACKUPS', kind: 'int', default: '-1', min: -1, help: 'backups per project (-1: unlimited)' },
@@ -175,6 +177,31 @@ function parseValue(s: Setting, raw: unknown, from: string): unknown {
 }
 
 /** Loads the configuration from defaults, an optional JSON file and the environment. */
+function setting(key: keyof Config): Setting {
+  return SETTINGS.find((x) => x.key === key)!;
+}
+
+/** A setting's value in the environment under its name or an alias, and which name gave it. */
+function fromEnv(s: Setting, env: NodeJS.ProcessEnv): { name: string; raw: string } | null {
+  let found: { name: string; raw: string } | null = null;
+  for (const name of [s.env, ...(s.aliases ?? [])]) {
+    const raw = env[name];
+    if (raw === undefined || raw === '') continue;
+    if (found && found.raw !== raw) throw new AppError(ErrorCode.InvalidArgument, `${found.name} and ${name} name the same setting but differ: set one of them`);
+    found ??= { name, raw };
+  }
+  return found;
+}
+
+/**
+ * The repository and its password file from the environment, as the service reads them
+ * (HAVEN_REPOSITORY, HAVEN_REPO_PASSWORD_FILE, and their older names): for the CLI, whose --repo
+ * and --password-file take precedence. Null where not set.
+ */
+export function repositoryFromEnv(env: NodeJS.ProcessEnv = process.env): { location: string | null; passwordFile: string | null } {
+  return { location: fromEnv(setting('repositoryUrl'), env)?.raw ?? null, passwordFile: fromEnv(setting('repoPasswordFile'), env)?.raw ?? null };
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Config> = {}): Config {
   const values: Record<string, unknown> = {};
   for (const s of SETTINGS) values[s.key] = parseValue(s, s.default, `default of ${s.env}`);
@@ -194,8 +221,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     }
   }
   for (const s of SETTINGS) {
-    const raw = env[s.env];
-    if (raw !== undefined && raw !== '') values[s.key] = parseValue(s, raw, `${s.env}`);
+    const set = fromEnv(s, env);
+    if (set) values[s.key] = parseValue(s, set.raw, set.name);
   }
   Object.assign(values, overrides);
   const config = values as unknown as Config;
@@ -210,7 +237,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   try {
     config.repositoryUrl = resolveLocation(config.repositoryUrl || path.join(config.dataDir, 'repository'));
   } catch (err) {
-    throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_REPOSITORY_URL: ${(err as Error).message}`);
+    throw new AppError(ErrorCode.InvalidArgument, `invalid ${fromEnv(setting('repositoryUrl'), env)?.name ?? 'repositoryUrl'}: ${(err as Error).message}`);
   }
   if (!config.tlsCert !== !config.tlsKey) throw new AppError(ErrorCode.InvalidArgument, `HAVEN_TLS_CERT and HAVEN_TLS_KEY go together: ${config.tlsCert ? 'HAVEN_TLS_KEY' : 'HAVEN_TLS_CERT'} is not set`);
   if (config.tlsCert) {
@@ -234,9 +261,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
  */
 export function s3SettingsFromEnv(env: NodeJS.ProcessEnv = process.env): S3Settings {
   const value = (key: keyof Config): unknown => {
-    const s = SETTINGS.find((x) => x.key === key)!;
-    const raw = env[s.env];
-    return parseValue(s, raw !== undefined && raw !== '' ? raw : s.default, s.env);
+    const s = setting(key);
+    const set = fromEnv(s, env);
+    return parseValue(s, set?.raw ?? s.default, set?.name ?? s.env);
   };
   const endpoint = value('s3Endpoint') as string;
   if (endpoint && !/^https?:\/\/[^/]+/.test(endpoint)) throw new AppError(ErrorCode.InvalidArgument, `invalid HAVEN_S3_ENDPOINT: expected http(s)://host[:port], got ${JSON.stringify(endpoint)}`);

@@ -70,6 +70,26 @@ export interface InitOptions {
   kdf?: { N: number; r: number; p: number };
 }
 
+/** Refuses a location holding objects but no repository config (a repository there is for putIfAbsent to report). */
+async function refuseForeignData(store: ObjectStore): Promise<void> {
+  let stray: string | null = null;
+  for await (const o of store.list('')) {
+    if (o.key === 'config') return;
+    // A store's own bookkeeping of creating `config` (s3-store.ts, claimedPut) is not foreign data.
+    if (o.key.startsWith('create-claims/')) continue;
+    stray = o.key;
+    break;
+  }
+  if (stray === null) return;
+  try {
+    await store.get('config');
+    return;
+  } catch (err) {
+    if (!(err instanceof ObjectNotFoundError)) throw err;
+  }
+  throw new AppError(ErrorCode.InvalidArgument, `it is not empty (it holds ${stray}) and holds no Haven repository: give an empty or new folder (or S3 prefix)`);
+}
+
 export class Repository {
   readonly store: ObjectStore;
   readonly config: RepositoryConfig;
@@ -113,6 +133,9 @@ export class Repository {
       encryption,
       chunkDigest,
     };
+    // Never into a place that holds something else: a repository's objects would mix with it, and a
+    // later GC would not know them apart.
+    await refuseForeignData(store);
     // Exclusive create: of two concurrent inits exactly one wins, the other is refused.
     if (!(await store.putIfAbsent('config', Buffer.from(`${JSON.stringify(config, null, 2)}\n`)))) {
       throw new AppError(ErrorCode.RepositoryExists, 'a repository already exists there');
@@ -145,7 +168,7 @@ export class Repository {
     if (config.version !== 1 && config.version !== 2 && config.version !== 3) throw new AppError(ErrorCode.RepositoryCorrupt, `unsupported repository format version ${String(config.version)}`);
     let keys: RepositoryKeys | null = null;
     if (config.encryption) {
-      if (opts.password === undefined) throw new AppError(ErrorCode.PasswordRequired, 'the repository is encrypted: give --password-file or HAVEN_PASSWORD_FILE');
+      if (opts.password === undefined) throw new AppError(ErrorCode.PasswordRequired, 'the repository is encrypted: give --password-file or HAVEN_REPO_PASSWORD_FILE');
       keys = await unwrapKey(opts.password, config.encryption);
     }
     return new Repository(store, config, keys);

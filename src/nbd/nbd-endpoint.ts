@@ -7,6 +7,7 @@ import type { SecureContext } from 'node:tls';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { nbdUri, parseListen, type ListenSpec } from '../domain/listen.ts';
 import { NbdServer, type NbdExport, type NbdExports } from './nbd-server.ts';
+import { errnoText } from '../domain/errno.ts';
 
 export interface NbdEndpointOptions {
   /** HOST:PORT or unix:PATH, or 'off'. */
@@ -50,7 +51,7 @@ export class NbdEndpoint implements NbdExports {
     try {
       return await this.listening;
     } catch (err) {
-      throw new AppError(ErrorCode.ExportUnavailable, `The NBD listener cannot start on ${this.opts.listen}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}.`, { cause: err });
+      throw new AppError(ErrorCode.ExportUnavailable, `The NBD listener cannot start on ${this.opts.listen}: ${errnoText(err)}.`, { cause: err });
     }
   }
 

@@ -2,7 +2,7 @@
  * Opens the object store a repository location names: a local folder, or `s3://bucket/prefix`.
  * The S3 store (and with it the AWS SDK) is loaded only when asked for.
  */
-import { AppError } from '../domain/errors.ts';
+import { AppError, ErrorCode } from '../domain/errors.ts';
 import { LocalObjectStore } from './local-store.ts';
 import type { ObjectStore } from './object-store.ts';
 import { isS3Url } from './s3-url.ts';
@@ -29,6 +29,8 @@ export async function openObjectStore(location: string, s3: S3Settings = {}): Pr
  */
 export function openFailure(location: string): (err: unknown) => never {
   return (err) => {
+    // The engine does not know where the store is: the message says it here.
+    if (err instanceof AppError && err.code === ErrorCode.RepositoryNotFound) throw new AppError(err.code, `no Haven repository at ${location} (run haven init first)`, { cause: err });
     if (err instanceof AppError) throw err;
     throw new Error(`cannot open the repository at ${location}: ${(err as Error).message}`, { cause: err });
   };

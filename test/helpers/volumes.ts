@@ -273,7 +273,8 @@ export interface CliOptions {
 
 function cliEnv(extra: Record<string, string | undefined> | undefined): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env, HAVEN_THREADS: '2' };
-  delete env.HAVEN_PASSWORD_FILE;
+  // The CLI reads the repository settings the service reads: none leak in from the test's shell.
+  for (const k of ['HAVEN_PASSWORD_FILE', 'HAVEN_REPO_PASSWORD_FILE', 'HAVEN_REPOSITORY', 'HAVEN_REPOSITORY_URL']) delete env[k];
   delete env.HAVEN_DEBUG;
   delete env.NODE_TEST_CONTEXT; // the child is a program, not a test file
   for (const [k, v] of Object.entries(extra ?? {})) {

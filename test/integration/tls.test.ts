@@ -240,7 +240,7 @@ describe('HTTPS (HAVEN_TLS_CERT, HAVEN_TLS_KEY)', async () => {
     it('a certificate file that does not exist', async () => {
       const r = await start({ HAVEN_TLS_CERT: '/nonexistent/haven.pem', HAVEN_TLS_KEY: keyFile });
       assert.notEqual(r.code, 0);
-      assert.match(r.stderr, /HAVEN_TLS_CERT \/nonexistent\/haven\.pem cannot be read: ENOENT/);
+      assert.match(r.stderr, /HAVEN_TLS_CERT \/nonexistent\/haven\.pem cannot be read: it does not exist/);
     });
 
     it('a key that does not belong to the certificate', async () => {

@@ -125,7 +125,7 @@ describe('haven backup and restore of qcow2 images', { skip }, () => {
   it('restore --format qcow2 creates a qcow2 image identical to the source, over an existing file', async () => {
     const target = path.join(dir, 'restored.qcow2');
     await fs.writeFile(target, 'an old file in the way\n');
-    const r = await runCliJson<RestoreJson>(['restore', '--repo', repo, '--backup', first.id, '--target', target, '--format', 'qcow2', '--json']);
+    const r = await runCliJson<RestoreJson>(['restore', '--force', '--repo', repo, '--backup', first.id, '--target', target, '--format', 'qcow2', '--json']);
     assert.equal(r.format, 'qcow2');
     assert.equal(r.verified, true);
     assert.equal(r.sizeBytes, SIZE);
@@ -144,7 +144,7 @@ describe('haven backup and restore of qcow2 images', { skip }, () => {
 
   it('restore without --format writes the guest\'s bytes into a raw file', async () => {
     const target = path.join(dir, 'restored.raw');
-    const r = await runCliJson<RestoreJson>(['restore', '--repo', repo, '--backup', first.id, '--target', target, '--json']);
+    const r = await runCliJson<RestoreJson>(['restore', '--force', '--repo', repo, '--backup', first.id, '--target', target, '--json']);
     assert.equal(r.format, 'raw');
     assert.equal(r.verified, true);
     assert.equal((await fs.stat(target)).size, SIZE);
@@ -174,14 +174,14 @@ describe('haven backup and restore of qcow2 images', { skip }, () => {
     assert.equal(b.sizeBytes, 32 * MiB);
     assert.equal(b.readBytes, chunkCoverage([...baseWrites, ...topWrites]));
     const target = path.join(dir, 'top-restored.raw');
-    await runCliJson<RestoreJson>(['restore', '--repo', repo, '--backup', b.id, '--target', target, '--json']);
+    await runCliJson<RestoreJson>(['restore', '--force', '--repo', repo, '--backup', b.id, '--target', target, '--json']);
     const cmp = await qemuImgCompare(['-f', 'raw', '-F', 'qcow2', target, top]);
     assert.equal(cmp.code, 0, cmp.stdout + cmp.stderr);
     // The base's bytes where the top image has none, the top's where it wrote over them.
     await qemuIo(target, [`read -q -P 0x11 ${MiB + 7} 300000`, `read -q -P 0x22 ${9 * MiB + 3} 9997`, `read -q -P 0x99 ${9 * MiB + 10_000} 5000`, `read -q -P 0x44 ${20 * MiB + 1} 1000`], { format: 'raw', readOnly: true });
     // Restored as qcow2: one image, no backing file, the same disk.
     const asQcow2 = path.join(dir, 'top-restored.qcow2');
-    await runCliJson<RestoreJson>(['restore', '--repo', repo, '--backup', b.id, '--target', asQcow2, '--format', 'qcow2', '--json']);
+    await runCliJson<RestoreJson>(['restore', '--force', '--repo', repo, '--backup', b.id, '--target', asQcow2, '--format', 'qcow2', '--json']);
     assert.equal((await imageInfo(asQcow2)).backingFilename, null);
     const cmp2 = await qemuImgCompare([asQcow2, top]);
     assert.equal(cmp2.code, 0, cmp2.stdout + cmp2.stderr);
@@ -204,7 +204,7 @@ describe('restore --format qcow2 replaces an existing target only on success', {
   });
 
   it('an unknown backup id: an error, the old file untouched, no temporary file left', async () => {
-    const r = await runCli(['restore', '--repo', repo, '--backup', UNKNOWN_ID, '--target', target, '--format', 'qcow2', '--json']);
+    const r = await runCli(['restore', '--force', '--repo', repo, '--backup', UNKNOWN_ID, '--target', target, '--format', 'qcow2', '--json']);
     assert.match(cliErrorMessage(r), new RegExp(`backup ${UNKNOWN_ID} not found`));
     assert.equal(r.stdout, '');
     assert.equal(await sha256File(target), targetSha);
@@ -236,7 +236,7 @@ describe('restore --format qcow2 replaces an existing target only on success', {
       watcher = watch(folder, (_event, name) => {
         if (name && TMP_RE.test(name)) seen.add(name);
       });
-      const r = await runCli(['restore', '--repo', repo2, '--backup', b.id, '--target', target, '--format', 'qcow2', '--json']);
+      const r = await runCli(['restore', '--force', '--repo', repo2, '--backup', b.id, '--target', target, '--format', 'qcow2', '--json']);
       assert.match(cliErrorMessage(r), /damaged|corrupt|does not match/i);
       assert.equal(r.stdout, '');
       await new Promise((res) => setTimeout(res, 100)); // the last events
@@ -254,7 +254,7 @@ describe('restore --format qcow2 replaces an existing target only on success', {
   });
 
   it('a restore that succeeds then replaces it', async () => {
-    const r = await runCliJson<RestoreJson>(['restore', '--repo', repo, '--backup', first.id, '--target', target, '--format', 'qcow2', '--json']);
+    const r = await runCliJson<RestoreJson>(['restore', '--force', '--repo', repo, '--backup', first.id, '--target', target, '--format', 'qcow2', '--json']);
     assert.equal(r.verified, true);
     const cmp = await qemuImgCompare([img, target]);
     assert.equal(cmp.code, 0, cmp.stdout + cmp.stderr);
@@ -265,7 +265,7 @@ describe('restore --format qcow2 replaces an existing target only on success', {
 describe('formats Haven does not handle are refused', { skip }, () => {
   it('--format vmdk is refused by restore and backup, with a clear message and nothing created', async () => {
     const target = path.join(dir, 'never.vmdk');
-    const r = await runCli(['restore', '--repo', repo, '--backup', first.id, '--target', target, '--format', 'vmdk']);
+    const r = await runCli(['restore', '--force', '--repo', repo, '--backup', first.id, '--target', target, '--format', 'vmdk']);
     assert.notEqual(r.code, 0);
     assert.match(cliErrorMessage(r), /--format must be one of raw, qcow2, not "vmdk"/);
     assert.equal(existsSync(target), false);

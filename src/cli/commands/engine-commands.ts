@@ -1,6 +1,6 @@
 /** init, backup, restore, digest, list, verify, delete, gc: the engine's command-line contract. */
 import { randomUUID } from 'node:crypto';
-import { realpathSync } from 'node:fs';
+import { promises as fs, realpathSync, type Stats } from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { AppError, ErrorCode } from '../../domain/errors.ts';
@@ -18,6 +18,7 @@ import { openGuestDisk } from '../../qemu/qemu-guest.ts';
 import { ChunkWorkerPool, DEFAULT_WORKER_NICE } from '../../engine/worker-pool.ts';
 import { formatBytes, formatRate, parseSize, progressReporter, type ProgressReporter } from '../output.ts';
 import { openRepository, openStore, readPassword, repoLocation, type RepoOptions } from '../repo-access.ts';
+import { errnoText } from '../../domain/errno.ts';
 
 function out(json: boolean | undefined, obj: unknown, text: string): void {
   process.stdout.write(json ? `${JSON.stringify(obj)}\n` : `${text}\n`);
@@ -84,22 +85,42 @@ function parseChunkSize(v: string): number {
   return n;
 }
 
+/**
+ * A restore never overwrites data by surprise: a target that exists and holds data (a file that is
+ * not empty, any block device) needs --force. A folder or a missing parent is left to the restore,
+ * which says what is wrong with it.
+ */
+async function refuseOverwrite(target: string): Promise<void> {
+  let st: Stats;
+  try {
+    st = await fs.stat(target);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  if (st.isBlockDevice()) throw new AppError(ErrorCode.InvalidArgument, `${target} is a block device: give --force to overwrite what it holds`);
+  if (st.isFile() && st.size > 0) throw new AppError(ErrorCode.InvalidArgument, `${target} exists and is not empty (${formatBytes(st.size)}): give --force to overwrite it`);
+}
+
 /** A command on a repository: every one takes --repo, --password-file and --json. */
-export function repoCommand(program: Command, name: string, description: string, passwordHelp = 'repository password file (or HAVEN_PASSWORD_FILE)'): Command {
+export function repoCommand(program: Command, name: string, description: string, passwordHelp = 'repository password file (default: HAVEN_REPO_PASSWORD_FILE)'): Command {
   return program
     .command(name)
     .description(description)
-    .requiredOption('--repo <dir|url>', 'repository directory, or s3://bucket/prefix (S3 server: HAVEN_S3_ENDPOINT)')
+    .option('--repo <dir|url>', 'repository folder, or s3://bucket/prefix (S3 server: HAVEN_S3_ENDPOINT); default: HAVEN_REPOSITORY')
     .option('--password-file <file>', passwordHelp)
     .option('--json', 'print the result as JSON');
 }
 
 export function registerEngineCommands(program: Command): void {
-  repoCommand(program, 'init', 'create a repository (encrypted when a password file is given)', 'file holding the repository password (or HAVEN_PASSWORD_FILE)')
+  repoCommand(program, 'init', 'create a repository (encrypted when a password file is given)', 'file holding the repository password (default: HAVEN_REPO_PASSWORD_FILE)')
     .option('--chunk-size <size>', 'chunk size, a multiple of 4KiB', `${DEFAULT_CHUNK_SIZE / 1024}KiB`)
     .action(async (o: RepoOptions & { chunkSize: string; json?: boolean }) => {
       const location = repoLocation(o);
-      const repo = await Repository.init(await openStore(o), { password: readPassword(o), chunkSizeBytes: parseChunkSize(o.chunkSize) });
+      const repo = await Repository.init(await openStore(o), { password: readPassword(o), chunkSizeBytes: parseChunkSize(o.chunkSize) }).catch((err: unknown) => {
+        if (err instanceof AppError) throw new AppError(err.code, `cannot create a repository at ${location}: ${err.message}`, { cause: err });
+        throw err;
+      });
       const c = repo.config;
       out(o.json, { id: c.id, repo: location, encrypted: c.encryption !== null, chunkSizeBytes: c.chunkSizeBytes },
         `created ${c.encryption ? 'encrypted' : 'unencrypted'} repository ${c.id} at ${location} (chunk size ${formatBytes(c.chunkSizeBytes)})`);
@@ -151,7 +172,7 @@ export function registerEngineCommands(program: Command): void {
             try {
               real = realpathSync(o.volume!);
             } catch (err) {
-              throw new AppError(ErrorCode.VolumeUnreadable, `cannot open volume ${o.volume}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+              throw new AppError(ErrorCode.VolumeUnreadable, `cannot open volume ${o.volume}: ${errnoText(err)}`, { cause: err });
             }
             const volumeId = o.volumeId ?? real;
             const latest = latestOfVolume(manifests, volumeId);
@@ -193,11 +214,13 @@ export function registerEngineCommands(program: Command): void {
 
   repoCommand(program, 'restore', 'restore a backup to a file or block device, verified against its volume digest (older backups: their SHA-256)')
     .requiredOption('--backup <id>', 'backup id')
-    .requiredOption('--target <path>', 'file (created or overwritten, sparse) or block device')
+    .requiredOption('--target <path>', 'file (created, sparse) or block device; one that holds data needs --force')
     .option('--format <raw|qcow2>', 'raw (default) writes the bytes into the target; qcow2 creates a qcow2 image there (replaced only once the restore is proved)', 'raw')
     .option('--fsync', 'flush a file target to disk before reporting success (always done for block devices)')
-    .action(async (o: RepoOptions & { backup: string; target: string; format: string; fsync?: boolean; json?: boolean }) => {
+    .option('--force', 'overwrite a target that holds data (a non-empty file, a block device)')
+    .action(async (o: RepoOptions & { backup: string; target: string; format: string; fsync?: boolean; force?: boolean; json?: boolean }) => {
       const format = parseFormat(o.format) ?? 'raw';
+      if (!o.force) await refuseOverwrite(o.target);
       await withPool(async (pool) => {
         const repo = await openRepository(o);
         const manifest = await repo.readManifest(checkBackupId(o.backup));

@@ -1,5 +1,5 @@
 /**
- * serve (what `npm start` runs), and the operator commands that manage tenants in the local catalog:
+ * serve (what `npm start` runs), and the operator commands that manage tenants in the service's catalog:
  * project create/list, user create/list, role add. They use the same services as the HTTP API.
  */
 import type { Command } from 'commander';
@@ -8,7 +8,6 @@ import { AppError, ErrorCode } from '../../domain/errors.ts';
 import { systemClock } from '../../domain/clock.ts';
 import type { IdentityService } from '../../services/identity-service.ts';
 import { readFileSync } from 'node:fs';
-import * as path from 'node:path';
 
 // The service's modules (fastify, the catalog, pino) load only when a command here runs: every
 // `haven` command would otherwise pay ~0.4 s for them, engine commands included.
@@ -19,19 +18,12 @@ function configFrom(opts: { dataDir?: string }): Config {
   return loadConfig(process.env, opts.dataDir ? { dataDir: opts.dataDir } : {});
 }
 
-/** Runs `fn` with the identity service on the local catalog (migrated first). */
+/** Runs `fn` with the identity service on the service's catalog (HAVEN_CATALOG_URL, else the data folder's; migrated first). */
 async function withIdentity<T>(config: Config, fn: (identity: IdentityService) => Promise<T>): Promise<T> {
-  (await import('../../app/data-folder.ts')).secureDataFolder(config.dataDir, { sqliteCatalog: true });
-  const [{ SqliteDatabase }, { migrate }, { Catalog }, { IdentityService }] = await Promise.all([
-    import('../../catalog/sqlite-database.ts'),
-    import('../../catalog/migrate.ts'),
-    import('../../catalog/catalog.ts'),
-    identityModule(),
-  ]);
-  const db = new SqliteDatabase(path.join(config.dataDir, 'catalog.sqlite'));
+  const [{ openCatalog }, { IdentityService }] = await Promise.all([import('../../app/open-catalog.ts'), identityModule()]);
+  const { db, catalog } = await openCatalog(config);
   try {
-    await migrate(db);
-    return await fn(new IdentityService(new Catalog(db), systemClock, config.tokenTtlSeconds, { adminProject: config.adminProject }));
+    return await fn(new IdentityService(catalog, systemClock, config.tokenTtlSeconds, { adminProject: config.adminProject }));
   } finally {
     await db.close();
   }
@@ -106,7 +98,7 @@ export function registerServiceCommands(program: Command): void {
       await app.close();
     });
 
-  const project = program.command('project').description('manage projects (tenants) in the local catalog');
+  const project = program.command('project').description("manage projects (tenants) in the service's catalog (HAVEN_CATALOG_URL, else the data folder's)");
   project
     .command('create <name>')
     .description('create a project')
@@ -127,7 +119,7 @@ export function registerServiceCommands(program: Command): void {
       print(opts.json, all.map((p) => ({ id: p.id, name: p.name })), all.map((p) => `${p.id}  ${p.name}`).join('\n'));
     });
 
-  const user = program.command('user').description('manage users in the local catalog');
+  const user = program.command('user').description("manage users in the service's catalog (HAVEN_CATALOG_URL, else the data folder's)");
   user
     .command('create <name>')
     .description('create a user, optionally with a role on a project')
