@@ -9,6 +9,7 @@ import { registerServiceCommands } from './commands/service-commands.ts';
 import { registerScheduleCommands } from './commands/schedule-commands.ts';
 import { registerAgentCommands } from './commands/agent-commands.ts';
 import { registerNbdCommands } from './commands/nbd-commands.ts';
+import { registerKeyCommands } from './commands/key-commands.ts';
 import { describeSystemError } from '../domain/errno.ts';
 
 export const EXIT_FAILURE = 1;
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerScheduleCommands(program);
   registerAgentCommands(program);
   registerNbdCommands(program);
+  registerKeyCommands(program);
   return program;
 }
 

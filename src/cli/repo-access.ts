@@ -22,7 +22,11 @@ export interface RepoOptions {
 /** The password from --password-file or HAVEN_REPO_PASSWORD_FILE (one trailing newline is dropped). */
 export function readPassword(opts: RepoOptions): string | undefined {
   const file = opts.passwordFile ?? repositoryFromEnv().passwordFile;
-  if (!file) return undefined;
+  return file ? readPasswordFile(file) : undefined;
+}
+
+/** A password file's text, one trailing newline dropped. */
+export function readPasswordFile(file: string): string {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');

@@ -14,12 +14,13 @@
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
-import { AppError, ErrorCode } from '../domain/errors.ts';
+import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { ObjectNotFoundError, type ObjectStore } from '../storage/object-store.ts';
 import { BlobDecodeError, decodeBlob, encodeBlob, type BlobKeys } from './blob-codec.ts';
 import { CHUNK_DIGEST_ALGS, DIGEST_BYTES, type ChunkDigest, type ChunkDigestAlg } from './chunk-digest.ts';
 import { ChunkMap } from './chunk-map.ts';
 import { createWrappedKey, unwrapKey, type RepositoryKeys, type WrappedKey } from './keys.ts';
+import { CONFIG_KEY_ID, storedKeys } from './key-ring.ts';
 import { manifestKey, type BackupManifest, type IndexSegmentRef } from './manifest.ts';
 import { entryCount, parseChunkMapFile, readEntry, serializeChunkMapFile, type PackEntries } from './pack-format.ts';
 
@@ -81,12 +82,7 @@ async function refuseForeignData(store: ObjectStore): Promise<void> {
     break;
   }
   if (stray === null) return;
-  try {
-    await store.get('config');
-    return;
-  } catch (err) {
-    if (!(err instanceof ObjectNotFoundError)) throw err;
-  }
+  if (await store.head('config')) return;
   throw new AppError(ErrorCode.InvalidArgument, `it is not empty (it holds ${stray}) and holds no Haven repository: give an empty or new folder (or S3 prefix)`);
 }
 
@@ -94,13 +90,16 @@ export class Repository {
   readonly store: ObjectStore;
   readonly config: RepositoryConfig;
   readonly keys: RepositoryKeys | null;
+  /** Which password opened it: `config` (the config's key) or an added key's id (key-ring.ts); null: not encrypted. */
+  readonly keyId: string | null;
   /** How this repository names chunks, with the key for keyed digests. */
   readonly chunkDigest: ChunkDigest;
 
-  private constructor(store: ObjectStore, config: RepositoryConfig, keys: RepositoryKeys | null) {
+  private constructor(store: ObjectStore, config: RepositoryConfig, keys: RepositoryKeys | null, keyId: string | null = keys ? CONFIG_KEY_ID : null) {
     this.store = store;
     this.config = config;
     this.keys = keys;
+    this.keyId = keyId;
     const alg = config.chunkDigest ?? (keys ? 'hmac-sha256' : 'sha256');
     if (!CHUNK_DIGEST_ALGS.includes(alg) || (alg === 'sha256') !== (keys === null)) {
       throw new AppError(ErrorCode.RepositoryCorrupt, `repository config names an unsupported chunk digest (${String(alg)}) for ${keys ? 'an encrypted' : 'an unencrypted'} repository`);
@@ -166,12 +165,22 @@ export class Repository {
       throw new AppError(ErrorCode.RepositoryCorrupt, `the repository has format version ${config.version}, newer than this Haven reads (up to ${REPOSITORY_VERSION}): upgrade Haven`);
     }
     if (config.version !== 1 && config.version !== 2 && config.version !== 3) throw new AppError(ErrorCode.RepositoryCorrupt, `unsupported repository format version ${String(config.version)}`);
-    let keys: RepositoryKeys | null = null;
-    if (config.encryption) {
-      if (opts.password === undefined) throw new AppError(ErrorCode.PasswordRequired, 'the repository is encrypted: give --password-file or HAVEN_REPO_PASSWORD_FILE');
-      keys = await unwrapKey(opts.password, config.encryption);
+    if (!config.encryption) return new Repository(store, config, null);
+    if (opts.password === undefined) throw new AppError(ErrorCode.PasswordRequired, 'the repository is encrypted: give --password-file or HAVEN_REPO_PASSWORD_FILE');
+    try {
+      return new Repository(store, config, await unwrapKey(opts.password, config.encryption), CONFIG_KEY_ID);
+    } catch (err) {
+      if (!isAppError(err, ErrorCode.WrongPassword)) throw err;
+      // Not the config's password: perhaps one added with haven key add (key-ring.ts).
+      for (const k of await storedKeys(store)) {
+        try {
+          return new Repository(store, config, await unwrapKey(opts.password, k.wrapped), k.id);
+        } catch (e) {
+          if (!isAppError(e, ErrorCode.WrongPassword)) throw e;
+        }
+      }
+      throw err;
     }
-    return new Repository(store, config, keys);
   }
 
   /**

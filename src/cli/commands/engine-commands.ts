@@ -20,7 +20,7 @@ import { formatBytes, formatRate, parseSize, progressReporter, type ProgressRepo
 import { openRepository, openStore, readPassword, repoLocation, type RepoOptions } from '../repo-access.ts';
 import { errnoText } from '../../domain/errno.ts';
 
-function out(json: boolean | undefined, obj: unknown, text: string): void {
+export function out(json: boolean | undefined, obj: unknown, text: string): void {
   process.stdout.write(json ? `${JSON.stringify(obj)}\n` : `${text}\n`);
 }
 
