@@ -141,6 +141,11 @@ export class BackupQueries {
     return rows.map((r) => ({ projectId: r.project_id, volumeId: r.volume_id, policyId: r.policy_id, at: Number(r.at) }));
   }
 
+  /** Every backup's id, whatever its status (haven catalog rebuild compares them with the repository's). */
+  async allIds(): Promise<string[]> {
+    return (await this.db.all<{ id: string }>('SELECT id FROM backups')).map((r) => r.id);
+  }
+
   async usage(projectId: string): Promise<{ backups: number; gigabytes: number }> {
     const r = await this.db.get<{ n: number; gb: number | null }>('SELECT COUNT(*) AS n, SUM(size_gb) AS gb FROM backups WHERE project_id = ?', [projectId]);
     return { backups: Number(r!.n), gigabytes: Number(r!.gb ?? 0) };

@@ -39,7 +39,7 @@ export interface Progress {
 }
 
 export interface BackupOptions {
-  volume: { id: string; name: string; path?: string };
+  volume: { id: string; name: string; path?: string; projectId?: string };
   /**
    * The volume's previous backup, recorded as the parent. Unchanged chunks are found in the chunk
    * map like any other stored chunk, so the parent's index is not needed to skip them.

@@ -29,7 +29,8 @@ export interface BackupStats {
 
 interface ManifestCommon {
   id: string;
-  volume: { id: string; name: string; path?: string };
+  /** The volume; `projectId`: the project it belongs to in the service's catalog (haven catalog rebuild reads it). */
+  volume: { id: string; name: string; path?: string; projectId?: string };
   sizeBytes: number;
   chunkSizeBytes: number;
   chunkCount: number;

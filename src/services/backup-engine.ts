@@ -69,7 +69,7 @@ export class BackupEngine {
     return this.images;
   }
 
-  async backup(sourcePath: string, opts: { guard?: VolumeFileGuard; format?: VolumeFormat; qmp?: { socket: string; node: string } | null; backupId: string; volume: { id: string; name: string }; previousId: string | null; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
+  async backup(sourcePath: string, opts: { guard?: VolumeFileGuard; format?: VolumeFormat; qmp?: { socket: string; node: string } | null; backupId: string; volume: { id: string; name: string; projectId?: string }; previousId: string | null; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
     let previous: BackupManifest | null = null;
     if (opts.previousId && !opts.full) previous = await this.manifest(opts.previousId).catch(() => null); // a missing parent only means: record as full
     if (opts.qmp) return this.backupGuest(sourcePath, opts.qmp, previous, opts);
@@ -86,7 +86,7 @@ export class BackupEngine {
    * reading only the blocks changed since `previous` when the guest's bitmap for it is there. The
    * node must still be the volume's image.
    */
-  private async backupGuest(imagePath: string, qmp: { socket: string; node: string }, previous: BackupManifest | null, opts: { backupId: string; volume: { id: string; name: string }; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
+  private async backupGuest(imagePath: string, qmp: { socket: string; node: string }, previous: BackupManifest | null, opts: { backupId: string; volume: { id: string; name: string; projectId?: string }; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
     const point = await this.openGuestPoint(imagePath, qmp, previous, opts);
     return this.writeGuestPoint(point, opts);
   }
@@ -120,7 +120,7 @@ export class BackupEngine {
   }
 
   /** Writes a guest's point in time as backup `backupId`, then ends it (its bitmaps settled either way). */
-  async writeGuestPoint(point: GuestPoint, opts: { backupId: string; volume: { id: string; name: string }; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
+  async writeGuestPoint(point: GuestPoint, opts: { backupId: string; volume: { id: string; name: string; projectId?: string }; full: boolean; checkReused?: boolean; signal: AbortSignal; onProgress: (p: Progress) => void }): Promise<BackupResult> {
     let ok = false;
     try {
       const r = await writeBackup(this.repo, point.disk.source, { backupId: opts.backupId, volume: opts.volume, previous: point.parent, full: opts.full || !point.parent, checkReused: opts.checkReused ?? false, pool: this.pool, signal: opts.signal, onProgress: opts.onProgress });

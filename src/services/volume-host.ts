@@ -27,7 +27,8 @@ export type BackupSource =
 
 export interface BackupOrder {
   backupId: string;
-  volume: { id: string; name: string };
+  /** Recorded in the backup's manifest, the project too (the repository then describes whose it is). */
+  volume: { id: string; name: string; projectId?: string };
   source: BackupSource;
   previousId: string | null;
   full: boolean;

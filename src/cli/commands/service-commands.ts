@@ -98,6 +98,40 @@ export function registerServiceCommands(program: Command): void {
       await app.close();
     });
 
+  const catalogCmd = program.command('catalog').description("the service's catalog (HAVEN_CATALOG_URL, else the data folder's)");
+  catalogCmd
+    .command('rebuild')
+    .description('give every backup in the repository that the catalog does not know its record back (after the catalog was lost); run it with the service stopped')
+    .option('--data-dir <dir>', 'data folder (default: HAVEN_DATA_DIR or ./data)')
+    .option('--project <project>', 'project (name or id) of backups whose own project is unknown (default: the admin project)')
+    .option('--dry-run', 'report what would be added, add nothing')
+    .option('--json', 'print JSON')
+    .action(async (opts: { dataDir?: string; project?: string; dryRun?: boolean; json?: boolean }) => {
+      const config = configFrom(opts);
+      const [{ openCatalog }, { openObjectStore, openFailure }, { Repository }, { readPasswordFile }, { rebuildCatalog }, { s3Settings }, { DEFAULT_DOMAIN }] = await Promise.all([
+        import('../../app/open-catalog.ts'), import('../../storage/open-store.ts'), import('../../engine/repository.ts'), import('../../services/backup-engine.ts'),
+        import('../../services/catalog-rebuild.ts'), import('../../config/config.ts'), import('../../domain/model.ts'),
+      ]);
+      const password = config.repoPasswordFile ? await readPasswordFile(config.repoPasswordFile) : undefined;
+      const repo = await Repository.open(await openObjectStore(config.repositoryUrl, s3Settings(config)), { password }).catch(openFailure(config.repositoryUrl));
+      const { db, catalog } = await openCatalog(config);
+      try {
+        const wanted = opts.project ?? config.adminProject;
+        const project = (await catalog.identity.getProject(wanted)) ?? (await catalog.identity.findProjectByName(DEFAULT_DOMAIN.id, wanted));
+        if (!project) throw new AppError(ErrorCode.InvalidArgument, `no project ${JSON.stringify(wanted)} in the catalog (haven project list)`);
+        const r = await rebuildCatalog(catalog, repo, { fallbackProjectId: project.id, availabilityZone: config.availabilityZone, nowMs: Date.now(), dryRun: opts.dryRun === true });
+        const lines = [
+          `${opts.dryRun ? 'would add' : 'added'} ${r.added.length} backup record(s) of ${r.repositoryBackups} in the repository ${config.repositoryUrl}`,
+          ...r.added.map((a) => `  ${a.id}  ${a.name}  project ${a.projectId}`),
+          ...(r.unreadable.length ? [`${r.unreadable.length} manifest(s) unreadable, not added (run haven verify): ${r.unreadable.map((d) => d.id).join(', ')}`] : []),
+          ...(r.missingFromRepository.length ? [`${r.missingFromRepository.length} catalog record(s) have no backup in the repository (left as they are): ${r.missingFromRepository.join(', ')}`] : []),
+        ];
+        print(opts.json, { ...r, dryRun: opts.dryRun === true }, lines.join('\n'));
+      } finally {
+        await db.close();
+      }
+    });
+
   const project = program.command('project').description("manage projects (tenants) in the service's catalog (HAVEN_CATALOG_URL, else the data folder's)");
   project
     .command('create <name>')

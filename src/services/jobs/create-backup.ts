@@ -46,7 +46,7 @@ export function createBackupJob(d: BackupJobDeps): JobHandler<'bksCreateBackup'>
       const { host, source } = await sourceOf(b);
       const r = await d.hosts.of(host).backup(
         {
-          backupId: b.id, source, volume: { id: p.volumeId, name: p.volumeName }, previousId: b.parentId, full: b.fullBackup,
+          backupId: b.id, source, volume: { id: p.volumeId, name: p.volumeName, projectId: b.projectId }, previousId: b.parentId, full: b.fullBackup,
           // A full backup the user asked for reuses only stored chunks it has checked intact (Q3).
           checkReused: p.checkReused === true,
         },

@@ -32,7 +32,7 @@ export function csbsProtectJob(d: CsbsJobDeps): JobHandler<'csbsProtect'> {
       }
       const summaries = await host.protectServer({
         itemId: item.id, hookEnv: env,
-        disks: volumes.map((v, i) => ({ volume: fileRef(v), backup: { backupId: rows[i]!.id, volume: { id: v.id, name: v.name ?? v.id }, previousId: rows[i]!.parentId, full: rows[i]!.fullBackup, checkReused: !item.incremental } })),
+        disks: volumes.map((v, i) => ({ volume: fileRef(v), backup: { backupId: rows[i]!.id, volume: { id: v.id, name: v.name ?? v.id, projectId: v.projectId }, previousId: rows[i]!.parentId, full: rows[i]!.fullBackup, checkReused: !item.incremental } })),
       }, { signal: ctx.signal, jobId: job.id, onProgress: (done, total) => ctx.progress(done, total) });
       if (!Array.isArray(summaries) || summaries.length !== rows.length) throw new AppError(ErrorCode.Internal, `the host reported ${Array.isArray(summaries) ? summaries.length : 'no'} backups for ${rows.length} disks`);
       for (const [i, b] of rows.entries()) await d.backups.completeServerDiskBackup(b, summaries[i]!);
