@@ -93,6 +93,15 @@ export interface ComposeOptions {
 const silentLogger: PinoLogger = pino({ level: 'silent' });
 
 /** The admin password: HAVEN_ADMIN_PASSWORD, else generated once into a 0600 file in the data folder. */
+/** 'ok' when the repository's config can be read where it was opened, else why not. */
+async function probeRepository(engine: BackupEngine): Promise<string> {
+  try {
+    return (await engine.configPresent()) ? 'ok' : 'the repository config is gone (the folder or bucket was emptied or replaced?)';
+  } catch (err) {
+    return `unreachable: ${(err as Error).message}`;
+  }
+}
+
 /** Free bytes (for an unprivileged user) and size of the file system `dir` lies in (statfs). */
 async function fileSystemSpace(dir: string): Promise<{ free: number; size: number }> {
   const st = await fs.statfs(dir);
@@ -198,6 +207,9 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     // A local repository is probed in its temp-file namespace (.tmp-*, which listings skip and the
     // store's cleanup removes); an S3 repository is not: a write there costs a billed request.
     const repositoryProbe = isS3Url(config.repositoryUrl) ? null : new CachedProbe(() => probeWritable(config.repositoryUrl, '.tmp-healthz-'));
+    // Any repository, S3 too: its config must still be there and readable (one HEAD request, at
+    // most every 3 s locally, every 30 s in S3, which bills requests).
+    const repositoryReadable = new CachedProbe(() => probeRepository(eng), isS3Url(config.repositoryUrl) ? 30_000 : undefined);
     const exports = new ExportService(backups, hosts, images, nbd, clock, {
       maxTtlSeconds: config.exportMaxHours * 3600,
       overlayDir: path.join(config.dataDir, 'overlays'),
@@ -223,7 +235,8 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
         const data = await dataProbe.get();
         parts.dataFolder = data;
         if (parts.catalog === 'ok' && db.dialect === 'sqlite' && data !== 'ok') parts.catalog = data;
-        if (repositoryProbe) parts.repository = await repositoryProbe.get();
+        const readable = await repositoryReadable.get();
+        parts.repository = readable !== 'ok' ? readable : repositoryProbe ? await repositoryProbe.get() : 'ok';
         parts.jobRunner = jobsStarted ? 'ok' : 'disabled';
         return parts;
       },

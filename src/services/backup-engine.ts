@@ -211,6 +211,11 @@ export class BackupEngine {
     return readRunReports(this.repo.store);
   }
 
+  /** Whether the repository's config is still in its store (for /healthz; errors: the store cannot be reached). */
+  async configPresent(): Promise<boolean> {
+    return (await this.repo.store.head('config')) !== null;
+  }
+
   /** Bytes the repository occupies (for metrics). */
   async storedBytes(): Promise<number> {
     let total = 0;
