@@ -11,6 +11,7 @@
  * defaults below apply.
  */
 import { AppError, ErrorCode, isNoSpaceError } from '../domain/errors.ts';
+import { Type, type TSchema } from 'typebox';
 
 export type Envelope = 'vbs' | 'cinder' | 'keystone' | 'csbs';
 
@@ -106,6 +107,20 @@ export interface ErrorReply {
   statusCode: number;
   body: Record<string, unknown>;
 }
+
+/** The error bodies of each family (what envelope() makes), as response schemas for 4xx and 5xx. */
+export function errorResponses(kind: Envelope): Record<'4xx' | '5xx', TSchema> {
+  const body = ERROR_SCHEMAS[kind];
+  return { '4xx': body, '5xx': body };
+}
+
+const Message = Type.String({ description: 'what went wrong, for a person' });
+const ERROR_SCHEMAS: Record<Envelope, TSchema> = {
+  vbs: Type.Object({ error: Type.Object({ code: Type.String({ description: 'OTC error code, e.g. VolumeBackup.0010' }), message: Message }) }, { description: 'VBS error' }),
+  cinder: Type.Record(Type.String({ description: 'the fault: badRequest, itemNotFound, …' }), Type.Object({ code: Type.Integer(), message: Message }), { description: 'Cinder fault', minProperties: 1, maxProperties: 1 }),
+  keystone: Type.Object({ error: Type.Object({ code: Type.Integer(), title: Type.String(), message: Message }) }, { description: 'Keystone error' }),
+  csbs: Type.Object({ error_code: Type.String({ description: 'CSBS.xxxx' }), error_msg: Message }, { description: 'CSBS error' }),
+};
 
 export function envelope(kind: Envelope, statusCode: number, message: string, otcCode?: string): ErrorReply {
   switch (kind) {

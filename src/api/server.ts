@@ -28,7 +28,7 @@ import type { CsbsTagService } from '../services/csbs-tag-service.ts';
 import type { QuotaService } from '../services/quota-service.ts';
 import type { ExportService } from '../services/export-service.ts';
 import type { AgentService } from '../services/agent-service.ts';
-import { ApiError, envelope, isClientError, replyForError, type Envelope, type RouteErrorCodes, type ValidationCodes } from './errors.ts';
+import { ApiError, envelope, errorResponses, isClientError, replyForError, type Envelope, type RouteErrorCodes, type ValidationCodes } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import { registerIdentityRoutes } from './identity/identity.routes.ts';
 import { registerVersionRoutes } from './versions.routes.ts';
@@ -151,6 +151,10 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   const queryAjv = new Ajv({ ...AJV_BASE, coerceTypes: 'array' });
   app.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? bodyAjv : queryAjv).compile(schema));
 
+  // Each route's response schemas by status ("GET /v2/:projectId/cloudbackups"): the tests check
+  // real answers against them (test/helpers/service.ts).
+  const responseSchemas = new Map<string, Record<string, unknown>>();
+  app.decorate('responseSchemas', responseSchemas);
   app.decorateRequest('auth', null);
   app.decorateRequest('agentHost', null);
   app.addHook('onRequest', (req, reply, done) => {
@@ -176,6 +180,11 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
     if (!(body as string).trim()) return done(null, undefined);
     done(new ApiError(415, 'Request bodies must be JSON (Content-Type: application/json).') as unknown as FastifyError, undefined);
   });
+
+  // Response schemas document the API (OpenAPI) and are checked against real answers in the tests;
+  // they never shape what is sent: fast-json-stringify would silently drop a field a schema forgot,
+  // and a client would lose it. Every reply is JSON.stringify of what the handler returned.
+  app.setSerializerCompiler(() => (data: unknown) => JSON.stringify(data));
 
   await app.register(fastifySwagger, {
     openapi: {
@@ -204,7 +213,11 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
     const mode = (r.config as { auth?: unknown } | undefined)?.auth;
     if (!AUTH_MODES.includes(mode as AuthMode)) throw new Error(`Route ${[r.method].flat().join(',')} ${r.url} states no auth mode (config.auth: one of ${AUTH_MODES.join(', ')}); opting out is auth: 'none'.`);
     // The OpenAPI document says it too: x-haven-auth per operation, no security for public ones.
-    r.schema = { ...r.schema, ...{ 'x-haven-auth': mode }, ...(mode === 'none' ? { security: [] } : {}) };
+    // Every API route's errors come in its family's envelope (replyForError): documented as such.
+    const api = /^\/(v1|v2|v2\.1|v3|haven)\//.test(r.url);
+    const response = { ...(api ? errorResponses(pathEnvelope(r.url)) : {}), ...(r.schema?.response as object | undefined) };
+    r.schema = { ...r.schema, ...{ 'x-haven-auth': mode }, ...(mode === 'none' ? { security: [] } : {}), ...(Object.keys(response).length ? { response } : {}) };
+    for (const m of [r.method].flat()) responseSchemas.set(`${String(m)} ${r.url}`, response as Record<string, unknown>);
   });
   app.addHook('onRequest', (req, _reply, done) => {
     const mode = req.routeOptions.config.auth ?? (req.is404 ? 'none' : 'project');

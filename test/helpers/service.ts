@@ -7,6 +7,7 @@ import type { InjectOptions, LightMyRequestResponse } from 'fastify';
 import { composeApp, type App, type ComposeOptions } from '../../src/app/compose.ts';
 import { loadConfig, type Config } from '../../src/config/config.ts';
 import { TempDirs } from './volumes.ts';
+import { ResponseChecker } from './response-check.ts';
 
 export const ADMIN_PASSWORD = 'admin-test-password';
 
@@ -36,10 +37,15 @@ export async function startService(temp: TempDirs, overrides: Partial<Config> = 
   const dataDir = temp.make('svc');
   const config = (): Config => loadConfig({}, { dataDir, adminPassword: ADMIN_PASSWORD, jobConcurrency: 2, nbdListen: '127.0.0.1:0', ...overrides });
   let app = await composeApp(config(), { threads: 2, ...opts });
+  // Every answer is checked against the response schema its route documents (OpenAPI).
+  let checker: ResponseChecker | null = null;
   const req = async (o: InjectOptions & { token?: string }): Promise<LightMyRequestResponse> => {
     const { token, ...rest } = o;
     const headers = { ...(o.headers ?? {}), ...(token ? { 'x-auth-token': token } : {}) };
-    return app.server.inject({ ...rest, headers });
+    const r = await app.server.inject({ ...rest, headers });
+    checker ??= new ResponseChecker((app.server as unknown as { responseSchemas: Map<string, Record<string, unknown>> }).responseSchemas);
+    checker.check(String(o.method ?? 'GET').toUpperCase(), String(o.url), r.statusCode, String(r.headers['content-type'] ?? ''), r.body);
+    return r;
   };
   const login: TestService['login'] = async (user, password, project) => {
     const r = await req({

@@ -42,6 +42,16 @@ const BackupParams = Type.Object({ projectId: PathParam, backupId: PathParam });
 
 const Link = Type.Object({ href: Type.String(), rel: Type.String() });
 /** Response schema of the summary list: also lets fastify serialize it with a compiled stringifier. */
+const NullableString = Type.Union([Type.String(), Type.Null()]);
+/** A backup as the native API shows it (cinder-wire.ts backupJson); v2 adds tenant and service_metadata, v3 the project. */
+const BackupJson = Type.Object({
+  id: Type.String(), name: NullableString, status: Type.String({ description: 'creating, available, deleting, error, restoring' }),
+  description: NullableString, links: Type.Array(Link), availability_zone: Type.String(), volume_id: Type.String(), snapshot_id: NullableString,
+  fail_reason: NullableString, size: Type.Integer({ description: 'GB' }), object_count: Type.Integer(), container: Type.String(),
+  created_at: NullableString, updated_at: NullableString, data_timestamp: NullableString, has_dependent_backups: Type.Boolean(), is_incremental: Type.Boolean(),
+});
+const DetailList = Type.Object({ backups: Type.Array(BackupJson), backups_links: Type.Optional(Type.Array(Link)), count: Type.Optional(Type.Integer()) });
+
 const SummaryList = Type.Object({
   backups: Type.Array(Type.Object({ id: Type.String(), links: Type.Array(Link), name: Type.Union([Type.String(), Type.Null()]) })),
   backups_links: Type.Optional(Type.Array(Link)),
@@ -127,9 +137,9 @@ export function registerNativeBackupRoutes(root: FastifyInstance, s: ApiServices
       if (q.with_count) body.count = await s.backups.countBackups(pid(req), filter);
       return body;
     };
-    app.get(`/${version}/:projectId/backups`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List backups (id, name, links)', response: { 200: SummaryList } }, serializerCompiler: () => (data: unknown) => JSON.stringify(data) }, async (req) => list(req, false, (b, b0) => ({ id: b.id, links: links(b0, version, pid(req), 'backups', b.id), name: b.name })));
-    app.get(`/${version}/:projectId/backups/detail`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List backups with details' } }, async (req) => list(req, true, (b, b0) => backupJson(b0, version, b as Backup)));
-    app.get(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { params: BackupParams, tags, summary: 'Show a backup' } }, async (req) => {
+    app.get(`/${version}/:projectId/backups`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List backups (id, name, links)', response: { 200: SummaryList } } }, async (req) => list(req, false, (b, b0) => ({ id: b.id, links: links(b0, version, pid(req), 'backups', b.id), name: b.name })));
+    app.get(`/${version}/:projectId/backups/detail`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List backups with details', response: { 200: DetailList } } }, async (req) => list(req, true, (b, b0) => backupJson(b0, version, b as Backup)));
+    app.get(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { params: BackupParams, tags, summary: 'Show a backup', response: { 200: Type.Object({ backup: BackupJson }) } } }, async (req) => {
       const b = await s.backups.getBackup(pid(req), req.params.backupId, { includeShared: true });
       return { backup: backupJson(base(req), version, b) };
     });
@@ -149,7 +159,7 @@ export function registerNativeBackupRoutes(root: FastifyInstance, s: ApiServices
       else await s.backups.forceDeleteBackup(backupId);
       return reply.code(202).send();
     });
-    app.post(`/${version}/:projectId/backups/:backupId/restore`, { config: CFG, schema: { params: BackupParams, body: RestoreBody, tags, summary: 'Restore a backup onto a volume (or a new one)' } }, async (req, reply) => {
+    app.post(`/${version}/:projectId/backups/:backupId/restore`, { config: CFG, schema: { params: BackupParams, body: RestoreBody, tags, summary: 'Restore a backup onto a volume (or a new one)', response: { 202: Type.Object({ restore: Type.Object({ backup_id: Type.String(), volume_id: Type.String(), volume_name: Type.String() }) }) } } }, async (req, reply) => {
       const r = req.body.restore;
       const backupId = req.params.backupId;
       let volumeId = r.volume_id;

@@ -100,6 +100,19 @@ const exportJson = (e: ExportInfo) => ({
   id: e.id, backup_id: e.backupId, uri: e.uri, export_name: e.exportName, writable: e.writable, tls: e.tls, created_at: millisZ(e.createdAt)!, expires_at: millisZ(e.expiresAt)!,
   volume_id: e.volumeId, live: e.live ? { settled_bytes: e.live.settledBytes, written_bytes: e.live.writtenBytes, total_bytes: e.live.totalBytes, finished: e.live.finished } : null,
 });
+// What the operations answer (documented in the OpenAPI document; the tests check real answers).
+const JobRef = Type.Object({ job_id: Type.String({ description: 'poll GET /v1/{project_id}/jobs/{job_id}' }) });
+const JobJson = Type.Object({
+  status: Type.Union([Type.Literal('INIT'), Type.Literal('RUNNING'), Type.Literal('SUCCESS'), Type.Literal('FAIL')]),
+  entities: Type.Record(Type.String(), Type.String(), { description: 'results, all values strings: backup_id, volume_id, progress (percent, while running), …' }),
+  job_id: Type.String(),
+  job_type: Type.String({ description: 'bksCreateBackup, bksDeleteBackup, bksRestoreBackup, …' }),
+  begin_time: Type.Union([Type.String(), Type.Null()]),
+  end_time: Type.Union([Type.String(), Type.Null()]),
+  error_code: Type.Union([Type.String(), Type.Null()]),
+  fail_reason: Type.Union([Type.String(), Type.Null()]),
+});
+const QuotaJson = Type.Object({ quotas: Type.Object({ resources: Type.Array(Type.Object({ type: Type.String(), used: Type.Integer(), reserved: Type.Integer(), quota: Type.Integer() })) }) });
 const JOB_ERRORS: RouteErrorCodes = { [ErrorCode.JobNotFound]: ['common.0011', 404] };
 const BackupParams = Type.Object({ projectId: PathParam, backupId: PathParam });
 const JobParams = Type.Object({ projectId: PathParam, jobId: PathParam });
@@ -112,7 +125,7 @@ export function registerVbsBackupRoutes(root: FastifyInstance, s: ApiServices): 
 
   app.post('/v2/:projectId/cloudbackups', {
     config: { ...base, validation: CREATE_VALIDATION, errorCodes: CREATE_ERRORS },
-    schema: { params: ProjectParams, body: CreateBody, tags, summary: 'Create a backup (B1); returns a job' },
+    schema: { params: ProjectParams, body: CreateBody, tags, summary: 'Create a backup (B1); returns a job', response: { 200: JobRef } },
   }, async (req) => {
     const b = req.body.backup;
     const full = String(b.extend_param?.FullBackup ?? 'false') === 'true';
@@ -121,12 +134,12 @@ export function registerVbsBackupRoutes(root: FastifyInstance, s: ApiServices): 
   });
 
   const del = async (req: { params: Static<typeof BackupParams> }) => ({ job_id: (await s.backups.deleteBackup(pid(req), req.params.backupId)).id });
-  app.post('/v2/:projectId/cloudbackups/:backupId', { config: { ...base, errorCodes: DELETE_ERRORS }, schema: { params: BackupParams, tags, summary: 'Delete a backup (B2, deprecated); returns a job' } }, del);
-  app.delete('/v2/:projectId/cloudbackups/:backupId', { config: { ...base, errorCodes: DELETE_ERRORS }, schema: { params: BackupParams, tags, summary: 'Delete a backup (B2, old clients); returns a job' } }, del);
+  app.post('/v2/:projectId/cloudbackups/:backupId', { config: { ...base, errorCodes: DELETE_ERRORS }, schema: { params: BackupParams, tags, summary: 'Delete a backup (B2, deprecated); returns a job', response: { 200: JobRef } } }, del);
+  app.delete('/v2/:projectId/cloudbackups/:backupId', { config: { ...base, errorCodes: DELETE_ERRORS }, schema: { params: BackupParams, tags, summary: 'Delete a backup (B2, old clients); returns a job', response: { 200: JobRef } } }, del);
 
   app.post('/v2/:projectId/cloudbackups/:backupId/restore', {
     config: { ...base, validation: RESTORE_VALIDATION, errorCodes: { ...RESTORE_ERRORS, [ErrorCode.ExportUnavailable]: ['VolumeBackup.0900', 503] } },
-    schema: { params: BackupParams, body: RestoreBody, tags, summary: 'Restore a disk from a backup (B3); returns a job' },
+    schema: { params: BackupParams, body: RestoreBody, tags, summary: 'Restore a disk from a backup (B3); returns a job', response: { 200: Type.Object({ job_id: Type.String(), export: Type.Optional(ExportJson) }, { description: 'export: with "live": true, the volume served over NBD while it is copied' }) } },
   }, async (req) => {
     const live = req.body.restore.live === true;
     const { job, volume } = await s.backups.restoreBackup(pid(req), req.params.backupId, req.body.restore.volume_id, { live });
@@ -164,7 +177,7 @@ export function registerVbsBackupRoutes(root: FastifyInstance, s: ApiServices): 
     return reply.code(204).send();
   });
 
-  app.get('/v2/:projectId/cloudbackups/quota', { config: base, schema: { params: ProjectParams, tags, summary: 'Backup quotas (Q1)' } }, async (req) => {
+  app.get('/v2/:projectId/cloudbackups/quota', { config: base, schema: { params: ProjectParams, tags, summary: 'Backup quotas (Q1)', response: { 200: QuotaJson } } }, async (req) => {
     const u = await s.backups.usage(pid(req));
     return {
       quotas: {
@@ -177,6 +190,6 @@ export function registerVbsBackupRoutes(root: FastifyInstance, s: ApiServices): 
   });
 
   for (const v of ['v1', 'v2']) {
-    app.get(`/${v}/:projectId/jobs/:jobId`, { config: { ...base, errorCodes: JOB_ERRORS }, schema: { params: JobParams, tags: ['jobs'], summary: 'Query a job (J1)' } }, async (req) => jobJson(await s.backups.getJob(pid(req), req.params.jobId)));
+    app.get(`/${v}/:projectId/jobs/:jobId`, { config: { ...base, errorCodes: JOB_ERRORS }, schema: { params: JobParams, tags: ['jobs'], summary: 'Query a job (J1)', response: { 200: JobJson } } }, async (req) => jobJson(await s.backups.getJob(pid(req), req.params.jobId)));
   }
 }

@@ -114,6 +114,18 @@ const BatchTags = Type.Object({
 });
 const TAG_VALIDATION: ValidationCodes = { fallback: 'AutoBackup.0214', paths: { '/action': { '*': ['AutoBackup.0222', 'must be create, update or delete'] }, '/tag': { required: 'AutoBackup.0001' } } };
 
+// What the policy operations answer (OpenAPI; the tests check real answers against these).
+const ScheduledPolicyJson = Type.Object({
+  start_time: Type.String(), frequency: Type.Optional(Type.Integer()), week_frequency: Type.Optional(Type.Array(Type.String())),
+  rentention_num: Type.Optional(Type.Integer({ description: 'OTC\'s spelling' })), rentention_day: Type.Optional(Type.Integer()),
+  remain_first_backup_of_curMonth: Type.Union([Type.Literal('Y'), Type.Literal('N')]), status: Type.Union([Type.Literal('ON'), Type.Literal('OFF')]),
+});
+const PolicyJson = Type.Object({
+  backup_policy_id: Type.String(), backup_policy_name: Type.String(), scheduled_policy: ScheduledPolicyJson,
+  policy_resource_count: Type.Integer(), time_zone: Type.Optional(Type.String()),
+});
+const PolicyRef = Type.Object({ backup_policy_id: Type.String() });
+
 export function registerPolicyRoutes(root: FastifyInstance, s: ApiServices): void {
   const app = typed(root);
   const pid = (req: { params: { projectId: string } }) => req.params.projectId;
@@ -121,7 +133,7 @@ export function registerPolicyRoutes(root: FastifyInstance, s: ApiServices): voi
   const cfg = { envelope: 'vbs' as const, auth: 'project' as const, validation: POLICY_VALIDATION, errorCodes: POLICY_ERRORS };
   const tags = ['vbs policies'];
 
-  app.post('/v2/:projectId/backuppolicy', { config: cfg, preValidation: refuseAngleBrackets, schema: { params: ProjectParams, body: CreateBody, tags, summary: 'Create a backup policy (P1)' } }, async (req) => {
+  app.post('/v2/:projectId/backuppolicy', { config: cfg, preValidation: refuseAngleBrackets, schema: { params: ProjectParams, body: CreateBody, tags, summary: 'Create a backup policy (P1)', response: { 200: PolicyRef } } }, async (req) => {
     const body = req.body;
     const keys = new Set((body.tags ?? []).map((t) => t.key));
     if (keys.size !== (body.tags ?? []).length) throw new ApiError(400, 'Invalid input received: tag keys must be unique.', 'AutoBackup.0214');
@@ -129,7 +141,7 @@ export function registerPolicyRoutes(root: FastifyInstance, s: ApiServices): voi
     const p = await s.policies.createPolicy(pid(req), { ...input, name: body.backup_policy_name, startTime: body.scheduled_policy.start_time, status: body.scheduled_policy.status }, body.tags ?? []);
     return { backup_policy_id: p.id };
   });
-  app.get('/v2/:projectId/backuppolicy', { config: cfg, schema: { params: ProjectParams, tags, summary: 'List backup policies (P2)' } }, async (req) => ({ backup_policies: (await s.policies.listPolicies(pid(req))).map(policyJson) }));
+  app.get('/v2/:projectId/backuppolicy', { config: cfg, schema: { params: ProjectParams, tags, summary: 'List backup policies (P2)', response: { 200: Type.Object({ backup_policies: Type.Array(PolicyJson) }) } } }, async (req) => ({ backup_policies: (await s.policies.listPolicies(pid(req))).map(policyJson) }));
 
   // Literal segments before /:policyId.
   app.get('/v2/:projectId/backuppolicy/tags', { config: cfg, schema: { params: ProjectParams, tags, summary: 'All tags of the project\'s policies (T3)' } }, async (req) => ({ tags: await s.policies.projectTags(pid(req)) }));
@@ -154,7 +166,7 @@ export function registerPolicyRoutes(root: FastifyInstance, s: ApiServices): voi
     };
   });
 
-  app.put('/v2/:projectId/backuppolicy/:policyId', { config: cfg, preValidation: refuseAngleBrackets, schema: { params: PolicyParams, body: UpdateBody, tags, summary: 'Modify a policy, also enable/disable (P3, P8)' } }, async (req) => {
+  app.put('/v2/:projectId/backuppolicy/:policyId', { config: cfg, preValidation: refuseAngleBrackets, schema: { params: PolicyParams, body: UpdateBody, tags, summary: 'Modify a policy, also enable/disable (P3, P8)', response: { 200: PolicyRef } } }, async (req) => {
     const p = await s.policies.updatePolicy(pid(req), policyId(req), toInput(req.body));
     return { backup_policy_id: p.id };
   });

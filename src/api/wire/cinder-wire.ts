@@ -62,10 +62,10 @@ export function snapshotJson(s: Snapshot) {
  */
 export function backupJson(base: string, version: ApiVersion, b: Backup, progressPercent?: number) {
   const description = b.origin === 'native' ? b.description : JSON.stringify({ DESC: b.description ?? '', INC: b.fullBackup ? 0 : 1 });
-  const out: Record<string, unknown> = {
+  const out = {
     id: b.id,
     name: b.name,
-    status: b.status,
+    status: b.status as string,
     description,
     links: links(base, version, b.projectId, 'backups', b.id),
     availability_zone: b.availabilityZone,
@@ -81,13 +81,9 @@ export function backupJson(base: string, version: ApiVersion, b: Backup, progres
     has_dependent_backups: false,
     is_incremental: !b.fullBackup,
   };
-  if (version === 'v2') {
-    out['os-bak-tenant-attr:tenant_id'] = b.projectId;
-    out.service_metadata = serviceMetadata(b, progressPercent);
-  } else {
-    out['os-backup-project-attr:project_id'] = b.projectId;
-  }
-  return out;
+  return version === 'v2'
+    ? { ...out, 'os-bak-tenant-attr:tenant_id': b.projectId, service_metadata: serviceMetadata(b, progressPercent) }
+    : { ...out, 'os-backup-project-attr:project_id': b.projectId };
 }
 
 /** service_metadata: a JSON-encoded string (vbs.md §8.1). */

@@ -3,25 +3,25 @@ import type { Policy, PolicyTask, PolicyWithCount } from '../../domain/policy.ts
 import { millisNoZone } from './time.ts';
 
 export function scheduledPolicyJson(p: Policy) {
-  const s: Record<string, unknown> = { start_time: p.startTime };
-  if (p.frequency !== null) s.frequency = p.frequency;
-  if (p.weekFrequency !== null) s.week_frequency = p.weekFrequency;
-  if (p.retentionNum !== null) s.rentention_num = p.retentionNum;
-  if (p.retentionDay !== null) s.rentention_day = p.retentionDay;
-  s.remain_first_backup_of_curMonth = p.remainFirstBackupOfCurMonth ? 'Y' : 'N';
-  s.status = p.status;
-  return s;
+  return {
+    start_time: p.startTime,
+    ...(p.frequency !== null ? { frequency: p.frequency } : {}),
+    ...(p.weekFrequency !== null ? { week_frequency: p.weekFrequency } : {}),
+    ...(p.retentionNum !== null ? { rentention_num: p.retentionNum } : {}),
+    ...(p.retentionDay !== null ? { rentention_day: p.retentionDay } : {}),
+    remain_first_backup_of_curMonth: p.remainFirstBackupOfCurMonth ? ('Y' as const) : ('N' as const),
+    status: p.status,
+  };
 }
 
 export function policyJson(p: PolicyWithCount) {
-  const out: Record<string, unknown> = {
+  return {
     backup_policy_id: p.id,
     backup_policy_name: p.name,
     scheduled_policy: scheduledPolicyJson(p),
     policy_resource_count: p.resourceCount,
+    ...(p.timeZone !== null ? { time_zone: p.timeZone } : {}),
   };
-  if (p.timeZone !== null) out.time_zone = p.timeZone;
-  return out;
 }
 
 export function taskJson(t: PolicyTask) {
