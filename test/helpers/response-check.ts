@@ -33,6 +33,10 @@ export class ResponseChecker {
     const route = this.routes.find((r) => r.method === method && r.re.test(p));
     if (!route) return;
     const schema = route.schemas[String(status)] ?? route.schemas[`${Math.floor(status / 100)}xx`] ?? route.schemas[`${Math.floor(status / 100)}XX`];
+    // A success the route documents none of (it documents others): the document is wrong.
+    if (!schema && status < 300 && Object.keys(route.schemas).some((k) => /^2/.test(k))) {
+      throw new Error(`${method} ${p} answered ${status}, which its documented responses (${Object.keys(route.schemas).join(', ')}) do not list`);
+    }
     if (!schema || !body || !contentType?.includes('json')) return;
     let validate = this.compiled.get(schema);
     if (!validate) this.compiled.set(schema, (validate = this.ajv.compile(schema as object)));

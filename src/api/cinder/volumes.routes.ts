@@ -29,6 +29,23 @@ type ListQuery = Static<typeof ListQuery>;
 const VolumeParams = Type.Object({ projectId: PathParam, volumeId: PathParam });
 const SnapshotParams = Type.Object({ projectId: PathParam, snapshotId: PathParam });
 
+// What the volume and snapshot operations answer (OpenAPI; the tests check real answers against these).
+const Str = Type.String();
+const NullStr = Type.Union([Type.String(), Type.Null()]);
+const Link = Type.Object({ href: Str, rel: Str });
+const VolumeJson = Type.Object({
+  id: Str, name: NullStr, description: NullStr, status: Type.String({ description: 'creating, available, in-use, backing-up, restoring-backup, deleting, error, error_restoring, …' }),
+  size: Type.Integer({ description: 'GB' }), availability_zone: Str, created_at: NullStr, updated_at: NullStr, bootable: Type.Union([Type.Literal('true'), Type.Literal('false')]),
+  encrypted: Type.Boolean(), multiattach: Type.Boolean(), attachments: Type.Array(Type.Unknown()), metadata: Type.Record(Str, Str),
+  volume_type: Type.Union([Type.Literal('haven'), Type.Literal('qcow2')]), snapshot_id: Type.Null(), source_volid: Type.Null(), consistencygroup_id: Type.Null(),
+  replication_status: Str, user_id: Type.Null(), 'os-vol-tenant-attr:tenant_id': Str, 'os-vol-host-attr:host': Str, links: Type.Array(Link),
+});
+const SnapshotJson = Type.Object({
+  id: Str, name: NullStr, description: NullStr, volume_id: Str, status: Str, size: Type.Integer(), created_at: NullStr, updated_at: NullStr,
+  metadata: Type.Record(Str, Str), 'os-extended-snapshot-attributes:project_id': Str, 'os-extended-snapshot-attributes:progress': Str,
+});
+const Accepted = Type.Unknown({ description: 'accepted: no body' });
+
 const CreateVolume = Type.Object({
   volume: Type.Object({
     size: Type.Integer({ minimum: 1, maximum: MAX_VOLUME_GB }),
@@ -72,26 +89,26 @@ export function registerVolumeRoutes(root: FastifyInstance, s: ApiServices): voi
     const tags = ['volumes'];
     const page = (q: ListQuery) => ({ limit: q.limit ?? 1000, offset: q.offset ?? 0 });
 
-    app.post(`/${version}/:projectId/volumes`, { config: CFG, schema: { params: ProjectParams, body: CreateVolume, tags, summary: 'Create a volume (a sparse raw file)' } }, async (req, reply) => {
+    app.post(`/${version}/:projectId/volumes`, { config: CFG, schema: { params: ProjectParams, body: CreateVolume, tags, summary: 'Create a volume (a sparse raw file)', response: { 202: Type.Object({ volume: VolumeJson }) } } }, async (req, reply) => {
       const b = req.body.volume;
       const v = await s.volumes.createVolume(pid(req), { sizeGb: b.size, name: b.name, description: b.description, metadata: b.metadata, snapshotId: b.snapshot_id, bootable: b.bootable, format: formatOfVolumeType(b.volume_type) });
       return reply.code(202).send({ volume: volumeJson(base(req), version, v, s.config.hostName) });
     });
-    app.get(`/${version}/:projectId/volumes`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List volumes' } }, async (req) => {
+    app.get(`/${version}/:projectId/volumes`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List volumes', response: { 200: Type.Object({ volumes: Type.Array(Type.Object({ id: Str, name: NullStr, links: Type.Array(Link) })) }) } } }, async (req) => {
       const q = req.query;
       const vols = await s.volumes.listVolumes(pid(req), { name: q.name, status: q.status, ...page(q) });
       return { volumes: vols.map((v) => ({ id: v.id, name: v.name, links: links(base(req), version, v.projectId, 'volumes', v.id) })) };
     });
-    app.get(`/${version}/:projectId/volumes/detail`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List volumes with details' } }, async (req) => {
+    app.get(`/${version}/:projectId/volumes/detail`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List volumes with details', response: { 200: Type.Object({ volumes: Type.Array(VolumeJson) }) } } }, async (req) => {
       const q = req.query;
       const vols = await s.volumes.listVolumes(pid(req), { name: q.name, status: q.status, ...page(q) });
       return { volumes: vols.map((v) => volumeJson(base(req), version, v, s.config.hostName)) };
     });
-    app.get(`/${version}/:projectId/volumes/:volumeId`, { config: CFG, schema: { params: VolumeParams, tags, summary: 'Show a volume' } }, async (req) => {
+    app.get(`/${version}/:projectId/volumes/:volumeId`, { config: CFG, schema: { params: VolumeParams, tags, summary: 'Show a volume', response: { 200: Type.Object({ volume: VolumeJson }) } } }, async (req) => {
       const v = await s.volumes.getVolume(pid(req), req.params.volumeId);
       return { volume: volumeJson(base(req), version, v, s.config.hostName) };
     });
-    app.delete(`/${version}/:projectId/volumes/:volumeId`, { config: CFG, schema: { params: VolumeParams, tags, summary: 'Delete a volume (an adopted file is only forgotten)' } }, async (req, reply) => {
+    app.delete(`/${version}/:projectId/volumes/:volumeId`, { config: CFG, schema: { params: VolumeParams, tags, summary: 'Delete a volume (an adopted file is only forgotten)', response: { 202: Accepted } } }, async (req, reply) => {
       await s.volumes.deleteVolume(pid(req), req.params.volumeId);
       return reply.code(202).send();
     });
@@ -108,7 +125,7 @@ export function registerVolumeRoutes(root: FastifyInstance, s: ApiServices): voi
     });
 
     const stags = ['snapshots'];
-    app.post(`/${version}/:projectId/snapshots`, { config: CFG, schema: { params: ProjectParams, body: CreateSnapshot, tags: stags, summary: 'Snapshot a volume' } }, async (req, reply) => {
+    app.post(`/${version}/:projectId/snapshots`, { config: CFG, schema: { params: ProjectParams, body: CreateSnapshot, tags: stags, summary: 'Snapshot a volume', response: { 202: Type.Object({ snapshot: SnapshotJson }) } } }, async (req, reply) => {
       const b = req.body.snapshot;
       const force = b.force === true || (typeof b.force === 'string' && b.force.toLowerCase() === 'true');
       const snap = await s.volumes.createSnapshot(pid(req), { volumeId: b.volume_id, name: b.name, description: b.description, force });
@@ -119,9 +136,9 @@ export function registerVolumeRoutes(root: FastifyInstance, s: ApiServices): voi
       return s.volumes.listSnapshots(pid(req), { volumeId: q.volume_id, ...page(q) });
     };
     app.get(`/${version}/:projectId/snapshots`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags: stags, summary: 'List snapshots' } }, async (req) => ({ snapshots: (await listSnaps(req)).map(snapshotJson) }));
-    app.get(`/${version}/:projectId/snapshots/detail`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags: stags, summary: 'List snapshots with details' } }, async (req) => ({ snapshots: (await listSnaps(req)).map(snapshotJson) }));
-    app.get(`/${version}/:projectId/snapshots/:snapshotId`, { config: CFG, schema: { params: SnapshotParams, tags: stags, summary: 'Show a snapshot' } }, async (req) => ({ snapshot: snapshotJson(await s.volumes.getSnapshot(pid(req), req.params.snapshotId)) }));
-    app.delete(`/${version}/:projectId/snapshots/:snapshotId`, { config: CFG, schema: { params: SnapshotParams, tags: stags, summary: 'Delete a snapshot' } }, async (req, reply) => {
+    app.get(`/${version}/:projectId/snapshots/detail`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags: stags, summary: 'List snapshots with details', response: { 200: Type.Object({ snapshots: Type.Array(SnapshotJson) }) } } }, async (req) => ({ snapshots: (await listSnaps(req)).map(snapshotJson) }));
+    app.get(`/${version}/:projectId/snapshots/:snapshotId`, { config: CFG, schema: { params: SnapshotParams, tags: stags, summary: 'Show a snapshot', response: { 200: Type.Object({ snapshot: SnapshotJson }) } } }, async (req) => ({ snapshot: snapshotJson(await s.volumes.getSnapshot(pid(req), req.params.snapshotId)) }));
+    app.delete(`/${version}/:projectId/snapshots/:snapshotId`, { config: CFG, schema: { params: SnapshotParams, tags: stags, summary: 'Delete a snapshot', response: { 202: Accepted } } }, async (req, reply) => {
       await s.volumes.deleteSnapshot(pid(req), req.params.snapshotId);
       return reply.code(202).send();
     });
