@@ -125,6 +125,16 @@ const PolicyJson = Type.Object({
   policy_resource_count: Type.Integer(), time_zone: Type.Optional(Type.String()),
 });
 const PolicyRef = Type.Object({ backup_policy_id: Type.String() });
+const NoContent = Type.Unknown({ description: 'done: no body' });
+const NullStr = Type.Union([Type.String(), Type.Null()]);
+const TaskJson = Type.Object({
+  job_id: Type.String({ description: 'the task id' }), status: Type.String({ description: 'RUNNING, WAITING, EXECUTE_SUCCESS, EXECUTE_FAIL, EXECUTE_TIMEOUT, SKIP' }),
+  created_at: NullStr, backup_name: Type.String(), resource_id: Type.String(), resource_type: Type.Literal('volume'),
+  finished_at: Type.Optional(NullStr), vbs_job_id: Type.Optional(Type.String({ description: 'the backup job (GET /v1/{project_id}/jobs/{job_id})' })),
+});
+const TagList = Type.Object({ tags: Type.Array(Type.Object({ key: Type.String(), value: Type.String() })) });
+const ResourceResult = Type.Object({ resource_id: Type.String(), code: Type.Optional(Type.String()), message: Type.Optional(Type.String()) }, { description: 'success_resources also carry resource_type, availability_zone, os_vol_host_attr' });
+const AssocResult = Type.Object({ success_resources: Type.Array(ResourceResult), fail_resources: Type.Array(ResourceResult) });
 
 export function registerPolicyRoutes(root: FastifyInstance, s: ApiServices): void {
   const app = typed(root);
@@ -144,7 +154,7 @@ export function registerPolicyRoutes(root: FastifyInstance, s: ApiServices): voi
   app.get('/v2/:projectId/backuppolicy', { config: cfg, schema: { params: ProjectParams, tags, summary: 'List backup policies (P2)', response: { 200: Type.Object({ backup_policies: Type.Array(PolicyJson) }) } } }, async (req) => ({ backup_policies: (await s.policies.listPolicies(pid(req))).map(policyJson) }));
 
   // Literal segments before /:policyId.
-  app.get('/v2/:projectId/backuppolicy/tags', { config: cfg, schema: { params: ProjectParams, tags, summary: 'All tags of the project\'s policies (T3)' } }, async (req) => ({ tags: await s.policies.projectTags(pid(req)) }));
+  app.get('/v2/:projectId/backuppolicy/tags', { config: cfg, schema: { params: ProjectParams, tags, summary: 'All tags of the project\'s policies (T3)', response: { 200: Type.Object({ tags: Type.Array(Type.Object({ key: Type.String(), values: Type.Array(Type.String()) })) }) } } }, async (req) => ({ tags: await s.policies.projectTags(pid(req)) }));
   app.post('/v2/:projectId/backuppolicy/resource_instances/action', {
     config: { ...cfg, validation: { fallback: 'AutoBackup.0214', paths: { '/action': { '*': ['AutoBackup.0222', 'must be filter or count'] } } } },
     schema: { params: ProjectParams, body: FilterBody, tags, summary: 'Filter or count policies by tag (T6)' },
@@ -170,11 +180,11 @@ export function registerPolicyRoutes(root: FastifyInstance, s: ApiServices): voi
     const p = await s.policies.updatePolicy(pid(req), policyId(req), toInput(req.body));
     return { backup_policy_id: p.id };
   });
-  app.delete('/v2/:projectId/backuppolicy/:policyId', { config: cfg, schema: { params: PolicyParams, tags, summary: 'Delete a policy (P4); its backups are kept' } }, async (req, reply) => {
+  app.delete('/v2/:projectId/backuppolicy/:policyId', { config: cfg, schema: { params: PolicyParams, tags, summary: 'Delete a policy (P4); its backups are kept', response: { 204: NoContent } } }, async (req, reply) => {
     await s.policies.deletePolicy(pid(req), policyId(req));
     return reply.code(204).send();
   });
-  app.post('/v2/:projectId/backuppolicy/:policyId/action', { config: cfg, schema: { params: PolicyParams, tags, summary: 'Execute a policy now (P7)' } }, async (req, reply) => {
+  app.post('/v2/:projectId/backuppolicy/:policyId/action', { config: cfg, schema: { params: PolicyParams, tags, summary: 'Execute a policy now (P7)', response: { 204: NoContent } } }, async (req, reply) => {
     await s.policies.execute(pid(req), policyId(req));
     return reply.code(204).send();
   });
@@ -187,7 +197,7 @@ export function registerPolicyRoutes(root: FastifyInstance, s: ApiServices): voi
     job_id: Type.Optional(Type.String()),
     status: Type.Optional(Type.Union([Type.Literal('RUNNING'), Type.Literal('EXECUTE_TIMEOUT'), Type.Literal('WAITING'), Type.Literal('EXECUTE_FAIL'), Type.Literal('EXECUTE_SUCCESS'), Type.Literal('SKIP')])),
   });
-  app.get('/v2/:projectId/backuppolicy/:policyId/backuptasks', { config: { ...cfg, validation: { fallback: 'AutoBackup.0008' } }, schema: { params: PolicyParams, querystring: TaskQuery, tags, summary: 'Backup tasks a policy ran (P9)' } }, async (req) => {
+  app.get('/v2/:projectId/backuppolicy/:policyId/backuptasks', { config: { ...cfg, validation: { fallback: 'AutoBackup.0008' } }, schema: { params: PolicyParams, querystring: TaskQuery, tags, summary: 'Backup tasks a policy ran (P9)', response: { 200: Type.Object({ tasks: Type.Array(TaskJson), count: Type.Integer() }) } } }, async (req) => {
     const q = req.query;
     const r = await s.policies.listTasks(pid(req), policyId(req), { status: q.status, jobId: q.job_id, sortDir: q.sort_dir ?? 'desc', limit: q.limit ?? 20, offset: q.offset ?? 0, marker: q.marker });
     return { tasks: r.tasks.map(taskJson), count: r.count };
@@ -196,17 +206,17 @@ export function registerPolicyRoutes(root: FastifyInstance, s: ApiServices): voi
   app.post('/v2/:projectId/backuppolicy/:policyId/tags', {
     config: { ...cfg, validation: { ...TAG_VALIDATION, paths: { ...TAG_VALIDATION.paths, '/tag/key': { '*': 'AutoBackup.0214' }, '/tag/value': { '*': 'AutoBackup.0214' } } } },
     preValidation: refuseAngleBrackets,
-    schema: { params: PolicyParams, body: Type.Object({ tag: PolicyTag }), tags, summary: 'Add a tag to a policy (T1)' },
+    schema: { params: PolicyParams, body: Type.Object({ tag: PolicyTag }), tags, summary: 'Add a tag to a policy (T1)', response: { 204: NoContent } },
   }, async (req, reply) => {
     await s.policies.setTags(pid(req), policyId(req), [req.body.tag]);
     return reply.code(204).send();
   });
-  app.get('/v2/:projectId/backuppolicy/:policyId/tags', { config: cfg, schema: { params: PolicyParams, tags, summary: 'Tags of a policy (T4)' } }, async (req) => ({ tags: await s.policies.tags(pid(req), policyId(req)) }));
-  app.delete('/v2/:projectId/backuppolicy/:policyId/tags/:key', { config: cfg, schema: { params: PolicyTagParams, tags, summary: 'Remove a tag (T2)' } }, async (req, reply) => {
+  app.get('/v2/:projectId/backuppolicy/:policyId/tags', { config: cfg, schema: { params: PolicyParams, tags, summary: 'Tags of a policy (T4)', response: { 200: TagList } } }, async (req) => ({ tags: await s.policies.tags(pid(req), policyId(req)) }));
+  app.delete('/v2/:projectId/backuppolicy/:policyId/tags/:key', { config: cfg, schema: { params: PolicyTagParams, tags, summary: 'Remove a tag (T2)', response: { 204: NoContent } } }, async (req, reply) => {
     await s.policies.deleteTags(pid(req), policyId(req), [req.params.key], true);
     return reply.code(204).send();
   });
-  app.post('/v2/:projectId/backuppolicy/:policyId/tags/action', { config: { ...cfg, validation: TAG_VALIDATION }, preValidation: refuseAngleBrackets, schema: { params: PolicyParams, body: BatchTags, tags, summary: 'Create, update or delete tags in a batch (T5)' } }, async (req, reply) => {
+  app.post('/v2/:projectId/backuppolicy/:policyId/tags/action', { config: { ...cfg, validation: TAG_VALIDATION }, preValidation: refuseAngleBrackets, schema: { params: PolicyParams, body: BatchTags, tags, summary: 'Create, update or delete tags in a batch (T5)', response: { 204: NoContent } } }, async (req, reply) => {
     const b = req.body;
     const list = b.tags ?? [];
     if (b.action === 'delete') {
@@ -224,7 +234,7 @@ export function registerPolicyRoutes(root: FastifyInstance, s: ApiServices): voi
   // Association (P5, P6).
   const Associate = Type.Object({ backup_policy_id: Type.String({ minLength: 1 }), resources: Type.Array(Type.Object({ resource_id: Type.String({ minLength: 1 }), resource_type: Type.String() }), { minItems: 1 }) });
   const ASSOC_VALIDATION: ValidationCodes = { fallback: 'AutoBackup.0008', paths: { '/backup_policy_id': { '*': 'AutoBackup.0006' }, '/resources': { '*': 'AutoBackup.0207' }, '/resources/*/resource_id': { '*': 'AutoBackup.0209' }, '/resources/*/resource_type': { '*': 'AutoBackup.0211' } } };
-  app.post('/v2/:projectId/backuppolicyresources', { config: { ...cfg, validation: ASSOC_VALIDATION }, schema: { params: ProjectParams, body: Associate, tags, summary: 'Associate volumes with a policy (P5)' } }, async (req) => {
+  app.post('/v2/:projectId/backuppolicyresources', { config: { ...cfg, validation: ASSOC_VALIDATION }, schema: { params: ProjectParams, body: Associate, tags, summary: 'Associate volumes with a policy (P5)', response: { 200: AssocResult } } }, async (req) => {
     const b = req.body;
     const r = await s.policies.associate(pid(req), b.backup_policy_id, b.resources.map((x) => ({ resourceId: x.resource_id, resourceType: x.resource_type })));
     const item = (x: (typeof r.success)[number]) => ({
@@ -234,7 +244,7 @@ export function registerPolicyRoutes(root: FastifyInstance, s: ApiServices): voi
     return { success_resources: r.success.map(item), fail_resources: r.fail.map(item) };
   });
   const Disassociate = Type.Object({ resources: Type.Array(Type.Object({ resource_id: Type.String({ minLength: 1 }) }), { minItems: 1 }) });
-  app.post('/v2/:projectId/backuppolicyresources/:policyId/deleted_resources', { config: { ...cfg, validation: ASSOC_VALIDATION }, schema: { params: PolicyParams, body: Disassociate, tags, summary: 'Disassociate volumes from a policy (P6)' } }, async (req) => {
+  app.post('/v2/:projectId/backuppolicyresources/:policyId/deleted_resources', { config: { ...cfg, validation: ASSOC_VALIDATION }, schema: { params: PolicyParams, body: Disassociate, tags, summary: 'Disassociate volumes from a policy (P6)', response: { 200: AssocResult } } }, async (req) => {
     const b = req.body;
     const r = await s.policies.disassociate(pid(req), policyId(req), b.resources.map((x) => x.resource_id));
     return { success_resources: r.success.map((id) => ({ resource_id: id })), fail_resources: r.fail.map((f) => ({ resource_id: f.resourceId, code: f.code, message: f.message })) };

@@ -25,15 +25,14 @@ export function policyJson(p: PolicyWithCount) {
 }
 
 export function taskJson(t: PolicyTask) {
-  const out: Record<string, unknown> = {
+  return {
     job_id: t.id,
     status: t.status,
     created_at: millisNoZone(t.createdAt),
     backup_name: t.backupName,
     resource_id: t.volumeId,
-    resource_type: 'volume',
+    resource_type: 'volume' as const,
+    ...(t.finishedAt !== null && t.status !== 'RUNNING' && t.status !== 'WAITING' ? { finished_at: millisNoZone(t.finishedAt) } : {}),
+    ...(t.jobId ? { vbs_job_id: t.jobId } : {}),
   };
-  if (t.finishedAt !== null && t.status !== 'RUNNING' && t.status !== 'WAITING') out.finished_at = millisNoZone(t.finishedAt);
-  if (t.jobId) out.vbs_job_id = t.jobId;
-  return out;
 }
