@@ -52,6 +52,18 @@ const ListQuery = Type.Object({
 });
 type ListQuery = Static<typeof ListQuery>;
 const SharingParams = Type.Object({ projectId: PathParam, id: PathParam });
+// What the sharing operations answer (OpenAPI; the tests check real answers against these).
+const NullStr = Type.Union([Type.String(), Type.Null()]);
+const SharingJson = Type.Object({
+  id: Type.String(), backup_id: Type.String(), from_project_id: Type.String(), to_project_id: Type.String(),
+  created_at: NullStr, updated_at: NullStr, deleted_at: Type.Null(), deleted: Type.Null(),
+});
+const SharedBackupJson = Type.Object({
+  availability_zone: Type.String(), container: Type.String(), created_at: NullStr, data_timestamp: NullStr, description: NullStr, fail_reason: NullStr,
+  has_dependent_backups: Type.Boolean(), id: Type.String(), is_incremental: Type.Boolean(), name: NullStr, object_count: Type.Integer(), size: Type.Integer(),
+  snapshot_id: NullStr, status: Type.String(), updated_at: NullStr, volume_id: Type.String(), service_metadata: Type.String({ description: 'JSON in a string' }),
+});
+const SharingWithBackup = Type.Intersect([SharingJson, Type.Object({ backup: Type.Union([SharedBackupJson, Type.Null()]) })]);
 
 export function registerSharingRoutes(root: FastifyInstance, s: ApiServices): void {
   const app = typed(root);
@@ -60,7 +72,7 @@ export function registerSharingRoutes(root: FastifyInstance, s: ApiServices): vo
   const tags = ['backup sharing'];
   const Share = Type.Object({ shared: Type.Object({ backup_id: Type.String({ minLength: 1 }), to_project_ids: Type.Array(Type.String({ minLength: 1, maxLength: 64 }), { minItems: 1, maxItems: 100 }) }) });
 
-  app.post('/v2/:projectId/os-vendor-backup-sharing', { config: cfg, schema: { params: ProjectParams, body: Share, tags, summary: 'Share a backup with other projects (S1)' } }, async (req) => {
+  app.post('/v2/:projectId/os-vendor-backup-sharing', { config: cfg, schema: { params: ProjectParams, body: Share, tags, summary: 'Share a backup with other projects (S1)', response: { 200: Type.Object({ shared: Type.Array(SharingJson) }) } } }, async (req) => {
     const b = req.body.shared;
     const list = await s.sharing.share(pid(req), b.backup_id, b.to_project_ids);
     return { shared: list.map(sharingJson) };
@@ -88,20 +100,20 @@ export function registerSharingRoutes(root: FastifyInstance, s: ApiServices): vo
     const offset = q.offset ?? 0;
     return q.limit === undefined ? rows.slice(offset) : rows.slice(offset, offset + q.limit);
   };
-  app.get('/v2/:projectId/os-vendor-backup-sharing/detail', { config: cfg, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List sharings, by this project or to it (S3)' } }, async (req) => ({
+  app.get('/v2/:projectId/os-vendor-backup-sharing/detail', { config: cfg, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List sharings, by this project or to it (S3)', response: { 200: Type.Object({ shared: Type.Array(SharingWithBackup) }) } } }, async (req) => ({
     shared: (await list(pid(req), req.query)).map((r) => ({ ...sharingJson(r.sharing), backup: r.backup ? sharedBackupJson(r.backup) : null })),
   }));
-  app.get('/v2/:projectId/os-vendor-backup-sharing/count', { config: cfg, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'Count sharings (S4)' } }, async (req) => {
+  app.get('/v2/:projectId/os-vendor-backup-sharing/count', { config: cfg, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'Count sharings (S4)', response: { 200: Type.Object({ count: Type.Integer() }) } } }, async (req) => {
     const { limit: _l, offset: _o, ...filters } = req.query;
     return { count: (await list(pid(req), filters)).length };
   });
-  app.get('/v2/:projectId/os-vendor-backup-sharing/:id', { config: cfg, schema: { params: SharingParams, tags, summary: 'Show a sharing (S5)' } }, async (req) => {
+  app.get('/v2/:projectId/os-vendor-backup-sharing/:id', { config: cfg, schema: { params: SharingParams, tags, summary: 'Show a sharing (S5)', response: { 200: Type.Object({ shared: SharingWithBackup }) } } }, async (req) => {
     const r = await s.sharing.get(pid(req), req.params.id);
     return { shared: { ...sharingJson(r.sharing), backup: r.backup ? sharedBackupJson(r.backup) : null } };
   });
   app.delete('/v2/:projectId/os-vendor-backup-sharing/:id', {
     config: cfg,
-    schema: { params: SharingParams, querystring: Type.Object({ is_backup_id: Type.Optional(Type.Boolean()) }), tags, summary: 'Cancel a sharing, or all sharings of a backup with is_backup_id=true (S2)' },
+    schema: { params: SharingParams, querystring: Type.Object({ is_backup_id: Type.Optional(Type.Boolean()) }), tags, summary: 'Cancel a sharing, or all sharings of a backup with is_backup_id=true (S2)', response: { 200: Type.Unknown({ description: 'done: no body' }) } },
   }, async (req, reply) => {
     await s.sharing.cancel(pid(req), req.params.id, req.query.is_backup_id === true);
     return reply.code(200).send();
