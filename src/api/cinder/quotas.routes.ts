@@ -22,6 +22,13 @@ const Params = Type.Object({ projectId: PathParam, targetId: PathParam });
 
 type Caller = { params: { projectId: string; targetId: string }; auth: AuthContext | null };
 
+// What the quota operations answer (OpenAPI; the tests check real answers against these): per
+// resource (volumes, gigabytes, backups, backup_gigabytes, per_volume_gigabytes) a limit (-1:
+// unlimited), or with ?usage=true its in_use, limit and reserved.
+const Usage = Type.Object({ in_use: Type.Integer(), limit: Type.Integer(), reserved: Type.Integer() });
+const QuotaSetJson = Type.Object({ quota_set: Type.Record(Type.String(), Type.Union([Type.Integer(), Usage, Type.String({ description: 'id: the project' })])) });
+const Done = Type.Unknown({ description: 'done: no body' });
+
 export function registerQuotaRoutes(root: FastifyInstance, s: ApiServices): void {
   const app = typed(root);
   for (const version of ['v2', 'v3']) {
@@ -36,7 +43,7 @@ export function registerQuotaRoutes(root: FastifyInstance, s: ApiServices): void
       if (!req.auth!.isCloudAdmin) throw new ApiError(403, `Policy doesn't allow volume_extension:quotas:${rule} to be performed.`);
     };
 
-    app.get(`/${version}/:projectId/os-quota-sets/:targetId`, { config: CFG, schema: { params: Params, querystring: ShowQuery, tags, summary: 'Show a project\'s quotas (?usage=true: with usage)' } }, async (req) => {
+    app.get(`/${version}/:projectId/os-quota-sets/:targetId`, { config: CFG, schema: { params: Params, querystring: ShowQuery, tags, summary: 'Show a project\'s quotas (?usage=true: with usage)', response: { 200: QuotaSetJson } } }, async (req) => {
       const id = await target(req);
       const usage = req.query.usage;
       if (usage === true || (typeof usage === 'string' && /^(true|1|yes|on)$/i.test(usage))) {
@@ -46,10 +53,10 @@ export function registerQuotaRoutes(root: FastifyInstance, s: ApiServices): void
       }
       return { quota_set: { id, ...(await s.quotas.limits(id)) } };
     });
-    app.get(`/${version}/:projectId/os-quota-sets/:targetId/defaults`, { config: CFG, schema: { params: Params, tags, summary: 'Default quotas' } }, async (req) => {
+    app.get(`/${version}/:projectId/os-quota-sets/:targetId/defaults`, { config: CFG, schema: { params: Params, tags, summary: 'Default quotas', response: { 200: QuotaSetJson } } }, async (req) => {
       return { quota_set: { id: req.params.targetId, ...s.quotas.defaults() } };
     });
-    app.put(`/${version}/:projectId/os-quota-sets/:targetId`, { config: CFG, schema: { params: Params, body: UpdateBody, tags, summary: 'Set a project\'s volumes and gigabytes quotas (cloud admin)' } }, async (req) => {
+    app.put(`/${version}/:projectId/os-quota-sets/:targetId`, { config: CFG, schema: { params: Params, body: UpdateBody, tags, summary: 'Set a project\'s volumes and gigabytes quotas (cloud admin)', response: { 200: QuotaSetJson } } }, async (req) => {
       cloudAdmin(req, 'update');
       const body = req.body.quota_set;
       const bad = Object.keys(body).filter((k) => !(SETTABLE_QUOTAS as readonly string[]).includes(k));
@@ -67,7 +74,7 @@ export function registerQuotaRoutes(root: FastifyInstance, s: ApiServices): void
       const set: QuotaSet = await s.quotas.setLimits(id, values);
       return { quota_set: set };
     });
-    app.delete(`/${version}/:projectId/os-quota-sets/:targetId`, { config: CFG, schema: { params: Params, tags, summary: 'Reset a project\'s quotas to the defaults (cloud admin)' } }, async (req, reply) => {
+    app.delete(`/${version}/:projectId/os-quota-sets/:targetId`, { config: CFG, schema: { params: Params, tags, summary: 'Reset a project\'s quotas to the defaults (cloud admin)', response: { 200: Done } } }, async (req, reply) => {
       cloudAdmin(req, 'delete');
       const id = (await s.identity.getProject(req.params.targetId)).id;
       await s.quotas.resetLimits(id);
