@@ -50,6 +50,7 @@ const BackupJson = Type.Object({
   fail_reason: NullableString, size: Type.Integer({ description: 'GB' }), object_count: Type.Integer(), container: Type.String(),
   created_at: NullableString, updated_at: NullableString, data_timestamp: NullableString, has_dependent_backups: Type.Boolean(), is_incremental: Type.Boolean(),
 });
+const Accepted = Type.Unknown({ description: 'accepted: no body' });
 const DetailList = Type.Object({ backups: Type.Array(BackupJson), backups_links: Type.Optional(Type.Array(Link)), count: Type.Optional(Type.Integer()) });
 
 const SummaryList = Type.Object({
@@ -108,7 +109,7 @@ export function registerNativeBackupRoutes(root: FastifyInstance, s: ApiServices
 
     app.post(`/${version}/:projectId/backups`, {
       config: CFG,
-      schema: { params: ProjectParams, body: CreateBody, tags, summary: 'Create a backup (Cinder API); 202, then poll its status' },
+      schema: { params: ProjectParams, body: CreateBody, tags, summary: 'Create a backup (Cinder API); 202, then poll its status', response: { 202: Type.Object({ backup: Type.Object({ id: Type.String(), links: Type.Array(Link), name: NullableString }) }) } },
     }, async (req, reply) => {
       const b = req.body.backup;
       if (b.name && /^auto/i.test(b.name)) throw new ApiError(400, 'Invalid input received: backup names must not start with "auto" (reserved for policy backups).');
@@ -143,11 +144,11 @@ export function registerNativeBackupRoutes(root: FastifyInstance, s: ApiServices
       const b = await s.backups.getBackup(pid(req), req.params.backupId, { includeShared: true });
       return { backup: backupJson(base(req), version, b) };
     });
-    app.delete(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { params: BackupParams, tags, summary: 'Delete a backup (one still being created: its job is stopped); 202, then it disappears' } }, async (req, reply) => {
+    app.delete(`/${version}/:projectId/backups/:backupId`, { config: CFG, schema: { params: BackupParams, tags, summary: 'Delete a backup (one still being created: its job is stopped); 202, then it disappears', response: { 202: Accepted } } }, async (req, reply) => {
       await s.backups.deleteBackup(pid(req), req.params.backupId);
       return reply.code(202).send();
     });
-    app.post(`/${version}/:projectId/backups/:backupId/action`, { config: CFG, schema: { params: BackupParams, body: ActionBody, tags, summary: 'Cloud admin: os-force_delete (stops a running job) or os-reset_status; 202' } }, async (req, reply) => {
+    app.post(`/${version}/:projectId/backups/:backupId/action`, { config: CFG, schema: { params: BackupParams, body: ActionBody, tags, summary: 'Cloud admin: os-force_delete (stops a running job) or os-reset_status; 202', response: { 202: Accepted } } }, async (req, reply) => {
       const body = req.body;
       const names = Object.keys(body ?? {});
       if (names.length !== 1 || !ACTIONS.includes(names[0]!)) throw new ApiError(400, `Invalid input received: the body must name exactly one action of ${ACTIONS.join(', ')}.`);

@@ -171,7 +171,7 @@ export function registerVbsBackupRoutes(root: FastifyInstance, s: ApiServices): 
   });
   app.delete('/v2/:projectId/cloudbackups/:backupId/export', {
     config: { ...base, errorCodes: EXPORT_ERRORS },
-    schema: { params: BackupParams, tags: exportTags, summary: 'End the backup\'s exports (Haven extension): their connections close; 204' },
+    schema: { params: BackupParams, tags: exportTags, summary: 'End the backup\'s exports (Haven extension): their connections close; 204', response: { 204: Type.Unknown({ description: 'done: no body' }) } },
   }, async (req, reply) => {
     await s.exports.end(pid(req), req.params.backupId);
     return reply.code(204).send();
