@@ -35,7 +35,16 @@ const ADMIN = { auth: 'cloudAdmin' as const };
 /** The agent's host, from its token (the auth hook put it there). */
 const hostOf = (req: FastifyRequest): string => req.agentHost!;
 
-export function agentJson(a: AgentView): Record<string, unknown> {
+// What the agent operations answer (OpenAPI; the tests check real answers against these).
+const Time = Type.String({ description: 'ISO 8601' });
+const AgentJson = Type.Object({
+  host: Type.String(), version: Type.String(), embedded: Type.Boolean(), online: Type.Boolean(), draining: Type.Boolean(), registered_at: Time, last_heartbeat: Time,
+  volume_roots: Type.Array(Type.String()), capabilities: Type.Array(Type.String()), volumes: Type.Integer({ description: 'volumes on this host' }),
+  running_jobs: Type.Array(Type.Object({ work_id: Type.String(), job_id: Type.Union([Type.String(), Type.Null()]), kind: Type.String(), progress_done: Type.Integer(), progress_total: Type.Integer(), started_at: Time })),
+});
+const NoBody = Type.Unknown({ description: 'done: no body' });
+
+export function agentJson(a: AgentView) {
   return {
     host: a.host, version: a.version, embedded: a.embedded, online: a.online, draining: a.draining, registered_at: new Date(a.registeredAt).toISOString(),
     last_heartbeat: new Date(a.heartbeatAt).toISOString(), volume_roots: a.volumeRoots, capabilities: a.capabilities, volumes: a.volumes,
@@ -46,44 +55,44 @@ export function agentJson(a: AgentView): Record<string, unknown> {
 export function registerAgentRoutes(root: FastifyInstance, s: ApiServices): void {
   const app = typed(root);
   const tags = ['agents'];
-  app.post('/haven/v1/agent/register', { config: AGENT, schema: { body: Register, tags, summary: 'An agent starts (agent token)' } }, async (req) => {
+  app.post('/haven/v1/agent/register', { config: AGENT, schema: { body: Register, tags, summary: 'An agent starts (agent token)', response: { 200: Type.Object({ host: Type.String(), session: Type.String(), lease_seconds: Type.Number() }) } } }, async (req) => {
     const b = req.body;
     const r = await s.agents.register(hostOf(req), { version: b.version, volumeRoots: b.volume_roots, capabilities: b.capabilities, instance: b.instance ?? null });
     return { host: hostOf(req), session: r.session, lease_seconds: r.leaseMs / 1000 };
   });
-  app.post('/haven/v1/agent/heartbeat', { config: AGENT, schema: { body: Heartbeat, tags, summary: 'An agent is alive and renews its work\'s leases (agent token)' } }, async (req) => {
+  app.post('/haven/v1/agent/heartbeat', { config: AGENT, schema: { body: Heartbeat, tags, summary: 'An agent is alive and renews its work\'s leases (agent token)', response: { 200: Type.Object({ stop: Type.Array(Type.Object({ id: Type.String(), reason: Type.String() }), { description: 'work to stop, and why' }), draining: Type.Boolean() }) } } }, async (req) => {
     const r = await s.agents.heartbeat(hostOf(req), req.body.session, req.body.work);
     return { stop: r.stop, draining: r.draining };
   });
-  app.post('/haven/v1/agent/claim', { config: AGENT, schema: { body: Claim, tags, summary: 'An agent takes queued work of its host (agent token)' } }, async (req) => {
+  app.post('/haven/v1/agent/claim', { config: AGENT, schema: { body: Claim, tags, summary: 'An agent takes queued work of its host (agent token)', response: { 200: Type.Object({ work: Type.Array(Type.Object({ id: Type.String(), kind: Type.String(), request: Type.Unknown({ description: 'the work\'s order, by kind (services/volume-host.ts)' }) })) }) } } }, async (req) => {
     return { work: await s.agents.claim(hostOf(req), req.body.session, req.body.slots, req.body.quick_slots ?? 0) };
   });
-  app.post('/haven/v1/agent/work/:workId/result', { config: AGENT, schema: { params: WorkParams, body: Result, tags, summary: 'An agent ends work with its result (agent token)' } }, async (req, reply) => {
+  app.post('/haven/v1/agent/work/:workId/result', { config: AGENT, schema: { params: WorkParams, body: Result, tags, summary: 'An agent ends work with its result (agent token)', response: { 204: NoBody } } }, async (req, reply) => {
     const b = req.body;
     await s.agents.finish(hostOf(req), b.session, req.params.workId, b.ok ? { ok: true, result: b.result ?? null } : { ok: false, error: b.error ?? { code: 'INTERNAL_ERROR', message: 'the agent gave no reason' } });
     return reply.code(204).send();
   });
 
-  app.get('/haven/v1/agents', { config: ADMIN, schema: { tags, summary: 'List agents: host, version, last heartbeat, volumes, running jobs (cloud admin)' } }, async () => {
+  app.get('/haven/v1/agents', { config: ADMIN, schema: { tags, summary: 'List agents: host, version, last heartbeat, volumes, running jobs (cloud admin)', response: { 200: Type.Object({ agents: Type.Array(AgentJson) }) } } }, async () => {
     return { agents: (await s.agents.list()).map(agentJson) };
   });
-  app.get('/haven/v1/agents/:host', { config: ADMIN, schema: { params: HostParams, tags, summary: 'Show an agent (cloud admin)' } }, async (req) => {
+  app.get('/haven/v1/agents/:host', { config: ADMIN, schema: { params: HostParams, tags, summary: 'Show an agent (cloud admin)', response: { 200: Type.Object({ agent: AgentJson }) } } }, async (req) => {
     return { agent: agentJson(await s.agents.get(req.params.host)) };
   });
-  app.post('/haven/v1/agents/:host/drain', { config: ADMIN, schema: { params: HostParams, tags, summary: 'Drain a host: no new work or volumes; running work finishes (cloud admin)' } }, async (req) => {
+  app.post('/haven/v1/agents/:host/drain', { config: ADMIN, schema: { params: HostParams, tags, summary: 'Drain a host: no new work or volumes; running work finishes (cloud admin)', response: { 200: Type.Object({ agent: AgentJson }) } } }, async (req) => {
     return { agent: agentJson(await s.agents.setDraining(req.params.host, true)) };
   });
-  app.post('/haven/v1/agents/:host/undrain', { config: ADMIN, schema: { params: HostParams, tags, summary: 'Take a drained host back (cloud admin)' } }, async (req) => {
+  app.post('/haven/v1/agents/:host/undrain', { config: ADMIN, schema: { params: HostParams, tags, summary: 'Take a drained host back (cloud admin)', response: { 200: Type.Object({ agent: AgentJson }) } } }, async (req) => {
     return { agent: agentJson(await s.agents.setDraining(req.params.host, false)) };
   });
-  app.get('/haven/v1/agents/tokens', { config: ADMIN, schema: { tags, summary: 'List agent tokens: id, host, created, revoked (never the secret) (cloud admin)' } }, async () => {
+  app.get('/haven/v1/agents/tokens', { config: ADMIN, schema: { tags, summary: 'List agent tokens: id, host, created, revoked (never the secret) (cloud admin)', response: { 200: Type.Object({ agent_tokens: Type.Array(Type.Object({ id: Type.String(), host: Type.String(), created_at: Time, revoked_at: Type.Union([Time, Type.Null()]) })) }) } } }, async () => {
     return { agent_tokens: (await s.agents.listTokens()).map((t) => ({ id: t.id, host: t.host, created_at: new Date(t.createdAt).toISOString(), revoked_at: t.revokedAt === null ? null : new Date(t.revokedAt).toISOString() })) };
   });
-  app.delete('/haven/v1/agents/tokens/:tokenId', { config: ADMIN, schema: { params: Type.Object({ tokenId: PathParam }), tags, summary: 'Revoke an agent token (cloud admin)' } }, async (req, reply) => {
+  app.delete('/haven/v1/agents/tokens/:tokenId', { config: ADMIN, schema: { params: Type.Object({ tokenId: PathParam }), tags, summary: 'Revoke an agent token (cloud admin)', response: { 204: NoBody } } }, async (req, reply) => {
     await s.agents.revokeToken(req.params.tokenId);
     return reply.code(204).send();
   });
-  app.post('/haven/v1/agents/tokens', { config: ADMIN, schema: { body: CreateToken, tags, summary: 'Issue an agent token for a host (cloud admin); shown once' } }, async (req, reply) => {
+  app.post('/haven/v1/agents/tokens', { config: ADMIN, schema: { body: CreateToken, tags, summary: 'Issue an agent token for a host (cloud admin); shown once', response: { 201: Type.Object({ agent_token: Type.Object({ id: Type.String(), host: Type.String(), token: Type.String({ description: 'the secret: shown this once' }) }) }) } } }, async (req, reply) => {
     const t = await s.agents.createToken(req.body.host);
     return reply.code(201).send({ agent_token: { id: t.id, host: t.host, token: t.token } });
   });
