@@ -114,7 +114,7 @@ export function registerVolumeRoutes(root: FastifyInstance, s: ApiServices): voi
     });
     // Adopting a host file is a cloud-admin power (admin role on the admin project); the cloud admin
     // may adopt into any existing project, named by the path.
-    app.post(`/${version}/:projectId/os-volume-manage`, { config: { ...CFG, auth: 'projectOrCloudAdmin' as const }, schema: { params: ProjectParams, body: ManageVolume, tags, summary: 'Adopt an existing image file or block device (cloud admin)' } }, async (req, reply) => {
+    app.post(`/${version}/:projectId/os-volume-manage`, { config: { ...CFG, auth: 'projectOrCloudAdmin' as const }, schema: { params: ProjectParams, body: ManageVolume, tags, summary: 'Adopt an existing image file or block device (cloud admin)', response: { 202: Type.Object({ volume: VolumeJson }) } } }, async (req, reply) => {
       if (!req.auth!.isCloudAdmin) throw new ApiError(403, `Policy does not allow volume_extension:volume_manage to be performed: the admin role on the admin project (${s.identity.adminProject}) is required.`);
       if (req.auth!.project?.id !== pid(req)) await s.identity.getProject(pid(req));
       const b = req.body.volume;
@@ -135,7 +135,7 @@ export function registerVolumeRoutes(root: FastifyInstance, s: ApiServices): voi
       const q = req.query;
       return s.volumes.listSnapshots(pid(req), { volumeId: q.volume_id, ...page(q) });
     };
-    app.get(`/${version}/:projectId/snapshots`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags: stags, summary: 'List snapshots' } }, async (req) => ({ snapshots: (await listSnaps(req)).map(snapshotJson) }));
+    app.get(`/${version}/:projectId/snapshots`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags: stags, summary: 'List snapshots', response: { 200: Type.Object({ snapshots: Type.Array(SnapshotJson) }) } } }, async (req) => ({ snapshots: (await listSnaps(req)).map(snapshotJson) }));
     app.get(`/${version}/:projectId/snapshots/detail`, { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags: stags, summary: 'List snapshots with details', response: { 200: Type.Object({ snapshots: Type.Array(SnapshotJson) }) } } }, async (req) => ({ snapshots: (await listSnaps(req)).map(snapshotJson) }));
     app.get(`/${version}/:projectId/snapshots/:snapshotId`, { config: CFG, schema: { params: SnapshotParams, tags: stags, summary: 'Show a snapshot', response: { 200: Type.Object({ snapshot: SnapshotJson }) } } }, async (req) => ({ snapshot: snapshotJson(await s.volumes.getSnapshot(pid(req), req.params.snapshotId)) }));
     app.delete(`/${version}/:projectId/snapshots/:snapshotId`, { config: CFG, schema: { params: SnapshotParams, tags: stags, summary: 'Delete a snapshot', response: { 202: Accepted } } }, async (req, reply) => {

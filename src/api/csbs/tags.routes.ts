@@ -38,6 +38,14 @@ const trim = (t: { key: string; value: string }) => ({ key: t.key.trim(), value:
 const ResourceParams = Type.Object({ projectId: PathParam, resourceId: PathParam });
 const TagKeyParams = Type.Object({ projectId: PathParam, resourceId: PathParam, key: PathParam });
 
+// What the tag operations answer (OpenAPI; the tests check real answers against these).
+const TagJson = Type.Object({ key: Type.String(), value: Type.String() });
+const Done = Type.Unknown({ description: 'done: no body' });
+const Filtered = Type.Object({
+  total_count: Type.Integer(),
+  resources: Type.Optional(Type.Array(Type.Object({ resource_id: Type.String(), resource_name: Type.String(), resource_detail: Type.Unknown({ description: 'the backup or policy' }), tags: Type.Array(TagJson) }))),
+}, { description: 'action count: total_count alone' });
+
 export function registerCsbsTagRoutes(root: FastifyInstance, s: ApiServices): void {
   const app = typed(root);
   const pid = (req: { params: { projectId: string } }) => req.params.projectId;
@@ -45,12 +53,12 @@ export function registerCsbsTagRoutes(root: FastifyInstance, s: ApiServices): vo
   for (const [segment, kind] of [['csbs_backup', 'backup'], ['csbs_backup_policy', 'policy']] as [string, TagKind][]) {
     const tags = [`csbs ${kind} tags`];
     // Literal segments before /:resourceId.
-    app.get(`/v1/:projectId/${segment}/tags`, { config: CFG, schema: { params: ProjectParams, tags, summary: `All ${kind} tags of the project, by key (T6/T12)` } }, async (req) => {
+    app.get(`/v1/:projectId/${segment}/tags`, { config: CFG, schema: { params: ProjectParams, tags, summary: `All ${kind} tags of the project, by key (T6/T12)`, response: { 200: Type.Object({ tags: Type.Array(Type.Object({ key: Type.String(), values: Type.Array(Type.String()) })) }) } } }, async (req) => {
       const byKey = new Map<string, Set<string>>();
       for (const r of await s.csbsTags.resources(pid(req), kind)) for (const t of r.tags) (byKey.get(t.key) ?? byKey.set(t.key, new Set()).get(t.key)!).add(t.value);
       return { tags: [...byKey].map(([key, values]) => ({ key, values: [...values] })) };
     });
-    app.post(`/v1/:projectId/${segment}/resource_instances/action`, { config: CFG, schema: { params: ProjectParams, body: FilterBody, tags, summary: `Filter or count ${kind}s by tag (T1/T7)` } }, async (req) => {
+    app.post(`/v1/:projectId/${segment}/resource_instances/action`, { config: CFG, schema: { params: ProjectParams, body: FilterBody, tags, summary: `Filter or count ${kind}s by tag (T1/T7)`, response: { 200: Filtered } } }, async (req) => {
       const b = req.body;
       const limit = b.limit === undefined ? 1000 : Number(b.limit);
       const offset = b.offset === undefined ? 0 : Number(b.offset);
@@ -67,11 +75,11 @@ export function registerCsbsTagRoutes(root: FastifyInstance, s: ApiServices): vo
       }
       return { resources, total_count: hits.length };
     });
-    app.post(`/v1/:projectId/${segment}/:resourceId/tags`, { config: CFG, schema: { params: ResourceParams, body: Type.Object({ tag: WriteTag }), tags, summary: `Add one tag to a ${kind} (T3/T9)` } }, async (req, reply) => {
+    app.post(`/v1/:projectId/${segment}/:resourceId/tags`, { config: CFG, schema: { params: ResourceParams, body: Type.Object({ tag: WriteTag }), tags, summary: `Add one tag to a ${kind} (T3/T9)`, response: { 204: Done } } }, async (req, reply) => {
       await s.csbsTags.add(pid(req), kind, rid(req), [trim(req.body.tag)]);
       return reply.code(204).send();
     });
-    app.delete(`/v1/:projectId/${segment}/:resourceId/tags/:key`, { config: CFG, schema: { params: TagKeyParams, tags, summary: `Remove one tag of a ${kind} (T4/T10)` } }, async (req, reply) => {
+    app.delete(`/v1/:projectId/${segment}/:resourceId/tags/:key`, { config: CFG, schema: { params: TagKeyParams, tags, summary: `Remove one tag of a ${kind} (T4/T10)`, response: { 204: Done } } }, async (req, reply) => {
       const key = req.params.key.trim();
       if (!key || key.length > 127) throw new ApiError(400, 'tag key must be 1-127 characters', 'CSBS.9001');
       await s.csbsTags.remove(pid(req), kind, rid(req), [{ key }], true);
@@ -81,7 +89,7 @@ export function registerCsbsTagRoutes(root: FastifyInstance, s: ApiServices): vo
       action: Type.Union([Type.Literal('create'), Type.Literal('delete')]),
       tags: Type.Array(Type.Object({ key: Type.String({ minLength: 1, maxLength: 127 }), value: Type.Optional(Type.String({ maxLength: 255 })) }), { minItems: 1, maxItems: 10 }),
     });
-    app.post(`/v1/:projectId/${segment}/:resourceId/tags/action`, { config: CFG, schema: { params: ResourceParams, body: Batch, tags, summary: `Create or delete tags of a ${kind} in a batch (T2/T8)` } }, async (req, reply) => {
+    app.post(`/v1/:projectId/${segment}/:resourceId/tags/action`, { config: CFG, schema: { params: ResourceParams, body: Batch, tags, summary: `Create or delete tags of a ${kind} in a batch (T2/T8)`, response: { 204: Done } } }, async (req, reply) => {
       const b = req.body;
       if (b.action === 'delete') {
         await s.csbsTags.remove(pid(req), kind, rid(req), b.tags.map((t) => ({ key: t.key.trim(), value: t.value?.trim() })), false);
@@ -97,6 +105,6 @@ export function registerCsbsTagRoutes(root: FastifyInstance, s: ApiServices): vo
       }
       return reply.code(204).send();
     });
-    app.get(`/v1/:projectId/${segment}/:resourceId/tags`, { config: CFG, schema: { params: ResourceParams, tags, summary: `Tags of one ${kind} (T5/T11)` } }, async (req) => ({ tags: await s.csbsTags.tags(pid(req), kind, rid(req)) }));
+    app.get(`/v1/:projectId/${segment}/:resourceId/tags`, { config: CFG, schema: { params: ResourceParams, tags, summary: `Tags of one ${kind} (T5/T11)`, response: { 200: Type.Object({ tags: Type.Array(TagJson) }) } } }, async (req) => ({ tags: await s.csbsTags.tags(pid(req), kind, rid(req)) }));
   }
 }

@@ -157,7 +157,7 @@ export function registerPolicyRoutes(root: FastifyInstance, s: ApiServices): voi
   app.get('/v2/:projectId/backuppolicy/tags', { config: cfg, schema: { params: ProjectParams, tags, summary: 'All tags of the project\'s policies (T3)', response: { 200: Type.Object({ tags: Type.Array(Type.Object({ key: Type.String(), values: Type.Array(Type.String()) })) }) } } }, async (req) => ({ tags: await s.policies.projectTags(pid(req)) }));
   app.post('/v2/:projectId/backuppolicy/resource_instances/action', {
     config: { ...cfg, validation: { fallback: 'AutoBackup.0214', paths: { '/action': { '*': ['AutoBackup.0222', 'must be filter or count'] } } } },
-    schema: { params: ProjectParams, body: FilterBody, tags, summary: 'Filter or count policies by tag (T6)' },
+    schema: { params: ProjectParams, body: FilterBody, tags, summary: 'Filter or count policies by tag (T6)', response: { 200: Type.Object({ total_count: Type.Integer(), resources: Type.Optional(Type.Array(Type.Object({ resource_id: Type.String(), resource_name: Type.String(), resource_detail: Type.Null(), tags: Type.Array(Type.Object({ key: Type.String(), value: Type.String() })) }))) }, { description: 'action count: total_count alone' }) } },
   }, async (req) => {
     const b = req.body;
     const limit = b.limit === undefined ? 1000 : Number(b.limit);
