@@ -123,6 +123,20 @@ function checkTags(tags: { key: string; value: string }[] | undefined): { key: s
 
 const triggerStart = (ms: number) => new Date(ms).toISOString().slice(0, 19).replace('T', ' ');
 
+// What the policy operations answer (OpenAPI; the tests check real answers against these).
+const Str = Type.String();
+const CsbsPolicyJson = Type.Object({
+  id: Str, name: Str, description: Str, status: Type.String({ description: 'suspended (new) or enabled' }), provider_id: Str, project_id: Str, created_at: Type.Union([Str, Type.Null()]),
+  parameters: Type.Record(Str, Type.Unknown()), tags: Type.Array(Type.Object({ key: Str, value: Str })),
+  resources: Type.Array(Type.Object({ id: Str, type: Type.Literal('OS::Nova::Server'), name: Str, extra_info: Type.Object({}) })),
+  scheduled_operations: Type.Array(Type.Object({
+    id: Str, name: Str, description: Str, enabled: Type.Boolean(), operation_type: Type.Literal('backup'),
+    operation_definition: Type.Record(Str, Type.Unknown(), { description: 'plan_id, provider_id and the retention rules set (max_backups, retention_duration_days, day/week/month/year_backups, timezone, permanent)' }),
+    trigger_id: Str, trigger: Type.Object({ id: Str, name: Str, type: Type.Literal('time'), properties: Type.Object({ pattern: Str, start_time: Str, format: Type.Literal('ical') }) }),
+  })),
+});
+const PolicyLinks = Type.Array(Type.Object({ href: Str, rel: Str }));
+
 export function policyJson(p: CsbsPolicy, resources: CsbsPolicyResource[]) {
   const r = p.retention;
   const definition: Record<string, unknown> = { plan_id: p.id, provider_id: CSBS_PROVIDER_ID };
@@ -144,16 +158,16 @@ export function policyJson(p: CsbsPolicy, resources: CsbsPolicyResource[]) {
     created_at: microsNoZone(p.createdAt),
     parameters: { common: {}, ...p.parameters },
     tags: p.tags,
-    resources: resources.map((x) => ({ id: x.serverId, type: 'OS::Nova::Server', name: x.name, extra_info: {} })),
+    resources: resources.map((x) => ({ id: x.serverId, type: 'OS::Nova::Server' as const, name: x.name, extra_info: {} })),
     scheduled_operations: [{
       id: p.operationId,
       name: p.operationName,
       description: p.operationDescription,
       enabled: p.enabled,
-      operation_type: 'backup',
+      operation_type: 'backup' as const,
       operation_definition: definition,
       trigger_id: p.triggerId,
-      trigger: { id: p.triggerId, name: 'default', type: 'time', properties: { pattern: p.pattern, start_time: triggerStart(p.triggerStart), format: 'ical' } },
+      trigger: { id: p.triggerId, name: 'default', type: 'time' as const, properties: { pattern: p.pattern, start_time: triggerStart(p.triggerStart), format: 'ical' as const } },
     }],
   };
 }
@@ -165,7 +179,7 @@ export function registerCsbsPolicyRoutes(root: FastifyInstance, s: ApiServices):
   const tags = ['csbs policies'];
   const view = async (p: CsbsPolicy) => policyJson(p, await s.csbsPolicies.resources(p.id));
 
-  app.post('/v1/:projectId/policies', { config: CFG, schema: { params: ProjectParams, body: CreateBody, tags, summary: 'Create a backup policy (P1)' } }, async (req) => {
+  app.post('/v1/:projectId/policies', { config: CFG, schema: { params: ProjectParams, body: CreateBody, tags, summary: 'Create a backup policy (P1)', response: { 200: Type.Object({ policy: CsbsPolicyJson }) } } }, async (req) => {
     const b = req.body.policy;
     if (b.provider_id !== CSBS_PROVIDER_ID) throw new ApiError(400, `provider invalid: ${b.provider_id}`, 'CSBS.9001');
     const op = b.scheduled_operations[0]!;
@@ -184,7 +198,7 @@ export function registerCsbsPolicyRoutes(root: FastifyInstance, s: ApiServices):
     name: Type.Optional(Type.String()),
     all_tenants: Type.Optional(Type.String()),
   });
-  app.get('/v1/:projectId/policies', { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List backup policies (P2)' } }, async (req) => {
+  app.get('/v1/:projectId/policies', { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List backup policies (P2)', response: { 200: Type.Object({ policies: Type.Array(CsbsPolicyJson), policies_links: Type.Optional(PolicyLinks) }) } } }, async (req) => {
     const q = req.query;
     let sortKey: 'created_at' | 'name' | 'id' | 'updated_at' = 'created_at';
     let sortDir: 'asc' | 'desc' = 'desc';
@@ -196,14 +210,11 @@ export function registerCsbsPolicyRoutes(root: FastifyInstance, s: ApiServices):
     const limit = Math.min(q.limit ?? 1000, 1000);
     const rows = await s.csbsPolicies.listPolicies(pid(req), { name: q.name, sortKey, sortDir, limit: limit + 1, offset: q.offset ?? 0, marker: q.marker });
     const page = rows.slice(0, limit);
-    const body: Record<string, unknown> = { policies: await Promise.all(page.map(view)) };
-    if (rows.length > limit && page.length) {
-      body.policies_links = nextLink(`${baseUrl(s.config, req)}/v1/${pid(req)}/policies`, q, limit, page.at(-1)!.id);
-    }
-    return body;
+    const policies = await Promise.all(page.map(view));
+    return rows.length > limit && page.length ? { policies, policies_links: nextLink(`${baseUrl(s.config, req)}/v1/${pid(req)}/policies`, q, limit, page.at(-1)!.id) } : { policies };
   });
-  app.get('/v1/:projectId/policies/:policyId', { config: CFG, schema: { params: PolicyParams, tags, summary: 'Show a backup policy (P3)' } }, async (req) => ({ policy: await view(await s.csbsPolicies.getPolicy(pid(req), policyId(req))) }));
-  app.put('/v1/:projectId/policies/:policyId', { config: CFG, schema: { params: PolicyParams, body: UpdateBody, tags, summary: 'Update a policy: name, servers, schedule, enabled (P4)' } }, async (req) => {
+  app.get('/v1/:projectId/policies/:policyId', { config: CFG, schema: { params: PolicyParams, tags, summary: 'Show a backup policy (P3)', response: { 200: Type.Object({ policy: CsbsPolicyJson }) } } }, async (req) => ({ policy: await view(await s.csbsPolicies.getPolicy(pid(req), policyId(req))) }));
+  app.put('/v1/:projectId/policies/:policyId', { config: CFG, schema: { params: PolicyParams, body: UpdateBody, tags, summary: 'Update a policy: name, servers, schedule, enabled (P4)', response: { 200: Type.Object({ policy: CsbsPolicyJson }) } } }, async (req) => {
     const b = req.body.policy;
     const op = b.scheduled_operations?.[0];
     const operation = op ? {
@@ -223,7 +234,7 @@ export function registerCsbsPolicyRoutes(root: FastifyInstance, s: ApiServices):
     });
     return { policy: await view(p) };
   });
-  app.delete('/v1/:projectId/policies/:policyId', { config: CFG, schema: { params: PolicyParams, tags, summary: 'Delete a policy (P5); its backups are kept' } }, async (req) => {
+  app.delete('/v1/:projectId/policies/:policyId', { config: CFG, schema: { params: PolicyParams, tags, summary: 'Delete a policy (P5); its backups are kept', response: { 200: Type.Object({}, { description: 'an empty object' }) } } }, async (req) => {
     await s.csbsPolicies.deletePolicy(pid(req), policyId(req));
     return {};
   });
