@@ -50,6 +50,23 @@ function checkpointJson(c: Checkpoint, resources: { id: string; name: string }[]
   };
 }
 
+// What the backup (checkpoint) operations answer (OpenAPI; the tests check real answers against these).
+const Str = Type.String();
+const NullStr = Type.Union([Str, Type.Null()]);
+export const CheckpointJson = Type.Object({
+  id: Str, status: Str, created_at: NullStr, project_id: Str, resource_graph: Type.Null(),
+  protection_plan: Type.Object({ id: Str, name: Str, resources: Type.Array(Type.Object({ id: Str, type: Str, name: Str, extra_info: Str })) }),
+  extra_info: NullStr,
+});
+const ItemJson = Type.Object({
+  id: Str, checkpoint_id: Str, name: Str, description: Str, status: Type.String({ description: 'protecting, available, restoring, deleting, error, …' }),
+  resource_id: Str, resource_type: Str, created_at: NullStr, updated_at: NullStr, tags: Type.Array(Type.Object({ key: Str, value: Str })),
+  backup_data: Type.Record(Str, Type.Unknown()),
+  extend_info: Type.Record(Str, Type.Unknown(), { description: 'progress, size, fail_reason, volume_backups (one per disk: id, source_volume_id, …), …' }),
+});
+const Links = Type.Array(Type.Object({ href: Str, rel: Str }));
+const CheckResult = Type.Object({ resource_id: Str, resource_type: Str, result: Type.Boolean(), error_code: Type.Optional(Str), error_msg: Type.Optional(Str) });
+
 const MB = 1024 * 1024;
 function itemJson(i: CheckpointItem, volumeBackups: Backup[], volumeNames: Map<string, { name: string | null; bootable: boolean; sizeGb: number }>, progress: number) {
   const size = Math.round(volumeBackups.reduce((n, b) => n + b.storedBytes, 0) / MB);
@@ -168,7 +185,7 @@ export function registerCheckpointRoutes(root: FastifyInstance, s: ApiServices):
     return itemJson(i, vbs, names, progress);
   };
 
-  app.post('/v1/:projectId/providers/:providerId/resources/:resourceId/action', { config: CFG, schema: { params: ResourceParams, body: ProtectBody, tags, summary: 'Back up one server (B2): all its volumes at one moment' } }, async (req) => {
+  app.post('/v1/:projectId/providers/:providerId/resources/:resourceId/action', { config: CFG, schema: { params: ResourceParams, body: ProtectBody, tags, summary: 'Back up one server (B2): all its volumes at one moment', response: { 200: Type.Object({ checkpoint: CheckpointJson }) } } }, async (req) => {
     checkProvider(req);
     const b = req.body.protect;
     if (b.resource_type !== undefined && b.resource_type !== 'OS::Nova::Server') throw new ApiError(400, `Resource (${req.params.resourceId}) type (${b.resource_type}) is not support protection.`, 'CSBS.6003');
@@ -183,8 +200,8 @@ export function registerCheckpointRoutes(root: FastifyInstance, s: ApiServices):
     checkpointId: q.checkpoint_id, serverId: q.resource_id, status: q.status, nameLike: q.name, serverNameLike: q.resource_name, policyId: q.policy_id, az: q.az,
     createdFrom: parseTime(q.start_time, 'start_time'), createdTo: parseTime(q.end_time, 'end_time'),
   });
-  app.get('/v1/:projectId/checkpoint_items/count', { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'Count backups (B5)' } }, async (req) => ({ count: await s.serverBackups.countItems(pid(req), filterOf(req.query)) }));
-  app.get('/v1/:projectId/checkpoint_items', { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List backups (B4)' } }, async (req) => {
+  app.get('/v1/:projectId/checkpoint_items/count', { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'Count backups (B5)', response: { 200: Type.Object({ count: Type.Integer() }) } } }, async (req) => ({ count: await s.serverBackups.countItems(pid(req), filterOf(req.query)) }));
+  app.get('/v1/:projectId/checkpoint_items', { config: CFG, schema: { params: ProjectParams, querystring: ListQuery, tags, summary: 'List backups (B4)', response: { 200: Type.Object({ checkpoint_items: Type.Array(ItemJson), checkpoint_items_links: Type.Optional(Links) }) } } }, async (req) => {
     const q = req.query;
     let sortKey: keyof typeof ITEM_SORT_KEYS = 'created_at';
     let sortDir: 'asc' | 'desc' = 'desc';
@@ -197,17 +214,16 @@ export function registerCheckpointRoutes(root: FastifyInstance, s: ApiServices):
     const filter = filterOf(q);
     const rows = await s.serverBackups.listItems(pid(req), filter, { sortKey, sortDir, limit: limit + 1, offset: q.offset ?? 0, marker: q.marker });
     const page = rows.slice(0, limit);
-    const body: Record<string, unknown> = { checkpoint_items: await Promise.all(page.map(itemView)) };
-    if (rows.length > limit && page.length) {
-      body.checkpoint_items_links = nextLink(`${baseUrl(s.config, req)}/v1/${pid(req)}/checkpoint_items`, q, limit, page.at(-1)!.id);
-    }
-    return body;
+    const items = await Promise.all(page.map(itemView));
+    return rows.length > limit && page.length
+      ? { checkpoint_items: items, checkpoint_items_links: nextLink(`${baseUrl(s.config, req)}/v1/${pid(req)}/checkpoint_items`, q, limit, page.at(-1)!.id) }
+      : { checkpoint_items: items };
   });
-  app.get('/v1/:projectId/checkpoint_items/:itemId', { config: CFG, schema: { params: ItemParams, tags, summary: 'Show a backup (B3)' } }, async (req) => ({ checkpoint_item: await itemView(await s.serverBackups.getItemOrCheckpointItem(pid(req), req.params.itemId)) }));
+  app.get('/v1/:projectId/checkpoint_items/:itemId', { config: CFG, schema: { params: ItemParams, tags, summary: 'Show a backup (B3)', response: { 200: Type.Object({ checkpoint_item: ItemJson }) } } }, async (req) => ({ checkpoint_item: await itemView(await s.serverBackups.getItemOrCheckpointItem(pid(req), req.params.itemId)) }));
 
   app.delete('/v1/:projectId/providers/:providerId/checkpoints/:checkpointId', {
     config: CFG,
-    schema: { params: CheckpointParams, querystring: Type.Object({ checkpoint_items: Type.Optional(Type.String()) }), tags, summary: 'Delete a backup record, or some of its backups (B6)' },
+    schema: { params: CheckpointParams, querystring: Type.Object({ checkpoint_items: Type.Optional(Type.String()) }), tags, summary: 'Delete a backup record, or some of its backups (B6)', response: { 200: Type.Object({}, { description: 'an empty object' }) } },
   }, async (req) => {
     checkProvider(req);
     const items = req.query.checkpoint_items?.split(',').map((x) => x.trim()).filter(Boolean);
@@ -215,7 +231,7 @@ export function registerCheckpointRoutes(root: FastifyInstance, s: ApiServices):
     return {};
   });
 
-  app.post('/v1/:projectId/restores', { config: CFG, schema: { params: ProjectParams, body: RestoreBody, tags: ['csbs restore'], summary: 'Restore a server from a backup (S1)' } }, async (req) => {
+  app.post('/v1/:projectId/restores', { config: CFG, schema: { params: ProjectParams, body: RestoreBody, tags: ['csbs restore'], summary: 'Restore a server from a backup (S1)', response: { 200: Type.Object({ restore: Type.Object({ id: Str, status: Str, provider_id: Str, checkpoint_id: Str, project_id: Str, restore_target: NullStr, resources_status: Type.Record(Str, Str), resources_reason: Type.Object({}), parameters: Type.Unknown({ description: 'the request\'s parameters' }) }) }) } } }, async (req) => {
     const r = req.body.restore;
     if (r.provider_id !== CSBS_PROVIDER_ID) throw new ApiError(400, `provider invalid: ${r.provider_id}`, 'CSBS.9001');
     const t = r.parameters.targets;
@@ -237,7 +253,7 @@ export function registerCheckpointRoutes(root: FastifyInstance, s: ApiServices):
       target: Type.Object({ resource_id: Type.String({ minLength: 1 }), resource_type: Type.String(), volumes: Type.Array(Type.Object({ backup_id: Type.String({ minLength: 1 }), volume_id: Type.String({ minLength: 1 }) })) }),
     }), { minItems: 1, maxItems: 256 })),
   });
-  app.post('/v1/:projectId/providers/:providerId/resources/action', { config: CFG, schema: { params: ProviderParams, body: Check, tags, summary: 'Can these servers be backed up (R1), can this backup be restored there (R2)?' } }, async (req) => {
+  app.post('/v1/:projectId/providers/:providerId/resources/action', { config: CFG, schema: { params: ProviderParams, body: Check, tags, summary: 'Can these servers be backed up (R1), can this backup be restored there (R2)?', response: { 200: Type.Object({ protectable: Type.Optional(Type.Array(CheckResult)), restorable: Type.Optional(Type.Array(CheckResult)) }) } } }, async (req) => {
     checkProvider(req);
     const b = req.body;
     if ((b.check_protectable === undefined) === (b.check_restorable === undefined)) throw new ApiError(400, 'give check_protectable or check_restorable', 'CSBS.9001');
@@ -259,14 +275,14 @@ export function registerCheckpointRoutes(root: FastifyInstance, s: ApiServices):
     return { restorable: out };
   });
 
-  app.get('/v1/:projectId/quotas', { config: CFG, schema: { params: ProjectParams, tags, summary: 'Backup quotas and usage (Q1)' } }, async (req) => {
+  app.get('/v1/:projectId/quotas', { config: CFG, schema: { params: ProjectParams, tags, summary: 'Backup quotas and usage (Q1)', response: { 200: Type.Object({ quotas: Type.Object({ resources: Type.Array(Type.Object({ type: Str, unit: Type.Optional(Str), quota: Type.Integer(), used: Type.Number() })) }) }) } } }, async (req) => {
     const u = await s.serverBackups.usage(pid(req));
     return { quotas: { resources: [{ type: 'backup_capacity', unit: 'GB', quota: s.config.quotaBackupGigabytes, used: u.capacityGb }, { type: 'backups', quota: s.config.quotaBackups, used: u.backups }] } };
   });
 
   const provider = { id: CSBS_PROVIDER_ID, name: 'OS Infra Provider', description: 'This provider uses OpenStack\'s own services (Haven\'s engine) as storage', extended_info_schema: {}, saved_info_schema: {}, restore_schema: {} };
-  app.get('/v1/:projectId/providers', { config: CFG, schema: { params: ProjectParams, tags, summary: 'List providers (Karbor)' } }, async () => ({ providers: [provider] }));
-  app.get('/v1/:projectId/providers/:providerId', { config: CFG, schema: { params: ProviderParams, tags, summary: 'Show the provider (Karbor)' } }, async (req) => {
+  app.get('/v1/:projectId/providers', { config: CFG, schema: { params: ProjectParams, tags, summary: 'List providers (Karbor)', response: { 200: Type.Object({ providers: Type.Array(Type.Object({ id: Str, name: Str, description: Str }, { description: 'and its (empty) schemas' })) }) } } }, async () => ({ providers: [provider] }));
+  app.get('/v1/:projectId/providers/:providerId', { config: CFG, schema: { params: ProviderParams, tags, summary: 'Show the provider (Karbor)', response: { 200: Type.Object({ provider: Type.Object({ id: Str, name: Str, description: Str }) }) } } }, async (req) => {
     if (req.params.providerId !== CSBS_PROVIDER_ID) throw new ApiError(404, 'Provider not found.', 'CSBS.9001');
     return { provider };
   });

@@ -14,6 +14,7 @@ import { baseUrl, type ApiServices } from '../server.ts';
 import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { microsNoZone } from '../wire/time.ts';
 import { nextLink, parseSortParam } from '../wire/paging.ts';
+import { CheckpointJson } from './checkpoints.routes.ts';
 
 const ERRORS: RouteErrorCodes = {
   [ErrorCode.PolicyNotFound]: ['CSBS.3000', 404],
@@ -240,7 +241,7 @@ export function registerCsbsPolicyRoutes(root: FastifyInstance, s: ApiServices):
   });
 
   const Execute = Type.Object({ checkpoint: Type.Object({ plan_id: Type.String({ minLength: 1 }), parameters: Type.Object({ auto_trigger: Type.Optional(Type.Boolean()), resources: Type.Optional(Type.Array(Type.String({ minLength: 1 }))) }) }) });
-  app.post('/v1/:projectId/providers/:providerId/checkpoints', { config: CFG, schema: { params: ProviderParams, body: Execute, tags, summary: 'Execute a backup policy now (B1)' } }, async (req) => {
+  app.post('/v1/:projectId/providers/:providerId/checkpoints', { config: CFG, schema: { params: ProviderParams, body: Execute, tags, summary: 'Execute a backup policy now (B1)', response: { 200: Type.Object({ checkpoint: CheckpointJson }) } } }, async (req) => {
     if (req.params.providerId !== CSBS_PROVIDER_ID) throw new ApiError(400, `provider invalid: ${req.params.providerId}`, 'CSBS.9001');
     const b = req.body.checkpoint;
     const { checkpoint, items, policy } = await s.csbsPolicies.execute(pid(req), b.plan_id, { autoTrigger: false, resources: b.parameters.resources });
