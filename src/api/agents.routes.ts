@@ -8,6 +8,7 @@ import { Type } from 'typebox';
 import type { AgentView } from '../services/agent-service.ts';
 import type { ApiServices } from './server.ts';
 import { PathParam, typed } from './typed-routes.ts';
+import { NoBody } from './wire/schemas.ts';
 
 const Text = (max: number) => Type.String({ minLength: 1, maxLength: max });
 const Session = Type.String({ pattern: '^[0-9a-f]{32}$' });
@@ -42,7 +43,6 @@ const AgentJson = Type.Object({
   volume_roots: Type.Array(Type.String()), capabilities: Type.Array(Type.String()), volumes: Type.Integer({ description: 'volumes on this host' }),
   running_jobs: Type.Array(Type.Object({ work_id: Type.String(), job_id: Type.Union([Type.String(), Type.Null()]), kind: Type.String(), progress_done: Type.Integer(), progress_total: Type.Integer(), started_at: Time })),
 });
-const NoBody = Type.Unknown({ description: 'done: no body' });
 
 export function agentJson(a: AgentView) {
   return {

@@ -14,6 +14,7 @@ import { baseUrl, type ApiServices } from '../server.ts';
 import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { backupJson, links, type ApiVersion } from '../wire/cinder-wire.ts';
 import { nextLink } from '../wire/paging.ts';
+import { Link, NoBody as Accepted, NullableString } from '../wire/schemas.ts';
 
 const CFG = { envelope: 'cinder' as const, auth: 'project' as const };
 /** Cinder's osapi_max_limit: a list returns at most this many items and a next link. */
@@ -40,9 +41,7 @@ const ListQuery = Type.Object({
 type ListQuery = Static<typeof ListQuery>;
 const BackupParams = Type.Object({ projectId: PathParam, backupId: PathParam });
 
-const Link = Type.Object({ href: Type.String(), rel: Type.String() });
 /** Response schema of the summary list: also lets fastify serialize it with a compiled stringifier. */
-const NullableString = Type.Union([Type.String(), Type.Null()]);
 /** A backup as the native API shows it (cinder-wire.ts backupJson); v2 adds tenant and service_metadata, v3 the project. */
 const BackupJson = Type.Object({
   id: Type.String(), name: NullableString, status: Type.String({ description: 'creating, available, deleting, error, restoring' }),
@@ -50,7 +49,6 @@ const BackupJson = Type.Object({
   fail_reason: NullableString, size: Type.Integer({ description: 'GB' }), object_count: Type.Integer(), container: Type.String(),
   created_at: NullableString, updated_at: NullableString, data_timestamp: NullableString, has_dependent_backups: Type.Boolean(), is_incremental: Type.Boolean(),
 });
-const Accepted = Type.Unknown({ description: 'accepted: no body' });
 const DetailList = Type.Object({ backups: Type.Array(BackupJson), backups_links: Type.Optional(Type.Array(Link)), count: Type.Optional(Type.Integer()) });
 
 const SummaryList = Type.Object({

@@ -11,6 +11,7 @@ import type { AuthContext } from '../../services/identity-service.ts';
 import { ApiError } from '../errors.ts';
 import type { ApiServices } from '../server.ts';
 import { PathParam, typed } from '../typed-routes.ts';
+import { NoBody as Done } from '../wire/schemas.ts';
 
 const CFG = { envelope: 'cinder' as const, auth: 'project' as const };
 const Limit = Type.Integer({ minimum: -1, maximum: Number.MAX_SAFE_INTEGER });
@@ -27,7 +28,6 @@ type Caller = { params: { projectId: string; targetId: string }; auth: AuthConte
 // unlimited), or with ?usage=true its in_use, limit and reserved.
 const Usage = Type.Object({ in_use: Type.Integer(), limit: Type.Integer(), reserved: Type.Integer() });
 const QuotaSetJson = Type.Object({ quota_set: Type.Record(Type.String(), Type.Union([Type.Integer(), Usage, Type.String({ description: 'id: the project' })])) });
-const Done = Type.Unknown({ description: 'done: no body' });
 
 export function registerQuotaRoutes(root: FastifyInstance, s: ApiServices): void {
   const app = typed(root);

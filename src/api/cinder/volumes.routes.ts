@@ -11,6 +11,7 @@ import { ApiError } from '../errors.ts';
 import { baseUrl, type ApiServices } from '../server.ts';
 import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { links, snapshotJson, volumeJson, type ApiVersion } from '../wire/cinder-wire.ts';
+import { Link, NoBody as Accepted, NullableString as NullStr } from '../wire/schemas.ts';
 
 const CFG = { envelope: 'cinder' as const, auth: 'project' as const };
 const Metadata = Type.Record(Type.String({ maxLength: 255 }), Type.String({ maxLength: 255 }));
@@ -31,8 +32,6 @@ const SnapshotParams = Type.Object({ projectId: PathParam, snapshotId: PathParam
 
 // What the volume and snapshot operations answer (OpenAPI; the tests check real answers against these).
 const Str = Type.String();
-const NullStr = Type.Union([Type.String(), Type.Null()]);
-const Link = Type.Object({ href: Str, rel: Str });
 const VolumeJson = Type.Object({
   id: Str, name: NullStr, description: NullStr, status: Type.String({ description: 'creating, available, in-use, backing-up, restoring-backup, deleting, error, error_restoring, …' }),
   size: Type.Integer({ description: 'GB' }), availability_zone: Str, created_at: NullStr, updated_at: NullStr, bootable: Type.Union([Type.Literal('true'), Type.Literal('false')]),
@@ -44,7 +43,6 @@ const SnapshotJson = Type.Object({
   id: Str, name: NullStr, description: NullStr, volume_id: Str, status: Str, size: Type.Integer(), created_at: NullStr, updated_at: NullStr,
   metadata: Type.Record(Str, Str), 'os-extended-snapshot-attributes:project_id': Str, 'os-extended-snapshot-attributes:progress': Str,
 });
-const Accepted = Type.Unknown({ description: 'accepted: no body' });
 
 const CreateVolume = Type.Object({
   volume: Type.Object({

@@ -14,6 +14,7 @@ import { baseUrl, type ApiServices } from '../server.ts';
 import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { microsNoZone } from '../wire/time.ts';
 import { nextLink, parseSortParam } from '../wire/paging.ts';
+import { NullableString as NullStr } from '../wire/schemas.ts';
 
 const ERRORS: RouteErrorCodes = {
   [ErrorCode.ServerNotFound]: ['CSBS.6000', 400],
@@ -52,7 +53,6 @@ function checkpointJson(c: Checkpoint, resources: { id: string; name: string }[]
 
 // What the backup (checkpoint) operations answer (OpenAPI; the tests check real answers against these).
 const Str = Type.String();
-const NullStr = Type.Union([Str, Type.Null()]);
 export const CheckpointJson = Type.Object({
   id: Str, status: Str, created_at: NullStr, project_id: Str, resource_graph: Type.Null(),
   protection_plan: Type.Object({ id: Str, name: Str, resources: Type.Array(Type.Object({ id: Str, type: Str, name: Str, extra_info: Str })) }),

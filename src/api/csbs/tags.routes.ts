@@ -12,6 +12,7 @@ import type { TagKind } from '../../services/csbs-tag-service.ts';
 import { ApiError, type RouteErrorCodes } from '../errors.ts';
 import type { ApiServices } from '../server.ts';
 import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
+import { NoBody as Done } from '../wire/schemas.ts';
 
 const ERRORS: RouteErrorCodes = {
   [ErrorCode.CheckpointItemNotFound]: ['CSBS.3001', 404],
@@ -40,7 +41,6 @@ const TagKeyParams = Type.Object({ projectId: PathParam, resourceId: PathParam, 
 
 // What the tag operations answer (OpenAPI; the tests check real answers against these).
 const TagJson = Type.Object({ key: Type.String(), value: Type.String() });
-const Done = Type.Unknown({ description: 'done: no body' });
 const Filtered = Type.Object({
   total_count: Type.Integer(),
   resources: Type.Optional(Type.Array(Type.Object({ resource_id: Type.String(), resource_name: Type.String(), resource_detail: Type.Unknown({ description: 'the backup or policy' }), tags: Type.Array(TagJson) }))),

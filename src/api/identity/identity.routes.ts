@@ -16,6 +16,7 @@ import { baseUrl, type ApiServices } from '../server.ts';
 import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { keystoneTime } from '../wire/time.ts';
 import { serviceCatalog } from './service-catalog.ts';
+import { NoBody } from '../wire/schemas.ts';
 
 const KS = { envelope: 'keystone' as const };
 const Domain = Type.Object({ id: Type.Optional(Type.String()), name: Type.Optional(Type.String()) });
@@ -84,7 +85,6 @@ const UserJson = Type.Object({
   id: Str, name: Str, domain_id: Str, enabled: Type.Boolean(), default_project_id: Type.Optional(Str), password_expires_at: Type.Null(), options: Type.Object({}),
   links: Type.Object({ self: Str }),
 });
-const NoBody = Type.Unknown({ description: 'no body' });
 
 const projectJson = (req: FastifyRequest, s: ApiServices, p: Project) => ({
   id: p.id, name: p.name, domain_id: p.domainId, description: p.description, enabled: p.enabled, is_domain: false as const, parent_id: p.domainId, tags: [] as string[], options: {},

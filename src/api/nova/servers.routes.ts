@@ -9,6 +9,7 @@ import type { Server, ServerVolume } from '../../domain/server.ts';
 import { ApiError } from '../errors.ts';
 import { baseUrl, type ApiServices } from '../server.ts';
 import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
+import { Link, NoBody } from '../wire/schemas.ts';
 
 const CFG = { envelope: 'cinder' as const, auth: 'project' as const };
 const novaTime = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
@@ -47,7 +48,6 @@ function serverJson(base: string, s: Server, attached: ServerVolume[]) {
 const attachmentJson = (a: ServerVolume) => ({ id: a.volumeId, serverId: a.serverId, volumeId: a.volumeId, device: a.device });
 
 // What the server operations answer (OpenAPI; the tests check real answers against these).
-const Link = Type.Object({ rel: Type.String(), href: Type.String() });
 const ServerSummary = Type.Object({ id: Type.String(), name: Type.String(), links: Type.Array(Link) });
 const ServerJson = Type.Object({
   id: Type.String(), name: Type.String(), status: Type.String(), tenant_id: Type.String(), user_id: Type.Null(), metadata: Type.Record(Type.String(), Type.String()),
@@ -56,7 +56,6 @@ const ServerJson = Type.Object({
   'os-extended-volumes:volumes_attached': Type.Array(Type.Object({ id: Type.String(), delete_on_termination: Type.Boolean() })), links: Type.Array(Link),
 });
 const AttachmentJson = Type.Object({ id: Type.String(), serverId: Type.String(), volumeId: Type.String(), device: Type.Union([Type.String(), Type.Null()]) });
-const NoBody = Type.Unknown({ description: 'done: no body' });
 
 const CreateBody = Type.Object({
   server: Type.Object({

@@ -13,6 +13,7 @@ import { ApiError, type RouteErrorCodes, type ValidationCodes } from '../errors.
 import type { ApiServices } from '../server.ts';
 import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { policyJson, taskJson } from '../wire/policy-wire.ts';
+import { NoBody as NoContent, NullableString as NullStr } from '../wire/schemas.ts';
 
 const START_TIME = '^([01][0-9]|2[0-3]):00(,([01][0-9]|2[0-3]):00)*$';
 const TAG_KEY_CHARS = '^[A-Za-z0-9_.-]+$';
@@ -125,8 +126,6 @@ const PolicyJson = Type.Object({
   policy_resource_count: Type.Integer(), time_zone: Type.Optional(Type.String()),
 });
 const PolicyRef = Type.Object({ backup_policy_id: Type.String() });
-const NoContent = Type.Unknown({ description: 'done: no body' });
-const NullStr = Type.Union([Type.String(), Type.Null()]);
 const TaskJson = Type.Object({
   job_id: Type.String({ description: 'the task id' }), status: Type.String({ description: 'RUNNING, WAITING, EXECUTE_SUCCESS, EXECUTE_FAIL, EXECUTE_TIMEOUT, SKIP' }),
   created_at: NullStr, backup_name: Type.String(), resource_id: Type.String(), resource_type: Type.Literal('volume'),

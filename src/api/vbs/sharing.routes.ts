@@ -9,6 +9,7 @@ import type { ApiServices } from '../server.ts';
 import { PathParam, ProjectParams, typed } from '../typed-routes.ts';
 import { serviceMetadata } from '../wire/cinder-wire.ts';
 import { microsNoZone } from '../wire/time.ts';
+import { NullableString as NullStr } from '../wire/schemas.ts';
 
 const SHARE_ERRORS: RouteErrorCodes = {
   [ErrorCode.BackupNotFound]: ['VolumeBackup.0110', 404],
@@ -53,7 +54,6 @@ const ListQuery = Type.Object({
 type ListQuery = Static<typeof ListQuery>;
 const SharingParams = Type.Object({ projectId: PathParam, id: PathParam });
 // What the sharing operations answer (OpenAPI; the tests check real answers against these).
-const NullStr = Type.Union([Type.String(), Type.Null()]);
 const SharingJson = Type.Object({
   id: Type.String(), backup_id: Type.String(), from_project_id: Type.String(), to_project_id: Type.String(),
   created_at: NullStr, updated_at: NullStr, deleted_at: Type.Null(), deleted: Type.Null(),
