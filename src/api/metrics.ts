@@ -35,10 +35,11 @@ export interface MetricSources {
 }
 
 /**
- * `fn` shared by the gauges that read it: one call serves every caller until it settles and, with
- * `ttlMs`, for that long after (a rejection is not kept: the next scrape tries again).
+ * `fn` shared by those that read it (the gauges; the composition root shares the repository's size
+ * with the console's repository page too): one call serves every caller until it settles and, with
+ * `ttlMs`, for that long after (a rejection is not kept: the next caller tries again).
  */
-function shared<T>(fn: () => Promise<T>, ttlMs = 0): () => Promise<T> {
+export function sharedRead<T>(fn: () => Promise<T>, ttlMs = 0): () => Promise<T> {
   let cached: { at: number; value: Promise<T> } | null = null;
   return () => {
     const now = Date.now();
@@ -81,7 +82,7 @@ export class Metrics {
     this.failed = new Counter({ name: 'haven_jobs_failed_total', help: 'Jobs failed by type and reason (Haven\'s error code, e.g. VOLUME_UNREADABLE)', labelNames: ['type', 'reason'], registers: [this.registry] });
     this.queueWait = new Histogram({ name: 'haven_job_queue_wait_seconds', help: 'Time from a job\'s creation to its start', labelNames: ['type'], buckets: [0.1, 1, 5, 15, 60, 300, 900, 3600, 14400], registers: [this.registry] });
     this.samples = new Counter({ name: 'haven_sample_restores_total', help: 'Scheduled sample restores by result: whole, damaged (the backup became error), skipped (no room, a store outage)', labelNames: ['result'], registers: [this.registry] });
-    const repoBytes = opts.repositoryBytes ? shared(opts.repositoryBytes, opts.repositoryBytesTtlMs ?? 60_000) : null;
+    const repoBytes = opts.repositoryBytes ? sharedRead(opts.repositoryBytes, opts.repositoryBytesTtlMs ?? 60_000) : null;
     new Gauge({
       name: 'haven_repository_bytes', help: 'Bytes the chunk repository occupies', registers: [this.registry],
       async collect() {
@@ -107,7 +108,7 @@ export class Metrics {
     const registers = [this.registry];
     const lastBackups = opts.lastBackups;
     if (lastBackups) {
-      const read = shared(lastBackups); // one read of the catalog per scrape for the three gauges
+      const read = sharedRead(lastBackups); // one read of the catalog per scrape for the three gauges
       new Gauge({
         name: 'haven_volume_last_backup_success_timestamp_seconds', help: 'When the newest backup of the volume that succeeded was taken (volumes with one; policy_id: the policy the volume is in, empty if none)', labelNames: ['project_id', 'volume_id', 'policy_id'], registers,
         async collect() {
@@ -145,7 +146,7 @@ export class Metrics {
     }
     const space = opts.repositorySpace;
     if (space) {
-      const read = shared(space); // one statfs per scrape for both gauges
+      const read = sharedRead(space); // one statfs per scrape for both gauges
       new Gauge({
         name: 'haven_repository_free_bytes', help: 'Free space where the repository is stored, for its user (a local folder; absent for an object store)', registers,
         async collect() {
@@ -163,7 +164,7 @@ export class Metrics {
     }
     const runs = opts.runReports;
     if (runs) {
-      const read = shared(runs, opts.runReportsTtlMs ?? 0);
+      const read = sharedRead(runs, opts.runReportsTtlMs ?? 0);
       const gauge = (name: string, help: string, pick: (r: RunReports) => number | null, labelNames: string[] = [], labels: (r: RunReports) => Record<string, string> = () => ({})): void =>
         void new Gauge({
           name, help, labelNames, registers,

@@ -28,6 +28,7 @@ import type { CsbsTagService } from '../services/csbs-tag-service.ts';
 import type { QuotaService } from '../services/quota-service.ts';
 import type { ExportService } from '../services/export-service.ts';
 import type { AgentService } from '../services/agent-service.ts';
+import type { RepositoryService } from '../services/repository-service.ts';
 import { ApiError, envelope, errorResponses, isClientError, replyForError, type Envelope, type RouteErrorCodes, type ValidationCodes } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import { registerIdentityRoutes } from './identity/identity.routes.ts';
@@ -44,6 +45,8 @@ import { registerCheckpointRoutes } from './csbs/checkpoints.routes.ts';
 import { registerCsbsPolicyRoutes } from './csbs/policies.routes.ts';
 import { registerCsbsTagRoutes } from './csbs/tags.routes.ts';
 import { registerAgentRoutes } from './agents.routes.ts';
+import { registerHavenRoutes } from './haven.routes.ts';
+import { registerConsole } from './console-static.ts';
 
 export interface ApiServices {
   config: Config;
@@ -60,6 +63,8 @@ export interface ApiServices {
   agents: AgentService;
   /** Backups served as NBD disks (Haven extension). */
   exports: ExportService;
+  /** The repository's figures and growth (GET /haven/v1/repository). */
+  repository: RepositoryService;
   metrics: Metrics;
   /** Health of the parts /healthz reports on. */
   health(): Promise<Record<string, string>>;
@@ -332,5 +337,7 @@ export async function buildServer(services: ApiServices, opts: { logger?: PinoLo
   registerCsbsPolicyRoutes(app, services);
   registerCsbsTagRoutes(app, services);
   registerAgentRoutes(app, services);
+  registerHavenRoutes(app, services);
+  await registerConsole(app);
   return app;
 }

@@ -8,12 +8,12 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import { buildServer } from '../api/server.ts';
-import { buildMetricsServer, Metrics } from '../api/metrics.ts';
+import { buildMetricsServer, Metrics, sharedRead } from '../api/metrics.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import { s3Settings, type Config } from '../config/config.ts';
 import { systemClock, type Clock } from '../domain/clock.ts';
 import { openFailure, openObjectStore } from '../storage/open-store.ts';
-import { isS3Url } from '../storage/s3-url.ts';
+import { describeLocation, isS3Url } from '../storage/s3-url.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { BackupEngine, readPasswordFile } from '../services/backup-engine.ts';
 import { BackupService } from '../services/backup-service.ts';
@@ -44,6 +44,7 @@ import { SharingService } from '../services/sharing-service.ts';
 import { ServerService } from '../services/server-service.ts';
 import { ServerBackupService } from '../services/server-backup-service.ts';
 import { QuotaService } from '../services/quota-service.ts';
+import { RepositoryService } from '../services/repository-service.ts';
 import { openCatalog } from './open-catalog.ts';
 import { CachedProbe, probeWritable } from './health.ts';
 import { loadTlsFiles } from './tls.ts';
@@ -65,6 +66,8 @@ export interface App {
   exports: ExportService;
   /** Scheduled sample restores (HAVEN_SAMPLE_RESTORE_HOURS). */
   samples: SampleRestorer;
+  /** The repository's figures and its size over time (GET /haven/v1/repository). */
+  repository: RepositoryService;
   /** Where the generated admin password was written (null when HAVEN_ADMIN_PASSWORD is set). */
   adminPasswordFile: string | null;
   /** The admin was made by another process sharing the catalog: its password is in that one's data folder. */
@@ -148,16 +151,31 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
 
     const eng = engine;
     const log = opts.logger ?? silentLogger;
+    // The repository's size, free space and run reports, read once for the metrics and the
+    // repository page (GET /haven/v1/repository) alike: a scrape and a page load share one listing.
+    const s3 = isS3Url(config.repositoryUrl);
+    const repositoryBytes = sharedRead(() => eng.storedBytes(), s3 ? 15 * 60_000 : 60_000); // S3 bills each LIST request
+    const repositorySpace = s3 ? undefined : () => fileSystemSpace(config.repositoryUrl);
+    const runReports = sharedRead(() => eng.runReports(), s3 ? 60_000 : 0); // two small GETs per read
     const metrics = new Metrics({
-      repositoryBytes: () => eng.storedBytes(),
-      repositoryBytesTtlMs: isS3Url(config.repositoryUrl) ? 15 * 60_000 : 60_000, // S3 bills each LIST request
-      repositorySpace: isS3Url(config.repositoryUrl) ? undefined : () => fileSystemSpace(config.repositoryUrl),
+      repositoryBytes,
+      repositoryBytesTtlMs: 0, // cached above
+      repositorySpace,
       jobCounts: () => catalog.jobs.countByStatus(),
       lastBackups: async () => ({ volumes: await catalog.backups.lastSuccessByVolume(), policies: await catalog.policies.lastSuccessByPolicy() }),
       agents: () => catalog.agents.listAgents(),
-      runReports: () => eng.runReports(),
-      runReportsTtlMs: isS3Url(config.repositoryUrl) ? 60_000 : 0, // two small GETs per scrape
+      runReports,
     });
+    const repository = new RepositoryService(catalog, clock, {
+      ...describeLocation(config.repositoryUrl),
+      encrypted: eng.repo.keys !== null,
+      bytes: repositoryBytes,
+      measureBytes: () => eng.storedBytes(),
+      space: async () => (repositorySpace ? repositorySpace() : null),
+      runReports,
+    }, log);
+    // Each GC's size after becomes a growth sample.
+    eng.afterGc = (report) => repository.recordGc(report);
     // Haven's own folders are never volumes, whatever HAVEN_VOLUME_ROOTS says.
     const files = new VolumeFiles({ dataDir: config.dataDir, volumeRoots: config.volumeRoots, privateDirs: isS3Url(config.repositoryUrl) ? [] : [config.repositoryUrl] });
     // This process's one NBD listener (HAVEN_NBD_LISTEN, started at the first export): exports of
@@ -222,6 +240,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
       quotas,
       agents,
       exports,
+      repository,
       health: async () => {
         const parts: Record<string, string> = {};
         try {
@@ -249,6 +268,8 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const samples = new SampleRestorer(catalog, engine, clock, log, { dataDir: config.dataDir, intervalMs: config.sampleRestoreHours * 3600_000 });
     samples.onResult = (res) => metrics.observeSample(res.skipped ? 'skipped' : res.ok ? 'whole' : 'damaged');
     if (jobsStarted) samples.start();
+    // The repository's size at start, then hourly (the console's growth chart).
+    if (jobsStarted) repository.start();
     const r = runner;
     const purge = setInterval(() => identity.purgeExpiredTokens().catch((err: unknown) => log.warn({ err }, 'purging expired tokens failed')), 3600_000);
     purge.unref();
@@ -268,7 +289,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     }
     const metricsServer = config.metricsPort ? buildMetricsServer(metrics) : null;
     return {
-      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, agents, exports, samples, adminPasswordFile, adminPasswordShared,
+      config, server, catalog, engine, identity, volumes, backups, policies, runner: r, scheduler, agents, exports, samples, repository, adminPasswordFile, adminPasswordShared,
       reloadTls() {
         if (!config.tlsCert) throw new AppError(ErrorCode.InvalidArgument, 'TLS is not configured (HAVEN_TLS_CERT, HAVEN_TLS_KEY)');
         const next = loadTlsFiles(config.tlsCert, config.tlsKey);
@@ -282,6 +303,7 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
         if (localBeat) clearInterval(localBeat);
         await scheduler.stop();
         await samples.stop();
+        await repository.stop();
         await server.close();
         await metricsServer?.close();
         // Jobs first (a live restore's copy stops with its job), then the exports they served.

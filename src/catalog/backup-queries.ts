@@ -30,6 +30,8 @@ export interface BackupFilter {
   nameLike?: string | undefined;
   statusLike?: string | undefined;
   volumeIdLike?: string | undefined;
+  /** Haven's own filter (the console's): backups a VBS policy made. */
+  policyId?: string | undefined;
 }
 
 export interface BackupPage {
@@ -91,6 +93,7 @@ export class BackupQueries {
     if (f.nameLike !== undefined) (where.push("name LIKE ? ESCAPE '\\'"), params.push(likeEscape(f.nameLike)));
     if (f.statusLike !== undefined) (where.push("status LIKE ? ESCAPE '\\'"), params.push(likeEscape(f.statusLike)));
     if (f.volumeIdLike !== undefined) (where.push("volume_id LIKE ? ESCAPE '\\'"), params.push(likeEscape(f.volumeIdLike)));
+    if (f.policyId !== undefined) (where.push('policy_id = ?'), params.push(f.policyId));
     return { where: where.join(' AND '), params };
   }
 
@@ -139,6 +142,18 @@ export class BackupQueries {
        LEFT JOIN policy_resources r ON r.volume_id = v.id GROUP BY v.project_id, v.id, r.policy_id`,
     );
     return rows.map((r) => ({ projectId: r.project_id, volumeId: r.volume_id, policyId: r.policy_id, at: Number(r.at) }));
+  }
+
+  /**
+   * Every project's backups that hold data one can restore (available, or being restored from): how
+   * many, and the sums of their volume bytes, the bytes they added to the repository and the bytes
+   * those took once compressed (and encrypted). The console's repository page derives its ratios.
+   */
+  async availableTotals(): Promise<{ count: number; sizeBytes: number; newBytes: number; storedBytes: number }> {
+    const r = await this.db.get<{ n: number; size_b: number | null; new_b: number | null; stored_b: number | null }>(
+      "SELECT COUNT(*) AS n, SUM(size_bytes) AS size_b, SUM(new_bytes) AS new_b, SUM(stored_bytes) AS stored_b FROM backups WHERE status IN ('available', 'restoring')",
+    );
+    return { count: Number(r?.n ?? 0), sizeBytes: Number(r?.size_b ?? 0), newBytes: Number(r?.new_b ?? 0), storedBytes: Number(r?.stored_b ?? 0) };
   }
 
   /** Every backup's id, whatever its status (haven catalog rebuild compares them with the repository's). */

@@ -10,11 +10,15 @@ import { ServerQueries } from './server-queries.ts';
 import { CheckpointQueries } from './checkpoint-queries.ts';
 import { CsbsPolicyQueries } from './csbs-policy-queries.ts';
 import { AgentQueries } from './agent-queries.ts';
+import { RepositorySampleQueries } from './repository-sample-queries.ts';
 import type { SqlDatabase, SqlExecutor } from './sql.ts';
 import { VolumeQueries } from './volume-queries.ts';
 
-/** What a transaction lock serialises, each per key (see CatalogQueries.lockKey): all but the bootstrap per project. */
-export const ProjectLock = { policies: 1, csbsPolicies: 2, backupQuota: 3, identityBootstrap: 4, csbsQuota: 5, volumeQuota: 11 } as const;
+/**
+ * What a transaction lock serialises, each per key (see CatalogQueries.lockKey): all but the
+ * bootstrap and the repository's samples per project.
+ */
+export const ProjectLock = { policies: 1, csbsPolicies: 2, backupQuota: 3, identityBootstrap: 4, csbsQuota: 5, volumeQuota: 11, repositorySamples: 12 } as const;
 export type ProjectLockScope = (typeof ProjectLock)[keyof typeof ProjectLock];
 
 export class CatalogQueries {
@@ -29,6 +33,7 @@ export class CatalogQueries {
   readonly checkpoints: CheckpointQueries;
   readonly csbsPolicies: CsbsPolicyQueries;
   readonly agents: AgentQueries;
+  readonly repositorySamples: RepositorySampleQueries;
   private readonly inTransaction: boolean;
   constructor(exec: SqlExecutor, dialect: SqlDatabase['dialect'], inTransaction = true) {
     this.exec = exec;
@@ -43,6 +48,7 @@ export class CatalogQueries {
     this.checkpoints = new CheckpointQueries(exec);
     this.csbsPolicies = new CsbsPolicyQueries(exec);
     this.agents = new AgentQueries(exec);
+    this.repositorySamples = new RepositorySampleQueries(exec);
   }
 
   /**

@@ -1,6 +1,20 @@
 /** Catalog statements for jobs: the queue every Haven process claims work from. */
 import { parseJobPayload, type Job, type JobStatus, type JobType } from '../domain/job.ts';
-import type { SqlExecutor } from './sql.ts';
+import { afterMarker } from './paging.ts';
+import type { SqlExecutor, SqlValue } from './sql.ts';
+
+/** Which jobs a list shows: one project's (null: every project's, the cloud admin's), of a status and kind. */
+export interface JobFilter {
+  projectId: string | null;
+  status?: JobStatus | undefined;
+  type?: JobType | undefined;
+}
+
+/** A page of a newest-first list: at most `limit` jobs after the job `marker` (keyset paging, paging.ts). */
+export interface JobPage {
+  limit: number;
+  marker?: string | undefined;
+}
 
 interface JobRow {
   id: string; project_id: string; job_type: JobType; status: JobStatus; payload: string; entities: string; error_code: string | null; fail_reason: string | null;
@@ -48,6 +62,25 @@ export class JobQueries {
     const skip = skipProjects.length ? ` AND project_id NOT IN (${skipProjects.map(() => '?').join(', ')})` : '';
     const rows = await this.db.all<{ id: string; project_id: string }>(`SELECT id, project_id FROM jobs WHERE status = 'INIT'${skip} ORDER BY created_at, id LIMIT ?`, [...skipProjects, limit]);
     return rows.map((r) => ({ id: r.id, projectId: r.project_id }));
+  }
+
+  /**
+   * Jobs newest first (created_at, then id, descending: a total order, so pages never overlap).
+   * Reads the index jobs_project, or jobs_created for every project's (migration 0018).
+   */
+  async listJobs(f: JobFilter, page: JobPage): Promise<Job[]> {
+    const where: string[] = [];
+    const params: SqlValue[] = [];
+    if (f.projectId !== null) (where.push('project_id = ?'), params.push(f.projectId));
+    if (f.status !== undefined) (where.push('status = ?'), params.push(f.status));
+    if (f.type !== undefined) (where.push('job_type = ?'), params.push(f.type));
+    if (page.marker !== undefined) {
+      const after = await afterMarker(this.db, 'jobs', 'created_at', 'desc', f.projectId, page.marker);
+      where.push(after.sql);
+      params.push(...after.params);
+    }
+    const sql = `SELECT * FROM jobs${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, id DESC LIMIT CAST(? AS INTEGER)`;
+    return (await this.db.all<JobRow>(sql, [...params, page.limit])).map(toJob);
   }
 
   /** Compare-and-set claim: INIT -> RUNNING for `owner`; false when another process won. */

@@ -15,10 +15,14 @@ export const LIMIT_OFFSET = 'LIMIT CAST(? AS INTEGER) OFFSET CAST(? AS INTEGER)'
 
 /**
  * The condition (and its parameters) selecting the rows after `marker` of `table` in the order
- * `column dir, id dir`, within the project. `column` and `table` come from the caller's whitelist.
+ * `column dir, id dir`, within the project (null: a cloud admin's list of every project's rows; a
+ * marker of another project is unknown to anyone else). `column` and `table` come from the
+ * caller's whitelist.
  */
-export async function afterMarker(db: SqlExecutor, table: string, column: string, dir: 'asc' | 'desc', projectId: string, marker: string): Promise<{ sql: string; params: SqlValue[] }> {
-  const m = await db.get<{ k: SqlValue }>(`SELECT ${column} AS k FROM ${table} WHERE id = ? AND project_id = ?`, [marker, projectId]);
+export async function afterMarker(db: SqlExecutor, table: string, column: string, dir: 'asc' | 'desc', projectId: string | null, marker: string): Promise<{ sql: string; params: SqlValue[] }> {
+  const m = projectId === null
+    ? await db.get<{ k: SqlValue }>(`SELECT ${column} AS k FROM ${table} WHERE id = ?`, [marker])
+    : await db.get<{ k: SqlValue }>(`SELECT ${column} AS k FROM ${table} WHERE id = ? AND project_id = ?`, [marker, projectId]);
   if (!m) throw new AppError(ErrorCode.InvalidArgument, `Invalid input received: marker ${marker} could not be found.`);
   const cmp = dir === 'asc' ? '>' : '<';
   return { sql: `(${column} ${cmp} ? OR (${column} = ? AND id ${cmp} ?))`, params: [m.k ?? null, m.k ?? null, marker] };

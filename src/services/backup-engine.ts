@@ -39,6 +39,12 @@ export class BackupEngine {
   private images: ImageSource | null = null;
   private gcAgain = false;
   private readonly background = new Set<Promise<unknown>>();
+  /**
+   * Called after each GC this process runs that was not deferred, before collectGarbage() (and
+   * gcIdle()) resolve: the repository's size is known again (compose records a growth sample).
+   * It reports its own errors; it must not throw.
+   */
+  afterGc: ((report: GcReport) => Promise<void>) | null = null;
 
   private constructor(repo: Repository, pool: ChunkWorkerPool) {
     this.repo = repo;
@@ -175,6 +181,7 @@ export class BackupEngine {
           this.gcAgain = false;
           report = await collectGarbage(this.repo);
         }
+        if (!report.deferred) await this.afterGc?.(report);
         return report;
       } finally {
         this.gcRunning = null;

@@ -9,6 +9,7 @@
  */
 import { ProjectLock, type Catalog, type CatalogQueries } from '../catalog/catalog.ts';
 import type { BackupFilter, BackupPage } from '../catalog/backup-queries.ts';
+import type { JobFilter, JobPage } from '../catalog/job-queries.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode } from '../domain/errors.ts';
 import { newHexId, newUuid } from '../domain/ids.ts';
@@ -345,6 +346,14 @@ export class BackupService {
     const j = await this.catalog.jobs.getJob(projectId, id);
     if (!j) throw new AppError(ErrorCode.JobNotFound, `Failed to query the task: job ${id} does not exist.`);
     return j;
+  }
+
+  /**
+   * Jobs newest first: a project's, or every project's (filter.projectId null: the caller checked
+   * the cloud admin's right to that). An unknown marker, or another project's, is a bad argument.
+   */
+  listJobs(filter: JobFilter, page: JobPage): Promise<Job[]> {
+    return this.catalog.jobs.listJobs(filter, page);
   }
 
   /** The job handlers the runner dispatches to (services/jobs/). */

@@ -24,3 +24,15 @@ export function resolveLocation(location: string): string {
   parseS3Url(location);
   return location;
 }
+
+/**
+ * A repository location as shown to people (the console, GET /haven/v1/repository): a folder as it
+ * is, an S3 URL rebuilt from its bucket and prefix alone, so nothing else a URL might carry (a user
+ * and password, a query) is ever shown. Credentials never live in the location anyway: they come
+ * from the environment (AWS_ACCESS_KEY_ID, …), and the endpoint is a setting of its own.
+ */
+export function describeLocation(location: string): { kind: 'local' | 's3'; location: string } {
+  if (!isS3Url(location)) return { kind: 'local', location };
+  const { bucket, prefix } = parseS3Url(location);
+  return { kind: 's3', location: `s3://${bucket}${prefix ? `/${prefix.replace(/\/$/, '')}` : ''}` };
+}

@@ -9,8 +9,10 @@ import { after, before, describe, it } from 'node:test';
 import { startService, type TestService } from '../helpers/service.ts';
 import { TempDirs } from '../helpers/volumes.ts';
 
-/** The routes anyone may call: version discovery, logging in, health and the API document. */
-const PUBLIC = new Set(['GET /', 'GET /v2', 'GET /v3', 'GET /image', 'POST /v3/auth/tokens', 'GET /healthz', 'GET /openapi.json']);
+/** The routes anyone may call: version discovery, logging in, health, the API document and the web
+ * console's static files (a page that logs in like any client; it holds no data), /console/ and
+ * /console/* as the route tree prints them. */
+const PUBLIC = new Set(['GET /', 'GET /v2', 'GET /v3', 'GET /image', 'POST /v3/auth/tokens', 'GET /healthz', 'GET /openapi.json', 'GET /console', 'GET /console*']);
 
 /** Every route and method of the server, from fastify's own route tree (hidden routes included). */
 export function routesOf(tree: string): { method: string; url: string }[] {

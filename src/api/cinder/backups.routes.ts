@@ -32,6 +32,7 @@ const ListQuery = Type.Object({
   'name~': Type.Optional(Type.String()),
   'status~': Type.Optional(Type.String()),
   'volume_id~': Type.Optional(Type.String()),
+  policy_id: Type.Optional(Type.String({ description: "Haven's own filter: the backups a VBS policy made" })),
   sort_key: Type.Optional(Type.String()),
   sort_dir: Type.Optional(Type.String()),
   sort: Type.Optional(Type.String()),
@@ -120,7 +121,7 @@ export function registerNativeBackupRoutes(root: FastifyInstance, s: ApiServices
     /** A page of backups, each shown by `item` (detail rows are whole Backups). */
     const list = async <T>(req: Req & { query: ListQuery }, detail: boolean, item: (row: { id: string; name: string | null }, b0: string) => T) => {
       const q = req.query;
-      const filter: BackupFilter = { name: q.name, status: q.status, volumeId: q.volume_id, nameLike: q['name~'], statusLike: q['status~'], volumeIdLike: q['volume_id~'] };
+      const filter: BackupFilter = { name: q.name, status: q.status, volumeId: q.volume_id, nameLike: q['name~'], statusLike: q['status~'], volumeIdLike: q['volume_id~'], policyId: q.policy_id };
       const limit = Math.min(q.limit ?? MAX_LIMIT, MAX_LIMIT);
       const sort = parseSort(q);
       const pageOpts = { ...sort, limit: limit + 1, offset: q.offset ?? 0, marker: q.marker };

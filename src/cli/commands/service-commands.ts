@@ -63,6 +63,7 @@ export function registerServiceCommands(program: Command): void {
       if (human) {
         say(`Haven listening on ${url}`);
         say(`  identity (Keystone v3): ${url}/v3   user admin, project ${config.adminProject} (cloud admin), domain Default`);
+        say(`  web console: ${url}/console/`);
         if (metricsAddress) say(`  metrics (no token): ${metricsAddress}/metrics`);
         say(`  admin password: ${adminPassword}`);
         say(`  data: ${config.dataDir}`);
@@ -70,7 +71,7 @@ export function registerServiceCommands(program: Command): void {
         if (config.tlsCert) say(`  TLS: ${config.tlsCert} (kill -HUP ${process.pid} re-reads it and its key)`);
       } else {
         say(`Haven listening on ${url}`, {
-          url, identity: `${url}/v3`, adminProject: config.adminProject, adminPassword, dataDir: config.dataDir, repository: config.repositoryUrl,
+          url, identity: `${url}/v3`, console: `${url}/console/`, adminProject: config.adminProject, adminPassword, dataDir: config.dataDir, repository: config.repositoryUrl,
           ...(metricsAddress ? { metrics: `${metricsAddress}/metrics` } : {}), ...(config.tlsCert ? { tlsCert: config.tlsCert } : {}),
         });
       }
