@@ -6,6 +6,7 @@
  */
 import { pino, type Logger } from 'pino';
 import pretty from 'pino-pretty';
+import { logContext } from '../domain/request-context.ts';
 
 export type { Logger };
 
@@ -18,9 +19,11 @@ export function humanLogs(): boolean {
 
 export function createLogger(level: string, opts: { human?: boolean } = {}): Logger {
   const human = opts.human ?? humanLogs();
-  if (!human) return pino({ level, redact: REDACT });
+  // Every line written for a request or a job says which (request-context.ts); a line's own fields win.
+  const options = { level, redact: REDACT, mixin: () => logContext() };
+  if (!human) return pino(options);
   // Synchronous, in this thread: a line is on the terminal before the next one is made.
-  return pino({ level, redact: REDACT }, pretty({ sync: true, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
+  return pino(options, pretty({ sync: true, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
 }
 
 /**

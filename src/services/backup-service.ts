@@ -61,7 +61,7 @@ export class BackupService {
   private readonly engine: BackupEngine;
   private readonly quotas: Quotas;
   private readonly events: BackupServiceEvents;
-  private readonly log: { warn(o: object, m?: string): void; error(o: object, m?: string): void };
+  private readonly log: { info(o: object, m?: string): void; warn(o: object, m?: string): void; error(o: object, m?: string): void };
 
   /** Live restores (the export service): set by the composition root. */
   live: LiveSessions | null = null;

@@ -20,6 +20,7 @@ import type { Catalog } from '../catalog/catalog.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { jobErrorCode, type Job, type JobOf, type JobType } from '../domain/job.ts';
+import { runInJob } from '../domain/request-context.ts';
 
 export interface JobContext {
   signal: AbortSignal;
@@ -187,7 +188,9 @@ export class JobRunner {
     }, this.opts.heartbeatMs);
     beat.unref();
     const handler = this.handlerOf(job);
-    const work = (async () => {
+    // Everything the job does runs as the request that created it: its handler's log lines carry
+    // the job and request ids (app/logger.ts), and any job it queues records the same request.
+    const work = runInJob(job, async () => {
       this.log.info({ ...jobFields(job), projectId: job.projectId }, 'job started');
       this.opts.onJobStarted?.(job, started - job.createdAt);
       try {
@@ -205,7 +208,7 @@ export class JobRunner {
         const failure = await this.failJob(job, this.owner, ac.signal.aborted && isAppError(ac.signal.reason, ErrorCode.Cancelled) ? ac.signal.reason : err);
         this.opts.onJobFinished?.(job, 'FAIL', this.clock.now() - started, failure.errorCode);
       }
-    })().finally(() => {
+    }).finally(() => {
       clearInterval(beat);
       this.running.delete(job.id);
       this.wake();

@@ -47,6 +47,12 @@ describe('haven serve logs', () => {
       assert.equal(done.requestId, requestId);
       assert.equal(typeof done.durationMs, 'number');
       assert.ok((done.bytes as number) >= 3 * MiB, `bytes ${String(done.bytes)}`);
+      // The job handler's own line (not the runner's) carries the job and the request too.
+      const written = await svc.waitLog((l) => l.msg === 'backup written' && l.volumeId === volumeId);
+      assert.equal(written.jobId, jobId);
+      assert.equal(written.jobType, 'bksCreateBackup');
+      assert.equal(written.requestId, requestId);
+      assert.ok((written.newBytes as number) >= 3 * MiB, `newBytes ${String(written.newBytes)}`);
 
       // The request itself: one line, with its status, not an "incoming" and a "completed" line.
       const lines = svc.logs.filter((l) => l.reqId === requestId);

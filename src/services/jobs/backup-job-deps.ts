@@ -13,7 +13,7 @@ export interface BackupJobDeps {
   /** Where volume files are worked on: this process, or their host's agent. */
   hosts: VolumeHosts;
   events: BackupServiceEvents;
-  log: { warn(o: object, m?: string): void; error(o: object, m?: string): void };
+  log: { info(o: object, m?: string): void; warn(o: object, m?: string): void; error(o: object, m?: string): void };
   /** Reclaims space in the background (after deletes, and what failed backups wrote). */
   collectGarbageSoon(): void;
   /** Writes a backup onto a volume's own file, checked on open; keeps a larger volume's size. */

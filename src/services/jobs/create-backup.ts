@@ -53,6 +53,8 @@ export function createBackupJob(d: BackupJobDeps): JobHandler<'bksCreateBackup'>
         { signal: ctx.signal, jobId: job.id, onProgress: (done, total) => ctx.progress(done, total) },
       );
       d.events.backupFinished?.({ sizeBytes: r.sizeBytes, newBytes: r.newBytes, storedBytes: r.storedBytes });
+      // What the backup added to the repository (the runner's "job succeeded" line has what it read).
+      d.log.info({ backupId: b.id, volumeId: p.volumeId, incremental: !b.fullBackup, sizeBytes: r.sizeBytes, newBytes: r.newBytes, storedBytes: r.storedBytes }, 'backup written');
       return finish(job, b.id, completionOf(r, r.createdAt));
     },
     fail: async (job, err) => {
