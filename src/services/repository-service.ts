@@ -99,7 +99,8 @@ export function thinEvenly(samples: readonly RepositorySample[], max: number): R
   return kept;
 }
 
-const ratio = (a: number, b: number): number | null => (b > 0 ? a / b : null);
+/** a per b; none while either is nothing (only empty disks backed up: no chunk stored, nothing to compare). */
+const ratio = (a: number, b: number): number | null => (a > 0 && b > 0 ? a / b : null);
 
 export class RepositoryService {
   private readonly catalog: Catalog;
