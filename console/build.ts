@@ -6,7 +6,7 @@
  *   node console/build.ts            build once (minified, with source maps)
  *   node console/build.ts --watch    rebuild on change (development)
  */
-import { copyFile, mkdir, rm } from 'node:fs/promises';
+import { copyFile, mkdir, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as esbuild from 'esbuild';
@@ -15,12 +15,15 @@ const here = dirname(fileURLToPath(import.meta.url));
 export const CONSOLE_OUT = join(here, '..', 'dist', 'console');
 
 export async function buildConsole(opts: { watch?: boolean; quiet?: boolean } = {}): Promise<void> {
-  await rm(CONSOLE_OUT, { recursive: true, force: true });
-  await mkdir(CONSOLE_OUT, { recursive: true });
+  // Built beside the served folder, then swapped in: a service running from this folder (an
+  // upgrade's `npm ci`) never serves a half-written console.
+  const out = opts.watch ? CONSOLE_OUT : `${CONSOLE_OUT}.new-${process.pid}`;
+  await rm(out, { recursive: true, force: true });
+  await mkdir(out, { recursive: true });
   const options: esbuild.BuildOptions = {
     entryPoints: { app: join(here, 'src', 'main.tsx') },
     bundle: true,
-    outdir: CONSOLE_OUT,
+    outdir: out,
     format: 'esm',
     target: ['es2022'],
     jsx: 'automatic',
@@ -31,13 +34,24 @@ export async function buildConsole(opts: { watch?: boolean; quiet?: boolean } = 
     loader: { '.woff2': 'file', '.svg': 'file' },
     logLevel: opts.quiet ? 'warning' : 'info',
   };
-  await copyFile(join(here, 'index.html'), join(CONSOLE_OUT, 'index.html'));
+  await copyFile(join(here, 'index.html'), join(out, 'index.html'));
   if (opts.watch) {
     const ctx = await esbuild.context(options);
     await ctx.watch();
     return;
   }
-  await esbuild.build(options);
+  try {
+    await esbuild.build(options);
+  } catch (err) {
+    await rm(out, { recursive: true, force: true });
+    throw err;
+  }
+  const old = `${CONSOLE_OUT}.old-${process.pid}`;
+  await rename(CONSOLE_OUT, old).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw err;
+  });
+  await rename(out, CONSOLE_OUT);
+  await rm(old, { recursive: true, force: true });
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {

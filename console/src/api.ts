@@ -13,6 +13,9 @@ export interface Project {
 
 export interface Session {
   token: string;
+  /** The login's own token, from which every later token of the session (project switches) was made:
+   * revoking it at logout revokes them all (Keystone revokes a token's descendants with it). */
+  rootToken: string;
   expiresAt: string;
   user: string;
   domain: string;
@@ -140,6 +143,7 @@ async function tokenRequest(auth: unknown): Promise<Session> {
   const roles = (t.roles ?? []).map((r) => r.name);
   return {
     token,
+    rootToken: token,
     expiresAt: t.expires_at,
     user: t.user.name,
     domain: t.user.domain.name,
@@ -170,8 +174,11 @@ export async function login(user: string, password: string, domain: string, proj
   const unscoped = await tokenRequest({ identity });
   const projects = await listProjects(unscoped.token);
   const first = projects[0];
-  if (!first) throw new ApiError(401, `${user} has no role on any project: ask an admin to assign one`, null);
-  return switchProject(first.id, unscoped.token);
+  if (!first) {
+    await revoke(unscoped.token);
+    throw new ApiError(401, `${user} has no role on any project: ask an admin to assign one`, null);
+  }
+  return switchProject(first.id, unscoped.token, unscoped.token);
 }
 
 /** The projects the token's user has a role on (the project switcher). */
@@ -182,19 +189,26 @@ export async function listProjects(token = session?.token): Promise<Project[]> {
 }
 
 /** A token for another of the user's projects (Keystone's token method), replacing the session. */
-export async function switchProject(projectId: string, token = session?.token): Promise<Session> {
+export async function switchProject(projectId: string, token = session?.token, root = session?.rootToken ?? token): Promise<Session> {
   const s = await tokenRequest({ identity: { methods: ['token'], token: { id: token } }, scope: { project: { id: projectId } } });
-  setSession(s);
-  return s;
+  const next = { ...s, rootToken: root ?? s.token };
+  setSession(next);
+  return next;
 }
 
+async function revoke(token: string): Promise<void> {
+  try {
+    await fetch('/v3/auth/tokens', { method: 'DELETE', headers: { 'X-Auth-Token': token, 'X-Subject-Token': token } });
+  } catch {
+    // the token expires by itself
+  }
+}
+
+/** Ends the session: the login's token and with it every token made from it. */
 export async function logout(): Promise<void> {
   const s = session;
   setSession(null);
   if (!s) return;
-  try {
-    await fetch('/v3/auth/tokens', { method: 'DELETE', headers: { 'X-Auth-Token': s.token, 'X-Subject-Token': s.token } });
-  } catch {
-    // the token expires by itself
-  }
+  await revoke(s.token);
+  if (s.rootToken !== s.token) await revoke(s.rootToken);
 }

@@ -12,7 +12,9 @@ export interface Resource<T> {
 
 /**
  * Loads `load()` now, when `deps` change, and every `pollMs` while `poll(data)` says so (jobs
- * running, volumes being created). A slow answer never overwrites a newer one.
+ * running, volumes being created). A slow answer never overwrites a newer one. A failed poll is
+ * retried (more slowly), so a blip of the network does not end live updates; a hidden tab polls
+ * five times less often.
  */
 export function useResource<T>(load: () => Promise<T>, deps: unknown[], opts: { pollMs?: number; poll?: (d: T) => boolean } = {}): Resource<T> {
   const [data, setData] = useState<T | undefined>(undefined);
@@ -20,10 +22,12 @@ export function useResource<T>(load: () => Promise<T>, deps: unknown[], opts: { 
   const [loading, setLoading] = useState(true);
   const [tick, setTick] = useState(0);
   const seq = useRef(0);
+  const polling = useRef(false);
   const reload = useCallback(() => setTick((t) => t + 1), []);
   useEffect(() => {
     const mine = ++seq.current;
     let timer: ReturnType<typeof setTimeout> | undefined;
+    const again = (ms: number) => (timer = setTimeout(() => setTick((t) => t + 1), document.hidden ? ms * 5 : ms));
     setLoading(true);
     load().then(
       (d) => {
@@ -31,12 +35,14 @@ export function useResource<T>(load: () => Promise<T>, deps: unknown[], opts: { 
         setData(d);
         setError(null);
         setLoading(false);
-        if (opts.pollMs && (!opts.poll || opts.poll(d))) timer = setTimeout(() => setTick((t) => t + 1), opts.pollMs);
+        polling.current = !!opts.pollMs && (!opts.poll || opts.poll(d));
+        if (polling.current) again(opts.pollMs!);
       },
       (e: unknown) => {
         if (mine !== seq.current) return;
         setError(e instanceof Error ? e : new Error(String(e)));
         setLoading(false);
+        if (polling.current) again(Math.max(opts.pollMs! * 4, 5000));
       },
     );
     return () => clearTimeout(timer);

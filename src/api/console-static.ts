@@ -26,7 +26,8 @@ function secure(reply: FastifyReply): FastifyReply {
 }
 
 export async function registerConsole(app: FastifyInstance, dir = CONSOLE_DIR): Promise<void> {
-  await app.register(fastifyStatic, { root: dir, serve: false });
+  // cacheControl off: ours (no-cache: always revalidated by ETag) is sent, not the plugin's.
+  await app.register(fastifyStatic, { root: dir, serve: false, cacheControl: false });
   const PUBLIC = { config: { auth: 'none' as const }, schema: { hide: true } };
   // One route for /console and /console/ (the router ignores a trailing slash): the page's assets
   // are relative, so the bare name is sent on to the folder.

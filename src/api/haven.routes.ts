@@ -71,7 +71,7 @@ const PreviewBody = Type.Object({
   pattern: Type.Optional(Type.String({ maxLength: 8192, description: 'CSBS: an RRULE pattern, with or without its VCALENDAR wrapper (read in UTC, or in its own DTSTART;TZID=…)' })),
   time_zone: Type.Optional(Type.Union([Type.String({ maxLength: 64 }), Type.Null()], { description: 'VBS: UTC+HH:mm or UTC-HH:mm' })),
   week_frequency: Type.Optional(Type.Union([Type.Array(Type.String({ maxLength: 16 }), { maxItems: 7 }), Type.Null()], { description: 'VBS: local days, e.g. ["MON", "THU"]' })),
-  frequency: Type.Optional(Type.Union([Type.Integer(), Type.Null()], { description: 'VBS: every N local days, counted from created' })),
+  frequency: Type.Optional(Type.Union([Type.Integer(), Type.Null()], { description: 'VBS: every N local days (1 to 30), counted from created' })),
   created: Type.Optional(Type.String({ maxLength: 64, description: 'ISO 8601: when the policy was created or its schedule last changed (default: from)' })),
   from: Type.Optional(Type.String({ maxLength: 64, description: 'ISO 8601: run times at or after this (default: now)' })),
   count: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_PREVIEW_COUNT, default: DEFAULT_PREVIEW_COUNT })),

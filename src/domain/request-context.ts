@@ -28,6 +28,15 @@ export function runInJob<T>(job: { id: string; type: string; requestId?: string 
   return context.run({ requestId: job.requestId ?? null, jobId: job.id, jobType: job.type }, fn);
 }
 
+/**
+ * Runs `fn` outside any request or job: for work that outlives the one that started it (a listener
+ * started lazily, a GC after a delete, the job runner's claim loop), whose log lines and timers
+ * must not carry the first caller's ids for the rest of the process's life.
+ */
+export function detached<T>(fn: () => T): T {
+  return context.exit(fn);
+}
+
 /** The id of the request being served, or the one that created the job being run; else null. */
 export function currentRequestId(): string | null {
   return context.getStore()?.requestId ?? null;

@@ -8,6 +8,7 @@ import { AppError, ErrorCode } from '../domain/errors.ts';
 import { nbdUri, parseListen, type ListenSpec } from '../domain/listen.ts';
 import { NbdServer, type NbdExport, type NbdExports } from './nbd-server.ts';
 import { errnoText } from '../domain/errno.ts';
+import { detached } from '../domain/request-context.ts';
 
 export interface NbdEndpointOptions {
   /** HOST:PORT or unix:PATH, or 'off'. */
@@ -42,7 +43,8 @@ export class NbdEndpoint implements NbdExports {
     if (this.opts.listen === 'off') throw new AppError(ErrorCode.ExportUnavailable, 'Exports are switched off here (HAVEN_NBD_LISTEN=off).');
     if (!this.listening) {
       const server = new NbdServer(this, { ...(this.opts.tls ? { tls: this.opts.tls } : {}), ...(this.opts.onError ? { onError: (e, r) => this.opts.onError!(e, r) } : {}) });
-      this.listening = server.listen(parseListen(this.opts.listen)).then((at) => {
+      // Started by the first export's request or live restore's job, but serves every later one.
+      this.listening = detached(() => server.listen(parseListen(this.opts.listen))).then((at) => {
         this.server = server;
         return at;
       });

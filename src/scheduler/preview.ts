@@ -63,9 +63,19 @@ export interface PreviewOptions {
 
 const invalid = (message: string): AppError => new AppError(ErrorCode.InvalidArgument, message);
 
+/** The longest VBS frequency, in days (the policy API's own range: 1 to 30). */
+export const MAX_FREQUENCY_DAYS = 30;
+/**
+ * Times a preview accepts: the computation walks day by day from `created` to `from`, so their
+ * distance is bounded (a preview is open to every token: it must not hold the event loop).
+ */
+const EARLIEST_MS = Date.UTC(2000, 0, 1);
+const LATEST_MS = Date.UTC(2100, 0, 1);
+
 function parseIso(s: string, what: string): number {
   const ms = Date.parse(s);
   if (!/^\d{4}-\d\d-\d\dT/.test(s) || Number.isNaN(ms)) throw invalid(`${what} must be an ISO 8601 time such as 2026-11-30T00:00:00Z, got ${s}`);
+  if (ms < EARLIEST_MS || ms >= LATEST_MS) throw invalid(`${what} must be a time in the years 2000 to 2099, got ${s}`);
   return ms;
 }
 
@@ -90,9 +100,10 @@ export function previewRuns(req: PreviewRequest, opts: PreviewOptions): number[]
   if (req.frequency !== undefined) {
     const f = req.frequency;
     frequency = typeof f === 'number' ? f : /^\d+$/.test(f) ? Number(f) : Number.NaN;
-    if (!Number.isInteger(frequency) || frequency < 1) throw invalid(`${n.frequency} must be a whole number of days >= 1, got ${f}`);
+    if (!Number.isInteger(frequency) || frequency < 1 || frequency > MAX_FREQUENCY_DAYS) throw invalid(`${n.frequency} must be a whole number of days from 1 to ${MAX_FREQUENCY_DAYS}, got ${f}`);
   }
   const week = req.weekFrequency;
+  if (week !== undefined && week.length === 0) throw invalid(`${n.weekFrequency} must name at least one day (${WEEK_DAYS.join(', ')})`);
   for (const d of week ?? []) if (!(WEEK_DAYS as readonly string[]).includes(d)) throw invalid(`${n.weekFrequency}: ${d} is not one of ${WEEK_DAYS.join(', ')}`);
   const startTime = req.startTime!;
   return slots(req.count, opts, () => {

@@ -15,6 +15,7 @@ import { AppError, ErrorCode } from '../domain/errors.ts';
 import { newHexId, newUuid } from '../domain/ids.ts';
 import { queuedJob, type Job, type JobOf, type JobPayloads, type JobType } from '../domain/job.ts';
 import type { Backup, BackupOrigin, Tag, Volume } from '../domain/model.ts';
+import { detached } from '../domain/request-context.ts';
 import type { VolumeHosts } from './volume-hosts.ts';
 import { completionOf, fileRef, type BackupSummary, type WorkControl } from './volume-host.ts';
 import type { BackupEngine } from './backup-engine.ts';
@@ -339,7 +340,8 @@ export class BackupService {
 
   /** Reclaims space in the background (after deletes). */
   collectGarbageSoon(): void {
-    this.engine.collectGarbage().catch((err: unknown) => this.log.error({ err }, 'garbage collection failed'));
+    // The repository's work, not the deleting job's (whose ids would otherwise mark its log lines).
+    detached(() => this.engine.collectGarbage()).catch((err: unknown) => this.log.error({ err }, 'garbage collection failed'));
   }
 
   async getJob(projectId: string, id: string): Promise<Job> {

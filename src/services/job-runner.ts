@@ -20,7 +20,7 @@ import type { Catalog } from '../catalog/catalog.ts';
 import type { Clock } from '../domain/clock.ts';
 import { AppError, ErrorCode, isAppError } from '../domain/errors.ts';
 import { jobErrorCode, type Job, type JobOf, type JobType } from '../domain/job.ts';
-import { runInJob } from '../domain/request-context.ts';
+import { detached, runInJob } from '../domain/request-context.ts';
 
 export interface JobContext {
   signal: AbortSignal;
@@ -117,7 +117,8 @@ export class JobRunner {
       this.claimAgain = true;
       return;
     }
-    this.claiming = this.claimLoop()
+    // Woken by whichever request or job queued work, but claims for every project: outside its context.
+    this.claiming = detached(() => this.claimLoop())
       .catch((err: unknown) => this.log.error({ err }, 'job runner: claiming jobs failed'))
       .finally(() => {
         this.claiming = null;

@@ -126,11 +126,17 @@ export class RepositoryService {
       this.catalog.backups.availableTotals(),
       this.catalog.repositorySamples.samplesSince(now - GROWTH_DAYS * DAY_MS),
     ]);
+    // Compression: the backups' new bytes per byte they stored. Deduplication: the disks' bytes per
+    // byte the repository holds before compression, from its measured size, not from the backups'
+    // own new bytes (once a full backup is deleted, its chunks live on in later backups, whose
+    // new bytes never counted them).
+    const compressionRatio = ratio(totals.newBytes, totals.storedBytes);
+    const dedupRatio = compressionRatio !== null ? ratio(totals.sizeBytes, bytes * compressionRatio) : null;
     return {
       kind: this.sources.kind, location: this.sources.location, encrypted: this.sources.encrypted,
       bytes, freeBytes: space?.free ?? null, filesystemBytes: space?.size ?? null,
       backups: totals.count, logicalBytes: totals.sizeBytes, newBytes: totals.newBytes, storedBytes: totals.storedBytes,
-      dedupRatio: ratio(totals.sizeBytes, totals.newBytes), compressionRatio: ratio(totals.newBytes, totals.storedBytes),
+      dedupRatio, compressionRatio,
       lastGc: reports.gc, lastVerify: reports.verify,
       growth: thinEvenly(samples, GROWTH_POINTS),
     };

@@ -255,6 +255,63 @@ describe('the web console', { skip: skipOutsideCi(CHROMIUM ? false : "Debian's c
     await page.close();
   });
 
+  it('edits a server policy without touching what the form does not show (retention rules, the pattern\'s time zone)', async () => {
+    const P = admin.projectId;
+    const vol = await svc.req('POST', `/v3/${P}/volumes`, { token: admin.token, body: { volume: { name: 'edit-sys', size: 1 } } });
+    const volId = (vol.body.volume as { id: string }).id;
+    for (let i = 0; i < 200; i++) {
+      const v = await svc.req('GET', `/v3/${P}/volumes/${volId}`, { token: admin.token });
+      if ((v.body.volume as { status: string }).status === 'available') break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const srv = await svc.req('POST', `/v2.1/${P}/servers`, { token: admin.token, body: { server: { name: 'edit1', block_device_mapping_v2: [{ source_type: 'volume', uuid: volId, boot_index: 0 }] } } });
+    assert.equal(srv.status, 202, srv.text);
+    const serverId = (srv.body.server as { id: string }).id;
+    const pattern = 'BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nDTSTART;TZID=Europe/Berlin:20260101T030000\r\nRRULE:FREQ=WEEKLY;BYDAY=MO;BYHOUR=3;BYMINUTE=0\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n';
+    const created = await svc.req('POST', `/v1/${P}/policies`, {
+      token: admin.token,
+      body: { policy: { name: 'keep30', provider_id: 'fc4d5750-22e7-4798-8a46-f48f62c4c1da', parameters: { common: {} }, resources: [{ id: serverId, type: 'OS::Nova::Server', name: 'edit1' }], scheduled_operations: [{ enabled: true, operation_type: 'backup', operation_definition: { retention_duration_days: 30, permanent: true }, trigger: { properties: { pattern } } }] } },
+    });
+    assert.equal(created.status, 200, created.text);
+    const policyId = (created.body.policy as { id: string }).id;
+    const before = await svc.req('GET', `/v1/${P}/policies/${policyId}`, { token: admin.token });
+
+    const page = await newPage();
+    await logIn(page);
+    await page.getByRole('navigation').getByRole('link', { name: 'Servers (CSBS)' }).click();
+    await page.getByRole('row').filter({ hasText: 'keep30' }).getByRole('button', { name: 'Edit' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Edit keep30' });
+    assert.match(await dialog.getByLabel(/^Schedule/).inputValue(), /DTSTART;TZID=Europe\/Berlin/, 'the form shows the whole pattern');
+    await dialog.getByLabel('Name', { exact: true }).fill('keep30b');
+    await dialog.getByRole('button', { name: 'Save policy' }).click();
+    await page.getByRole('row').filter({ hasText: 'keep30b' }).waitFor();
+    await page.close();
+
+    const after = await svc.req('GET', `/v1/${P}/policies/${policyId}`, { token: admin.token });
+    const op = (b: Record<string, unknown>) => (b.policy as { scheduled_operations: { operation_definition: Record<string, unknown>; trigger: unknown }[] }).scheduled_operations[0]!;
+    assert.equal((after.body.policy as { name: string }).name, 'keep30b');
+    assert.deepEqual(op(after.body).operation_definition, op(before.body).operation_definition, 'the retention rules are as they were');
+    assert.deepEqual(op(after.body).trigger, op(before.body).trigger, 'the pattern is as it was, its TZID included');
+  });
+
+  it('logging out ends every token of the session, those of earlier projects too', async () => {
+    const page = await newPage();
+    await logIn(page);
+    const first = await page.evaluate<{ token: string; rootToken: string }>("JSON.parse(sessionStorage.getItem('haven.session'))");
+    await page.getByLabel('Project').selectOption({ label: 'team2' });
+    await page.getByText('No volumes yet').waitFor();
+    const second = await page.evaluate<{ token: string; rootToken: string }>("JSON.parse(sessionStorage.getItem('haven.session'))");
+    assert.notEqual(second.token, first.token);
+    assert.equal(second.rootToken, first.token, 'the login token is kept as the root of the session');
+    await page.getByRole('button', { name: 'Log out' }).click();
+    await page.getByRole('button', { name: 'Log in' }).waitFor();
+    for (const t of [first.token, second.token]) {
+      const r = await svc.req('GET', '/haven/v1/jobs', { token: t });
+      assert.equal(r.status, 401, `a token of the ended session still works: ${r.text}`);
+    }
+    await page.close();
+  });
+
   it('logged no script error on any page', () => {
     assert.deepEqual(pageErrors, []);
   });

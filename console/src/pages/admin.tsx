@@ -1,11 +1,14 @@
 /** Cloud admin: the agents on the hosts that hold disks, and each project's quotas. */
 import { useState } from 'preact/hooks';
 import { api } from '../api.ts';
-import { ErrorNote, Field, PageHeader, Status, Table, useAction, useResource, val } from '../components.tsx';
+import { ErrorNote, Field, notify, PageHeader, Status, Table, useAction, useResource, val } from '../components.tsx';
 import { ago } from '../format.ts';
 import type { Agent } from '../types.ts';
 
 type QuotaValue = number | { in_use: number; limit: number; reserved: number };
+
+/** The limits an admin sets (os-quota-sets PUT); the others follow from them or from the service's settings. */
+const SETTABLE = new Set(['volumes', 'gigabytes']);
 
 function Quotas() {
   const projects = useResource(() => api<{ projects: { id: string; name: string }[] }>('GET', '/v3/projects').then((r) => r.projects.sort((a, b) => a.name.localeCompare(b.name))), []);
@@ -31,6 +34,8 @@ function Quotas() {
       <form
         onSubmit={async (e) => {
           e.preventDefault();
+          const bad = Object.entries(edits).find(([, v]) => !/^-?\d+$/.test(v.trim()) || Number(v) < -1);
+          if (bad) return void notify(`${bad[0]}: a whole number, -1 for no limit`, 'error');
           const quota_set = Object.fromEntries(Object.entries(edits).map(([k, v]) => [k, Number(v)]));
           if (await run(() => api('PUT', `/v3/{p}/os-quota-sets/${encodeURIComponent(chosen)}`, { body: { quota_set } }), 'Quotas saved')) (setEdits({}), quota.reload());
         }}
@@ -45,9 +50,11 @@ function Quotas() {
             { title: 'In use', cell: ([, v]) => (typeof v === 'number' ? '–' : v.in_use) },
             {
               title: 'Limit (-1: none)',
-              cell: ([k, v]) => (
-                <input aria-label={`Limit of ${k}`} type="number" min={-1} value={edits[k] ?? String(typeof v === 'number' ? v : v.limit)} onInput={(e) => setEdits({ ...edits, [k]: val(e) })} />
-              ),
+              cell: ([k, v]) => {
+                const limit = String(typeof v === 'number' ? v : v.limit);
+                if (!SETTABLE.has(k)) return limit;
+                return <input aria-label={`Limit of ${k}`} type="number" min={-1} required value={edits[k] ?? limit} onInput={(e) => setEdits({ ...edits, [k]: val(e) })} />;
+              },
             },
           ]}
         />

@@ -149,7 +149,7 @@ export function BackupsPage() {
         ]}
       />
       <Modal title={`Restore ${b?.name ?? ''}`} open={dialog?.kind === 'restore'} onClose={close}>
-        {b && <RestoreForm backupId={b.id} onDone={done} />}
+        {b && <RestoreForm backupId={b.id} defaultTarget={b.volume_id} onDone={done} />}
       </Modal>
       <Modal title={`Share ${b?.name ?? ''}`} open={dialog?.kind === 'share'} onClose={close}>
         {b && <ShareForm backup={b} onDone={done} />}

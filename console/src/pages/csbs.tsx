@@ -99,33 +99,59 @@ interface CsbsDraft {
   enabled: boolean;
 }
 
+/** CSBS patterns end their lines with CRLF; the form shows them with plain line ends. */
+const toForm = (pattern: string) => pattern.replace(/\r\n/g, '\n').trim();
+const toApi = (text: string) => `${text.trim().replace(/\r?\n/g, '\r\n')}\r\n`;
+const NEW_PATTERN = 'BEGIN:VCALENDAR\nBEGIN:VEVENT\nRRULE:FREQ=DAILY;BYHOUR=2;BYMINUTE=0\nEND:VEVENT\nEND:VCALENDAR';
+
+/**
+ * Create a server policy, or edit one. An edit sends only what the form changed: the stored
+ * retention rules (day/week/month rules, `permanent`) and the pattern as written (its DTSTART;TZID
+ * included) stay as they are unless the user changed them.
+ */
 function CsbsPolicyForm({ policy, servers, onDone }: { policy?: CsbsPolicy | undefined; servers: Server[]; onDone: () => void }) {
   const op = policy?.scheduled_operations[0];
-  const [d, setD] = useState<CsbsDraft>({
+  const [initial] = useState<CsbsDraft>(() => ({
     name: policy?.name ?? '',
     servers: policy?.resources.map((r) => r.id) ?? [],
-    pattern: op?.trigger.properties.pattern.match(/RRULE:[^\r\n]*/)?.[0] ?? 'RRULE:FREQ=DAILY;BYHOUR=2;BYMINUTE=0',
-    maxBackups: String(op?.operation_definition.max_backups ?? 7),
+    pattern: op ? toForm(op.trigger.properties.pattern) : NEW_PATTERN,
+    maxBackups: op ? (op.operation_definition.max_backups !== undefined ? String(op.operation_definition.max_backups) : '') : '7',
     timezone: op?.operation_definition.timezone ?? '',
     enabled: op?.enabled ?? true,
-  });
+  }));
+  const [d, setD] = useState<CsbsDraft>(initial);
   const set = (p: Partial<CsbsDraft>) => setD((x) => ({ ...x, ...p }));
   const [busy, run] = useAction();
   const [preview, setPreview] = useState<{ runs?: string[]; error?: string }>({});
-  const pattern = `BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\n${d.pattern.trim()}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n`;
+  const resourcesOf = (ids: string[]) => ids.map((id) => ({ id, type: 'OS::Nova::Server', name: servers.find((s) => s.id === id)?.name ?? id }));
+  const body = () => {
+    if (!policy || !op) {
+      const operation_definition = { ...(d.maxBackups ? { max_backups: Number(d.maxBackups) } : {}), ...(d.timezone.trim() ? { timezone: d.timezone.trim() } : {}) };
+      return { policy: { name: d.name, provider_id: CSBS_PROVIDER, parameters: { common: {} }, resources: resourcesOf(d.servers), scheduled_operations: [{ enabled: d.enabled, operation_type: 'backup', operation_definition, trigger: { properties: { pattern: toApi(d.pattern) } } }] } };
+    }
+    const definition: Record<string, unknown> = {};
+    if (d.maxBackups !== initial.maxBackups && d.maxBackups) definition.max_backups = Number(d.maxBackups);
+    if (d.timezone !== initial.timezone && d.timezone.trim()) definition.timezone = d.timezone.trim();
+    const operation = {
+      id: op.id,
+      ...(d.enabled !== initial.enabled ? { enabled: d.enabled } : {}),
+      ...(Object.keys(definition).length ? { operation_definition: definition } : {}),
+      ...(d.pattern !== initial.pattern ? { trigger: { properties: { pattern: toApi(d.pattern) } } } : {}),
+    };
+    return {
+      policy: {
+        ...(d.name !== initial.name ? { name: d.name } : {}),
+        ...(d.servers.join() !== initial.servers.join() ? { resources: resourcesOf(d.servers) } : {}),
+        ...(Object.keys(operation).length > 1 ? { scheduled_operations: [operation] } : {}),
+      },
+    };
+  };
   return (
     <form
       onSubmit={async (e) => {
         e.preventDefault();
-        const resources = d.servers.map((id) => ({ id, type: 'OS::Nova::Server', name: servers.find((s) => s.id === id)?.name ?? id }));
-        const operation_definition = { max_backups: Number(d.maxBackups), permanent: false, ...(d.timezone.trim() ? { timezone: d.timezone.trim() } : {}) };
         const ok = await run(
-          () =>
-            policy && op
-              ? api('PUT', `/v1/{p}/policies/${encodeURIComponent(policy.id)}`, { body: { policy: { name: d.name, resources, scheduled_operations: [{ id: op.id, enabled: d.enabled, operation_definition, trigger: { properties: { pattern } } }] } } })
-              : api('POST', '/v1/{p}/policies', {
-                  body: { policy: { name: d.name, provider_id: CSBS_PROVIDER, parameters: { common: {} }, resources, scheduled_operations: [{ enabled: d.enabled, operation_type: 'backup', operation_definition, trigger: { properties: { pattern } } }] } },
-                }),
+          () => (policy ? api('PUT', `/v1/{p}/policies/${encodeURIComponent(policy.id)}`, { body: body() }) : api('POST', '/v1/{p}/policies', { body: body() })),
           policy ? 'Policy saved' : 'Policy created',
         );
         if (ok) onDone();
@@ -143,14 +169,15 @@ function CsbsPolicyForm({ policy, servers, onDone }: { policy?: CsbsPolicy | und
           </label>
         ))}
       </fieldset>
-      <Field label="Schedule (RRULE, times in UTC)" hint="e.g. RRULE:FREQ=WEEKLY;BYDAY=MO,TH;BYHOUR=2;BYMINUTE=0">
-        <input
+      <Field label="Schedule (iCalendar RRULE; times in UTC unless DTSTART names a TZID)" hint="e.g. RRULE:FREQ=WEEKLY;BYDAY=MO,TH;BYHOUR=2;BYMINUTE=0">
+        <textarea
           name="pattern"
+          rows={5}
           required
           value={d.pattern}
           onInput={(e) => set({ pattern: val(e) })}
           onBlur={() =>
-            api<{ runs: string[] }>('POST', '/haven/v1/schedule/preview', { body: { pattern, count: 5 } }).then(
+            api<{ runs: string[] }>('POST', '/haven/v1/schedule/preview', { body: { pattern: toApi(d.pattern), count: 5 } }).then(
               (r) => setPreview({ runs: r.runs }),
               (err: unknown) => setPreview({ error: errorText(err) }),
             )
@@ -165,7 +192,7 @@ function CsbsPolicyForm({ policy, servers, onDone }: { policy?: CsbsPolicy | und
         </aside>
       )}
       <div class="grid">
-        <Field label="Keep the newest">
+        <Field label="Keep the newest (empty: as set)">
           <input type="number" min={1} value={d.maxBackups} onInput={(e) => set({ maxBackups: val(e) })} />
         </Field>
         <Field label="Retention time zone" hint="UTC+HH:mm (for day/week/month rules)">
@@ -314,10 +341,10 @@ export function CsbsPage() {
         onClose={close}
         confirm="Delete backup"
         done="Backup is being deleted"
-        action={() => api('DELETE', `/v1/{p}/providers/${CSBS_PROVIDER}/checkpoints/${encodeURIComponent(item!.checkpoint_id)}`)}
+        action={() => api('DELETE', `/v1/{p}/providers/${CSBS_PROVIDER}/checkpoints/${encodeURIComponent(item!.checkpoint_id)}`, { query: { checkpoint_items: item!.id } })}
         onDone={done}
       >
-        <p>Deletes the server backup and its disk backups.</p>
+        <p>Deletes this server's backup and its disk backups (other servers' backups of the same run stay).</p>
       </ConfirmModal>
     </section>
   );

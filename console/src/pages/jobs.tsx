@@ -1,5 +1,5 @@
 /** Jobs with live progress: what Haven is doing now and what it did. */
-import { useState } from 'preact/hooks';
+import { useRef, useState } from 'preact/hooks';
 import { api, currentSession } from '../api.ts';
 import { ErrorNote, PageHeader, Progress, Status, Table, useResource } from '../components.tsx';
 import { duration, parseTime, shortId, time } from '../format.ts';
@@ -27,9 +27,12 @@ export function JobsPage() {
   const admin = currentSession()?.admin ?? false;
   const [all, setAll] = useState(false);
   const [status, setStatus] = useState('');
+  // A job just started shows up within moments; past that, a highlight that is not listed (another
+  // project's, filtered out, older than the page) no longer keeps the page polling.
+  const opened = useRef(Date.now());
   const jobs = useResource(() => api<{ jobs: Job[] }>('GET', '/haven/v1/jobs', { query: { limit: 100, status, ...(all ? { all_tenants: true } : {}) } }).then((r) => r.jobs), [all, status], {
     pollMs: 1500,
-    poll: (js) => js.some((j) => j.status === 'INIT' || j.status === 'RUNNING') || (!!highlight && !js.some((j) => j.id === highlight)),
+    poll: (js) => js.some((j) => j.status === 'INIT' || j.status === 'RUNNING') || (!!highlight && !js.some((j) => j.id === highlight) && Date.now() - opened.current < 30_000),
   });
   return (
     <section>

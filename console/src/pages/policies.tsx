@@ -113,7 +113,7 @@ function PolicyForm({ policy, onDone }: { policy?: VbsPolicy | undefined; onDone
       }}
     >
       <Field label="Name">
-        <input name="backup_policy_name" required pattern="[A-Za-z0-9_\-]{1,64}" value={d.name} onInput={(e) => set({ name: val(e) })} />
+        <input name="backup_policy_name" required pattern="[A-Za-z0-9_.\-]{1,64}" value={d.name} onInput={(e) => set({ name: val(e) })} />
       </Field>
       <div class="grid">
         <Field label="Start times (UTC, whole hours)" hint='e.g. "22:00,02:00"'>

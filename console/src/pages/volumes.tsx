@@ -120,14 +120,15 @@ function BackupForm({ volume, onDone }: { volume: Volume; onDone: () => void }) 
 }
 
 /** Restore one of the project's backups onto this volume (it must be at least the backup's size). */
-export function RestoreForm({ volumeId, backupId, onDone }: { volumeId?: string | undefined; backupId?: string | undefined; onDone: () => void }) {
+export function RestoreForm({ volumeId, backupId, defaultTarget, onDone }: { volumeId?: string | undefined; backupId?: string | undefined; defaultTarget?: string | undefined; onDone: () => void }) {
   const backups = useResource(() => api<{ backups: Backup[] }>('GET', '/v3/{p}/backups/detail', { query: { status: 'available', limit: 1000, ...(volumeId && !backupId ? { volume_id: volumeId } : {}) } }), [volumeId]);
   const volumes = useResource(listVolumes, []);
   const [backup, setBackup] = useState(backupId ?? '');
-  const [target, setTarget] = useState(volumeId ?? '');
+  // The target is overwritten: it starts as the volume the backup came from, never just the first one listed.
+  const [target, setTarget] = useState(volumeId ?? defaultTarget ?? '');
   const [busy, run] = useAction();
   const chosen = backup || backups.data?.backups[0]?.id || '';
-  const into = target || volumes.data?.[0]?.id || '';
+  const into = target;
   return (
     <form
       onSubmit={async (e) => {
@@ -152,7 +153,8 @@ export function RestoreForm({ volumeId, backupId, onDone }: { volumeId?: string 
         </select>
       </Field>
       <Field label="Restore onto volume" hint="Everything on it is overwritten with the backup's bytes">
-        <select name="target" value={into} onChange={(e) => setTarget(val(e))} disabled={!!volumeId}>
+        <select name="target" value={into} onChange={(e) => setTarget(val(e))} disabled={!!volumeId} required>
+          <option value="">choose the volume to overwrite</option>
           {(volumes.data ?? []).map((v) => (
             <option value={v.id}>
               {v.name ?? shortId(v.id)} · {v.size} GB · {v.status}
