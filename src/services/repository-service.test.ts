@@ -38,3 +38,26 @@ describe('describeLocation', () => {
     assert.deepEqual(describeLocation('s3://backups/haven/prod/'), { kind: 's3', location: 's3://backups/haven/prod' });
   });
 });
+
+describe('RepositoryService.stop', () => {
+  it('does not wait for a size listing that hangs (a large object store): the service stops on time', async () => {
+    const { RepositoryService } = await import('./repository-service.ts');
+    let listed = false;
+    const catalog = { repositorySamples: { latestSampleAt: async () => null } } as unknown as ConstructorParameters<typeof RepositoryService>[0];
+    const warnings: unknown[] = [];
+    const svc = new RepositoryService(catalog, { now: () => Date.now() }, {
+      kind: 's3', location: 's3://b/p', encrypted: false,
+      bytes: async () => 0,
+      measureBytes: () => ((listed = true), new Promise<number>(() => undefined)), // never answers
+      space: async () => null,
+      runReports: async () => ({ gc: null, verify: null }),
+    }, { warn: (o: object) => warnings.push(o) });
+    svc.start();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.ok(listed, 'the start-up sample began listing');
+    const t0 = performance.now();
+    await svc.stop(100);
+    const waited = performance.now() - t0;
+    assert.ok(waited >= 90 && waited < 2_000, `stop() waited ${waited} ms`);
+  });
+});

@@ -185,10 +185,17 @@ export class RepositoryService {
     }
   }
 
-  /** Stops the hourly samples; waits for one being taken. */
-  async stop(): Promise<void> {
+  /**
+   * Stops the hourly samples; waits a little for one being taken (a listing of a large object store
+   * can take minutes: a stopping service does not wait for it, and the sample is then dropped, its
+   * failure logged).
+   */
+  async stop(waitMs = 5_000): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    await this.running;
+    if (!this.running) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.running, new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs)))]);
+    clearTimeout(timer);
   }
 }
