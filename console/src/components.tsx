@@ -46,7 +46,6 @@ export function useResource<T>(load: () => Promise<T>, deps: unknown[], opts: { 
       },
     );
     return () => clearTimeout(timer);
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [...deps, tick]);
   return { data, error, loading, reload };
 }

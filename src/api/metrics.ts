@@ -1,7 +1,7 @@
 /**
  * Prometheus metrics (prom-client): HTTP requests, jobs, bytes backed up, and the repository's size
  * (measured at most once a minute, or every 15 minutes in an object store that bills per listing
- * request: listing a large repository is not free). Served at /metrics on the API to a cloud-admin
+ * request, by the composition root, which caches it). Served at /metrics on the API to a cloud-admin
  * token, and without a token only by buildMetricsServer, a listener of its own the operator opts
  * into (HAVEN_METRICS_PORT, on HAVEN_METRICS_HOST: loopback by default).
  *
@@ -19,19 +19,19 @@ export interface LastBackups {
   policies: { projectId: string; policyId: string; createdAt: number; at: number | null }[];
 }
 
-/** Where the metrics read what they show when scraped (each optional). */
+/**
+ * Where the metrics read what they show when scraped (each optional). A costly source (the
+ * repository's size: a listing of the whole store) comes cached by the caller, which shares it with
+ * the console's repository page (app/compose.ts); what several gauges read is read once a scrape.
+ */
 export interface MetricSources {
   repositoryBytes?: () => Promise<number>;
-  /** How long the repository's size and run reports are kept between scrapes. */
-  repositoryBytesTtlMs?: number;
   /** Free bytes and size of the file system the repository lies in (a local folder only). */
   repositorySpace?: (() => Promise<{ free: number; size: number } | null>) | undefined;
   jobCounts?: () => Promise<Record<string, number>>;
   lastBackups?: () => Promise<LastBackups>;
   agents?: () => Promise<{ host: string; heartbeatAt: number }[]>;
   runReports?: () => Promise<RunReports>;
-  /** How long run reports are kept between scrapes (default 0: read each time). */
-  runReportsTtlMs?: number;
 }
 
 /**
@@ -82,7 +82,7 @@ export class Metrics {
     this.failed = new Counter({ name: 'haven_jobs_failed_total', help: 'Jobs failed by type and reason (Haven\'s error code, e.g. VOLUME_UNREADABLE)', labelNames: ['type', 'reason'], registers: [this.registry] });
     this.queueWait = new Histogram({ name: 'haven_job_queue_wait_seconds', help: 'Time from a job\'s creation to its start', labelNames: ['type'], buckets: [0.1, 1, 5, 15, 60, 300, 900, 3600, 14400], registers: [this.registry] });
     this.samples = new Counter({ name: 'haven_sample_restores_total', help: 'Scheduled sample restores by result: whole, damaged (the backup became error), skipped (no room, a store outage)', labelNames: ['result'], registers: [this.registry] });
-    const repoBytes = opts.repositoryBytes ? sharedRead(opts.repositoryBytes, opts.repositoryBytesTtlMs ?? 60_000) : null;
+    const repoBytes = opts.repositoryBytes;
     new Gauge({
       name: 'haven_repository_bytes', help: 'Bytes the chunk repository occupies', registers: [this.registry],
       async collect() {
@@ -164,7 +164,7 @@ export class Metrics {
     }
     const runs = opts.runReports;
     if (runs) {
-      const read = sharedRead(runs, opts.runReportsTtlMs ?? 0);
+      const read = sharedRead(runs); // one read per scrape for every run-report gauge
       const gauge = (name: string, help: string, pick: (r: RunReports) => number | null, labelNames: string[] = [], labels: (r: RunReports) => Record<string, string> = () => ({})): void =>
         void new Gauge({
           name, help, labelNames, registers,

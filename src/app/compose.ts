@@ -159,7 +159,6 @@ export async function composeApp(config: Config, opts: ComposeOptions = {}): Pro
     const runReports = sharedRead(() => eng.runReports(), s3 ? 60_000 : 0); // two small GETs per read
     const metrics = new Metrics({
       repositoryBytes,
-      repositoryBytesTtlMs: 0, // cached above
       repositorySpace,
       jobCounts: () => catalog.jobs.countByStatus(),
       lastBackups: async () => ({ volumes: await catalog.backups.lastSuccessByVolume(), policies: await catalog.policies.lastSuccessByPolicy() }),

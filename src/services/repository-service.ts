@@ -67,7 +67,7 @@ export interface RepositoryOverview {
   logicalBytes: number;
   newBytes: number;
   storedBytes: number;
-  /** logical / new: what deduplication saves (null: nothing new stored yet). */
+  /** logical / (bytes × compression): disk bytes per byte held before compression (null: nothing stored yet). */
   dedupRatio: number | null;
   /** new / stored: what compression saves (null: nothing stored yet). */
   compressionRatio: number | null;
