@@ -43,8 +43,10 @@ const MAX_SPAN_BYTES = 16 * 1024 * 1024;
 const MAX_SEGMENTS = 4;
 /** Default bytes of decoded chunks kept per image source. */
 export const DEFAULT_CACHE_BYTES = 128 * 1024 * 1024;
-/** Default read-ahead of a sequential reader. */
+/** Default read-ahead of a sequential reader, at first. */
 export const DEFAULT_READ_AHEAD_BYTES = 8 * 1024 * 1024;
+/** The most a reader's read-ahead grows to, at most an eighth of the cache (several readers share it). */
+const MAX_READ_AHEAD_BYTES = 32 * 1024 * 1024;
 
 /** A run of an image: data, or a hole (reads as zeros, nothing stored). */
 export interface ImageExtent {
@@ -74,6 +76,8 @@ export class ImageSource {
   readonly repo: Repository;
   readonly pool: ChunkWorkerPool;
   readonly readAheadBytes: number;
+  /** What a sequential reader's read-ahead doubles up to, as it goes on. */
+  readonly maxReadAheadBytes: number;
   /** Decoded chunks, in a reused arena (chunk-cache.ts). */
   readonly cache: ChunkCache;
   /** Buffers fetched pack ranges are read into, reused. */
@@ -86,6 +90,7 @@ export class ImageSource {
     this.pool = pool;
     this.cache = new ChunkCache(opts.cacheBytes ?? DEFAULT_CACHE_BYTES, repo.config.chunkSizeBytes);
     this.readAheadBytes = opts.readAheadBytes ?? DEFAULT_READ_AHEAD_BYTES;
+    this.maxReadAheadBytes = opts.readAheadBytes === 0 ? 0 : Math.max(this.readAheadBytes, Math.min(MAX_READ_AHEAD_BYTES, Math.floor((opts.cacheBytes ?? DEFAULT_CACHE_BYTES) / 8)));
     if (opts.map) this.mapPromise = Promise.resolve(opts.map);
   }
 
@@ -119,8 +124,8 @@ export class BackupImage {
   private readonly segments = new Map<number, Promise<Buffer>>();
   /** First chunk of each index segment, and one past the last. */
   private readonly segStarts: number[];
-  /** Sequential readers: where each one's last request ended and how far its read-ahead goes (chunk numbers). */
-  private readonly streams: { end: number; ahead: number }[] = [];
+  /** Sequential readers: where each one's last request ended, how far its read-ahead goes and how far it may go (chunk numbers). */
+  private readonly streams: { end: number; ahead: number; window: number }[] = [];
   private readonly what: string;
 
   constructor(src: ImageSource, manifest: BackupManifest) {
@@ -154,8 +159,8 @@ export class BackupImage {
   }
 
   /** The digests of chunks [a, b), one view per segment touched. */
-  private async digests(a: number, b: number): Promise<{ first: number; digests: Uint8Array }[]> {
-    const out: { first: number; digests: Uint8Array }[] = [];
+  private async digests(a: number, b: number): Promise<{ first: number; digests: Buffer }[]> {
+    const out: { first: number; digests: Buffer }[] = [];
     let i = a;
     while (i < b) {
       const { seg, first } = await this.segmentOf(i);
@@ -212,7 +217,7 @@ export class BackupImage {
     const spans = await this.digests(a, b);
     this.readAhead(a, b);
     if (signal?.aborted) throw signal.reason;
-    const chunks = await this.load(spans, true);
+    const chunks = await this.load(spans);
     const pieces: ImagePiece[] = [];
     for (let i = a; i < b; i++) {
       const s = Math.max(offset, i * this.chunkSize);
@@ -247,34 +252,38 @@ export class BackupImage {
 
   /**
    * Starts fetching the chunks after [a, b) when this request continues an earlier one (a stream:
-   * nbdcopy reads several regions at once, one per connection): up to the source's read-ahead past
-   * the request, topped up once half of it has been consumed.
+   * nbdcopy reads several regions at once, one per connection): up to the stream's window past the
+   * request, topped up once half of it has been consumed. The window starts at the source's
+   * read-ahead and doubles at each top-up up to its maximum, so a long stream is fetched in large
+   * ranges (one read and few decode tasks per several MiB: each costs the event loop about as much
+   * whatever its size).
    */
   private readAhead(a: number, b: number): void {
-    const window = Math.max(1, Math.floor(this.src.readAheadBytes / this.chunkSize));
+    const first = Math.max(1, Math.floor(this.src.readAheadBytes / this.chunkSize));
     const stream = this.streams.find((st) => st.end === a);
     if (!stream) {
-      this.streams.push({ end: b, ahead: b });
+      this.streams.push({ end: b, ahead: b, window: first });
       if (this.streams.length > MAX_STREAMS) this.streams.shift();
       return;
     }
     stream.end = b;
-    if (stream.ahead - b > window / 2) return;
+    if (stream.ahead - b > stream.window / 2) return;
     const from = Math.max(stream.ahead, b);
-    const to = Math.min(this.manifest.chunkCount, b + window);
+    const to = Math.min(this.manifest.chunkCount, b + stream.window);
+    stream.window = Math.max(first, Math.min(Math.floor(this.src.maxReadAheadBytes / this.chunkSize), stream.window * 2));
     if (from >= to) return;
     stream.ahead = to;
     void this.digests(from, to)
-      .then((spans) => this.load(spans, false))
+      .then((spans) => this.prefetch(spans))
       .catch(() => undefined); // a read-ahead that fails costs nothing: the real read reports it
   }
 
   /**
    * The decoded chunks of the given digest spans, in order (null: a hole): from the cache, from a
-   * fetch already running, or fetched now, neighbours in a pack together. With `pin`, every chunk
-   * returned is pinned for the caller (unpinned by its read's release()).
+   * fetch already running, or fetched now, neighbours in a pack together. Every chunk returned is
+   * pinned for the caller (unpinned by its read's release()).
    */
-  private async load(spans: { first: number; digests: Uint8Array }[], pin: boolean): Promise<(CachedChunk | null)[]> {
+  private async load(spans: { first: number; digests: Buffer }[]): Promise<(CachedChunk | null)[]> {
     const cache = this.src.cache;
     const out: (CachedChunk | null | Promise<CachedChunk>)[] = [];
     const need: Need[] = [];
@@ -288,13 +297,14 @@ export class BackupImage {
           out.push(null);
           continue;
         }
-        const key = Buffer.from(digests.buffer, digests.byteOffset + at, DIGEST_BYTES).toString('base64');
-        const known = cache.take(key, pin);
+        const key = cacheKey(digests, at);
+        const known = cache.take(key, true);
         if (known) {
           out.push(known);
           continue;
         }
-        out.push(cache.begin(key, pin, owner));
+        cache.begin(key, owner);
+        out.push(cache.take(key, true)!);
         need.push({ key, digests, at, index: first + k, owner });
       }
     }
@@ -307,10 +317,28 @@ export class BackupImage {
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     const got = settled.map((r) => (r.status === 'fulfilled' ? r.value : null));
     if (failed) {
-      if (pin) for (const c of got) if (c) cache.unpin(c.slot);
+      for (const c of got) if (c) cache.unpin(c.slot);
       throw failed.reason;
     }
     return got;
+  }
+
+  /** Starts fetching the chunks of the spans that are neither cached nor being fetched (a read-ahead); waits for none. */
+  private prefetch(spans: { first: number; digests: Buffer }[]): void {
+    const cache = this.src.cache;
+    const need: Need[] = [];
+    const owner = {};
+    for (const { first, digests } of spans) {
+      for (let k = 0; k * DIGEST_BYTES < digests.length; k++) {
+        const at = k * DIGEST_BYTES;
+        if (isZeroDigest(digests, at)) continue;
+        const key = cacheKey(digests, at);
+        if (cache.known(key)) continue;
+        cache.begin(key, owner);
+        need.push({ key, digests, at, index: first + k, owner });
+      }
+    }
+    if (need.length) this.fetch(need).catch((err: unknown) => cache.abandon([], need.map((n) => n.key), err, owner));
   }
 
   /** Fetches and decodes chunks not in the cache; each one's waiters get it as it lands. */
@@ -371,7 +399,7 @@ export class BackupImage {
         let body: Uint8Array;
         try {
           try {
-            body = await this.src.repo.store.get(packKey(run.packId), { offset: run.start, length: len, into });
+            body = await this.src.repo.store.get(packKey(run.packId), { offset: run.start, length: len, into, immutable: true });
           } catch (err) {
             if (err instanceof ObjectNotFoundError) throw new AppError(ErrorCode.ChunkMissing, `pack ${run.packId} needed by ${this.what} is missing`, { cause: err });
             throw err;
@@ -443,12 +471,17 @@ export class BackupImage {
   }
 }
 
+/** The cache's key of the digest at `at`: its bytes as a 32-character string (latin1, cheaper to make than base64). */
+function cacheKey(digests: Buffer, at: number): string {
+  return digests.toString('latin1', at, at + DIGEST_BYTES);
+}
+
 /** A chunk to fetch: its digest (key, and where in the index) and its place in the volume. */
 interface Need {
   key: string;
   /** The fetch that announced it (chunk-cache.ts). */
   owner: object;
-  digests: Uint8Array;
+  digests: Buffer;
   at: number;
   index: number;
 }

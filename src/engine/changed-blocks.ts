@@ -193,7 +193,7 @@ export async function fetchPreviousChunks(
       const into = new Uint8Array(scratch, r.at, r.end - r.offset);
       let got: Uint8Array;
       try {
-        got = await repo.store.get(packKey(map.packIds[r.packNo]!), { offset: r.offset, length: r.end - r.offset, into, ...(signal ? { signal } : {}) });
+        got = await repo.store.get(packKey(map.packIds[r.packNo]!), { offset: r.offset, length: r.end - r.offset, into, immutable: true, ...(signal ? { signal } : {}) });
       } catch (err) {
         if (!(err instanceof ObjectNotFoundError)) throw err;
         for (const it of r.items) failed.add(it.k);

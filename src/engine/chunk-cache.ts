@@ -26,9 +26,8 @@ export interface CachedChunk {
 interface Inflight {
   /** The fetch that will land it (only that one may abandon it). */
   owner: object;
-  promise: Promise<CachedChunk>;
-  resolve(c: CachedChunk): void;
-  reject(e: unknown): void;
+  /** Made when the first reader waits (a read-ahead's chunks mostly land before anyone asks). */
+  waiting: PromiseWithResolvers<CachedChunk> | null;
   /** Readers waiting that take a pin when the chunk lands. */
   pending: number;
 }
@@ -91,20 +90,32 @@ export class ChunkCache {
     const f = this.inflight.get(key);
     if (f) {
       if (pin) f.pending++;
-      return f.promise;
+      if (!f.waiting) {
+        f.waiting = Promise.withResolvers<CachedChunk>();
+        f.waiting.promise.catch(() => undefined);
+      }
+      return f.waiting.promise;
     }
     return undefined;
   }
 
+  /** Whether `key` is cached (then made the most recently used) or being fetched. */
+  known(key: string): boolean {
+    const slot = this.lru.get(key);
+    if (slot !== undefined) {
+      this.lru.delete(key);
+      this.lru.set(key, slot);
+      return true;
+    }
+    return this.inflight.has(key);
+  }
+
   /**
-   * Announces a fetch of `key` by `owner` (take() returned undefined); `pin`: the caller's pin is
-   * taken when it lands.
+   * Announces a fetch of `key` by `owner` (take() returned undefined); readers wait for it with
+   * take() (its `pin` is then taken when it lands).
    */
-  begin(key: string, pin: boolean, owner: object): Promise<CachedChunk> {
-    const { promise, resolve, reject } = Promise.withResolvers<CachedChunk>();
-    promise.catch(() => undefined);
-    this.inflight.set(key, { owner, promise, resolve, reject, pending: pin ? 1 : 0 });
-    return promise;
+  begin(key: string, owner: object): void {
+    this.inflight.set(key, { owner, waiting: null, pending: 0 });
   }
 
   /** Whether `owner`'s fetch of `key` has yet to land. */
@@ -146,7 +157,7 @@ export class ChunkCache {
       this.pins[slot] = 0;
       this.free.push(slot);
       this.pins[cached]! += f?.pending ?? 0;
-      f?.resolve({ data: this.view(cached), slot: cached });
+      f?.waiting?.resolve({ data: this.view(cached), slot: cached });
       return;
     }
     if (slot >= 0) {
@@ -155,7 +166,7 @@ export class ChunkCache {
       this.lru.set(key, slot);
       this.pins[slot]! += (f?.pending ?? 0) - 1; // the waiters' pins for the decoder's
     }
-    f?.resolve({ data, slot });
+    f?.waiting?.resolve({ data, slot });
   }
 
   /** Slots allocated for chunks that did not decode go back; `owner`'s waiters of `keys` get the error. */
@@ -168,7 +179,7 @@ export class ChunkCache {
       const f = this.inflight.get(k);
       if (!f || f.owner !== owner) continue;
       this.inflight.delete(k);
-      f.reject(err);
+      f.waiting?.reject(err);
     }
   }
 

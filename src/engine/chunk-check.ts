@@ -36,7 +36,7 @@ export async function checkStoredChunks(repo: Repository, map: ChunkMap, entries
     runs.map(async (r) => {
       let body: Uint8Array;
       try {
-        body = await repo.store.get(packKey(map.packIds[r.packNo]!), { offset: r.offset, length: r.end - r.offset, ...(signal ? { signal } : {}) });
+        body = await repo.store.get(packKey(map.packIds[r.packNo]!), { offset: r.offset, length: r.end - r.offset, immutable: true, ...(signal ? { signal } : {}) });
       } catch (err) {
         if (!(err instanceof ObjectNotFoundError)) throw err;
         for (const it of r.items) result.set(it.e, 2);

@@ -204,6 +204,14 @@ function decodeInto(t: DecodeIntoTask): number {
   return -1;
 }
 
+/** Bytes a decode task leaves behind: a deciphered copy of each chunk's stored bytes, and the bodies moved here. */
+function taskGarbage(t: DecodeIntoTask): number {
+  let n = 0;
+  if (t.encKey) for (let c = 0; c < t.chunks.length; c += 5) n += t.chunks[c + 2]!;
+  for (const b of t.bodies) if (!(b.buffer instanceof SharedArrayBuffer)) n += b.byteLength;
+  return n;
+}
+
 // Results are small (digests, lengths, flags): the bytes themselves stay in the shared slots.
 export default function runChunkTask(task: ChunkTask): Uint8Array | number | number[] {
   switch (task.kind) {
@@ -212,12 +220,12 @@ export default function runChunkTask(task: ChunkTask): Uint8Array | number | num
     case 'encode': {
       const lengths = encode(task);
       // The cipher's per-chunk output buffers all died young: a scavenge returns their memory.
-      if (task.encKey) releaseYoungGarbage();
+      if (task.encKey) releaseYoungGarbage(lengths.reduce((n, l) => n + l, 0));
       return lengths;
     }
     case 'decodeInto': {
       const bad = decodeInto(task);
-      releaseYoungGarbage(); // the decipher's per-chunk buffers and the fetched bodies
+      releaseYoungGarbage(taskGarbage(task)); // the decipher's per-chunk buffers and the fetched bodies
       return bad;
     }
     case 'check': {

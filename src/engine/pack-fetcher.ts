@@ -550,7 +550,7 @@ export class PackFetcher<T> {
     const key = packKey(packId);
     this.requests++;
     this.packsRead.add(packId);
-    let body: Uint8Array | null = await this.store.get(key, { offset: start, length: end - start, signal: this.internal.signal, ...(into ? { into } : {}), ...(onProgress ? { onProgress } : {}) });
+    let body: Uint8Array | null = await this.store.get(key, { offset: start, length: end - start, immutable: true, signal: this.internal.signal, ...(into ? { into } : {}), ...(onProgress ? { onProgress } : {}) });
     this.bytesFetched += body.length;
     if (body.length < end - start) {
       // A short read is damage only when the pack itself is short; otherwise the store (or the

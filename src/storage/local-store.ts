@@ -18,6 +18,7 @@ import { alignedMemory } from './aligned-memory.ts';
 import { acceptsDirectIo, DIRECT_ALIGN, DIRECT_IO_AVAILABLE } from './direct-io.ts';
 import { assertValidKey, bodyParts, type Body, ObjectNotFoundError, type GetOptions, type ObjectInfo, type ObjectStore } from './object-store.ts';
 import { writeAll } from './file-io.ts';
+import { OpenFiles, type OpenFile } from './open-files.ts';
 
 export class LocalObjectStore implements ObjectStore {
   readonly root: string;
@@ -30,6 +31,8 @@ export class LocalObjectStore implements ObjectStore {
   private probing: Promise<void> | null = null;
   /** Bytes written with direct I/O so far (diagnostics and tests). */
   directBytesWritten = 0;
+  /** Read handles of immutable objects (packs), kept between ranged reads. */
+  readonly openFiles = new OpenFiles();
 
   constructor(root: string) {
     this.root = path.resolve(root);
@@ -97,6 +100,7 @@ export class LocalObjectStore implements ObjectStore {
   async put(key: string, body: Body): Promise<void> {
     const { tmp, target, dir } = await this.writeTemp(key, body);
     await fs.rename(tmp, target);
+    this.openFiles.forget(target);
     await fsyncDir(dir);
   }
 
@@ -176,14 +180,15 @@ export class LocalObjectStore implements ObjectStore {
 
   async get(key: string, options?: GetOptions): Promise<Uint8Array> {
     const p = this.pathOf(key);
-    let fh: fs.FileHandle;
+    let file: OpenFile;
     try {
-      fh = await fs.open(p, 'r');
+      file = options?.immutable ? await this.openFiles.acquire(p) : await openOnce(p);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ObjectNotFoundError(key, { cause: err });
       throw err;
     }
     try {
+      const fh = file.fh;
       const offset = options?.offset ?? 0;
       let length = options?.length;
       if (length === undefined) length = Math.max(0, (await fh.stat()).size - offset);
@@ -198,8 +203,13 @@ export class LocalObjectStore implements ObjectStore {
       }
       return got === length ? buf : buf.subarray(0, got);
     } finally {
-      await fh.close();
+      file.release();
     }
+  }
+
+  /** Closes the read handles kept open (GetOptions.immutable); the store stays usable. */
+  close(): void {
+    this.openFiles.closeAll();
   }
 
   async head(key: string): Promise<ObjectInfo | null> {
@@ -248,7 +258,9 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   async delete(key: string): Promise<void> {
-    await fs.rm(this.pathOf(key), { force: true });
+    const p = this.pathOf(key);
+    await fs.rm(p, { force: true });
+    this.openFiles.forget(p);
   }
 
   /** Removes temp files older than `olderThanMs` that crashed writers left behind. */
@@ -280,6 +292,12 @@ export class LocalObjectStore implements ObjectStore {
     await visit(this.root);
     return removed;
   }
+}
+
+/** A handle for one read, closed when it ends. */
+async function openOnce(p: string): Promise<OpenFile> {
+  const fh = await fs.open(p, 'r');
+  return { fh, release: () => void fh.close().catch(() => undefined) };
 }
 
 /** Below this, a part is not worth a second file handle (pack buffers are tens of MiB). */

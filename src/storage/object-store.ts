@@ -38,6 +38,11 @@ export interface GetOptions {
    * end. A store that reads all at once, or that did not use `into`, need not call it.
    */
   onProgress?: (bytes: number) => void;
+  /**
+   * The object is never replaced while it exists (a pack: written once under a fresh id), so a store
+   * may keep it open between reads (the local store does; see open-files.ts).
+   */
+  immutable?: boolean;
 }
 
 export interface ObjectStore {

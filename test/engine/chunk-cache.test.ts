@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { ErrorCode, isAppError } from '../../src/domain/errors.ts';
 import { BackupImage, ImageSource, type ImageRead } from '../../src/engine/backup-image.ts';
-import { ChunkCache } from '../../src/engine/chunk-cache.ts';
+import { ChunkCache, type CachedChunk } from '../../src/engine/chunk-cache.ts';
 import { collectGarbage, deleteBackup } from '../../src/engine/garbage-collector.ts';
 import { LiveRestore } from '../../src/engine/live-restore.ts';
 import type { Repository } from '../../src/engine/repository.ts';
@@ -31,10 +31,18 @@ function bytes(fill: number): Uint8Array {
   return new Uint8Array(SLOT).fill(fill);
 }
 
+/** Announces a fetch of `key` by `owner` and waits for it the way BackupImage.load does (`pin`: the waiter's pin). */
+function announce(cache: ChunkCache, key: string, pin: boolean, owner: object): Promise<CachedChunk> {
+  cache.begin(key, owner);
+  const p = cache.take(key, pin);
+  assert.ok(p instanceof Promise, `${key} is being fetched`);
+  return p;
+}
+
 /** Fetches `key` the way BackupImage does: announced, a slot allocated, decoded (copied) into it, landed. */
 function fetchInto(cache: ChunkCache, key: string, pin: boolean, fill: number, owner: object = {}): { slot: number; landed: Promise<{ data: Uint8Array; slot: number }> } {
   assert.equal(cache.take(key, pin), undefined, `${key} is neither cached nor being fetched`);
-  const landed = cache.begin(key, pin, owner);
+  const landed = announce(cache, key, pin, owner);
   const slots = cache.allocate(1);
   assert.ok(slots, `a slot for ${key}`);
   const slot = slots[0]!;
@@ -95,24 +103,23 @@ describe('ChunkCache: pins and eviction', () => {
     assert.ok(allSlotsFree(cache));
   });
 
-  it('land() of a key already cached gives the new slot back; the waiters get the cached copy and their pins', async () => {
+  it('land() of a key already cached gives the new slot back; the cached copy stays and keeps its pins', async () => {
     const cache = new ChunkCache(4 * SLOT, SLOT);
     const first = fetchInto(cache, 'k', true, 5);
     assert.equal((await first.landed).slot, first.slot);
-    // A second fetch of the same chunk (a retry) with a reader waiting for it.
-    const owner = {};
-    const again = cache.begin('k', true, owner);
+    // A second fetch of the same chunk (a retry) lands while a second reader holds the cached copy.
+    cache.begin('k', {});
+    const second = cache.take('k', true);
+    assert.ok(second && !(second instanceof Promise), 'the cached copy, at once');
+    assert.equal(second.slot, first.slot);
     const slots = cache.allocate(1)!;
     assert.notEqual(slots[0], first.slot);
     cache.land('k', slots[0]!, new Uint8Array(cache.memory, slots[0]! * SLOT, SLOT).fill(6));
-    const got = await again;
-    assert.equal(got.slot, first.slot, 'the copy cached first is the one handed out');
-    assert.deepEqual([...got.data], [...bytes(5)]);
+    const again = cache.take('k', false);
+    assert.ok(again && !(again instanceof Promise));
+    assert.equal(again.slot, first.slot, 'the copy cached first is the one kept');
+    assert.deepEqual([...again.data], [...bytes(5)]);
     assert.deepEqual(cache.stats(), { cachedChunks: 1, pinnedSlots: 1, slots: 4 });
-    // Landed again without anyone waiting: the slot goes back too.
-    const more = cache.allocate(1)!;
-    cache.land('k', more[0]!, new Uint8Array(cache.memory, more[0]! * SLOT, SLOT));
-    assert.equal(cache.stats().pinnedSlots, 1);
     // Two pins on the cached slot (the two readers): it stays until both are released.
     cache.unpin(first.slot);
     assert.equal(cache.stats().pinnedSlots, 1);
@@ -124,7 +131,7 @@ describe('ChunkCache: pins and eviction', () => {
   it('a reader that waits for a fetch takes its pin when the chunk lands', async () => {
     const cache = new ChunkCache(2 * SLOT, SLOT);
     const owner = {};
-    const p = cache.begin('k', false, owner); // the fetcher itself (a read-ahead: no pin)
+    const p = announce(cache, 'k', false, owner); // the fetcher itself (a read-ahead: no pin)
     const waiting = cache.take('k', true);
     assert.ok(waiting instanceof Promise);
     const [slot] = cache.allocate(1)!;
@@ -141,7 +148,7 @@ describe('ChunkCache: pins and eviction', () => {
     const cache = new ChunkCache(4 * SLOT, SLOT);
     const mine = {};
     const theirs = {};
-    const p = cache.begin('k', true, mine);
+    const p = announce(cache, 'k', true, mine);
     let settled = false;
     p.then(() => (settled = true), () => (settled = true));
     const [slot] = cache.allocate(1)!;
@@ -154,7 +161,7 @@ describe('ChunkCache: pins and eviction', () => {
     assert.deepEqual([...(await p).data], [...bytes(3)]);
     cache.unpin(slot!);
     // The owner's abandon rejects its waiters and gives its slots back.
-    const q = cache.begin('j', true, mine);
+    const q = announce(cache, 'j', true, mine);
     const waiter = cache.take('j', true);
     assert.ok(waiter instanceof Promise);
     const slots = cache.allocate(2)!;
@@ -244,6 +251,41 @@ describe('BackupImage reads and the cache', () => {
     assert.equal(src.cache.stats().pinnedSlots, 0, 'every pin released');
     assert.ok(src.cache.stats().cachedChunks > 0);
     assert.ok(allSlotsFree(src.cache), 'no slot lost');
+  });
+
+  it('a long sequential reader is fetched in few large reads that grow as it goes on, each chunk once', async () => {
+    const fx = await fixture({ size: 32 * MiB, seed: 11 });
+    // Read-ahead from 512 KiB, up to an eighth of a 64 MiB cache (8 MiB).
+    const src = new ImageSource(fx.repo, pool, { cacheBytes: 64 * MiB, readAheadBytes: 512 * KiB });
+    const image = new BackupImage(src, await fx.repo.readManifest(fx.backupId));
+    const store = fx.repo.store;
+    const get = store.get.bind(store);
+    let reads = 0;
+    let bytes = 0;
+    store.get = async (key, options) => {
+      const body = await get(key, options);
+      if (key.startsWith('packs/')) {
+        reads++;
+        bytes += body.length;
+      }
+      return body;
+    };
+    try {
+      for (let at = 0; at < fx.data.length; at += 256 * KiB) {
+        const r = await image.read(at, 256 * KiB);
+        assertBytes(joined(r, at, 256 * KiB), fx.data.subarray(at, at + 256 * KiB), `sequential read at ${at}`);
+        r.release();
+      }
+      await new Promise((r) => setTimeout(r, 200)); // the last read-ahead settles
+    } finally {
+      store.get = get;
+    }
+    let stored = 0;
+    for (const p of await listPacks(fx.repoDir)) stored += (await fs.stat(path.join(fx.repoDir, p))).size;
+    // A fixed 512 KiB window topped up by halves would take 128 reads of 256 KiB.
+    assert.ok(reads <= 24, `${reads} pack reads for 32 MiB read in 256 KiB requests`);
+    assert.ok(bytes <= stored, `${bytes} bytes read from packs holding ${stored}: each chunk once`);
+    assert.equal(src.cache.stats().pinnedSlots, 0);
   });
 
   it('the bytes of a read not yet released stay valid while other reads churn the cache', async () => {
