@@ -252,7 +252,7 @@ export class BackupImage {
 
   /**
    * Starts fetching the chunks after [a, b) when this request continues an earlier one (a stream:
-   * nbdcopy reads several regions at once, one per connection): up to the stream's window past the
+   * nbdcopy reads several regions at once, one per connection, skipping holes): up to the stream's window past the
    * request, topped up once half of it has been consumed. The window starts at the source's
    * read-ahead and doubles at each top-up up to its maximum, so a long stream is fetched in large
    * ranges (one read and few decode tasks per several MiB: each costs the event loop about as much
@@ -260,7 +260,9 @@ export class BackupImage {
    */
   private readAhead(a: number, b: number): void {
     const first = Math.max(1, Math.floor(this.src.readAheadBytes / this.chunkSize));
-    const stream = this.streams.find((st) => st.end === a);
+    // A request that starts where a stream ended, or further on within what it read ahead (a reader
+    // that skips holes: nbdcopy and qemu-img read only the data block status shows), continues it.
+    const stream = this.streams.find((st) => st.end === a) ?? this.streams.find((st) => st.end < a && a < st.ahead);
     if (!stream) {
       this.streams.push({ end: b, ahead: b, window: first });
       if (this.streams.length > MAX_STREAMS) this.streams.shift();
