@@ -363,6 +363,7 @@ function printQemuTable(q: QemuResult): void {
 function printInstantTable(r: InstantResult): void {
   const mbs = (ms: number): string => `${(r.size / 1e6 / (ms / 1000)).toFixed(0)} MB/s`;
   console.log(`\n### Instant recovery (${mib(r.size)} backup, encrypted repository)\n`);
+  if (r.stealPercent !== null) console.log(`CPU time taken by the hypervisor (steal) while restore and nbdcopy alternated: ${r.stealPercent.toFixed(1)} %\n`);
   console.log(md(['step', 'Haven', 'against', 'ratio']));
   console.log(md(['---', '---', '---', '---']));
   console.log(md(['first 4 KiB through NBD, from the spawn of haven nbd', `${r.firstByteMs.toFixed(0)} ms`, 'goal 1000 ms', `${(1000 / r.firstByteMs).toFixed(2)}x`]));
@@ -483,7 +484,7 @@ function printGoals(size: number, disks: DiskRun[], s3: S3Result | undefined, sp
     other.push({ goal: 'scattered incremental adds <= 25% of the volume', status: h.scatAdded <= size * 0.25 ? 'met' : 'NOT met', figures: mib(h.scatAdded) });
     other.push({ goal: '>= 16 MiB per repository object', status: h.repoBytes / h.objects >= 16 * MiB ? 'met' : 'NOT met', figures: `${(h.repoBytes / MiB / h.objects).toFixed(1)} MiB` });
   }
-  console.log('\n### Goals (issue 12)\n');
+  console.log('\n### Goals\n');
   console.log(md(['goal', 'status', 'figures']));
   console.log(md(['---', '---', '---']));
   for (const g of goals) console.log(md([g.goal, g.status, g.figures]));

@@ -83,3 +83,21 @@ export function describeMachine(): string[] {
     `machine: ${cpus.length} cores (${cpus[0]?.model.trim() ?? 'unknown model'}), ${(os.totalmem() / 1024 ** 3).toFixed(1)} GiB memory, ${os.type()} ${os.release()}, Node ${process.version}`,
   ];
 }
+
+/** The machine's CPU time so far (/proc/stat, in clock ticks), or null where there is none. */
+export function cpuTicks(): { total: number; steal: number; idle: number } | null {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal (guest time is inside user already)
+    const total = f.slice(0, 8).reduce((n, x) => n + x, 0);
+    return { total, steal: f[7] ?? 0, idle: (f[3] ?? 0) + (f[4] ?? 0) };
+  } catch {
+    return null;
+  }
+}
+
+/** The share of CPU time the hypervisor took (steal) between two readings, as a percentage; null without /proc/stat. */
+export function stealPercent(a: ReturnType<typeof cpuTicks>, b: ReturnType<typeof cpuTicks>): number | null {
+  if (!a || !b || b.total <= a.total) return null;
+  return (100 * (b.steal - a.steal)) / (b.total - a.total);
+}
