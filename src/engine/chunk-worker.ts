@@ -219,8 +219,9 @@ export default function runChunkTask(task: ChunkTask): Uint8Array | number | num
       return hash(task);
     case 'encode': {
       const lengths = encode(task);
-      // The cipher's per-chunk output buffers all died young: a scavenge returns their memory.
-      if (task.encKey) releaseYoungGarbage(lengths.reduce((n, l) => n + l, 0));
+      // The cipher's per-chunk output buffers all died young: a scavenge returns their memory, at
+      // once (a backup's peak RSS is a goal, and its tasks are few and large).
+      if (task.encKey) releaseYoungGarbage();
       return lengths;
     }
     case 'decodeInto': {

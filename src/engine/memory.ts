@@ -33,9 +33,9 @@ let sinceMinor = 0;
 
 /**
  * For garbage that died young (per-chunk buffers of a task): a scavenge, without the full
- * collection's cost, once about MINOR_EVERY_BYTES have died since the last one. Without it a
- * worker's RSS grew by ~130 MiB during a 4 GiB backup; one after every task cost more than the
- * garbage did (an NBD export's 1,300 small decode tasks: 1,300 scavenges).
+ * collection's cost, once about MINOR_EVERY_BYTES have died since the last one (without `bytes`:
+ * now). Without it a worker's RSS grew by ~130 MiB during a 4 GiB backup; one after every decode
+ * task cost more than the garbage did (an NBD export's 1,300 small decode tasks: 1,300 scavenges).
  */
 export function releaseYoungGarbage(bytes = MINOR_EVERY_BYTES): void {
   sinceMinor += bytes;
