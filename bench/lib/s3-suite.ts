@@ -22,6 +22,8 @@ export interface S3Step {
   /** CPU time of the tool, and of the S3 server (Swift's processes) while the tool ran. */
   cpuMs: number;
   serverCpuMs: number;
+  /** The tool's peak RSS (KiB). */
+  rssKiB: number;
   requests: RequestCounts;
   ok?: boolean;
 }
@@ -132,10 +134,10 @@ export async function runS3(work: string, volume: string, size: number, node: st
       const r = await fn();
       const serverCpuMs = swift.cpuMs() - cpu0;
       rss.push({ tool: tool.name, step: `S3 ${step}`, rssKiB: r.rssKiB });
-      return { ms: r.ms, cpuMs: r.cpuMs, serverCpuMs, requests: await requestLog.counts() };
+      return { ms: r.ms, cpuMs: r.cpuMs, serverCpuMs, rssKiB: r.rssKiB, requests: await requestLog.counts() };
     };
     const mbs = (ms: number): string => `${(size / 1e6 / (ms / 1000)).toFixed(0)} MB/s`;
-    const cpu = (st: S3Step): string => `CPU ${(st.cpuMs / 1000).toFixed(2)} s + server ${(st.serverCpuMs / 1000).toFixed(2)} s`;
+    const cpu = (st: S3Step): string => `CPU ${(st.cpuMs / 1000).toFixed(2)} s + server ${(st.serverCpuMs / 1000).toFixed(2)} s, peak RSS ${(st.rssKiB / 1024).toFixed(0)} MiB`;
     await each('init', async (tool) => void (await tool.init()));
     await each('full backup', async (tool, row) => {
       settle(volume);

@@ -204,11 +204,15 @@ function decodeInto(t: DecodeIntoTask): number {
   return -1;
 }
 
-/** Bytes a decode task leaves behind: a deciphered copy of each chunk's stored bytes, and the bodies moved here. */
-function taskGarbage(t: DecodeIntoTask): number {
+/**
+ * Bytes a decode task leaves behind, to be scavenged: bodies moved here (a fetch from S3: large) at
+ * once, like a backup's; otherwise the deciphered copy of each chunk's stored bytes, small and many
+ * (an NBD export's small tasks), gathered to MINOR_EVERY_BYTES first.
+ */
+function taskGarbage(t: DecodeIntoTask): number | undefined {
+  if (t.bodies.some((b) => !(b.buffer instanceof SharedArrayBuffer))) return undefined;
   let n = 0;
   if (t.encKey) for (let c = 0; c < t.chunks.length; c += 5) n += t.chunks[c + 2]!;
-  for (const b of t.bodies) if (!(b.buffer instanceof SharedArrayBuffer)) n += b.byteLength;
   return n;
 }
 
