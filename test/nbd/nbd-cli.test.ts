@@ -805,6 +805,23 @@ describe('haven nbd', { skip, concurrency: false }, () => {
     assert.deepEqual(seen, []);
   });
 
+  it('says where it listens and how to name each export, in plain text without --json', async () => {
+    const child = spawnCli(['nbd', '--repo', repo, '--listen', '127.0.0.1:0']);
+    running.add(child);
+    const exited = collectCli(child);
+    let out = '';
+    child.stdout!.on('data', (s: string) => (out += s));
+    for (let i = 0; i < 300 && !out.includes('by id:'); i++) await sleep(100);
+    child.kill('SIGTERM');
+    const r = await exited;
+    running.delete(child);
+    const port = /listening on 127\.0\.0\.1:(\d+) \(read-only\)/.exec(out)?.[1];
+    assert.ok(port, out);
+    // The placeholder as the README writes it (not percent-encoded).
+    assert.ok(out.includes(`every backup of the repository, by id: nbd://127.0.0.1:${port}/<backup id>\n`), out);
+    assert.equal(r.code, 0, r.stderr);
+  });
+
   it('exits cleanly on a SIGTERM sent right after its JSON line', async () => {
     const sigRepo = path.join(dir, 'sig-repo');
     assert.equal((await runCli(['init', '--repo', sigRepo])).code, 0);

@@ -68,7 +68,8 @@ export function registerNbdCommands(program: Command): void {
         } else {
           process.stdout.write(`haven nbd: listening on ${where} (${mode})\n`);
           for (const i of images) process.stdout.write(`  ${nbdUri(at, i.manifest.id)}  ${formatBytes(i.sizeBytes)}  ${i.manifest.volume.name}\n`);
-          if (!ids) process.stdout.write(`  every backup of the repository, by id: ${nbdUri(at, '<backup id>')}\n`);
+          // The placeholder as the README writes it, not percent-encoded as a real name would be.
+          if (!ids) process.stdout.write(`  every backup of the repository, by id: ${nbdUri(at, 'BACKUP_ID').replace('BACKUP_ID', '<backup id>')}\n`);
         }
         await stopped;
       } finally {
