@@ -89,8 +89,11 @@ export class ImageSource {
     this.repo = repo;
     this.pool = pool;
     this.cache = new ChunkCache(opts.cacheBytes ?? DEFAULT_CACHE_BYTES, repo.config.chunkSizeBytes);
-    this.readAheadBytes = opts.readAheadBytes ?? DEFAULT_READ_AHEAD_BYTES;
-    this.maxReadAheadBytes = opts.readAheadBytes === 0 ? 0 : Math.max(this.readAheadBytes, Math.min(MAX_READ_AHEAD_BYTES, Math.floor((opts.cacheBytes ?? DEFAULT_CACHE_BYTES) / 8)));
+    // Several readers share the cache: one's read-ahead takes at most an eighth of it by default (a
+    // read-ahead the cache cannot hold is evicted before it is read, and fetched again).
+    const eighth = Math.max(repo.config.chunkSizeBytes, Math.floor((opts.cacheBytes ?? DEFAULT_CACHE_BYTES) / 8));
+    this.readAheadBytes = opts.readAheadBytes ?? Math.min(DEFAULT_READ_AHEAD_BYTES, eighth);
+    this.maxReadAheadBytes = opts.readAheadBytes === 0 ? 0 : Math.max(this.readAheadBytes, Math.min(MAX_READ_AHEAD_BYTES, eighth));
     if (opts.map) this.mapPromise = Promise.resolve(opts.map);
   }
 

@@ -298,6 +298,12 @@ describe('BackupImage reads and the cache', () => {
       assert.ok(reads <= 24, `${reads} pack reads for 32 MiB read in 256 KiB requests${skipHoles ? ', holes skipped' : ''}`);
       assert.ok(bytes <= stored, `${bytes} bytes read from packs holding ${stored}: each chunk once`);
     }
+    // A small cache with the default read-ahead: the read-ahead fits the cache (an eighth of it), so
+    // nothing it fetched is evicted before it is read and fetched again.
+    const small = new ImageSource(fx.repo, pool, { cacheBytes: 4 * MiB });
+    assert.equal(small.readAheadBytes, 512 * KiB);
+    const { bytes } = await readSequentially(fx, small, false);
+    assert.ok(bytes <= stored, `${bytes} bytes read from packs holding ${stored} with a 4 MiB cache: each chunk once`);
   });
 
   it('the bytes of a read not yet released stay valid while other reads churn the cache', async () => {
