@@ -279,7 +279,7 @@ export class BackupImage {
     if (from >= to) return;
     stream.ahead = to;
     void this.digests(from, to)
-      .then((spans) => this.prefetch(spans))
+      .then((spans) => void this.fetchMissing(spans))
       .catch(() => undefined); // a read-ahead that fails costs nothing: the real read reports it
   }
 
@@ -290,34 +290,9 @@ export class BackupImage {
    */
   private async load(spans: { first: number; digests: Buffer }[]): Promise<(CachedChunk | null)[]> {
     const cache = this.src.cache;
-    const out: (CachedChunk | null | Promise<CachedChunk>)[] = [];
-    const need: Need[] = [];
-    // This fetch's token: only it lands or abandons the chunks it announced. It is shared by every
-    // reader that waits for them, so no one reader's abort (a client gone) stops it.
-    const owner = {};
-    for (const { first, digests } of spans) {
-      for (let k = 0; k * DIGEST_BYTES < digests.length; k++) {
-        const at = k * DIGEST_BYTES;
-        if (isZeroDigest(digests, at)) {
-          out.push(null);
-          continue;
-        }
-        const key = cacheKey(digests, at);
-        const known = cache.take(key, true);
-        if (known) {
-          out.push(known);
-          continue;
-        }
-        cache.begin(key, owner);
-        out.push(cache.take(key, true)!);
-        need.push({ key, digests, at, index: first + k, owner });
-      }
-    }
-    if (need.length) {
-      this.fetch(need).catch((err: unknown) => cache.abandon([], need.map((n) => n.key), err, owner));
-    } else if (!out.some((c) => c instanceof Promise)) {
-      return out as (CachedChunk | null)[]; // all cached (a read-ahead's work): no waiting at all
-    }
+    // Every chunk is cached or being fetched once fetchMissing() returns (nothing lands in between).
+    const out = this.fetchMissing(spans).map((key) => (key === null ? null : cache.take(key, true)!));
+    if (!out.some((c) => c instanceof Promise)) return out as (CachedChunk | null)[]; // all cached: no waiting at all
     const settled = await Promise.allSettled(out);
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     const got = settled.map((r) => (r.status === 'fulfilled' ? r.value : null));
@@ -328,22 +303,33 @@ export class BackupImage {
     return got;
   }
 
-  /** Starts fetching the chunks of the spans that are neither cached nor being fetched (a read-ahead); waits for none. */
-  private prefetch(spans: { first: number; digests: Buffer }[]): void {
+  /**
+   * Starts fetching the chunks of the spans that are neither cached nor being fetched, waiting for
+   * none (a read-ahead uses it alone); returns every chunk's cache key in order (null: a hole).
+   */
+  private fetchMissing(spans: { first: number; digests: Buffer }[]): (string | null)[] {
     const cache = this.src.cache;
+    const keys: (string | null)[] = [];
     const need: Need[] = [];
+    // This fetch's token: only it lands or abandons the chunks it announced. It is shared by every
+    // reader that waits for them, so no one reader's abort (a client gone) stops it.
     const owner = {};
     for (const { first, digests } of spans) {
       for (let k = 0; k * DIGEST_BYTES < digests.length; k++) {
         const at = k * DIGEST_BYTES;
-        if (isZeroDigest(digests, at)) continue;
+        if (isZeroDigest(digests, at)) {
+          keys.push(null);
+          continue;
+        }
         const key = cacheKey(digests, at);
+        keys.push(key);
         if (cache.known(key)) continue;
         cache.begin(key, owner);
         need.push({ key, digests, at, index: first + k, owner });
       }
     }
     if (need.length) this.fetch(need).catch((err: unknown) => cache.abandon([], need.map((n) => n.key), err, owner));
+    return keys;
   }
 
   /** Fetches and decodes chunks not in the cache; each one's waiters get it as it lands. */

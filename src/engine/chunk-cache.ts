@@ -80,10 +80,8 @@ export class ChunkCache {
    * pin is taken when it lands). Undefined: the caller fetches it (begin()).
    */
   take(key: string, pin: boolean): CachedChunk | Promise<CachedChunk> | undefined {
-    const slot = this.lru.get(key);
+    const slot = this.touch(key);
     if (slot !== undefined) {
-      this.lru.delete(key);
-      this.lru.set(key, slot);
       if (pin) this.pins[slot]!++;
       return { data: this.view(slot), slot };
     }
@@ -101,13 +99,17 @@ export class ChunkCache {
 
   /** Whether `key` is cached (then made the most recently used) or being fetched. */
   known(key: string): boolean {
+    return this.touch(key) !== undefined || this.inflight.has(key);
+  }
+
+  /** The slot of a cached `key`, made the most recently used. */
+  private touch(key: string): number | undefined {
     const slot = this.lru.get(key);
     if (slot !== undefined) {
       this.lru.delete(key);
       this.lru.set(key, slot);
-      return true;
     }
-    return this.inflight.has(key);
+    return slot;
   }
 
   /**

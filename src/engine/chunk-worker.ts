@@ -204,13 +204,8 @@ function decodeInto(t: DecodeIntoTask): number {
   return -1;
 }
 
-/**
- * Bytes a decode task leaves behind, to be scavenged: bodies moved here (a fetch from S3: large) at
- * once, like a backup's; otherwise the deciphered copy of each chunk's stored bytes, small and many
- * (an NBD export's small tasks), gathered to MINOR_EVERY_BYTES first.
- */
-function taskGarbage(t: DecodeIntoTask): number | undefined {
-  if (t.bodies.some((b) => !(b.buffer instanceof SharedArrayBuffer))) return undefined;
+/** Bytes of deciphered copies a decode task left behind (one per chunk, the size of its stored bytes). */
+function decipheredBytes(t: DecodeIntoTask): number {
   let n = 0;
   if (t.encKey) for (let c = 0; c < t.chunks.length; c += 5) n += t.chunks[c + 2]!;
   return n;
@@ -230,7 +225,10 @@ export default function runChunkTask(task: ChunkTask): Uint8Array | number | num
     }
     case 'decodeInto': {
       const bad = decodeInto(task);
-      releaseYoungGarbage(taskGarbage(task)); // the decipher's per-chunk buffers and the fetched bodies
+      // Bodies moved here (a fetch from S3: large) are scavenged at once, like a backup's garbage;
+      // the deciphered copies alone (small and many: an NBD export's tasks) are gathered first.
+      if (task.bodies.some((b) => !(b.buffer instanceof SharedArrayBuffer))) releaseYoungGarbage();
+      else releaseYoungGarbage(decipheredBytes(task));
       return bad;
     }
     case 'check': {
